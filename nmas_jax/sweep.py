@@ -1,0 +1,267 @@
+"""A whole latent-size sweep as ONE batched, jitted computation.
+
+The models axis is layers x latents x seeds (layer-major, see `ModelTable`).
+Every leaf of the sweep's `TrainState` has that leading axis; one jitted call
+samples every model's batch and steps every model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nmas_jax import data as data_lib
+from nmas_jax import models, train
+from nmas_jax.data import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+  """Everything that defines a sweep besides the data."""
+
+  latents: tuple[int, ...] = (10, 25, 50, 75, 150)
+  seeds: int = 1
+  steps: int = 600
+  batch_size: int = 16
+  window: int = 50
+  hidden: int = 128
+  learning_rate: float = 3e-3
+  weight_decay: float = 0.0
+  clip_norm: float = 1.0
+  decoder: str = "linear"
+  bidirectional: bool = False
+  likelihood: str = "gaussian"
+  train_fraction: float = 0.8
+  log_every: int = 100
+  unroll: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelTable:
+  """What each index of the models axis means: [models] arrays, layer-major."""
+
+  layer: np.ndarray   # int, index into the dataset's layers
+  latent: np.ndarray  # int, latent size k
+  seed: np.ndarray    # int, model seed (init and batch order)
+
+  @classmethod
+  def build(cls, num_layers: int, latents: Sequence[int], seeds: int) -> "ModelTable":
+    grid = np.array([(l, k, s) for l in range(num_layers) for k in latents for s in range(seeds)],
+                    dtype=np.int32).reshape(-1, 3)
+    return cls(grid[:, 0], grid[:, 1], grid[:, 2])
+
+  def __len__(self) -> int:
+    return len(self.layer)
+
+
+def parse_latents(text: str | Sequence[Any]) -> tuple[int, ...]:
+  """'10,25,50' -> (10, 25, 50), with a one-line error for anything else."""
+  items = [t.strip() for t in text.split(",")] if isinstance(text, str) else [str(t).strip() for t in text]
+  items = [t for t in items if t]
+  if not items:
+    raise UserError("--latents is empty: give latent sizes, e.g. --latents=10,25,50,75,150")
+  out = []
+  for t in items:
+    try:
+      k = int(t)
+    except ValueError:
+      raise UserError(f"--latents has {t!r}, not an integer: give positive integers, "
+                      "e.g. --latents=10,25,50") from None
+    if k <= 0:
+      raise UserError(f"--latents has {k}: latent sizes must be positive integers")
+    if k in out:
+      raise UserError(f"--latents lists {k} twice: give each latent size once")
+    out.append(k)
+  return tuple(out)
+
+
+def check_config(cfg: SweepConfig, dataset: data_lib.Dataset) -> int:
+  """Raises UserError for a config that cannot run on this data; returns t_train."""
+  parse_latents(cfg.latents)
+  for name in ("seeds", "steps", "batch_size", "hidden", "log_every", "unroll"):
+    if getattr(cfg, name) < 1:
+      raise UserError(f"--{name} must be a positive integer, got {getattr(cfg, name)}")
+  if cfg.learning_rate <= 0:
+    raise UserError(f"--learning_rate must be positive, got {cfg.learning_rate}")
+  if cfg.weight_decay < 0:
+    raise UserError(f"--weight_decay must be >= 0, got {cfg.weight_decay}")
+  if cfg.decoder not in models.DECODERS:
+    raise UserError(f"unknown --decoder={cfg.decoder!r}: choose one of {', '.join(models.DECODERS)}")
+  if cfg.likelihood not in train.LIKELIHOODS:
+    raise UserError(f"unknown --likelihood={cfg.likelihood!r}: choose one of {', '.join(train.LIKELIHOODS)}")
+  if max(cfg.latents) > dataset.num_neurons:
+    raise UserError(f"latent size {max(cfg.latents)} exceeds the {dataset.num_neurons} neurons per "
+                    "layer: drop it from --latents")
+  t_train = data_lib.train_time(dataset.num_time, cfg.train_fraction)
+  data_lib.check_window(dataset.num_time, t_train, cfg.window)
+  return t_train
+
+
+def make_model(cfg: SweepConfig, neurons: int) -> models.LSTMAutoencoder:
+  """The padded autoencoder every model of the sweep shares (width = max latent)."""
+  return models.LSTMAutoencoder(neurons=neurons, latent=max(cfg.latents), hidden=cfg.hidden,
+                                decoder=cfg.decoder, bidirectional=cfg.bidirectional,
+                                unroll=cfg.unroll)
+
+
+def init_sweep(cfg: SweepConfig, table: ModelTable, neurons: int) -> train.TrainState:
+  """All models' states, by one vmapped init.
+
+  A model's init key depends on (seed, layer) only, so models that differ in
+  latent size start from the same weights on their shared units.
+  """
+  model = make_model(cfg, neurons)
+  keys = jax.vmap(lambda s, l: jax.random.fold_in(jax.random.PRNGKey(s), l))(
+      jnp.asarray(table.seed), jnp.asarray(table.layer))
+  example = jnp.zeros((1, cfg.window, neurons), jnp.float32)
+  init = functools.partial(train.init_state, model=model, clip_norm=cfg.clip_norm,
+                           example_x_BTN=example)
+  m = len(table)
+  return jax.jit(jax.vmap(init))(keys, jnp.asarray(table.latent),
+                                 jnp.full((m,), cfg.learning_rate, jnp.float32),
+                                 jnp.full((m,), cfg.weight_decay, jnp.float32))
+
+
+def sweep_step(state: train.TrainState, x_LTN: jax.Array, layer_M: jax.Array, seed_M: jax.Array, *,
+               model, tx, likelihood: str, t_train: int, window: int, batch_size: int):
+  """Samples every model's batch for this step and steps all models at once."""
+  x_MBTN = data_lib.sample_batches(x_LTN, layer_M, seed_M, state.step[0], t_train=t_train,
+                                   window=window, batch_size=batch_size)
+  step = functools.partial(train.train_step, model=model, tx=tx, likelihood=likelihood)
+  return jax.vmap(step)(state, x_MBTN)
+
+
+def sweep_eval(state: train.TrainState, valid_LVTN: jax.Array, layer_M: jax.Array, *,
+               model, likelihood: str) -> dict[str, jax.Array]:
+  """Held-out metrics [models] on all validation windows of each model's layer."""
+  ev = functools.partial(train.eval_step, model=model, likelihood=likelihood)
+  return jax.vmap(lambda p, k, l: ev(p, k, valid_LVTN[l]))(state.params, state.latent, layer_M)
+
+
+def _fmt_time(seconds: float) -> str:
+  seconds = int(round(seconds))
+  return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+@dataclasses.dataclass
+class SweepOutput:
+  """A finished sweep: final state, what each model is, and per-model metrics."""
+
+  state: train.TrainState
+  table: ModelTable
+  train_loss: np.ndarray   # [models], mean over the last logging interval
+  valid: dict[str, np.ndarray]  # [models] each
+  history: list[dict[str, Any]]  # one entry per log step
+  seconds: float
+  compile_seconds: float
+
+
+def run_sweep(dataset: data_lib.Dataset, cfg: SweepConfig, *,
+              log: Callable[[str], None] = print,
+              on_metrics: Callable[[int, dict[str, np.ndarray]], None] | None = None) -> SweepOutput:
+  """Trains every (layer, latent, seed) model on `dataset` in one batched computation.
+
+  Args:
+    dataset: activity [layers, time, neurons].
+    cfg: the sweep's settings.
+    log: receives progress lines.
+    on_metrics: called at each log step with {"train/loss", "valid/mse", ...} [models].
+  Returns:
+    The final state and per-model metrics.
+  """
+  t_train = check_config(cfg, dataset)
+  table = ModelTable.build(dataset.num_layers, cfg.latents, cfg.seeds)
+  model = make_model(cfg, dataset.num_neurons)
+  tx = train.make_optimizer(clip_norm=cfg.clip_norm)
+  x_LTN = jnp.asarray(dataset.x_LTN)
+  valid_LVTN = jnp.asarray(data_lib.valid_windows(dataset.x_LTN, t_train, cfg.window))
+  layer_M, seed_M = jnp.asarray(table.layer), jnp.asarray(table.seed)
+
+  state = init_sweep(cfg, table, dataset.num_neurons)
+  step_fn = jax.jit(functools.partial(sweep_step, model=model, tx=tx, likelihood=cfg.likelihood,
+                                      t_train=t_train, window=cfg.window,
+                                      batch_size=cfg.batch_size), donate_argnums=0)
+  eval_fn = jax.jit(functools.partial(sweep_eval, model=model, likelihood=cfg.likelihood))
+  log(f"sweep: {len(table)} models ({dataset.num_layers} layers x {len(cfg.latents)} latents x "
+      f"{cfg.seeds} seeds), {dataset.num_neurons} neurons, {dataset.num_time} time bins "
+      f"({t_train} train / {dataset.num_time - t_train} valid), {cfg.steps} steps on "
+      f"{jax.devices()[0].platform}")
+  t0 = time.perf_counter()
+  step_fn = step_fn.lower(state, x_LTN, layer_M, seed_M).compile()
+  eval_fn = eval_fn.lower(state, valid_LVTN, layer_M).compile()
+  compile_seconds = time.perf_counter() - t0
+  log(f"compiled in {compile_seconds:.1f}s")
+
+  history, losses = [], []
+  start = last = time.perf_counter()
+  last_step = 0
+  for step in range(1, cfg.steps + 1):
+    state, metrics = step_fn(state, x_LTN, layer_M, seed_M)
+    losses.append(metrics["train/loss"])
+    if step % cfg.log_every == 0 or step == cfg.steps:
+      valid = jax.device_get(eval_fn(state, valid_LVTN, layer_M))
+      train_loss = np.asarray(jnp.mean(jnp.stack(losses), axis=0))
+      losses = []
+      now = time.perf_counter()
+      rate = (step - last_step) / (now - last)
+      last, last_step = now, step
+      entry = {"step": step, "train/loss": train_loss, **{k: np.asarray(v) for k, v in valid.items()}}
+      history.append(entry)
+      if on_metrics is not None:
+        on_metrics(step, {k: v for k, v in entry.items() if k != "step"})
+      ok = np.isfinite(valid["valid/loss"])
+      best = int(np.argmin(np.where(ok, valid["valid/loss"], np.inf))) if ok.any() else 0
+      log(f"step {step}/{cfg.steps}  {rate:.2f} steps/s  ETA {_fmt_time((cfg.steps - step) / rate)}  "
+          f"best valid loss {valid['valid/loss'][best]:.4g} (layer {dataset.layer_names[table.layer[best]]}, "
+          f"latent {table.latent[best]}, seed {table.seed[best]})")
+  final = history[-1]
+  return SweepOutput(state=state, table=table, train_loss=final["train/loss"],
+                     valid={k: v for k, v in final.items() if k.startswith("valid/")},
+                     history=history, seconds=time.perf_counter() - start,
+                     compile_seconds=compile_seconds)
+
+
+def results_dict(dataset: data_lib.Dataset, cfg: SweepConfig, out: SweepOutput) -> dict[str, Any]:
+  """The content of results.json (see docs: results schema)."""
+  diverged = np.asarray(out.state.diverged_at)
+  entries = []
+  for i in range(len(out.table)):
+    entries.append({
+        "layer": dataset.layer_names[out.table.layer[i]],
+        "latent": int(out.table.latent[i]),
+        "seed": int(out.table.seed[i]),
+        "train_loss": _num(out.train_loss[i]),
+        "valid_mse": _num(out.valid["valid/mse"][i]),
+        "valid_loss": _num(out.valid["valid/loss"][i]),
+        "diverged_at_step": int(diverged[i]) if diverged[i] >= 0 else None,
+    })
+  res = {
+      "dataset": dataset.name,
+      "latents": list(map(int, cfg.latents)),
+      "layers": list(dataset.layer_names),
+      "seeds": list(range(cfg.seeds)),
+      "steps": cfg.steps,
+      "decoder": cfg.decoder,
+      "likelihood": cfg.likelihood,
+      "config": dataclasses.asdict(cfg),
+      "data": {"num_time": dataset.num_time, "num_neurons": dataset.num_neurons, **dataset.meta},
+      "models": entries,
+      "seconds": round(out.seconds, 2),
+      "compile_seconds": round(out.compile_seconds, 2),
+      "complete": True,
+  }
+  if dataset.true_latent is not None:
+    res["true_latent"] = dict(dataset.true_latent)
+  return res
+
+
+def _num(x) -> float | None:
+  """JSON-safe float: NaN/Inf become null."""
+  x = float(x)
+  return x if np.isfinite(x) else None

@@ -1,0 +1,115 @@
+"""Pure train and eval steps for ONE model; the sweep vmaps them over models.
+
+`train_step(state, x_BTN, *, model, tx) -> (state, metrics)` has no hidden
+state: the caller composes `jax.jit(jax.vmap(partial(train_step, ...)))`.
+Every model carries its own params, optimiser state (with its own learning
+rate and weight decay), PRNG key and latent size, so under vmap no model's
+gradient depends on another model's params or data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+
+@struct.dataclass
+class TrainState:
+  """One model's training state (under vmap every leaf gains a leading models axis)."""
+
+  step: jax.Array         # int32 []
+  params: Any
+  opt_state: Any
+  key: jax.Array          # PRNG key of this model (reserved for stochastic layers)
+  latent: jax.Array       # int32 [], latent size k <= the model's padded width
+  diverged_at: jax.Array  # int32 [], first step with a non-finite loss/gradient, -1 if none
+
+
+def make_optimizer(learning_rate: Any = 1e-3, weight_decay: Any = 0.0,
+                   clip_norm: float = 1.0) -> optax.GradientTransformation:
+  """AdamW behind global-norm clipping; lr and weight decay live in the opt state.
+
+  Because `inject_hyperparams` stores them in the state, a vmapped init over
+  arrays of learning rates gives every model its own, and `update` reads them
+  from the state (the values given here only matter for `init`).
+  """
+  return optax.chain(
+      optax.clip_by_global_norm(clip_norm),
+      optax.inject_hyperparams(optax.adamw)(learning_rate=learning_rate,
+                                            weight_decay=weight_decay))
+
+
+def init_state(key: jax.Array, latent: Any, learning_rate: Any, weight_decay: Any, *,
+               model: nn.Module, clip_norm: float, example_x_BTN: jax.Array) -> TrainState:
+  """Initial state of one model; vmap it over keys/latents/learning rates for a sweep."""
+  init_key, model_key = jax.random.split(key)
+  params = model.init(init_key, example_x_BTN)["params"]
+  tx = make_optimizer(learning_rate, weight_decay, clip_norm)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    key=model_key, latent=jnp.asarray(latent, jnp.int32),
+                    diverged_at=jnp.full((), -1, jnp.int32))
+
+
+LIKELIHOODS = ("gaussian", "poisson")
+
+
+def mean_prediction(y_BTN: jax.Array, likelihood: str = "gaussian") -> jax.Array:
+  """The model's predicted mean activity: y itself, or Poisson rates softplus(y)."""
+  if likelihood == "gaussian":
+    return y_BTN
+  if likelihood == "poisson":
+    return jax.nn.softplus(y_BTN) + 1e-6
+  raise ValueError(f"unknown likelihood {likelihood!r}: choose one of {LIKELIHOODS}")
+
+
+def reconstruction_loss(y_BTN: jax.Array, x_BTN: jax.Array, likelihood: str = "gaussian") -> jax.Array:
+  """Mean loss per element: squared error, or Poisson NLL (without log x!) of softplus rates."""
+  mean_BTN = mean_prediction(y_BTN, likelihood)
+  if likelihood == "gaussian":
+    return jnp.mean((mean_BTN - x_BTN) ** 2)
+  return jnp.mean(mean_BTN - x_BTN * jnp.log(mean_BTN))
+
+
+def train_step(state: TrainState, x_BTN: jax.Array, *, model: nn.Module,
+               tx: optax.GradientTransformation, likelihood: str = "gaussian"
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One AdamW step on a batch of windows x [batch, time, neurons].
+
+  A model whose loss or gradient norm is non-finite is frozen from that step
+  on (params and optimiser state stop changing) and `diverged_at` records the
+  step, so one diverging model cannot spoil a batched sweep.
+  """
+
+  def loss_fn(params):
+    y_BTN, _ = model.apply({"params": params}, x_BTN, state.latent)
+    return reconstruction_loss(y_BTN, x_BTN, likelihood)
+
+  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  grad_norm = optax.global_norm(grads)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (state.diverged_at < 0)
+  keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+  diverged_at = jnp.where((state.diverged_at < 0) & ~ok, state.step, state.diverged_at)
+  new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
+                            opt_state=keep(opt_state, state.opt_state), diverged_at=diverged_at)
+  return new_state, {"train/loss": loss, "grads/norm": grad_norm}
+
+
+def predict(params: Any, latent: jax.Array, x_VTN: jax.Array, *, model: nn.Module
+            ) -> tuple[jax.Array, jax.Array]:
+  """Reconstruction and latents of one model for windows x [windows, time, neurons]."""
+  return model.apply({"params": params}, x_VTN, latent)
+
+
+def eval_step(params: Any, latent: jax.Array, x_VTN: jax.Array, *, model: nn.Module,
+              likelihood: str = "gaussian") -> dict[str, jax.Array]:
+  """Held-out metrics of one model on windows x [windows, time, neurons]."""
+  y_VTN, _ = predict(params, latent, x_VTN, model=model)
+  return {"valid/loss": reconstruction_loss(y_VTN, x_VTN, likelihood),
+          "valid/mse": jnp.mean((mean_prediction(y_VTN, likelihood) - x_VTN) ** 2)}
