@@ -193,17 +193,18 @@ def load_stringer(path: str, *, neurons_per_layer: int | None = None,
   if n < 1:
     raise UserError(f"--neurons_per_layer must be positive, got {n}")
   rng = np.random.default_rng(seed)
-  layers = []
+  layers, chosen = [], {}
   for z, count in zip(planes, counts):
     if count < n:
       raise UserError(f"plane z={_layer_name(z)} has only {count} neurons, fewer than "
                       f"--neurons_per_layer={n}: lower it or leave it unset")
     idx = np.sort(rng.choice(np.flatnonzero(z_N == z), size=n, replace=False))
+    chosen[_layer_name(z)] = idx.tolist()
     x = normalize(x_TN[:, idx], normalize_method, population_mean_T)
     layers.append(bin_time(x, bin_size))
   meta = dict(path=os.path.abspath(path), neurons_per_plane=dict(zip(map(_layer_name, planes), counts)),
               neurons_per_layer=n, normalize=normalize_method, bin=bin_size,
-              binning="mean of adjacent bins", subsample_seed=seed)
+              binning="mean of adjacent bins", subsample_seed=seed, neuron_indices=chosen)
   return Dataset(np.stack(layers).astype(np.float32), tuple(map(_layer_name, planes)),
                  "stringer", None, meta)
 

@@ -100,7 +100,7 @@ class Encoder(nn.Module):
       h_BTH = jnp.concatenate([h_BTH, back_BTH], axis=-1)
     z_BTK = nn.Dense(self.latent, dtype=self.dtype, name="to_latent")(h_BTH).astype(jnp.float32)
     if latent_size is not None:
-      z_BTK = z_BTK * latent_mask(self.latent, latent_size)
+      z_BTK = z_BTK * latent_mask(self.latent, latent_size)[None, None, :]
     return z_BTK
 
 

@@ -1,0 +1,137 @@
+"""LSTM autoencoder: masked latent width equals an unpadded model; reference LSTM; embedding."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nmas_jax import models, train
+
+B, T, N, H, K = 3, 7, 6, 5, 8
+
+
+def _x(seed=0):
+  return jax.random.normal(jax.random.PRNGKey(seed), (B, T, N))
+
+
+def _slice_params(params, k, bidirectional):
+  """The unpadded model of width k: the first k latent units of the padded model."""
+  p = jax.tree.map(lambda a: a, params)
+  lat = p["encoder"]["to_latent"]
+  lat["kernel"], lat["bias"] = lat["kernel"][:, :k], lat["bias"][:k]
+  dec = p["decoder_net"]
+  first = dec["lstm"]["input"] if "lstm" in dec else dec["readout"]
+  first["kernel"] = first["kernel"][:k]
+  return p
+
+
+def _loss(model, params, x, k=None):
+  y, _ = model.apply({"params": params}, x, k)
+  return train.reconstruction_loss(y, x)
+
+
+@pytest.mark.parametrize("decoder", ["lstm", "linear"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("k", [1, 3, 7])
+def test_padded_model_equals_unpadded(decoder, bidirectional, k):
+  padded = models.LSTMAutoencoder(N, K, H, decoder=decoder, bidirectional=bidirectional)
+  small = models.LSTMAutoencoder(N, k, H, decoder=decoder, bidirectional=bidirectional)
+  x = _x()
+  params = padded.init(jax.random.PRNGKey(1), x)["params"]
+  small_params = _slice_params(params, k, bidirectional)
+
+  y_pad, z_pad = padded.apply({"params": params}, x, k)
+  y_small, z_small = small.apply({"params": small_params}, x)
+  np.testing.assert_allclose(y_pad, y_small, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(z_pad[..., :k], z_small, rtol=1e-6, atol=1e-6)
+  assert np.all(np.asarray(z_pad[..., k:]) == 0)
+
+  loss_pad, g_pad = jax.value_and_grad(lambda p: _loss(padded, p, x, k))(params)
+  loss_small, g_small = jax.value_and_grad(lambda p: _loss(small, p, x))(small_params)
+  np.testing.assert_allclose(loss_pad, loss_small, rtol=1e-6)
+  # Gradients on the weights the small model has are equal ...
+  g_used = _slice_params(g_pad, k, bidirectional)
+  for a, b in zip(jax.tree.leaves(g_used), jax.tree.leaves(g_small)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  # ... and the padded weights get exactly zero gradient.
+  lat = g_pad["encoder"]["to_latent"]
+  assert np.all(np.asarray(lat["kernel"][:, k:]) == 0) and np.all(np.asarray(lat["bias"][k:]) == 0)
+  dec = g_pad["decoder_net"]
+  first = dec["lstm"]["input"] if decoder == "lstm" else dec["readout"]
+  assert np.all(np.asarray(first["kernel"][k:]) == 0)
+
+
+def _numpy_lstm(x_BTD, w_in, b_in, w_h, reverse=False):
+  """Textbook LSTM (gates i, f, g, o), one step at a time in float64."""
+  x_BTD, w_in, b_in, w_h = (np.asarray(a, np.float64) for a in (x_BTD, w_in, b_in, w_h))
+  b, t, _ = x_BTD.shape
+  hid = w_h.shape[0]
+  h, c = np.zeros((b, hid)), np.zeros((b, hid))
+  sig = lambda v: 1 / (1 + np.exp(-v))
+  out = np.zeros((b, t, hid))
+  for s in (reversed(range(t)) if reverse else range(t)):
+    g = x_BTD[:, s] @ w_in + b_in + h @ w_h
+    i, f, gg, o = np.split(g, 4, axis=-1)
+    c = sig(f) * c + sig(i) * np.tanh(gg)
+    h = sig(o) * np.tanh(c)
+    out[:, s] = h
+  return out
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_scan_lstm_matches_reference_loop(reverse):
+  lstm = models.ScanLSTM(H, reverse=reverse)
+  x = _x(2)
+  params = lstm.init(jax.random.PRNGKey(0), x)["params"]
+  h = lstm.apply({"params": params}, x)
+  ref = _numpy_lstm(x, params["input"]["kernel"], params["input"]["bias"],
+                    params["recurrence"]["hidden"]["kernel"], reverse)
+  assert h.shape == (B, T, H)
+  np.testing.assert_allclose(h, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_encoder_is_causal():
+  enc = models.Encoder(hidden=H, latent=K)
+  x = _x()
+  params = enc.init(jax.random.PRNGKey(0), x)
+  x2 = x.at[:, 4:].set(100.0)
+  np.testing.assert_array_equal(enc.apply(params, x)[:, :4], enc.apply(params, x2)[:, :4])
+
+
+def test_shapes_and_unroll_invariance():
+  for unroll in (1, 4):
+    model = models.LSTMAutoencoder(N, K, H, unroll=unroll)
+    (y, z), params = model.init_with_output(jax.random.PRNGKey(0), _x())
+    assert y.shape == (B, T, N) and z.shape == (B, T, K)
+    if unroll == 1:
+      ref = y
+    else:
+      np.testing.assert_allclose(y, ref, rtol=1e-6, atol=1e-6)
+
+
+class _BehaviourDecoder(nn.Module):
+  """A user model: our encoder inside, a linear readout of a behavioural variable."""
+
+  @nn.compact
+  def __call__(self, x_BTN):
+    z_BTK = models.Encoder(hidden=H, latent=4, name="encoder")(x_BTN)
+    return nn.Dense(1)(z_BTK)[..., 0]
+
+
+def test_encoder_embeds_in_another_module_and_jits():
+  m = _BehaviourDecoder()
+  x = _x()
+  params = m.init(jax.random.PRNGKey(0), x)
+  out = jax.jit(m.apply)(params, x)
+  assert out.shape == (B, T)
+  np.testing.assert_allclose(out, m.apply(params, x), rtol=1e-6, atol=1e-6)
+  # Its encoder weights are exactly an autoencoder's encoder weights.
+  ae = models.LSTMAutoencoder(N, 4, H)
+  ae_params = ae.init(jax.random.PRNGKey(3), x)["params"]
+  assert jax.tree.structure(ae_params["encoder"]) == jax.tree.structure(params["params"]["encoder"])
+
+
+def test_bad_decoder_is_rejected():
+  with pytest.raises(ValueError, match="unknown decoder 'gru'"):
+    models.LSTMAutoencoder(N, K, H, decoder="gru").init(jax.random.PRNGKey(0), _x())

@@ -1,0 +1,115 @@
+"""Sweep: batched training on tiny data, the CLI's files, and its one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from nmas_jax import data, sweep
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cli(*args, cwd=None):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  return subprocess.run([sys.executable, "-m", "experiments.sweep", *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def tiny_array(tmp_path_factory):
+  ds = data.make_synthetic(true_latents=(2, 4), neurons=12, time=300, seed=0)
+  path = tmp_path_factory.mktemp("data") / "tiny.npy"
+  np.save(path, ds.x_LTN)
+  return str(path)
+
+
+TINY = ["--dataset=array", "--normalize=none", "--bin=1", "--latents=1,2,4", "--hidden=8",
+        "--window=10", "--batch_size=4", "--steps=40", "--log_every=10", "--seeds=2",
+        "--learning_rate=0.02"]
+
+
+def test_cli_sweep_lowers_every_loss_and_writes_results(tiny_array, tmp_path):
+  workdir = tmp_path / "run"
+  r = _cli(*TINY, f"--data_path={tiny_array}", f"--workdir={workdir}")
+  assert r.returncode == 0, r.stderr
+  assert "step 40/40" in r.stdout and "steps/s" in r.stdout and "ETA" in r.stdout
+  res = json.loads((workdir / "results.json").read_text())
+  assert res["dataset"] == "array" and res["latents"] == [1, 2, 4] and res["layers"] == ["0", "1"]
+  assert res["seeds"] == [0, 1] and res["steps"] == 40 and res["complete"] is True
+  assert len(res["models"]) == 2 * 3 * 2
+  assert {(m["layer"], m["latent"], m["seed"]) for m in res["models"]} == {
+      (l, k, s) for l in ("0", "1") for k in (1, 2, 4) for s in (0, 1)}
+  for m in res["models"]:
+    assert np.isfinite(m["train_loss"]) and np.isfinite(m["valid_mse"])
+  csv_lines = (workdir / "results.csv").read_text().strip().splitlines()
+  assert csv_lines[0].startswith("layer,latent,seed,train_loss,valid_mse")
+  assert len(csv_lines) == 13
+  assert (workdir / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir / "tb" / "layer=0,latent=1,seed=0"))
+  flags = (workdir / "flags.txt").read_text()
+  assert "--latents=1,2,4" in flags and "--steps=40" in flags
+  rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  by_model = {}
+  for row in rows:
+    by_model.setdefault(row["model"], []).append(row["train/loss"])
+  assert len(by_model) == 12
+  for losses in by_model.values():
+    assert losses[-1] < losses[0]
+  # The flags file reproduces the run.
+  r2 = _cli(f"--flagfile={workdir / 'flags.txt'}", f"--workdir={tmp_path / 'again'}")
+  assert r2.returncode == 0, r2.stderr
+  res2 = json.loads((tmp_path / "again" / "results.json").read_text())
+  assert [m["valid_mse"] for m in res2["models"]] == [m["valid_mse"] for m in res["models"]]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data_path=/nonexistent/x.npy"], "error: data file not found: /nonexistent/x.npy"),
+    (["--latents="], "error: --latents is empty"),
+    (["--latents=0,2"], "error: --latents has 0: latent sizes must be positive integers"),
+    (["--latents=-3"], "error: --latents has -3: latent sizes must be positive integers"),
+    (["--latents=2,x"], "error: --latents has 'x', not an integer"),
+    (["--latents=2,2"], "error: --latents lists 2 twice"),
+    (["--latents=1,13"], "error: latent size 13 exceeds the 12 neurons per layer"),
+    (["--window=100"], "error: --window=100 is longer than a split"),
+    (["--layers=0,7"], "error: unknown layer '7' in --layers: this dataset has layers 0, 1"),
+])
+def test_cli_bad_input_is_one_line_and_writes_nothing(tiny_array, tmp_path, args, message):
+  workdir = tmp_path / "run"
+  base = [a for a in TINY if not any(a.startswith(b.split("=")[0] + "=") for b in args)]
+  if not any(a.startswith("--data_path") for a in args):
+    base.append(f"--data_path={tiny_array}")
+  r = _cli(*base, *args, f"--workdir={workdir}")
+  assert r.returncode != 0
+  lines = [l for l in r.stderr.strip().splitlines() if l.startswith("error:")]
+  assert len(lines) == 1 and lines[0].startswith(message), r.stderr
+  assert not workdir.exists()
+
+
+def test_cli_nan_data_is_refused(tmp_path):
+  x = np.ones((50, 4))
+  x[3, 2] = np.inf
+  np.save(tmp_path / "nan.npy", x)
+  r = _cli("--dataset=array", f"--data_path={tmp_path / 'nan.npy'}", "--latents=1", f"--workdir={tmp_path / 'w'}")
+  assert r.returncode != 0
+  assert "error: the array [layers, time, neurons] has 1 non-finite values (NaN or Inf); the first is at index (0, 3, 2)" in r.stderr
+  assert not (tmp_path / "w").exists()
+
+
+def test_sweep_error_falls_until_the_true_dimension():
+  ds = data.make_synthetic(true_latents=(2, 5), neurons=48, time=1000, noise_std=0.3, seed=0)
+  cfg = sweep.SweepConfig(latents=(1, 2, 5, 10), hidden=24, window=20, batch_size=16, steps=300,
+                          learning_rate=1e-2, log_every=300)
+  out = sweep.run_sweep(ds, cfg, log=lambda s: None)
+  res = sweep.results_dict(ds, cfg, out)
+  mse = {(m["layer"], m["latent"]): m["valid_mse"] for m in res["models"]}
+  assert res["true_latent"] == {"0": 2, "1": 5}
+  # Below the true dimension each added latent buys a large drop ...
+  assert mse["0", 1] > 1.5 * mse["0", 2]
+  assert mse["1", 1] > mse["1", 2] > 1.2 * mse["1", 5]
+  # ... beyond it only noise is left to fit: the drop is small.
+  assert mse["0", 5] > 0.7 * mse["0", 2]
+  assert mse["1", 10] > 0.7 * mse["1", 5]
