@@ -16,7 +16,7 @@ import sys
 
 from absl import app, flags
 
-from nmas_jax import data, report, sweep, writers
+from nmas_jax import data, decoding, evaluate, report, sweep, writers
 from nmas_jax.data import UserError
 
 _D = sweep.SweepConfig()
@@ -37,7 +37,14 @@ flags.DEFINE_float("clip_norm", _D.clip_norm, "Global gradient-norm clip.")
 flags.DEFINE_string("decoder", _D.decoder, "linear: readout from z_t alone (as the original); "
                     "lstm: an LSTM over z, then a readout.")
 flags.DEFINE_bool("bidirectional", _D.bidirectional, "Add a reverse-time encoder LSTM.")
-flags.DEFINE_string("likelihood", _D.likelihood, "gaussian (MSE) or poisson (counts).")
+flags.DEFINE_string("likelihood", _D.likelihood, "gaussian (MSE), poisson (counts), or auto: "
+                    "poisson for --dataset=lorenz, else gaussian.")
+flags.DEFINE_float("heldout_neurons", _D.heldout_neurons, "Fraction of each layer's neurons hidden "
+                   "from the encoder and scored by co-smoothing (0 disables).")
+flags.DEFINE_float("gain_fraction", evaluate.DEFAULT_GAIN_FRACTION, "Dimension estimate: smallest "
+                   "latent reaching this fraction of the best held-out gain.")
+flags.DEFINE_bool("shared_model", False, "Also train one model per latent size on all layers "
+                  "together and decode the layer from its latents (decoding.png).")
 flags.DEFINE_float("train_fraction", _D.train_fraction, "Leading fraction of time for training.")
 flags.DEFINE_string("normalize", "mean_per_bin", "Recorded data: mean_per_bin | zscore | none.")
 flags.DEFINE_integer("bin", 2, "Recorded data: average this many adjacent time bins.")
@@ -49,7 +56,7 @@ flags.DEFINE_integer("log_every", _D.log_every, "Steps between progress lines an
 
 _SWEEP_FLAGS = ("latents", "dataset", "data_path", "data_key", "layers", "seeds", "steps",
                 "batch_size", "window", "hidden", "learning_rate", "weight_decay", "clip_norm",
-                "decoder", "bidirectional", "likelihood", "train_fraction", "normalize", "bin",
+                "decoder", "bidirectional", "likelihood", "heldout_neurons", "gain_fraction", "shared_model", "train_fraction", "normalize", "bin",
                 "neurons_per_layer", "data_seed", "workdir", "log_every")
 
 
@@ -87,19 +94,23 @@ def main(argv):
         batch_size=FLAGS.batch_size, window=FLAGS.window, hidden=FLAGS.hidden,
         learning_rate=FLAGS.learning_rate, weight_decay=FLAGS.weight_decay,
         clip_norm=FLAGS.clip_norm, decoder=FLAGS.decoder, bidirectional=FLAGS.bidirectional,
-        likelihood=FLAGS.likelihood, train_fraction=FLAGS.train_fraction,
+        likelihood=FLAGS.likelihood, heldout_neurons=FLAGS.heldout_neurons,
+        train_fraction=FLAGS.train_fraction,
         log_every=FLAGS.log_every)
     dataset = data.load_dataset(FLAGS.dataset, path=FLAGS.data_path, key=FLAGS.data_key,
                                 normalize_method=FLAGS.normalize, bin_size=FLAGS.bin,
                                 neurons_per_layer=FLAGS.neurons_per_layer, seed=FLAGS.data_seed)
     dataset = dataset.select_layers(FLAGS.layers)
     sweep.check_config(cfg, dataset)
+    if not 0.0 < FLAGS.gain_fraction <= 1.0:
+      raise UserError(f"--gain_fraction must be in (0, 1], got {FLAGS.gain_fraction}")
     workdir = _prepare_workdir(FLAGS.workdir)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 
-  report.atomic_write(os.path.join(workdir, "flags.txt"), lambda f: f.write(_flagfile_text()))
+  flags_text = _flagfile_text()
+  report.atomic_write(os.path.join(workdir, "flags.txt"), lambda f: f.write(flags_text))
   table = sweep.ModelTable.build(dataset.num_layers, cfg.latents, cfg.seeds)
   names = [f"layer={dataset.layer_names[l]},latent={k},seed={s}"
            for l, k, s in zip(table.layer, table.latent, table.seed)]
@@ -110,7 +121,16 @@ def main(argv):
   finally:
     writer.close()
   results = sweep.results_dict(dataset, cfg, out)
-  paths = report.write_all(workdir, results)
+  ev = evaluate.evaluate_sweep(dataset, cfg, out, gain_fraction=FLAGS.gain_fraction,
+                               log=lambda s: print(s, flush=True))
+  results = evaluate.merge_into_results(results, ev)
+  if FLAGS.shared_model:
+    if dataset.num_layers < 2:
+      print("shared model skipped: layer decoding needs at least 2 layers", flush=True)
+    else:
+      shared = sweep.run_sweep(dataset, cfg, log=lambda s: print(s, flush=True), shared=True)
+      results["layer_accuracy"] = decoding.layer_accuracy(dataset, cfg, shared)
+  paths = report.write_all(workdir, results, flags_text)
   print()
   print(report.table(results))
   print(f"\ntrained {len(table)} models in {out.seconds:.1f}s (+{out.compile_seconds:.1f}s compile)")

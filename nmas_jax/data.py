@@ -310,6 +310,59 @@ def make_synthetic(*, true_latents: Sequence[int] = SYNTHETIC_TRUE_LATENTS, neur
                  dict(zip(names, map(int, true_latents))), meta)
 
 
+def make_lorenz(*, neurons: int = 60, time: int = 3000, layers: int = 1, base_rate: float = 1.0,
+                gain: float = 0.9, seed: int = 0) -> Dataset:
+  """The LFADS Lorenz benchmark: 3-D Lorenz states -> N neurons -> Poisson counts.
+
+  sigma=10, rho=28, beta=8/3, RK4 with dt=0.01, one bin every 3 steps; each
+  state z-scored; rate_n(t) = base_rate * exp(gain * w_n . z(t)) with w_n a
+  random unit vector, so log-rates are linear in the 3-D state (true dimension 3).
+  Each layer is its own trajectory and weights.
+  """
+  rng = np.random.default_rng(seed)
+  sigma, rho, beta, dt, every = 10.0, 28.0, 8.0 / 3.0, 0.01, 3
+
+  def f(s):
+    return np.array([sigma * (s[1] - s[0]), s[0] * (rho - s[2]) - s[1], s[0] * s[1] - beta * s[2]])
+
+  out = []
+  for _ in range(layers):
+    s = rng.normal(0.0, 1.0, 3) + np.array([0.0, 1.0, 25.0])
+    states = np.empty((time, 3))
+    for t in range(500 + time * every):  # 500 burn-in steps onto the attractor
+      k1 = f(s); k2 = f(s + dt / 2 * k1); k3 = f(s + dt / 2 * k2); k4 = f(s + dt * k3)
+      s = s + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+      if t >= 500 and (t - 500) % every == 0:
+        states[(t - 500) // every] = s
+    z_T3 = (states - states.mean(axis=0)) / states.std(axis=0)
+    w_3N = rng.standard_normal((3, neurons))
+    w_3N /= np.linalg.norm(w_3N, axis=0, keepdims=True)
+    rate = base_rate * np.exp(gain * z_T3 @ w_3N)
+    out.append(rng.poisson(rate).astype(np.float64))
+  names = tuple(str(i) for i in range(layers))
+  meta = dict(neurons=neurons, time=time, base_rate=base_rate, gain=gain, seed=seed,
+              generator="Lorenz (10, 28, 8/3), RK4 dt=0.01, bin = 3 steps, Poisson(exp(linear))")
+  return Dataset(np.stack(out).astype(np.float32), names, "lorenz", {n: 3 for n in names}, meta)
+
+
+def heldout_mask(num_layers: int, num_neurons: int, fraction: float, seed: int = 0) -> np.ndarray:
+  """[layers, neurons] bool, True for neurons hidden from the encoder (co-smoothing).
+
+  A fixed, seeded subset of round(fraction * neurons) neurons per layer.
+  """
+  if not 0.0 <= fraction < 1.0:
+    raise UserError(f"--heldout_neurons must be in [0, 1), got {fraction}")
+  n = int(round(fraction * num_neurons))
+  if fraction > 0 and (n < 1 or n >= num_neurons):
+    raise UserError(f"--heldout_neurons={fraction} leaves {n} of {num_neurons} neurons held out: "
+                    "it must hold out at least one and keep at least one")
+  rng = np.random.default_rng(seed + 7919)
+  mask = np.zeros((num_layers, num_neurons), bool)
+  for l in range(num_layers):
+    mask[l, rng.choice(num_neurons, n, replace=False)] = True
+  return mask
+
+
 # ----------------------------------------------------------------------------
 # Splits and batches.
 
@@ -339,16 +392,35 @@ def window_starts(seed: jax.Array, step: jax.Array, *, t_train: int, window: int
   return jax.random.randint(key, (batch_size,), 0, t_train - window + 1)
 
 
+def window_layers(seed: jax.Array, step: jax.Array, *, num_layers: int, batch_size: int) -> jax.Array:
+  """Random layer per window [batch] for models trained on all layers: a pure function of (seed, step)."""
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), step), 1)
+  return jax.random.randint(key, (batch_size,), 0, num_layers)
+
+
 def sample_batches(x_LTN: jax.Array, layer_M: jax.Array, seed_M: jax.Array, step: jax.Array, *,
-                   t_train: int, window: int, batch_size: int) -> jax.Array:
+                   t_train: int, window: int, batch_size: int, mix_layers: bool = False) -> jax.Array:
   """Training windows for every model: [models, batch, window, neurons].
 
-  Gathers exactly the windows needed (never a per-model copy of a layer).
+  Model m reads layer layer_M[m]; with `mix_layers` each window comes from a
+  random layer instead (a shared model of all layers). Gathers exactly the
+  windows needed (never a per-model copy of a layer).
   """
   starts_MB = jax.vmap(lambda s: window_starts(s, step, t_train=t_train, window=window,
                                                batch_size=batch_size))(seed_M)
   t_MBW = starts_MB[:, :, None] + jnp.arange(window)[None, None, :]
+  if mix_layers:
+    layer_MB = jax.vmap(lambda s: window_layers(s, step, num_layers=x_LTN.shape[0],
+                                                batch_size=batch_size))(seed_M)
+    return x_LTN[layer_MB[:, :, None], t_MBW]
   return x_LTN[layer_M[:, None, None], t_MBW]
+
+
+def train_windows(x_LTN: np.ndarray, t_train: int, window: int) -> np.ndarray:
+  """All non-overlapping windows of the training block: [layers, windows, window, neurons]."""
+  n = t_train // window
+  v = x_LTN[:, : n * window]
+  return v.reshape(v.shape[0], n, window, v.shape[2])
 
 
 def valid_windows(x_LTN: np.ndarray, t_train: int, window: int) -> np.ndarray:
@@ -358,7 +430,7 @@ def valid_windows(x_LTN: np.ndarray, t_train: int, window: int) -> np.ndarray:
   return v.reshape(v.shape[0], n, window, v.shape[2])
 
 
-DATASETS = ("synthetic", "stringer", "array")
+DATASETS = ("synthetic", "lorenz", "stringer", "array")
 
 
 def load_dataset(kind: str, *, path: str = "", key: str | None = None,
@@ -373,6 +445,8 @@ def load_dataset(kind: str, *, path: str = "", key: str | None = None,
     raise UserError(f"unknown --normalize={normalize_method!r}: choose one of {', '.join(NORMALIZATIONS)}")
   if kind == "synthetic":
     return make_synthetic(seed=seed)
+  if kind == "lorenz":
+    return make_lorenz(seed=seed)
   if kind == "stringer":
     return load_stringer(path, neurons_per_layer=neurons_per_layer, normalize_method=normalize_method,
                          bin_size=bin_size, seed=seed)

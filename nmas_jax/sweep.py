@@ -36,7 +36,8 @@ class SweepConfig:
   clip_norm: float = 1.0
   decoder: str = "linear"
   bidirectional: bool = False
-  likelihood: str = "gaussian"
+  likelihood: str = "auto"   # auto: poisson for lorenz (counts), else gaussian
+  heldout_neurons: float = 0.2
   train_fraction: float = 0.8
   log_every: int = 100
   unroll: int = 1
@@ -93,14 +94,31 @@ def check_config(cfg: SweepConfig, dataset: data_lib.Dataset) -> int:
     raise UserError(f"--weight_decay must be >= 0, got {cfg.weight_decay}")
   if cfg.decoder not in models.DECODERS:
     raise UserError(f"unknown --decoder={cfg.decoder!r}: choose one of {', '.join(models.DECODERS)}")
-  if cfg.likelihood not in train.LIKELIHOODS:
+  if cfg.likelihood not in train.LIKELIHOODS + ("auto",):
     raise UserError(f"unknown --likelihood={cfg.likelihood!r}: choose one of {', '.join(train.LIKELIHOODS)}")
   if max(cfg.latents) > dataset.num_neurons:
     raise UserError(f"latent size {max(cfg.latents)} exceeds the {dataset.num_neurons} neurons per "
                     "layer: drop it from --latents")
+  if likelihood(cfg, dataset) == "poisson" and (dataset.x_LTN < 0).any():
+    raise UserError("--likelihood=poisson needs non-negative counts, but the data has negative "
+                    "values: use --likelihood=gaussian or --normalize=none on count data")
+  data_lib.heldout_mask(dataset.num_layers, dataset.num_neurons, cfg.heldout_neurons)
   t_train = data_lib.train_time(dataset.num_time, cfg.train_fraction)
   data_lib.check_window(dataset.num_time, t_train, cfg.window)
   return t_train
+
+
+def likelihood(cfg: SweepConfig, dataset: data_lib.Dataset) -> str:
+  """The observation model in use: cfg.likelihood, with auto = poisson for Lorenz counts."""
+  if cfg.likelihood != "auto":
+    return cfg.likelihood
+  return "poisson" if dataset.name == "lorenz" else "gaussian"
+
+
+def input_masks(cfg: SweepConfig, dataset: data_lib.Dataset) -> np.ndarray:
+  """[layers, neurons] float32 encoder-input mask: 0 for held-out neurons."""
+  held = data_lib.heldout_mask(dataset.num_layers, dataset.num_neurons, cfg.heldout_neurons)
+  return (~held).astype(np.float32)
 
 
 def make_model(cfg: SweepConfig, neurons: int) -> models.LSTMAutoencoder:
@@ -128,20 +146,22 @@ def init_sweep(cfg: SweepConfig, table: ModelTable, neurons: int) -> train.Train
                                  jnp.full((m,), cfg.weight_decay, jnp.float32))
 
 
-def sweep_step(state: train.TrainState, x_LTN: jax.Array, layer_M: jax.Array, seed_M: jax.Array, *,
-               model, tx, likelihood: str, t_train: int, window: int, batch_size: int):
+def sweep_step(state: train.TrainState, x_LTN: jax.Array, mask_LN: jax.Array, layer_M: jax.Array,
+               seed_M: jax.Array, *, model, tx, likelihood: str, t_train: int, window: int,
+               batch_size: int, mix_layers: bool = False):
   """Samples every model's batch for this step and steps all models at once."""
   x_MBTN = data_lib.sample_batches(x_LTN, layer_M, seed_M, state.step[0], t_train=t_train,
-                                   window=window, batch_size=batch_size)
+                                   window=window, batch_size=batch_size, mix_layers=mix_layers)
   step = functools.partial(train.train_step, model=model, tx=tx, likelihood=likelihood)
-  return jax.vmap(step)(state, x_MBTN)
+  return jax.vmap(step)(state, {"x": x_MBTN, "input_mask": mask_LN[layer_M]})
 
 
-def sweep_eval(state: train.TrainState, valid_LVTN: jax.Array, layer_M: jax.Array, *,
-               model, likelihood: str) -> dict[str, jax.Array]:
-  """Held-out metrics [models] on all validation windows of each model's layer."""
+def sweep_eval(state: train.TrainState, valid_LVTN: jax.Array, mask_LN: jax.Array,
+               layer_M: jax.Array, *, model, likelihood: str) -> dict[str, jax.Array]:
+  """Quick held-out metrics [models] on all validation windows of each model's layer."""
   ev = functools.partial(train.eval_step, model=model, likelihood=likelihood)
-  return jax.vmap(lambda p, k, l: ev(p, k, valid_LVTN[l]))(state.params, state.latent, layer_M)
+  return jax.vmap(lambda p, k, l: ev(p, k, valid_LVTN[l], mask_LN[l]))(
+      state.params, state.latent, layer_M)
 
 
 def _fmt_time(seconds: float) -> str:
@@ -164,7 +184,8 @@ class SweepOutput:
 
 def run_sweep(dataset: data_lib.Dataset, cfg: SweepConfig, *,
               log: Callable[[str], None] = print,
-              on_metrics: Callable[[int, dict[str, np.ndarray]], None] | None = None) -> SweepOutput:
+              on_metrics: Callable[[int, dict[str, np.ndarray]], None] | None = None,
+              shared: bool = False) -> SweepOutput:
   """Trains every (layer, latent, seed) model on `dataset` in one batched computation.
 
   Args:
@@ -172,29 +193,37 @@ def run_sweep(dataset: data_lib.Dataset, cfg: SweepConfig, *,
     cfg: the sweep's settings.
     log: receives progress lines.
     on_metrics: called at each log step with {"train/loss", "valid/mse", ...} [models].
+    shared: train one model per (latent, seed) on windows of all layers
+      (table.layer is then 0 for every model, and no neuron is held out).
   Returns:
     The final state and per-model metrics.
   """
   t_train = check_config(cfg, dataset)
-  table = ModelTable.build(dataset.num_layers, cfg.latents, cfg.seeds)
+  table = ModelTable.build(1 if shared else dataset.num_layers, cfg.latents, cfg.seeds)
   model = make_model(cfg, dataset.num_neurons)
   tx = train.make_optimizer(clip_norm=cfg.clip_norm)
-  x_LTN = jnp.asarray(dataset.x_LTN)
+  lik = likelihood(cfg, dataset)
+  x_LTN, mask_LN = jnp.asarray(dataset.x_LTN), jnp.asarray(input_masks(cfg, dataset))
   valid_LVTN = jnp.asarray(data_lib.valid_windows(dataset.x_LTN, t_train, cfg.window))
+  if shared:  # one "layer" holding every layer's validation windows; encoder sees all neurons.
+    valid_LVTN = valid_LVTN.reshape(1, -1, *valid_LVTN.shape[2:])
+    mask_LN = jnp.ones((1, dataset.num_neurons), jnp.float32)
   layer_M, seed_M = jnp.asarray(table.layer), jnp.asarray(table.seed)
 
   state = init_sweep(cfg, table, dataset.num_neurons)
-  step_fn = jax.jit(functools.partial(sweep_step, model=model, tx=tx, likelihood=cfg.likelihood,
+  step_fn = jax.jit(functools.partial(sweep_step, model=model, tx=tx, likelihood=lik,
                                       t_train=t_train, window=cfg.window,
-                                      batch_size=cfg.batch_size), donate_argnums=0)
-  eval_fn = jax.jit(functools.partial(sweep_eval, model=model, likelihood=cfg.likelihood))
-  log(f"sweep: {len(table)} models ({dataset.num_layers} layers x {len(cfg.latents)} latents x "
+                                      batch_size=cfg.batch_size, mix_layers=shared),
+                    donate_argnums=0)
+  eval_fn = jax.jit(functools.partial(sweep_eval, model=model, likelihood=lik))
+  what = "one shared model of all layers" if shared else f"{dataset.num_layers} layers"
+  log(f"sweep: {len(table)} models ({what} x {len(cfg.latents)} latents x "
       f"{cfg.seeds} seeds), {dataset.num_neurons} neurons, {dataset.num_time} time bins "
       f"({t_train} train / {dataset.num_time - t_train} valid), {cfg.steps} steps on "
       f"{jax.devices()[0].platform}")
   t0 = time.perf_counter()
-  step_fn = step_fn.lower(state, x_LTN, layer_M, seed_M).compile()
-  eval_fn = eval_fn.lower(state, valid_LVTN, layer_M).compile()
+  step_fn = step_fn.lower(state, x_LTN, mask_LN, layer_M, seed_M).compile()
+  eval_fn = eval_fn.lower(state, valid_LVTN, mask_LN, layer_M).compile()
   compile_seconds = time.perf_counter() - t0
   log(f"compiled in {compile_seconds:.1f}s")
 
@@ -202,10 +231,10 @@ def run_sweep(dataset: data_lib.Dataset, cfg: SweepConfig, *,
   start = last = time.perf_counter()
   last_step = 0
   for step in range(1, cfg.steps + 1):
-    state, metrics = step_fn(state, x_LTN, layer_M, seed_M)
+    state, metrics = step_fn(state, x_LTN, mask_LN, layer_M, seed_M)
     losses.append(metrics["train/loss"])
     if step % cfg.log_every == 0 or step == cfg.steps:
-      valid = jax.device_get(eval_fn(state, valid_LVTN, layer_M))
+      valid = jax.device_get(eval_fn(state, valid_LVTN, mask_LN, layer_M))
       train_loss = np.asarray(jnp.mean(jnp.stack(losses), axis=0))
       losses = []
       now = time.perf_counter()
@@ -218,7 +247,8 @@ def run_sweep(dataset: data_lib.Dataset, cfg: SweepConfig, *,
       ok = np.isfinite(valid["valid/loss"])
       best = int(np.argmin(np.where(ok, valid["valid/loss"], np.inf))) if ok.any() else 0
       log(f"step {step}/{cfg.steps}  {rate:.2f} steps/s  ETA {_fmt_time((cfg.steps - step) / rate)}  "
-          f"best valid loss {valid['valid/loss'][best]:.4g} (layer {dataset.layer_names[table.layer[best]]}, "
+          f"best valid loss {valid['valid/loss'][best]:.4g} (layer "
+          f"{'all' if shared else dataset.layer_names[table.layer[best]]}, "
           f"latent {table.latent[best]}, seed {table.seed[best]})")
   final = history[-1]
   return SweepOutput(state=state, table=table, train_loss=final["train/loss"],
@@ -248,7 +278,8 @@ def results_dict(dataset: data_lib.Dataset, cfg: SweepConfig, out: SweepOutput) 
       "seeds": list(range(cfg.seeds)),
       "steps": cfg.steps,
       "decoder": cfg.decoder,
-      "likelihood": cfg.likelihood,
+      "likelihood": likelihood(cfg, dataset),
+      "heldout_neurons": cfg.heldout_neurons,
       "config": dataclasses.asdict(cfg),
       "data": {"num_time": dataset.num_time, "num_neurons": dataset.num_neurons, **dataset.meta},
       "models": entries,

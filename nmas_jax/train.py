@@ -75,18 +75,29 @@ def reconstruction_loss(y_BTN: jax.Array, x_BTN: jax.Array, likelihood: str = "g
   return jnp.mean(mean_BTN - x_BTN * jnp.log(mean_BTN))
 
 
-def train_step(state: TrainState, x_BTN: jax.Array, *, model: nn.Module,
+def encoder_input(x_BTN: jax.Array, input_mask_N: jax.Array | None) -> jax.Array:
+  """Zeroes held-out neurons (mask 0) so the encoder never sees them."""
+  return x_BTN if input_mask_N is None else x_BTN * input_mask_N[None, None, :]
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
                tx: optax.GradientTransformation, likelihood: str = "gaussian"
                ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One AdamW step on a batch of windows x [batch, time, neurons].
+  """One AdamW step on a batch: {"x": [batch, time, neurons], "input_mask": [neurons] (optional)}.
+
+  The encoder sees x * input_mask; the loss covers every neuron, so held-out
+  neurons (mask 0) are learned only through the decoder (co-smoothing).
 
   A model whose loss or gradient norm is non-finite is frozen from that step
   on (params and optimiser state stop changing) and `diverged_at` records the
   step, so one diverging model cannot spoil a batched sweep.
   """
 
+  x_BTN = batch["x"]
+  x_in_BTN = encoder_input(x_BTN, batch.get("input_mask"))
+
   def loss_fn(params):
-    y_BTN, _ = model.apply({"params": params}, x_BTN, state.latent)
+    y_BTN, _ = model.apply({"params": params}, x_in_BTN, state.latent)
     return reconstruction_loss(y_BTN, x_BTN, likelihood)
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
@@ -101,15 +112,15 @@ def train_step(state: TrainState, x_BTN: jax.Array, *, model: nn.Module,
   return new_state, {"train/loss": loss, "grads/norm": grad_norm}
 
 
-def predict(params: Any, latent: jax.Array, x_VTN: jax.Array, *, model: nn.Module
-            ) -> tuple[jax.Array, jax.Array]:
-  """Reconstruction and latents of one model for windows x [windows, time, neurons]."""
-  return model.apply({"params": params}, x_VTN, latent)
+def predict(params: Any, latent: jax.Array, x_VTN: jax.Array, input_mask_N: jax.Array | None = None,
+            *, model: nn.Module) -> tuple[jax.Array, jax.Array]:
+  """Raw output y and latents z of one model for windows x [windows, time, neurons]."""
+  return model.apply({"params": params}, encoder_input(x_VTN, input_mask_N), latent)
 
 
-def eval_step(params: Any, latent: jax.Array, x_VTN: jax.Array, *, model: nn.Module,
-              likelihood: str = "gaussian") -> dict[str, jax.Array]:
-  """Held-out metrics of one model on windows x [windows, time, neurons]."""
-  y_VTN, _ = predict(params, latent, x_VTN, model=model)
+def eval_step(params: Any, latent: jax.Array, x_VTN: jax.Array, input_mask_N: jax.Array | None = None,
+              *, model: nn.Module, likelihood: str = "gaussian") -> dict[str, jax.Array]:
+  """Quick held-out metrics of one model on windows x [windows, time, neurons] (for progress)."""
+  y_VTN, _ = predict(params, latent, x_VTN, input_mask_N, model=model)
   return {"valid/loss": reconstruction_loss(y_VTN, x_VTN, likelihood),
           "valid/mse": jnp.mean((mean_prediction(y_VTN, likelihood) - x_VTN) ** 2)}

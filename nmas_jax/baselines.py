@@ -1,0 +1,120 @@
+"""Linear baselines at the same latent sizes and splits: PCA and factor analysis (numpy).
+
+Both are fit on the training block only. For co-smoothing each is fit on the
+held-in neurons, and the held-out neurons are regressed (least squares with an
+intercept, on the training block) on the held-in latents, exactly the
+information the autoencoder's encoder gets.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def covariance_spectrum(x_TN: np.ndarray) -> np.ndarray:
+  """Eigenvalues of the neuron covariance, descending."""
+  x = x_TN - x_TN.mean(axis=0)
+  return np.clip(np.linalg.eigvalsh(x.T @ x / len(x))[::-1], 0.0, None)
+
+
+def participation_ratio(x_TN: np.ndarray) -> float:
+  """(sum eigenvalues)^2 / sum eigenvalues^2: a linear dimension estimate."""
+  ev = covariance_spectrum(x_TN)
+  return float(ev.sum() ** 2 / max((ev ** 2).sum(), 1e-300))
+
+
+def dims_for_variance(x_TN: np.ndarray, fraction: float = 0.9) -> int:
+  """Number of principal components needed for `fraction` of the variance."""
+  ev = covariance_spectrum(x_TN)
+  return int(np.searchsorted(np.cumsum(ev) / ev.sum(), fraction) + 1)
+
+
+def pca_fit(x_TN: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+  """(mean [N], components [N, k]) of the top-k principal subspace."""
+  mean = x_TN.mean(axis=0)
+  _, _, vt = np.linalg.svd(x_TN - mean, full_matrices=False)
+  return mean, vt[:k].T
+
+
+def pca_reconstruct(x_TN: np.ndarray, mean: np.ndarray, v_NK: np.ndarray) -> np.ndarray:
+  return mean + (x_TN - mean) @ v_NK @ v_NK.T
+
+
+def _loglik(s_NN: np.ndarray, w_NK: np.ndarray, psi_N: np.ndarray) -> float:
+  """Mean Gaussian log-likelihood per sample of the FA model C = W W^T + diag(psi)."""
+  n, k = w_NK.shape
+  c = w_NK @ w_NK.T + np.diag(psi_N)
+  sign, logdet = np.linalg.slogdet(c)
+  return float(-0.5 * (n * np.log(2 * np.pi) + logdet + np.trace(np.linalg.solve(c, s_NN))))
+
+
+def fa_fit(x_TN: np.ndarray, k: int, iters: int = 100, tol: float = 1e-6
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[float]]:
+  """Factor analysis by EM (Ghahramani & Hinton 1996), initialised from PCA.
+
+  Returns (mean [N], loadings W [N, k], noise variances psi [N], log-likelihood per iteration).
+  """
+  mean = x_TN.mean(axis=0)
+  x = x_TN - mean
+  s = x.T @ x / len(x)
+  var = np.diag(s).copy()
+  floor = 1e-6 * max(var.mean(), 1e-12)
+  ev, evec = np.linalg.eigh(s)
+  ev, evec = ev[::-1][:k], evec[:, ::-1][:, :k]
+  w = evec * np.sqrt(np.clip(ev - np.median(ev) * 0.5, 1e-3 * var.mean(), None))
+  psi = np.clip(var - (w ** 2).sum(axis=1), floor + 0.01 * var, None)
+  history = [_loglik(s, w, psi)]
+  for _ in range(iters):
+    wp = w / psi[:, None]                                   # Psi^-1 W  [N, k]
+    m_inv = np.linalg.inv(np.eye(k) + w.T @ wp)             # (I + W^T Psi^-1 W)^-1
+    beta = m_inv @ wp.T                                     # E[z | x] = beta x  [k, N]
+    sb = s @ beta.T                                         # [N, k]
+    ezz = m_inv + beta @ sb                                 # E[z z^T] averaged over samples
+    w = sb @ np.linalg.inv(ezz)
+    psi = np.clip(var - np.einsum("nk,nk->n", w, sb), floor, None)
+    history.append(_loglik(s, w, psi))
+    if abs(history[-1] - history[-2]) < tol * abs(history[-2]):
+      break
+  return mean, w, psi, history
+
+
+def fa_posterior_mean(x_TN: np.ndarray, mean: np.ndarray, w_NK: np.ndarray, psi_N: np.ndarray) -> np.ndarray:
+  """E[z | x] [T, k]."""
+  wp = w_NK / psi_N[:, None]
+  m_inv = np.linalg.inv(np.eye(w_NK.shape[1]) + w_NK.T @ wp)
+  return (x_TN - mean) @ wp @ m_inv
+
+
+def _regress(f_train: np.ndarray, y_train: np.ndarray, f_valid: np.ndarray) -> np.ndarray:
+  """Least squares with intercept: predicts y at f_valid."""
+  a = np.concatenate([f_train, np.ones((len(f_train), 1))], axis=1)
+  coef, *_ = np.linalg.lstsq(a, y_train, rcond=None)
+  return np.concatenate([f_valid, np.ones((len(f_valid), 1))], axis=1) @ coef
+
+
+def predictions(train_TN: np.ndarray, valid_TN: np.ndarray, heldout_N: np.ndarray, k: int,
+                fa_iters: int = 100) -> dict[str, np.ndarray]:
+  """Validation-block predictions [T, N] of PCA and FA with k latents.
+
+  "pca"/"fa": reconstruction of every neuron from all neurons. "pca_cosmooth"/
+  "fa_cosmooth": held-out neurons predicted from held-in latents (other
+  columns are NaN); absent when no neuron is held out.
+  """
+  out = {}
+  mean, v = pca_fit(train_TN, k)
+  out["pca"] = pca_reconstruct(valid_TN, mean, v)
+  mean, w, psi, _ = fa_fit(train_TN, k, fa_iters)
+  out["fa"] = mean + fa_posterior_mean(valid_TN, mean, w, psi) @ w.T
+  if heldout_N.any():
+    inn, held = ~heldout_N, heldout_N
+    kk = min(k, int(inn.sum()))
+    for name in ("pca_cosmooth", "fa_cosmooth"):
+      out[name] = np.full_like(valid_TN, np.nan)
+    mean, v = pca_fit(train_TN[:, inn], kk)
+    out["pca_cosmooth"][:, held] = _regress((train_TN[:, inn] - mean) @ v, train_TN[:, held],
+                                            (valid_TN[:, inn] - mean) @ v)
+    mean, w, psi, _ = fa_fit(train_TN[:, inn], kk, fa_iters)
+    out["fa_cosmooth"][:, held] = _regress(fa_posterior_mean(train_TN[:, inn], mean, w, psi),
+                                           train_TN[:, held],
+                                           fa_posterior_mean(valid_TN[:, inn], mean, w, psi))
+  return out
