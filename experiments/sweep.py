@@ -16,7 +16,7 @@ import sys
 
 from absl import app, flags
 
-from nmas_jax import data, decoding, evaluate, report, sweep, writers
+from nmas_jax import checkpoint, data, decoding, evaluate, report, sweep, writers
 from nmas_jax.data import UserError
 
 _D = sweep.SweepConfig()
@@ -53,11 +53,24 @@ flags.DEFINE_integer("neurons_per_layer", None, "Subsample each layer to this ma
 flags.DEFINE_integer("data_seed", 0, "Seed for subsampling neurons and for synthetic data.")
 flags.DEFINE_string("workdir", "runs/sweep", "Output directory.")
 flags.DEFINE_integer("log_every", _D.log_every, "Steps between progress lines and evaluations.")
+flags.DEFINE_integer("checkpoint_every", 100, "Steps between checkpoints (0: only at the end).")
+flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept in <workdir>/checkpoints.")
+flags.DEFINE_bool("overwrite", False, "Replace a different sweep found in --workdir.")
+flags.DEFINE_string("nan_policy", "freeze", "freeze: a diverging model is frozen and flagged, the "
+                    "others go on; stop: stop the sweep; drop_neurons: also drop neurons with "
+                    "NaN/Inf in the data (with a warning) instead of refusing the data.")
+
+# The settings that define a sweep: a workdir holds one sweep, and resuming needs all equal.
+_IDENTITY_FLAGS = ("dataset", "data_path", "data_key", "layers", "latents", "seeds", "batch_size",
+                   "window", "hidden", "learning_rate", "weight_decay", "clip_norm", "decoder",
+                   "bidirectional", "likelihood", "heldout_neurons", "train_fraction", "normalize",
+                   "bin", "neurons_per_layer", "data_seed")
 
 _SWEEP_FLAGS = ("latents", "dataset", "data_path", "data_key", "layers", "seeds", "steps",
                 "batch_size", "window", "hidden", "learning_rate", "weight_decay", "clip_norm",
                 "decoder", "bidirectional", "likelihood", "heldout_neurons", "gain_fraction", "shared_model", "train_fraction", "normalize", "bin",
-                "neurons_per_layer", "data_seed", "workdir", "log_every")
+                "neurons_per_layer", "data_seed", "workdir", "log_every", "checkpoint_every",
+                "keep_checkpoints", "nan_policy")
 
 
 def _flagfile_text() -> str:
@@ -70,6 +83,18 @@ def _flagfile_text() -> str:
       value = ",".join(value)
     lines.append(f"--{name}={value}")
   return "\n".join(lines) + "\n"
+
+
+def _identity() -> dict:
+  ident = {}
+  for name in _IDENTITY_FLAGS:
+    v = FLAGS[name].value
+    if name == "data_path" and v:
+      v = os.path.abspath(v)
+    if name == "latents":
+      v = list(sweep.parse_latents(v))
+    ident[name] = v
+  return ident
 
 
 def _prepare_workdir(path: str) -> str:
@@ -97,14 +122,24 @@ def main(argv):
         likelihood=FLAGS.likelihood, heldout_neurons=FLAGS.heldout_neurons,
         train_fraction=FLAGS.train_fraction,
         log_every=FLAGS.log_every)
+    if FLAGS.nan_policy not in sweep.NAN_POLICIES:
+      raise UserError(f"unknown --nan_policy={FLAGS.nan_policy!r}: choose one of "
+                      f"{', '.join(sweep.NAN_POLICIES)}")
     dataset = data.load_dataset(FLAGS.dataset, path=FLAGS.data_path, key=FLAGS.data_key,
                                 normalize_method=FLAGS.normalize, bin_size=FLAGS.bin,
-                                neurons_per_layer=FLAGS.neurons_per_layer, seed=FLAGS.data_seed)
+                                neurons_per_layer=FLAGS.neurons_per_layer, seed=FLAGS.data_seed,
+                                drop_nonfinite=FLAGS.nan_policy == "drop_neurons",
+                                warn=lambda m: print(f"warning: {m}", file=sys.stderr, flush=True))
     dataset = dataset.select_layers(FLAGS.layers)
     sweep.check_config(cfg, dataset)
     if not 0.0 < FLAGS.gain_fraction <= 1.0:
       raise UserError(f"--gain_fraction must be in (0, 1], got {FLAGS.gain_fraction}")
+    if FLAGS.checkpoint_every < 0:
+      raise UserError(f"--checkpoint_every must be >= 0, got {FLAGS.checkpoint_every}")
+    if FLAGS.keep_checkpoints < 1:
+      raise UserError(f"--keep_checkpoints must be at least 1, got {FLAGS.keep_checkpoints}")
     workdir = _prepare_workdir(FLAGS.workdir)
+    resuming = checkpoint.claim_workdir(workdir, _identity(), FLAGS.overwrite)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -115,12 +150,27 @@ def main(argv):
   names = [f"layer={dataset.layer_names[l]},latent={k},seed={s}"
            for l, k, s in zip(table.layer, table.latent, table.seed)]
   writer = writers.MetricWriter(workdir, names)
+  ckpt = checkpoint.Checkpointer(workdir, FLAGS.keep_checkpoints)
+  if resuming and ckpt.latest_step() is None:
+    print("no checkpoint in the workdir yet: starting from step 0", flush=True)
+  partial = lambda o: report.write_json(os.path.join(workdir, "results.json"),
+                                        sweep.results_dict(dataset, cfg, o))
   try:
     out = sweep.run_sweep(dataset, cfg, log=lambda s: print(s, flush=True),
-                          on_metrics=writer.write_scalars)
+                          on_metrics=writer.write_scalars, on_eval=partial, checkpointer=ckpt,
+                          checkpoint_every=FLAGS.checkpoint_every, nan_policy=FLAGS.nan_policy)
+  except KeyboardInterrupt:
+    print(f"\ninterrupted: results.json holds the last evaluation; re-run the same command to "
+          f"resume from the latest checkpoint (step {ckpt.latest_step()})", file=sys.stderr)
+    sys.exit(130)
   finally:
     writer.close()
+    ckpt.close()
   results = sweep.results_dict(dataset, cfg, out)
+  if out.stopped:
+    report.write_json(os.path.join(workdir, "results.json"), results)
+    print(f"error: {out.stopped}", file=sys.stderr)
+    sys.exit(1)
   ev = evaluate.evaluate_sweep(dataset, cfg, out, gain_fraction=FLAGS.gain_fraction,
                                log=lambda s: print(s, flush=True))
   results = evaluate.merge_into_results(results, ev)

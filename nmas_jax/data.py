@@ -84,8 +84,8 @@ def _check_finite(x: np.ndarray, what: str) -> None:
     where = np.argwhere(bad)[0]
     raise UserError(
         f"{what} has {int(bad.sum())} non-finite values (NaN or Inf); the "
-        f"first is at index {tuple(int(i) for i in where)}: clean or drop them "
-        "before running")
+        f"first is at index {tuple(int(i) for i in where)}: clean them, "
+        "or pass --nan_policy=drop_neurons to drop those neurons")
 
 
 def _check_numeric(x: np.ndarray, what: str) -> np.ndarray:
@@ -151,7 +151,7 @@ def _layer_name(z: float) -> str:
 
 def load_stringer(path: str, *, neurons_per_layer: int | None = None,
                   normalize_method: str = "mean_per_bin", bin_size: int = 2,
-                  seed: int = 0) -> Dataset:
+                  seed: int = 0, drop_nonfinite: bool = False, warn=print) -> Dataset:
   """Loads Stringer et al. 2019 spontaneous data; layers are the unique z planes.
 
   The file is a pickled dict (np.save of a dict): loading it runs code from the
@@ -181,8 +181,14 @@ def load_stringer(path: str, *, neurons_per_layer: int | None = None,
   if xyz.shape[1] != sresp.shape[0]:
     raise UserError(f"sresp has {sresp.shape[0]} neurons but xyz has {xyz.shape[1]}: "
                     "they must describe the same neurons")
-  _check_finite(sresp, "sresp [neurons, time]")
   _check_finite(xyz, "xyz")
+  if drop_nonfinite:
+    keep = np.isfinite(sresp).all(axis=1)
+    if not keep.all():
+      warn(f"dropped {int((~keep).sum())} of {len(keep)} neurons with NaN/Inf in sresp "
+           "(--nan_policy=drop_neurons)")
+      sresp, xyz = sresp[keep], xyz[:, keep]
+  _check_finite(sresp, "sresp [neurons, time]")
 
   x_TN = sresp.T
   population_mean_T = x_TN.mean(axis=1)
@@ -210,7 +216,7 @@ def load_stringer(path: str, *, neurons_per_layer: int | None = None,
 
 
 def load_array(path: str, *, key: str | None = None, normalize_method: str = "mean_per_bin",
-               bin_size: int = 2) -> Dataset:
+               bin_size: int = 2, drop_nonfinite: bool = False, warn=print) -> Dataset:
   """Loads a .npy/.npz array [time, neurons] (one layer) or [layers, time, neurons]."""
   _check_file(path)
   try:
@@ -238,6 +244,14 @@ def load_array(path: str, *, key: str | None = None, normalize_method: str = "me
     x = x[None]
   if x.ndim != 3:
     raise UserError(f"the array must be [time, neurons] or [layers, time, neurons], got shape {x.shape}")
+  if drop_nonfinite:
+    keep = np.isfinite(x).all(axis=(0, 1))
+    if not keep.all():
+      warn(f"dropped {int((~keep).sum())} of {len(keep)} neurons with NaN/Inf "
+           "(from every layer, to keep equal counts; --nan_policy=drop_neurons)")
+      x = x[:, :, keep]
+    if x.shape[2] == 0:
+      raise UserError("every neuron has NaN/Inf values: nothing left to fit")
   _check_finite(x, "the array [layers, time, neurons]")
   layers = [bin_time(normalize(x_TN, normalize_method), bin_size) for x_TN in x]
   meta = dict(path=os.path.abspath(path), key=key, normalize=normalize_method, bin=bin_size,
@@ -435,11 +449,13 @@ DATASETS = ("synthetic", "lorenz", "stringer", "array")
 
 def load_dataset(kind: str, *, path: str = "", key: str | None = None,
                  normalize_method: str = "mean_per_bin", bin_size: int = 2,
-                 neurons_per_layer: int | None = None, seed: int = 0) -> Dataset:
+                 neurons_per_layer: int | None = None, seed: int = 0,
+                 drop_nonfinite: bool = False, warn=print) -> Dataset:
   """Loads any supported dataset by name. `normalize_method`/`bin_size` apply to recorded data.
 
   The synthetic data is generated at its final resolution and scale, so it is
-  neither normalised nor binned.
+  neither normalised nor binned. With `drop_nonfinite`, neurons with NaN/Inf
+  are dropped (and `warn` told how many) instead of refusing the data.
   """
   if normalize_method not in NORMALIZATIONS:
     raise UserError(f"unknown --normalize={normalize_method!r}: choose one of {', '.join(NORMALIZATIONS)}")
@@ -449,9 +465,10 @@ def load_dataset(kind: str, *, path: str = "", key: str | None = None,
     return make_lorenz(seed=seed)
   if kind == "stringer":
     return load_stringer(path, neurons_per_layer=neurons_per_layer, normalize_method=normalize_method,
-                         bin_size=bin_size, seed=seed)
+                         bin_size=bin_size, seed=seed, drop_nonfinite=drop_nonfinite, warn=warn)
   if kind == "array":
-    ds = load_array(path, key=key, normalize_method=normalize_method, bin_size=bin_size)
+    ds = load_array(path, key=key, normalize_method=normalize_method, bin_size=bin_size,
+                    drop_nonfinite=drop_nonfinite, warn=warn)
     if neurons_per_layer is not None:
       if neurons_per_layer > ds.num_neurons or neurons_per_layer < 1:
         raise UserError(f"--neurons_per_layer={neurons_per_layer} must be in 1..{ds.num_neurons} "

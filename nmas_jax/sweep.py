@@ -169,23 +169,30 @@ def _fmt_time(seconds: float) -> str:
   return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
+NAN_POLICIES = ("freeze", "stop", "drop_neurons")
+
+
 @dataclasses.dataclass
 class SweepOutput:
-  """A finished sweep: final state, what each model is, and per-model metrics."""
+  """A sweep's state at its last evaluation: what each model is, and per-model metrics."""
 
   state: train.TrainState
   table: ModelTable
   train_loss: np.ndarray   # [models], mean over the last logging interval
   valid: dict[str, np.ndarray]  # [models] each
-  history: list[dict[str, Any]]  # one entry per log step
+  step: int                # the step of `valid`
   seconds: float
   compile_seconds: float
+  complete: bool = True
+  stopped: str | None = None  # why training stopped early (--nan_policy=stop)
 
 
 def run_sweep(dataset: data_lib.Dataset, cfg: SweepConfig, *,
               log: Callable[[str], None] = print,
               on_metrics: Callable[[int, dict[str, np.ndarray]], None] | None = None,
-              shared: bool = False) -> SweepOutput:
+              on_eval: Callable[[SweepOutput], None] | None = None,
+              shared: bool = False, checkpointer=None, checkpoint_every: int = 0,
+              nan_policy: str = "freeze") -> SweepOutput:
   """Trains every (layer, latent, seed) model on `dataset` in one batched computation.
 
   Args:
@@ -193,12 +200,20 @@ def run_sweep(dataset: data_lib.Dataset, cfg: SweepConfig, *,
     cfg: the sweep's settings.
     log: receives progress lines.
     on_metrics: called at each log step with {"train/loss", "valid/mse", ...} [models].
+    on_eval: called at each log step with the sweep so far (complete=False
+      until the last step), e.g. to write partial results.
     shared: train one model per (latent, seed) on windows of all layers
       (table.layer is then 0 for every model, and no neuron is held out).
+    checkpointer: a `checkpoint.Checkpointer`; training resumes from its
+      latest step and saves every `checkpoint_every` steps and at the end.
+    nan_policy: "freeze" (default) freezes a model whose loss or gradient
+      turns non-finite and continues the others; "stop" stops the sweep.
   Returns:
     The final state and per-model metrics.
   """
   t_train = check_config(cfg, dataset)
+  if nan_policy not in NAN_POLICIES:
+    raise UserError(f"unknown --nan_policy={nan_policy!r}: choose one of {', '.join(NAN_POLICIES)}")
   table = ModelTable.build(1 if shared else dataset.num_layers, cfg.latents, cfg.seeds)
   model = make_model(cfg, dataset.num_neurons)
   tx = train.make_optimizer(clip_norm=cfg.clip_norm)
@@ -211,6 +226,12 @@ def run_sweep(dataset: data_lib.Dataset, cfg: SweepConfig, *,
   layer_M, seed_M = jnp.asarray(table.layer), jnp.asarray(table.seed)
 
   state = init_sweep(cfg, table, dataset.num_neurons)
+  first_step, loss_sum, loss_count = 0, jnp.zeros(len(table), jnp.float32), 0
+  if checkpointer is not None and checkpointer.latest_step() is not None:
+    first_step = checkpointer.latest_step()
+    state, aux = checkpointer.restore(first_step, state)
+    loss_sum, loss_count = jnp.asarray(aux["loss_sum"], jnp.float32), int(aux["loss_count"])
+    log(f"resumed from the checkpoint at step {first_step}")
   step_fn = jax.jit(functools.partial(sweep_step, model=model, tx=tx, likelihood=lik,
                                       t_train=t_train, window=cfg.window,
                                       batch_size=cfg.batch_size, mix_layers=shared),
@@ -227,34 +248,55 @@ def run_sweep(dataset: data_lib.Dataset, cfg: SweepConfig, *,
   compile_seconds = time.perf_counter() - t0
   log(f"compiled in {compile_seconds:.1f}s")
 
-  history, losses = [], []
+  def describe(i: int) -> str:
+    layer = "all" if shared else dataset.layer_names[table.layer[i]]
+    return f"layer {layer}, latent {table.latent[i]}, seed {table.seed[i]}"
+
+  out = None
   start = last = time.perf_counter()
-  last_step = 0
-  for step in range(1, cfg.steps + 1):
+  last_step = first_step
+  for step in range(first_step + 1, cfg.steps + 1):
     state, metrics = step_fn(state, x_LTN, mask_LN, layer_M, seed_M)
-    losses.append(metrics["train/loss"])
-    if step % cfg.log_every == 0 or step == cfg.steps:
+    loss_sum, loss_count = loss_sum + metrics["train/loss"], loss_count + 1
+    stopped = None
+    if nan_policy == "stop":
+      bad = np.flatnonzero(np.asarray(state.diverged_at) >= 0)
+      if len(bad):
+        stopped = (f"{describe(bad[0])} diverged (non-finite loss or gradient) at step "
+                   f"{int(state.diverged_at[bad[0]])}; --nan_policy=stop stopped the sweep")
+    if step % cfg.log_every == 0 or step == cfg.steps or stopped:
       valid = jax.device_get(eval_fn(state, valid_LVTN, mask_LN, layer_M))
-      train_loss = np.asarray(jnp.mean(jnp.stack(losses), axis=0))
-      losses = []
+      train_loss = np.asarray(loss_sum / max(loss_count, 1))
+      loss_sum, loss_count = jnp.zeros_like(loss_sum), 0
       now = time.perf_counter()
       rate = (step - last_step) / (now - last)
       last, last_step = now, step
-      entry = {"step": step, "train/loss": train_loss, **{k: np.asarray(v) for k, v in valid.items()}}
-      history.append(entry)
+      entry = {"train/loss": train_loss, **{k: np.asarray(v) for k, v in valid.items()}}
       if on_metrics is not None:
-        on_metrics(step, {k: v for k, v in entry.items() if k != "step"})
+        on_metrics(step, entry)
       ok = np.isfinite(valid["valid/loss"])
       best = int(np.argmin(np.where(ok, valid["valid/loss"], np.inf))) if ok.any() else 0
       log(f"step {step}/{cfg.steps}  {rate:.2f} steps/s  ETA {_fmt_time((cfg.steps - step) / rate)}  "
-          f"best valid loss {valid['valid/loss'][best]:.4g} (layer "
-          f"{'all' if shared else dataset.layer_names[table.layer[best]]}, "
-          f"latent {table.latent[best]}, seed {table.seed[best]})")
-  final = history[-1]
-  return SweepOutput(state=state, table=table, train_loss=final["train/loss"],
-                     valid={k: v for k, v in final.items() if k.startswith("valid/")},
-                     history=history, seconds=time.perf_counter() - start,
-                     compile_seconds=compile_seconds)
+          f"best valid loss {valid['valid/loss'][best]:.4g} ({describe(best)})")
+      out = SweepOutput(state=state, table=table, train_loss=train_loss,
+                        valid={k: np.asarray(v) for k, v in valid.items()}, step=step,
+                        seconds=time.perf_counter() - start, compile_seconds=compile_seconds,
+                        complete=step == cfg.steps and not stopped, stopped=stopped)
+      if on_eval is not None and not out.complete:
+        on_eval(out)
+    if checkpointer is not None and (stopped or step == cfg.steps or
+                                     (checkpoint_every and step % checkpoint_every == 0)):
+      checkpointer.save(step, state, {"loss_sum": np.asarray(loss_sum).tolist(),
+                                      "loss_count": loss_count})
+    if stopped:
+      log(f"stopped: {stopped}")
+      break
+  if out is None:  # resumed at (or past) the last step: evaluate once.
+    valid = jax.device_get(eval_fn(state, valid_LVTN, mask_LN, layer_M))
+    out = SweepOutput(state=state, table=table, train_loss=np.asarray(loss_sum / max(loss_count, 1)),
+                      valid={k: np.asarray(v) for k, v in valid.items()}, step=first_step,
+                      seconds=0.0, compile_seconds=compile_seconds)
+  return out
 
 
 def results_dict(dataset: data_lib.Dataset, cfg: SweepConfig, out: SweepOutput) -> dict[str, Any]:
@@ -285,8 +327,11 @@ def results_dict(dataset: data_lib.Dataset, cfg: SweepConfig, out: SweepOutput) 
       "models": entries,
       "seconds": round(out.seconds, 2),
       "compile_seconds": round(out.compile_seconds, 2),
-      "complete": True,
+      "complete": out.complete,
+      "evaluated_step": out.step,
   }
+  if out.stopped:
+    res["stopped"] = out.stopped
   if dataset.true_latent is not None:
     res["true_latent"] = dict(dataset.true_latent)
   return res
