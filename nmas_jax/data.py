@@ -98,6 +98,8 @@ def _check_numeric(x: np.ndarray, what: str) -> np.ndarray:
 def _check_file(path: str) -> None:
   if not path:
     raise UserError("--data_path is empty: give the path of the data file")
+  if os.path.isdir(path):
+    raise UserError(f"data path is a directory, not a file: {path}")
   if not os.path.isfile(path):
     raise UserError(f"data file not found: {path}")
   if not os.access(path, os.R_OK):

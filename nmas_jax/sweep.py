@@ -276,14 +276,14 @@ def run_sweep(dataset: data_lib.Dataset, cfg: SweepConfig, *,
         on_metrics(step, entry)
       ok = np.isfinite(valid["valid/loss"])
       best = int(np.argmin(np.where(ok, valid["valid/loss"], np.inf))) if ok.any() else 0
-      log(f"step {step}/{cfg.steps}  {rate:.2f} steps/s  ETA {_fmt_time((cfg.steps - step) / rate)}  "
-          f"best valid loss {valid['valid/loss'][best]:.4g} ({describe(best)})")
       out = SweepOutput(state=state, table=table, train_loss=train_loss,
                         valid={k: np.asarray(v) for k, v in valid.items()}, step=step,
                         seconds=time.perf_counter() - start, compile_seconds=compile_seconds,
                         complete=step == cfg.steps and not stopped, stopped=stopped)
       if on_eval is not None and not out.complete:
         on_eval(out)
+      log(f"step {step}/{cfg.steps}  {rate:.2f} steps/s  ETA {_fmt_time((cfg.steps - step) / rate)}  "
+          f"best valid loss {valid['valid/loss'][best]:.4g} ({describe(best)})")
     if checkpointer is not None and (stopped or step == cfg.steps or
                                      (checkpoint_every and step % checkpoint_every == 0)):
       checkpointer.save(step, state, {"loss_sum": np.asarray(loss_sum).tolist(),

@@ -1,0 +1,181 @@
+"""Checkpoint and exact resume, divergence isolation, workdir identity, bad-input catalogue."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from nmas_jax import checkpoint, data, sweep
+from nmas_jax.data import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
+
+
+def _args(data_path, workdir, steps=300, extra=()):
+  return [sys.executable, "-m", "experiments.sweep", "--dataset=array", f"--data_path={data_path}",
+          "--normalize=none", "--bin=1", "--latents=1,3", "--hidden=16", "--window=10",
+          "--batch_size=8", f"--steps={steps}", "--log_every=10", "--checkpoint_every=20",
+          "--heldout_neurons=0.25", f"--workdir={workdir}", *extra]
+
+
+@pytest.fixture(scope="module")
+def small_array(tmp_path_factory):
+  ds = data.make_synthetic(true_latents=(2, 3), neurons=8, time=400, seed=1)
+  path = tmp_path_factory.mktemp("data") / "small.npy"
+  np.save(path, ds.x_LTN)
+  return str(path)
+
+
+def _final_params(workdir):
+  """The latest checkpoint's params, as numpy leaves."""
+
+  ck = checkpoint.Checkpointer(str(workdir))
+  step = ck.latest_step()
+  raw = ck._mngr.restore(step)  # structure-free restore: nested dicts of arrays
+  ck.close()
+  return step, [np.asarray(a) for a in jax.tree.leaves(raw["state"]["params"])]
+
+
+def test_kill_9_then_resume_equals_uninterrupted(small_array, tmp_path):
+  full = tmp_path / "full"
+  r = subprocess.run(_args(small_array, full), cwd=ROOT, env=ENV, capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr
+
+  killed = tmp_path / "killed"
+  p = subprocess.Popen(_args(small_array, killed), cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True)
+  deadline = time.time() + 120
+  for line in p.stdout:  # wait for a checkpoint past step 20 and a progress line after it
+    if line.startswith("step 50/"):
+      break
+    assert time.time() < deadline
+  p.send_signal(signal.SIGKILL)
+  p.wait()
+  partial = json.loads((killed / "results.json").read_text())
+  assert partial["complete"] is False and 50 <= partial["evaluated_step"] < 300
+  assert checkpoint.Checkpointer(str(killed)).latest_step() < 300
+
+  r = subprocess.run(_args(small_array, killed), cwd=ROOT, env=ENV, capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr
+  assert "resumed from the checkpoint at step" in r.stdout
+  a, b = json.loads((full / "results.json").read_text()), json.loads((killed / "results.json").read_text())
+  assert b["complete"] is True
+  for ma, mb in zip(a["models"], b["models"]):
+    for key in ("train_loss", "valid_mse", "cosmooth_mse"):
+      assert ma[key] == mb[key], (key, ma, mb)  # bit for bit on CPU
+  step_a, pa = _final_params(full)
+  step_b, pb = _final_params(killed)
+  assert step_a == step_b == 300
+  for x, y in zip(pa, pb):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_different_sweep_in_workdir_is_refused_and_untouched(small_array, tmp_path):
+  w = tmp_path / "w"
+  r = subprocess.run(_args(small_array, w, steps=20), cwd=ROOT, env=ENV, capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr
+  before = {f: (w / f).read_bytes() for f in ("results.json", "results.csv", "sweep.json")}
+  r = subprocess.run(_args(small_array, w, steps=20, extra=["--latents=1,2"]), cwd=ROOT, env=ENV,
+                     capture_output=True, text=True)
+  assert r.returncode == 2
+  assert r.stderr.strip().splitlines()[-1] == (
+      f"error: --workdir={w} holds a different sweep (--latents was 1,3, now 1,2): "
+      "use another --workdir, or --overwrite to replace it")
+  assert {f: (w / f).read_bytes() for f in before} == before
+  r = subprocess.run(_args(small_array, w, steps=20, extra=["--latents=1,2", "--overwrite"]),
+                     cwd=ROOT, env=ENV, capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr
+  assert json.loads((w / "results.json").read_text())["latents"] == [1, 2]
+
+
+def test_claim_workdir_names_the_first_differing_setting(tmp_path):
+  assert checkpoint.claim_workdir(str(tmp_path), {"a": 1, "b": 2}) is False
+  assert checkpoint.claim_workdir(str(tmp_path), {"a": 1, "b": 2}) is True
+  with pytest.raises(UserError, match="--b was 2, now 3"):
+    checkpoint.claim_workdir(str(tmp_path), {"a": 1, "b": 3})
+
+
+def test_injected_divergence_leaves_other_models_bit_identical():
+  ds = data.make_synthetic(true_latents=(2,), neurons=8, time=300, seed=0)
+  base = dict(latents=(1, 2, 4), hidden=8, window=10, batch_size=4, steps=30, log_every=30)
+  ref = sweep.run_sweep(ds, sweep.SweepConfig(**base), log=lambda s: None)
+  # Same sweep, but model 1 gets an absurd learning rate: it must diverge alone.
+  cfg = sweep.SweepConfig(**base)
+  table = sweep.ModelTable.build(1, cfg.latents, 1)
+  state = sweep.init_sweep(cfg, table, 8)
+  lr = np.array(state.opt_state[1].hyperparams["learning_rate"])
+  lr[1] = 1e30
+  state.opt_state[1].hyperparams["learning_rate"] = lr
+
+  class _Start:  # a checkpointer that only hands over this initial state
+    def latest_step(self):
+      return 0
+
+    def restore(self, step, like):  # a fresh copy: the sweep donates (consumes) its state
+      return jax.tree.map(lambda a: a.copy(), state), {"loss_sum": [0.0] * 3, "loss_count": 0}
+
+    def save(self, *a):
+      pass
+
+  bad = sweep.run_sweep(ds, cfg, log=lambda s: None, checkpointer=_Start())
+  div = np.asarray(bad.state.diverged_at)
+  assert div[1] >= 0 and div[0] == -1 and div[2] == -1
+
+  for i in (0, 2):
+    for x, y in zip(jax.tree.leaves(jax.tree.map(lambda a: a[i], ref.state.params)),
+                    jax.tree.leaves(jax.tree.map(lambda a: a[i], bad.state.params))):
+      np.testing.assert_array_equal(x, y)
+  res = sweep.results_dict(ds, cfg, bad)
+  assert res["models"][1]["diverged_at_step"] == int(div[1])
+  stopped = sweep.run_sweep(ds, cfg, log=lambda s: None, checkpointer=_Start(), nan_policy="stop")
+  assert not stopped.complete and "diverged" in stopped.stopped and "latent 2" in stopped.stopped
+
+
+def _cli(*args):
+  return subprocess.run([sys.executable, "-m", "experiments.sweep", *args], cwd=ROOT, env=ENV,
+                        capture_output=True, text=True)
+
+
+def test_bad_input_catalogue(tmp_path, small_array):
+  w = tmp_path / "w"
+  np.save(tmp_path / "s.npy", np.array(["a", "b"]))
+  np.save(tmp_path / "pickled.npy", np.array([[1, 2]], dtype=object), allow_pickle=True)
+  (tmp_path / "afile").write_text("x")
+  cases = [
+      (["--dataset=array", f"--data_path={tmp_path}"], f"error: data path is a directory, not a file: {tmp_path}"),
+      (["--dataset=array", f"--data_path={tmp_path / 's.npy'}"], "error: the array has dtype <U1, not numeric"),
+      (["--dataset=array", f"--data_path={tmp_path / 'pickled.npy'}"], "error: "),
+      (["--dataset=array", f"--data_path={small_array}", "--latents=1.5"],
+       "error: --latents has '1.5', not an integer"),
+      (["--dataset=array", f"--data_path={small_array}", "--normalize=none", "--bin=1", "--latents=1", f"--workdir={tmp_path / 'afile' / 'sub'}"],
+       f"error: cannot write to --workdir={tmp_path / 'afile' / 'sub'}"),
+      (["--nan_policy=ignore"], "error: unknown --nan_policy='ignore'"),
+      (["--dataset=nwb2"], "error: unknown --dataset='nwb2'"),
+  ]
+  for args, message in cases:
+    if not any(a.startswith("--workdir") for a in args):
+      args = [*args, f"--workdir={w}"]
+    r = _cli(*args)
+    assert r.returncode == 2, (args, r.stderr)
+    errors = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(message), (args, r.stderr)
+    assert not w.exists()
+
+
+def test_nan_policy_drop_neurons_warns_and_runs(tmp_path):
+  x = np.abs(np.random.default_rng(0).normal(size=(120, 6))) + 0.5
+  x[5, 1] = np.nan
+  np.save(tmp_path / "nan.npy", x)
+  r = _cli("--dataset=array", f"--data_path={tmp_path / 'nan.npy'}", "--latents=1,2", "--steps=4",
+           "--window=10", "--hidden=4", "--log_every=2", "--nan_policy=drop_neurons",
+           f"--workdir={tmp_path / 'w'}")
+  assert r.returncode == 0, r.stderr
+  assert "warning: dropped 1 of 6 neurons with NaN/Inf" in r.stderr
+  assert json.loads((tmp_path / "w" / "results.json").read_text())["data"]["num_neurons"] == 5
