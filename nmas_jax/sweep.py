@@ -41,6 +41,7 @@ class SweepConfig:
   train_fraction: float = 0.8
   log_every: int = 100
   unroll: int = 1
+  dtype: str = "float32"  # matmul dtype (bfloat16 on GPU/TPU); LSTM state and losses stay float32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +93,8 @@ def check_config(cfg: SweepConfig, dataset: data_lib.Dataset) -> int:
     raise UserError(f"--learning_rate must be positive, got {cfg.learning_rate}")
   if cfg.weight_decay < 0:
     raise UserError(f"--weight_decay must be >= 0, got {cfg.weight_decay}")
+  if cfg.dtype not in ("float32", "bfloat16"):
+    raise UserError(f"unknown --dtype={cfg.dtype!r}: choose float32 or bfloat16")
   if cfg.decoder not in models.DECODERS:
     raise UserError(f"unknown --decoder={cfg.decoder!r}: choose one of {', '.join(models.DECODERS)}")
   if cfg.likelihood not in train.LIKELIHOODS + ("auto",):
@@ -125,7 +128,8 @@ def make_model(cfg: SweepConfig, neurons: int) -> models.LSTMAutoencoder:
   """The padded autoencoder every model of the sweep shares (width = max latent)."""
   return models.LSTMAutoencoder(neurons=neurons, latent=max(cfg.latents), hidden=cfg.hidden,
                                 decoder=cfg.decoder, bidirectional=cfg.bidirectional,
-                                unroll=cfg.unroll)
+                                unroll=cfg.unroll,
+                                dtype=jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32)
 
 
 def init_sweep(cfg: SweepConfig, table: ModelTable, neurons: int) -> train.TrainState:

@@ -1,0 +1,168 @@
+"""Throughput of the batched sweep step, the one-by-one loop, and this machine's matmul peak."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nmas_jax import data as data_lib
+from nmas_jax import models, sweep, train
+
+
+@dataclasses.dataclass(frozen=True)
+class Shapes:
+  neurons: int = 1131
+  window: int = 50
+  batch_size: int = 16
+  hidden: int = 128
+  latents: tuple[int, ...] = (10, 25, 50, 75, 150)
+  layers: int = 1
+  decoder: str = "lstm"
+  unroll: int = 1
+  dtype: str = "float32"
+
+
+def flops_per_step(s: Shapes) -> float:
+  """Analytic FLOPs of one training step of every model (forward + backward), useful work only.
+
+  Encoder LSTM -> latent Dense -> decoder LSTM (or none) -> readout Dense, at
+  each model's own latent size k. A matmul costs 2mnk forward and twice that
+  backward, except the encoder's input projection, whose input needs no gradient.
+  """
+  bt, n, h = s.batch_size * s.window, s.neurons, s.hidden
+  total = 0.0
+  for k in s.latents:
+    enc_in = 2 * bt * n * 4 * h * 2          # forward + weight gradient only
+    enc_rec = 2 * bt * h * 4 * h * 3
+    to_lat = 2 * bt * h * k * 3
+    if s.decoder == "lstm":
+      dec = (2 * bt * k * 4 * h + 2 * bt * h * 4 * h) * 3 + 2 * bt * h * n * 3
+    else:
+      dec = 2 * bt * k * n * 3
+    total += enc_in + enc_rec + to_lat + dec
+  return total * s.layers
+
+
+def _time(fn: Callable[[], Any], steps: int) -> float:
+  """Seconds per call of fn (which returns something to block on), after 2 warm-up calls."""
+  for _ in range(2):
+    jax.block_until_ready(fn())
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    out = fn()
+  jax.block_until_ready(out)
+  return (time.perf_counter() - t0) / steps
+
+
+def matmul_peak_gflops(n: int = 2048, dtype=jnp.float32, reps: int = 10) -> float:
+  """Achieved GFLOP/s of a large square matmul: this machine's practical peak."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
+  b = jax.random.normal(jax.random.PRNGKey(1), (n, n), dtype)
+  mm = jax.jit(lambda a, b: a @ b)
+  return 2 * n ** 3 / _time(lambda: mm(a, b), reps) / 1e9
+
+
+def run(s: Shapes, steps: int = 20, loop: bool = True, log=print) -> dict[str, Any]:
+  """Times (a) one batched sweep step, (b) the one-by-one loop, (c) the matmul peak."""
+  dtype = jnp.bfloat16 if s.dtype == "bfloat16" else jnp.float32
+  cfg = sweep.SweepConfig(latents=tuple(s.latents), steps=1, batch_size=s.batch_size,
+                          window=s.window, hidden=s.hidden, decoder=s.decoder, unroll=s.unroll,
+                          heldout_neurons=0.0, likelihood="gaussian", dtype=s.dtype)
+  num_time = s.window * 40
+  x_LTN = jax.random.normal(jax.random.PRNGKey(0), (s.layers, num_time, s.neurons), jnp.float32)
+  t_train = int(num_time * 0.8)
+  table = sweep.ModelTable.build(s.layers, cfg.latents, 1)
+  model = sweep.make_model(cfg, s.neurons)
+  tx = train.make_optimizer()
+  mask_LN = jnp.ones((s.layers, s.neurons), jnp.float32)
+  layer_M, seed_M = jnp.asarray(table.layer), jnp.asarray(table.seed)
+  step_fn = jax.jit(functools.partial(sweep.sweep_step, model=model, tx=tx, likelihood="gaussian",
+                                      t_train=t_train, window=s.window, batch_size=s.batch_size),
+                    donate_argnums=0)
+  state = sweep.init_sweep(cfg, table, s.neurons)
+  t0 = time.perf_counter()
+  compiled = step_fn.lower(state, x_LTN, mask_LN, layer_M, seed_M).compile()
+  compile_s = time.perf_counter() - t0
+  box = [state]
+
+  def sweep_call():
+    box[0], m = compiled(box[0], x_LTN, mask_LN, layer_M, seed_M)
+    return m["train/loss"]
+
+  sweep_s = _time(sweep_call, steps)
+  log(f"sweep step: {sweep_s * 1e3:.1f} ms ({len(table)} models), compiled in {compile_s:.1f}s")
+
+  loop_s, loop_compile_s = None, None
+  if loop:
+    singles = []
+    t0 = time.perf_counter()
+    for i in range(len(table)):
+      k, layer = int(table.latent[i]), int(table.layer[i])
+      m = models.LSTMAutoencoder(neurons=s.neurons, latent=k, hidden=s.hidden, decoder=s.decoder,
+                                 unroll=s.unroll, dtype=dtype)
+
+      def one(st, x_LTN, layer=layer, m=m):
+        x_BTN = data_lib.sample_batches(x_LTN, jnp.array([layer]), jnp.array([0]), st.step,
+                                        t_train=t_train, window=s.window, batch_size=s.batch_size)[0]
+        return train.train_step(st, {"x": x_BTN}, model=m, tx=tx)
+
+      st = train.init_state(jax.random.PRNGKey(i), k, 3e-3, 0.0, model=m, clip_norm=1.0,
+                            example_x_BTN=jnp.zeros((1, s.window, s.neurons)))
+      fn = jax.jit(one, donate_argnums=0).lower(st, x_LTN).compile()
+      singles.append([fn, st])
+    loop_compile_s = time.perf_counter() - t0
+
+    def loop_call():
+      out = None
+      for pair in singles:
+        pair[1], metrics = pair[0](pair[1], x_LTN)
+        out = metrics["train/loss"]
+      return out
+
+    loop_s = _time(loop_call, steps)
+    log(f"loop of single-model steps: {loop_s * 1e3:.1f} ms, compiled in {loop_compile_s:.1f}s")
+
+  peak = matmul_peak_gflops(dtype=jnp.float32)
+  flops = flops_per_step(s)
+  achieved = flops / sweep_s / 1e9
+  dev = jax.devices()[0]
+  return {
+      "sweep_step_ms": round(sweep_s * 1e3, 3),
+      "loop_step_ms": None if loop_s is None else round(loop_s * 1e3, 3),
+      "speedup_vs_loop": None if loop_s is None else round(loop_s / sweep_s, 3),
+      "flops_per_step": flops,
+      "achieved_gflops": round(achieved, 2),
+      "peak_gflops": round(peak, 2),
+      "mfu": round(achieved / peak, 4),
+      "compile_s": round(compile_s, 2),
+      "loop_compile_s": None if loop_compile_s is None else round(loop_compile_s, 2),
+      "models": len(table),
+      "device": f"{dev.platform}:{getattr(dev, 'device_kind', '')}",
+      "devices": jax.device_count(),
+      **{k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(s).items()},
+      "steps": steps,
+  }
+
+
+def table(r: dict[str, Any]) -> str:
+  rows = [("device", r["device"]), ("models", r["models"]),
+          ("shapes", f"neurons={r['neurons']} window={r['window']} batch={r['batch_size']} "
+                     f"hidden={r['hidden']} latents={','.join(map(str, r['latents']))} "
+                     f"decoder={r['decoder']} dtype={r['dtype']} unroll={r['unroll']}"),
+          ("sweep step (all models, one call)", f"{r['sweep_step_ms']:.1f} ms"),
+          ("one-by-one loop", "-" if r["loop_step_ms"] is None else f"{r['loop_step_ms']:.1f} ms"),
+          ("speed-up vs loop", "-" if r["speedup_vs_loop"] is None else f"{r['speedup_vs_loop']:.2f}x"),
+          ("useful GFLOP per step", f"{r['flops_per_step'] / 1e9:.2f}"),
+          ("achieved GFLOP/s", f"{r['achieved_gflops']:.1f}"),
+          ("f32 matmul peak GFLOP/s", f"{r['peak_gflops']:.1f}"),
+          ("MFU (achieved / peak)", f"{r['mfu']:.1%}"),
+          ("compile (sweep / loop)", f"{r['compile_s']:.1f}s / "
+                                     f"{'-' if r['loop_compile_s'] is None else r['loop_compile_s']}s")]
+  w = max(len(a) for a, _ in rows)
+  return "\n".join(f"{a:<{w}}  {b}" for a, b in rows)
