@@ -46,7 +46,7 @@ class SweepConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelTable:
-  """What each index of the models axis means: [models] arrays, layer-major."""
+  """What each index of the models axis means: [models] arrays; order layer, seed, latent."""
 
   layer: np.ndarray   # int, index into the dataset's layers
   latent: np.ndarray  # int, latent size k
@@ -54,7 +54,7 @@ class ModelTable:
 
   @classmethod
   def build(cls, num_layers: int, latents: Sequence[int], seeds: int) -> "ModelTable":
-    grid = np.array([(l, k, s) for l in range(num_layers) for k in latents for s in range(seeds)],
+    grid = np.array([(l, k, s) for l in range(num_layers) for s in range(seeds) for k in latents],
                     dtype=np.int32).reshape(-1, 3)
     return cls(grid[:, 0], grid[:, 1], grid[:, 2])
 
