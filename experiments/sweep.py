@@ -16,7 +16,8 @@ import sys
 
 from absl import app, flags
 
-from nmas_jax import checkpoint, data, decoding, evaluate, report, sweep, writers
+from nmas_jax import data, evaluate, report, sweep
+from nmas_jax.api import DimensionSweep, SweepStopped
 from nmas_jax.data import UserError
 
 _D = sweep.SweepConfig()
@@ -43,6 +44,12 @@ flags.DEFINE_float("heldout_neurons", _D.heldout_neurons, "Fraction of each laye
                    "from the encoder and scored by co-smoothing (0 disables).")
 flags.DEFINE_float("gain_fraction", evaluate.DEFAULT_GAIN_FRACTION, "Dimension estimate: smallest "
                    "latent reaching this fraction of the best held-out gain.")
+flags.DEFINE_bool("shuffle_control", False, "Also sweep a control copy of each layer whose "
+                  "neurons are circularly shifted in time by their own random offsets.")
+flags.DEFINE_string("dtype", _D.dtype, "Matmul dtype: float32, or bfloat16 on GPU/TPU.")
+flags.DEFINE_string("nwb_series", None, "NWB: name of the RoiResponseSeries to read, or 'units' for "
+                    "spikes; needed when the file has several.")
+flags.DEFINE_float("bin_ms", 50.0, "NWB spikes: bin width in milliseconds.")
 flags.DEFINE_bool("shared_model", False, "Also train one model per latent size on all layers "
                   "together and decode the layer from its latents (decoding.png).")
 flags.DEFINE_float("train_fraction", _D.train_fraction, "Leading fraction of time for training.")
@@ -64,11 +71,12 @@ flags.DEFINE_string("nan_policy", "freeze", "freeze: a diverging model is frozen
 _IDENTITY_FLAGS = ("dataset", "data_path", "data_key", "layers", "latents", "seeds", "batch_size",
                    "window", "hidden", "learning_rate", "weight_decay", "clip_norm", "decoder",
                    "bidirectional", "likelihood", "heldout_neurons", "train_fraction", "normalize",
-                   "bin", "neurons_per_layer", "data_seed")
+                   "bin", "neurons_per_layer", "data_seed", "shuffle_control", "dtype",
+                   "nwb_series", "bin_ms")
 
 _SWEEP_FLAGS = ("latents", "dataset", "data_path", "data_key", "layers", "seeds", "steps",
                 "batch_size", "window", "hidden", "learning_rate", "weight_decay", "clip_norm",
-                "decoder", "bidirectional", "likelihood", "heldout_neurons", "gain_fraction", "shared_model", "train_fraction", "normalize", "bin",
+                "decoder", "bidirectional", "likelihood", "heldout_neurons", "gain_fraction", "shuffle_control", "dtype", "nwb_series", "bin_ms", "shared_model", "train_fraction", "normalize", "bin",
                 "neurons_per_layer", "data_seed", "workdir", "log_every", "checkpoint_every",
                 "keep_checkpoints", "nan_policy")
 
@@ -97,96 +105,58 @@ def _identity() -> dict:
   return ident
 
 
-def _prepare_workdir(path: str) -> str:
-  try:
-    os.makedirs(path, exist_ok=True)
-    probe = os.path.join(path, f".write_test.{os.getpid()}")
-    with open(probe, "w", encoding="utf-8"):
-      pass
-    os.remove(probe)
-  except OSError as e:
-    raise UserError(f"cannot write to --workdir={path}: {e.strerror or e}") from None
-  return path
-
-
 def main(argv):
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # no 'TPU not found' noise.
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   try:
-    cfg = sweep.SweepConfig(
+    est = DimensionSweep(
         latents=sweep.parse_latents(FLAGS.latents), seeds=FLAGS.seeds, steps=FLAGS.steps,
         batch_size=FLAGS.batch_size, window=FLAGS.window, hidden=FLAGS.hidden,
         learning_rate=FLAGS.learning_rate, weight_decay=FLAGS.weight_decay,
         clip_norm=FLAGS.clip_norm, decoder=FLAGS.decoder, bidirectional=FLAGS.bidirectional,
         likelihood=FLAGS.likelihood, heldout_neurons=FLAGS.heldout_neurons,
-        train_fraction=FLAGS.train_fraction,
-        log_every=FLAGS.log_every)
+        train_fraction=FLAGS.train_fraction, gain_fraction=FLAGS.gain_fraction,
+        shuffle_control=FLAGS.shuffle_control, shared_model=FLAGS.shared_model,
+        log_every=FLAGS.log_every, dtype=FLAGS.dtype)
     if FLAGS.nan_policy not in sweep.NAN_POLICIES:
       raise UserError(f"unknown --nan_policy={FLAGS.nan_policy!r}: choose one of "
                       f"{', '.join(sweep.NAN_POLICIES)}")
-    dataset = data.load_dataset(FLAGS.dataset, path=FLAGS.data_path, key=FLAGS.data_key,
-                                normalize_method=FLAGS.normalize, bin_size=FLAGS.bin,
-                                neurons_per_layer=FLAGS.neurons_per_layer, seed=FLAGS.data_seed,
-                                drop_nonfinite=FLAGS.nan_policy == "drop_neurons",
-                                warn=lambda m: print(f"warning: {m}", file=sys.stderr, flush=True))
-    dataset = dataset.select_layers(FLAGS.layers)
-    sweep.check_config(cfg, dataset)
-    if not 0.0 < FLAGS.gain_fraction <= 1.0:
-      raise UserError(f"--gain_fraction must be in (0, 1], got {FLAGS.gain_fraction}")
     if FLAGS.checkpoint_every < 0:
       raise UserError(f"--checkpoint_every must be >= 0, got {FLAGS.checkpoint_every}")
     if FLAGS.keep_checkpoints < 1:
       raise UserError(f"--keep_checkpoints must be at least 1, got {FLAGS.keep_checkpoints}")
-    workdir = _prepare_workdir(FLAGS.workdir)
-    resuming = checkpoint.claim_workdir(workdir, _identity(), FLAGS.overwrite)
+    dataset = data.load_dataset(FLAGS.dataset, path=FLAGS.data_path, key=FLAGS.data_key,
+                                normalize_method=FLAGS.normalize, bin_size=FLAGS.bin,
+                                neurons_per_layer=FLAGS.neurons_per_layer, seed=FLAGS.data_seed,
+                                drop_nonfinite=FLAGS.nan_policy == "drop_neurons",
+                                warn=lambda m: print(f"warning: {m}", file=sys.stderr, flush=True),
+                                nwb_series=FLAGS.nwb_series, bin_ms=FLAGS.bin_ms)
+    dataset = dataset.select_layers(FLAGS.layers)
+    est.fit(dataset, workdir=FLAGS.workdir, identity=_identity(), overwrite=FLAGS.overwrite,
+            checkpoint_every=FLAGS.checkpoint_every, keep_checkpoints=FLAGS.keep_checkpoints,
+            nan_policy="stop" if FLAGS.nan_policy == "stop" else "freeze",
+            flags_text=_flagfile_text(), data_seed=FLAGS.data_seed)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-
-  flags_text = _flagfile_text()
-  report.atomic_write(os.path.join(workdir, "flags.txt"), lambda f: f.write(flags_text))
-  table = sweep.ModelTable.build(dataset.num_layers, cfg.latents, cfg.seeds)
-  names = [f"layer={dataset.layer_names[l]},latent={k},seed={s}"
-           for l, k, s in zip(table.layer, table.latent, table.seed)]
-  writer = writers.MetricWriter(workdir, names)
-  ckpt = checkpoint.Checkpointer(workdir, FLAGS.keep_checkpoints)
-  if resuming and ckpt.latest_step() is None:
-    print("no checkpoint in the workdir yet: starting from step 0", flush=True)
-  partial = lambda o: report.write_json(os.path.join(workdir, "results.json"),
-                                        sweep.results_dict(dataset, cfg, o))
-  try:
-    out = sweep.run_sweep(dataset, cfg, log=lambda s: print(s, flush=True),
-                          on_metrics=writer.write_scalars, on_eval=partial, checkpointer=ckpt,
-                          checkpoint_every=FLAGS.checkpoint_every, nan_policy=FLAGS.nan_policy)
-  except KeyboardInterrupt:
-    print(f"\ninterrupted: results.json holds the last evaluation; re-run the same command to "
-          f"resume from the latest checkpoint (step {ckpt.latest_step()})", file=sys.stderr)
-    sys.exit(130)
-  finally:
-    writer.close()
-    ckpt.close()
-  results = sweep.results_dict(dataset, cfg, out)
-  if out.stopped:
-    report.write_json(os.path.join(workdir, "results.json"), results)
-    print(f"error: {out.stopped}", file=sys.stderr)
+  except SweepStopped as e:
+    print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
-  ev = evaluate.evaluate_sweep(dataset, cfg, out, gain_fraction=FLAGS.gain_fraction,
-                               log=lambda s: print(s, flush=True))
-  results = evaluate.merge_into_results(results, ev)
-  if FLAGS.shared_model:
-    if dataset.num_layers < 2:
-      print("shared model skipped: layer decoding needs at least 2 layers", flush=True)
-    else:
-      shared = sweep.run_sweep(dataset, cfg, log=lambda s: print(s, flush=True), shared=True)
-      results["layer_accuracy"] = decoding.layer_accuracy(dataset, cfg, shared)
-  paths = report.write_all(workdir, results, flags_text)
+  except KeyboardInterrupt:
+    print("\ninterrupted: results.json holds the last evaluation; re-run the same command to "
+          "resume from the latest checkpoint", file=sys.stderr)
+    sys.exit(130)
   print()
-  print(report.table(results))
-  print(f"\ntrained {len(table)} models in {out.seconds:.1f}s (+{out.compile_seconds:.1f}s compile)")
-  print("wrote:\n  " + "\n  ".join(paths + [os.path.join(workdir, "tb"),
-                                           os.path.join(workdir, "metrics.jsonl"),
-                                           os.path.join(workdir, "flags.txt")]))
+  print(report.table(est.results_))
+  if est.results_.get("shuffle_control"):
+    for layer, g in est.results_["shuffle_control"]["layers"].items():
+      print(f"shuffle control, layer {layer}: held-out gain over the smallest latent "
+            f"{g['gain']:.4g} (real) vs {g['control_gain']:.4g} (control)")
+  r = est.results_
+  print(f"\ntrained {len(est.table_)} models in {r['seconds']:.1f}s (+{r['compile_seconds']:.1f}s compile)")
+  print("wrote:\n  " + "\n  ".join(est.paths_ + [os.path.join(FLAGS.workdir, n) for n in
+                                                  ("tb", "metrics.jsonl", "flags.txt", "checkpoints")]))
 
 
 if __name__ == "__main__":

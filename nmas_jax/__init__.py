@@ -1,0 +1,8 @@
+"""nmas-jax: how many dimensions does a neural population use? Batched LSTM-autoencoder latent sweeps."""
+
+from nmas_jax.api import DimensionSweep
+from nmas_jax.data import Dataset, UserError
+from nmas_jax.models import Decoder, Encoder, LSTMAutoencoder, ScanLSTM
+
+__all__ = ["DimensionSweep", "Dataset", "UserError", "LSTMAutoencoder", "Encoder", "Decoder", "ScanLSTM"]
+__version__ = "0.1.0"

@@ -48,6 +48,14 @@ class Checkpointer:
                                                          aux=ocp.args.JsonRestore()))
     return r.state, r.aux
 
+  def restore_aux(self, step: int) -> dict[str, Any]:
+    """Only the JSON side of a checkpoint."""
+    return self._mngr.restore(step, args=ocp.args.Composite(aux=ocp.args.JsonRestore())).aux
+
+  def restore_raw(self, step: int) -> Any:
+    """The saved state as nested dicts of arrays, without a target structure."""
+    return self._mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
+
   def close(self) -> None:
     self._mngr.close()
 

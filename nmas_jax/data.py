@@ -446,13 +446,81 @@ def valid_windows(x_LTN: np.ndarray, t_train: int, window: int) -> np.ndarray:
   return v.reshape(v.shape[0], n, window, v.shape[2])
 
 
-DATASETS = ("synthetic", "lorenz", "stringer", "array")
+def load_nwb(path: str, *, series: str | None = None, bin_ms: float = 50.0,
+             normalize_method: str = "none", bin_size: int = 1, seed: int = 0) -> Dataset:
+  """Loads calcium series (RoiResponseSeries in Fluorescence/DfOverF) or spikes (Units) from NWB.
+
+  Several series of one container (one per imaging plane) become layers,
+  subsampled (seeded) to the smallest ROI count and cut to the shortest
+  length. `series` picks a series or container by name, or "units" for the
+  Units table, whose spike times are binned at `bin_ms`. Needs the optional
+  `pynwb` (pip install 'nmas-jax[nwb]').
+  """
+  _check_file(path)
+  try:
+    import pynwb
+    from pynwb.ophys import RoiResponseSeries
+  except ImportError:
+    raise UserError("--dataset=nwb needs pynwb: pip install 'nmas-jax[nwb]'") from None
+  try:
+    io = pynwb.NWBHDF5IO(path, "r")
+    nwb = io.read()
+  except Exception as e:  # noqa: BLE001
+    raise UserError(f"cannot read {path} as NWB: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+  with io:
+    found = [o for o in nwb.objects.values() if isinstance(o, RoiResponseSeries)]
+    has_units = nwb.units is not None and len(nwb.units) > 0
+    names = sorted({o.name for o in found} | {o.parent.name for o in found} | ({"units"} if has_units else set()))
+    if series == "units" or (series is None and not found and has_units):
+      if not has_units:
+        raise UserError(f"{path} has no Units table; it holds: {', '.join(names) or 'nothing readable'}")
+      spikes = [np.asarray(nwb.units.get_unit_spike_times(i)) for i in range(len(nwb.units))]
+      start = min(float(s.min()) for s in spikes if len(s))
+      stop = max(float(s.max()) for s in spikes if len(s))
+      edges = np.arange(start, stop + bin_ms / 1000.0, bin_ms / 1000.0)
+      x = np.stack([np.histogram(s, edges)[0] for s in spikes], axis=1).astype(np.float64)
+      layers, layer_names, kind = [x], ("units",), f"units binned at {bin_ms} ms"
+    else:
+      if series is not None:
+        found = [o for o in found if series in (o.name, o.parent.name)]
+        if not found:
+          raise UserError(f"--nwb_series={series!r} is not in {path}; it holds: {', '.join(names) or 'nothing readable'}")
+      if not found:
+        raise UserError(f"{path} holds no RoiResponseSeries and no Units table")
+      containers = sorted({o.parent.name for o in found})
+      if len(containers) > 1:
+        raise UserError(f"{path} holds several series ({', '.join(sorted(o.parent.name + '/' + o.name for o in found))}): "
+                        "choose one with --nwb_series")
+      found = sorted(found, key=lambda o: o.name)
+      layers, layer_names = [], []
+      for o in found:
+        x = _check_numeric(np.asarray(o.data[:]), f"series {o.name}")
+        if x.ndim == 1:
+          x = x[:, None]
+        _check_finite(x, f"series {o.name} [time, rois]")
+        layers.append(x)
+        plane = getattr(getattr(o.rois, "table", None), "imaging_plane", None)
+        layer_names.append(plane.name if plane is not None and len(found) > 1 else o.name)
+      kind = f"{containers[0]} RoiResponseSeries"
+  t = min(len(x) for x in layers)
+  n = min(x.shape[1] for x in layers)
+  rng = np.random.default_rng(seed)
+  out = []
+  for x in layers:
+    idx = np.sort(rng.choice(x.shape[1], n, replace=False)) if x.shape[1] > n else np.arange(n)
+    out.append(bin_time(normalize(x[:t, idx], normalize_method), bin_size))
+  meta = dict(path=os.path.abspath(path), source=kind, normalize=normalize_method, bin=bin_size)
+  return Dataset(np.stack(out).astype(np.float32), tuple(layer_names), "nwb", None, meta)
+
+
+DATASETS = ("synthetic", "lorenz", "stringer", "array", "nwb")
 
 
 def load_dataset(kind: str, *, path: str = "", key: str | None = None,
                  normalize_method: str = "mean_per_bin", bin_size: int = 2,
                  neurons_per_layer: int | None = None, seed: int = 0,
-                 drop_nonfinite: bool = False, warn=print) -> Dataset:
+                 drop_nonfinite: bool = False, warn=print, nwb_series: str | None = None,
+                 bin_ms: float = 50.0) -> Dataset:
   """Loads any supported dataset by name. `normalize_method`/`bin_size` apply to recorded data.
 
   The synthetic data is generated at its final resolution and scale, so it is
@@ -478,4 +546,43 @@ def load_dataset(kind: str, *, path: str = "", key: str | None = None,
       idx = np.sort(np.random.default_rng(seed).choice(ds.num_neurons, neurons_per_layer, replace=False))
       ds = dataclasses.replace(ds, x_LTN=ds.x_LTN[:, :, idx])
     return ds
+  if kind == "nwb":
+    return load_nwb(path, series=nwb_series, bin_ms=bin_ms, normalize_method=normalize_method,
+                    bin_size=bin_size, seed=seed)
   raise UserError(f"unknown --dataset={kind!r}: choose one of {', '.join(DATASETS)}")
+
+
+SHUFFLED_SUFFIX = "/shuffled"
+
+
+def with_shuffle_control(dataset: Dataset, seed: int = 0) -> Dataset:
+  """Appends a control copy of every layer: each neuron circularly shifted in time by its own offset.
+
+  The shift keeps every neuron's own statistics (and autocorrelation) but
+  destroys structure shared between neurons, so a latent model should gain
+  nothing from more latent dimensions on the control layers.
+  """
+  rng = np.random.default_rng(seed + 104729)
+  t = dataset.num_time
+  control = np.empty_like(dataset.x_LTN)
+  for l in range(dataset.num_layers):
+    offsets = rng.integers(1, t, size=dataset.num_neurons)
+    idx = (np.arange(t)[:, None] - offsets[None, :]) % t
+    control[l] = np.take_along_axis(dataset.x_LTN[l], idx, axis=0)
+  names = dataset.layer_names + tuple(n + SHUFFLED_SUFFIX for n in dataset.layer_names)
+  return dataclasses.replace(dataset, x_LTN=np.concatenate([dataset.x_LTN, control]), layer_names=names,
+                             meta={**dataset.meta, "shuffle_control": "each neuron circularly shifted "
+                                   "by its own random offset", "shuffle_seed": seed})
+
+
+def as_dataset(x: Any, name: str = "array") -> Dataset:
+  """A Dataset from a Dataset or a numpy array [time, neurons] / [layers, time, neurons]."""
+  if isinstance(x, Dataset):
+    return x
+  arr = _check_numeric(np.asarray(x), "X")
+  if arr.ndim == 2:
+    arr = arr[None]
+  if arr.ndim != 3:
+    raise UserError(f"X must be [time, neurons] or [layers, time, neurons], got shape {arr.shape}")
+  _check_finite(arr, "X")
+  return Dataset(arr.astype(np.float32), tuple(str(i) for i in range(arr.shape[0])), name, None, {})

@@ -154,14 +154,14 @@ def choose_dimension(latents: Sequence[int], score_KS: np.ndarray, null_score: f
 # A whole sweep.
 
 
-def _flat_valid(dataset: data_lib.Dataset, t_train: int, window: int) -> np.ndarray:
+def flat_valid(dataset: data_lib.Dataset, t_train: int, window: int) -> np.ndarray:
   """The held-out block as the windows cover it: [layers, windows * window, neurons]."""
   v = data_lib.valid_windows(dataset.x_LTN, t_train, window)
   return v.reshape(v.shape[0], -1, v.shape[-1]).astype(np.float64)
 
 
-def model_predictions(out: sweep_lib.SweepOutput, dataset: data_lib.Dataset,
-                      cfg: sweep_lib.SweepConfig) -> np.ndarray:
+def model_predictions(state: train.TrainState, table: sweep_lib.ModelTable,
+                      dataset: data_lib.Dataset, cfg: sweep_lib.SweepConfig) -> np.ndarray:
   """Every model's predicted means on the held-out block: [models, time, neurons]."""
   t_train = data_lib.train_time(dataset.num_time, cfg.train_fraction)
   valid_LVWN = jnp.asarray(data_lib.valid_windows(dataset.x_LTN, t_train, cfg.window))
@@ -175,9 +175,8 @@ def model_predictions(out: sweep_lib.SweepOutput, dataset: data_lib.Dataset,
     y_VWN, _ = pred(params, latent, valid_LVWN[layer], mask_LN[layer])
     return train.mean_prediction(y_VWN, lik).reshape(-1, y_VWN.shape[-1])
 
-  s = out.state
-  return np.stack([np.asarray(one(jax.tree.map(lambda a: a[i], s.params), s.latent[i],
-                                  int(out.table.layer[i]))) for i in range(len(out.table))]
+  return np.stack([np.asarray(one(jax.tree.map(lambda a: a[i], state.params), state.latent[i],
+                                  int(table.layer[i]))) for i in range(len(table))]
                   ).astype(np.float64)
 
 
@@ -188,10 +187,10 @@ def evaluate_sweep(dataset: data_lib.Dataset, cfg: sweep_lib.SweepConfig, out: s
   t_train = data_lib.train_time(dataset.num_time, cfg.train_fraction)
   lik = sweep_lib.likelihood(cfg, dataset)
   heldout_LN = data_lib.heldout_mask(dataset.num_layers, dataset.num_neurons, cfg.heldout_neurons)
-  valid_LTN = _flat_valid(dataset, t_train, cfg.window)
+  valid_LTN = flat_valid(dataset, t_train, cfg.window)
   train_LTN = dataset.x_LTN[:, :t_train].astype(np.float64)
 
-  preds = model_predictions(out, dataset, cfg)
+  preds = model_predictions(out.state, out.table, dataset, cfg)
   per_model = [block_metrics(preds[i], valid_LTN[l], heldout_LN[l], lik)
                for i, l in enumerate(out.table.layer)]
 

@@ -38,9 +38,9 @@ def _final_params(workdir):
 
   ck = checkpoint.Checkpointer(str(workdir))
   step = ck.latest_step()
-  raw = ck._mngr.restore(step)  # structure-free restore: nested dicts of arrays
+  raw = ck.restore_raw(step)  # structure-free restore: nested dicts of arrays
   ck.close()
-  return step, [np.asarray(a) for a in jax.tree.leaves(raw["state"]["params"])]
+  return step, [np.asarray(a) for a in jax.tree.leaves(raw["params"])]
 
 
 def test_kill_9_then_resume_equals_uninterrupted(small_array, tmp_path):
