@@ -286,7 +286,7 @@ def _latent_dynamics(rng: np.random.Generator, dim: int, time: int) -> np.ndarra
   r_T, phase_T = np.empty((time, n_osc)), np.empty((time, n_osc))
   for t in range(time):
     r = np.abs(r + 0.1 * r * (1.0 - r ** 2) + 0.15 * rng.standard_normal(n_osc))
-    phase = phase + omega + 0.1 * rng.standard_normal(n_osc)
+    phase = phase + omega + 0.3 * rng.standard_normal(n_osc)
     r_T[t], phase_T[t] = r, phase
   xs = np.concatenate([r_T * np.cos(phase_T), r_T * np.sin(phase_T)], axis=1)[:, :dim]
   xs -= xs.mean(axis=0)
@@ -566,7 +566,7 @@ def with_shuffle_control(dataset: Dataset, seed: int = 0) -> Dataset:
   t = dataset.num_time
   control = np.empty_like(dataset.x_LTN)
   for l in range(dataset.num_layers):
-    offsets = rng.integers(1, t, size=dataset.num_neurons)
+    offsets = rng.integers(max(1, t // 10), t - max(1, t // 10) + 1, size=dataset.num_neurons)
     idx = (np.arange(t)[:, None] - offsets[None, :]) % t
     control[l] = np.take_along_axis(dataset.x_LTN[l], idx, axis=0)
   names = dataset.layer_names + tuple(n + SHUFFLED_SUFFIX for n in dataset.layer_names)
