@@ -15,6 +15,7 @@ import os
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 from nmas_jax import data, evaluate, report, sweep
 from nmas_jax.api import DimensionSweep, SweepStopped
@@ -107,6 +108,7 @@ def _identity() -> dict:
 
 def main(argv):
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # no 'TPU not found' noise.
+  absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   try:
