@@ -17,7 +17,9 @@ import sys
 from absl import app, flags
 from absl import logging as absl_logging
 
-from nmas_jax import data, evaluate, report, sweep
+import jax
+
+from nmas_jax import data, evaluate, report, sharding, sweep
 from nmas_jax.api import DimensionSweep, SweepStopped
 from nmas_jax.data import UserError
 
@@ -51,6 +53,13 @@ flags.DEFINE_string("dtype", _D.dtype, "Matmul dtype: float32, or bfloat16 on GP
 flags.DEFINE_string("nwb_series", None, "NWB: name of the RoiResponseSeries to read, or 'units' for "
                     "spikes; needed when the file has several.")
 flags.DEFINE_float("bin_ms", 50.0, "NWB spikes: bin width in milliseconds.")
+flags.DEFINE_string("mesh", "auto", "Device mesh: auto (all local devices on the models axis) or "
+                    "e.g. models:4,data:2.")
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize (multi-host; from the flags "
+                  "below when given, else from the TPU/cluster environment).")
+flags.DEFINE_string("coordinator_address", None, "With --distributed: host:port of process 0.")
+flags.DEFINE_integer("num_processes", None, "With --distributed: number of processes.")
+flags.DEFINE_integer("process_id", None, "With --distributed: this process's index.")
 flags.DEFINE_bool("shared_model", False, "Also train one model per latent size on all layers "
                   "together and decode the layer from its latents (decoding.png).")
 flags.DEFINE_float("train_fraction", _D.train_fraction, "Leading fraction of time for training.")
@@ -79,7 +88,7 @@ _SWEEP_FLAGS = ("latents", "dataset", "data_path", "data_key", "layers", "seeds"
                 "batch_size", "window", "hidden", "learning_rate", "weight_decay", "clip_norm",
                 "decoder", "bidirectional", "likelihood", "heldout_neurons", "gain_fraction", "shuffle_control", "dtype", "nwb_series", "bin_ms", "shared_model", "train_fraction", "normalize", "bin",
                 "neurons_per_layer", "data_seed", "workdir", "log_every", "checkpoint_every",
-                "keep_checkpoints", "nan_policy")
+                "keep_checkpoints", "nan_policy", "mesh")
 
 
 def _flagfile_text() -> str:
@@ -111,6 +120,8 @@ def main(argv):
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if FLAGS.distributed:
+    sharding.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   try:
     est = DimensionSweep(
         latents=sweep.parse_latents(FLAGS.latents), seeds=FLAGS.seeds, steps=FLAGS.steps,
@@ -138,7 +149,7 @@ def main(argv):
     est.fit(dataset, workdir=FLAGS.workdir, identity=_identity(), overwrite=FLAGS.overwrite,
             checkpoint_every=FLAGS.checkpoint_every, keep_checkpoints=FLAGS.keep_checkpoints,
             nan_policy="stop" if FLAGS.nan_policy == "stop" else "freeze",
-            flags_text=_flagfile_text(), data_seed=FLAGS.data_seed)
+            flags_text=_flagfile_text(), data_seed=FLAGS.data_seed, mesh=FLAGS.mesh)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -149,6 +160,8 @@ def main(argv):
     print("\ninterrupted: results.json holds the last evaluation; re-run the same command to "
           "resume from the latest checkpoint", file=sys.stderr)
     sys.exit(130)
+  if jax.process_index() != 0:
+    return
   print()
   print(report.table(est.results_))
   if est.results_.get("shuffle_control"):

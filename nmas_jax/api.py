@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nmas_jax import checkpoint, data, decoding, evaluate, report, sweep, train, writers
+from nmas_jax import checkpoint, data, decoding, evaluate, report, sharding, sweep, train, writers
 from nmas_jax.data import UserError
 
 
@@ -107,7 +107,8 @@ class DimensionSweep:
 
   def fit(self, X, *, workdir: str | None = None, identity: dict[str, Any] | None = None,
           overwrite: bool = False, checkpoint_every: int = 100, keep_checkpoints: int = 3,
-          nan_policy: str = "freeze", flags_text: str = "", data_seed: int = 0) -> "DimensionSweep":
+          nan_policy: str = "freeze", flags_text: str = "", data_seed: int = 0,
+          mesh: str | Any = "auto") -> "DimensionSweep":
     """Trains the whole sweep on X as one batched computation and evaluates it.
 
     Args:
@@ -121,20 +122,23 @@ class DimensionSweep:
       nan_policy: "freeze" or "stop" for models whose loss turns non-finite.
       flags_text: the command line's flags, recorded in flags.txt/report.md.
       data_seed: seed of the shuffle control's offsets.
+      mesh: "auto" (every device on the models axis), a spec like
+        "models:4,data:2", or a `jax.sharding.Mesh` with those axes. With
+        several processes only process 0 writes files.
     Returns:
       self, fitted.
     """
-    say = print if self.verbose else (lambda *a, **k: None)
+    say = print if self.verbose and jax.process_index() == 0 else (lambda *a, **k: None)
     log: Callable[[str], None] = lambda s: say(s, flush=True)
     dataset = data.as_dataset(X)
     if self.shuffle_control:
       dataset = data.with_shuffle_control(dataset, data_seed)
     cfg = self.config()
     sweep.check_config(cfg, dataset)
-    if not 0.0 < self.gain_fraction <= 1.0:
-      raise UserError(f"--gain_fraction must be in (0, 1], got {self.gain_fraction}")
-    ckpt = writer = None
-    if workdir is not None:
+    mesh = sharding.make_mesh(mesh) if isinstance(mesh, str) else mesh
+    writes = workdir is not None and jax.process_index() == 0  # one writer: process 0
+    ckpt = writer = partial = None
+    if writes:
       _prepare_workdir(workdir)
       if identity is None:
         identity = {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in self.get_params().items()
@@ -147,18 +151,17 @@ class DimensionSweep:
       writer = writers.MetricWriter(workdir, [
           f"layer={dataset.layer_names[l]},latent={k},seed={s}"
           for l, k, s in zip(table.layer, table.latent, table.seed)])
-      ckpt = checkpoint.Checkpointer(workdir, keep_checkpoints)
-      if resuming and ckpt.latest_step() is None:
-        log("no checkpoint in the workdir yet: starting from step 0")
-    partial = None
-    if workdir is not None:
       partial = lambda o: report.write_json(os.path.join(workdir, "results.json"),
                                             sweep.results_dict(dataset, cfg, o))
+    if workdir is not None:  # every process takes part in (collective) checkpointing
+      ckpt = checkpoint.Checkpointer(workdir, keep_checkpoints)
+      if writes and resuming and ckpt.latest_step() is None:
+        log("no checkpoint in the workdir yet: starting from step 0")
     try:
       out = sweep.run_sweep(dataset, cfg, log=log,
                             on_metrics=None if writer is None else writer.write_scalars,
                             on_eval=partial, checkpointer=ckpt, checkpoint_every=checkpoint_every,
-                            nan_policy=nan_policy)
+                            nan_policy=nan_policy, mesh=mesh)
     finally:
       if writer is not None:
         writer.close()
@@ -166,7 +169,7 @@ class DimensionSweep:
         ckpt.close()
     results = sweep.results_dict(dataset, cfg, out)
     if out.stopped:
-      if workdir is not None:
+      if writes:
         report.write_json(os.path.join(workdir, "results.json"), results)
       raise SweepStopped(out.stopped)
     ev = evaluate.evaluate_sweep(dataset, cfg, out, gain_fraction=self.gain_fraction, log=log)
@@ -180,12 +183,12 @@ class DimensionSweep:
       if real.num_layers < 2:
         log("shared model skipped: layer decoding needs at least 2 layers")
       else:
-        shared = sweep.run_sweep(real, cfg, log=log, shared=True)
+        shared = sweep.run_sweep(real, cfg, log=log, shared=True, mesh=mesh)
         results["layer_accuracy"] = decoding.layer_accuracy(real, cfg, shared)
     self.results_, self.dataset_, self.config_ = results, dataset, cfg
     self.state_, self.table_ = out.state, out.table
     self.optimal_latent_ = dict(results["optimal_latent"])
-    self.paths_ = report.write_all(workdir, results, flags_text) if workdir is not None else []
+    self.paths_ = report.write_all(workdir, results, flags_text) if writes else []
     return self
 
   def _check_fitted(self) -> None:

@@ -87,12 +87,12 @@ def run(s: Shapes, steps: int = 20, loop: bool = True, log=print) -> dict[str, A
                     donate_argnums=0)
   state = sweep.init_sweep(cfg, table, s.neurons)
   t0 = time.perf_counter()
-  compiled = step_fn.lower(state, x_LTN, mask_LN, layer_M, seed_M).compile()
+  compiled = step_fn.lower(state, x_LTN, mask_LN, layer_M, seed_M, jnp.int32(0)).compile()
   compile_s = time.perf_counter() - t0
   box = [state]
 
   def sweep_call():
-    box[0], m = compiled(box[0], x_LTN, mask_LN, layer_M, seed_M)
+    box[0], m = compiled(box[0], x_LTN, mask_LN, layer_M, seed_M, jnp.int32(0))
     return m["train/loss"]
 
   sweep_s = _time(sweep_call, steps)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nmas_jax import data as data_lib
-from nmas_jax import models, train
+from nmas_jax import models, sharding, train
 from nmas_jax.data import UserError
 
 
@@ -60,6 +60,12 @@ class ModelTable:
 
   def __len__(self) -> int:
     return len(self.layer)
+
+  def padded(self, size: int) -> "ModelTable":
+    """Extends the table to `size` models with inert copies of the last model."""
+    extra = size - len(self)
+    pad = lambda a: np.concatenate([a, np.repeat(a[-1:], extra)])
+    return ModelTable(pad(self.layer), pad(self.latent), pad(self.seed)) if extra else self
 
 
 def parse_latents(text: str | Sequence[Any]) -> tuple[int, ...]:
@@ -132,8 +138,9 @@ def make_model(cfg: SweepConfig, neurons: int) -> models.LSTMAutoencoder:
                                 dtype=jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32)
 
 
-def init_sweep(cfg: SweepConfig, table: ModelTable, neurons: int) -> train.TrainState:
-  """All models' states, by one vmapped init.
+def init_sweep(cfg: SweepConfig, table: ModelTable, neurons: int,
+               out_sharding: Any = None) -> train.TrainState:
+  """All models' states, by one vmapped init (placed with `out_sharding` when given).
 
   A model's init key depends on (seed, layer) only, so models that differ in
   latent size start from the same weights on their shared units.
@@ -145,17 +152,23 @@ def init_sweep(cfg: SweepConfig, table: ModelTable, neurons: int) -> train.Train
   init = functools.partial(train.init_state, model=model, clip_norm=cfg.clip_norm,
                            example_x_BTN=example)
   m = len(table)
-  return jax.jit(jax.vmap(init))(keys, jnp.asarray(table.latent),
+  return jax.jit(jax.vmap(init), out_shardings=out_sharding)(keys, jnp.asarray(table.latent),
                                  jnp.full((m,), cfg.learning_rate, jnp.float32),
                                  jnp.full((m,), cfg.weight_decay, jnp.float32))
 
 
 def sweep_step(state: train.TrainState, x_LTN: jax.Array, mask_LN: jax.Array, layer_M: jax.Array,
-               seed_M: jax.Array, *, model, tx, likelihood: str, t_train: int, window: int,
-               batch_size: int, mix_layers: bool = False):
-  """Samples every model's batch for this step and steps all models at once."""
-  x_MBTN = data_lib.sample_batches(x_LTN, layer_M, seed_M, state.step[0], t_train=t_train,
+               seed_M: jax.Array, step: jax.Array, *, model, tx, likelihood: str, t_train: int,
+               window: int, batch_size: int, mix_layers: bool = False, batch_sharding=None):
+  """Samples every model's batch for this step and steps all models at once.
+
+  `step` is passed as its own (replicated) scalar, not read from the sharded
+  state, so a step on a sharded models axis needs no cross-device traffic.
+  """
+  x_MBTN = data_lib.sample_batches(x_LTN, layer_M, seed_M, step, t_train=t_train,
                                    window=window, batch_size=batch_size, mix_layers=mix_layers)
+  if batch_sharding is not None:  # split each model's batch over the mesh's data axis
+    x_MBTN = jax.lax.with_sharding_constraint(x_MBTN, batch_sharding)
   step = functools.partial(train.train_step, model=model, tx=tx, likelihood=likelihood)
   return jax.vmap(step)(state, {"x": x_MBTN, "input_mask": mask_LN[layer_M]})
 
@@ -189,6 +202,7 @@ class SweepOutput:
   compile_seconds: float
   complete: bool = True
   stopped: str | None = None  # why training stopped early (--nan_policy=stop)
+  diverged_at: np.ndarray | None = None  # [models] host copy of state.diverged_at
 
 
 def run_sweep(dataset: data_lib.Dataset, cfg: SweepConfig, *,
@@ -196,7 +210,7 @@ def run_sweep(dataset: data_lib.Dataset, cfg: SweepConfig, *,
               on_metrics: Callable[[int, dict[str, np.ndarray]], None] | None = None,
               on_eval: Callable[[SweepOutput], None] | None = None,
               shared: bool = False, checkpointer=None, checkpoint_every: int = 0,
-              nan_policy: str = "freeze") -> SweepOutput:
+              nan_policy: str = "freeze", mesh=None) -> SweepOutput:
   """Trains every (layer, latent, seed) model on `dataset` in one batched computation.
 
   Args:
@@ -212,42 +226,55 @@ def run_sweep(dataset: data_lib.Dataset, cfg: SweepConfig, *,
       latest step and saves every `checkpoint_every` steps and at the end.
     nan_policy: "freeze" (default) freezes a model whose loss or gradient
       turns non-finite and continues the others; "stop" stops the sweep.
+    mesh: a `sharding.make_mesh` mesh (default: every device on the models
+      axis); the models are padded to a multiple of its models axis.
   Returns:
-    The final state and per-model metrics.
+    The final state (real models only, on the host) and per-model metrics.
   """
   t_train = check_config(cfg, dataset)
   if nan_policy not in NAN_POLICIES:
     raise UserError(f"unknown --nan_policy={nan_policy!r}: choose one of {', '.join(NAN_POLICIES)}")
-  table = ModelTable.build(1 if shared else dataset.num_layers, cfg.latents, cfg.seeds)
+  real_table = ModelTable.build(1 if shared else dataset.num_layers, cfg.latents, cfg.seeds)
+  n_real = len(real_table)
+  mesh = sharding.make_mesh("auto") if mesh is None else mesh
+  table = real_table.padded(sharding.padded_size(n_real, mesh))
+  by_model, rep = sharding.models_sharding(mesh), sharding.replicated(mesh)
   model = make_model(cfg, dataset.num_neurons)
   tx = train.make_optimizer(clip_norm=cfg.clip_norm)
   lik = likelihood(cfg, dataset)
-  x_LTN, mask_LN = jnp.asarray(dataset.x_LTN), jnp.asarray(input_masks(cfg, dataset))
-  valid_LVTN = jnp.asarray(data_lib.valid_windows(dataset.x_LTN, t_train, cfg.window))
+  mask_LN = input_masks(cfg, dataset)
+  valid_LVTN = data_lib.valid_windows(dataset.x_LTN, t_train, cfg.window)
   if shared:  # one "layer" holding every layer's validation windows; encoder sees all neurons.
     valid_LVTN = valid_LVTN.reshape(1, -1, *valid_LVTN.shape[2:])
-    mask_LN = jnp.ones((1, dataset.num_neurons), jnp.float32)
-  layer_M, seed_M = jnp.asarray(table.layer), jnp.asarray(table.seed)
+    mask_LN = np.ones((1, dataset.num_neurons), np.float32)
+  x_LTN, mask_LN, valid_LVTN = (sharding.put(a, rep) for a in (dataset.x_LTN, mask_LN, valid_LVTN))
+  layer_M, seed_M = sharding.put(table.layer, by_model), sharding.put(table.seed, by_model)
 
-  state = init_sweep(cfg, table, dataset.num_neurons)
+  state = init_sweep(cfg, table, dataset.num_neurons, out_sharding=by_model)
+  trim = jax.jit(lambda tree: jax.tree.map(lambda a: a[:n_real], tree))
   first_step, loss_sum, loss_count = 0, jnp.zeros(len(table), jnp.float32), 0
   if checkpointer is not None and checkpointer.latest_step() is not None:
     first_step = checkpointer.latest_step()
-    state, aux = checkpointer.restore(first_step, state)
-    loss_sum, loss_count = jnp.asarray(aux["loss_sum"], jnp.float32), int(aux["loss_count"])
+    restored, aux = checkpointer.restore(first_step, trim(state))
+    state = jax.jit(lambda full, r: jax.tree.map(lambda a, b: a.at[:n_real].set(b), full, r),
+                    out_shardings=by_model, donate_argnums=0)(state, restored)
+    loss_sum = loss_sum.at[:n_real].set(jnp.asarray(aux["loss_sum"], jnp.float32))
+    loss_count = int(aux["loss_count"])
     log(f"resumed from the checkpoint at step {first_step}")
   step_fn = jax.jit(functools.partial(sweep_step, model=model, tx=tx, likelihood=lik,
                                       t_train=t_train, window=cfg.window,
-                                      batch_size=cfg.batch_size, mix_layers=shared),
-                    donate_argnums=0)
+                                      batch_size=cfg.batch_size, mix_layers=shared,
+                                      batch_sharding=sharding.batch_sharding(mesh)),
+                    donate_argnums=0, out_shardings=(by_model, by_model))
   eval_fn = jax.jit(functools.partial(sweep_eval, model=model, likelihood=lik))
   what = "one shared model of all layers" if shared else f"{dataset.num_layers} layers"
-  log(f"sweep: {len(table)} models ({what} x {len(cfg.latents)} latents x "
+  pad_note = f" + {len(table) - n_real} inert padding" if len(table) > n_real else ""
+  log(f"sweep: {n_real} models{pad_note} ({what} x {len(cfg.latents)} latents x "
       f"{cfg.seeds} seeds), {dataset.num_neurons} neurons, {dataset.num_time} time bins "
       f"({t_train} train / {dataset.num_time - t_train} valid), {cfg.steps} steps on "
-      f"{jax.devices()[0].platform}")
+      f"{mesh.devices.size} {jax.devices()[0].platform} device(s), mesh {dict(mesh.shape)}")
   t0 = time.perf_counter()
-  step_fn = step_fn.lower(state, x_LTN, mask_LN, layer_M, seed_M).compile()
+  step_fn = step_fn.lower(state, x_LTN, mask_LN, layer_M, seed_M, jnp.int32(0)).compile()
   eval_fn = eval_fn.lower(state, valid_LVTN, mask_LN, layer_M).compile()
   compile_seconds = time.perf_counter() - t0
   log(f"compiled in {compile_seconds:.1f}s")
@@ -260,17 +287,18 @@ def run_sweep(dataset: data_lib.Dataset, cfg: SweepConfig, *,
   start = last = time.perf_counter()
   last_step = first_step
   for step in range(first_step + 1, cfg.steps + 1):
-    state, metrics = step_fn(state, x_LTN, mask_LN, layer_M, seed_M)
+    state, metrics = step_fn(state, x_LTN, mask_LN, layer_M, seed_M, jnp.int32(step - 1))
     loss_sum, loss_count = loss_sum + metrics["train/loss"], loss_count + 1
     stopped = None
     if nan_policy == "stop":
-      bad = np.flatnonzero(np.asarray(state.diverged_at) >= 0)
+      bad = np.flatnonzero(np.asarray(sharding.gather(state.diverged_at))[:n_real] >= 0)
       if len(bad):
         stopped = (f"{describe(bad[0])} diverged (non-finite loss or gradient) at step "
                    f"{int(state.diverged_at[bad[0]])}; --nan_policy=stop stopped the sweep")
     if step % cfg.log_every == 0 or step == cfg.steps or stopped:
-      valid = jax.device_get(eval_fn(state, valid_LVTN, mask_LN, layer_M))
-      train_loss = np.asarray(loss_sum / max(loss_count, 1))
+      valid = {k: np.asarray(v)[:n_real] for k, v in
+               sharding.gather(eval_fn(state, valid_LVTN, mask_LN, layer_M)).items()}
+      train_loss = np.asarray(sharding.gather(loss_sum / max(loss_count, 1)))[:n_real]
       loss_sum, loss_count = jnp.zeros_like(loss_sum), 0
       now = time.perf_counter()
       rate = (step - last_step) / (now - last)
@@ -280,32 +308,37 @@ def run_sweep(dataset: data_lib.Dataset, cfg: SweepConfig, *,
         on_metrics(step, entry)
       ok = np.isfinite(valid["valid/loss"])
       best = int(np.argmin(np.where(ok, valid["valid/loss"], np.inf))) if ok.any() else 0
-      out = SweepOutput(state=state, table=table, train_loss=train_loss,
+      out = SweepOutput(state=state, table=real_table, train_loss=train_loss,
                         valid={k: np.asarray(v) for k, v in valid.items()}, step=step,
                         seconds=time.perf_counter() - start, compile_seconds=compile_seconds,
-                        complete=step == cfg.steps and not stopped, stopped=stopped)
+                        complete=step == cfg.steps and not stopped, stopped=stopped,
+                        diverged_at=np.asarray(sharding.gather(state.diverged_at))[:n_real])
       if on_eval is not None and not out.complete:
         on_eval(out)
       log(f"step {step}/{cfg.steps}  {rate:.2f} steps/s  ETA {_fmt_time((cfg.steps - step) / rate)}  "
           f"best valid loss {valid['valid/loss'][best]:.4g} ({describe(best)})")
     if checkpointer is not None and (stopped or step == cfg.steps or
                                      (checkpoint_every and step % checkpoint_every == 0)):
-      checkpointer.save(step, state, {"loss_sum": np.asarray(loss_sum).tolist(),
-                                      "loss_count": loss_count})
+      checkpointer.save(step, trim(state),
+                        {"loss_sum": np.asarray(sharding.gather(loss_sum))[:n_real].tolist(),
+                         "loss_count": loss_count})
     if stopped:
       log(f"stopped: {stopped}")
       break
   if out is None:  # resumed at (or past) the last step: evaluate once.
-    valid = jax.device_get(eval_fn(state, valid_LVTN, mask_LN, layer_M))
-    out = SweepOutput(state=state, table=table, train_loss=np.asarray(loss_sum / max(loss_count, 1)),
-                      valid={k: np.asarray(v) for k, v in valid.items()}, step=first_step,
-                      seconds=0.0, compile_seconds=compile_seconds)
-  return out
+    valid = sharding.gather(eval_fn(state, valid_LVTN, mask_LN, layer_M))
+    out = SweepOutput(state=state, table=real_table,
+                      train_loss=np.asarray(sharding.gather(loss_sum / max(loss_count, 1)))[:n_real],
+                      valid={k: np.asarray(v)[:n_real] for k, v in valid.items()}, step=first_step,
+                      seconds=0.0, compile_seconds=compile_seconds,
+                      diverged_at=np.asarray(sharding.gather(state.diverged_at))[:n_real])
+  final = sharding.gather(trim(out.state))
+  return dataclasses.replace(out, state=jax.tree.map(jnp.asarray, final))
 
 
 def results_dict(dataset: data_lib.Dataset, cfg: SweepConfig, out: SweepOutput) -> dict[str, Any]:
   """The content of results.json (see docs: results schema)."""
-  diverged = np.asarray(out.state.diverged_at)
+  diverged = out.diverged_at if out.diverged_at is not None else np.asarray(out.state.diverged_at)
   entries = []
   for i in range(len(out.table)):
     entries.append({

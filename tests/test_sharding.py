@@ -1,0 +1,120 @@
+"""Models axis sharded over forced host devices and over two processes equals one device."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from nmas_jax import sharding
+from nmas_jax.data import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _env(devices):
+  return {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT,
+          "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+
+
+SCRIPT = textwrap.dedent("""
+    import json, jax, numpy as np
+    from nmas_jax import data, evaluate, sharding, sweep
+    assert jax.device_count() == 8
+    ds = data.make_synthetic(true_latents=(2, 4, 3), neurons=16, time=600, seed=0)
+    cfg = sweep.SweepConfig(latents=(1, 2, 4), hidden=8, window=20, batch_size=8, steps=40,
+                            learning_rate=1e-2, log_every=40)   # 9 models: not a multiple of 8
+    out = {}
+    for name, mesh in [("one", sharding.make_mesh("auto", jax.devices()[:1])),
+                       ("eight", sharding.make_mesh("auto")),
+                       ("four_by_two", sharding.make_mesh("models:4,data:2"))]:
+      o = sweep.run_sweep(ds, cfg, log=lambda s: None, mesh=mesh)
+      ev = evaluate.evaluate_sweep(ds, cfg, o, log=lambda s: None)
+      out[name] = {"valid": o.valid["valid/mse"].tolist(), "optimal": ev["optimal_latent"],
+                   "n": len(o.table)}
+    mesh = sharding.make_mesh("auto")
+    table = sweep.ModelTable.build(3, cfg.latents, 1).padded(sharding.padded_size(9, mesh))
+    state = sweep.init_sweep(cfg, table, 16, out_sharding=sharding.models_sharding(mesh))
+    leaf = jax.tree.leaves(state.params)[0]
+    out["shards"] = sorted({s.data.shape[0] for s in leaf.addressable_shards})
+    out["devices"] = len(leaf.addressable_shards)
+    out["padded"] = len(table)
+    print("RESULT " + json.dumps(out))
+""")
+
+
+def test_sharded_sweep_equals_one_device():
+  r = subprocess.run([sys.executable, "-c", SCRIPT], env=_env(8), capture_output=True, text=True,
+                     timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  res = json.loads(next(l for l in r.stdout.splitlines() if l.startswith("RESULT "))[7:])
+  assert res["padded"] == 16 and res["devices"] == 8 and res["shards"] == [2]  # 1/8 of 16 models each
+  for name in ("eight", "four_by_two"):
+    assert res[name]["n"] == 9  # inert padding never reaches the results
+    np.testing.assert_allclose(res[name]["valid"], res["one"]["valid"], rtol=1e-5)
+    assert res[name]["optimal"] == res["one"]["optimal"]
+
+
+def test_mesh_spec_errors():
+  with pytest.raises(UserError, match="needs 4 devices, but 1 are visible"):
+    sharding.make_mesh("models:4")
+  with pytest.raises(UserError, match="is not like 'models:4,data:2'"):
+    sharding.make_mesh("layers:2")
+  assert dict(sharding.make_mesh("auto").shape) == {"models": 1, "data": 1}
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_equal_one(tmp_path):
+  args = ["--latents=1,2,4", "--hidden=8", "--window=20", "--batch_size=8", "--steps=40",
+          "--log_every=20", "--checkpoint_every=20", "--learning_rate=0.01"]
+  ds_args = ["--dataset=array", f"--data_path={tmp_path / 'x.npy'}", "--normalize=none", "--bin=1"]
+  from nmas_jax import data
+
+  np.save(tmp_path / "x.npy", data.make_synthetic(true_latents=(2, 4, 3), neurons=16, time=600, seed=0).x_LTN)
+  one = subprocess.run([sys.executable, "-m", "experiments.sweep", *args, *ds_args,
+                        f"--workdir={tmp_path / 'one'}"], cwd=ROOT, env=_env(1), capture_output=True,
+                       text=True, timeout=600)
+  assert one.returncode == 0, one.stderr[-2000:]
+  port = _free_port()
+  procs = [subprocess.Popen([sys.executable, "-m", "experiments.sweep", *args, *ds_args,
+                             f"--workdir={tmp_path / 'two'}", "--distributed",
+                             f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                             f"--process_id={i}"], cwd=ROOT, env=_env(2), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  assert all(p.returncode == 0 for p in procs), outs[0][1][-2000:] + outs[1][1][-2000:]
+  assert "step 40/40" in outs[0][0] and "step 40/40" not in outs[1][0]  # process 0 alone reports
+  a = json.loads((tmp_path / "one" / "results.json").read_text())
+  b = json.loads((tmp_path / "two" / "results.json").read_text())
+  np.testing.assert_allclose([m["valid_mse"] for m in b["models"]], [m["valid_mse"] for m in a["models"]], rtol=1e-5)
+  assert a["optimal_latent"] == b["optimal_latent"]
+
+
+def test_checkpoint_from_eight_devices_resumes_on_one(tmp_path):
+  np_path = tmp_path / "x.npy"
+  from nmas_jax import data
+
+  np.save(np_path, data.make_synthetic(true_latents=(2, 3), neurons=12, time=500, seed=1).x_LTN)
+  base = [sys.executable, "-m", "experiments.sweep", "--dataset=array", f"--data_path={np_path}",
+          "--normalize=none", "--bin=1", "--latents=1,2,3", "--hidden=8", "--window=20",
+          "--batch_size=8", "--log_every=10", "--checkpoint_every=10"]
+  run = lambda devices, *a: subprocess.run([*base, *a], cwd=ROOT, env=_env(devices), capture_output=True,
+                                           text=True, timeout=600)
+  r = run(8, "--steps=20", f"--workdir={tmp_path / 'moved'}")
+  assert r.returncode == 0, r.stderr[-2000:]
+  r = run(1, "--steps=40", f"--workdir={tmp_path / 'moved'}")
+  assert r.returncode == 0 and "resumed from the checkpoint at step 20" in r.stdout, r.stderr[-2000:]
+  r = run(1, "--steps=40", f"--workdir={tmp_path / 'straight'}")
+  assert r.returncode == 0, r.stderr[-2000:]
+  a = json.loads((tmp_path / "moved" / "results.json").read_text())
+  b = json.loads((tmp_path / "straight" / "results.json").read_text())
+  np.testing.assert_allclose([m["valid_mse"] for m in a["models"]], [m["valid_mse"] for m in b["models"]], rtol=1e-5)
