@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nmas_jax import data as data_lib
-from nmas_jax import models, sweep, train
+from nmas_jax import models, sharding, sweep, train
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,15 +77,19 @@ def run(s: Shapes, steps: int = 20, loop: bool = True, log=print) -> dict[str, A
   num_time = s.window * 40
   x_LTN = jax.random.normal(jax.random.PRNGKey(0), (s.layers, num_time, s.neurons), jnp.float32)
   t_train = int(num_time * 0.8)
-  table = sweep.ModelTable.build(s.layers, cfg.latents, 1)
+  real = sweep.ModelTable.build(s.layers, cfg.latents, 1)
+  mesh = sharding.make_mesh("auto")  # every device on the models axis, as the sweep does
+  table = real.padded(sharding.padded_size(len(real), mesh))
+  by_model, rep = sharding.models_sharding(mesh), sharding.replicated(mesh)
   model = sweep.make_model(cfg, s.neurons)
   tx = train.make_optimizer()
-  mask_LN = jnp.ones((s.layers, s.neurons), jnp.float32)
-  layer_M, seed_M = jnp.asarray(table.layer), jnp.asarray(table.seed)
+  x_LTN = jax.device_put(x_LTN, rep)
+  mask_LN = jax.device_put(jnp.ones((s.layers, s.neurons), jnp.float32), rep)
+  layer_M, seed_M = (jax.device_put(jnp.asarray(a), by_model) for a in (table.layer, table.seed))
   step_fn = jax.jit(functools.partial(sweep.sweep_step, model=model, tx=tx, likelihood="gaussian",
                                       t_train=t_train, window=s.window, batch_size=s.batch_size),
-                    donate_argnums=0)
-  state = sweep.init_sweep(cfg, table, s.neurons)
+                    donate_argnums=0, out_shardings=(by_model, by_model))
+  state = sweep.init_sweep(cfg, table, s.neurons, out_sharding=by_model)
   t0 = time.perf_counter()
   compiled = step_fn.lower(state, x_LTN, mask_LN, layer_M, seed_M, jnp.int32(0)).compile()
   compile_s = time.perf_counter() - t0
@@ -96,14 +100,15 @@ def run(s: Shapes, steps: int = 20, loop: bool = True, log=print) -> dict[str, A
     return m["train/loss"]
 
   sweep_s = _time(sweep_call, steps)
-  log(f"sweep step: {sweep_s * 1e3:.1f} ms ({len(table)} models), compiled in {compile_s:.1f}s")
+  log(f"sweep step: {sweep_s * 1e3:.1f} ms ({len(real)} models on {mesh.devices.size} device(s)), "
+      f"compiled in {compile_s:.1f}s")
 
   loop_s, loop_compile_s = None, None
   if loop:
     singles = []
     t0 = time.perf_counter()
-    for i in range(len(table)):
-      k, layer = int(table.latent[i]), int(table.layer[i])
+    for i in range(len(real)):
+      k, layer = int(real.latent[i]), int(real.layer[i])
       m = models.LSTMAutoencoder(neurons=s.neurons, latent=k, hidden=s.hidden, decoder=s.decoder,
                                  unroll=s.unroll, dtype=dtype)
 
@@ -142,7 +147,8 @@ def run(s: Shapes, steps: int = 20, loop: bool = True, log=print) -> dict[str, A
       "mfu": round(achieved / peak, 4),
       "compile_s": round(compile_s, 2),
       "loop_compile_s": None if loop_compile_s is None else round(loop_compile_s, 2),
-      "models": len(table),
+      "models": len(real),
+      "padded_models": len(table),
       "device": f"{dev.platform}:{getattr(dev, 'device_kind', '')}",
       "devices": jax.device_count(),
       **{k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(s).items()},
