@@ -16,5 +16,6 @@ x_TN = np.load(os.path.join(here, "data", "mackevicius_hvc.npz"))["activity"]  #
 x_TN = data.normalize(x_TN.astype(np.float64), "zscore")
 est = DimensionSweep(latents=(1, 2, 4, 8, 16), window=25, hidden=32, seeds=1 if quick else 3,
                      steps=5 if quick else 800, learning_rate=1e-2)
-est.fit(x_TN, workdir=os.path.join("runs", "hvc"))
-print("chosen dimension:", est.optimal_latent_["0"], "| report:", os.path.join("runs", "hvc", "report.md"))
+workdir = os.path.join("runs", "hvc_quick" if quick else "hvc")
+est.fit(x_TN, workdir=workdir)
+print("chosen dimension:", est.optimal_latent_["0"], "| report:", os.path.join(workdir, "report.md"))

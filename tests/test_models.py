@@ -135,3 +135,17 @@ def test_encoder_embeds_in_another_module_and_jits():
 def test_bad_decoder_is_rejected():
   with pytest.raises(ValueError, match="unknown decoder 'gru'"):
     models.LSTMAutoencoder(N, K, H, decoder="gru").init(jax.random.PRNGKey(0), _x())
+
+
+def test_bfloat16_matmuls_track_float32():
+  """bf16 matmuls with f32 state: outputs within 3% (relative RMS) of the f32 model, same params."""
+  x = jax.random.normal(jax.random.PRNGKey(5), (4, 20, N))
+  f32 = models.LSTMAutoencoder(N, K, 16, decoder="lstm")
+  bf16 = models.LSTMAutoencoder(N, K, 16, decoder="lstm", dtype=jnp.bfloat16)
+  params = f32.init(jax.random.PRNGKey(0), x)
+  y32, z32 = f32.apply(params, x, 5)
+  y16, z16 = bf16.apply(params, x, 5)
+  assert y16.dtype == jnp.float32 and z16.dtype == jnp.float32  # state and outputs stay f32
+  rel = lambda a, b: float(jnp.sqrt(jnp.mean((a - b) ** 2) / jnp.mean(b ** 2)))
+  assert rel(y16, y32) < 0.03 and rel(z16[..., :5], z32[..., :5]) < 0.03
+  assert np.all(np.asarray(z16[..., 5:]) == 0)
