@@ -5,11 +5,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from nmas_jax import data as data_lib
 from nmas_jax import models, sharding, sweep, train

@@ -16,7 +16,6 @@ import jax.numpy as jnp
 import numpy as np
 
 NORMALIZATIONS = ("mean_per_bin", "zscore", "none")
-STRINGER_KEYS = ("sresp", "xyz")
 
 
 class UserError(ValueError):
@@ -78,7 +77,7 @@ class Dataset:
 # Checks shared by the loaders.
 
 
-def _check_finite(x: np.ndarray, what: str) -> None:
+def check_finite(x: np.ndarray, what: str) -> None:
   bad = ~np.isfinite(x)
   if bad.any():
     where = np.argwhere(bad)[0]
@@ -88,14 +87,14 @@ def _check_finite(x: np.ndarray, what: str) -> None:
         "or pass --nan_policy=drop_neurons to drop those neurons")
 
 
-def _check_numeric(x: np.ndarray, what: str) -> np.ndarray:
+def check_numeric(x: np.ndarray, what: str) -> np.ndarray:
   if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
     raise UserError(f"{what} has dtype {x.dtype}, not numeric: store activity "
                     "as a float or integer array")
   return np.asarray(x, dtype=np.float64)
 
 
-def _check_file(path: str) -> None:
+def check_file(path: str) -> None:
   if not path:
     raise UserError("--data_path is empty: give the path of the data file")
   if os.path.isdir(path):
@@ -141,224 +140,6 @@ def bin_time(x_TN: np.ndarray, bin_size: int) -> np.ndarray:
   if t == 0:
     raise UserError(f"--bin={bin_size} is longer than the recording ({x_TN.shape[0]} bins)")
   return x_TN[:t].reshape(t // bin_size, bin_size, *x_TN.shape[1:]).mean(axis=1)
-
-
-# ----------------------------------------------------------------------------
-# Loaders.
-
-
-def _layer_name(z: float) -> str:
-  return str(int(z)) if float(z).is_integer() else repr(float(z))
-
-
-def load_stringer(path: str, *, neurons_per_layer: int | None = None,
-                  normalize_method: str = "mean_per_bin", bin_size: int = 2,
-                  seed: int = 0, drop_nonfinite: bool = False, warn=print) -> Dataset:
-  """Loads Stringer et al. 2019 spontaneous data; layers are the unique z planes.
-
-  The file is a pickled dict (np.save of a dict): loading it runs code from the
-  file, so only load files you trust.
-  """
-  _check_file(path)
-  try:
-    raw = np.load(path, allow_pickle=True)
-  except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error.
-    raise UserError(f"cannot read {path} as a .npy file: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
-  if isinstance(raw, np.ndarray) and raw.dtype == object and raw.shape == ():
-    raw = raw.item()
-  if not isinstance(raw, dict):
-    raise UserError(f"{path} does not hold a dict (got {type(raw).__name__}): a Stringer "
-                    "file is np.save of a dict with keys 'sresp' and 'xyz'; for a plain "
-                    "array use --dataset=array")
-  missing = [k for k in STRINGER_KEYS if k not in raw]
-  if missing:
-    raise UserError(f"{path} is missing key(s) {', '.join(map(repr, missing))}: a Stringer "
-                    "file needs 'sresp' [neurons, time] and 'xyz' [3, neurons]")
-  sresp = _check_numeric(np.asarray(raw["sresp"]), "sresp")
-  xyz = _check_numeric(np.asarray(raw["xyz"]), "xyz")
-  if sresp.ndim != 2:
-    raise UserError(f"sresp must be 2-D [neurons, time], got shape {sresp.shape}")
-  if xyz.ndim != 2 or xyz.shape[0] != 3:
-    raise UserError(f"xyz must be [3, neurons], got shape {xyz.shape}")
-  if xyz.shape[1] != sresp.shape[0]:
-    raise UserError(f"sresp has {sresp.shape[0]} neurons but xyz has {xyz.shape[1]}: "
-                    "they must describe the same neurons")
-  _check_finite(xyz, "xyz")
-  if drop_nonfinite:
-    keep = np.isfinite(sresp).all(axis=1)
-    if not keep.all():
-      warn(f"dropped {int((~keep).sum())} of {len(keep)} neurons with NaN/Inf in sresp "
-           "(--nan_policy=drop_neurons)")
-      sresp, xyz = sresp[keep], xyz[:, keep]
-  _check_finite(sresp, "sresp [neurons, time]")
-
-  x_TN = sresp.T
-  population_mean_T = x_TN.mean(axis=1)
-  z_N = xyz[2]
-  planes = np.unique(z_N)
-  counts = [int((z_N == z).sum()) for z in planes]
-  n = min(counts) if neurons_per_layer is None else neurons_per_layer
-  if n < 1:
-    raise UserError(f"--neurons_per_layer must be positive, got {n}")
-  rng = np.random.default_rng(seed)
-  layers, chosen = [], {}
-  for z, count in zip(planes, counts):
-    if count < n:
-      raise UserError(f"plane z={_layer_name(z)} has only {count} neurons, fewer than "
-                      f"--neurons_per_layer={n}: lower it or leave it unset")
-    idx = np.sort(rng.choice(np.flatnonzero(z_N == z), size=n, replace=False))
-    chosen[_layer_name(z)] = idx.tolist()
-    x = normalize(x_TN[:, idx], normalize_method, population_mean_T)
-    layers.append(bin_time(x, bin_size))
-  meta = dict(path=os.path.abspath(path), neurons_per_plane=dict(zip(map(_layer_name, planes), counts)),
-              neurons_per_layer=n, normalize=normalize_method, bin=bin_size,
-              binning="mean of adjacent bins", subsample_seed=seed, neuron_indices=chosen)
-  return Dataset(np.stack(layers).astype(np.float32), tuple(map(_layer_name, planes)),
-                 "stringer", None, meta)
-
-
-def load_array(path: str, *, key: str | None = None, normalize_method: str = "mean_per_bin",
-               bin_size: int = 2, drop_nonfinite: bool = False, warn=print) -> Dataset:
-  """Loads a .npy/.npz array [time, neurons] (one layer) or [layers, time, neurons]."""
-  _check_file(path)
-  try:
-    raw = np.load(path, allow_pickle=False)
-  except ValueError as e:
-    raise UserError(f"{path} holds pickled objects, which --dataset=array refuses to load "
-                    "(it would run code from the file): save a plain numeric array") from e
-  except Exception as e:  # noqa: BLE001
-    raise UserError(f"cannot read {path} as .npy/.npz: {type(e).__name__}") from e
-  if isinstance(raw, np.lib.npyio.NpzFile):
-    with raw:
-      keys = list(raw.keys())
-      if key:
-        if key not in keys:
-          raise UserError(f"--data_key={key!r} is not in {path}; it holds {', '.join(keys)}")
-        x = raw[key]
-      elif len(keys) == 1:
-        key, x = keys[0], raw[keys[0]]
-      else:
-        raise UserError(f"{path} holds several arrays ({', '.join(keys)}): choose one with --data_key")
-  else:
-    x = raw
-  x = _check_numeric(np.asarray(x), "the array")
-  if x.ndim == 2:
-    x = x[None]
-  if x.ndim != 3:
-    raise UserError(f"the array must be [time, neurons] or [layers, time, neurons], got shape {x.shape}")
-  if drop_nonfinite:
-    keep = np.isfinite(x).all(axis=(0, 1))
-    if not keep.all():
-      warn(f"dropped {int((~keep).sum())} of {len(keep)} neurons with NaN/Inf "
-           "(from every layer, to keep equal counts; --nan_policy=drop_neurons)")
-      x = x[:, :, keep]
-    if x.shape[2] == 0:
-      raise UserError("every neuron has NaN/Inf values: nothing left to fit")
-  _check_finite(x, "the array [layers, time, neurons]")
-  layers = [bin_time(normalize(x_TN, normalize_method), bin_size) for x_TN in x]
-  meta = dict(path=os.path.abspath(path), key=key, normalize=normalize_method, bin=bin_size,
-              binning="mean of adjacent bins")
-  return Dataset(np.stack(layers).astype(np.float32),
-                 tuple(str(i) for i in range(len(layers))), "array", None, meta)
-
-
-# ----------------------------------------------------------------------------
-# Built-in synthetic data with a known dimension per layer.
-
-SYNTHETIC_TRUE_LATENTS = (10, 25, 50)
-
-
-def _latent_dynamics(rng: np.random.Generator, dim: int, time: int) -> np.ndarray:
-  """Noisy limit-cycle oscillators, whitened: [time, dim] with unit variance in all dims.
-
-  Each pair of dimensions is one Stuart-Landau oscillator (nonlinear amplitude
-  dynamics around a limit cycle, its own frequency, phase and amplitude
-  noise); an odd dimension adds the cosine of one more. Frequencies are fast
-  enough (5-25 bins a cycle) that short held-out blocks see the same
-  statistics as training. Whitening (a linear map) keeps the trajectory
-  exactly `dim`-dimensional and gives every direction equal variance, so the
-  true dimension is sharp.
-  """
-  n_osc = (dim + 1) // 2
-  omega = rng.uniform(2 * np.pi / 25, 2 * np.pi / 5, n_osc)
-  phase = rng.uniform(0, 2 * np.pi, n_osc)
-  r = np.ones(n_osc)
-  r_T, phase_T = np.empty((time, n_osc)), np.empty((time, n_osc))
-  for t in range(time):
-    r = np.abs(r + 0.1 * r * (1.0 - r ** 2) + 0.15 * rng.standard_normal(n_osc))
-    phase = phase + omega + 0.3 * rng.standard_normal(n_osc)
-    r_T[t], phase_T[t] = r, phase
-  xs = np.concatenate([r_T * np.cos(phase_T), r_T * np.sin(phase_T)], axis=1)[:, :dim]
-  xs -= xs.mean(axis=0)
-  u, _, _ = np.linalg.svd(xs, full_matrices=False)
-  return u * np.sqrt(time)  # [time, dim], orthogonal columns of variance 1.
-
-
-def make_synthetic(*, true_latents: Sequence[int] = SYNTHETIC_TRUE_LATENTS, neurons: int = 200,
-                   time: int = 2000, noise: str = "gaussian", noise_std: float = 0.5,
-                   seed: int = 0) -> Dataset:
-  """Layers of neurons driven by low-dimensional nonlinear dynamics of known dimension.
-
-  Layer l has `true_latents[l]` latent dimensions mapped to `neurons` through
-  random weights. Gaussian noise: x = W z + noise_std * eps (signal variance
-  about 1 per neuron). Poisson noise: counts with rate exp(0.5 W z - 1).
-  """
-  if noise not in ("gaussian", "poisson"):
-    raise UserError(f"unknown synthetic noise {noise!r}: choose gaussian or poisson")
-  rng = np.random.default_rng(seed)
-  layers = []
-  for dim in true_latents:
-    if dim > neurons:
-      raise UserError(f"true dimension {dim} exceeds {neurons} neurons")
-    z_TD = _latent_dynamics(rng, dim, time)
-    w_DN = rng.standard_normal((dim, neurons)) / np.sqrt(dim)
-    signal = z_TD @ w_DN
-    if noise == "gaussian":
-      x = signal + noise_std * rng.standard_normal(signal.shape)
-    else:
-      x = rng.poisson(np.exp(0.5 * signal - 1.0)).astype(np.float64)
-    layers.append(x)
-  names = tuple(str(i) for i in range(len(true_latents)))
-  meta = dict(true_latents=list(map(int, true_latents)), neurons=neurons, time=time, noise=noise,
-              noise_std=noise_std if noise == "gaussian" else None, seed=seed,
-              generator="whitened noisy limit-cycle oscillators, random linear readout")
-  return Dataset(np.stack(layers).astype(np.float32), names, "synthetic",
-                 dict(zip(names, map(int, true_latents))), meta)
-
-
-def make_lorenz(*, neurons: int = 60, time: int = 3000, layers: int = 1, base_rate: float = 1.0,
-                gain: float = 0.9, seed: int = 0) -> Dataset:
-  """The LFADS Lorenz benchmark: 3-D Lorenz states -> N neurons -> Poisson counts.
-
-  sigma=10, rho=28, beta=8/3, RK4 with dt=0.01, one bin every 3 steps; each
-  state z-scored; rate_n(t) = base_rate * exp(gain * w_n . z(t)) with w_n a
-  random unit vector, so log-rates are linear in the 3-D state (true dimension 3).
-  Each layer is its own trajectory and weights.
-  """
-  rng = np.random.default_rng(seed)
-  sigma, rho, beta, dt, every = 10.0, 28.0, 8.0 / 3.0, 0.01, 3
-
-  def f(s):
-    return np.array([sigma * (s[1] - s[0]), s[0] * (rho - s[2]) - s[1], s[0] * s[1] - beta * s[2]])
-
-  out = []
-  for _ in range(layers):
-    s = rng.normal(0.0, 1.0, 3) + np.array([0.0, 1.0, 25.0])
-    states = np.empty((time, 3))
-    for t in range(500 + time * every):  # 500 burn-in steps onto the attractor
-      k1 = f(s); k2 = f(s + dt / 2 * k1); k3 = f(s + dt / 2 * k2); k4 = f(s + dt * k3)
-      s = s + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
-      if t >= 500 and (t - 500) % every == 0:
-        states[(t - 500) // every] = s
-    z_T3 = (states - states.mean(axis=0)) / states.std(axis=0)
-    w_3N = rng.standard_normal((3, neurons))
-    w_3N /= np.linalg.norm(w_3N, axis=0, keepdims=True)
-    rate = base_rate * np.exp(gain * z_T3 @ w_3N)
-    out.append(rng.poisson(rate).astype(np.float64))
-  names = tuple(str(i) for i in range(layers))
-  meta = dict(neurons=neurons, time=time, base_rate=base_rate, gain=gain, seed=seed,
-              generator="Lorenz (10, 28, 8/3), RK4 dt=0.01, bin = 3 steps, Poisson(exp(linear))")
-  return Dataset(np.stack(out).astype(np.float32), names, "lorenz", {n: 3 for n in names}, meta)
 
 
 def heldout_mask(num_layers: int, num_neurons: int, fraction: float, seed: int = 0) -> np.ndarray:
@@ -446,112 +227,6 @@ def valid_windows(x_LTN: np.ndarray, t_train: int, window: int) -> np.ndarray:
   return v.reshape(v.shape[0], n, window, v.shape[2])
 
 
-def load_nwb(path: str, *, series: str | None = None, bin_ms: float = 50.0,
-             normalize_method: str = "none", bin_size: int = 1, seed: int = 0) -> Dataset:
-  """Loads calcium series (RoiResponseSeries in Fluorescence/DfOverF) or spikes (Units) from NWB.
-
-  Several series of one container (one per imaging plane) become layers,
-  subsampled (seeded) to the smallest ROI count and cut to the shortest
-  length. `series` picks a series or container by name, or "units" for the
-  Units table, whose spike times are binned at `bin_ms`. Needs the optional
-  `pynwb` (pip install 'nmas-jax[nwb]').
-  """
-  _check_file(path)
-  try:
-    import pynwb
-    from pynwb.ophys import RoiResponseSeries
-  except ImportError:
-    raise UserError("--dataset=nwb needs pynwb: pip install 'nmas-jax[nwb]'") from None
-  try:
-    io = pynwb.NWBHDF5IO(path, "r")
-    nwb = io.read()
-  except Exception as e:  # noqa: BLE001
-    raise UserError(f"cannot read {path} as NWB: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-  with io:
-    found = [o for o in nwb.objects.values() if isinstance(o, RoiResponseSeries)]
-    has_units = nwb.units is not None and len(nwb.units) > 0
-    names = sorted({o.name for o in found} | {o.parent.name for o in found} | ({"units"} if has_units else set()))
-    if series == "units" or (series is None and not found and has_units):
-      if not has_units:
-        raise UserError(f"{path} has no Units table; it holds: {', '.join(names) or 'nothing readable'}")
-      spikes = [np.asarray(nwb.units.get_unit_spike_times(i)) for i in range(len(nwb.units))]
-      start = min(float(s.min()) for s in spikes if len(s))
-      stop = max(float(s.max()) for s in spikes if len(s))
-      edges = np.arange(start, stop + bin_ms / 1000.0, bin_ms / 1000.0)
-      x = np.stack([np.histogram(s, edges)[0] for s in spikes], axis=1).astype(np.float64)
-      layers, layer_names, kind = [x], ("units",), f"units binned at {bin_ms} ms"
-    else:
-      if series is not None:
-        found = [o for o in found if series in (o.name, o.parent.name)]
-        if not found:
-          raise UserError(f"--nwb_series={series!r} is not in {path}; it holds: {', '.join(names) or 'nothing readable'}")
-      if not found:
-        raise UserError(f"{path} holds no RoiResponseSeries and no Units table")
-      containers = sorted({o.parent.name for o in found})
-      if len(containers) > 1:
-        raise UserError(f"{path} holds several series ({', '.join(sorted(o.parent.name + '/' + o.name for o in found))}): "
-                        "choose one with --nwb_series")
-      found = sorted(found, key=lambda o: o.name)
-      layers, layer_names = [], []
-      for o in found:
-        x = _check_numeric(np.asarray(o.data[:]), f"series {o.name}")
-        if x.ndim == 1:
-          x = x[:, None]
-        _check_finite(x, f"series {o.name} [time, rois]")
-        layers.append(x)
-        plane = getattr(getattr(o.rois, "table", None), "imaging_plane", None)
-        layer_names.append(plane.name if plane is not None and len(found) > 1 else o.name)
-      kind = f"{containers[0]} RoiResponseSeries"
-  t = min(len(x) for x in layers)
-  n = min(x.shape[1] for x in layers)
-  rng = np.random.default_rng(seed)
-  out = []
-  for x in layers:
-    idx = np.sort(rng.choice(x.shape[1], n, replace=False)) if x.shape[1] > n else np.arange(n)
-    out.append(bin_time(normalize(x[:t, idx], normalize_method), bin_size))
-  meta = dict(path=os.path.abspath(path), source=kind, normalize=normalize_method, bin=bin_size)
-  return Dataset(np.stack(out).astype(np.float32), tuple(layer_names), "nwb", None, meta)
-
-
-DATASETS = ("synthetic", "lorenz", "stringer", "array", "nwb")
-
-
-def load_dataset(kind: str, *, path: str = "", key: str | None = None,
-                 normalize_method: str = "mean_per_bin", bin_size: int = 2,
-                 neurons_per_layer: int | None = None, seed: int = 0,
-                 drop_nonfinite: bool = False, warn=print, nwb_series: str | None = None,
-                 bin_ms: float = 50.0) -> Dataset:
-  """Loads any supported dataset by name. `normalize_method`/`bin_size` apply to recorded data.
-
-  The synthetic data is generated at its final resolution and scale, so it is
-  neither normalised nor binned. With `drop_nonfinite`, neurons with NaN/Inf
-  are dropped (and `warn` told how many) instead of refusing the data.
-  """
-  if normalize_method not in NORMALIZATIONS:
-    raise UserError(f"unknown --normalize={normalize_method!r}: choose one of {', '.join(NORMALIZATIONS)}")
-  if kind == "synthetic":
-    return make_synthetic(seed=seed)
-  if kind == "lorenz":
-    return make_lorenz(seed=seed)
-  if kind == "stringer":
-    return load_stringer(path, neurons_per_layer=neurons_per_layer, normalize_method=normalize_method,
-                         bin_size=bin_size, seed=seed, drop_nonfinite=drop_nonfinite, warn=warn)
-  if kind == "array":
-    ds = load_array(path, key=key, normalize_method=normalize_method, bin_size=bin_size,
-                    drop_nonfinite=drop_nonfinite, warn=warn)
-    if neurons_per_layer is not None:
-      if neurons_per_layer > ds.num_neurons or neurons_per_layer < 1:
-        raise UserError(f"--neurons_per_layer={neurons_per_layer} must be in 1..{ds.num_neurons} "
-                        "(the array's neuron count)")
-      idx = np.sort(np.random.default_rng(seed).choice(ds.num_neurons, neurons_per_layer, replace=False))
-      ds = dataclasses.replace(ds, x_LTN=ds.x_LTN[:, :, idx])
-    return ds
-  if kind == "nwb":
-    return load_nwb(path, series=nwb_series, bin_ms=bin_ms, normalize_method=normalize_method,
-                    bin_size=bin_size, seed=seed)
-  raise UserError(f"unknown --dataset={kind!r}: choose one of {', '.join(DATASETS)}")
-
-
 SHUFFLED_SUFFIX = "/shuffled"
 
 
@@ -579,10 +254,16 @@ def as_dataset(x: Any, name: str = "array") -> Dataset:
   """A Dataset from a Dataset or a numpy array [time, neurons] / [layers, time, neurons]."""
   if isinstance(x, Dataset):
     return x
-  arr = _check_numeric(np.asarray(x), "X")
+  arr = check_numeric(np.asarray(x), "X")
   if arr.ndim == 2:
     arr = arr[None]
   if arr.ndim != 3:
     raise UserError(f"X must be [time, neurons] or [layers, time, neurons], got shape {arr.shape}")
-  _check_finite(arr, "X")
+  check_finite(arr, "X")
   return Dataset(arr.astype(np.float32), tuple(str(i) for i in range(arr.shape[0])), name, None, {})
+
+
+# The loaders and generators live in their own modules; `nmas_jax.data` stays the one place
+# to import them from (imported last: they build on the definitions above).
+from nmas_jax.loaders import DATASETS, load_array, load_dataset, load_nwb, load_stringer  # noqa: E402,F401
+from nmas_jax.synthetic import SYNTHETIC_TRUE_LATENTS, make_lorenz, make_synthetic  # noqa: E402,F401

@@ -26,11 +26,8 @@ def _args(data_path, workdir, steps=300, extra=()):
 
 
 @pytest.fixture(scope="module")
-def small_array(tmp_path_factory):
-  ds = data.make_synthetic(true_latents=(2, 3), neurons=8, time=400, seed=1)
-  path = tmp_path_factory.mktemp("data") / "small.npy"
-  np.save(path, ds.x_LTN)
-  return str(path)
+def small_array(synthetic_npy):
+  return synthetic_npy("small.npy", true_latents=(2, 3), neurons=8, time=400, seed=1)
 
 
 def _final_params(workdir):

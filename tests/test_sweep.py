@@ -20,11 +20,8 @@ def _cli(*args, cwd=None):
 
 
 @pytest.fixture(scope="module")
-def tiny_array(tmp_path_factory):
-  ds = data.make_synthetic(true_latents=(2, 4), neurons=12, time=300, seed=0)
-  path = tmp_path_factory.mktemp("data") / "tiny.npy"
-  np.save(path, ds.x_LTN)
-  return str(path)
+def tiny_array(synthetic_npy):
+  return synthetic_npy("tiny.npy", true_latents=(2, 4), neurons=12, time=300, seed=0)
 
 
 TINY = ["--dataset=array", "--normalize=none", "--bin=1", "--latents=1,2,4", "--hidden=8",

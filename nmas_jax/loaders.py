@@ -1,0 +1,237 @@
+"""Loaders of recorded data: Stringer spontaneous (.npy dict), plain arrays, NWB; and the dispatcher."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from nmas_jax.data import (NORMALIZATIONS, Dataset, UserError, bin_time, check_file, check_finite,
+                           check_numeric, normalize)
+from nmas_jax.synthetic import make_lorenz, make_synthetic
+
+STRINGER_KEYS = ("sresp", "xyz")
+
+
+
+
+def _layer_name(z: float) -> str:
+  return str(int(z)) if float(z).is_integer() else repr(float(z))
+
+
+def load_stringer(path: str, *, neurons_per_layer: int | None = None,
+                  normalize_method: str = "mean_per_bin", bin_size: int = 2,
+                  seed: int = 0, drop_nonfinite: bool = False, warn=print) -> Dataset:
+  """Loads Stringer et al. 2019 spontaneous data; layers are the unique z planes.
+
+  The file is a pickled dict (np.save of a dict): loading it runs code from the
+  file, so only load files you trust.
+  """
+  check_file(path)
+  try:
+    raw = np.load(path, allow_pickle=True)
+  except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error.
+    raise UserError(f"cannot read {path} as a .npy file: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+  if isinstance(raw, np.ndarray) and raw.dtype == object and raw.shape == ():
+    raw = raw.item()
+  if not isinstance(raw, dict):
+    raise UserError(f"{path} does not hold a dict (got {type(raw).__name__}): a Stringer "
+                    "file is np.save of a dict with keys 'sresp' and 'xyz'; for a plain "
+                    "array use --dataset=array")
+  missing = [k for k in STRINGER_KEYS if k not in raw]
+  if missing:
+    raise UserError(f"{path} is missing key(s) {', '.join(map(repr, missing))}: a Stringer "
+                    "file needs 'sresp' [neurons, time] and 'xyz' [3, neurons]")
+  sresp = check_numeric(np.asarray(raw["sresp"]), "sresp")
+  xyz = check_numeric(np.asarray(raw["xyz"]), "xyz")
+  if sresp.ndim != 2:
+    raise UserError(f"sresp must be 2-D [neurons, time], got shape {sresp.shape}")
+  if xyz.ndim != 2 or xyz.shape[0] != 3:
+    raise UserError(f"xyz must be [3, neurons], got shape {xyz.shape}")
+  if xyz.shape[1] != sresp.shape[0]:
+    raise UserError(f"sresp has {sresp.shape[0]} neurons but xyz has {xyz.shape[1]}: "
+                    "they must describe the same neurons")
+  check_finite(xyz, "xyz")
+  if drop_nonfinite:
+    keep = np.isfinite(sresp).all(axis=1)
+    if not keep.all():
+      warn(f"dropped {int((~keep).sum())} of {len(keep)} neurons with NaN/Inf in sresp "
+           "(--nan_policy=drop_neurons)")
+      sresp, xyz = sresp[keep], xyz[:, keep]
+  check_finite(sresp, "sresp [neurons, time]")
+
+  x_TN = sresp.T
+  population_mean_T = x_TN.mean(axis=1)
+  z_N = xyz[2]
+  planes = np.unique(z_N)
+  counts = [int((z_N == z).sum()) for z in planes]
+  n = min(counts) if neurons_per_layer is None else neurons_per_layer
+  if n < 1:
+    raise UserError(f"--neurons_per_layer must be positive, got {n}")
+  rng = np.random.default_rng(seed)
+  layers, chosen = [], {}
+  for z, count in zip(planes, counts):
+    if count < n:
+      raise UserError(f"plane z={_layer_name(z)} has only {count} neurons, fewer than "
+                      f"--neurons_per_layer={n}: lower it or leave it unset")
+    idx = np.sort(rng.choice(np.flatnonzero(z_N == z), size=n, replace=False))
+    chosen[_layer_name(z)] = idx.tolist()
+    x = normalize(x_TN[:, idx], normalize_method, population_mean_T)
+    layers.append(bin_time(x, bin_size))
+  meta = dict(path=os.path.abspath(path), neurons_per_plane=dict(zip(map(_layer_name, planes), counts)),
+              neurons_per_layer=n, normalize=normalize_method, bin=bin_size,
+              binning="mean of adjacent bins", subsample_seed=seed, neuron_indices=chosen)
+  return Dataset(np.stack(layers).astype(np.float32), tuple(map(_layer_name, planes)),
+                 "stringer", None, meta)
+
+
+def load_array(path: str, *, key: str | None = None, normalize_method: str = "mean_per_bin",
+               bin_size: int = 2, drop_nonfinite: bool = False, warn=print) -> Dataset:
+  """Loads a .npy/.npz array [time, neurons] (one layer) or [layers, time, neurons]."""
+  check_file(path)
+  try:
+    raw = np.load(path, allow_pickle=False)
+  except ValueError as e:
+    raise UserError(f"{path} holds pickled objects, which --dataset=array refuses to load "
+                    "(it would run code from the file): save a plain numeric array") from e
+  except Exception as e:  # noqa: BLE001
+    raise UserError(f"cannot read {path} as .npy/.npz: {type(e).__name__}") from e
+  if isinstance(raw, np.lib.npyio.NpzFile):
+    with raw:
+      keys = list(raw.keys())
+      if key:
+        if key not in keys:
+          raise UserError(f"--data_key={key!r} is not in {path}; it holds {', '.join(keys)}")
+        x = raw[key]
+      elif len(keys) == 1:
+        key, x = keys[0], raw[keys[0]]
+      else:
+        raise UserError(f"{path} holds several arrays ({', '.join(keys)}): choose one with --data_key")
+  else:
+    x = raw
+  x = check_numeric(np.asarray(x), "the array")
+  if x.ndim == 2:
+    x = x[None]
+  if x.ndim != 3:
+    raise UserError(f"the array must be [time, neurons] or [layers, time, neurons], got shape {x.shape}")
+  if drop_nonfinite:
+    keep = np.isfinite(x).all(axis=(0, 1))
+    if not keep.all():
+      warn(f"dropped {int((~keep).sum())} of {len(keep)} neurons with NaN/Inf "
+           "(from every layer, to keep equal counts; --nan_policy=drop_neurons)")
+      x = x[:, :, keep]
+    if x.shape[2] == 0:
+      raise UserError("every neuron has NaN/Inf values: nothing left to fit")
+  check_finite(x, "the array [layers, time, neurons]")
+  layers = [bin_time(normalize(x_TN, normalize_method), bin_size) for x_TN in x]
+  meta = dict(path=os.path.abspath(path), key=key, normalize=normalize_method, bin=bin_size,
+              binning="mean of adjacent bins")
+  return Dataset(np.stack(layers).astype(np.float32),
+                 tuple(str(i) for i in range(len(layers))), "array", None, meta)
+
+
+def load_nwb(path: str, *, series: str | None = None, bin_ms: float = 50.0,
+             normalize_method: str = "none", bin_size: int = 1, seed: int = 0) -> Dataset:
+  """Loads calcium series (RoiResponseSeries in Fluorescence/DfOverF) or spikes (Units) from NWB.
+
+  Several series of one container (one per imaging plane) become layers,
+  subsampled (seeded) to the smallest ROI count and cut to the shortest
+  length. `series` picks a series or container by name, or "units" for the
+  Units table, whose spike times are binned at `bin_ms`. Needs the optional
+  `pynwb` (pip install 'nmas-jax[nwb]').
+  """
+  check_file(path)
+  try:
+    import pynwb
+    from pynwb.ophys import RoiResponseSeries
+  except ImportError:
+    raise UserError("--dataset=nwb needs pynwb: pip install 'nmas-jax[nwb]'") from None
+  try:
+    io = pynwb.NWBHDF5IO(path, "r")
+    nwb = io.read()
+  except Exception as e:  # noqa: BLE001
+    raise UserError(f"cannot read {path} as NWB: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+  with io:
+    found = [o for o in nwb.objects.values() if isinstance(o, RoiResponseSeries)]
+    has_units = nwb.units is not None and len(nwb.units) > 0
+    names = sorted({o.name for o in found} | {o.parent.name for o in found} | ({"units"} if has_units else set()))
+    if series == "units" or (series is None and not found and has_units):
+      if not has_units:
+        raise UserError(f"{path} has no Units table; it holds: {', '.join(names) or 'nothing readable'}")
+      spikes = [np.asarray(nwb.units.get_unit_spike_times(i)) for i in range(len(nwb.units))]
+      start = min(float(s.min()) for s in spikes if len(s))
+      stop = max(float(s.max()) for s in spikes if len(s))
+      edges = np.arange(start, stop + bin_ms / 1000.0, bin_ms / 1000.0)
+      x = np.stack([np.histogram(s, edges)[0] for s in spikes], axis=1).astype(np.float64)
+      layers, layer_names, kind = [x], ("units",), f"units binned at {bin_ms} ms"
+    else:
+      if series is not None:
+        found = [o for o in found if series in (o.name, o.parent.name)]
+        if not found:
+          raise UserError(f"--nwb_series={series!r} is not in {path}; it holds: {', '.join(names) or 'nothing readable'}")
+      if not found:
+        raise UserError(f"{path} holds no RoiResponseSeries and no Units table")
+      containers = sorted({o.parent.name for o in found})
+      if len(containers) > 1:
+        raise UserError(f"{path} holds several series ({', '.join(sorted(o.parent.name + '/' + o.name for o in found))}): "
+                        "choose one with --nwb_series")
+      found = sorted(found, key=lambda o: o.name)
+      layers, layer_names = [], []
+      for o in found:
+        x = check_numeric(np.asarray(o.data[:]), f"series {o.name}")
+        if x.ndim == 1:
+          x = x[:, None]
+        check_finite(x, f"series {o.name} [time, rois]")
+        layers.append(x)
+        plane = getattr(getattr(o.rois, "table", None), "imaging_plane", None)
+        layer_names.append(plane.name if plane is not None and len(found) > 1 else o.name)
+      kind = f"{containers[0]} RoiResponseSeries"
+  t = min(len(x) for x in layers)
+  n = min(x.shape[1] for x in layers)
+  rng = np.random.default_rng(seed)
+  out = []
+  for x in layers:
+    idx = np.sort(rng.choice(x.shape[1], n, replace=False)) if x.shape[1] > n else np.arange(n)
+    out.append(bin_time(normalize(x[:t, idx], normalize_method), bin_size))
+  meta = dict(path=os.path.abspath(path), source=kind, normalize=normalize_method, bin=bin_size)
+  return Dataset(np.stack(out).astype(np.float32), tuple(layer_names), "nwb", None, meta)
+
+
+DATASETS = ("synthetic", "lorenz", "stringer", "array", "nwb")
+
+
+def load_dataset(kind: str, *, path: str = "", key: str | None = None,
+                 normalize_method: str = "mean_per_bin", bin_size: int = 2,
+                 neurons_per_layer: int | None = None, seed: int = 0,
+                 drop_nonfinite: bool = False, warn=print, nwb_series: str | None = None,
+                 bin_ms: float = 50.0) -> Dataset:
+  """Loads any supported dataset by name. `normalize_method`/`bin_size` apply to recorded data.
+
+  The synthetic data is generated at its final resolution and scale, so it is
+  neither normalised nor binned. With `drop_nonfinite`, neurons with NaN/Inf
+  are dropped (and `warn` told how many) instead of refusing the data.
+  """
+  if normalize_method not in NORMALIZATIONS:
+    raise UserError(f"unknown --normalize={normalize_method!r}: choose one of {', '.join(NORMALIZATIONS)}")
+  if kind == "synthetic":
+    return make_synthetic(seed=seed)
+  if kind == "lorenz":
+    return make_lorenz(seed=seed)
+  if kind == "stringer":
+    return load_stringer(path, neurons_per_layer=neurons_per_layer, normalize_method=normalize_method,
+                         bin_size=bin_size, seed=seed, drop_nonfinite=drop_nonfinite, warn=warn)
+  if kind == "array":
+    ds = load_array(path, key=key, normalize_method=normalize_method, bin_size=bin_size,
+                    drop_nonfinite=drop_nonfinite, warn=warn)
+    if neurons_per_layer is not None:
+      if neurons_per_layer > ds.num_neurons or neurons_per_layer < 1:
+        raise UserError(f"--neurons_per_layer={neurons_per_layer} must be in 1..{ds.num_neurons} "
+                        "(the array's neuron count)")
+      idx = np.sort(np.random.default_rng(seed).choice(ds.num_neurons, neurons_per_layer, replace=False))
+      ds = dataclasses.replace(ds, x_LTN=ds.x_LTN[:, :, idx])
+    return ds
+  if kind == "nwb":
+    return load_nwb(path, series=nwb_series, bin_ms=bin_ms, normalize_method=normalize_method,
+                    bin_size=bin_size, seed=seed)
+  raise UserError(f"unknown --dataset={kind!r}: choose one of {', '.join(DATASETS)}")
