@@ -31,7 +31,7 @@ TINY = ["--dataset=array", "--normalize=none", "--bin=1", "--latents=1,2,4", "--
 
 def test_cli_sweep_lowers_every_loss_and_writes_results(tiny_array, tmp_path):
   workdir = tmp_path / "run"
-  r = _cli(*TINY, f"--data_path={tiny_array}", f"--workdir={workdir}")
+  r = _cli(*TINY, f"--data_path={tiny_array}", f"--workdir={workdir}", "--shared_model")
   assert r.returncode == 0, r.stderr
   assert "step 40/40" in r.stdout and "steps/s" in r.stdout and "ETA" in r.stdout
   res = json.loads((workdir / "results.json").read_text())
@@ -46,6 +46,12 @@ def test_cli_sweep_lowers_every_loss_and_writes_results(tiny_array, tmp_path):
   assert csv_lines[0].startswith("layer,latent,seed,train_loss,valid_mse")
   assert len(csv_lines) == 13
   assert (workdir / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert (workdir / "decoding.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  acc = res["layer_accuracy"]
+  assert acc["latents"] == [1, 2, 4] and acc["chance"] == 0.5 and all(len(a) == 2 for a in acc["accuracy"])
+  report_md = (workdir / "report.md").read_text()
+  for section in ("## Data", "## Held-out results", "## Chosen dimension", "## Layer decoding", "## Flags"):
+    assert section in report_md
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir / "tb" / "layer=0,latent=1,seed=0"))
   flags = (workdir / "flags.txt").read_text()
   assert "--latents=1,2,4" in flags and "--steps=40" in flags
@@ -57,7 +63,7 @@ def test_cli_sweep_lowers_every_loss_and_writes_results(tiny_array, tmp_path):
   for losses in by_model.values():
     assert losses[-1] < losses[0]
   # The flags file reproduces the run.
-  r2 = _cli(f"--flagfile={workdir / 'flags.txt'}", f"--workdir={tmp_path / 'again'}")
+  r2 = _cli(f"--flagfile={workdir / 'flags.txt'}", f"--workdir={tmp_path / 'again'}", "--noshared_model")
   assert r2.returncode == 0, r2.stderr
   res2 = json.loads((tmp_path / "again" / "results.json").read_text())
   assert [m["valid_mse"] for m in res2["models"]] == [m["valid_mse"] for m in res["models"]]
