@@ -38,7 +38,7 @@ behaviour_T = np.convolve(x_TN.mean(axis=1), np.ones(5) / 5, mode="same")
 est = DimensionSweep(latents=(2, 4, 8), hidden=32, window=25, steps=5 if quick else 300,
                      learning_rate=1e-2, verbose=False).fit(x_TN)
 k = est.optimal_latent_["0"]
-i = est._model_index(k, "0")
+i = est.model_index(k, "0")
 trained_encoder = jax.tree.map(lambda a: a[i], est.state_.params["encoder"])
 print(f"chosen latent size {k}; encoder weights from sweep model {i}")
 

@@ -194,7 +194,8 @@ class DimensionSweep:
     if not hasattr(self, "results_"):
       raise RuntimeError("this DimensionSweep is not fitted yet: call fit(X) first")
 
-  def _model_index(self, latent: int | None, layer: str | int | None, seed: int = 0) -> int:
+  def model_index(self, latent: int | None = None, layer: str | int | None = None, seed: int = 0) -> int:
+    """Index on the models axis (of `state_`) of a layer's model; latent None = the chosen one."""
     self._check_fitted()
     names = self.dataset_.layer_names
     if layer is None:
@@ -218,7 +219,7 @@ class DimensionSweep:
     used). Time is cut into the training windows, each run from a zero state,
     as in training; a trailing partial window is run as a shorter one.
     """
-    i = self._model_index(latent, layer)
+    i = self.model_index(latent, layer)
     x = np.asarray(X, np.float32)
     if x.ndim == 3:
       x = x[self.table_.layer[i]]
