@@ -3,9 +3,11 @@ r"""Sweep the latent size of LSTM autoencoders on every layer, as one batched co
   python -m experiments.sweep --latents=10,25,50,75,150
   python -m experiments.sweep --dataset=stringer --data_path=stringer_spontaneous.npy
   python -m experiments.sweep --dataset=array --data_path=activity.npy   # [time, neurons]
+  python -m experiments.sweep --dataset=lorenz --latents=1,2,3,4,6,8,12 --seeds=3
 
-Writes results.json, results.csv, sweep.png, tb/, metrics.jsonl and flags.txt
-into --workdir.
+Writes results.json, results.csv, sweep.png, report.md, tb/, metrics.jsonl,
+flags.txt and checkpoints/ into --workdir; re-running the same command resumes.
+A thin wrapper over nmas_jax.DimensionSweep.
 """
 
 from __future__ import annotations
