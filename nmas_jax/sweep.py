@@ -297,7 +297,8 @@ def run_sweep(dataset: data_lib.Dataset, cfg: SweepConfig, *,
                    f"{int(state.diverged_at[bad[0]])}; --nan_policy=stop stopped the sweep")
     if step % cfg.log_every == 0 or step == cfg.steps or stopped:
       valid = {k: np.asarray(v)[:n_real] for k, v in
-               sharding.gather(eval_fn(state, valid_LVTN, mask_LN, layer_M)).items()}
+               sharding.gather(eval_fn(state, valid_LVTN, mask_LN, layer_M)).items()
+               if k != "valid/cosmooth_mse" or (cfg.heldout_neurons > 0 and not shared)}
       train_loss = np.asarray(sharding.gather(loss_sum / max(loss_count, 1)))[:n_real]
       loss_sum, loss_count = jnp.zeros_like(loss_sum), 0
       now = time.perf_counter()
@@ -307,7 +308,10 @@ def run_sweep(dataset: data_lib.Dataset, cfg: SweepConfig, *,
       if on_metrics is not None:
         on_metrics(step, entry)
       ok = np.isfinite(valid["valid/loss"])
-      best = int(np.argmin(np.where(ok, valid["valid/loss"], np.inf))) if ok.any() else 0
+      # Progress ranks models by co-smoothing error when neurons are held out (the metric the
+      # dimension estimate uses), else by the held-out loss.
+      key = "valid/cosmooth_mse" if cfg.heldout_neurons > 0 and not shared else "valid/loss"
+      best = int(np.argmin(np.where(ok, valid[key], np.inf))) if ok.any() else 0
       out = SweepOutput(state=state, table=real_table, train_loss=train_loss,
                         valid={k: np.asarray(v) for k, v in valid.items()}, step=step,
                         seconds=time.perf_counter() - start, compile_seconds=compile_seconds,
@@ -316,7 +320,7 @@ def run_sweep(dataset: data_lib.Dataset, cfg: SweepConfig, *,
       if on_eval is not None and not out.complete:
         on_eval(out)
       log(f"step {step}/{cfg.steps}  {rate:.2f} steps/s  ETA {_fmt_time((cfg.steps - step) / rate)}  "
-          f"best valid loss {valid['valid/loss'][best]:.4g} ({describe(best)})")
+          f"best {key.replace('valid/', 'held-out ')} {valid[key][best]:.4g} ({describe(best)})")
     if checkpointer is not None and (stopped or step == cfg.steps or
                                      (checkpoint_every and step % checkpoint_every == 0)):
       checkpointer.save(step, trim(state),

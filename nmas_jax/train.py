@@ -122,5 +122,10 @@ def eval_step(params: Any, latent: jax.Array, x_VTN: jax.Array, input_mask_N: ja
               *, model: nn.Module, likelihood: str = "gaussian") -> dict[str, jax.Array]:
   """Quick held-out metrics of one model on windows x [windows, time, neurons] (for progress)."""
   y_VTN, _ = predict(params, latent, x_VTN, input_mask_N, model=model)
-  return {"valid/loss": reconstruction_loss(y_VTN, x_VTN, likelihood),
-          "valid/mse": jnp.mean((mean_prediction(y_VTN, likelihood) - x_VTN) ** 2)}
+  se_VTN = (mean_prediction(y_VTN, likelihood) - x_VTN) ** 2
+  out = {"valid/loss": reconstruction_loss(y_VTN, x_VTN, likelihood), "valid/mse": jnp.mean(se_VTN)}
+  if input_mask_N is not None:  # held-out neurons (mask 0): the co-smoothing error
+    held_N = 1.0 - input_mask_N
+    out["valid/cosmooth_mse"] = (jnp.sum(se_VTN * held_N[None, None, :])
+                                 / jnp.maximum(jnp.sum(held_N) * se_VTN.shape[0] * se_VTN.shape[1], 1.0))
+  return out
