@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from typing import Any, Callable
 
@@ -85,9 +84,8 @@ def run(s: Shapes, steps: int = 20, loop: bool = True, log=print) -> dict[str, A
   x_LTN = jax.device_put(x_LTN, rep)
   mask_LN = jax.device_put(jnp.ones((s.layers, s.neurons), jnp.float32), rep)
   layer_M, seed_M = (jax.device_put(jnp.asarray(a), by_model) for a in (table.layer, table.seed))
-  step_fn = jax.jit(functools.partial(sweep.sweep_step, model=model, tx=tx, likelihood="gaussian",
-                                      t_train=t_train, window=s.window, batch_size=s.batch_size),
-                    donate_argnums=0, out_shardings=(by_model, by_model))
+  step_fn = sweep.make_step_fn(model, tx, "gaussian", mesh, t_train=t_train, window=s.window,
+                               batch_size=s.batch_size)
   state = sweep.init_sweep(cfg, table, s.neurons, out_sharding=by_model)
   t0 = time.perf_counter()
   compiled = step_fn.lower(state, x_LTN, mask_LN, layer_M, seed_M, jnp.int32(0)).compile()

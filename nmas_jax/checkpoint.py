@@ -15,6 +15,7 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
+from nmas_jax import report
 from nmas_jax.data import UserError
 
 SWEEP_FILE = "sweep.json"
@@ -96,8 +97,5 @@ def claim_workdir(workdir: str, identity: dict[str, Any], overwrite: bool = Fals
       elif os.path.exists(p):
         os.remove(p)
     previous = None
-  tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(identity, f, indent=1)
-  os.replace(tmp, path)
+  report.write_json(path, identity)
   return previous is not None

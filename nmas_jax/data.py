@@ -250,15 +250,21 @@ def with_shuffle_control(dataset: Dataset, seed: int = 0) -> Dataset:
                                    "by its own random offset", "shuffle_seed": seed})
 
 
+def as_layers(x: Any, what: str) -> np.ndarray:
+  """A numeric [time, neurons] or [layers, time, neurons] array as float64 [layers, time, neurons]."""
+  arr = check_numeric(np.asarray(x), what)
+  if arr.ndim == 2:
+    arr = arr[None]
+  if arr.ndim != 3:
+    raise UserError(f"{what} must be [time, neurons] or [layers, time, neurons], got shape {arr.shape}")
+  return arr
+
+
 def as_dataset(x: Any, name: str = "array") -> Dataset:
   """A Dataset from a Dataset or a numpy array [time, neurons] / [layers, time, neurons]."""
   if isinstance(x, Dataset):
     return x
-  arr = check_numeric(np.asarray(x), "X")
-  if arr.ndim == 2:
-    arr = arr[None]
-  if arr.ndim != 3:
-    raise UserError(f"X must be [time, neurons] or [layers, time, neurons], got shape {arr.shape}")
+  arr = as_layers(x, "X")
   check_finite(arr, "X")
   return Dataset(arr.astype(np.float32), tuple(str(i) for i in range(arr.shape[0])), name, None, {})
 

@@ -7,8 +7,8 @@ import os
 
 import numpy as np
 
-from nmas_jax.data import (NORMALIZATIONS, Dataset, UserError, bin_time, check_file, check_finite,
-                           check_numeric, normalize)
+from nmas_jax.data import (NORMALIZATIONS, Dataset, UserError, as_layers, bin_time, check_file,
+                           check_finite, check_numeric, normalize)
 from nmas_jax.synthetic import make_lorenz, make_synthetic
 
 STRINGER_KEYS = ("sresp", "xyz")
@@ -110,11 +110,7 @@ def load_array(path: str, *, key: str | None = None, normalize_method: str = "me
         raise UserError(f"{path} holds several arrays ({', '.join(keys)}): choose one with --data_key")
   else:
     x = raw
-  x = check_numeric(np.asarray(x), "the array")
-  if x.ndim == 2:
-    x = x[None]
-  if x.ndim != 3:
-    raise UserError(f"the array must be [time, neurons] or [layers, time, neurons], got shape {x.shape}")
+  x = as_layers(x, "the array")
   if drop_nonfinite:
     keep = np.isfinite(x).all(axis=(0, 1))
     if not keep.all():

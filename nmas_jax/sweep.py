@@ -173,6 +173,16 @@ def sweep_step(state: train.TrainState, x_LTN: jax.Array, mask_LN: jax.Array, la
   return jax.vmap(step)(state, {"x": x_MBTN, "input_mask": mask_LN[layer_M]})
 
 
+def make_step_fn(model, tx, likelihood: str, mesh, *, t_train: int, window: int, batch_size: int,
+                 mix_layers: bool = False):
+  """`sweep_step` jitted for `mesh`: state donated, state and metrics sharded on the models axis."""
+  by_model = sharding.models_sharding(mesh)
+  return jax.jit(functools.partial(sweep_step, model=model, tx=tx, likelihood=likelihood,
+                                   t_train=t_train, window=window, batch_size=batch_size,
+                                   mix_layers=mix_layers, batch_sharding=sharding.batch_sharding(mesh)),
+                 donate_argnums=0, out_shardings=(by_model, by_model))
+
+
 def sweep_eval(state: train.TrainState, valid_LVTN: jax.Array, mask_LN: jax.Array,
                layer_M: jax.Array, *, model, likelihood: str) -> dict[str, jax.Array]:
   """Quick held-out metrics [models] on all validation windows of each model's layer."""
@@ -261,11 +271,8 @@ def run_sweep(dataset: data_lib.Dataset, cfg: SweepConfig, *,
     loss_sum = loss_sum.at[:n_real].set(jnp.asarray(aux["loss_sum"], jnp.float32))
     loss_count = int(aux["loss_count"])
     log(f"resumed from the checkpoint at step {first_step}")
-  step_fn = jax.jit(functools.partial(sweep_step, model=model, tx=tx, likelihood=lik,
-                                      t_train=t_train, window=cfg.window,
-                                      batch_size=cfg.batch_size, mix_layers=shared,
-                                      batch_sharding=sharding.batch_sharding(mesh)),
-                    donate_argnums=0, out_shardings=(by_model, by_model))
+  step_fn = make_step_fn(model, tx, lik, mesh, t_train=t_train, window=cfg.window,
+                         batch_size=cfg.batch_size, mix_layers=shared)
   eval_fn = jax.jit(functools.partial(sweep_eval, model=model, likelihood=lik))
   what = "one shared model of all layers" if shared else f"{dataset.num_layers} layers"
   pad_note = f" + {len(table) - n_real} inert padding" if len(table) > n_real else ""
@@ -283,6 +290,22 @@ def run_sweep(dataset: data_lib.Dataset, cfg: SweepConfig, *,
     layer = "all" if shared else dataset.layer_names[table.layer[i]]
     return f"layer {layer}, latent {table.latent[i]}, seed {table.seed[i]}"
 
+  # Progress ranks models by co-smoothing error when neurons are held out (the metric the
+  # dimension estimate uses), else by the held-out loss.
+  cosmooth = cfg.heldout_neurons > 0 and not shared
+  rank_key = "valid/cosmooth_mse" if cosmooth else "valid/loss"
+
+  def snapshot(state, mean_loss_M, step, complete, stopped) -> SweepOutput:
+    """Evaluates every model now: host copies of its metrics [real models]."""
+    valid = {k: np.asarray(v)[:n_real] for k, v in
+             sharding.gather(eval_fn(state, valid_LVTN, mask_LN, layer_M)).items()
+             if k != "valid/cosmooth_mse" or cosmooth}
+    return SweepOutput(state=state, table=real_table,
+                       train_loss=np.asarray(sharding.gather(mean_loss_M))[:n_real], valid=valid,
+                       step=step, seconds=time.perf_counter() - start,
+                       compile_seconds=compile_seconds, complete=complete, stopped=stopped,
+                       diverged_at=np.asarray(sharding.gather(state.diverged_at))[:n_real])
+
   out = None
   start = last = time.perf_counter()
   last_step = first_step
@@ -296,31 +319,21 @@ def run_sweep(dataset: data_lib.Dataset, cfg: SweepConfig, *,
         stopped = (f"{describe(bad[0])} diverged (non-finite loss or gradient) at step "
                    f"{int(state.diverged_at[bad[0]])}; --nan_policy=stop stopped the sweep")
     if step % cfg.log_every == 0 or step == cfg.steps or stopped:
-      valid = {k: np.asarray(v)[:n_real] for k, v in
-               sharding.gather(eval_fn(state, valid_LVTN, mask_LN, layer_M)).items()
-               if k != "valid/cosmooth_mse" or (cfg.heldout_neurons > 0 and not shared)}
-      train_loss = np.asarray(sharding.gather(loss_sum / max(loss_count, 1)))[:n_real]
+      out = snapshot(state, loss_sum / max(loss_count, 1), step,
+                     complete=step == cfg.steps and not stopped, stopped=stopped)
       loss_sum, loss_count = jnp.zeros_like(loss_sum), 0
       now = time.perf_counter()
       rate = (step - last_step) / (now - last)
       last, last_step = now, step
-      entry = {"train/loss": train_loss, **{k: np.asarray(v) for k, v in valid.items()}}
       if on_metrics is not None:
-        on_metrics(step, entry)
-      ok = np.isfinite(valid["valid/loss"])
-      # Progress ranks models by co-smoothing error when neurons are held out (the metric the
-      # dimension estimate uses), else by the held-out loss.
-      key = "valid/cosmooth_mse" if cfg.heldout_neurons > 0 and not shared else "valid/loss"
-      best = int(np.argmin(np.where(ok, valid[key], np.inf))) if ok.any() else 0
-      out = SweepOutput(state=state, table=real_table, train_loss=train_loss,
-                        valid={k: np.asarray(v) for k, v in valid.items()}, step=step,
-                        seconds=time.perf_counter() - start, compile_seconds=compile_seconds,
-                        complete=step == cfg.steps and not stopped, stopped=stopped,
-                        diverged_at=np.asarray(sharding.gather(state.diverged_at))[:n_real])
+        on_metrics(step, {"train/loss": out.train_loss, **out.valid})
+      ok = np.isfinite(out.valid["valid/loss"])
+      best = int(np.argmin(np.where(ok, out.valid[rank_key], np.inf))) if ok.any() else 0
       if on_eval is not None and not out.complete:
         on_eval(out)
       log(f"step {step}/{cfg.steps}  {rate:.2f} steps/s  ETA {_fmt_time((cfg.steps - step) / rate)}  "
-          f"best {key.replace('valid/', 'held-out ')} {valid[key][best]:.4g} ({describe(best)})")
+          f"best {rank_key.replace('valid/', 'held-out ')} {out.valid[rank_key][best]:.4g} "
+          f"({describe(best)})")
     if checkpointer is not None and (stopped or step == cfg.steps or
                                      (checkpoint_every and step % checkpoint_every == 0)):
       checkpointer.save(step, trim(state),
@@ -330,12 +343,8 @@ def run_sweep(dataset: data_lib.Dataset, cfg: SweepConfig, *,
       log(f"stopped: {stopped}")
       break
   if out is None:  # resumed at (or past) the last step: evaluate once.
-    valid = sharding.gather(eval_fn(state, valid_LVTN, mask_LN, layer_M))
-    out = SweepOutput(state=state, table=real_table,
-                      train_loss=np.asarray(sharding.gather(loss_sum / max(loss_count, 1)))[:n_real],
-                      valid={k: np.asarray(v)[:n_real] for k, v in valid.items()}, step=first_step,
-                      seconds=0.0, compile_seconds=compile_seconds,
-                      diverged_at=np.asarray(sharding.gather(state.diverged_at))[:n_real])
+    out = snapshot(state, loss_sum / max(loss_count, 1), first_step, complete=True, stopped=None)
+    out.seconds = 0.0
   final = sharding.gather(trim(out.state))
   return dataclasses.replace(out, state=jax.tree.map(jnp.asarray, final))
 
