@@ -5,7 +5,8 @@ r"""Benchmark: one batched sweep step vs the same models stepped one by one, vs 
 
 Shapes default to one Stringer layer: 1131 neurons, windows of 50, batch 16,
 128 LSTM units, latents 10,25,50,75,150, the LSTM decoder. Compile time is
-measured separately and never inside a timed step.
+measured separately and never inside a timed step. With torch installed it
+also times a plain PyTorch loop over the same models (--notorch to skip).
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import sys
 
 from absl import app, flags
 
-from nmas_jax import bench, sweep
+from nmas_jax import bench, sharding, sweep
 from nmas_jax.data import UserError
+
+sharding.tune_cpu_flags()  # before JAX creates its backend
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("neurons", 1131, "Neurons per layer.")
@@ -30,7 +33,11 @@ flags.DEFINE_string("decoder", "lstm", "lstm or linear.")
 flags.DEFINE_integer("steps", 20, "Timed steps after warm-up.")
 flags.DEFINE_integer("unroll", 1, "Scan unroll factor.")
 flags.DEFINE_string("dtype", "float32", "Matmul dtype: float32 or bfloat16.")
+flags.DEFINE_enum("batching", "auto", ["auto", "vmap", "by_latent"],
+                  "How the sweep step runs the models (see experiments.sweep --batching).")
 flags.DEFINE_bool("loop", True, "Also time the one-by-one loop of single-model steps.")
+flags.DEFINE_bool("torch", True, "Also time a PyTorch loop over the same models, if torch is "
+                  "installed (it is not a dependency: pip install torch).")
 flags.DEFINE_bool("json", False, "Print one JSON line with the figures.")
 
 
@@ -51,8 +58,10 @@ def main(argv):
     sys.exit(2)
   shapes = bench.Shapes(neurons=FLAGS.neurons, window=FLAGS.window, batch_size=FLAGS.batch_size,
                         hidden=FLAGS.hidden, latents=latents, layers=FLAGS.layers,
-                        decoder=FLAGS.decoder, unroll=FLAGS.unroll, dtype=FLAGS.dtype)
-  res = bench.run(shapes, steps=FLAGS.steps, loop=FLAGS.loop, log=lambda s: print(s, flush=True))
+                        decoder=FLAGS.decoder, unroll=FLAGS.unroll, dtype=FLAGS.dtype,
+                        batching=FLAGS.batching)
+  res = bench.run(shapes, steps=FLAGS.steps, loop=FLAGS.loop, torch_loop=FLAGS.torch,
+                  log=lambda s: print(s, flush=True))
   print(bench.table(res))
   if FLAGS.json:
     print(json.dumps(res))

@@ -25,6 +25,8 @@ from nmas_jax import data, evaluate, report, sharding, sweep
 from nmas_jax.api import DimensionSweep, SweepStopped
 from nmas_jax.data import UserError
 
+sharding.tune_cpu_flags()  # before JAX creates its backend
+
 _D = sweep.SweepConfig()
 FLAGS = flags.FLAGS
 flags.DEFINE_string("latents", ",".join(map(str, _D.latents)), "Comma-separated latent sizes.")
@@ -55,6 +57,10 @@ flags.DEFINE_string("dtype", _D.dtype, "Matmul dtype: float32, or bfloat16 on GP
 flags.DEFINE_string("nwb_series", None, "NWB: name of the RoiResponseSeries to read, or 'units' for "
                     "spikes; needed when the file has several.")
 flags.DEFINE_float("bin_ms", 50.0, "NWB spikes: bin width in milliseconds.")
+flags.DEFINE_enum("batching", "auto", ["auto", "vmap", "by_latent"],
+                  "How one step runs the models: vmap (all at the widest latent), by_latent (one "
+                  "vmap per latent size, at its own width; one device) or auto (by_latent on one "
+                  "CPU device, else vmap). Results agree to float rounding.")
 flags.DEFINE_string("mesh", "auto", "Device mesh: auto (all local devices on the models axis) or "
                     "e.g. models:4,data:2.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize (multi-host; from the flags "
@@ -90,7 +96,7 @@ _SWEEP_FLAGS = ("latents", "dataset", "data_path", "data_key", "layers", "seeds"
                 "batch_size", "window", "hidden", "learning_rate", "weight_decay", "clip_norm",
                 "decoder", "bidirectional", "likelihood", "heldout_neurons", "gain_fraction", "shuffle_control", "dtype", "nwb_series", "bin_ms", "shared_model", "train_fraction", "normalize", "bin",
                 "neurons_per_layer", "data_seed", "workdir", "log_every", "checkpoint_every",
-                "keep_checkpoints", "nan_policy", "mesh")
+                "keep_checkpoints", "nan_policy", "mesh", "batching")
 
 
 def _flagfile_text() -> str:
@@ -151,7 +157,8 @@ def main(argv):
     est.fit(dataset, workdir=FLAGS.workdir, identity=_identity(), overwrite=FLAGS.overwrite,
             checkpoint_every=FLAGS.checkpoint_every, keep_checkpoints=FLAGS.keep_checkpoints,
             nan_policy="stop" if FLAGS.nan_policy == "stop" else "freeze",
-            flags_text=_flagfile_text(), data_seed=FLAGS.data_seed, mesh=FLAGS.mesh)
+            flags_text=_flagfile_text(), data_seed=FLAGS.data_seed, mesh=FLAGS.mesh,
+            batching=FLAGS.batching)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Any, Callable
 
@@ -24,6 +25,7 @@ class Shapes:
   decoder: str = "lstm"
   unroll: int = 1
   dtype: str = "float32"
+  batching: str = "auto"
 
 
 def flops_per_step(s: Shapes) -> float:
@@ -47,15 +49,19 @@ def flops_per_step(s: Shapes) -> float:
   return total * s.layers
 
 
-def _time(fn: Callable[[], Any], steps: int) -> float:
-  """Seconds per call of fn (which returns something to block on), after 2 warm-up calls."""
+def _time(fn: Callable[[], Any], steps: int, block=jax.block_until_ready, repeats: int = 3) -> float:
+  """Seconds per call of fn (returning something to block on): best of `repeats` runs of
+  `steps` calls, after 2 warm-up calls (the best run is the least disturbed by other load)."""
   for _ in range(2):
-    jax.block_until_ready(fn())
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    out = fn()
-  jax.block_until_ready(out)
-  return (time.perf_counter() - t0) / steps
+    block(fn())
+  best = float("inf")
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    for _ in range(steps):
+      out = fn()
+    block(out)
+    best = min(best, (time.perf_counter() - t0) / steps)
+  return best
 
 
 def matmul_peak_gflops(n: int = 2048, dtype=jnp.float32, reps: int = 10) -> float:
@@ -66,8 +72,53 @@ def matmul_peak_gflops(n: int = 2048, dtype=jnp.float32, reps: int = 10) -> floa
   return 2 * n ** 3 / _time(lambda: mm(a, b), reps) / 1e9
 
 
-def run(s: Shapes, steps: int = 20, loop: bool = True, log=print) -> dict[str, Any]:
-  """Times (a) one batched sweep step, (b) the one-by-one loop, (c) the matmul peak."""
+def torch_loop_seconds(s: Shapes, steps: int) -> float | None:
+  """Seconds per step of a plain PyTorch loop over the same models (None without torch).
+
+  What a user would write: per model nn.LSTM(N, H) -> Linear(H, k) -> nn.LSTM(k, H)
+  (or nothing, for the linear decoder) -> Linear(H, N), MSE, clipping, AdamW,
+  on its own random batch of windows, one model after another.
+  """
+  try:
+    import torch
+  except ImportError:
+    return None
+  torch.manual_seed(0)
+
+  class AE(torch.nn.Module):
+    def __init__(self, k):
+      super().__init__()
+      self.enc = torch.nn.LSTM(s.neurons, s.hidden, batch_first=True)
+      self.lat = torch.nn.Linear(s.hidden, k)
+      self.dec = torch.nn.LSTM(k, s.hidden, batch_first=True) if s.decoder == "lstm" else None
+      self.out = torch.nn.Linear(s.hidden if s.decoder == "lstm" else k, s.neurons)
+
+    def forward(self, x):
+      z = self.lat(self.enc(x)[0])
+      return self.out(self.dec(z)[0] if self.dec is not None else z)
+
+  nets = [AE(k) for _ in range(s.layers) for k in s.latents]
+  opts = [torch.optim.AdamW(m.parameters(), lr=3e-3, weight_decay=0.0) for m in nets]
+  data = torch.randn(s.window * 40, s.neurons)
+  offsets = torch.arange(s.window)
+
+  def step():
+    for m, opt in zip(nets, opts):
+      x = data[torch.randint(0, s.window * 32 - s.window, (s.batch_size,))[:, None] + offsets]
+      loss = ((m(x) - x) ** 2).mean()
+      opt.zero_grad()
+      loss.backward()
+      torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+      opt.step()
+    return loss
+
+  return _time(lambda: step().detach(), steps, block=lambda out: out.item())
+
+
+def run(s: Shapes, steps: int = 20, loop: bool = True, torch_loop: bool = True,
+        log=print) -> dict[str, Any]:
+  """Times (a) one batched sweep step, (b) the one-by-one loop, (c) the matmul peak,
+  and (d) a PyTorch loop over the same models when torch is installed."""
   dtype = jnp.bfloat16 if s.dtype == "bfloat16" else jnp.float32
   cfg = sweep.SweepConfig(latents=tuple(s.latents), steps=1, batch_size=s.batch_size,
                           window=s.window, hidden=s.hidden, decoder=s.decoder, unroll=s.unroll,
@@ -84,8 +135,9 @@ def run(s: Shapes, steps: int = 20, loop: bool = True, log=print) -> dict[str, A
   x_LTN = jax.device_put(x_LTN, rep)
   mask_LN = jax.device_put(jnp.ones((s.layers, s.neurons), jnp.float32), rep)
   layer_M, seed_M = (jax.device_put(jnp.asarray(a), by_model) for a in (table.layer, table.seed))
+  batching = sweep.resolve_batching(s.batching, mesh)
   step_fn = sweep.make_step_fn(model, tx, "gaussian", mesh, t_train=t_train, window=s.window,
-                               batch_size=s.batch_size)
+                               batch_size=s.batch_size, table=table, batching=batching)
   state = sweep.init_sweep(cfg, table, s.neurons, out_sharding=by_model)
   t0 = time.perf_counter()
   compiled = step_fn.lower(state, x_LTN, mask_LN, layer_M, seed_M, jnp.int32(0)).compile()
@@ -97,8 +149,8 @@ def run(s: Shapes, steps: int = 20, loop: bool = True, log=print) -> dict[str, A
     return m["train/loss"]
 
   sweep_s = _time(sweep_call, steps)
-  log(f"sweep step: {sweep_s * 1e3:.1f} ms ({len(real)} models on {mesh.devices.size} device(s)), "
-      f"compiled in {compile_s:.1f}s")
+  log(f"sweep step: {sweep_s * 1e3:.1f} ms ({len(real)} models on {mesh.devices.size} device(s), "
+      f"batching {batching}), compiled in {compile_s:.1f}s")
 
   loop_s, loop_compile_s = None, None
   if loop:
@@ -130,6 +182,11 @@ def run(s: Shapes, steps: int = 20, loop: bool = True, log=print) -> dict[str, A
     loop_s = _time(loop_call, steps)
     log(f"loop of single-model steps: {loop_s * 1e3:.1f} ms, compiled in {loop_compile_s:.1f}s")
 
+  torch_s = None
+  if torch_loop:
+    torch_s = torch_loop_seconds(s, steps)
+    log("PyTorch loop: " + ("torch is not installed" if torch_s is None
+                            else f"{torch_s * 1e3:.1f} ms"))
   peak = matmul_peak_gflops(dtype=jnp.float32)
   flops = flops_per_step(s)
   achieved = flops / sweep_s / 1e9
@@ -138,6 +195,8 @@ def run(s: Shapes, steps: int = 20, loop: bool = True, log=print) -> dict[str, A
       "sweep_step_ms": round(sweep_s * 1e3, 3),
       "loop_step_ms": None if loop_s is None else round(loop_s * 1e3, 3),
       "speedup_vs_loop": None if loop_s is None else round(loop_s / sweep_s, 3),
+      "torch_loop_step_ms": None if torch_s is None else round(torch_s * 1e3, 3),
+      "speedup_vs_torch": None if torch_s is None else round(torch_s / sweep_s, 3),
       "flops_per_step": flops,
       "achieved_gflops": round(achieved, 2),
       "peak_gflops": round(peak, 2),
@@ -148,7 +207,9 @@ def run(s: Shapes, steps: int = 20, loop: bool = True, log=print) -> dict[str, A
       "padded_models": len(table),
       "device": f"{dev.platform}:{getattr(dev, 'device_kind', '')}",
       "devices": jax.device_count(),
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
       **{k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(s).items()},
+      "batching": batching,
       "steps": steps,
   }
 
@@ -157,10 +218,12 @@ def table(r: dict[str, Any]) -> str:
   rows = [("device", r["device"]), ("models", r["models"]),
           ("shapes", f"neurons={r['neurons']} window={r['window']} batch={r['batch_size']} "
                      f"hidden={r['hidden']} latents={','.join(map(str, r['latents']))} "
-                     f"decoder={r['decoder']} dtype={r['dtype']} unroll={r['unroll']}"),
+                     f"decoder={r['decoder']} dtype={r['dtype']} batching={r['batching']}"),
           ("sweep step (all models, one call)", f"{r['sweep_step_ms']:.1f} ms"),
           ("one-by-one loop", "-" if r["loop_step_ms"] is None else f"{r['loop_step_ms']:.1f} ms"),
           ("speed-up vs loop", "-" if r["speedup_vs_loop"] is None else f"{r['speedup_vs_loop']:.2f}x"),
+          ("PyTorch loop", "-" if r["torch_loop_step_ms"] is None else f"{r['torch_loop_step_ms']:.1f} ms"),
+          ("speed-up vs PyTorch", "-" if r["speedup_vs_torch"] is None else f"{r['speedup_vs_torch']:.2f}x"),
           ("useful GFLOP per step", f"{r['flops_per_step'] / 1e9:.2f}"),
           ("achieved GFLOP/s", f"{r['achieved_gflops']:.1f}"),
           ("f32 matmul peak GFLOP/s", f"{r['peak_gflops']:.1f}"),

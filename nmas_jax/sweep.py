@@ -157,29 +157,94 @@ def init_sweep(cfg: SweepConfig, table: ModelTable, neurons: int,
                                  jnp.full((m,), cfg.weight_decay, jnp.float32))
 
 
+BATCHINGS = ("auto", "vmap", "by_latent")
+
+
+def latent_buckets(table: ModelTable) -> tuple[tuple[int, ...], int]:
+  """(latents, groups): the models axis seen as [groups = layers x seeds, latents].
+
+  What `batching="by_latent"` needs: a table in `ModelTable.build` order
+  (latent innermost) with no padding models.
+  """
+  num_l = len(dict.fromkeys(table.latent.tolist()))
+  latents = tuple(int(k) for k in table.latent[:num_l])
+  groups = len(table) // num_l
+  if groups * num_l != len(table) or not (table.latent.reshape(groups, num_l) == latents).all():
+    raise UserError("--batching=by_latent needs every model on one device (this sweep pads the "
+                    "models axis for several devices): use --batching=vmap or auto")
+  return latents, groups
+
+
+def resolve_batching(batching: str, mesh) -> str:
+  """The batching to use on this machine: `auto` picks what measured fastest (docs/benchmarks.md).
+
+  One CPU device: by_latent (smaller working sets, and no model pays for the
+  widest latent). Accelerators or several devices: every model in one vmap,
+  sharded on the models axis.
+  """
+  if batching not in BATCHINGS:
+    raise UserError(f"unknown --batching={batching!r}: choose one of {', '.join(BATCHINGS)}")
+  cpu_single = mesh.devices.size == 1 and jax.devices()[0].platform == "cpu"
+  if batching == "auto":
+    batching = "by_latent" if cpu_single else "vmap"
+  return batching
+
+
 def sweep_step(state: train.TrainState, x_LTN: jax.Array, mask_LN: jax.Array, layer_M: jax.Array,
                seed_M: jax.Array, step: jax.Array, *, model, tx, likelihood: str, t_train: int,
-               window: int, batch_size: int, mix_layers: bool = False, batch_sharding=None):
+               window: int, batch_size: int, mix_layers: bool = False, batch_sharding=None,
+               buckets=None):
   """Samples every model's batch for this step and steps all models at once.
 
   `step` is passed as its own (replicated) scalar, not read from the sharded
   state, so a step on a sharded models axis needs no cross-device traffic.
+
+  buckets=None: one vmap over all models at the padded latent width.
+  buckets=latent_buckets(table): the models of each latent size run, as one
+  vmap per latent size, at exactly that width (`train_step(latent_width=k)`),
+  so no model pays for the widest latent. Same results up to float rounding;
+  still one jitted call for the whole sweep.
   """
-  x_MBTN = data_lib.sample_batches(x_LTN, layer_M, seed_M, step, t_train=t_train,
-                                   window=window, batch_size=batch_size, mix_layers=mix_layers)
-  if batch_sharding is not None:  # split each model's batch over the mesh's data axis
-    x_MBTN = jax.lax.with_sharding_constraint(x_MBTN, batch_sharding)
-  step = functools.partial(train.train_step, model=model, tx=tx, likelihood=likelihood)
-  return jax.vmap(step)(state, {"x": x_MBTN, "input_mask": mask_LN[layer_M]})
+  if buckets is None:
+    x_MBTN = data_lib.sample_batches(x_LTN, layer_M, seed_M, step, t_train=t_train,
+                                     window=window, batch_size=batch_size, mix_layers=mix_layers)
+    if batch_sharding is not None:  # split each model's batch over the mesh's data axis
+      x_MBTN = jax.lax.with_sharding_constraint(x_MBTN, batch_sharding)
+    one = functools.partial(train.train_step, model=model, tx=tx, likelihood=likelihood)
+    return jax.vmap(one)(state, {"x": x_MBTN, "input_mask": mask_LN[layer_M]})
+
+  latents, groups = buckets
+  num_l = len(latents)
+  view = lambda a: a.reshape((groups, num_l) + a.shape[1:])  # [models] -> [layer*seed, latent]
+  state_GL, layer_GL, seed_GL = jax.tree.map(view, (state, layer_M, seed_M))
+
+  def one_model(st, layer, seed, k):
+    x_BTN = data_lib.sample_batches(x_LTN, layer[None], seed[None], step, t_train=t_train,
+                                    window=window, batch_size=batch_size, mix_layers=mix_layers)[0]
+    return train.train_step(st, {"x": x_BTN, "input_mask": mask_LN[layer]}, model=model, tx=tx,
+                            likelihood=likelihood, latent_width=k)
+
+  parts = [jax.vmap(functools.partial(one_model, k=k))(
+               *jax.tree.map(lambda a: a[:, j], (state_GL, layer_GL, seed_GL)))
+           for j, k in enumerate(latents)]
+  return jax.tree.map(lambda *p: jnp.stack(p, axis=1).reshape((groups * num_l,) + p[0].shape[1:]),
+                      *parts)
 
 
 def make_step_fn(model, tx, likelihood: str, mesh, *, t_train: int, window: int, batch_size: int,
-                 mix_layers: bool = False):
-  """`sweep_step` jitted for `mesh`: state donated, state and metrics sharded on the models axis."""
+                 mix_layers: bool = False, table: ModelTable | None = None,
+                 batching: str = "vmap"):
+  """`sweep_step` jitted for `mesh`: state donated, state and metrics sharded on the models axis.
+
+  `batching` (see `resolve_batching`): "by_latent" needs the `table`.
+  """
   by_model = sharding.models_sharding(mesh)
+  batching = resolve_batching(batching, mesh)
+  buckets = latent_buckets(table) if batching == "by_latent" else None
   return jax.jit(functools.partial(sweep_step, model=model, tx=tx, likelihood=likelihood,
                                    t_train=t_train, window=window, batch_size=batch_size,
-                                   mix_layers=mix_layers, batch_sharding=sharding.batch_sharding(mesh)),
+                                   mix_layers=mix_layers, batch_sharding=sharding.batch_sharding(mesh),
+                                   buckets=buckets),
                  donate_argnums=0, out_shardings=(by_model, by_model))
 
 
@@ -220,7 +285,7 @@ def run_sweep(dataset: data_lib.Dataset, cfg: SweepConfig, *,
               on_metrics: Callable[[int, dict[str, np.ndarray]], None] | None = None,
               on_eval: Callable[[SweepOutput], None] | None = None,
               shared: bool = False, checkpointer=None, checkpoint_every: int = 0,
-              nan_policy: str = "freeze", mesh=None) -> SweepOutput:
+              nan_policy: str = "freeze", mesh=None, batching: str = "auto") -> SweepOutput:
   """Trains every (layer, latent, seed) model on `dataset` in one batched computation.
 
   Args:
@@ -272,14 +337,16 @@ def run_sweep(dataset: data_lib.Dataset, cfg: SweepConfig, *,
     loss_count = int(aux["loss_count"])
     log(f"resumed from the checkpoint at step {first_step}")
   step_fn = make_step_fn(model, tx, lik, mesh, t_train=t_train, window=cfg.window,
-                         batch_size=cfg.batch_size, mix_layers=shared)
+                         batch_size=cfg.batch_size, mix_layers=shared, table=table,
+                         batching=batching)
   eval_fn = jax.jit(functools.partial(sweep_eval, model=model, likelihood=lik))
   what = "one shared model of all layers" if shared else f"{dataset.num_layers} layers"
   pad_note = f" + {len(table) - n_real} inert padding" if len(table) > n_real else ""
   log(f"sweep: {n_real} models{pad_note} ({what} x {len(cfg.latents)} latents x "
       f"{cfg.seeds} seeds), {dataset.num_neurons} neurons, {dataset.num_time} time bins "
       f"({t_train} train / {dataset.num_time - t_train} valid), {cfg.steps} steps on "
-      f"{mesh.devices.size} {jax.devices()[0].platform} device(s), mesh {dict(mesh.shape)}")
+      f"{mesh.devices.size} {jax.devices()[0].platform} device(s), mesh {dict(mesh.shape)}, "
+      f"batching {resolve_batching(batching, mesh)}")
   t0 = time.perf_counter()
   step_fn = step_fn.lower(state, x_LTN, mask_LN, layer_M, seed_M, jnp.int32(0)).compile()
   eval_fn = eval_fn.lower(state, valid_LVTN, mask_LN, layer_M).compile()

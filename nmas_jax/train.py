@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from nmas_jax import models
+
 
 @struct.dataclass
 class TrainState:
@@ -81,8 +83,8 @@ def encoder_input(x_BTN: jax.Array, input_mask_N: jax.Array | None) -> jax.Array
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
-               tx: optax.GradientTransformation, likelihood: str = "gaussian"
-               ) -> tuple[TrainState, dict[str, jax.Array]]:
+               tx: optax.GradientTransformation, likelihood: str = "gaussian",
+               latent_width: int | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
   """One AdamW step on a batch: {"x": [batch, time, neurons], "input_mask": [neurons] (optional)}.
 
   The encoder sees x * input_mask; the loss covers every neuron, so held-out
@@ -97,7 +99,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
   x_in_BTN = encoder_input(x_BTN, batch.get("input_mask"))
 
   def loss_fn(params):
-    y_BTN, _ = model.apply({"params": params}, x_in_BTN, state.latent)
+    if latent_width is None:
+      y_BTN, _ = model.apply({"params": params}, x_in_BTN, state.latent)
+    else:
+      y_BTN, _ = model.clone(latent=latent_width).apply(
+          {"params": models.slice_latent(params, latent_width)}, x_in_BTN)
     return reconstruction_loss(y_BTN, x_BTN, likelihood)
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)

@@ -149,3 +149,46 @@ def test_bfloat16_matmuls_track_float32():
   rel = lambda a, b: float(jnp.sqrt(jnp.mean((a - b) ** 2) / jnp.mean(b ** 2)))
   assert rel(y16, y32) < 0.03 and rel(z16[..., :5], z32[..., :5]) < 0.03
   assert np.all(np.asarray(z16[..., 5:]) == 0)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_hand_written_lstm_gradient_equals_autodiff(reverse):
+  """The custom backward pass of ScanLSTM gives autodiff's gradients (params and input)."""
+  fast = models.ScanLSTM(H, reverse=reverse)
+  slow = models.ScanLSTM(H, reverse=reverse, custom_grad=False)
+  x = _x(3)
+  params = fast.init(jax.random.PRNGKey(0), x)
+  w = jax.random.normal(jax.random.PRNGKey(4), (B, T, H))
+  loss = lambda m: (lambda p, x: jnp.sum(jnp.tanh(m.apply(p, x)) * w))
+  g_fast = jax.grad(loss(fast), argnums=(0, 1))(params, x)
+  g_slow = jax.grad(loss(slow), argnums=(0, 1))(params, x)
+  assert jax.tree.structure(g_fast) == jax.tree.structure(g_slow)
+  for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_slow)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(fast.apply(params, x), slow.apply(params, x))
+
+
+def test_hand_written_lstm_gradient_in_bfloat16_tracks_float32():
+  x = _x(5)
+  f32 = models.ScanLSTM(H)
+  bf16 = models.ScanLSTM(H, dtype=jnp.bfloat16)
+  params = f32.init(jax.random.PRNGKey(0), x)
+  loss = lambda m: (lambda p: jnp.mean(m.apply(p, x) ** 2))
+  g32, g16 = jax.grad(loss(f32))(params), jax.grad(loss(bf16))(params)
+  for a, b in zip(jax.tree.leaves(g32), jax.tree.leaves(g16)):
+    assert b.dtype == jnp.float32
+    np.testing.assert_allclose(b, a, atol=0.05 * float(jnp.max(jnp.abs(a))) + 1e-6)
+
+
+@pytest.mark.parametrize("decoder", ["lstm", "linear"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_slice_latent_cuts_the_weights_a_small_model_uses(decoder, bidirectional):
+  padded = models.LSTMAutoencoder(N, K, H, decoder=decoder, bidirectional=bidirectional)
+  params = padded.init(jax.random.PRNGKey(1), _x())["params"]
+  cut = models.slice_latent(params, 3)
+  expected = _slice_params(params, 3, bidirectional)
+  assert jax.tree.structure(cut) == jax.tree.structure(expected)
+  for a, b in zip(jax.tree.leaves(cut), jax.tree.leaves(expected)):
+    np.testing.assert_array_equal(a, b)
+  # The original (padded) params are left as they were.
+  assert params["encoder"]["to_latent"]["kernel"].shape[-1] == K

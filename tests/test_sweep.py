@@ -116,3 +116,47 @@ def test_sweep_error_falls_until_the_true_dimension():
   # ... beyond it only noise is left to fit: the drop is small.
   assert mse["0", 5] > 0.7 * mse["0", 2]
   assert mse["1", 10] > 0.7 * mse["1", 5]
+
+
+def test_by_latent_batching_equals_one_vmap():
+  """batching=by_latent (each latent size at its own width) steps every model exactly as the
+  padded vmap does, in the table's order, for layers x seeds x latents and the shared model."""
+  import jax
+  import jax.numpy as jnp
+
+  from nmas_jax import sharding, train
+  cfg = sweep.SweepConfig(latents=(3, 1, 2), seeds=2, batch_size=3, window=5, hidden=6,
+                          decoder="lstm", heldout_neurons=0.25, likelihood="gaussian")
+  rng = np.random.default_rng(0)
+  x_LTN = jnp.asarray(rng.normal(size=(2, 60, 8)), jnp.float32)
+  mask_LN = jnp.asarray(rng.random((2, 8)) > 0.25, jnp.float32)
+  mesh = sharding.make_mesh("auto", devices=jax.devices()[:1])
+  model, tx = sweep.make_model(cfg, 8), train.make_optimizer()
+  for layers, mix in ((2, False), (1, True)):
+    table = sweep.ModelTable.build(layers, cfg.latents, cfg.seeds)
+    args = (x_LTN, mask_LN, jnp.asarray(table.layer), jnp.asarray(table.seed))
+    out = {}
+    for batching in ("vmap", "by_latent"):
+      fn = sweep.make_step_fn(model, tx, "gaussian", mesh, t_train=48, window=cfg.window,
+                              batch_size=cfg.batch_size, mix_layers=mix, table=table,
+                              batching=batching)
+      state = sweep.init_sweep(cfg, table, 8)
+      for step in range(3):
+        state, metrics = fn(state, *args, jnp.int32(step))
+      out[batching] = (state, metrics)
+    (s_v, m_v), (s_b, m_b) = out["vmap"], out["by_latent"]
+    np.testing.assert_allclose(m_b["train/loss"], m_v["train/loss"], rtol=1e-5)
+    np.testing.assert_array_equal(s_b.latent, s_v.latent)
+    for a, b in zip(jax.tree.leaves((s_b.params, s_b.opt_state)),
+                    jax.tree.leaves((s_v.params, s_v.opt_state))):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_by_latent_batching_refuses_a_padded_models_axis():
+  table = sweep.ModelTable.build(1, (1, 2, 3), 1).padded(4)
+  with pytest.raises(data.UserError, match="--batching=by_latent needs every model on one device"):
+    sweep.latent_buckets(table)
+  with pytest.raises(data.UserError, match="unknown --batching='fast': choose one of auto, vmap, "
+                                           "by_latent"):
+    from nmas_jax import sharding
+    sweep.resolve_batching("fast", sharding.make_mesh("auto"))

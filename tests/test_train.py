@@ -112,3 +112,22 @@ def test_encoder_never_sees_held_out_neurons():
   g = jax.grad(loss_of_input)(x)
   assert np.all(np.asarray(g[..., 1]) == 0) and np.all(np.asarray(g[..., 4]) == 0)
   assert np.any(np.asarray(g[..., 0]) != 0)
+
+
+def test_step_at_own_latent_width_equals_masked_padded_step():
+  """train_step(latent_width=k) on the padded state is the padded, masked step: same new
+  params and optimiser state, padded weights untouched (up to float rounding)."""
+  state, x, step = _setup()
+  model = models.LSTMAutoencoder(N, K, H, decoder="lstm")
+  tx = train.make_optimizer(clip_norm=1.0)
+  for i, k in enumerate(LATENTS):
+    s_pad = s_cut = _index(state, i)
+    for _ in range(3):
+      s_pad, m_pad = jax.jit(step)(s_pad, x[i])
+      s_cut, m_cut = jax.jit(functools.partial(train.train_step, model=model, tx=tx,
+                                               latent_width=k))(s_cut, {"x": x[i]})
+      np.testing.assert_allclose(m_cut["train/loss"], m_pad["train/loss"], rtol=1e-5)
+      np.testing.assert_allclose(m_cut["grads/norm"], m_pad["grads/norm"], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves((s_cut.params, s_cut.opt_state)),
+                    jax.tree.leaves((s_pad.params, s_pad.opt_state))):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
