@@ -141,7 +141,7 @@ def test_by_latent_batching_equals_one_vmap():
                               batch_size=cfg.batch_size, mix_layers=mix, table=table,
                               batching=batching)
       state = sweep.init_sweep(cfg, table, 8)
-      for step in range(3):
+      for step in range(2):
         state, metrics = fn(state, *args, jnp.int32(step))
       out[batching] = (state, metrics)
     (s_v, m_v), (s_b, m_b) = out["vmap"], out["by_latent"]
