@@ -21,6 +21,7 @@ from nmas_jax import bench, sharding, sweep
 from nmas_jax.data import UserError
 
 sharding.tune_cpu_flags()  # before JAX creates its backend
+MALLOC = sharding.tune_malloc()
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("neurons", 1131, "Neurons per layer.")
@@ -62,6 +63,7 @@ def main(argv):
                         batching=FLAGS.batching)
   res = bench.run(shapes, steps=FLAGS.steps, loop=FLAGS.loop, torch_loop=FLAGS.torch,
                   log=lambda s: print(s, flush=True))
+  res["malloc"] = MALLOC  # glibc settings the CLI applied (sharding.tune_malloc)
   print(bench.table(res))
   if FLAGS.json:
     print(json.dumps(res))

@@ -26,6 +26,7 @@ from nmas_jax.api import DimensionSweep, SweepStopped
 from nmas_jax.data import UserError
 
 sharding.tune_cpu_flags()  # before JAX creates its backend
+sharding.tune_malloc()
 
 _D = sweep.SweepConfig()
 FLAGS = flags.FLAGS

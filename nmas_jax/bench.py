@@ -138,7 +138,8 @@ def run(s: Shapes, steps: int = 20, loop: bool = True, torch_loop: bool = True,
   batching = sweep.resolve_batching(s.batching, mesh)
   step_fn = sweep.make_step_fn(model, tx, "gaussian", mesh, t_train=t_train, window=s.window,
                                batch_size=s.batch_size, table=table, batching=batching)
-  state = sweep.init_sweep(cfg, table, s.neurons, out_sharding=by_model)
+  state = sweep.StepLayout(model, table, batching, mesh).pack(
+      sweep.init_sweep(cfg, table, s.neurons, out_sharding=by_model))
   t0 = time.perf_counter()
   compiled = step_fn.lower(state, x_LTN, mask_LN, layer_M, seed_M, jnp.int32(0)).compile()
   compile_s = time.perf_counter() - t0

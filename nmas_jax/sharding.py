@@ -44,6 +44,37 @@ def tune_cpu_flags() -> list[str]:
   return added
 
 
+# glibc malloc settings for the CLIs (`tune_malloc`). XLA:CPU allocates each step's
+# temporaries afresh; with glibc's defaults the larger ones are mmap-ed and
+# unmapped every step (or the heap is trimmed and regrown), so every step pays
+# ~7-14k page faults (~15 ms of a ~140 ms step, docs/benchmarks.md). Keeping
+# freed memory in the heap removes them. Names are mallopt's parameters.
+MALLOC_OPTIONS = {"M_MMAP_MAX": (-4, 0), "M_TRIM_THRESHOLD": (-1, 1 << 30),
+                  "M_TOP_PAD": (-2, 64 << 20)}
+
+
+def tune_malloc() -> dict[str, int]:
+  """Applies `MALLOC_OPTIONS` through glibc's mallopt; returns those applied.
+
+  Nothing is changed off Linux/glibc, or when the user tuned malloc (any
+  MALLOC_* environment variable, or glibc.malloc.* in GLIBC_TUNABLES). Costs at most ~1 GiB of freed
+  memory kept by the process instead of returned to the OS.
+  """
+  import ctypes
+  import platform
+  if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    return {}
+  if (any(k.startswith("MALLOC_") for k in os.environ)
+      or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "")):
+    return {}
+  try:
+    mallopt = ctypes.CDLL(None).mallopt
+  except (OSError, AttributeError):
+    return {}
+  return {name: value for name, (param, value) in MALLOC_OPTIONS.items()
+          if mallopt(param, value) == 1}
+
+
 def make_mesh(spec: str = "auto", devices: list | None = None) -> Mesh:
   """'auto' puts every device on the models axis; or e.g. 'models:4,data:2'."""
   devices = list(jax.devices() if devices is None else devices)

@@ -118,3 +118,16 @@ def test_checkpoint_from_eight_devices_resumes_on_one(tmp_path):
   a = json.loads((tmp_path / "moved" / "results.json").read_text())
   b = json.loads((tmp_path / "straight" / "results.json").read_text())
   np.testing.assert_allclose([m["valid_mse"] for m in a["models"]], [m["valid_mse"] for m in b["models"]], rtol=1e-5)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt is Linux-only")
+def test_tune_malloc_applies_its_settings_unless_the_user_tuned_malloc():
+  code = "from nmas_jax import sharding; print(sorted(sharding.tune_malloc()))"
+  env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
+  run = lambda env: subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                                   text=True, check=True).stdout.strip()
+  import platform
+  expected = sorted(sharding.MALLOC_OPTIONS) if platform.libc_ver()[0] == "glibc" else []
+  assert run(env) == str(expected)
+  assert run({**env, "MALLOC_TOP_PAD_": "4096"}) == "[]"
+  assert run({**env, "GLIBC_TUNABLES": "glibc.malloc.trim_threshold=4096"}) == "[]"

@@ -119,8 +119,9 @@ def test_sweep_error_falls_until_the_true_dimension():
 
 
 def test_by_latent_batching_equals_one_vmap():
-  """batching=by_latent (each latent size at its own width) steps every model exactly as the
-  padded vmap does, in the table's order, for layers x seeds x latents and the shared model."""
+  """batching=by_latent (each latent size at its own width, state packed per latent size)
+  steps every model exactly as the padded vmap does, in the table's order, for layers x seeds x
+  latents and the shared model; unpack restores the padded layout."""
   import jax
   import jax.numpy as jnp
 
@@ -132,24 +133,36 @@ def test_by_latent_batching_equals_one_vmap():
   mask_LN = jnp.asarray(rng.random((2, 8)) > 0.25, jnp.float32)
   mesh = sharding.make_mesh("auto", devices=jax.devices()[:1])
   model, tx = sweep.make_model(cfg, 8), train.make_optimizer()
-  for layers, mix in ((2, False), (1, True)):
-    table = sweep.ModelTable.build(layers, cfg.latents, cfg.seeds)
+  for layers, seeds, mix in ((2, 2, False), (1, 1, True)):
+    table = sweep.ModelTable.build(layers, cfg.latents, seeds)
     args = (x_LTN, mask_LN, jnp.asarray(table.layer), jnp.asarray(table.seed))
     out = {}
     for batching in ("vmap", "by_latent"):
+      layout = sweep.StepLayout(model, table, batching, mesh)
       fn = sweep.make_step_fn(model, tx, "gaussian", mesh, t_train=48, window=cfg.window,
                               batch_size=cfg.batch_size, mix_layers=mix, table=table,
                               batching=batching)
-      state = sweep.init_sweep(cfg, table, 8)
+      state = layout.pack(sweep.init_sweep(cfg, table, 8))
       for step in range(2):
         state, metrics = fn(state, *args, jnp.int32(step))
-      out[batching] = (state, metrics)
-    (s_v, m_v), (s_b, m_b) = out["vmap"], out["by_latent"]
+      out[batching] = (layout, state, metrics)
+    (_, s_v, m_v), (layout, s_b, m_b) = out["vmap"], out["by_latent"]
+    # One part per latent size, at its width, [groups] models (no such axis for one group) ...
+    groups = (layers * seeds,) if layers * seeds > 1 else ()
+    assert isinstance(s_b, tuple) and len(s_b) == 3
+    assert s_b[1].params["encoder"]["to_latent"]["kernel"].shape == groups + (6, 1)
     np.testing.assert_allclose(m_b["train/loss"], m_v["train/loss"], rtol=1e-5)
-    np.testing.assert_array_equal(s_b.latent, s_v.latent)
-    for a, b in zip(jax.tree.leaves((s_b.params, s_b.opt_state)),
-                    jax.tree.leaves((s_v.params, s_v.opt_state))):
+    for a, b in zip(jax.tree.leaves(s_b), jax.tree.leaves(layout.pack(s_v))):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    # ... and unpacked: the padded layout, with zeros in the units a width-k model never uses.
+    full = layout.unpack(s_b)
+    np.testing.assert_array_equal(full.latent, s_v.latent)
+    np.testing.assert_array_equal(layout.diverged_at(s_b), s_v.diverged_at)
+    for a, b in zip(jax.tree.leaves(layout.pack(full)), jax.tree.leaves(s_b)):
+      np.testing.assert_array_equal(a, b)
+    kernel = np.asarray(full.params["encoder"]["to_latent"]["kernel"])  # [models, hidden, 3]
+    for i, k in enumerate(table.latent):
+      assert not kernel[i][:, k:].any()
 
 
 def test_by_latent_batching_refuses_a_padded_models_axis():
