@@ -59,6 +59,17 @@ def _gate_bias_init(key, shape, dtype=jnp.float32):
   return jnp.zeros(shape, dtype).at[hidden: 2 * hidden].set(1.0)
 
 
+def _gate_affine(hidden: int) -> tuple[jax.Array, jax.Array]:
+  """[4H] scale and shift with act = tanh(pre * scale) * scale + shift for gates (i, f, g, o).
+
+  sigmoid(x) = tanh(x / 2) / 2 + 1/2 on the i, f, o lanes and tanh on g: all
+  four gates in one elementwise op, so XLA emits one fusion per step instead
+  of four plus a concatenate (9 instead of 13 ops per step of the scan on CPU).
+  """
+  half, one, zero = jnp.full(hidden, 0.5), jnp.ones(hidden), jnp.zeros(hidden)
+  return jnp.concatenate([half, half, one, half]), jnp.concatenate([half, half, zero, half])
+
+
 class _Recurrence(nn.Module):
   """One LSTM time step given precomputed input gates; scanned over time.
 
@@ -74,11 +85,13 @@ class _Recurrence(nn.Module):
     h_BH, c_BH = carry
     g_BG = gx_BG + nn.Dense(4 * self.hidden, use_bias=False, dtype=self.dtype,
                             name="hidden")(h_BH).astype(jnp.float32)
-    i, f, g, o = jnp.split(g_BG, 4, axis=-1)
-    i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+    scale_G, shift_G = _gate_affine(self.hidden)
+    scale_BG, shift_BG = scale_G[None, :], shift_G[None, :]
+    act_BG = jnp.tanh(g_BG * scale_BG) * scale_BG + shift_BG  # sigmoid i, f, o; tanh g
+    i, f, g, o = jnp.split(act_BG, 4, axis=-1)
     c_BH = f * c_BH + i * g
     h_BH = o * jnp.tanh(c_BH)
-    return (h_BH, c_BH), (h_BH, c_BH, jnp.concatenate([i, f, g, o], axis=-1))
+    return (h_BH, c_BH), (h_BH, c_BH, act_BG)
 
 
 def _recurrence_backward(w_HG: jax.Array, h_TBH: jax.Array, c_TBH: jax.Array, act_TBG: jax.Array,

@@ -164,12 +164,14 @@ def latent_buckets(table: ModelTable) -> tuple[tuple[int, ...], int]:
   """(latents, groups): the models axis seen as [groups = layers x seeds, latents].
 
   What `batching="by_latent"` needs: a table in `ModelTable.build` order
-  (latent innermost) with no padding models.
+  (latent innermost, one layer and seed per group) with no padding models.
   """
   num_l = len(dict.fromkeys(table.latent.tolist()))
   latents = tuple(int(k) for k in table.latent[:num_l])
   groups = len(table) // num_l
-  if groups * num_l != len(table) or not (table.latent.reshape(groups, num_l) == latents).all():
+  grid = lambda a: a[: groups * num_l].reshape(groups, num_l)
+  if (groups * num_l != len(table) or not (grid(table.latent) == latents).all()
+      or not all((grid(a) == grid(a)[:, :1]).all() for a in (table.layer, table.seed))):
     raise UserError("--batching=by_latent needs every model on one device (this sweep pads the "
                     "models axis for several devices): use --batching=vmap or auto")
   return latents, groups
@@ -281,23 +283,22 @@ def sweep_step(state: Any, x_LTN: jax.Array, mask_LN: jax.Array, layer_M: jax.Ar
     return jax.vmap(one)(state, {"x": x_MBTN, "input_mask": mask_LN[layer_M]})
 
   latents, groups = buckets
-  view = lambda a: a.reshape((groups, len(latents)) + a.shape[1:])  # [models] -> [group, latent]
-  layer_GL, seed_GL = view(layer_M), view(seed_M)
-
-  def one_model(st, layer, seed, k):
-    x_BTN = data_lib.sample_batches(x_LTN, layer[None], seed[None], step, t_train=t_train,
-                                    window=window, batch_size=batch_size, mix_layers=mix_layers)[0]
-    return train.train_step(st, {"x": x_BTN, "input_mask": mask_LN[layer]}, model=model, tx=tx,
-                            likelihood=likelihood, latent_width=k)
+  # A group's models (same layer and seed, one per latent size) read the same windows:
+  # sample them, and mask the encoder's input, once per group.
+  layer_G, seed_G = layer_M[::len(latents)], seed_M[::len(latents)]
+  x_GBTN = data_lib.sample_batches(x_LTN, layer_G, seed_G, step, t_train=t_train, window=window,
+                                   batch_size=batch_size, mix_layers=mix_layers)
+  batch_G = {"x": x_GBTN, "x_in": x_GBTN * mask_LN[layer_G][:, None, None, :]}
 
   parts, metrics = [], []
   for j, k in enumerate(latents):
-    one = functools.partial(one_model, k=k)
+    one = functools.partial(train.train_step, model=model, tx=tx, likelihood=likelihood,
+                            latent_width=k)
     if groups == 1:  # the packed state has no groups axis then (see StepLayout)
-      st, m = one(state[j], layer_GL[0, j], seed_GL[0, j])
+      st, m = one(state[j], jax.tree.map(lambda a: a[0], batch_G))
       m = jax.tree.map(lambda a: a[None], m)
     else:
-      st, m = jax.vmap(one)(state[j], layer_GL[:, j], seed_GL[:, j])
+      st, m = jax.vmap(one)(state[j], batch_G)
     parts.append(st)
     metrics.append(m)
   return tuple(parts), _restack(metrics, groups)

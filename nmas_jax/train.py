@@ -88,7 +88,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
   """One AdamW step on a batch: {"x": [batch, time, neurons], "input_mask": [neurons] (optional)}.
 
   The encoder sees x * input_mask; the loss covers every neuron, so held-out
-  neurons (mask 0) are learned only through the decoder (co-smoothing).
+  neurons (mask 0) are learned only through the decoder (co-smoothing). A
+  caller stepping several models on the same x may pass that product once as
+  batch["x_in"] instead of "input_mask".
 
   A model whose loss or gradient norm is non-finite is frozen from that step
   on (params and optimiser state stop changing) and `diverged_at` records the
@@ -96,7 +98,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
   """
 
   x_BTN = batch["x"]
-  x_in_BTN = encoder_input(x_BTN, batch.get("input_mask"))
+  x_in_BTN = batch["x_in"] if "x_in" in batch else encoder_input(x_BTN, batch.get("input_mask"))
 
   def loss_fn(params):
     if latent_width is None:
