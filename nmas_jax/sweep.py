@@ -304,25 +304,78 @@ def sweep_step(state: Any, x_LTN: jax.Array, mask_LN: jax.Array, layer_M: jax.Ar
   return tuple(parts), _restack(metrics, groups)
 
 
+# by_latent compiles at most this many models into one program (see `ChunkedStep`).
+MODELS_PER_PROGRAM = 5
+
+
+class ChunkedStep:
+  """by_latent's step: one compiled program per chunk of latent sizes, run in turn.
+
+  Why: on XLA:CPU one program holding many models runs each model slower than
+  a small one (20 latent sizes: 115 GFLOP/s as one program, 132 as four
+  programs of 5, the same as 5 latent sizes alone; docs/benchmarks.md). Takes
+  and returns the packed state (`StepLayout`); metrics are [models] in table
+  order. Like a jitted function it can be `lower(...).compile()`d ahead of time.
+  """
+
+  def __init__(self, fns, chunks: list[tuple[int, int]], groups: int, num_latents: int):
+    self.fns, self.chunks, self.groups, self.num_latents = fns, chunks, groups, num_latents
+    self._merge = jax.jit(self._merge_metrics)
+
+  def _merge_metrics(self, metrics):  # per chunk [groups * chunk] -> [models]
+    view = lambda a: a.reshape(self.groups, -1)
+    return jax.tree.map(lambda *m: jnp.concatenate([view(a) for a in m], axis=1).reshape(-1),
+                        *metrics)
+
+  def __call__(self, state, *args):
+    parts, metrics = [], []
+    for fn, (a, b) in zip(self.fns, self.chunks):
+      p, m = fn(state[a:b], *args)
+      parts.extend(p)
+      metrics.append(m)
+    return tuple(parts), self._merge(metrics)
+
+  def lower(self, state, *args):
+    outer = self
+
+    class Lowered:
+      def compile(self) -> "ChunkedStep":
+        return ChunkedStep([fn.lower(state[a:b], *args).compile()
+                            for fn, (a, b) in zip(outer.fns, outer.chunks)],
+                           outer.chunks, outer.groups, outer.num_latents)
+    return Lowered()
+
+
 def make_step_fn(model, tx, likelihood: str, mesh, *, t_train: int, window: int, batch_size: int,
                  mix_layers: bool = False, table: ModelTable | None = None,
                  batching: str = "vmap"):
   """`sweep_step` jitted for `mesh`: state donated, state and metrics sharded on the models axis.
 
-  `batching` (see `resolve_batching`): "by_latent" needs the `table`, and the
-  function then takes and returns the state in `StepLayout(model, table,
-  batching, mesh)`'s packed layout.
+  `batching` (see `resolve_batching`): "by_latent" needs the `table`, and
+  returns a `ChunkedStep` that takes and returns the state in
+  `StepLayout(model, table, batching, mesh)`'s packed layout.
   """
   by_model = sharding.models_sharding(mesh)
   batching = resolve_batching(batching, mesh)
-  buckets = latent_buckets(table) if batching == "by_latent" else None
-  return jax.jit(functools.partial(sweep_step, model=model, tx=tx, likelihood=likelihood,
-                                   t_train=t_train, window=window, batch_size=batch_size,
-                                   mix_layers=mix_layers, batch_sharding=sharding.batch_sharding(mesh),
-                                   buckets=buckets),
-                 donate_argnums=0,
-                 # by_latent runs on one device only; its packed state may hold scalars.
-                 out_shardings=(sharding.replicated(mesh) if buckets else by_model, by_model))
+  step = functools.partial(sweep_step, model=model, tx=tx, likelihood=likelihood, t_train=t_train,
+                           window=window, batch_size=batch_size, mix_layers=mix_layers,
+                           batch_sharding=sharding.batch_sharding(mesh))
+  if batching != "by_latent":
+    return jax.jit(step, donate_argnums=0, out_shardings=(by_model, by_model))
+  latents, groups = latent_buckets(table)
+  num_l = len(latents)
+  per = max(1, MODELS_PER_PROGRAM // groups)
+  chunks = [(a, min(a + per, num_l)) for a in range(0, num_l, per)]
+
+  def chunk_step(a, b, state, x_LTN, mask_LN, layer_M, seed_M, step_i):
+    cols = lambda v: v.reshape(groups, num_l)[:, a:b].reshape(-1)
+    return step(state, x_LTN, mask_LN, cols(layer_M), cols(seed_M), step_i,
+                buckets=(latents[a:b], groups))
+
+  # One device only; the packed state may hold scalars, so it is replicated, not split.
+  fns = [jax.jit(functools.partial(chunk_step, a, b), donate_argnums=0,
+                 out_shardings=(sharding.replicated(mesh), by_model)) for a, b in chunks]
+  return ChunkedStep(fns, chunks, groups, num_l)
 
 
 def sweep_eval(state: train.TrainState, valid_LVTN: jax.Array, mask_LN: jax.Array,
