@@ -57,8 +57,9 @@ def tune_malloc() -> dict[str, int]:
   """Applies `MALLOC_OPTIONS` through glibc's mallopt; returns those applied.
 
   Nothing is changed off Linux/glibc, or when the user tuned malloc (any
-  MALLOC_* environment variable, or glibc.malloc.* in GLIBC_TUNABLES). Costs at most ~1 GiB of freed
-  memory kept by the process instead of returned to the OS.
+  MALLOC_* environment variable, or glibc.malloc.* in GLIBC_TUNABLES). Costs
+  at most ~1 GiB of freed memory kept by the process instead of returned to
+  the OS.
   """
   import ctypes
   import platform

@@ -271,8 +271,9 @@ def sweep_step(state: Any, x_LTN: jax.Array, mask_LN: jax.Array, layer_M: jax.Ar
   buckets=latent_buckets(table): state is `StepLayout.pack`ed (one TrainState
   per latent size, at that width); the models of each latent size run as one
   vmap at exactly that width, so no model pays for the widest latent and the
-  state is updated in place. Same results up to float rounding; still one
-  jitted call for the whole sweep. Metrics are [models] in table order either way.
+  state is updated in place. Same results up to float rounding. One jitted
+  call for all the models given (`make_step_fn` gives by_latent a chunk of
+  latent sizes per call). Metrics are [models] in table order either way.
   """
   if buckets is None:
     x_MBTN = data_lib.sample_batches(x_LTN, layer_M, seed_M, step, t_train=t_train,
@@ -318,8 +319,8 @@ class ChunkedStep:
   order. Like a jitted function it can be `lower(...).compile()`d ahead of time.
   """
 
-  def __init__(self, fns, chunks: list[tuple[int, int]], groups: int, num_latents: int):
-    self.fns, self.chunks, self.groups, self.num_latents = fns, chunks, groups, num_latents
+  def __init__(self, fns, chunks: list[tuple[int, int]], groups: int):
+    self.fns, self.chunks, self.groups = fns, chunks, groups
     self._merge = jax.jit(self._merge_metrics)
 
   def _merge_metrics(self, metrics):  # per chunk [groups * chunk] -> [models]
@@ -342,7 +343,7 @@ class ChunkedStep:
       def compile(self) -> "ChunkedStep":
         return ChunkedStep([fn.lower(state[a:b], *args).compile()
                             for fn, (a, b) in zip(outer.fns, outer.chunks)],
-                           outer.chunks, outer.groups, outer.num_latents)
+                           outer.chunks, outer.groups)
     return Lowered()
 
 
@@ -375,7 +376,7 @@ def make_step_fn(model, tx, likelihood: str, mesh, *, t_train: int, window: int,
   # One device only; the packed state may hold scalars, so it is replicated, not split.
   fns = [jax.jit(functools.partial(chunk_step, a, b), donate_argnums=0,
                  out_shardings=(sharding.replicated(mesh), by_model)) for a, b in chunks]
-  return ChunkedStep(fns, chunks, groups, num_l)
+  return ChunkedStep(fns, chunks, groups)
 
 
 def sweep_eval(state: train.TrainState, valid_LVTN: jax.Array, mask_LN: jax.Array,
