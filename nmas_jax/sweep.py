@@ -289,7 +289,7 @@ def sweep_step(state: Any, x_LTN: jax.Array, mask_LN: jax.Array, layer_M: jax.Ar
   layer_G, seed_G = layer_M[::len(latents)], seed_M[::len(latents)]
   x_GBTN = data_lib.sample_batches(x_LTN, layer_G, seed_G, step, t_train=t_train, window=window,
                                    batch_size=batch_size, mix_layers=mix_layers)
-  batch_G = {"x": x_GBTN, "x_in": x_GBTN * mask_LN[layer_G][:, None, None, :]}
+  batch_G = {"x": x_GBTN, "x_in": jax.vmap(train.encoder_input)(x_GBTN, mask_LN[layer_G])}
 
   parts, metrics = [], []
   for j, k in enumerate(latents):
