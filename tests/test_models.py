@@ -151,6 +151,31 @@ def test_bfloat16_matmuls_track_float32():
   assert np.all(np.asarray(z16[..., 5:]) == 0)
 
 
+@pytest.mark.parametrize("dtype", [None, jnp.bfloat16])
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_dense_equals_flax_dense(dtype, use_bias):
+  """models.Dense is nn.Dense with a hand-written kernel gradient: same params, outputs, grads."""
+  ours = models.Dense(4, use_bias=use_bias, dtype=dtype)
+  flax_dense = nn.Dense(4, use_bias=use_bias, dtype=dtype)
+  x = _x(6)
+  params = ours.init(jax.random.PRNGKey(2), x)
+  ref_params = flax_dense.init(jax.random.PRNGKey(2), x)
+  assert jax.tree.structure(params) == jax.tree.structure(ref_params)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
+    np.testing.assert_array_equal(a, b)
+  y, y_ref = ours.apply(params, x), flax_dense.apply(params, x)
+  assert y.shape == (B, T, 4) and y.dtype == y_ref.dtype
+  np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(y_ref, np.float32), rtol=1e-6,
+                             atol=1e-6)
+  w = jax.random.normal(jax.random.PRNGKey(7), (B, T, 4))
+  loss = lambda m: (lambda p, x: jnp.sum(jnp.sin(m.apply(p, x).astype(jnp.float32)) * w))
+  g, g_ref = (jax.grad(loss(m), argnums=(0, 1))(params, x) for m in (ours, flax_dense))
+  tol = 1e-5 if dtype is None else 2e-2
+  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
+    assert a.dtype == b.dtype
+    np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
 @pytest.mark.parametrize("reverse", [False, True])
 def test_hand_written_lstm_gradient_equals_autodiff(reverse):
   """The custom backward pass of ScanLSTM gives autodiff's gradients (params and input)."""
