@@ -49,19 +49,30 @@ def flops_per_step(s: Shapes) -> float:
   return total * s.layers
 
 
-def _time(fn: Callable[[], Any], steps: int, block=jax.block_until_ready, repeats: int = 3) -> float:
-  """Seconds per call of fn (returning something to block on): best of `repeats` runs of
-  `steps` calls, after 2 warm-up calls (the best run is the least disturbed by other load)."""
-  for _ in range(2):
-    block(fn())
-  best = float("inf")
+def _time_interleaved(calls: dict[str, tuple[Callable[[], Any], Callable[[Any], Any]]],
+                      steps: int, repeats: int = 3) -> dict[str, float]:
+  """Seconds per call of each named (fn, block) pair: the best of `repeats` rounds.
+
+  Each round times every fn in turn (2 warm-up calls, then `steps` calls), so a
+  slow phase of a shared machine (here up to 20% for seconds at a time) hits
+  every contender alike instead of whichever happened to run then.
+  """
+  best = {name: float("inf") for name in calls}
   for _ in range(repeats):
-    t0 = time.perf_counter()
-    for _ in range(steps):
-      out = fn()
-    block(out)
-    best = min(best, (time.perf_counter() - t0) / steps)
+    for name, (fn, block) in calls.items():
+      for _ in range(2):
+        block(fn())
+      t0 = time.perf_counter()
+      for _ in range(steps):
+        out = fn()
+      block(out)
+      best[name] = min(best[name], (time.perf_counter() - t0) / steps)
   return best
+
+
+def _time(fn: Callable[[], Any], steps: int, block=jax.block_until_ready, repeats: int = 3) -> float:
+  """Seconds per call of fn (returning something to block on): best of `repeats` runs."""
+  return _time_interleaved({"fn": (fn, block)}, steps, repeats)["fn"]
 
 
 def matmul_peak_gflops(n: int = 2048, dtype=jnp.float32, reps: int = 10) -> float:
@@ -72,8 +83,8 @@ def matmul_peak_gflops(n: int = 2048, dtype=jnp.float32, reps: int = 10) -> floa
   return 2 * n ** 3 / _time(lambda: mm(a, b), reps) / 1e9
 
 
-def torch_loop_seconds(s: Shapes, steps: int) -> float | None:
-  """Seconds per step of a plain PyTorch loop over the same models (None without torch).
+def torch_loop_step(s: Shapes) -> tuple[Callable[[], Any], Callable[[Any], Any]] | None:
+  """(step, block) of a plain PyTorch loop over the same models (None without torch).
 
   What a user would write: per model nn.LSTM(N, H) -> Linear(H, k) -> nn.LSTM(k, H)
   (or nothing, for the linear decoder) -> Linear(H, N), MSE, clipping, AdamW,
@@ -112,7 +123,13 @@ def torch_loop_seconds(s: Shapes, steps: int) -> float | None:
       opt.step()
     return loss
 
-  return _time(lambda: step().detach(), steps, block=lambda out: out.item())
+  return (lambda: step().detach()), (lambda out: out.item())
+
+
+def torch_loop_seconds(s: Shapes, steps: int) -> float | None:
+  """Seconds per step of `torch_loop_step` on its own (None without torch)."""
+  pair = torch_loop_step(s)
+  return None if pair is None else _time(pair[0], steps, block=pair[1])
 
 
 def run(s: Shapes, steps: int = 20, loop: bool = True, torch_loop: bool = True,
@@ -149,11 +166,12 @@ def run(s: Shapes, steps: int = 20, loop: bool = True, torch_loop: bool = True,
     box[0], m = compiled(box[0], x_LTN, mask_LN, layer_M, seed_M, jnp.int32(0))
     return m["train/loss"]
 
-  sweep_s = _time(sweep_call, steps)
-  log(f"sweep step: {sweep_s * 1e3:.1f} ms ({len(real)} models on {mesh.devices.size} device(s), "
-      f"batching {batching}), compiled in {compile_s:.1f}s")
+  lanes = getattr(compiled, "lanes", 1)
+  log(f"sweep step: {len(real)} models on {mesh.devices.size} device(s), batching {batching}"
+      f"{f' on {lanes} CPU lanes' if lanes > 1 else ''}, compiled in {compile_s:.1f}s")
+  calls = {"sweep": (sweep_call, jax.block_until_ready)}
 
-  loop_s, loop_compile_s = None, None
+  loop_compile_s = None
   if loop:
     singles = []
     t0 = time.perf_counter()
@@ -180,14 +198,20 @@ def run(s: Shapes, steps: int = 20, loop: bool = True, torch_loop: bool = True,
         out = metrics["train/loss"]
       return out
 
-    loop_s = _time(loop_call, steps)
-    log(f"loop of single-model steps: {loop_s * 1e3:.1f} ms, compiled in {loop_compile_s:.1f}s")
+    calls["loop"] = (loop_call, jax.block_until_ready)
+    log(f"loop of single-model steps: compiled in {loop_compile_s:.1f}s")
 
-  torch_s = None
   if torch_loop:
-    torch_s = torch_loop_seconds(s, steps)
-    log("PyTorch loop: " + ("torch is not installed" if torch_s is None
-                            else f"{torch_s * 1e3:.1f} ms"))
+    pair = torch_loop_step(s)
+    if pair is None:
+      log("PyTorch loop: torch is not installed")
+    else:
+      calls["torch"] = pair
+  repeats = 3
+  log(f"timing {', '.join(calls)}: best of {repeats} interleaved rounds of {steps} steps each")
+  seconds = _time_interleaved(calls, steps, repeats)
+  sweep_s, loop_s, torch_s = (seconds.get(name) for name in ("sweep", "loop", "torch"))
+  log("  ".join(f"{name} {t * 1e3:.1f} ms" for name, t in seconds.items()))
   peak = matmul_peak_gflops(dtype=jnp.float32)
   flops = flops_per_step(s)
   achieved = flops / sweep_s / 1e9
@@ -208,10 +232,12 @@ def run(s: Shapes, steps: int = 20, loop: bool = True, torch_loop: bool = True,
       "padded_models": len(table),
       "device": f"{dev.platform}:{getattr(dev, 'device_kind', '')}",
       "devices": jax.device_count(),
+      "lanes": lanes,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       **{k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(s).items()},
       "batching": batching,
       "steps": steps,
+      "repeats": repeats,
   }
 
 
@@ -219,7 +245,8 @@ def table(r: dict[str, Any]) -> str:
   rows = [("device", r["device"]), ("models", r["models"]),
           ("shapes", f"neurons={r['neurons']} window={r['window']} batch={r['batch_size']} "
                      f"hidden={r['hidden']} latents={','.join(map(str, r['latents']))} "
-                     f"decoder={r['decoder']} dtype={r['dtype']} batching={r['batching']}"),
+                     f"decoder={r['decoder']} dtype={r['dtype']} batching={r['batching']} "
+                     f"lanes={r['lanes']}"),
           ("sweep step (all models, one call)", f"{r['sweep_step_ms']:.1f} ms"),
           ("one-by-one loop", "-" if r["loop_step_ms"] is None else f"{r['loop_step_ms']:.1f} ms"),
           ("speed-up vs loop", "-" if r["speedup_vs_loop"] is None else f"{r['speedup_vs_loop']:.2f}x"),

@@ -245,10 +245,14 @@ class StepLayout:
       return _restack([jax.tree.map(lambda a, t: fill(with_groups(a), t), p, padded)
                        for p in parts], groups)
 
+    # The step may leave each part on its own CPU lane (`ChunkedStep`): gather them first.
+    home = sharding.replicated(mesh)
+    unpack_jit = jax.jit(unpack)
+    diverged_jit = jax.jit(lambda d: _restack([with_groups(a) for a in d], groups))
     self.pack = jax.jit(pack)
-    self.unpack = jax.jit(unpack)
-    self.diverged_at = jax.jit(
-        lambda parts: _restack([with_groups(p.diverged_at) for p in parts], groups))
+    self.unpack = lambda parts: unpack_jit(jax.device_put(parts, home))
+    self.diverged_at = lambda parts: diverged_jit(
+        jax.device_put([p.diverged_at for p in parts], home))
 
 
 def _restack(parts: Sequence[Any], groups: int) -> Any:
@@ -310,51 +314,78 @@ MODELS_PER_PROGRAM = 5
 
 
 class ChunkedStep:
-  """by_latent's step: one compiled program per chunk of latent sizes, run in turn.
+  """by_latent's step: one compiled program per chunk of latent sizes, on CPU lanes.
 
-  Why: on XLA:CPU one program holding many models runs each model slower than
-  a small one (20 latent sizes: 115 GFLOP/s as one program, 132 as four
-  programs of 5, the same as 5 latent sizes alone; docs/benchmarks.md). Takes
-  and returns the packed state (`StepLayout`); metrics are [models] in table
-  order. Like a jitted function it can be `lower(...).compile()`d ahead of time.
+  Why chunks: on XLA:CPU one program holding many models runs each model
+  slower than a small one (20 latent sizes: 115 GFLOP/s as one program, 132 as
+  four programs of 5; docs/benchmarks.md). Why lanes: XLA:CPU runs one
+  device's programs one after another, and an LSTM scan uses one core; chunk c
+  runs on `devices[c]` (round-robin over `sharding.cpu_lanes`), so programs on
+  different lanes run at the same time and fill the idle cores. Each chunk's
+  state stays on its lane between steps (placed there on first use); inputs are
+  copied to each lane once and reused while the caller passes the same arrays.
+
+  Takes and returns the packed state (`StepLayout`); metrics are [models] in
+  table order, on the first lane. Like a jitted function it can be
+  `lower(...).compile()`d ahead of time.
   """
 
-  def __init__(self, fns, chunks: list[tuple[int, int]], groups: int):
-    self.fns, self.chunks, self.groups = fns, chunks, groups
+  def __init__(self, fns, chunks: list[tuple[int, int]], groups: int, devices: list):
+    self.fns, self.chunks, self.groups, self.devices = fns, chunks, groups, devices
+    self.lanes = len(set(devices))
     self._merge = jax.jit(self._merge_metrics)
+    self._placed: dict[tuple[int, int], tuple[Any, Any]] = {}  # (chunk, arg) -> (source, copy)
 
   def _merge_metrics(self, metrics):  # per chunk [groups * chunk] -> [models]
     view = lambda a: a.reshape(self.groups, -1)
     return jax.tree.map(lambda *m: jnp.concatenate([view(a) for a in m], axis=1).reshape(-1),
                         *metrics)
 
+  def _state_on(self, c: int, part):
+    dev = self.devices[c]
+    return part if jax.tree.leaves(part)[0].devices() == {dev} else jax.device_put(part, dev)
+
+  def _args_on(self, c: int, args) -> list:
+    dev, out = self.devices[c], []
+    for i, a in enumerate(args):
+      if not (isinstance(a, jax.Array) and a.devices() == {dev}):
+        src, copy = self._placed.get((c, i), (None, None))
+        if src is not a:
+          copy = jax.device_put(a, dev)
+          self._placed[(c, i)] = (a, copy)
+        a = copy
+      out.append(a)
+    return out
+
   def __call__(self, state, *args):
     parts, metrics = [], []
-    for fn, (a, b) in zip(self.fns, self.chunks):
-      p, m = fn(state[a:b], *args)
+    for c, (fn, (a, b)) in enumerate(zip(self.fns, self.chunks)):
+      p, m = fn(self._state_on(c, state[a:b]), *self._args_on(c, args))
       parts.extend(p)
       metrics.append(m)
-    return tuple(parts), self._merge(metrics)
+    home = self.devices[0]
+    return tuple(parts), self._merge([jax.device_put(m, home) for m in metrics])
 
   def lower(self, state, *args):
     outer = self
 
     class Lowered:
       def compile(self) -> "ChunkedStep":
-        return ChunkedStep([fn.lower(state[a:b], *args).compile()
-                            for fn, (a, b) in zip(outer.fns, outer.chunks)],
-                           outer.chunks, outer.groups)
+        return ChunkedStep([fn.lower(outer._state_on(c, state[a:b]), *outer._args_on(c, args))
+                            .compile() for c, (fn, (a, b)) in enumerate(zip(outer.fns, outer.chunks))],
+                           outer.chunks, outer.groups, outer.devices)
     return Lowered()
 
 
 def make_step_fn(model, tx, likelihood: str, mesh, *, t_train: int, window: int, batch_size: int,
                  mix_layers: bool = False, table: ModelTable | None = None,
-                 batching: str = "vmap"):
+                 batching: str = "vmap", lanes: list | None = None):
   """`sweep_step` jitted for `mesh`: state donated, state and metrics sharded on the models axis.
 
   `batching` (see `resolve_batching`): "by_latent" needs the `table`, and
   returns a `ChunkedStep` that takes and returns the state in
-  `StepLayout(model, table, batching, mesh)`'s packed layout.
+  `StepLayout(model, table, batching, mesh)`'s packed layout, its chunks spread
+  over `lanes` (default `sharding.cpu_lanes(mesh)`; `[device]` for none).
   """
   by_model = sharding.models_sharding(mesh)
   batching = resolve_batching(batching, mesh)
@@ -365,18 +396,22 @@ def make_step_fn(model, tx, likelihood: str, mesh, *, t_train: int, window: int,
     return jax.jit(step, donate_argnums=0, out_shardings=(by_model, by_model))
   latents, groups = latent_buckets(table)
   num_l = len(latents)
-  per = max(1, MODELS_PER_PROGRAM // groups)
+  lanes = sharding.cpu_lanes(mesh) if lanes is None else list(lanes)
+  # At most MODELS_PER_PROGRAM models per program, and enough programs to use every lane.
+  per = max(1, min(MODELS_PER_PROGRAM // groups, -(-num_l // len(lanes))))
   chunks = [(a, min(a + per, num_l)) for a in range(0, num_l, per)]
+  devices = [lanes[c % len(lanes)] for c in range(len(chunks))]
 
   def chunk_step(a, b, state, x_LTN, mask_LN, layer_M, seed_M, step_i):
     cols = lambda v: v.reshape(groups, num_l)[:, a:b].reshape(-1)
     return step(state, x_LTN, mask_LN, cols(layer_M), cols(seed_M), step_i,
                 buckets=(latents[a:b], groups))
 
-  # One device only; the packed state may hold scalars, so it is replicated, not split.
+  # The packed state may hold scalars, so each chunk's lives whole on its one device.
   fns = [jax.jit(functools.partial(chunk_step, a, b), donate_argnums=0,
-                 out_shardings=(sharding.replicated(mesh), by_model)) for a, b in chunks]
-  return ChunkedStep(fns, chunks, groups)
+                 out_shardings=jax.sharding.SingleDeviceSharding(dev))
+         for (a, b), dev in zip(chunks, devices)]
+  return ChunkedStep(fns, chunks, groups, devices)
 
 
 def sweep_eval(state: train.TrainState, valid_LVTN: jax.Array, mask_LN: jax.Array,
@@ -473,12 +508,14 @@ def run_sweep(dataset: data_lib.Dataset, cfg: SweepConfig, *,
                          batching=batching)
   eval_fn = jax.jit(functools.partial(sweep_eval, model=model, likelihood=lik))
   what = "one shared model of all layers" if shared else f"{dataset.num_layers} layers"
+  lanes = getattr(step_fn, "lanes", 1)
+  lanes_note = f" on {lanes} CPU lanes" if lanes > 1 else ""
   pad_note = f" + {len(table) - n_real} inert padding" if len(table) > n_real else ""
   log(f"sweep: {n_real} models{pad_note} ({what} x {len(cfg.latents)} latents x "
       f"{cfg.seeds} seeds), {dataset.num_neurons} neurons, {dataset.num_time} time bins "
       f"({t_train} train / {dataset.num_time - t_train} valid), {cfg.steps} steps on "
       f"{mesh.devices.size} {jax.devices()[0].platform} device(s), mesh {dict(mesh.shape)}, "
-      f"batching {layout.batching}")
+      f"batching {layout.batching}{lanes_note}")
   t0 = time.perf_counter()
   eval_fn = eval_fn.lower(state, valid_LVTN, mask_LN, layer_M).compile()
   state = layout.pack(state)  # the step's layout from here on; unpack for eval and checkpoints

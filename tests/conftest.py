@@ -5,6 +5,9 @@ import numpy as np
 import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+# Start JAX's backend now: a test that imports a CLI module (which tunes XLA_FLAGS at import,
+# sharding.tune_cpu_flags) then changes neither this process's devices nor its children's.
+jax.devices()
 
 
 @pytest.fixture(scope="module")

@@ -131,3 +131,75 @@ def test_tune_malloc_applies_its_settings_unless_the_user_tuned_malloc():
   assert run(env) == str(expected)
   assert run({**env, "MALLOC_TOP_PAD_": "4096"}) == "[]"
   assert run({**env, "GLIBC_TUNABLES": "glibc.malloc.trim_threshold=4096"}) == "[]"
+
+
+LANES_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from nmas_jax import sharding
+    added = sharding.tune_cpu_flags(lanes=2)
+    import jax, jax.numpy as jnp, numpy as np
+    from nmas_jax import sweep, train
+    mesh = sharding.make_mesh("auto")
+    out = {"added": added, "devices": jax.device_count(), "mesh": int(mesh.devices.size),
+           "lanes": len(sharding.cpu_lanes(mesh)), "batching": sweep.resolve_batching("auto", mesh)}
+    cfg = sweep.SweepConfig(latents=(1, 2, 4), hidden=8, window=20, batch_size=8)
+    table = sweep.ModelTable.build(2, cfg.latents, 1)  # 2 layers x 3 latents: groups of 2
+    model, tx = sweep.make_model(cfg, 16), train.make_optimizer()
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 200, 16))
+    args = (x, jnp.ones((2, 16)), jnp.asarray(table.layer), jnp.asarray(table.seed))
+    layout = sweep.StepLayout(model, table, "by_latent", mesh)
+    state, loss = {}, {}
+    for name, lanes in (("two", None), ("one", jax.devices()[:1])):
+      fn = sweep.make_step_fn(model, tx, "gaussian", mesh, t_train=160, window=20, batch_size=8,
+                              table=table, batching="by_latent", lanes=lanes)
+      st = layout.pack(sweep.init_sweep(cfg, table, 16))
+      fn = fn.lower(st, *args, jnp.int32(0)).compile()
+      for i in range(4):
+        st, m = fn(st, *args, jnp.int32(i))
+      out[name] = {"lanes": fn.lanes, "on": sorted({d.id for p in st for d in
+                                                    jax.tree.leaves(p)[0].devices()})}
+      state[name], loss[name] = jax.device_get(layout.unpack(st)), np.asarray(m["train/loss"])
+      out[name]["diverged"] = np.asarray(layout.diverged_at(st)).tolist()
+    out["param_diff"] = max(float(np.max(np.abs(a - b))) for a, b in
+                            zip(jax.tree.leaves(state["two"]), jax.tree.leaves(state["one"])))
+    out["loss"] = {k: v.tolist() for k, v in loss.items()}
+    print("RESULT " + json.dumps(out))
+""")
+
+
+def test_by_latent_on_two_cpu_lanes_equals_one_lane():
+  """tune_cpu_flags makes 2 host devices as lanes: the auto mesh stays one device, by_latent's
+  chunk programs run on both lanes, and the models train exactly as on one lane."""
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
+  env.pop("XLA_FLAGS", None)
+  r = subprocess.run([sys.executable, "-c", LANES_SCRIPT], env=env, capture_output=True,
+                     text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  res = json.loads(next(l for l in r.stdout.splitlines() if l.startswith("RESULT "))[7:])
+  assert f"{sharding.DEVICE_COUNT_FLAG}=2" in res["added"]
+  assert (res["devices"], res["mesh"], res["lanes"], res["batching"]) == (2, 1, 2, "by_latent")
+  assert res["two"]["lanes"] == 2 and res["two"]["on"] == [0, 1]
+  assert res["one"]["lanes"] == 1 and res["one"]["on"] == [0]
+  assert res["two"]["diverged"] == res["one"]["diverged"] == [-1] * 6
+  assert len(res["loss"]["two"]) == 6 and all(np.isfinite(res["loss"]["two"]))
+  np.testing.assert_allclose(res["loss"]["two"], res["loss"]["one"], rtol=1e-6)
+  assert res["param_diff"] <= 1e-6
+
+
+def test_tune_cpu_flags_keeps_the_users_device_count():
+  code = ("from nmas_jax import sharding; import os; a = sharding.tune_cpu_flags(); "
+          "import jax; print(jax.device_count(), sharding.make_mesh('auto').devices.size, "
+          "[f for f in a if f.startswith(sharding.DEVICE_COUNT_FLAG)])")
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT,
+         "XLA_FLAGS": f"{sharding.DEVICE_COUNT_FLAG}=3"}
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       check=True).stdout.strip()
+  assert out == "3 3 []"  # the user's devices are a mesh: "auto" spreads the models over all 3
+
+
+def test_tune_cpu_flags_does_nothing_once_jax_has_started():
+  before = os.environ.get("XLA_FLAGS")
+  assert sharding.tune_cpu_flags(lanes=4) == []  # conftest started the backend
+  assert os.environ.get("XLA_FLAGS") == before
+  import jax
+  assert sharding.make_mesh("auto").devices.size == len(jax.devices())
