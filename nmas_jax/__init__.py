@@ -2,7 +2,8 @@
 
 from nmas_jax.api import DimensionSweep
 from nmas_jax.data import Dataset, UserError
-from nmas_jax.models import Decoder, Encoder, LSTMAutoencoder, ScanLSTM
+from nmas_jax.models import Decoder, Dense, Encoder, LSTMAutoencoder, ScanLSTM
 
-__all__ = ["DimensionSweep", "Dataset", "UserError", "LSTMAutoencoder", "Encoder", "Decoder", "ScanLSTM"]
+__all__ = ["DimensionSweep", "Dataset", "UserError", "LSTMAutoencoder", "Encoder", "Decoder", "ScanLSTM",
+           "Dense"]
 __version__ = "0.1.0"
