@@ -334,7 +334,7 @@ class ChunkedStep:
     self.fns, self.chunks, self.groups, self.devices = fns, chunks, groups, devices
     self.lanes = len(set(devices))
     self._merge = jax.jit(self._merge_metrics)
-    self._placed: dict[tuple[int, int], tuple[Any, Any]] = {}  # (chunk, arg) -> (source, copy)
+    self._placed: dict[tuple[Any, int], tuple[Any, Any]] = {}  # (lane, arg) -> (source, copy)
 
   def _merge_metrics(self, metrics):  # per chunk [groups * chunk] -> [models]
     view = lambda a: a.reshape(self.groups, -1)
@@ -349,10 +349,10 @@ class ChunkedStep:
     dev, out = self.devices[c], []
     for i, a in enumerate(args):
       if not (isinstance(a, jax.Array) and a.devices() == {dev}):
-        src, copy = self._placed.get((c, i), (None, None))
+        src, copy = self._placed.get((dev, i), (None, None))
         if src is not a:
           copy = jax.device_put(a, dev)
-          self._placed[(c, i)] = (a, copy)
+          self._placed[(dev, i)] = (a, copy)
         a = copy
       out.append(a)
     return out
