@@ -256,9 +256,12 @@ class StepLayout:
 
 
 def _restack(parts: Sequence[Any], groups: int) -> Any:
-  """Per-latent trees [groups, ...] -> one tree [groups * latents, ...] in table order."""
-  return jax.tree.map(lambda *p: jnp.stack(p, axis=1).reshape((groups * len(p),) + p[0].shape[1:]),
-                      *parts)
+  """Trees [groups * w_i, ...] for consecutive latent sizes (w_i per part, latent innermost)
+  -> one tree [groups * sum(w_i), ...] in table order."""
+  def cat(*p):
+    tail = p[0].shape[1:]
+    return jnp.concatenate([a.reshape((groups, -1) + tail) for a in p], axis=1).reshape((-1,) + tail)
+  return jax.tree.map(cat, *parts)
 
 
 def sweep_step(state: Any, x_LTN: jax.Array, mask_LN: jax.Array, layer_M: jax.Array,
@@ -333,13 +336,8 @@ class ChunkedStep:
   def __init__(self, fns, chunks: list[tuple[int, int]], groups: int, devices: list):
     self.fns, self.chunks, self.groups, self.devices = fns, chunks, groups, devices
     self.lanes = len(set(devices))
-    self._merge = jax.jit(self._merge_metrics)
+    self._merge = jax.jit(functools.partial(_restack, groups=groups))  # chunks -> [models]
     self._placed: dict[tuple[Any, int], tuple[Any, Any]] = {}  # (lane, arg) -> (source, copy)
-
-  def _merge_metrics(self, metrics):  # per chunk [groups * chunk] -> [models]
-    view = lambda a: a.reshape(self.groups, -1)
-    return jax.tree.map(lambda *m: jnp.concatenate([view(a) for a in m], axis=1).reshape(-1),
-                        *metrics)
 
   def _state_on(self, c: int, part):
     dev = self.devices[c]
