@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from nmas_jax import DimensionSweep, Encoder, data
+from nmas_jax import DimensionSweep, Encoder, synthetic
 
 quick = os.environ.get("NMAS_QUICK") == "1"
 
@@ -30,7 +30,7 @@ class BehaviourDecoder(nn.Module):
 
 
 # Data: synthetic activity whose first latent dimension plays the behavioural variable.
-ds = data.make_synthetic(true_latents=(4,), neurons=40, time=600, seed=0)
+ds = synthetic.make_synthetic(true_latents=(4,), neurons=40, time=600, seed=0)
 x_TN = ds.x_LTN[0]
 behaviour_T = np.convolve(x_TN.mean(axis=1), np.ones(5) / 5, mode="same")
 
@@ -41,6 +41,13 @@ k = est.optimal_latent_["0"]
 i = est.model_index(k, "0")
 trained_encoder = jax.tree.map(lambda a: a[i], est.state_.params["encoder"])
 print(f"chosen latent size {k}; encoder weights from sweep model {i}")
+# The embedded module with those weights is the sweep's encoder: same latent trajectory.
+w = est.config_.window
+x_in = x_TN[None, :w] * est.input_mask("0")  # the sweep hid its held-out neurons from the encoder
+z_own = Encoder(hidden=32, latent=max(est.config_.latents)).apply({"params": trained_encoder},
+                                                                  jnp.asarray(x_in))
+print(f"max |z - est.transform(x)| on one window: "
+      f"{float(np.max(np.abs(np.asarray(z_own[0, :, :k]) - est.transform(x_TN[:w])))):.2e}")
 
 # 2. Build the user's model with the sweep's (padded) latent width and load the encoder weights.
 width = max(est.config_.latents)

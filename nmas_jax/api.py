@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import os
 from typing import Any, Callable
@@ -19,181 +18,127 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nmas_jax import checkpoint, data, decoding, evaluate, report, sharding, sweep, train, writers
-from nmas_jax.data import UserError
+from nmas_jax import (checkpoint, config, data, decoding, evaluate, files, hooks, models, plots,
+                      report, results as results_lib, sharding, splits, sweep, train, writers)
+from nmas_jax.table import ModelTable, init_states
+from nmas_jax.config import RunSettings, Settings
+from nmas_jax.errors import SweepStopped, UserError
 
-
-class SweepStopped(RuntimeError):
-  """Training stopped early (--nan_policy=stop); results.json says which model and when."""
-
-
-_D = sweep.SweepConfig()
+_D = Settings()
 
 
 class DimensionSweep:
   """How many latent dimensions does each layer need? One batched sweep of LSTM autoencoders.
 
-  Parameters mirror the command line's flags (same names, same defaults).
-  Fitted attributes (trailing underscore): `results_` (the content of
-  results.json), `optimal_latent_` {layer: int}, `dataset_`, `state_` (all
-  models' trained state), `table_` (what each model is), `config_`.
+  Parameters: exactly the `config.Settings` (the command line's model,
+  training and evaluation flags: same names, same defaults). Fitted
+  attributes (trailing underscore): `results_` (the content of results.json),
+  `optimal_latent_` {layer: int}, `dataset_`, `state_` (all models' trained
+  state), `table_` (what each model is), `config_` (the `Settings`).
   """
 
-  def __init__(self, latents=_D.latents, *, hidden: int = _D.hidden, steps: int = _D.steps,
-               seeds: int = _D.seeds, batch_size: int = _D.batch_size, window: int = _D.window,
-               learning_rate: float = _D.learning_rate, weight_decay: float = _D.weight_decay,
-               clip_norm: float = _D.clip_norm, decoder: str = _D.decoder,
-               bidirectional: bool = _D.bidirectional, likelihood: str = _D.likelihood,
-               heldout_neurons: float = _D.heldout_neurons, train_fraction: float = _D.train_fraction,
-               gain_fraction: float = evaluate.DEFAULT_GAIN_FRACTION, shuffle_control: bool = False,
-               shared_model: bool = False, log_every: int = _D.log_every, dtype: str = _D.dtype,
-               verbose: bool = True):
-    self.latents = latents
-    self.hidden = hidden
-    self.steps = steps
-    self.seeds = seeds
-    self.batch_size = batch_size
-    self.window = window
-    self.learning_rate = learning_rate
-    self.weight_decay = weight_decay
-    self.clip_norm = clip_norm
-    self.decoder = decoder
-    self.bidirectional = bidirectional
-    self.likelihood = likelihood
-    self.heldout_neurons = heldout_neurons
-    self.train_fraction = train_fraction
-    self.gain_fraction = gain_fraction
-    self.shuffle_control = shuffle_control
-    self.shared_model = shared_model
-    self.log_every = log_every
-    self.dtype = dtype
-    self.verbose = verbose
+  def __init__(self, latents=_D.latents, **params):
+    self.set_params(latents=latents, **{k: getattr(_D, k) for k in config.names(Settings)
+                                        if k != "latents" and k not in params})
+    self.set_params(**params)
 
   # -- scikit-learn conventions, without depending on scikit-learn.
 
-  @classmethod
-  def _param_names(cls) -> list[str]:
-    sig = inspect.signature(cls.__init__)
-    return [p for p in sig.parameters if p != "self"]
-
   def get_params(self, deep: bool = True) -> dict[str, Any]:
     del deep
-    return {p: getattr(self, p) for p in self._param_names()}
+    return {p: getattr(self, p) for p in config.names(Settings)}
 
   def set_params(self, **params) -> "DimensionSweep":
+    valid = config.names(Settings)
     for k, v in params.items():
-      if k not in self._param_names():
-        raise ValueError(f"unknown parameter {k!r} for DimensionSweep; valid: {self._param_names()}")
+      if k not in valid:
+        raise ValueError(f"unknown parameter {k!r} for DimensionSweep; valid: {valid}")
       setattr(self, k, v)
     return self
 
   def __repr__(self) -> str:
-    changed = {k: v for k, v in self.get_params().items()
-               if v != inspect.signature(type(self).__init__).parameters[k].default}
+    changed = {k: v for k, v in self.get_params().items() if v != getattr(_D, k)}
     return f"DimensionSweep({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
 
-  def config(self) -> sweep.SweepConfig:
-    """The SweepConfig these parameters define (validated against data in fit)."""
-    return sweep.SweepConfig(
-        latents=sweep.parse_latents(self.latents), seeds=self.seeds, steps=self.steps,
-        batch_size=self.batch_size, window=self.window, hidden=self.hidden,
-        learning_rate=self.learning_rate, weight_decay=self.weight_decay, clip_norm=self.clip_norm,
-        decoder=self.decoder, bidirectional=self.bidirectional, likelihood=self.likelihood,
-        heldout_neurons=self.heldout_neurons, train_fraction=self.train_fraction,
-        log_every=self.log_every, dtype=self.dtype)
+  def config(self) -> Settings:
+    """The `Settings` these parameters define (UserError for a bad value)."""
+    return Settings(**self.get_params())
 
   # -- fitting.
 
-  def fit(self, X, *, workdir: str | None = None, identity: dict[str, Any] | None = None,
-          overwrite: bool = False, checkpoint_every: int = 100, keep_checkpoints: int = 3,
-          nan_policy: str = "freeze", flags_text: str = "", data_seed: int = 0,
-          mesh: str | Any = "auto", batching: str = "auto") -> "DimensionSweep":
+  def fit(self, X, workdir: str | None = None, *, mesh: str | Any = "auto",
+          identity: dict[str, Any] | None = None, flags_text: str = "", data_seed: int = 0,
+          **run) -> "DimensionSweep":
     """Trains the whole sweep on X as one batched computation and evaluates it.
 
     Args:
       X: numpy [time, neurons] or [layers, time, neurons], or a `data.Dataset`.
       workdir: if given, results.json/.csv, sweep.png, report.md, TensorBoard
-        logs and checkpoints go there, and a killed fit resumes from it.
+        logs and checkpoints go there, and a killed fit resumes from it. With
+        several processes only process 0 writes files.
+      mesh: "auto" (every device on the models axis), a spec like
+        "models:4,data:2", or a `jax.sharding.Mesh` with those axes.
       identity: what defines this sweep in the workdir (default: the
-        parameters and the data's shape); a workdir holding another sweep is
-        refused unless `overwrite`.
-      checkpoint_every, keep_checkpoints: checkpointing in the workdir.
-      nan_policy: "freeze" or "stop" for models whose loss turns non-finite.
+        settings' identity and the data's shape); a workdir holding another
+        sweep is refused unless `overwrite=True`.
       flags_text: the command line's flags, recorded in flags.txt/report.md.
       data_seed: seed of the shuffle control's offsets.
-      mesh: "auto" (every device on the models axis), a spec like
-        "models:4,data:2", or a `jax.sharding.Mesh` with those axes. With
-        several processes only process 0 writes files.
-      batching: how the step runs the models: "vmap" (all in one vmap at the
-        widest latent), "by_latent" (one vmap per latent size at its own
-        width; one device only) or "auto" (by_latent on one CPU device, where
-        it measured faster, else vmap). Results agree to float rounding.
+      **run: `config.RunSettings` (checkpoint_every, keep_checkpoints,
+        overwrite, nan_policy, batching).
     Returns:
       self, fitted.
     """
     say = print if self.verbose and jax.process_index() == 0 else (lambda *a, **k: None)
     log: Callable[[str], None] = lambda s: say(s, flush=True)
-    dataset = data.as_dataset(X)
-    if self.shuffle_control:
-      dataset = data.with_shuffle_control(dataset, data_seed)
+    run_cfg = config.build(RunSettings, {**run, "mesh": mesh if isinstance(mesh, str) else "auto"})
     cfg = self.config()
-    sweep.check_config(cfg, dataset)
+    dataset = data.as_dataset(X)
+    if cfg.shuffle_control:
+      dataset = data.with_shuffle_control(dataset, data_seed)
+    prep = splits.prepare(dataset, cfg)  # every data check, before anything is written
     mesh = sharding.make_mesh(mesh) if isinstance(mesh, str) else mesh
-    sweep.resolve_batching(batching, mesh)
-    writes = workdir is not None and jax.process_index() == 0  # one writer: process 0
-    ckpt = writer = partial = None
-    if writes:
-      _prepare_workdir(workdir)
-      if identity is None:
-        identity = {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in self.get_params().items()
-                       if k not in ("verbose", "log_every", "steps", "gain_fraction")},
-                    "data_shape": list(dataset.x_LTN.shape), "dataset": dataset.name}
-      resuming = checkpoint.claim_workdir(workdir, identity, overwrite)
-      if flags_text:
-        report.atomic_write(os.path.join(workdir, "flags.txt"), lambda f: f.write(flags_text))
-      table = sweep.ModelTable.build(dataset.num_layers, cfg.latents, cfg.seeds)
-      writer = writers.MetricWriter(workdir, [
-          f"layer={dataset.layer_names[l]},latent={k},seed={s}"
-          for l, k, s in zip(table.layer, table.latent, table.seed)])
-      partial = lambda o: report.write_json(os.path.join(workdir, "results.json"),
-                                            sweep.results_dict(dataset, cfg, o))
-    if workdir is not None:  # every process takes part in (collective) checkpointing
-      ckpt = checkpoint.Checkpointer(workdir, keep_checkpoints)
-      if writes and resuming and ckpt.latest_step() is None:
-        log("no checkpoint in the workdir yet: starting from step 0")
+    if identity is None:
+      identity = {**config.identity(cfg), "data_shape": list(dataset.x_LTN.shape),
+                  "dataset": dataset.name}
+    sinks, ckpt = _open_workdir(workdir, identity, run_cfg, flags_text, prep, cfg, log)
     try:
-      out = sweep.run_sweep(dataset, cfg, log=log,
-                            on_metrics=None if writer is None else writer.write_scalars,
-                            on_eval=partial, checkpointer=ckpt, checkpoint_every=checkpoint_every,
-                            nan_policy=nan_policy, mesh=mesh, batching=batching)
+      out = sweep.run_sweep(prep, cfg, hooks=[h for h, _ in sinks], checkpointer=ckpt,
+                            checkpoint_every=run_cfg.checkpoint_every, mesh=mesh, log=log,
+                            nan_policy="stop" if run_cfg.nan_policy == "stop" else "freeze",
+                            batching=run_cfg.batching)
     finally:
-      if writer is not None:
-        writer.close()
-      if ckpt is not None:
-        ckpt.close()
-    results = sweep.results_dict(dataset, cfg, out)
+      for _, close in sinks + ([(None, ckpt.close)] if ckpt is not None else []):
+        close()
+    results = results_lib.results_dict(prep, cfg, out)
+    writes = workdir is not None and jax.process_index() == 0
     if out.stopped:
       if writes:
-        report.write_json(os.path.join(workdir, "results.json"), results)
+        files.write_json(os.path.join(workdir, "results.json"), results)
       raise SweepStopped(out.stopped)
-    ev = evaluate.evaluate_sweep(dataset, cfg, out, gain_fraction=self.gain_fraction, log=log)
-    results = evaluate.merge_into_results(results, ev)
-    if self.shuffle_control:
-      results["shuffle_control"] = _shuffle_summary(results)
-    if self.shared_model:
-      real = dataset if not self.shuffle_control else dataclasses.replace(
-          dataset, x_LTN=dataset.x_LTN[: dataset.num_layers // 2],
-          layer_names=dataset.layer_names[: dataset.num_layers // 2])
-      if real.num_layers < 2:
-        log("shared model skipped: layer decoding needs at least 2 layers")
-      else:
-        shared = sweep.run_sweep(real, cfg, log=log, shared=True, mesh=mesh, batching=batching)
-        results["layer_accuracy"] = decoding.layer_accuracy(real, cfg, shared)
+    results = self._evaluate(prep, cfg, out, results, mesh, run_cfg.batching, log)
     self.results_, self.dataset_, self.config_ = results, dataset, cfg
     self.state_, self.table_ = out.state, out.table
     self.optimal_latent_ = dict(results["optimal_latent"])
     self.paths_ = report.write_all(workdir, results, flags_text) if writes else []
     return self
+
+  def _evaluate(self, prep, cfg, out, results, mesh, batching, log) -> dict[str, Any]:
+    """results.json's evaluation fields: held-out metrics, baselines, estimates, controls."""
+    results = results_lib.merge_into_results(results, evaluate.evaluate_sweep(prep, cfg, out, log=log))
+    dataset = prep.dataset
+    if cfg.shuffle_control:
+      results["shuffle_control"] = _shuffle_summary(results)
+    if cfg.shared_model:
+      real = dataset if not cfg.shuffle_control else dataclasses.replace(
+          dataset, x_LTN=dataset.x_LTN[: dataset.num_layers // 2],
+          layer_names=dataset.layer_names[: dataset.num_layers // 2])
+      if real.num_layers < 2:
+        log("shared model skipped: layer decoding needs at least 2 layers")
+      else:
+        shared = splits.prepare(real, cfg, shared=True)
+        out = sweep.run_sweep(shared, cfg, log=log, mesh=mesh, batching=batching)
+        results["layer_accuracy"] = decoding.layer_accuracy(shared, cfg, out)
+    return results
 
   def _check_fitted(self) -> None:
     if not hasattr(self, "results_"):
@@ -217,6 +162,14 @@ class DimensionSweep:
                        f"{', '.join(map(str, self.config_.latents))}")
     return int(hits[0])
 
+  def input_mask(self, layer: str | int = 0) -> np.ndarray:
+    """float32 [neurons]: what the encoder of `layer`'s models sees of each neuron (0: held out)."""
+    self._check_fitted()
+    li = layer if isinstance(layer, (int, np.integer)) else self.dataset_.layer_names.index(layer)
+    held_LN = splits.heldout_mask(self.dataset_.num_layers, self.dataset_.num_neurons,
+                                  self.config_.heldout_neurons)
+    return (~held_LN[li]).astype(np.float32)
+
   def transform(self, X, latent: int | None = None, layer: str | int | None = None) -> np.ndarray:
     """Latent trajectory [time, latent] of one layer's model (default: its chosen latent size).
 
@@ -233,8 +186,8 @@ class DimensionSweep:
                        f"got shape {np.shape(X)}")
     params = jax.tree.map(lambda a: a[i], self.state_.params)
     k = int(self.table_.latent[i])
-    model = sweep.make_model(self.config_, self.dataset_.num_neurons)
-    mask = jnp.asarray(sweep.input_masks(self.config_, self.dataset_)[self.table_.layer[i]])
+    model = models.make_model(self.config_, self.dataset_.num_neurons)
+    mask = jnp.asarray(self.input_mask(int(self.table_.layer[i])))
     w = self.config_.window
     n = (len(x) // w) * w
     zs = []
@@ -264,24 +217,21 @@ class DimensionSweep:
     if ds.layer_names != layers or ds.num_neurons != self.dataset_.num_neurons:
       raise ValueError(f"X must have {len(layers)} layers of {self.dataset_.num_neurons} neurons, "
                        f"got {ds.num_layers} of {ds.num_neurons}")
-    ds = dataclasses.replace(ds, name=self.dataset_.name)
-    t_train = data.train_time(ds.num_time, self.config_.train_fraction)
-    data.check_window(ds.num_time, t_train, self.config_.window)
-    lik = self.results_["likelihood"]
-    held = data.heldout_mask(ds.num_layers, ds.num_neurons, self.config_.heldout_neurons)
-    valid = evaluate.flat_valid(ds, t_train, self.config_.window)
-    preds = evaluate.model_predictions(self.state_, self.table_, ds, self.config_)
+    prep = splits.prepare(dataclasses.replace(ds, name=self.dataset_.name), self.config_)
+    valid = prep.valid_block()
+    preds = evaluate.model_predictions(self.state_, self.table_, prep, self.config_)
     sign = 1.0 if evaluate.higher_is_better(metric) else -1.0
     vals = []
     for li, name in enumerate(layers):
       chosen = np.flatnonzero((self.table_.layer == li) & (self.table_.latent == self.optimal_latent_[name]))
-      vals += [sign * evaluate.block_metrics(preds[i], valid[li], held[li], lik)[metric] for i in chosen]
+      vals += [sign * evaluate.block_metrics(preds[i], valid[li], prep.heldout_LN[li],
+                                             prep.likelihood)[metric] for i in chosen]
     return float(np.mean(vals))
 
   def plot(self):
     """The matplotlib figure of sweep.png."""
     self._check_fitted()
-    return report.plot_sweep(self.results_)
+    return plots.plot_sweep(self.results_)
 
   # -- persistence (orbax).
 
@@ -310,12 +260,9 @@ class DimensionSweep:
     cfg = est.config()
     ds_meta = aux["dataset"]
     n_layers = len(ds_meta["layer_names"])
-    like = sweep.init_sweep(cfg, sweep.ModelTable.build(n_layers, cfg.latents, cfg.seeds),
-                            ds_meta["num_neurons"])
-    state, _ = ckpt.restore(step, like)
+    est.table_ = ModelTable.build(n_layers, cfg.latents, cfg.seeds)
+    est.state_, _ = ckpt.restore(step, init_states(cfg, est.table_, ds_meta["num_neurons"]))
     ckpt.close()
-    est.state_ = state
-    est.table_ = sweep.ModelTable.build(n_layers, cfg.latents, cfg.seeds)
     est.config_, est.results_ = cfg, aux["results"]
     est.optimal_latent_ = dict(est.results_["optimal_latent"])
     est.dataset_ = data.Dataset(np.zeros((n_layers, 0, ds_meta["num_neurons"]), np.float32),
@@ -327,15 +274,29 @@ def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
   return json.loads(json.dumps({k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}))
 
 
-def _prepare_workdir(path: str) -> None:
-  try:
-    os.makedirs(path, exist_ok=True)
-    probe = os.path.join(path, f".write_test.{os.getpid()}")
-    with open(probe, "w", encoding="utf-8"):
-      pass
-    os.remove(probe)
-  except OSError as e:
-    raise UserError(f"cannot write to --workdir={path}: {e.strerror or e}") from None
+def _open_workdir(workdir, identity, run: RunSettings, flags_text: str, prep, cfg: Settings, log
+                  ) -> tuple[list, Any]:
+  """Claims the workdir and opens its writers: ([(hook, close)], checkpointer or None)."""
+  if workdir is None:
+    return [], None
+  sinks = []
+  if jax.process_index() == 0:  # one writer: process 0
+    checkpoint.prepare_workdir(workdir)
+    resuming = checkpoint.claim_workdir(workdir, identity, run.overwrite)
+    if flags_text:
+      files.write_text(os.path.join(workdir, "flags.txt"), flags_text)
+    table = ModelTable.build(prep.model_layers, cfg.latents, cfg.seeds)
+    writer = writers.MetricWriter(workdir, [
+        f"layer={prep.dataset.layer_names[l]},latent={k},seed={s}"
+        for l, k, s in zip(table.layer, table.latent, table.seed)])
+    partial = lambda o: files.write_json(os.path.join(workdir, "results.json"),
+                                         results_lib.results_dict(prep, cfg, o))
+    sinks = [(hooks.Metrics(writer.write_scalars), writer.close),
+             (hooks.PartialResults(partial), lambda: None)]
+  ckpt = checkpoint.Checkpointer(workdir, run.keep_checkpoints)  # every process takes part
+  if sinks and resuming and ckpt.latest_step() is None:
+    log("no checkpoint in the workdir yet: starting from step 0")
+  return sinks, ckpt
 
 
 def _shuffle_summary(results: dict[str, Any]) -> dict[str, Any]:

@@ -9,23 +9,39 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from nmas_jax import data as data_lib
-from nmas_jax import models, sharding, sweep, train
+from nmas_jax import config, data, models, splits, sweep, train
+from nmas_jax.config import BATCHINGS, DECODERS, DTYPES, setting
 
 
 @dataclasses.dataclass(frozen=True)
-class Shapes:
-  neurons: int = 1131
-  window: int = 50
-  batch_size: int = 16
-  hidden: int = 128
-  latents: tuple[int, ...] = (10, 25, 50, 75, 150)
-  layers: int = 1
-  decoder: str = "lstm"
-  unroll: int = 1
-  dtype: str = "float32"
-  batching: str = "auto"
+class Shapes(config._Declared):
+  """What the benchmark times (its own defaults: one Stringer layer, the LSTM decoder)."""
+
+  neurons: int = setting(1131, "Neurons per layer.", check="positive_int")
+  window: int = setting(50, "Window length (time steps).", check="positive_int")
+  batch_size: int = setting(16, "Windows per batch.", check="positive_int")
+  hidden: int = setting(128, "LSTM units.", check="positive_int")
+  latents: tuple[int, ...] = setting((10, 25, 50, 75, 150), "Latent sizes (one model each).",
+                                     kind="ints")
+  layers: int = setting(1, "Layers (models = layers x latents).", check="positive_int")
+  decoder: str = setting("lstm", "The decoder.", choices=DECODERS)
+  unroll: int = setting(1, "Scan unroll factor.", check="positive_int")
+  dtype: str = setting("float32", "Matmul dtype.", choices=DTYPES)
+  batching: str = setting("auto", "How the sweep step runs the models (see experiments.sweep "
+                          "--batching).", choices=BATCHINGS)
+
+  def __post_init__(self):
+    super().__post_init__()
+    if max(self.latents) > self.neurons:
+      raise config.UserError(f"latent size {max(self.latents)} exceeds --neurons={self.neurons}")
+
+  def settings(self) -> config.Settings:
+    """The sweep settings of these shapes (one seed, no held-out neurons, Gaussian)."""
+    return config.Settings(latents=self.latents, batch_size=self.batch_size, window=self.window,
+                           hidden=self.hidden, decoder=self.decoder, unroll=self.unroll,
+                           dtype=self.dtype, heldout_neurons=0.0, likelihood="gaussian", steps=1)
 
 
 def flops_per_step(s: Shapes) -> float:
@@ -126,81 +142,70 @@ def torch_loop_step(s: Shapes) -> tuple[Callable[[], Any], Callable[[Any], Any]]
   return (lambda: step().detach()), (lambda out: out.item())
 
 
-def torch_loop_seconds(s: Shapes, steps: int) -> float | None:
-  """Seconds per step of `torch_loop_step` on its own (None without torch)."""
-  pair = torch_loop_step(s)
-  return None if pair is None else _time(pair[0], steps, block=pair[1])
+def _sweep_call(s: Shapes) -> tuple[Callable[[], Any], sweep.Built, float]:
+  """(one step of every model, the sweep as `sweep.run_sweep` builds it, compile seconds)."""
+  cfg = s.settings()
+  x_LTN = np.random.default_rng(0).standard_normal((s.layers, s.window * 40, s.neurons))
+  prep = splits.prepare(data.Dataset(x_LTN.astype(np.float32), tuple(map(str, range(s.layers))),
+                                     "bench"), cfg)
+  built = sweep.build(prep, cfg, batching=s.batching)
+  box = [built.stepper.pack(built.init_states())]
+  t0 = time.perf_counter()
+  built.stepper.compile(box[0])
+  compile_s = time.perf_counter() - t0
+
+  def call():
+    box[0], m = built.stepper.step(box[0], 0)
+    return m["train/loss"]
+
+  return call, built, compile_s
+
+
+def _loop_call(s: Shapes, built: sweep.Built) -> tuple[Callable[[], Any], float]:
+  """(one step of each model in turn, each its own jitted single-model step; compile seconds)."""
+  dtype = jnp.bfloat16 if s.dtype == "bfloat16" else jnp.float32
+  x_LTN, t_train, tx = built.placed.x_LTN, built.prep.t_train, train.make_optimizer()
+  singles = []
+  t0 = time.perf_counter()
+  for i in range(built.n_real):
+    k, layer = int(built.table.latent[i]), int(built.table.layer[i])
+    m = models.LSTMAutoencoder(neurons=s.neurons, latent=k, hidden=s.hidden, decoder=s.decoder,
+                               unroll=s.unroll, dtype=dtype)
+
+    def one(st, x_LTN, layer=layer, m=m):
+      x_BTN = splits.sample_batches(x_LTN, jnp.array([layer]), jnp.array([0]), st.step,
+                                    t_train=t_train, window=s.window, batch_size=s.batch_size)[0]
+      return train.train_step(st, {"x": x_BTN}, model=m, tx=tx)
+
+    st = train.init_state(jax.random.PRNGKey(i), k, 3e-3, 0.0, model=m, clip_norm=1.0,
+                          example_x_BTN=jnp.zeros((1, s.window, s.neurons)))
+    singles.append([jax.jit(one, donate_argnums=0).lower(st, x_LTN).compile(), st])
+  compile_s = time.perf_counter() - t0
+
+  def call():
+    out = None
+    for pair in singles:
+      pair[1], metrics = pair[0](pair[1], x_LTN)
+      out = metrics["train/loss"]
+    return out
+
+  return call, compile_s
 
 
 def run(s: Shapes, steps: int = 20, loop: bool = True, torch_loop: bool = True,
         log=print) -> dict[str, Any]:
-  """Times (a) one batched sweep step, (b) the one-by-one loop, (c) the matmul peak,
-  and (d) a PyTorch loop over the same models when torch is installed."""
-  dtype = jnp.bfloat16 if s.dtype == "bfloat16" else jnp.float32
-  cfg = sweep.SweepConfig(latents=tuple(s.latents), steps=1, batch_size=s.batch_size,
-                          window=s.window, hidden=s.hidden, decoder=s.decoder, unroll=s.unroll,
-                          heldout_neurons=0.0, likelihood="gaussian", dtype=s.dtype)
-  num_time = s.window * 40
-  x_LTN = jax.random.normal(jax.random.PRNGKey(0), (s.layers, num_time, s.neurons), jnp.float32)
-  t_train = int(num_time * 0.8)
-  real = sweep.ModelTable.build(s.layers, cfg.latents, 1)
-  mesh = sharding.make_mesh("auto")  # every device on the models axis, as the sweep does
-  table = real.padded(sharding.padded_size(len(real), mesh))
-  by_model, rep = sharding.models_sharding(mesh), sharding.replicated(mesh)
-  model = sweep.make_model(cfg, s.neurons)
-  tx = train.make_optimizer()
-  x_LTN = jax.device_put(x_LTN, rep)
-  mask_LN = jax.device_put(jnp.ones((s.layers, s.neurons), jnp.float32), rep)
-  layer_M, seed_M = (jax.device_put(jnp.asarray(a), by_model) for a in (table.layer, table.seed))
-  batching = sweep.resolve_batching(s.batching, mesh)
-  step_fn = sweep.make_step_fn(model, tx, "gaussian", mesh, t_train=t_train, window=s.window,
-                               batch_size=s.batch_size, table=table, batching=batching)
-  state = sweep.StepLayout(model, table, batching, mesh).pack(
-      sweep.init_sweep(cfg, table, s.neurons, out_sharding=by_model))
-  t0 = time.perf_counter()
-  compiled = step_fn.lower(state, x_LTN, mask_LN, layer_M, seed_M, jnp.int32(0)).compile()
-  compile_s = time.perf_counter() - t0
-  box = [state]
-
-  def sweep_call():
-    box[0], m = compiled(box[0], x_LTN, mask_LN, layer_M, seed_M, jnp.int32(0))
-    return m["train/loss"]
-
-  lanes = getattr(compiled, "lanes", 1)
-  log(f"sweep step: {len(real)} models on {mesh.devices.size} device(s), batching {batching}"
-      f"{f' on {lanes} CPU lanes' if lanes > 1 else ''}, compiled in {compile_s:.1f}s")
+  """Times (a) one batched sweep step, built exactly as `sweep.run_sweep` builds it, (b) the
+  one-by-one loop, (c) the matmul peak, and (d) a PyTorch loop over the same models when torch is
+  installed."""
+  sweep_call, built, compile_s = _sweep_call(s)
+  log(f"sweep step: {built.n_real} models on {built.mesh.devices.size} device(s), batching "
+      f"{built.stepper.description}, compiled in {compile_s:.1f}s")
   calls = {"sweep": (sweep_call, jax.block_until_ready)}
-
   loop_compile_s = None
   if loop:
-    singles = []
-    t0 = time.perf_counter()
-    for i in range(len(real)):
-      k, layer = int(real.latent[i]), int(real.layer[i])
-      m = models.LSTMAutoencoder(neurons=s.neurons, latent=k, hidden=s.hidden, decoder=s.decoder,
-                                 unroll=s.unroll, dtype=dtype)
-
-      def one(st, x_LTN, layer=layer, m=m):
-        x_BTN = data_lib.sample_batches(x_LTN, jnp.array([layer]), jnp.array([0]), st.step,
-                                        t_train=t_train, window=s.window, batch_size=s.batch_size)[0]
-        return train.train_step(st, {"x": x_BTN}, model=m, tx=tx)
-
-      st = train.init_state(jax.random.PRNGKey(i), k, 3e-3, 0.0, model=m, clip_norm=1.0,
-                            example_x_BTN=jnp.zeros((1, s.window, s.neurons)))
-      fn = jax.jit(one, donate_argnums=0).lower(st, x_LTN).compile()
-      singles.append([fn, st])
-    loop_compile_s = time.perf_counter() - t0
-
-    def loop_call():
-      out = None
-      for pair in singles:
-        pair[1], metrics = pair[0](pair[1], x_LTN)
-        out = metrics["train/loss"]
-      return out
-
+    loop_call, loop_compile_s = _loop_call(s, built)
     calls["loop"] = (loop_call, jax.block_until_ready)
     log(f"loop of single-model steps: compiled in {loop_compile_s:.1f}s")
-
   if torch_loop:
     pair = torch_loop_step(s)
     if pair is None:
@@ -228,14 +233,14 @@ def run(s: Shapes, steps: int = 20, loop: bool = True, torch_loop: bool = True,
       "mfu": round(achieved / peak, 4),
       "compile_s": round(compile_s, 2),
       "loop_compile_s": None if loop_compile_s is None else round(loop_compile_s, 2),
-      "models": len(real),
-      "padded_models": len(table),
+      "models": built.n_real,
+      "padded_models": len(built.table),
       "device": f"{dev.platform}:{getattr(dev, 'device_kind', '')}",
       "devices": jax.device_count(),
-      "lanes": lanes,
+      "lanes": built.stepper.lanes,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       **{k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(s).items()},
-      "batching": batching,
+      "batching": built.stepper.batching,
       "steps": steps,
       "repeats": repeats,
   }

@@ -1,8 +1,9 @@
-"""Neural population data: loaders, built-in synthetic data, splits and batches.
+"""Neural population data: the `Dataset` every loader returns, checks and preprocessing.
 
-Every loader returns a `Dataset` whose activity is one array `x_LTN`
-[layers, time, neurons]: all layers share one neuron count so that models of
-every layer can be stacked on one vmapped models axis.
+A `Dataset`'s activity is one array `x_LTN` [layers, time, neurons]: all
+layers share one neuron count so that models of every layer can be stacked on
+one vmapped models axis. Loaders are in `loaders`, generators in `synthetic`,
+splits and batches in `splits`.
 """
 
 from __future__ import annotations
@@ -11,15 +12,10 @@ import dataclasses
 import os
 from typing import Any, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-NORMALIZATIONS = ("mean_per_bin", "zscore", "none")
-
-
-class UserError(ValueError):
-  """Bad input from the user: the message is one line saying what and how to fix."""
+from nmas_jax.config import NORMALIZATIONS
+from nmas_jax.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,91 +138,6 @@ def bin_time(x_TN: np.ndarray, bin_size: int) -> np.ndarray:
   return x_TN[:t].reshape(t // bin_size, bin_size, *x_TN.shape[1:]).mean(axis=1)
 
 
-def heldout_mask(num_layers: int, num_neurons: int, fraction: float, seed: int = 0) -> np.ndarray:
-  """[layers, neurons] bool, True for neurons hidden from the encoder (co-smoothing).
-
-  A fixed, seeded subset of round(fraction * neurons) neurons per layer.
-  """
-  if not 0.0 <= fraction < 1.0:
-    raise UserError(f"--heldout_neurons must be in [0, 1), got {fraction}")
-  n = int(round(fraction * num_neurons))
-  if fraction > 0 and (n < 1 or n >= num_neurons):
-    raise UserError(f"--heldout_neurons={fraction} leaves {n} of {num_neurons} neurons held out: "
-                    "it must hold out at least one and keep at least one")
-  rng = np.random.default_rng(seed + 7919)
-  mask = np.zeros((num_layers, num_neurons), bool)
-  for l in range(num_layers):
-    mask[l, rng.choice(num_neurons, n, replace=False)] = True
-  return mask
-
-
-# ----------------------------------------------------------------------------
-# Splits and batches.
-
-
-def train_time(num_time: int, train_fraction: float) -> int:
-  """Number of leading time bins in the training block; the rest is validation."""
-  if not 0.0 < train_fraction < 1.0:
-    raise UserError(f"--train_fraction must be in (0, 1), got {train_fraction}")
-  return int(round(num_time * train_fraction))
-
-
-def check_window(num_time: int, t_train: int, window: int) -> None:
-  """Both blocks must hold at least one whole window."""
-  if window < 1:
-    raise UserError(f"--window must be positive, got {window}")
-  shortest = min(t_train, num_time - t_train)
-  if window > shortest:
-    raise UserError(
-        f"--window={window} is longer than a split: the data has {num_time} time bins "
-        f"after binning, {t_train} train / {num_time - t_train} validation; use --window<={shortest}")
-
-
-def window_starts(seed: jax.Array, step: jax.Array, *, t_train: int, window: int,
-                  batch_size: int) -> jax.Array:
-  """Random window starts [batch] in the training block: a pure function of (seed, step)."""
-  key = jax.random.fold_in(jax.random.PRNGKey(seed), step)
-  return jax.random.randint(key, (batch_size,), 0, t_train - window + 1)
-
-
-def window_layers(seed: jax.Array, step: jax.Array, *, num_layers: int, batch_size: int) -> jax.Array:
-  """Random layer per window [batch] for models trained on all layers: a pure function of (seed, step)."""
-  key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), step), 1)
-  return jax.random.randint(key, (batch_size,), 0, num_layers)
-
-
-def sample_batches(x_LTN: jax.Array, layer_M: jax.Array, seed_M: jax.Array, step: jax.Array, *,
-                   t_train: int, window: int, batch_size: int, mix_layers: bool = False) -> jax.Array:
-  """Training windows for every model: [models, batch, window, neurons].
-
-  Model m reads layer layer_M[m]; with `mix_layers` each window comes from a
-  random layer instead (a shared model of all layers). Gathers exactly the
-  windows needed (never a per-model copy of a layer).
-  """
-  starts_MB = jax.vmap(lambda s: window_starts(s, step, t_train=t_train, window=window,
-                                               batch_size=batch_size))(seed_M)
-  t_MBW = starts_MB[:, :, None] + jnp.arange(window)[None, None, :]
-  if mix_layers:
-    layer_MB = jax.vmap(lambda s: window_layers(s, step, num_layers=x_LTN.shape[0],
-                                                batch_size=batch_size))(seed_M)
-    return x_LTN[layer_MB[:, :, None], t_MBW]
-  return x_LTN[layer_M[:, None, None], t_MBW]
-
-
-def train_windows(x_LTN: np.ndarray, t_train: int, window: int) -> np.ndarray:
-  """All non-overlapping windows of the training block: [layers, windows, window, neurons]."""
-  n = t_train // window
-  v = x_LTN[:, : n * window]
-  return v.reshape(v.shape[0], n, window, v.shape[2])
-
-
-def valid_windows(x_LTN: np.ndarray, t_train: int, window: int) -> np.ndarray:
-  """All non-overlapping windows of the held-out block: [layers, windows, window, neurons]."""
-  n = (x_LTN.shape[1] - t_train) // window
-  v = x_LTN[:, t_train: t_train + n * window]
-  return v.reshape(v.shape[0], n, window, v.shape[2])
-
-
 SHUFFLED_SUFFIX = "/shuffled"
 
 
@@ -267,9 +178,3 @@ def as_dataset(x: Any, name: str = "array") -> Dataset:
   arr = as_layers(x, "X")
   check_finite(arr, "X")
   return Dataset(arr.astype(np.float32), tuple(str(i) for i in range(arr.shape[0])), name, None, {})
-
-
-# The loaders and generators live in their own modules; `nmas_jax.data` stays the one place
-# to import them from (imported last: they build on the definitions above).
-from nmas_jax.loaders import DATASETS, load_array, load_dataset, load_nwb, load_stringer  # noqa: E402,F401
-from nmas_jax.synthetic import SYNTHETIC_TRUE_LATENTS, make_lorenz, make_synthetic  # noqa: E402,F401

@@ -17,9 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from nmas_jax import data as data_lib
-from nmas_jax import sweep as sweep_lib
-from nmas_jax import train
+from nmas_jax import models, splits, train
+from nmas_jax.config import Settings
 
 
 def window_features(z_VWK: jax.Array) -> jax.Array:
@@ -50,18 +49,17 @@ def fit_logistic(f_train_NF: jax.Array, y_train_N: jax.Array, num_classes: int, 
   return lambda f: jnp.argmax(norm(f) @ params["w"] + params["b"][None, :], axis=-1)
 
 
-def layer_accuracy(dataset: data_lib.Dataset, cfg: sweep_lib.SweepConfig,
-                   out: sweep_lib.SweepOutput) -> dict[str, Any]:
-  """Held-out layer-classification accuracy per (latent, seed) of a shared-model sweep."""
-  t_train = data_lib.train_time(dataset.num_time, cfg.train_fraction)
+def layer_accuracy(prep: splits.Prepared, cfg: Settings, out) -> dict[str, Any]:
+  """Held-out layer-classification accuracy per (latent, seed) of a shared-model `sweep.SweepOutput`."""
+  dataset = prep.dataset
   num_layers = dataset.num_layers
-  tr = data_lib.train_windows(dataset.x_LTN, t_train, cfg.window)   # [L, Vt, W, N]
-  va = data_lib.valid_windows(dataset.x_LTN, t_train, cfg.window)   # [L, Vv, W, N]
+  tr = splits.train_windows(dataset.x_LTN, prep.t_train, prep.window)   # [L, Vt, W, N]
+  va = splits.valid_windows(dataset.x_LTN, prep.t_train, prep.window)   # [L, Vv, W, N]
   x_tr = jnp.asarray(tr.reshape(-1, *tr.shape[2:]))
   x_va = jnp.asarray(va.reshape(-1, *va.shape[2:]))
   y_tr = jnp.repeat(jnp.arange(num_layers), tr.shape[1])
   y_va = jnp.repeat(jnp.arange(num_layers), va.shape[1])
-  model = sweep_lib.make_model(cfg, dataset.num_neurons)
+  model = models.make_model(cfg, dataset.num_neurons)
 
   @jax.jit
   @jax.vmap

@@ -7,13 +7,14 @@ import os
 
 import numpy as np
 
-from nmas_jax.data import (NORMALIZATIONS, Dataset, UserError, as_layers, bin_time, check_file,
-                           check_finite, check_numeric, normalize)
+from nmas_jax.config import DataSettings
+from nmas_jax.data import (Dataset, as_layers, bin_time, check_file, check_finite, check_numeric,
+                           normalize)
+from nmas_jax.errors import UserError
 from nmas_jax.synthetic import make_lorenz, make_synthetic
 
 STRINGER_KEYS = ("sresp", "xyz")
-
-
+_D = DataSettings()  # the loaders' defaults are the command line's
 
 
 def _layer_name(z: float) -> str:
@@ -21,8 +22,8 @@ def _layer_name(z: float) -> str:
 
 
 def load_stringer(path: str, *, neurons_per_layer: int | None = None,
-                  normalize_method: str = "mean_per_bin", bin_size: int = 2,
-                  seed: int = 0, drop_nonfinite: bool = False, warn=print) -> Dataset:
+                  normalize_method: str = _D.normalize, bin_size: int = _D.bin,
+                  seed: int = _D.data_seed, drop_nonfinite: bool = False, warn=print) -> Dataset:
   """Loads Stringer et al. 2019 spontaneous data; layers are the unique z planes.
 
   The file is a pickled dict (np.save of a dict): loading it runs code from the
@@ -86,8 +87,8 @@ def load_stringer(path: str, *, neurons_per_layer: int | None = None,
                  "stringer", None, meta)
 
 
-def load_array(path: str, *, key: str | None = None, normalize_method: str = "mean_per_bin",
-               bin_size: int = 2, drop_nonfinite: bool = False, warn=print) -> Dataset:
+def load_array(path: str, *, key: str | None = None, normalize_method: str = _D.normalize,
+               bin_size: int = _D.bin, drop_nonfinite: bool = False, warn=print) -> Dataset:
   """Loads a .npy/.npz array [time, neurons] (one layer) or [layers, time, neurons]."""
   check_file(path)
   try:
@@ -194,40 +195,33 @@ def load_nwb(path: str, *, series: str | None = None, bin_ms: float = 50.0,
   return Dataset(np.stack(out).astype(np.float32), tuple(layer_names), "nwb", None, meta)
 
 
-DATASETS = ("synthetic", "lorenz", "stringer", "array", "nwb")
+def load(ds: DataSettings, *, drop_nonfinite: bool = False, warn=print) -> Dataset:
+  """Loads the dataset `ds` names, keeping `ds.layers` (all when empty).
 
-
-def load_dataset(kind: str, *, path: str = "", key: str | None = None,
-                 normalize_method: str = "mean_per_bin", bin_size: int = 2,
-                 neurons_per_layer: int | None = None, seed: int = 0,
-                 drop_nonfinite: bool = False, warn=print, nwb_series: str | None = None,
-                 bin_ms: float = 50.0) -> Dataset:
-  """Loads any supported dataset by name. `normalize_method`/`bin_size` apply to recorded data.
-
-  The synthetic data is generated at its final resolution and scale, so it is
-  neither normalised nor binned. With `drop_nonfinite`, neurons with NaN/Inf
-  are dropped (and `warn` told how many) instead of refusing the data.
+  `ds.normalize` and `ds.bin` apply to recorded data; the built-in data is
+  generated at its final resolution and scale, so it is neither normalised
+  nor binned. With `drop_nonfinite`, neurons with NaN/Inf are dropped (and
+  `warn` told how many) instead of refusing the data.
   """
-  if normalize_method not in NORMALIZATIONS:
-    raise UserError(f"unknown --normalize={normalize_method!r}: choose one of {', '.join(NORMALIZATIONS)}")
-  if kind == "synthetic":
-    return make_synthetic(seed=seed)
-  if kind == "lorenz":
-    return make_lorenz(seed=seed)
-  if kind == "stringer":
-    return load_stringer(path, neurons_per_layer=neurons_per_layer, normalize_method=normalize_method,
-                         bin_size=bin_size, seed=seed, drop_nonfinite=drop_nonfinite, warn=warn)
-  if kind == "array":
-    ds = load_array(path, key=key, normalize_method=normalize_method, bin_size=bin_size,
-                    drop_nonfinite=drop_nonfinite, warn=warn)
-    if neurons_per_layer is not None:
-      if neurons_per_layer > ds.num_neurons or neurons_per_layer < 1:
-        raise UserError(f"--neurons_per_layer={neurons_per_layer} must be in 1..{ds.num_neurons} "
-                        "(the array's neuron count)")
-      idx = np.sort(np.random.default_rng(seed).choice(ds.num_neurons, neurons_per_layer, replace=False))
-      ds = dataclasses.replace(ds, x_LTN=ds.x_LTN[:, :, idx])
-    return ds
-  if kind == "nwb":
-    return load_nwb(path, series=nwb_series, bin_ms=bin_ms, normalize_method=normalize_method,
-                    bin_size=bin_size, seed=seed)
-  raise UserError(f"unknown --dataset={kind!r}: choose one of {', '.join(DATASETS)}")
+  recorded = dict(normalize_method=ds.normalize, bin_size=ds.bin)
+  if ds.dataset == "synthetic":
+    out = make_synthetic(seed=ds.data_seed)
+  elif ds.dataset == "lorenz":
+    out = make_lorenz(seed=ds.data_seed)
+  elif ds.dataset == "stringer":
+    out = load_stringer(ds.data_path, neurons_per_layer=ds.neurons_per_layer, seed=ds.data_seed,
+                        drop_nonfinite=drop_nonfinite, warn=warn, **recorded)
+  elif ds.dataset == "array":
+    out = load_array(ds.data_path, key=ds.data_key, drop_nonfinite=drop_nonfinite, warn=warn,
+                     **recorded)
+    if ds.neurons_per_layer is not None:
+      if ds.neurons_per_layer > out.num_neurons:
+        raise UserError(f"--neurons_per_layer={ds.neurons_per_layer} must be in "
+                        f"1..{out.num_neurons} (the array's neuron count)")
+      rng = np.random.default_rng(ds.data_seed)
+      idx = np.sort(rng.choice(out.num_neurons, ds.neurons_per_layer, replace=False))
+      out = dataclasses.replace(out, x_LTN=out.x_LTN[:, :, idx])
+  else:  # "nwb": the choices are checked by DataSettings
+    out = load_nwb(ds.data_path, series=ds.nwb_series, bin_ms=ds.bin_ms, seed=ds.data_seed,
+                   **recorded)
+  return out.select_layers(ds.layers)

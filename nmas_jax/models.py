@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-DECODERS = ("lstm", "linear")
+from nmas_jax.config import DECODERS, Settings
 
 
 def latent_mask(width: int, latent_size: Any) -> jax.Array:
@@ -75,7 +75,7 @@ class Dense(nn.Module):
   gradient written as x^T @ g.
 
   Why: autodiff of `nn.Dense` asks XLA for g^T x, and XLA:CPU then copies the
-  output gradient g ([rows, features], e.g. 800 x 1131 for a readout) into a
+  output gradient g ([rows, features], as large as a readout's output) into a
   transposed layout before every weight-gradient matmul; x^T @ g needs no copy
   of g (and only a small one of x when x is the narrower side).
   """
@@ -108,7 +108,7 @@ def _gate_affine(hidden: int) -> tuple[jax.Array, jax.Array]:
 
   sigmoid(x) = tanh(x / 2) / 2 + 1/2 on the i, f, o lanes and tanh on g: all
   four gates in one elementwise op, so XLA emits one fusion per step instead
-  of four plus a concatenate (9 instead of 13 ops per step of the scan on CPU).
+  of four plus a concatenate.
   """
   half, one, zero = jnp.full(hidden, 0.5), jnp.ones(hidden), jnp.zeros(hidden)
   return jnp.concatenate([half, half, one, half]), jnp.concatenate([half, half, zero, half])
@@ -136,7 +136,7 @@ class _Recurrence(nn.Module):
     c_BH = f * c_BH + i * g
     h_BH = o * jnp.tanh(c_BH)
     # One stacked output [B, 6H] instead of three: one in-place update per step, and one
-    # zero-initialised output buffer to copy per scan (~2% of a CPU sweep step).
+    # zero-initialised output buffer to copy per scan (docs/benchmarks.md).
     return (h_BH, c_BH), jnp.concatenate([h_BH, c_BH, act_BG], axis=-1)
 
 
@@ -320,3 +320,10 @@ class LSTMAutoencoder(nn.Module):
   def __call__(self, x_BTN: jax.Array, latent_size: Any = None) -> tuple[jax.Array, jax.Array]:
     z_BTK = self.encode(x_BTN, latent_size)
     return self.decode(z_BTK), z_BTK
+
+
+def make_model(cfg: Settings, neurons: int) -> LSTMAutoencoder:
+  """The padded autoencoder every model of a sweep shares (width = the largest latent)."""
+  return LSTMAutoencoder(neurons=neurons, latent=max(cfg.latents), hidden=cfg.hidden,
+                         decoder=cfg.decoder, bidirectional=cfg.bidirectional, unroll=cfg.unroll,
+                         dtype=jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32)

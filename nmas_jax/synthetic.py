@@ -6,9 +6,8 @@ from typing import Sequence
 
 import numpy as np
 
-from nmas_jax.data import Dataset, UserError
-
-
+from nmas_jax.data import Dataset
+from nmas_jax.errors import UserError
 
 SYNTHETIC_TRUE_LATENTS = (10, 25, 50)
 

@@ -1,10 +1,10 @@
 """Pure train and eval steps for ONE model; the sweep vmaps them over models.
 
-`train_step(state, x_BTN, *, model, tx) -> (state, metrics)` has no hidden
-state: the caller composes `jax.jit(jax.vmap(partial(train_step, ...)))`.
-Every model carries its own params, optimiser state (with its own learning
-rate and weight decay), PRNG key and latent size, so under vmap no model's
-gradient depends on another model's params or data.
+`train_step(state, batch, *, model, tx, likelihood) -> (state, metrics)` has
+no hidden state: the caller composes `jax.jit(jax.vmap(partial(train_step,
+...)))`. Every model carries its own params, optimiser state (with its own
+learning rate and weight decay), PRNG key and latent size, so under vmap no
+model's gradient depends on another model's params or data.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import optax
 from flax import struct
 
 from nmas_jax import models
+from nmas_jax.config import LIKELIHOODS
 
 
 @struct.dataclass
@@ -27,7 +28,7 @@ class TrainState:
   step: jax.Array         # int32 []
   params: Any
   opt_state: Any
-  key: jax.Array          # PRNG key of this model (reserved for stochastic layers)
+  key: jax.Array          # PRNG key of this model: step_rngs folds in the step
   latent: jax.Array       # int32 [], latent size k <= the model's padded width
   diverged_at: jax.Array  # int32 [], first step with a non-finite loss/gradient, -1 if none
 
@@ -57,7 +58,9 @@ def init_state(key: jax.Array, latent: Any, learning_rate: Any, weight_decay: An
                     diverged_at=jnp.full((), -1, jnp.int32))
 
 
-LIKELIHOODS = ("gaussian", "poisson")
+def step_rngs(state: TrainState) -> dict[str, jax.Array]:
+  """This model's randomness at this step (dropout and the like): a pure function of (key, step)."""
+  return {"dropout": jax.random.fold_in(state.key, state.step)}
 
 
 def mean_prediction(y_BTN: jax.Array, likelihood: str = "gaussian") -> jax.Array:
@@ -99,13 +102,14 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
 
   x_BTN = batch["x"]
   x_in_BTN = batch["x_in"] if "x_in" in batch else encoder_input(x_BTN, batch.get("input_mask"))
+  rngs = step_rngs(state)
 
   def loss_fn(params):
     if latent_width is None:
-      y_BTN, _ = model.apply({"params": params}, x_in_BTN, state.latent)
+      y_BTN, _ = model.apply({"params": params}, x_in_BTN, state.latent, rngs=rngs)
     else:
       y_BTN, _ = model.clone(latent=latent_width).apply(
-          {"params": models.slice_latent(params, latent_width)}, x_in_BTN)
+          {"params": models.slice_latent(params, latent_width)}, x_in_BTN, rngs=rngs)
     return reconstruction_loss(y_BTN, x_BTN, likelihood)
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)

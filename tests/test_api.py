@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from nmas_jax import DimensionSweep, data
+from nmas_jax import DimensionSweep, synthetic
+from nmas_jax.errors import UserError
 
 TINY = dict(hidden=16, window=20, batch_size=16, steps=250, learning_rate=1e-2, log_every=250,
             verbose=False)
@@ -11,7 +12,7 @@ TINY = dict(hidden=16, window=20, batch_size=16, steps=250, learning_rate=1e-2, 
 
 @pytest.fixture(scope="module")
 def fitted():
-  ds = data.make_synthetic(true_latents=(3, 6), neurons=30, time=1000, noise_std=0.3, seed=0)
+  ds = synthetic.make_synthetic(true_latents=(3, 6), neurons=30, time=1000, noise_std=0.3, seed=0)
   est = DimensionSweep(latents=(1, 3, 6, 8), shuffle_control=True, **TINY).fit(ds)
   return est, ds
 
@@ -76,8 +77,8 @@ def test_save_and_load_give_identical_transform(fitted, tmp_path):
 
 
 def test_fit_on_plain_arrays():
-  x = data.make_synthetic(true_latents=(3,), neurons=12, time=400, seed=2).x_LTN[0]  # [time, neurons]
+  x = synthetic.make_synthetic(true_latents=(3,), neurons=12, time=400, seed=2).x_LTN[0]  # [time, neurons]
   est = DimensionSweep(latents=(1, 3), **{**TINY, "steps": 30}).fit(x)
   assert est.results_["layers"] == ["0"] and est.transform(x).shape[0] == 400
-  with pytest.raises(data.UserError, match="X must be"):
+  with pytest.raises(UserError, match="X must be"):
     DimensionSweep(**TINY).fit(np.zeros(5))

@@ -11,8 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from nmas_jax import checkpoint, data, sweep
-from nmas_jax.data import UserError
+from nmas_jax import checkpoint, config, files, results, splits, sweep, synthetic
+from nmas_jax.errors import UserError
+from nmas_jax.table import ModelTable, init_states
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
@@ -99,29 +100,42 @@ def test_claim_workdir_names_the_first_differing_setting(tmp_path):
     checkpoint.claim_workdir(str(tmp_path), {"a": 1, "b": 3})
 
 
+def test_a_workdir_of_an_older_schema_is_refused_in_one_line(small_array, tmp_path):
+  """sweep.json as versions before the schema_version wrote it: a one-line error naming
+  --overwrite, exit 2, nothing touched; --overwrite replaces it."""
+  w = tmp_path / "old"
+  w.mkdir()
+  old = {"dataset": "array", "latents": [1, 3]}  # an identity without a schema_version
+  (w / "sweep.json").write_text(json.dumps(old))
+  r = subprocess.run(_args(small_array, w, steps=4), cwd=ROOT, env=ENV, capture_output=True, text=True)
+  assert r.returncode == 2
+  assert r.stderr.strip().splitlines() == [
+      f"error: --workdir={w} was written by an older version of nmas-jax (schema 1, this one reads "
+      f"{files.SCHEMA_VERSION}): use another --workdir, or --overwrite to replace it"]
+  assert json.loads((w / "sweep.json").read_text()) == old and not (w / "results.json").exists()
+  r = subprocess.run(_args(small_array, w, steps=4, extra=["--overwrite"]), cwd=ROOT, env=ENV,
+                     capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr
+  for name in ("sweep.json", "results.json"):
+    assert json.loads((w / name).read_text())["schema_version"] == files.SCHEMA_VERSION
+  ck = checkpoint.Checkpointer(str(w))
+  assert ck.restore_aux(ck.latest_step())["schema_version"] == files.SCHEMA_VERSION
+  ck.close()
+
+
 def test_injected_divergence_leaves_other_models_bit_identical():
-  ds = data.make_synthetic(true_latents=(2,), neurons=8, time=300, seed=0)
-  base = dict(latents=(1, 2, 4), hidden=8, window=10, batch_size=4, steps=30, log_every=30)
-  ref = sweep.run_sweep(ds, sweep.SweepConfig(**base), log=lambda s: None)
+  ds = synthetic.make_synthetic(true_latents=(2,), neurons=8, time=300, seed=0)
+  cfg = config.Settings(latents=(1, 2, 4), hidden=8, window=10, batch_size=4, steps=30, log_every=30)
+  prep = splits.prepare(ds, cfg)
+  ref = sweep.run_sweep(prep, cfg, log=lambda s: None)
   # Same sweep, but model 1 gets an absurd learning rate: it must diverge alone.
-  cfg = sweep.SweepConfig(**base)
-  table = sweep.ModelTable.build(1, cfg.latents, 1)
-  state = sweep.init_sweep(cfg, table, 8)
+  state = init_states(cfg, ModelTable.build(1, cfg.latents, 1), 8)
   lr = np.array(state.opt_state[1].hyperparams["learning_rate"])
   lr[1] = 1e30
   state.opt_state[1].hyperparams["learning_rate"] = lr
+  fresh = lambda: jax.tree.map(lambda a: a.copy(), state)  # the sweep donates (consumes) its state
 
-  class _Start:  # a checkpointer that only hands over this initial state
-    def latest_step(self):
-      return 0
-
-    def restore(self, step, like):  # a fresh copy: the sweep donates (consumes) its state
-      return jax.tree.map(lambda a: a.copy(), state), {"loss_sum": [0.0] * 3, "loss_count": 0}
-
-    def save(self, *a):
-      pass
-
-  bad = sweep.run_sweep(ds, cfg, log=lambda s: None, checkpointer=_Start())
+  bad = sweep.run_sweep(prep, cfg, log=lambda s: None, init_state=fresh())
   div = np.asarray(bad.state.diverged_at)
   assert div[1] >= 0 and div[0] == -1 and div[2] == -1
 
@@ -129,9 +143,9 @@ def test_injected_divergence_leaves_other_models_bit_identical():
     for x, y in zip(jax.tree.leaves(jax.tree.map(lambda a: a[i], ref.state.params)),
                     jax.tree.leaves(jax.tree.map(lambda a: a[i], bad.state.params))):
       np.testing.assert_array_equal(x, y)
-  res = sweep.results_dict(ds, cfg, bad)
+  res = results.results_dict(prep, cfg, bad)
   assert res["models"][1]["diverged_at_step"] == int(div[1])
-  stopped = sweep.run_sweep(ds, cfg, log=lambda s: None, checkpointer=_Start(), nan_policy="stop")
+  stopped = sweep.run_sweep(prep, cfg, log=lambda s: None, init_state=fresh(), nan_policy="stop")
   assert not stopped.complete and "diverged" in stopped.stopped and "latent 2" in stopped.stopped
 
 
@@ -148,7 +162,9 @@ def test_bad_input_catalogue(tmp_path, small_array):
   cases = [
       (["--dataset=array", f"--data_path={tmp_path}"], f"error: data path is a directory, not a file: {tmp_path}"),
       (["--dataset=array", f"--data_path={tmp_path / 's.npy'}"], "error: the array has dtype <U1, not numeric"),
-      (["--dataset=array", f"--data_path={tmp_path / 'pickled.npy'}"], "error: "),
+      (["--dataset=array", f"--data_path={tmp_path / 'pickled.npy'}"],
+       f"error: {tmp_path / 'pickled.npy'} holds pickled objects, which --dataset=array refuses "
+       "to load"),
       (["--dataset=array", f"--data_path={small_array}", "--latents=1.5"],
        "error: --latents has '1.5', not an integer"),
       (["--dataset=array", f"--data_path={small_array}", "--normalize=none", "--bin=1", "--latents=1", f"--workdir={tmp_path / 'afile' / 'sub'}"],

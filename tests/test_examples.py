@@ -1,27 +1,52 @@
-"""Every example and the Stringer config run (tiny settings), so none can rot."""
+"""Every example and the Stringer config run (tiny settings) and print what they promise, so none can rot."""
 
+import ast
 import json
 import os
+import re
 import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "NMAS_QUICK": "1", "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
 
 
-@pytest.mark.parametrize("name, expect", [
-    ("quickstart.py", "chosen dimension per layer:"),
-    ("real_recording.py", "chosen dimension:"),
-    ("embed_encoder.py", "held-out correlation with behaviour"),
-])
-def test_example_runs(name, expect, tmp_path):
+def _example(name, tmp_path):
   r = subprocess.run([sys.executable, os.path.join(ROOT, "examples", name)], cwd=tmp_path, env=ENV,
                      capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-2000:]
-  assert expect in r.stdout
+  return r.stdout
+
+
+def test_quickstart_prints_a_choice_per_layer_and_the_chosen_trajectory(tmp_path):
+  out = _example("quickstart.py", tmp_path)
+  chosen = ast.literal_eval(re.search(r"chosen dimension per layer: (\{.*\})", out).group(1))
+  assert set(chosen) == {"0", "1", "2"} and set(chosen.values()) <= {10, 25, 50, 75, 150}
+  shape = ast.literal_eval(re.search(r"latent trajectory of layer 1: (\(.*\))", out).group(1))
+  assert shape == (400, chosen["1"])  # [time, chosen latent] of layer 1
+  assert (tmp_path / "quickstart_sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_real_recording_prints_the_choice_its_report_holds(tmp_path):
+  out = _example("real_recording.py", tmp_path)
+  m = re.search(r"chosen dimension: (\d+) \| report: (\S+)", out)
+  workdir = tmp_path / os.path.dirname(m.group(2))
+  res = json.loads((workdir / "results.json").read_text())
+  assert res["optimal_latent"] == {"0": int(m.group(1))} and int(m.group(1)) in (1, 2, 4, 8, 16)
+  assert res["data"]["num_neurons"] == 75 and res["complete"] is True
+  assert f"| 0 | **{m.group(1)}** |" in (tmp_path / m.group(2)).read_text()
+
+
+def test_embedded_encoder_is_the_sweeps_encoder(tmp_path):
+  out = _example("embed_encoder.py", tmp_path)
+  k = int(re.search(r"chosen latent size (\d+)", out).group(1))
+  assert k in (2, 4, 8)
+  # Our Encoder module with the sweep's weights gives the sweep's own latent trajectory.
+  assert float(re.search(r"max \|z - est.transform\(x\)\| on one window: (\S+)", out).group(1)) < 1e-5
+  r = float(re.search(r"held-out correlation with behaviour (\S+)", out).group(1))
+  assert -1.0 <= r <= 1.0
 
 
 def test_stringer_config_flags_run_on_a_stringer_format_file(tmp_path):

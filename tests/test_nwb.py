@@ -6,8 +6,8 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 
-from nmas_jax import data
-from nmas_jax.data import UserError
+from nmas_jax import loaders as data
+from nmas_jax.errors import UserError
 
 pynwb = pytest.importorskip("pynwb")
 

@@ -10,8 +10,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from nmas_jax import sharding
-from nmas_jax.data import UserError
+from nmas_jax import cpu, sharding
+from nmas_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,22 +23,23 @@ def _env(devices):
 
 SCRIPT = textwrap.dedent("""
     import json, jax, numpy as np
-    from nmas_jax import data, evaluate, sharding, sweep
+    from nmas_jax import config, evaluate, sharding, splits, sweep, synthetic, table as tbl
     assert jax.device_count() == 8
-    ds = data.make_synthetic(true_latents=(2, 4, 3), neurons=16, time=600, seed=0)
-    cfg = sweep.SweepConfig(latents=(1, 2, 4), hidden=8, window=20, batch_size=8, steps=40,
-                            learning_rate=1e-2, log_every=40)   # 9 models: not a multiple of 8
+    ds = synthetic.make_synthetic(true_latents=(2, 4, 3), neurons=16, time=600, seed=0)
+    cfg = config.Settings(latents=(1, 2, 4), hidden=8, window=20, batch_size=8, steps=40,
+                          learning_rate=1e-2, log_every=40)   # 9 models: not a multiple of 8
+    prep = splits.prepare(ds, cfg)
     out = {}
     for name, mesh in [("one", sharding.make_mesh("auto", jax.devices()[:1])),
                        ("eight", sharding.make_mesh("auto")),
                        ("four_by_two", sharding.make_mesh("models:4,data:2"))]:
-      o = sweep.run_sweep(ds, cfg, log=lambda s: None, mesh=mesh)
-      ev = evaluate.evaluate_sweep(ds, cfg, o, log=lambda s: None)
+      o = sweep.run_sweep(prep, cfg, log=lambda s: None, mesh=mesh)
+      ev = evaluate.evaluate_sweep(prep, cfg, o, log=lambda s: None)
       out[name] = {"valid": o.valid["valid/mse"].tolist(), "optimal": ev["optimal_latent"],
                    "n": len(o.table)}
     mesh = sharding.make_mesh("auto")
-    table = sweep.ModelTable.build(3, cfg.latents, 1).padded(sharding.padded_size(9, mesh))
-    state = sweep.init_sweep(cfg, table, 16, out_sharding=sharding.models_sharding(mesh))
+    table = tbl.ModelTable.build(3, cfg.latents, 1).padded(sharding.padded_size(9, mesh))
+    state = tbl.init_states(cfg, table, 16, out_sharding=sharding.models_sharding(mesh))
     leaf = jax.tree.leaves(state.params)[0]
     out["shards"] = sorted({s.data.shape[0] for s in leaf.addressable_shards})
     out["devices"] = len(leaf.addressable_shards)
@@ -77,9 +78,9 @@ def test_two_processes_equal_one(tmp_path):
   args = ["--latents=1,2,4", "--hidden=8", "--window=20", "--batch_size=8", "--steps=40",
           "--log_every=20", "--checkpoint_every=20", "--learning_rate=0.01"]
   ds_args = ["--dataset=array", f"--data_path={tmp_path / 'x.npy'}", "--normalize=none", "--bin=1"]
-  from nmas_jax import data
+  from nmas_jax import synthetic
 
-  np.save(tmp_path / "x.npy", data.make_synthetic(true_latents=(2, 4, 3), neurons=16, time=600, seed=0).x_LTN)
+  np.save(tmp_path / "x.npy", synthetic.make_synthetic(true_latents=(2, 4, 3), neurons=16, time=600, seed=0).x_LTN)
   one = subprocess.run([sys.executable, "-m", "experiments.sweep", *args, *ds_args,
                         f"--workdir={tmp_path / 'one'}"], cwd=ROOT, env=_env(1), capture_output=True,
                        text=True, timeout=600)
@@ -101,9 +102,9 @@ def test_two_processes_equal_one(tmp_path):
 
 def test_checkpoint_from_eight_devices_resumes_on_one(tmp_path):
   np_path = tmp_path / "x.npy"
-  from nmas_jax import data
+  from nmas_jax import synthetic
 
-  np.save(np_path, data.make_synthetic(true_latents=(2, 3), neurons=12, time=500, seed=1).x_LTN)
+  np.save(np_path, synthetic.make_synthetic(true_latents=(2, 3), neurons=12, time=500, seed=1).x_LTN)
   base = [sys.executable, "-m", "experiments.sweep", "--dataset=array", f"--data_path={np_path}",
           "--normalize=none", "--bin=1", "--latents=1,2,3", "--hidden=8", "--window=20",
           "--batch_size=8", "--log_every=10", "--checkpoint_every=10"]
@@ -122,12 +123,12 @@ def test_checkpoint_from_eight_devices_resumes_on_one(tmp_path):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt is Linux-only")
 def test_tune_malloc_applies_its_settings_unless_the_user_tuned_malloc():
-  code = "from nmas_jax import sharding; print(sorted(sharding.tune_malloc()))"
+  code = "from nmas_jax import cpu; print(sorted(cpu.tune_malloc()))"
   env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
   run = lambda env: subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                                    text=True, check=True).stdout.strip()
   import platform
-  expected = sorted(sharding.MALLOC_OPTIONS) if platform.libc_ver()[0] == "glibc" else []
+  expected = sorted(cpu.MALLOC_OPTIONS) if platform.libc_ver()[0] == "glibc" else []
   assert run(env) == str(expected)
   assert run({**env, "MALLOC_TOP_PAD_": "4096"}) == "[]"
   assert run({**env, "GLIBC_TUNABLES": "glibc.malloc.trim_threshold=4096"}) == "[]"
@@ -135,31 +136,27 @@ def test_tune_malloc_applies_its_settings_unless_the_user_tuned_malloc():
 
 LANES_SCRIPT = textwrap.dedent("""
     import json, sys
-    from nmas_jax import sharding
-    added = sharding.tune_cpu_flags(lanes=2)
+    from nmas_jax import cpu
+    added = cpu.tune_cpu_flags(lanes=2)
     import jax, jax.numpy as jnp, numpy as np
-    from nmas_jax import sweep, train
+    from nmas_jax import config, data, sharding, splits, stepper, sweep
     mesh = sharding.make_mesh("auto")
     out = {"added": added, "devices": jax.device_count(), "mesh": int(mesh.devices.size),
-           "lanes": len(sharding.cpu_lanes(mesh)), "batching": sweep.resolve_batching("auto", mesh)}
-    cfg = sweep.SweepConfig(latents=(1, 2, 4), hidden=8, window=20, batch_size=8)
-    table = sweep.ModelTable.build(2, cfg.latents, 1)  # 2 layers x 3 latents: groups of 2
-    model, tx = sweep.make_model(cfg, 16), train.make_optimizer()
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, 200, 16))
-    args = (x, jnp.ones((2, 16)), jnp.asarray(table.layer), jnp.asarray(table.seed))
-    layout = sweep.StepLayout(model, table, "by_latent", mesh)
+           "lanes": len(cpu.lane_devices(mesh)), "batching": stepper.resolve_batching("auto", mesh)}
+    cfg = config.Settings(latents=(1, 2, 4), hidden=8, window=20, batch_size=8, heldout_neurons=0)
+    x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (2, 200, 16)))  # 2 layers: groups of 2
+    prep = splits.prepare(data.Dataset(x, ("0", "1"), "array"), cfg)
     state, loss = {}, {}
     for name, lanes in (("two", None), ("one", jax.devices()[:1])):
-      fn = sweep.make_step_fn(model, tx, "gaussian", mesh, t_train=160, window=20, batch_size=8,
-                              table=table, batching="by_latent", lanes=lanes)
-      st = layout.pack(sweep.init_sweep(cfg, table, 16))
-      fn = fn.lower(st, *args, jnp.int32(0)).compile()
+      b = sweep.build(prep, cfg, mesh=mesh, batching="by_latent", lanes=lanes)
+      st = b.stepper.pack(b.init_states())
+      b.stepper.compile(st)
       for i in range(4):
-        st, m = fn(st, *args, jnp.int32(i))
-      out[name] = {"lanes": fn.lanes, "on": sorted({d.id for p in st for d in
-                                                    jax.tree.leaves(p)[0].devices()})}
-      state[name], loss[name] = jax.device_get(layout.unpack(st)), np.asarray(m["train/loss"])
-      out[name]["diverged"] = np.asarray(layout.diverged_at(st)).tolist()
+        st, m = b.stepper.step(st, i)
+      out[name] = {"lanes": b.stepper.lanes, "on": sorted({d.id for p in st for d in
+                                                           jax.tree.leaves(p)[0].devices()})}
+      state[name], loss[name] = jax.device_get(b.stepper.unpack(st)), np.asarray(m["train/loss"])
+      out[name]["diverged"] = np.asarray(b.stepper.diverged_at(st)).tolist()
     out["param_diff"] = max(float(np.max(np.abs(a - b))) for a, b in
                             zip(jax.tree.leaves(state["two"]), jax.tree.leaves(state["one"])))
     out["loss"] = {k: v.tolist() for k, v in loss.items()}
@@ -172,11 +169,12 @@ def test_by_latent_on_two_cpu_lanes_equals_one_lane():
   chunk programs run on both lanes, and the models train exactly as on one lane."""
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
   env.pop("XLA_FLAGS", None)
+  env.pop(sharding.LANES_ENV, None)
   r = subprocess.run([sys.executable, "-c", LANES_SCRIPT], env=env, capture_output=True,
                      text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
   res = json.loads(next(l for l in r.stdout.splitlines() if l.startswith("RESULT "))[7:])
-  assert f"{sharding.DEVICE_COUNT_FLAG}=2" in res["added"]
+  assert f"{cpu.DEVICE_COUNT_FLAG}=2" in res["added"]
   assert (res["devices"], res["mesh"], res["lanes"], res["batching"]) == (2, 1, 2, "by_latent")
   assert res["two"]["lanes"] == 2 and res["two"]["on"] == [0, 1]
   assert res["one"]["lanes"] == 1 and res["one"]["on"] == [0]
@@ -187,19 +185,24 @@ def test_by_latent_on_two_cpu_lanes_equals_one_lane():
 
 
 def test_tune_cpu_flags_keeps_the_users_device_count():
-  code = ("from nmas_jax import sharding; import os; a = sharding.tune_cpu_flags(); "
+  code = ("from nmas_jax import cpu, sharding; import os; a = cpu.tune_cpu_flags(); "
           "import jax; print(jax.device_count(), sharding.make_mesh('auto').devices.size, "
-          "[f for f in a if f.startswith(sharding.DEVICE_COUNT_FLAG)])")
+          "[f for f in a if f.startswith(cpu.DEVICE_COUNT_FLAG)], os.environ.get(sharding.LANES_ENV))")
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT,
-         "XLA_FLAGS": f"{sharding.DEVICE_COUNT_FLAG}=3"}
+         "XLA_FLAGS": f"{cpu.DEVICE_COUNT_FLAG}=3"}
+  env.pop(sharding.LANES_ENV, None)
   out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                        check=True).stdout.strip()
-  assert out == "3 3 []"  # the user's devices are a mesh: "auto" spreads the models over all 3
+  assert out == "3 3 [] None"  # the user's devices are a mesh: "auto" spreads the models over all 3
 
 
 def test_tune_cpu_flags_does_nothing_once_jax_has_started():
-  before = os.environ.get("XLA_FLAGS")
-  assert sharding.tune_cpu_flags(lanes=4) == []  # conftest started the backend
-  assert os.environ.get("XLA_FLAGS") == before
-  import jax
-  assert sharding.make_mesh("auto").devices.size == len(jax.devices())
+  """backend_started (the one private JAX call) is False before JAX starts and True after;
+  tune_cpu_flags then changes nothing."""
+  code = ("from nmas_jax import cpu; import os, jax; before = cpu.backend_started(); jax.devices(); "
+          "env = dict(os.environ); added = cpu.tune_cpu_flags(lanes=4); "
+          "print(before, cpu.backend_started(), added, dict(os.environ) == env)")
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
+  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       check=True).stdout.strip()
+  assert out == "False True [] True"

@@ -1,5 +1,6 @@
 """Sweep: batched training on tiny data, the CLI's files, and its one-line errors."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -8,7 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from nmas_jax import data, sweep
+from nmas_jax import config, cpu, data, results, splits, stepper, sweep, synthetic
+from nmas_jax.errors import UserError
+from nmas_jax.table import ModelTable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -103,11 +106,12 @@ def test_cli_nan_data_is_refused(tmp_path):
 
 
 def test_sweep_error_falls_until_the_true_dimension():
-  ds = data.make_synthetic(true_latents=(2, 5), neurons=48, time=1000, noise_std=0.3, seed=0)
-  cfg = sweep.SweepConfig(latents=(1, 2, 5, 10), hidden=24, window=20, batch_size=16, steps=300,
-                          learning_rate=1e-2, log_every=300)
-  out = sweep.run_sweep(ds, cfg, log=lambda s: None)
-  res = sweep.results_dict(ds, cfg, out)
+  ds = synthetic.make_synthetic(true_latents=(2, 5), neurons=48, time=1000, noise_std=0.3, seed=0)
+  cfg = config.Settings(latents=(1, 2, 5, 10), hidden=24, window=20, batch_size=16, steps=300,
+                        learning_rate=1e-2, log_every=300)
+  prep = splits.prepare(ds, cfg)
+  out = sweep.run_sweep(prep, cfg, log=lambda s: None)
+  res = results.results_dict(prep, cfg, out)
   mse = {(m["layer"], m["latent"]): m["valid_mse"] for m in res["models"]}
   assert res["true_latent"] == {"0": 2, "1": 5}
   # Below the true dimension each added latent buys a large drop ...
@@ -119,57 +123,53 @@ def test_sweep_error_falls_until_the_true_dimension():
 
 
 def test_by_latent_batching_equals_one_vmap():
-  """batching=by_latent (each latent size at its own width, state packed per latent size)
-  steps every model exactly as the padded vmap does, in the table's order, for layers x seeds x
-  latents and the shared model; unpack restores the padded layout."""
+  """The by_latent stepper (each latent size at its own width, state packed per latent size)
+  steps every model exactly as the padded vmap stepper does, in the table's order, for layers x
+  seeds x latents and the shared model; unpack restores the padded layout."""
   import jax
-  import jax.numpy as jnp
 
-  from nmas_jax import sharding, train
-  cfg = sweep.SweepConfig(latents=(3, 1, 2), seeds=2, batch_size=3, window=5, hidden=6,
-                          decoder="lstm", heldout_neurons=0.25, likelihood="gaussian")
+  from nmas_jax import sharding
+  cfg = config.Settings(latents=(3, 1, 2), seeds=2, batch_size=3, window=5, hidden=6,
+                        decoder="lstm", heldout_neurons=0.25, likelihood="gaussian")
   rng = np.random.default_rng(0)
-  x_LTN = jnp.asarray(rng.normal(size=(2, 60, 8)), jnp.float32)
-  mask_LN = jnp.asarray(rng.random((2, 8)) > 0.25, jnp.float32)
+  ds = data.Dataset(rng.normal(size=(2, 60, 8)).astype(np.float32), ("0", "1"), "array")
   mesh = sharding.make_mesh("auto", devices=jax.devices()[:1])
-  model, tx = sweep.make_model(cfg, 8), train.make_optimizer()
-  for layers, seeds, mix in ((2, 2, False), (1, 1, True)):
-    table = sweep.ModelTable.build(layers, cfg.latents, seeds)
-    args = (x_LTN, mask_LN, jnp.asarray(table.layer), jnp.asarray(table.seed))
+  for shared, seeds in ((False, 2), (True, 1)):
+    cfg = dataclasses.replace(cfg, seeds=seeds)
+    prep = splits.prepare(ds, cfg, shared=shared)
+    layers = 1 if shared else 2
     out = {}
     for batching in ("vmap", "by_latent"):
-      layout = sweep.StepLayout(model, table, batching, mesh)
-      fn = sweep.make_step_fn(model, tx, "gaussian", mesh, t_train=48, window=cfg.window,
-                              batch_size=cfg.batch_size, mix_layers=mix, table=table,
-                              batching=batching)
-      state = layout.pack(sweep.init_sweep(cfg, table, 8))
+      b = sweep.build(prep, cfg, mesh=mesh, batching=batching)
+      assert b.stepper.batching == batching
+      state = b.stepper.pack(b.init_states())
       for step in range(2):
-        state, metrics = fn(state, *args, jnp.int32(step))
-      out[batching] = (layout, state, metrics)
-    (_, s_v, m_v), (layout, s_b, m_b) = out["vmap"], out["by_latent"]
+        state, metrics = b.stepper.step(state, step)
+      out[batching] = (b.stepper, state, metrics)
+    (_, s_v, m_v), (by_latent, s_b, m_b) = out["vmap"], out["by_latent"]
     # One part per latent size, at its width, [groups] models (no such axis for one group) ...
     groups = (layers * seeds,) if layers * seeds > 1 else ()
     assert isinstance(s_b, tuple) and len(s_b) == 3
     assert s_b[1].params["encoder"]["to_latent"]["kernel"].shape == groups + (6, 1)
     np.testing.assert_allclose(m_b["train/loss"], m_v["train/loss"], rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(s_b), jax.tree.leaves(layout.pack(s_v))):
+    for a, b in zip(jax.tree.leaves(s_b), jax.tree.leaves(by_latent.pack(s_v))):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     # ... and unpacked: the padded layout, with zeros in the units a width-k model never uses.
-    full = layout.unpack(s_b)
+    full = by_latent.unpack(s_b)
     np.testing.assert_array_equal(full.latent, s_v.latent)
-    np.testing.assert_array_equal(layout.diverged_at(s_b), s_v.diverged_at)
-    for a, b in zip(jax.tree.leaves(layout.pack(full)), jax.tree.leaves(s_b)):
+    np.testing.assert_array_equal(by_latent.diverged_at(s_b), s_v.diverged_at)
+    for a, b in zip(jax.tree.leaves(by_latent.pack(full)), jax.tree.leaves(s_b)):
       np.testing.assert_array_equal(a, b)
     kernel = np.asarray(full.params["encoder"]["to_latent"]["kernel"])  # [models, hidden, 3]
-    for i, k in enumerate(table.latent):
+    for i, k in enumerate(np.asarray(full.latent)):
       assert not kernel[i][:, k:].any()
 
 
 def test_by_latent_batching_refuses_a_padded_models_axis():
-  table = sweep.ModelTable.build(1, (1, 2, 3), 1).padded(4)
-  with pytest.raises(data.UserError, match="--batching=by_latent needs every model on one device"):
-    sweep.latent_buckets(table)
-  with pytest.raises(data.UserError, match="unknown --batching='fast': choose one of auto, vmap, "
-                                           "by_latent"):
+  table = ModelTable.build(1, (1, 2, 3), 1).padded(4)
+  with pytest.raises(UserError, match="--batching=by_latent needs every model on one device"):
+    cpu.latent_buckets(table)
+  with pytest.raises(UserError, match="unknown --batching='fast': choose one of auto, vmap, "
+                                      "by_latent"):
     from nmas_jax import sharding
-    sweep.resolve_batching("fast", sharding.make_mesh("auto"))
+    stepper.resolve_batching("fast", sharding.make_mesh("auto"))

@@ -1,0 +1,281 @@
+"""Every setting of a sweep, declared once: default, type, help text and check.
+
+Three frozen dataclasses hold them. `Settings` (model, training, evaluation)
+are `DimensionSweep`'s parameters; `DataSettings` say which recording the
+command line loads and how; `RunSettings` say where and how a run happens
+(workdir, checkpoints, devices). The command line's flags (`define_flags`,
+`from_flags`), the flags file (`flags_text`), the workdir's identity
+(`identity`) and every check (`__post_init__` -> `_check`) derive from the
+declarations here. Adding a setting is one `setting(...)` line plus its use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Sequence
+
+from nmas_jax.errors import UserError
+
+DECODERS = ("linear", "lstm")
+LIKELIHOODS = ("gaussian", "poisson")
+DTYPES = ("float32", "bfloat16")
+NORMALIZATIONS = ("mean_per_bin", "zscore", "none")
+DATASETS = ("synthetic", "lorenz", "stringer", "array", "nwb")
+NAN_POLICIES = ("freeze", "stop", "drop_neurons")
+BATCHINGS = ("auto", "vmap", "by_latent")
+
+# Checks a setting can declare: name -> (test, what the error says the value must be).
+_CHECKS = {
+    "positive_int": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+                     "a positive integer"),
+    "nonneg_int": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, ">= 0"),
+    "positive": (lambda v: v > 0, "positive"),
+    "nonneg": (lambda v: v >= 0, ">= 0"),
+    "(0,1)": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "[0,1)": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "(0,1]": (lambda v: 0 < v <= 1, "in (0, 1]"),
+}
+
+
+def setting(default: Any, help: str, *, choices: Sequence[str] | None = None,
+            check: str | None = None, kind: str | None = None, identity: bool = True,
+            flag: bool = True, record: bool = True, path: bool = False) -> Any:
+  """Declares one setting (a dataclass field).
+
+  Args:
+    default: its default (also the flag's).
+    help: the flag's help text (choices are appended).
+    choices: allowed string values.
+    check: a key of `_CHECKS`, applied unless the value is None.
+    kind: how the flag parses: "bool", "int", "float", "string", "ints" (a
+      comma-separated list of integers, held as a tuple) or "list" (of
+      strings, held as a tuple); inferred from the default when it is a scalar.
+    identity: part of the workdir's identity (a workdir holds one sweep).
+    flag: has a command-line flag. record: written to flags.txt.
+    path: a file path (the identity records it absolute).
+  """
+  if kind is None:
+    kind = {bool: "bool", int: "int", float: "float", str: "string"}[type(default)]
+  return dataclasses.field(default=default, metadata=dict(
+      help=help, choices=tuple(choices) if choices else None, check=check, kind=kind,
+      identity=identity, flag=flag, record=record, path=path))
+
+
+def parse_latents(text: str | Sequence[Any]) -> tuple[int, ...]:
+  """'10,25,50' (or a sequence) -> (10, 25, 50), with a one-line error for anything else."""
+  items = [t.strip() for t in text.split(",")] if isinstance(text, str) else [str(t).strip() for t in text]
+  items = [t for t in items if t]
+  if not items:
+    raise UserError("--latents is empty: give latent sizes, e.g. --latents=10,25,50,75,150")
+  out: list[int] = []
+  for t in items:
+    try:
+      k = int(t)
+    except ValueError:
+      raise UserError(f"--latents has {t!r}, not an integer: give positive integers, "
+                      "e.g. --latents=10,25,50") from None
+    if k <= 0:
+      raise UserError(f"--latents has {k}: latent sizes must be positive integers")
+    if k in out:
+      raise UserError(f"--latents lists {k} twice: give each latent size once")
+    out.append(k)
+  return tuple(out)
+
+
+class _Declared:
+  """Checks and normalises every declared field on construction (UserError on a bad value)."""
+
+  def __post_init__(self):
+    for f in dataclasses.fields(self):
+      value = getattr(self, f.name)
+      if f.metadata["kind"] == "ints":
+        value = parse_latents(value)
+      elif f.metadata["kind"] == "list":
+        value = tuple(str(v) for v in value)
+      object.__setattr__(self, f.name, value)
+      _check(f, value)
+
+
+def _check(f: dataclasses.Field, value: Any) -> None:
+  m = f.metadata
+  if value is None:
+    return
+  if m["choices"] and value not in m["choices"]:
+    raise UserError(f"unknown --{f.name}={value!r}: choose one of {', '.join(m['choices'])}")
+  if m["check"]:
+    test, must = _CHECKS[m["check"]]
+    try:
+      ok = bool(test(value))
+    except TypeError:
+      ok = False
+    if not ok:
+      raise UserError(f"--{f.name} must be {must}, got {value}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings(_Declared):
+  """Model, training and evaluation settings: `DimensionSweep`'s parameters, and flags of the sweep."""
+
+  # The models.
+  latents: tuple[int, ...] = setting((10, 25, 50, 75, 150), "Comma-separated latent sizes.",
+                                     kind="ints")
+  hidden: int = setting(128, "LSTM units.", check="positive_int")
+  decoder: str = setting("linear", "linear: readout from z_t alone (as the original); lstm: an "
+                         "LSTM over z, then a readout.", choices=DECODERS)
+  bidirectional: bool = setting(False, "Add a reverse-time encoder LSTM.")
+  likelihood: str = setting("auto", "gaussian (MSE), poisson (counts), or auto: poisson for "
+                            "--dataset=lorenz, else gaussian.", choices=("auto",) + LIKELIHOODS)
+  dtype: str = setting("float32", "Matmul dtype: float32, or bfloat16 on GPU/TPU (LSTM state "
+                       "and losses stay float32).", choices=DTYPES)
+  unroll: int = setting(1, "Scan unroll factor of the LSTMs.", check="positive_int")
+  # Training.
+  seeds: int = setting(1, "Seeds per (layer, latent): seeds 0..N-1.", check="positive_int")
+  steps: int = setting(600, "Training steps.", check="positive_int", identity=False)
+  batch_size: int = setting(16, "Windows per batch.", check="positive_int")
+  window: int = setting(50, "Window length in time bins (after --bin).", check="positive_int")
+  learning_rate: float = setting(3e-3, "AdamW learning rate.", check="positive")
+  weight_decay: float = setting(0.0, "AdamW weight decay.", check="nonneg")
+  clip_norm: float = setting(1.0, "Global gradient-norm clip.", check="positive")
+  log_every: int = setting(100, "Steps between progress lines and evaluations.",
+                           check="positive_int", identity=False)
+  # Evaluation.
+  heldout_neurons: float = setting(0.2, "Fraction of each layer's neurons hidden from the "
+                                   "encoder and scored by co-smoothing (0 disables).", check="[0,1)")
+  train_fraction: float = setting(0.8, "Leading fraction of time for training.", check="(0,1)")
+  gain_fraction: float = setting(0.95, "Dimension estimate: smallest latent reaching this "
+                                 "fraction of the best held-out gain.", check="(0,1]",
+                                 identity=False)
+  shuffle_control: bool = setting(False, "Also sweep a control copy of each layer whose neurons "
+                                  "are circularly shifted in time by their own random offsets.")
+  shared_model: bool = setting(False, "Also train one model per latent size on all layers "
+                               "together and decode the layer from its latents (decoding.png).",
+                               identity=False)
+  verbose: bool = setting(True, "Print progress lines.", flag=False, identity=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSettings(_Declared):
+  """Which recording the command line loads, and how it is preprocessed."""
+
+  dataset: str = setting("synthetic", "The data.", choices=DATASETS)
+  data_path: str = setting("", "Data file (stringer: .npy dict; array: .npy/.npz; nwb: .nwb).",
+                           path=True)
+  data_key: str | None = setting(None, "Array name inside an .npz file.", kind="string")
+  layers: tuple[str, ...] = setting((), "Layer names to keep (as in results.json); default all.",
+                                    kind="list")
+  normalize: str = setting("mean_per_bin", "Recorded data: per time bin by the population mean, "
+                           "per neuron (zscore), or none.", choices=NORMALIZATIONS)
+  bin: int = setting(2, "Recorded data: average this many adjacent time bins.",
+                     check="positive_int")
+  neurons_per_layer: int | None = setting(None, "Subsample each layer to this many neurons "
+                                          "(default: the smallest layer's count).", kind="int",
+                                          check="positive_int")
+  data_seed: int = setting(0, "Seed for subsampling neurons, the shuffle control and synthetic "
+                           "data.", check="nonneg_int")
+  nwb_series: str | None = setting(None, "NWB: name of the RoiResponseSeries to read, or 'units' "
+                                   "for spikes; needed when the file has several.", kind="string")
+  bin_ms: float = setting(50.0, "NWB spikes: bin width in milliseconds.", check="positive")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings(_Declared):
+  """Where and how one run happens; never part of what a sweep computes."""
+
+  workdir: str = setting("runs/sweep", "Output directory.", identity=False)
+  checkpoint_every: int = setting(100, "Steps between checkpoints (0: only at the end).",
+                                  check="nonneg_int", identity=False)
+  keep_checkpoints: int = setting(3, "Checkpoints kept in <workdir>/checkpoints.",
+                                  check="positive_int", identity=False)
+  overwrite: bool = setting(False, "Replace a different sweep found in --workdir.",
+                            identity=False, record=False)
+  nan_policy: str = setting("freeze", "freeze: a diverging model is frozen and flagged, the others "
+                            "go on; stop: stop the sweep; drop_neurons: also drop neurons with "
+                            "NaN/Inf in the data (with a warning) instead of refusing the data.",
+                            choices=NAN_POLICIES, identity=False)
+  mesh: str = setting("auto", "Device mesh: auto (all local devices on the models axis) or e.g. "
+                      "models:4,data:2.", identity=False)
+  batching: str = setting("auto", "How one step runs the models: vmap (all at the widest latent), "
+                          "by_latent (one vmap per latent size, at its own width; one device) or "
+                          "auto (by_latent on one CPU device, else vmap). Results agree to float "
+                          "rounding.", choices=BATCHINGS, identity=False)
+  distributed: bool = setting(False, "Call jax.distributed.initialize (multi-host; from the flags "
+                              "below when given, else from the TPU/cluster environment).",
+                              identity=False, record=False)
+  coordinator_address: str | None = setting(None, "With --distributed: host:port of process 0.",
+                                            kind="string", identity=False, record=False)
+  num_processes: int | None = setting(None, "With --distributed: number of processes.", kind="int",
+                                      identity=False, record=False)
+  process_id: int | None = setting(None, "With --distributed: this process's index.", kind="int",
+                                   identity=False, record=False)
+
+
+def fields(obj: Any) -> list[dataclasses.Field]:
+  """The declared settings of a settings class or instance."""
+  return list(dataclasses.fields(obj))
+
+
+def names(cls: type) -> list[str]:
+  return [f.name for f in dataclasses.fields(cls)]
+
+
+def build(cls: type, values: dict[str, Any]) -> Any:
+  """cls(**values), with a ValueError naming an unknown setting instead of a TypeError."""
+  unknown = sorted(set(values) - set(names(cls)))
+  if unknown:
+    raise ValueError(f"unknown setting(s) {', '.join(map(repr, unknown))} for {cls.__name__}; "
+                     f"valid: {', '.join(names(cls))}")
+  return cls(**values)
+
+
+def define_flags(*classes: type, flag_values: Any = None) -> None:
+  """Defines one absl flag per declared setting of `classes` (same names, defaults and help)."""
+  from absl import flags
+
+  fv = flags.FLAGS if flag_values is None else flag_values
+  define = {"bool": flags.DEFINE_bool, "int": flags.DEFINE_integer, "float": flags.DEFINE_float,
+            "string": flags.DEFINE_string, "list": flags.DEFINE_list}
+  for cls in classes:
+    for f in dataclasses.fields(cls):
+      m = f.metadata
+      if not m["flag"]:
+        continue
+      text = m["help"] + (f" One of: {', '.join(m['choices'])}." if m["choices"] else "")
+      if m["kind"] == "ints":
+        flags.DEFINE_string(f.name, ",".join(map(str, f.default)), text, flag_values=fv)
+      elif m["kind"] == "list":
+        flags.DEFINE_list(f.name, list(f.default), text, flag_values=fv)
+      else:
+        define[m["kind"]](f.name, f.default, text, flag_values=fv)
+
+
+def from_flags(cls: type, flag_values: Any) -> Any:
+  """An instance of `cls` from parsed flags (UserError on a bad value)."""
+  return cls(**{f.name: flag_values[f.name].value for f in dataclasses.fields(cls)
+                if f.metadata["flag"]})
+
+
+def identity(*instances: Any) -> dict[str, Any]:
+  """What defines a sweep in its workdir: the identity settings of `instances`, JSON-ready."""
+  out: dict[str, Any] = {}
+  for obj in instances:
+    for f in dataclasses.fields(obj):
+      if not f.metadata["identity"]:
+        continue
+      v = getattr(obj, f.name)
+      if f.metadata["path"] and v:
+        v = os.path.abspath(v)
+      out[f.name] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
+def flags_text(*instances: Any) -> str:
+  """The command-line flags that repeat these settings (flags.txt, `--flagfile`)."""
+  lines = []
+  for obj in instances:
+    for f in dataclasses.fields(obj):
+      v = getattr(obj, f.name)
+      if not (f.metadata["flag"] and f.metadata["record"]) or v is None:
+        continue
+      lines.append(f"--{f.name}={','.join(map(str, v)) if isinstance(v, tuple) else v}")
+  return "\n".join(lines) + "\n"

@@ -1,0 +1,103 @@
+"""What happens after a step besides the step itself: hooks that `sweep.run_sweep` calls with its `Loop`.
+
+A hook is any callable `hook(loop) -> None`. It reads `loop.step`,
+`loop.final`, `loop.evaluation()` (every `log_every` steps and at the end;
+None otherwise) and `loop.state()`, and may end the run with `loop.stop(why)`.
+run_sweep calls `NanStop` (with --nan_policy=stop) first, the caller's hooks
+next, then `Progress` (so a progress line means that step's files are
+written) and `Checkpoints`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from nmas_jax import sharding
+
+
+def fmt_time(seconds: float) -> str:
+  seconds = int(round(seconds))
+  return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+class NanStop:
+  """--nan_policy=stop: ends the run at the first model whose loss or gradient is non-finite."""
+
+  def __init__(self, layer_names: Sequence[str] | None):
+    self.layer_names = layer_names
+
+  def __call__(self, loop) -> None:
+    b = loop.built
+    diverged = np.asarray(sharding.gather(b.stepper.diverged_at(loop.carry)))[:b.n_real]
+    bad = np.flatnonzero(diverged >= 0)
+    if len(bad):
+      loop.stop(f"{b.table.describe(bad[0], self.layer_names)} diverged (non-finite loss or "
+                f"gradient) at step {int(diverged[bad[0]])}; --nan_policy=stop stopped the sweep")
+
+
+class Progress:
+  """At each evaluation: one line with the rate, ETA and best model so far.
+
+  Models are ranked by co-smoothing error when neurons are held out (the
+  metric the dimension estimate uses), else by the held-out loss.
+  """
+
+  def __init__(self, log: Callable[[str], None], layer_names: Sequence[str] | None,
+               clock: Callable[[], float] = time.perf_counter):
+    self.log, self.layer_names, self.clock = log, layer_names, clock
+    self._last: tuple[float, int] | None = None
+
+  def __call__(self, loop) -> None:
+    if self._last is None:
+      self._last = (loop.start, loop.first_step)
+    out = loop.evaluation()
+    if out is None:
+      return
+    now = self.clock()
+    rate = (loop.step - self._last[1]) / max(now - self._last[0], 1e-9)
+    self._last = (now, loop.step)
+    key = "valid/cosmooth_mse" if "valid/cosmooth_mse" in out.valid else "valid/loss"
+    ok = np.isfinite(out.valid["valid/loss"])
+    best = int(np.argmin(np.where(ok, out.valid[key], np.inf))) if ok.any() else 0
+    steps = loop.cfg.steps
+    self.log(f"step {loop.step}/{steps}  {rate:.2f} steps/s  ETA {fmt_time((steps - loop.step) / rate)}  "
+             f"best {key.replace('valid/', 'held-out ')} {out.valid[key][best]:.4g} "
+             f"({loop.built.table.describe(best, self.layer_names)})")
+
+
+class Metrics:
+  """At each evaluation: {"train/loss", "valid/...": [models]} to `write(step, scalars)` (TensorBoard)."""
+
+  def __init__(self, write: Callable[[int, dict[str, np.ndarray]], Any]):
+    self.write = write
+
+  def __call__(self, loop) -> None:
+    out = loop.evaluation()
+    if out is not None:
+      self.write(loop.step, {"train/loss": out.train_loss, **out.valid})
+
+
+class PartialResults:
+  """At each evaluation before the last: `write(output)` (results.json with complete=false)."""
+
+  def __init__(self, write: Callable[[Any], Any]):
+    self.write = write
+
+  def __call__(self, loop) -> None:
+    out = loop.evaluation()
+    if out is not None and not out.complete:
+      self.write(out)
+
+
+class Checkpoints:
+  """Saves the real models' state every `every` steps (0: never) and at the end of the run."""
+
+  def __init__(self, checkpointer, every: int):
+    self.checkpointer, self.every = checkpointer, every
+
+  def __call__(self, loop) -> None:
+    if loop.final or (self.every and loop.step % self.every == 0):
+      self.checkpointer.save(loop.step, loop.real_state(), loop.aux())

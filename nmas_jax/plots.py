@@ -1,0 +1,109 @@
+"""Figures a sweep leaves behind: sweep.png (held-out metric against latent size) and decoding.png."""
+
+from __future__ import annotations
+
+import io
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from nmas_jax import files
+from nmas_jax.results import curves, dimension_metric
+
+
+def metric_label(metric: str) -> str:
+  kind = "co-smoothing (held-out neurons)" if metric.startswith("cosmooth") else "held-out time"
+  unit = {"mse": "MSE", "bps": "bits/spike", "r2": "R2"}[metric.split("_")[-1]]
+  return f"{kind} {unit}"
+
+
+def plot_sweep(results: dict[str, Any]):
+  """Per layer: held-out metric vs latent size for LSTM (mean +- SE over seeds), PCA and FA.
+
+  The chosen dimension is a solid line, the true one (synthetic data) dashed.
+  """
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  metric = dimension_metric(results)
+  layers = results["layers"]
+  cols = min(3, len(layers))
+  rows = -(-len(layers) // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
+  by_layer = curves(results, metric)
+  base = defaultdict(dict)
+  for r in results.get("baselines", []):
+    base[r["layer"]][r["latent"]] = r
+  true_latent = results.get("true_latent") or {}
+  for ax, layer in zip(axes.flat, layers):
+    ks = [k for k in sorted(results["latents"]) if by_layer[layer][k]]
+    vals = [np.asarray(by_layer[layer][k]) for k in ks]
+    mean = [v.mean() for v in vals]
+    se = [v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else 0.0 for v in vals]
+    ax.errorbar(ks, mean, yerr=se, fmt="o-", capsize=3, label="LSTM AE")
+    for method, style in (("pca", "s--"), ("fa", "^--")):
+      key = f"{method}_{metric}"
+      pts = [(k, base[layer][k][key]) for k in sorted(base[layer]) if base[layer][k].get(key) is not None]
+      if pts:
+        ax.plot(*zip(*pts), style, alpha=0.8, label=method.upper())
+    chosen = results.get("optimal_latent", {}).get(layer)
+    if chosen is not None:
+      ax.axvline(chosen, color="k", lw=1.2, label=f"chosen {chosen}")
+    if layer in true_latent:
+      ax.axvline(true_latent[layer], color="tab:green", ls=":", lw=2, label=f"true {true_latent[layer]}")
+    ax.set_xscale("log")
+    ax.set_xticks(results["latents"])
+    ax.set_xticklabels([str(k) for k in results["latents"]], fontsize=8)
+    ax.minorticks_off()
+    ax.set_title(f"layer {layer}", fontsize=10)
+    ax.set_xlabel("latent size")
+    ax.set_ylabel(metric_label(metric), fontsize=8)
+    ax.legend(fontsize=7)
+  for ax in list(axes.flat)[len(layers):]:
+    ax.axis("off")
+  fig.suptitle(f"{results['dataset']}: {results['decoder']} decoder, {results['likelihood']} "
+               f"likelihood, {results['steps']} steps, {len(results['seeds'])} seed(s)", fontsize=10)
+  fig.tight_layout()
+  return fig
+
+
+def plot_decoding(results: dict[str, Any]):
+  """Held-out layer-decoding accuracy vs latent size (mean, min-max over seeds), with chance."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  acc = results["layer_accuracy"]
+  fig, ax = plt.subplots(figsize=(5.5, 3.8))
+  ks, vals = acc["latents"], [np.asarray(v) for v in acc["accuracy"]]
+  mean = [v.mean() for v in vals]
+  ax.errorbar(ks, mean, yerr=[[m - v.min() for m, v in zip(mean, vals)],
+                              [v.max() - m for m, v in zip(mean, vals)]], fmt="o-", capsize=3,
+              label="shared LSTM AE + logistic regression")
+  ax.axhline(acc["chance"], color="gray", ls="--", label=f"chance ({acc['chance']:.2f})")
+  ax.set_xscale("log")
+  ax.set_xticks(ks)
+  ax.set_xticklabels([str(k) for k in ks])
+  ax.minorticks_off()
+  ax.set_ylim(0, 1.02)
+  ax.set_xlabel("latent size")
+  ax.set_ylabel("held-out layer accuracy")
+  ax.set_title(f"{results['dataset']}: which layer is this window from?", fontsize=10)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  return fig
+
+
+def save_figure(path: str, fig) -> None:
+  import matplotlib.pyplot as plt
+
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=120)
+  plt.close(fig)
+  files.atomic_write(path, lambda f: f.write(buf.getvalue()), mode="wb")
+
+

@@ -1,0 +1,99 @@
+"""The results schema: results.json's content (`results_dict`), its per-model rows, results.csv.
+
+The fields are documented in docs/results.md; `files.SCHEMA_VERSION` changes
+when they change incompatibly.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from nmas_jax import files
+
+CSV_FIELDS = ("layer", "latent", "seed", "train_loss", "valid_mse", "valid_loss", "valid_r2",
+              "valid_r2_pooled", "valid_bps", "cosmooth_mse", "cosmooth_r2", "cosmooth_r2_pooled",
+              "cosmooth_bps", "diverged_at_step")
+
+
+def results_dict(prep, cfg, out) -> dict[str, Any]:
+  """The content of results.json for a `splits.Prepared`, `config.Settings` and `sweep.SweepOutput`."""
+  dataset = prep.dataset
+  diverged = out.diverged_at if out.diverged_at is not None else np.asarray(out.state.diverged_at)
+  entries = []
+  for i in range(len(out.table)):
+    entries.append({
+        "layer": dataset.layer_names[out.table.layer[i]],
+        "latent": int(out.table.latent[i]),
+        "seed": int(out.table.seed[i]),
+        "train_loss": _num(out.train_loss[i]),
+        "valid_mse": _num(out.valid["valid/mse"][i]),
+        "valid_loss": _num(out.valid["valid/loss"][i]),
+        "diverged_at_step": int(diverged[i]) if diverged[i] >= 0 else None,
+    })
+  res = {
+      "schema_version": files.SCHEMA_VERSION,
+      "dataset": dataset.name,
+      "latents": list(map(int, cfg.latents)),
+      "layers": list(dataset.layer_names),
+      "seeds": list(range(cfg.seeds)),
+      "steps": cfg.steps,
+      "decoder": cfg.decoder,
+      "likelihood": prep.likelihood,
+      "heldout_neurons": cfg.heldout_neurons,
+      "config": dataclasses.asdict(cfg),
+      "data": {"num_time": dataset.num_time, "num_neurons": dataset.num_neurons, **dataset.meta},
+      "models": entries,
+      "seconds": round(out.seconds, 2),
+      "compile_seconds": round(out.compile_seconds, 2),
+      "complete": out.complete,
+      "evaluated_step": out.step,
+  }
+  if out.stopped:
+    res["stopped"] = out.stopped
+  if dataset.true_latent is not None:
+    res["true_latent"] = dict(dataset.true_latent)
+  return res
+
+
+def _num(x) -> float | None:
+  """JSON-safe float: NaN/Inf become null."""
+  x = float(x)
+  return x if np.isfinite(x) else None
+
+
+def merge_into_results(results: dict[str, Any], ev: dict[str, Any]) -> dict[str, Any]:
+  """Adds evaluate_sweep's fields to results_dict's output (per-model metrics into `models`)."""
+  for entry, m in zip(results["models"], ev["per_model"]):
+    entry.update({k: (v if np.isfinite(v) else None) for k, v in m.items()})
+  results.update({k: v for k, v in ev.items() if k != "per_model"})
+  return results
+
+
+def write_csv(path: str, results: dict[str, Any]) -> None:
+  """One row per model."""
+
+  def write(f):
+    w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    for m in results["models"]:
+      w.writerow({k: ("" if m.get(k) is None else m.get(k)) for k in CSV_FIELDS})
+
+  files.atomic_write(path, write)
+
+
+def curves(results: dict[str, Any], field: str = "valid_mse") -> dict[str, dict[int, list[float]]]:
+  """{layer: {latent: [value per seed]}}, skipping missing (diverged) values."""
+  out: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+  for m in results["models"]:
+    if m.get(field) is not None:
+      out[m["layer"]][m["latent"]].append(m[field])
+  return out
+
+
+def dimension_metric(results: dict[str, Any]) -> str:
+  return results.get("dimension", {}).get("metric", "valid_mse")

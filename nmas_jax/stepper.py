@@ -1,0 +1,110 @@
+"""How one step of a whole sweep runs: one small interface, the plain vmap as its main implementation.
+
+A `Stepper` holds the sweep's state in its own layout between steps (the
+"carry"): `pack` turns the padded `TrainState` [models] into it once,
+`step` advances every model, `unpack` turns it back for evaluation and
+checkpoints. `VmapStepper` is the textbook path and the one on GPU/TPU and
+meshes of several devices: every model in one `vmap`ped, jitted step at the
+widest latent, the carry being the padded state itself. On one CPU device
+`cpu.ByLatentStepper` runs faster; `make_stepper` is the only place that
+chooses between them.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+
+from nmas_jax import cpu, sharding, splits, train
+from nmas_jax.config import BATCHINGS
+from nmas_jax.errors import UserError
+from nmas_jax.table import ModelTable
+
+
+class Stepper(Protocol):
+  """The sweep loop's view of a step."""
+
+  batching: str      # "vmap" or "by_latent"
+  lanes: int         # devices whose programs run at the same time (1 for vmap)
+  description: str   # for the run's first log line
+
+  def pack(self, state: train.TrainState) -> Any: ...
+
+  def unpack(self, carry: Any) -> train.TrainState: ...
+
+  def diverged_at(self, carry: Any) -> jax.Array: ...  # int32 [models], -1 while finite
+
+  def compile(self, carry: Any) -> None: ...  # ahead of time, so no step pays for it
+
+  def step(self, carry: Any, step: int) -> tuple[Any, dict[str, jax.Array]]: ...  # metrics [models]
+
+
+def vmap_step(state: train.TrainState, x_LTN: jax.Array, mask_LN: jax.Array, layer_M: jax.Array,
+              seed_M: jax.Array, step: jax.Array, *, model, tx, likelihood: str, t_train: int,
+              window: int, batch_size: int, mix_layers: bool = False,
+              batch_sharding=None) -> tuple[train.TrainState, dict[str, jax.Array]]:
+  """Samples every model's batch for this step and steps all models [models] in one vmap.
+
+  `step` is its own (replicated) scalar, not read from the sharded state, so a
+  step on a sharded models axis needs no cross-device traffic.
+  """
+  x_MBTN = splits.sample_batches(x_LTN, layer_M, seed_M, step, t_train=t_train, window=window,
+                                 batch_size=batch_size, mix_layers=mix_layers)
+  if batch_sharding is not None:  # split each model's batch over the mesh's data axis
+    x_MBTN = jax.lax.with_sharding_constraint(x_MBTN, batch_sharding)
+  one = functools.partial(train.train_step, model=model, tx=tx, likelihood=likelihood)
+  return jax.vmap(one)(state, {"x": x_MBTN, "input_mask": mask_LN[layer_M]})
+
+
+class VmapStepper:
+  """Every model in one jitted `vmap_step`, state donated, sharded on the mesh's models axis."""
+
+  batching = description = "vmap"
+  lanes = 1
+
+  def __init__(self, model, tx, prep: splits.Prepared, placed: splits.Placed, mesh):
+    by_model = sharding.models_sharding(mesh)
+    fn = functools.partial(vmap_step, model=model, tx=tx, likelihood=prep.likelihood,
+                           t_train=prep.t_train, window=prep.window, batch_size=prep.batch_size,
+                           mix_layers=prep.shared, batch_sharding=sharding.batch_sharding(mesh))
+    self._fn = jax.jit(fn, donate_argnums=0, out_shardings=(by_model, by_model))
+    self._args = (placed.x_LTN, placed.mask_LN, placed.layer_M, placed.seed_M)
+
+  def pack(self, state):
+    return state
+
+  def unpack(self, carry):
+    return carry
+
+  def diverged_at(self, carry):
+    return carry.diverged_at
+
+  def compile(self, carry) -> None:
+    self._fn = self._fn.lower(carry, *self._args, jnp.int32(0)).compile()
+
+  def step(self, carry, step: int):
+    return self._fn(carry, *self._args, jnp.int32(step))
+
+
+def resolve_batching(batching: str, mesh) -> str:
+  """The batching to use here: `auto` is by_latent on one CPU device (docs/benchmarks.md), else vmap."""
+  if batching not in BATCHINGS:
+    raise UserError(f"unknown --batching={batching!r}: choose one of {', '.join(BATCHINGS)}")
+  if batching == "auto":
+    cpu_single = mesh.devices.size == 1 and jax.devices()[0].platform == "cpu"
+    batching = "by_latent" if cpu_single else "vmap"
+  return batching
+
+
+def make_stepper(batching: str, model, tx, prep: splits.Prepared, placed: splits.Placed,
+                 table: ModelTable, mesh, lanes: list | None = None) -> Stepper:
+  """The stepper `batching` names ("auto", "vmap" or "by_latent") for these models on `mesh`.
+
+  `lanes`: devices by_latent may spread its programs over (default: the CPU lanes of `mesh`).
+  """
+  if resolve_batching(batching, mesh) == "vmap":
+    return VmapStepper(model, tx, prep, placed, mesh)
+  return cpu.ByLatentStepper(model, tx, prep, placed, table, mesh, lanes)

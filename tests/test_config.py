@@ -1,0 +1,101 @@
+"""Settings: declared once; flags, estimator parameters, identity and checks all derive from them."""
+
+import dataclasses
+import os
+
+import pytest
+from absl import flags
+
+from nmas_jax import DimensionSweep, config, models
+from nmas_jax.config import DataSettings, RunSettings, Settings
+from nmas_jax.errors import UserError
+
+# The sweep's public flags and defaults before settings were declared in one place (a spec).
+PUBLIC_DEFAULTS = {
+    "latents": "10,25,50,75,150", "dataset": "synthetic", "data_path": "", "data_key": None,
+    "layers": [], "seeds": 1, "steps": 600, "batch_size": 16, "window": 50, "hidden": 128,
+    "learning_rate": 3e-3, "weight_decay": 0.0, "clip_norm": 1.0, "decoder": "linear",
+    "bidirectional": False, "likelihood": "auto", "heldout_neurons": 0.2, "gain_fraction": 0.95,
+    "shuffle_control": False, "dtype": "float32", "nwb_series": None, "bin_ms": 50.0,
+    "batching": "auto", "mesh": "auto", "distributed": False, "coordinator_address": None,
+    "num_processes": None, "process_id": None, "shared_model": False, "train_fraction": 0.8,
+    "normalize": "mean_per_bin", "bin": 2, "neurons_per_layer": None, "data_seed": 0,
+    "workdir": "runs/sweep", "log_every": 100, "checkpoint_every": 100, "keep_checkpoints": 3,
+    "overwrite": False, "nan_policy": "freeze"}
+
+
+def _flags(*argv):
+  fv = flags.FlagValues()
+  config.define_flags(Settings, DataSettings, RunSettings, flag_values=fv)
+  fv(["prog", *argv])
+  return fv
+
+
+def test_flags_are_generated_with_the_public_names_and_defaults():
+  fv = _flags()
+  for name, default in PUBLIC_DEFAULTS.items():
+    assert fv[name].default == default, name
+  declared = {f.name for c in (Settings, DataSettings, RunSettings) for f in config.fields(c)
+              if f.metadata["flag"]}
+  assert set(fv) >= declared and declared >= set(PUBLIC_DEFAULTS)
+  assert "unroll" in declared  # once only a SweepConfig field, settable nowhere else
+
+
+def test_flags_estimator_and_defaults_are_one_declaration():
+  fv = _flags("--latents=2,4", "--unroll=2", "--decoder=lstm", "--layers=a,b")
+  cfg = config.from_flags(Settings, fv)
+  assert cfg == Settings(latents=(2, 4), unroll=2, decoder="lstm")
+  assert config.from_flags(DataSettings, fv).layers == ("a", "b")
+  est = DimensionSweep(latents=(2, 4), unroll=2, decoder="lstm")
+  assert est.config() == cfg and set(est.get_params()) == set(config.names(Settings))
+  assert models.make_model(cfg, 8).unroll == 2
+
+
+def test_flags_text_repeats_the_run():
+  cfg, ds = Settings(latents=(3, 1), seeds=2, shuffle_control=True), DataSettings(layers=("0",))
+  run = RunSettings(workdir="w", overwrite=True, distributed=True)
+  text = config.flags_text(cfg, ds, run)
+  assert "--overwrite" not in text and "--distributed" not in text  # not recorded: run-only
+  fv = _flags(*text.split())
+  assert config.from_flags(Settings, fv) == dataclasses.replace(cfg, verbose=True)
+  assert config.from_flags(DataSettings, fv) == ds
+  assert config.from_flags(RunSettings, fv) == RunSettings(workdir="w")
+
+
+def test_identity_holds_exactly_the_settings_that_define_a_sweep(tmp_path):
+  ds = DataSettings(dataset="array", data_path="x.npy")
+  ident = config.identity(Settings(), ds)
+  assert ident["data_path"] == os.path.abspath("x.npy") and ident["latents"] == [10, 25, 50, 75, 150]
+  assert not {"steps", "log_every", "gain_fraction", "verbose", "shared_model"} & set(ident)
+  assert {"unroll", "seeds", "bin", "normalize", "data_seed"} <= set(ident)
+  assert config.identity(Settings(steps=5, log_every=1), ds) == ident
+  assert config.identity(Settings(unroll=2), ds) != ident
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: Settings(seeds=0), "--seeds must be a positive integer, got 0"),
+    (lambda: Settings(learning_rate=-1.0), "--learning_rate must be positive, got -1.0"),
+    (lambda: Settings(weight_decay=-0.1), "--weight_decay must be >= 0, got -0.1"),
+    (lambda: Settings(heldout_neurons=1.0), "--heldout_neurons must be in [0, 1), got 1.0"),
+    (lambda: Settings(train_fraction=0.0), "--train_fraction must be in (0, 1), got 0.0"),
+    (lambda: Settings(dtype="float16"), "unknown --dtype='float16': choose one of float32, bfloat16"),
+    (lambda: Settings(latents="3,x"), "--latents has 'x', not an integer"),
+    (lambda: DataSettings(normalize="l2"), "unknown --normalize='l2': choose one of mean_per_bin, "
+                                           "zscore, none"),
+    (lambda: DataSettings(neurons_per_layer=0), "--neurons_per_layer must be a positive integer"),
+    (lambda: RunSettings(keep_checkpoints=0), "--keep_checkpoints must be a positive integer, got 0"),
+    (lambda: RunSettings(checkpoint_every=-1), "--checkpoint_every must be >= 0, got -1"),
+    (lambda: RunSettings(nan_policy="ignore"), "unknown --nan_policy='ignore'"),
+    (lambda: DimensionSweep(seeds=0).fit([[0.0]]), "--seeds must be a positive integer, got 0"),
+])
+def test_each_setting_is_checked_where_it_is_declared(make, message):
+  with pytest.raises(UserError) as e:
+    make()
+  assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_unknown_settings_name_the_valid_ones():
+  with pytest.raises(ValueError, match="unknown setting\\(s\\) 'nope' for RunSettings"):
+    config.build(RunSettings, {"nope": 1})
+  with pytest.raises(ValueError, match="unknown parameter 'nope' for DimensionSweep"):
+    DimensionSweep(nope=1)
