@@ -20,12 +20,16 @@ def _example(name, tmp_path):
   return r.stdout
 
 
-def test_quickstart_prints_a_choice_per_layer_and_the_chosen_trajectory(tmp_path):
+def test_quickstart_a_reduced_default_sweep_recovers_the_true_dimensions(tmp_path):
+  """The README's main job, reduced (latents 10,25,50,75, 200 steps, default data and settings
+  otherwise), chooses the built-in data's true dimensions."""
+  from nmas_jax import synthetic
+
   out = _example("quickstart.py", tmp_path)
   chosen = ast.literal_eval(re.search(r"chosen dimension per layer: (\{.*\})", out).group(1))
-  assert set(chosen) == {"0", "1", "2"} and set(chosen.values()) <= {10, 25, 50, 75, 150}
+  assert chosen == dict(zip(("0", "1", "2"), synthetic.SYNTHETIC_TRUE_LATENTS))
   shape = ast.literal_eval(re.search(r"latent trajectory of layer 1: (\(.*\))", out).group(1))
-  assert shape == (400, chosen["1"])  # [time, chosen latent] of layer 1
+  assert shape == (2000, chosen["1"])  # [time, chosen latent] of layer 1
   assert (tmp_path / "quickstart_sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
