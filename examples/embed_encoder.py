@@ -22,36 +22,39 @@ class BehaviourDecoder(nn.Module):
 
   hidden: int
   latent: int
+  bidirectional: bool = True
 
   @nn.compact
   def __call__(self, x_BTN):
-    z_BTK = Encoder(hidden=self.hidden, latent=self.latent, name="encoder")(x_BTN)
+    z_BTK = Encoder(hidden=self.hidden, latent=self.latent, bidirectional=self.bidirectional,
+                    name="encoder")(x_BTN)
     return nn.Dense(1, name="readout")(z_BTK)[..., 0]
 
 
-# Data: synthetic activity whose first latent dimension plays the behavioural variable.
-ds = synthetic.make_synthetic(true_latents=(4,), neurons=40, time=600, seed=0)
-x_TN = ds.x_LTN[0]
-behaviour_T = np.convolve(x_TN.mean(axis=1), np.ones(5) / 5, mode="same")
+# Data: synthetic activity; a smoothed population signal plays the behavioural variable.
+ds = synthetic.make_linear_gaussian(true_latents=(4,), neurons=40, time=600, seed=0)
+raw_TN = ds.x_LTN[0]
+behaviour_T = np.convolve(raw_TN.mean(axis=1), np.ones(5) / 5, mode="same")
 
 # 1. A latent sweep; take the encoder of the chosen model.
 est = DimensionSweep(latents=(2, 4, 8), hidden=32, window=25, steps=5 if quick else 300,
-                     learning_rate=1e-2, verbose=False).fit(x_TN)
-k = est.optimal_latent_["0"]
+                     learning_rate=1e-2, verbose=False).fit(raw_TN)
+x_TN = est.preprocess(raw_TN)  # the activity as the sweep's models saw it (z-scored)
+k = est.optimal_latent_["0"] or 2  # 0 would mean no shared structure: take the smallest model
 i = est.model_index(k, "0")
 trained_encoder = jax.tree.map(lambda a: a[i], est.state_.params["encoder"])
 print(f"chosen latent size {k}; encoder weights from sweep model {i}")
 # The embedded module with those weights is the sweep's encoder: same latent trajectory.
 w = est.config_.window
 x_in = x_TN[None, :w] * est.input_mask("0")  # the sweep hid its held-out neurons from the encoder
-z_own = Encoder(hidden=32, latent=max(est.config_.latents)).apply({"params": trained_encoder},
-                                                                  jnp.asarray(x_in))
+encoder = Encoder(hidden=32, latent=max(est.config_.latents), bidirectional=est.config_.bidirectional)
+z_own = encoder.apply({"params": trained_encoder}, jnp.asarray(x_in))
 print(f"max |z - est.transform(x)| on one window: "
-      f"{float(np.max(np.abs(np.asarray(z_own[0, :, :k]) - est.transform(x_TN[:w])))):.2e}")
+      f"{float(np.max(np.abs(np.asarray(z_own[0, :, :k]) - est.transform(raw_TN[:w], latent=k)))):.2e}")
 
 # 2. Build the user's model with the sweep's (padded) latent width and load the encoder weights.
 width = max(est.config_.latents)
-model = BehaviourDecoder(hidden=32, latent=width)
+model = BehaviourDecoder(hidden=32, latent=width, bidirectional=est.config_.bidirectional)
 x_BTN = jnp.asarray(x_TN[None, :500])
 y_BT = jnp.asarray(behaviour_T[None, :500])
 params = model.init(jax.random.PRNGKey(0), x_BTN)["params"]

@@ -117,7 +117,7 @@ class DimensionSweep:
       raise SweepStopped(out.stopped)
     results = self._evaluate(prep, cfg, out, results, mesh, run_cfg.batching, log)
     self.results_, self.dataset_, self.config_ = results, dataset, cfg
-    self.state_, self.table_ = out.state, out.table
+    self.state_, self.table_, self.preprocessing_ = out.state, out.table, prep.preprocessing
     self.optimal_latent_ = dict(results["optimal_latent"])
     self.paths_ = report.write_all(workdir, results, flags_text) if writes else []
     return self
@@ -156,38 +156,60 @@ class DimensionSweep:
       raise ValueError(f"unknown layer {layer!r}: this sweep has layers {', '.join(names)}")
     li = names.index(layer)
     k = self.optimal_latent_[layer] if latent is None else int(latent)
+    if k is None:
+      raise ValueError(f"no dimension was chosen for layer {layer} (no neurons were held out): "
+                       "pass latent=k for one of the swept models")
+    if k == 0:
+      raise ValueError(f"layer {layer}'s chosen dimension is 0 (no latent size beat the zero-latent "
+                       "null on held-out neurons), so there is no chosen model: pass latent=k")
     hits = np.flatnonzero((self.table_.layer == li) & (self.table_.latent == k) & (self.table_.seed == seed))
     if not len(hits):
       raise ValueError(f"no model with latent {k} for layer {layer}: latents swept are "
                        f"{', '.join(map(str, self.config_.latents))}")
     return int(hits[0])
 
-  def input_mask(self, layer: str | int = 0) -> np.ndarray:
-    """float32 [neurons]: what the encoder of `layer`'s models sees of each neuron (0: held out)."""
+  def input_mask(self, layer: str | int = 0, seed: int = 0) -> np.ndarray:
+    """float32 [neurons]: what the encoder of a (layer, seed)'s models sees of each neuron (0: held out)."""
     self._check_fitted()
     li = layer if isinstance(layer, (int, np.integer)) else self.dataset_.layer_names.index(layer)
-    held_LN = splits.heldout_mask(self.dataset_.num_layers, self.dataset_.num_neurons,
-                                  self.config_.heldout_neurons)
-    return (~held_LN[li]).astype(np.float32)
+    return (~self.preprocessing_.heldout_SLN[seed, li]).astype(np.float32)
+
+  def _as_fitted(self, X) -> data.Dataset:
+    """New raw data of the fitted layers and neurons as a Dataset named like the fitted one."""
+    ds = data.as_dataset(X)
+    layers, n = self.dataset_.layer_names, self.dataset_.num_neurons
+    if ds.num_layers != len(layers) or ds.num_neurons != n:
+      raise ValueError(f"X must have {len(layers)} layers of {n} neurons (as fitted), "
+                       f"got {ds.num_layers} of {ds.num_neurons}")
+    return dataclasses.replace(ds, name=self.dataset_.name, layer_names=layers)
+
+  def preprocess(self, X, layer: str | int = 0) -> np.ndarray:
+    """One layer of raw activity as the models see it: the fitted neurons, normalised with the
+    fitted statistics. X is [time, neurons] of that layer or [layers, time, neurons], raw as
+    given to `fit`; returns float32 [time, model neurons]."""
+    self._check_fitted()
+    li = layer if isinstance(layer, (int, np.integer)) else self.dataset_.layer_names.index(layer)
+    x = np.asarray(X, np.float64)
+    if x.ndim == 2:  # one layer: the others are placeholders
+      x = np.broadcast_to(x, (self.dataset_.num_layers,) + x.shape)
+    return self.preprocessing_.apply(self._as_fitted(x)).x_LTN[int(li)]
 
   def transform(self, X, latent: int | None = None, layer: str | int | None = None) -> np.ndarray:
-    """Latent trajectory [time, latent] of one layer's model (default: its chosen latent size).
+    """Latent trajectory [time, latent] of one layer's model (default: its chosen latent size, seed 0).
 
-    X is [time, neurons] (or [layers, time, neurons]: the given layer is
-    used). Time is cut into the training windows, each run from a zero state,
-    as in training; a trailing partial window is run as a shorter one.
+    X is raw activity as given to `fit`: [time, neurons] of that layer, or
+    [layers, time, neurons]; it is preprocessed exactly as the fitted data was
+    (same neurons, the fitted normalisation statistics). Time is cut into the
+    training windows, each run from a zero state, as in training; a trailing
+    partial window is run as a shorter one.
     """
     i = self.model_index(latent, layer)
-    x = np.asarray(X, np.float32)
-    if x.ndim == 3:
-      x = x[self.table_.layer[i]]
-    if x.ndim != 2 or x.shape[1] != self.dataset_.num_neurons:
-      raise ValueError(f"X must be [time, {self.dataset_.num_neurons}] (the fitted neuron count), "
-                       f"got shape {np.shape(X)}")
+    li = int(self.table_.layer[i])
+    x = self.preprocess(X, li)
     params = jax.tree.map(lambda a: a[i], self.state_.params)
     k = int(self.table_.latent[i])
-    model = models.make_model(self.config_, self.dataset_.num_neurons)
-    mask = jnp.asarray(self.input_mask(int(self.table_.layer[i])))
+    model = models.make_model(self.config_, x.shape[1])
+    mask = jnp.asarray(self.input_mask(li, int(self.table_.seed[i])))
     w = self.config_.window
     n = (len(x) // w) * w
     zs = []
@@ -200,33 +222,24 @@ class DimensionSweep:
     return np.concatenate(zs)[:, :k]
 
   def score(self, X=None) -> float:
-    """The dimension metric at each layer's chosen latent, averaged over layers; higher is better.
+    """Held-out gain over the zero-latent null at each layer's chosen latent (0 where that is 0),
+    per held-out element, averaged over layers and seeds; higher is better.
 
-    With X=None, the fitted data's held-out score (seeds averaged). Given X,
-    a new recording of the same layers, the chosen models (seed 0) are scored
-    on X's held-out block the same way.
+    With X=None, the fitted data's (validation block). Given X, a new
+    recording of the same layers and neurons, the chosen models are scored on
+    X's validation block the same way, X prepared as the fitted data was.
     """
     self._check_fitted()
-    dim = self.results_["dimension"]
-    metric, layers = dim["metric"], self.dataset_.layer_names
+    layers = self.dataset_.layer_names
+    if any(self.optimal_latent_[l] is None for l in layers):
+      raise ValueError("no dimension was chosen (no neurons were held out), so there is no score")
+    dim = self.results_["dimension"]["layers"]
     if X is None:
-      vals = [dim["layers"][l]["mean"][sorted(self.config_.latents).index(self.optimal_latent_[l])]
-              for l in layers]
-      return float(np.mean(vals))
-    ds = data.as_dataset(X)
-    if ds.layer_names != layers or ds.num_neurons != self.dataset_.num_neurons:
-      raise ValueError(f"X must have {len(layers)} layers of {self.dataset_.num_neurons} neurons, "
-                       f"got {ds.num_layers} of {ds.num_neurons}")
-    prep = splits.prepare(dataclasses.replace(ds, name=self.dataset_.name), self.config_)
-    valid = prep.valid_block()
-    preds = evaluate.model_predictions(self.state_, self.table_, prep, self.config_)
-    sign = 1.0 if evaluate.higher_is_better(metric) else -1.0
-    vals = []
-    for li, name in enumerate(layers):
-      chosen = np.flatnonzero((self.table_.layer == li) & (self.table_.latent == self.optimal_latent_[name]))
-      vals += [sign * evaluate.block_metrics(preds[i], valid[li], prep.heldout_LN[li],
-                                             prep.likelihood)[metric] for i in chosen]
-    return float(np.mean(vals))
+      return float(np.mean([dim[l]["gain"][dim[l]["latents"].index(self.optimal_latent_[l])]
+                            if self.optimal_latent_[l] else 0.0 for l in layers]))
+    prep = splits.prepare(self._as_fitted(X), self.config_, reuse=self.preprocessing_)
+    return evaluate.chosen_gain(prep, self.config_, self.state_, self.table_,
+                                [self.optimal_latent_[l] for l in layers])
 
   def plot(self):
     """The matplotlib figure of sweep.png."""
@@ -242,6 +255,7 @@ class DimensionSweep:
     ckpt = checkpoint.Checkpointer(path, keep=1)
     ckpt.save(0, self.state_, {"params": _jsonable(self.get_params()),
                                "results": self.results_,
+                               "preprocessing": self.preprocessing_.to_json(),
                                "dataset": {"layer_names": list(self.dataset_.layer_names),
                                            "name": self.dataset_.name,
                                            "num_neurons": self.dataset_.num_neurons,
@@ -260,8 +274,10 @@ class DimensionSweep:
     cfg = est.config()
     ds_meta = aux["dataset"]
     n_layers = len(ds_meta["layer_names"])
+    est.preprocessing_ = splits.Preprocessing.from_json(aux["preprocessing"])
     est.table_ = ModelTable.build(n_layers, cfg.latents, cfg.seeds)
-    est.state_, _ = ckpt.restore(step, init_states(cfg, est.table_, ds_meta["num_neurons"]))
+    model_neurons = est.preprocessing_.neuron_index_LN.shape[1]
+    est.state_, _ = ckpt.restore(step, init_states(cfg, est.table_, model_neurons))
     ckpt.close()
     est.config_, est.results_ = cfg, aux["results"]
     est.optimal_latent_ = dict(est.results_["optimal_latent"])
@@ -300,13 +316,16 @@ def _open_workdir(workdir, identity, run: RunSettings, flags_text: str, prep, cf
 
 
 def _shuffle_summary(results: dict[str, Any]) -> dict[str, Any]:
-  """Held-out gain over the smallest latent, real layers vs their shuffled controls."""
+  """Best held-out gain over the zero-latent null and the chosen dimension, real layers vs
+  their shuffled controls."""
   dim = results["dimension"]["layers"]
-  out = {"metric": results["dimension"]["metric"], "layers": {}}
+  out = {"gain": results["dimension"].get("gain"), "layers": {}}
+  best = lambda l: max((g for g in dim[l].get("gain", []) if g is not None), default=None)
   for name in results["layers"]:
     if name.endswith(data.SHUFFLED_SUFFIX):
       continue
     ctrl = name + data.SHUFFLED_SUFFIX
-    gain = lambda l: float(np.nanmax(dim[l]["mean"]) - dim[l]["mean"][0])
-    out["layers"][name] = {"control": ctrl, "gain": gain(name), "control_gain": gain(ctrl)}
+    out["layers"][name] = {"control": ctrl, "gain": best(name), "control_gain": best(ctrl),
+                           "chosen": results["optimal_latent"][name],
+                           "control_chosen": results["optimal_latent"][ctrl]}
   return out

@@ -93,18 +93,19 @@ def _regress(f_train: np.ndarray, y_train: np.ndarray, f_valid: np.ndarray) -> n
 
 
 def predictions(train_TN: np.ndarray, valid_TN: np.ndarray, heldout_N: np.ndarray, k: int,
-                fa_iters: int = 100) -> dict[str, np.ndarray]:
-  """Validation-block predictions [T, N] of PCA and FA with k latents.
+                fa_iters: int = 100, reconstruct: bool = True) -> dict[str, np.ndarray]:
+  """Held-out-time predictions [T, N] of PCA and FA with k latents.
 
-  "pca"/"fa": reconstruction of every neuron from all neurons. "pca_cosmooth"/
-  "fa_cosmooth": held-out neurons predicted from held-in latents (other
-  columns are NaN); absent when no neuron is held out.
+  "pca"/"fa" (with `reconstruct`): reconstruction of every neuron from all
+  neurons. "pca_cosmooth"/"fa_cosmooth": held-out neurons predicted from
+  held-in latents (other columns are NaN); absent when no neuron is held out.
   """
   out = {}
-  mean, v = pca_fit(train_TN, k)
-  out["pca"] = pca_reconstruct(valid_TN, mean, v)
-  mean, w, psi, _ = fa_fit(train_TN, k, fa_iters)
-  out["fa"] = mean + fa_posterior_mean(valid_TN, mean, w, psi) @ w.T
+  if reconstruct:
+    mean, v = pca_fit(train_TN, k)
+    out["pca"] = pca_reconstruct(valid_TN, mean, v)
+    mean, w, psi, _ = fa_fit(train_TN, k, fa_iters)
+    out["fa"] = mean + fa_posterior_mean(valid_TN, mean, w, psi) @ w.T
   if heldout_N.any():
     inn, held = ~heldout_N, heldout_N
     kk = min(k, int(inn.sum()))

@@ -41,7 +41,8 @@ class Shapes(config._Declared):
     """The sweep settings of these shapes (one seed, no held-out neurons, Gaussian)."""
     return config.Settings(latents=self.latents, batch_size=self.batch_size, window=self.window,
                            hidden=self.hidden, decoder=self.decoder, unroll=self.unroll,
-                           dtype=self.dtype, heldout_neurons=0.0, likelihood="gaussian", steps=1)
+                           dtype=self.dtype, heldout_neurons=0.0, likelihood="gaussian", steps=1,
+                           seeds=1)
 
 
 def flops_per_step(s: Shapes) -> float:

@@ -17,11 +17,11 @@ from typing import Any, Sequence
 
 from nmas_jax.errors import UserError
 
-DECODERS = ("linear", "lstm")
+DECODERS = ("linear", "mlp", "lstm")
 LIKELIHOODS = ("gaussian", "poisson")
 DTYPES = ("float32", "bfloat16")
-NORMALIZATIONS = ("mean_per_bin", "zscore", "none")
-DATASETS = ("synthetic", "lorenz", "stringer", "array", "nwb")
+NORMALIZATIONS = ("zscore", "mean_per_bin", "mean_per_bin_all", "none")
+DATASETS = ("synthetic", "nonlinear", "lorenz", "independent", "stringer", "array", "nwb")
 NAN_POLICIES = ("freeze", "stop", "drop_neurons")
 BATCHINGS = ("auto", "vmap", "by_latent")
 
@@ -95,6 +95,10 @@ class _Declared:
         value = tuple(str(v) for v in value)
       object.__setattr__(self, f.name, value)
       _check(f, value)
+    self._check_together()
+
+  def _check_together(self) -> None:
+    """Checks that involve several settings (none by default)."""
 
 
 def _check(f: dataclasses.Field, value: Any) -> None:
@@ -120,32 +124,51 @@ class Settings(_Declared):
   # The models.
   latents: tuple[int, ...] = setting((10, 25, 50, 75, 150), "Comma-separated latent sizes.",
                                      kind="ints")
-  hidden: int = setting(128, "LSTM units.", check="positive_int")
-  decoder: str = setting("linear", "linear: readout from z_t alone (as the original); lstm: an "
+  hidden: int = setting(64, "LSTM units (per direction).", check="positive_int")
+  decoder: str = setting("linear", "linear: readout of z_t alone, through the likelihood's link "
+                         "(the latent size is a linear dimension per time step); mlp: a "
+                         "per-time-step MLP of z_t (the dimension of a curved manifold); lstm: an "
                          "LSTM over z, then a readout.", choices=DECODERS)
-  bidirectional: bool = setting(False, "Add a reverse-time encoder LSTM.")
-  likelihood: str = setting("auto", "gaussian (MSE), poisson (counts), or auto: poisson for "
-                            "--dataset=lorenz, else gaussian.", choices=("auto",) + LIKELIHOODS)
+  decoder_hidden: int = setting(128, "Hidden units of the mlp decoder.", check="positive_int")
+  bidirectional: bool = setting(True, "Add a reverse-time encoder LSTM, so z_t is inferred from "
+                                "the whole window (--nobidirectional: from the past only).")
+  likelihood: str = setting("auto", "gaussian (MSE), poisson (counts; log-rate readout), or auto: "
+                            "poisson for non-negative integer data, else gaussian.",
+                            choices=("auto",) + LIKELIHOODS)
   dtype: str = setting("float32", "Matmul dtype: float32, or bfloat16 on GPU/TPU (LSTM state "
                        "and losses stay float32).", choices=DTYPES)
   unroll: int = setting(1, "Scan unroll factor of the LSTMs.", check="positive_int")
   # Training.
-  seeds: int = setting(1, "Seeds per (layer, latent): seeds 0..N-1.", check="positive_int")
-  steps: int = setting(600, "Training steps.", check="positive_int", identity=False)
+  seeds: int = setting(3, "Seeds per (layer, latent): seeds 0..N-1. Each seed has its own "
+                       "initialisation, batch order and held-out neurons.", check="positive_int")
+  steps: int = setting(400, "Training steps.", check="positive_int", identity=False)
   batch_size: int = setting(16, "Windows per batch.", check="positive_int")
   window: int = setting(50, "Window length in time bins (after --bin).", check="positive_int")
   learning_rate: float = setting(3e-3, "AdamW learning rate.", check="positive")
   weight_decay: float = setting(0.0, "AdamW weight decay.", check="nonneg")
+  dropout: float = setting(0.2, "Dropout rate on the encoder's input while training.",
+                           check="[0,1)")
   clip_norm: float = setting(1.0, "Global gradient-norm clip.", check="positive")
   log_every: int = setting(100, "Steps between progress lines and evaluations.",
                            check="positive_int", identity=False)
   # Evaluation.
   heldout_neurons: float = setting(0.2, "Fraction of each layer's neurons hidden from the "
                                    "encoder and scored by co-smoothing (0 disables).", check="[0,1)")
-  train_fraction: float = setting(0.8, "Leading fraction of time for training.", check="(0,1)")
-  gain_fraction: float = setting(0.95, "Dimension estimate: smallest latent reaching this "
-                                 "fraction of the best held-out gain.", check="(0,1]",
-                                 identity=False)
+  train_fraction: float = setting(0.7, "Leading fraction of time for training.", check="(0,1)")
+  valid_fraction: float = setting(0.1, "Fraction of time after the training block for validation "
+                                  "(choosing the latent size and each model's best step); the rest "
+                                  "is the test block.", check="(0,1)")
+  normalize: str = setting("zscore", "Gaussian data: per neuron with the training block's mean "
+                           "and std (zscore); per time bin by the mean of the layer's neurons that "
+                           "no seed holds out (mean_per_bin); by the mean of every neuron of the "
+                           "recording (mean_per_bin_all, the original NMAs'); or none. Counts under "
+                           "a Poisson likelihood are never normalised.", choices=NORMALIZATIONS)
+  gain_fraction: float = setting(0.95, "Dimension estimate: the smallest latent whose held-out "
+                                 "gain reaches this fraction of every larger latent's.",
+                                 check="(0,1]", identity=False)
+  bootstrap: int = setting(200, "Bootstrap resamples (validation time blocks and seeds) for "
+                           "optimal_latent_interval and the zero-dimension test.",
+                           check="nonneg_int", identity=False)
   shuffle_control: bool = setting(False, "Also sweep a control copy of each layer whose neurons "
                                   "are circularly shifted in time by their own random offsets.")
   shared_model: bool = setting(False, "Also train one model per latent size on all layers "
@@ -153,21 +176,28 @@ class Settings(_Declared):
                                identity=False)
   verbose: bool = setting(True, "Print progress lines.", flag=False, identity=False)
 
+  def _check_together(self) -> None:
+    if self.train_fraction + self.valid_fraction >= 1:
+      raise UserError(f"--train_fraction={self.train_fraction} and --valid_fraction="
+                      f"{self.valid_fraction} leave no test block: their sum must be below 1")
+
 
 @dataclasses.dataclass(frozen=True)
 class DataSettings(_Declared):
   """Which recording the command line loads, and how it is preprocessed."""
 
-  dataset: str = setting("synthetic", "The data.", choices=DATASETS)
+  dataset: str = setting("synthetic", "The data: built-in families with known answers "
+                         "(synthetic: linear-Gaussian layers of dimension 7, 18, 40; nonlinear: a "
+                         "saturating readout of 3, 6, 12 signals; lorenz: Poisson counts of 3-D "
+                         "Lorenz latents; independent: nothing shared), or a recording.",
+                         choices=DATASETS)
   data_path: str = setting("", "Data file (stringer: .npy dict; array: .npy/.npz; nwb: .nwb).",
                            path=True)
   data_key: str | None = setting(None, "Array name inside an .npz file.", kind="string")
   layers: tuple[str, ...] = setting((), "Layer names to keep (as in results.json); default all.",
                                     kind="list")
-  normalize: str = setting("mean_per_bin", "Recorded data: per time bin by the population mean, "
-                           "per neuron (zscore), or none.", choices=NORMALIZATIONS)
-  bin: int = setting(2, "Recorded data: average this many adjacent time bins.",
-                     check="positive_int")
+  bin: int = setting(2, "Recorded data: average this many adjacent time bins (sum, for spike "
+                     "counts).", check="positive_int")
   neurons_per_layer: int | None = setting(None, "Subsample each layer to this many neurons "
                                           "(default: the smallest layer's count).", kind="int",
                                           check="positive_int")

@@ -173,7 +173,7 @@ def _one_model_shapes(model, latent: int) -> train.TrainState:
                                       example_x_BTN=x), jax.random.PRNGKey(0), x)
 
 
-def bucket_step(parts: tuple, x_LTN: jax.Array, mask_LN: jax.Array, layer_M: jax.Array,
+def bucket_step(parts: tuple, x_LTN: jax.Array, mask_MN: jax.Array, layer_M: jax.Array,
                 seed_M: jax.Array, step: jax.Array, *, model, tx, likelihood: str, t_train: int,
                 window: int, batch_size: int, mix_layers: bool, latents: tuple[int, ...],
                 groups: int) -> tuple[tuple, dict[str, jax.Array]]:
@@ -181,12 +181,12 @@ def bucket_step(parts: tuple, x_LTN: jax.Array, mask_LN: jax.Array, layer_M: jax
 
   A group's models (same layer and seed, one per latent size) read the same
   windows: they are sampled, and the encoder's input masked, once per group.
-  layer_M, seed_M are [groups * len(latents)]; metrics are [models] in table order.
+  mask_MN, layer_M, seed_M are [groups * len(latents)]; metrics are [models] in table order.
   """
-  layer_G, seed_G = layer_M[::len(latents)], seed_M[::len(latents)]
+  layer_G, seed_G, mask_GN = (a[::len(latents)] for a in (layer_M, seed_M, mask_MN))
   x_GBTN = splits.sample_batches(x_LTN, layer_G, seed_G, step, t_train=t_train, window=window,
                                  batch_size=batch_size, mix_layers=mix_layers)
-  batch_G = {"x": x_GBTN, "x_in": jax.vmap(train.encoder_input)(x_GBTN, mask_LN[layer_G])}
+  batch_G = {"x": x_GBTN, "x_in": jax.vmap(train.encoder_input)(x_GBTN, mask_GN)}
   new, metrics = [], []
   for j, k in enumerate(latents):
     one = functools.partial(train.train_step, model=model, tx=tx, likelihood=likelihood,
@@ -232,15 +232,16 @@ class ByLatentStepper:
                              t_train=prep.t_train, window=prep.window, batch_size=prep.batch_size,
                              mix_layers=prep.shared, groups=groups)
 
-    def chunk_step(a, b, parts, x_LTN, mask_LN, layer_M, seed_M, step_i):
-      cols = lambda v: v.reshape(groups, num_l)[:, a:b].reshape(-1)
-      return step(parts, x_LTN, mask_LN, cols(layer_M), cols(seed_M), step_i, latents=latents[a:b])
+    def chunk_step(a, b, parts, x_LTN, mask_MN, layer_M, seed_M, step_i):
+      cols = lambda v: v.reshape((groups, num_l) + v.shape[1:])[:, a:b].reshape((-1,) + v.shape[1:])
+      return step(parts, x_LTN, cols(mask_MN), cols(layer_M), cols(seed_M), step_i,
+                  latents=latents[a:b])
 
     # A part of the carry may hold scalars, so each chunk's lives whole on its one device.
     self._fns = [jax.jit(functools.partial(chunk_step, a, b), donate_argnums=0,
                          out_shardings=jax.sharding.SingleDeviceSharding(dev))
                  for (a, b), dev in zip(self.chunks, self.devices)]
-    args = (placed.x_LTN, placed.mask_LN, placed.layer_M, placed.seed_M)
+    args = (placed.x_LTN, placed.mask_MN, placed.layer_M, placed.seed_M)
     on = {dev: args if all(a.devices() == {dev} for a in args) else jax.device_put(args, dev)
           for dev in set(self.devices)}
     self._args = [on[dev] for dev in self.devices]

@@ -14,7 +14,6 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from nmas_jax.config import NORMALIZATIONS
 from nmas_jax.errors import UserError
 
 
@@ -28,6 +27,10 @@ class Dataset:
     name: the dataset kind ("synthetic", "stringer", "array", ...).
     true_latent: {layer name: true dimension} for synthetic data, else None.
     meta: provenance and preprocessing (JSON-serialisable).
+    counts: the raw activity was spike counts (non-negative integers), so
+      `--likelihood=auto` models it as Poisson.
+    population_mean_T: [time] mean over every neuron of the recording, for
+      --normalize=mean_per_bin_all (None: the mean over all layers' neurons).
   """
 
   x_LTN: np.ndarray
@@ -35,6 +38,8 @@ class Dataset:
   name: str
   true_latent: dict[str, int] | None = None
   meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+  counts: bool = False
+  population_mean_T: np.ndarray | None = None
 
   @property
   def num_layers(self) -> int:
@@ -102,40 +107,62 @@ def check_file(path: str) -> None:
 
 
 # ----------------------------------------------------------------------------
-# Preprocessing, as the original NMAs did it.
+# Preprocessing. Binning happens when data are loaded; normalisation, which needs the
+# training block and the held-out neurons, in `splits.prepare` (through `normalize`).
 
 
-def normalize(x_TN: np.ndarray, method: str, population_mean_T: np.ndarray | None = None) -> np.ndarray:
-  """Normalises activity [time, neurons].
-
-  mean_per_bin divides each time bin by its mean over the population (all
-  neurons of the recording when `population_mean_T` is given, as the original
-  did before splitting layers); zscore standardises each neuron over time.
-  """
-  if method == "none":
-    return x_TN
-  if method == "mean_per_bin":
-    mean_T = x_TN.mean(axis=1) if population_mean_T is None else population_mean_T
-    bad = int((mean_T <= 0).sum())
-    if bad:
-      raise UserError(
-          f"--normalize=mean_per_bin needs a positive population mean in every "
-          f"time bin, but {bad} bins have mean <= 0: use --normalize=zscore or none")
-    return x_TN / mean_T[:, None]
-  if method == "zscore":
-    std_N = x_TN.std(axis=0)
-    return (x_TN - x_TN.mean(axis=0)) / np.where(std_N > 0, std_N, 1.0)
-  raise UserError(f"unknown --normalize={method!r}: choose one of {', '.join(NORMALIZATIONS)}")
+def is_counts(x: np.ndarray) -> bool:
+  """Whether activity is spike counts: non-negative integers (decided on the raw array)."""
+  x = np.asarray(x)
+  return bool(x.size) and bool(np.all(x >= 0)) and bool(np.all(x == np.round(x)))
 
 
-def bin_time(x_TN: np.ndarray, bin_size: int) -> np.ndarray:
-  """Averages `bin_size` adjacent time bins; a trailing remainder is dropped."""
-  if bin_size < 1:
-    raise UserError(f"--bin must be a positive integer, got {bin_size}")
+def bin_time(x_TN: np.ndarray, bin_size: int, how: str = "mean") -> np.ndarray:
+  """Averages (or, for counts, sums: how="sum") `bin_size` adjacent time bins; a trailing
+  remainder is dropped."""
   t = (x_TN.shape[0] // bin_size) * bin_size
   if t == 0:
     raise UserError(f"--bin={bin_size} is longer than the recording ({x_TN.shape[0]} bins)")
-  return x_TN[:t].reshape(t // bin_size, bin_size, *x_TN.shape[1:]).mean(axis=1)
+  x = x_TN[:t].reshape(t // bin_size, bin_size, *x_TN.shape[1:])
+  return x.sum(axis=1) if how == "sum" else x.mean(axis=1)
+
+
+def normalize(x_TN: np.ndarray, method: str, *, t_train: int | None = None,
+              divisor_N: np.ndarray | None = None, population_mean_T: np.ndarray | None = None,
+              stats: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+  """Normalises one layer's activity [time, neurons]; returns it and what was applied.
+
+  zscore: each neuron standardised with the mean and std of the training
+  block (its first `t_train` bins; all of it when None). mean_per_bin: each
+  time bin divided by its mean over the neurons `divisor_N` marks (the
+  layer's own neurons, default all; `splits.prepare` passes those no seed
+  holds out, so no held-out activity reaches the encoder through the
+  divisor). mean_per_bin_all: divided by `population_mean_T`, the mean over
+  every neuron of the recording (the original NMAs' choice, which multiplies
+  each layer by a signal of the others). `stats`: zscore statistics to reuse
+  (those this function returned for the fitted data) instead of computing them.
+  """
+  if method == "none":
+    return x_TN, {"method": "none"}
+  if method == "zscore":
+    if stats is not None:
+      mean_N, std_N = np.asarray(stats["mean"]), np.asarray(stats["std"])
+    else:
+      ref = x_TN if t_train is None else x_TN[:t_train]
+      mean_N, std_N = ref.mean(axis=0), ref.std(axis=0)
+      std_N = np.where(std_N > 0, std_N, 1.0)
+    return (x_TN - mean_N) / std_N, {"method": "zscore", "mean": mean_N, "std": std_N}
+  if method == "mean_per_bin":
+    mean_T = x_TN[:, divisor_N].mean(axis=1) if divisor_N is not None else x_TN.mean(axis=1)
+    what = "its held-in neurons' mean"
+  else:  # mean_per_bin_all
+    mean_T = x_TN.mean(axis=1) if population_mean_T is None else population_mean_T
+    what = "the mean of all neurons of the recording"
+  bad = int((mean_T <= 0).sum())
+  if bad:
+    raise UserError(f"--normalize={method} divides each time bin by {what}, but {bad} bins have "
+                    "a mean <= 0 (dF/F or sparse counts?): use --normalize=zscore (the default)")
+  return x_TN / mean_T[:, None], {"method": method}
 
 
 SHUFFLED_SUFFIX = "/shuffled"
@@ -156,7 +183,10 @@ def with_shuffle_control(dataset: Dataset, seed: int = 0) -> Dataset:
     idx = (np.arange(t)[:, None] - offsets[None, :]) % t
     control[l] = np.take_along_axis(dataset.x_LTN[l], idx, axis=0)
   names = dataset.layer_names + tuple(n + SHUFFLED_SUFFIX for n in dataset.layer_names)
+  true = None if dataset.true_latent is None else {
+      **dataset.true_latent, **{n + SHUFFLED_SUFFIX: 0 for n in dataset.layer_names}}
   return dataclasses.replace(dataset, x_LTN=np.concatenate([dataset.x_LTN, control]), layer_names=names,
+                             true_latent=true,
                              meta={**dataset.meta, "shuffle_control": "each neuron circularly shifted "
                                    "by its own random offset", "shuffle_seed": seed})
 
@@ -177,4 +207,5 @@ def as_dataset(x: Any, name: str = "array") -> Dataset:
     return x
   arr = as_layers(x, "X")
   check_finite(arr, "X")
-  return Dataset(arr.astype(np.float32), tuple(str(i) for i in range(arr.shape[0])), name, None, {})
+  return Dataset(arr.astype(np.float32), tuple(str(i) for i in range(arr.shape[0])), name, None, {},
+                 counts=is_counts(arr))

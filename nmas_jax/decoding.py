@@ -53,8 +53,8 @@ def layer_accuracy(prep: splits.Prepared, cfg: Settings, out) -> dict[str, Any]:
   """Held-out layer-classification accuracy per (latent, seed) of a shared-model `sweep.SweepOutput`."""
   dataset = prep.dataset
   num_layers = dataset.num_layers
-  tr = splits.train_windows(dataset.x_LTN, prep.t_train, prep.window)   # [L, Vt, W, N]
-  va = splits.valid_windows(dataset.x_LTN, prep.t_train, prep.window)   # [L, Vv, W, N]
+  tr = splits.windows(dataset.x_LTN, *prep.block("train"), prep.window)   # [L, Vt, W, N]
+  va = splits.windows(dataset.x_LTN, *prep.block("valid"), prep.window)   # [L, Vv, W, N]
   x_tr = jnp.asarray(tr.reshape(-1, *tr.shape[2:]))
   x_va = jnp.asarray(va.reshape(-1, *va.shape[2:]))
   y_tr = jnp.repeat(jnp.arange(num_layers), tr.shape[1])

@@ -1,19 +1,21 @@
-"""The dimension estimate: which latent size a held-out score curve asks for.
+"""The dimension estimate: which latent size a held-out gain curve asks for, with its uncertainty.
 
-The default estimate (`optimal_latent`) is the smallest latent size that
-reaches `gain_fraction` (default 0.95) of the best held-out gain, the gain
-measured from the smallest latent swept; if the smallest latent already
-reaches that fraction of the gain over a zero-latent model (each neuron
-predicted by its training mean), it is chosen. It is reported beside the
-one-SE rule and the knee, each with the metric it used.
+The gain of a latent size k is how much its models lower the held-out loss
+(squared error, or Poisson NLL) of held-out neurons on the validation block
+below the zero-latent null (each held-out neuron predicted by its
+training-block mean or rate), per held-out element, averaged over seeds.
 
-Why not the one-SE rule: with enough data, larger latents keep gaining a
-little more than the seed-to-seed SE, so one-SE drifts to the largest latent
-although the bulk of the gain was reached long before (the Lorenz prototype in
-tests/test_evaluate.py: one-SE picks 12, the gain rule 3). Why the gain from the
-smallest latent and not from zero: one latent already captures the shared
-population rate (on Poisson Lorenz data one latent gives ~80% of the
-bits/spike of the best), which would make a too-small latent look good enough.
+The rule (`choose`): the answer is the smallest swept k whose gain reaches
+`fraction` of the gain of every larger swept latent,
+  G(k) >= fraction * max_{k' >= k} G(k'),
+and 0 when no latent gains anything. It reads only the curve: no branch on
+where the grid starts. A latent below the answer that falls short of this
+never changes it, and neither does a latent added above the answer whose gain
+stays within 1/fraction of the answer's (a plateau). `estimate` adds a
+bootstrap over validation time blocks and seeds: the 5th-95th percentile
+interval of the answer, and the zero-dimension test (the answer is 0 unless
+the best gain is above zero in at least 95% of the resamples). docs/dimension.md
+says why, and how knife-edge curves come out.
 """
 
 from __future__ import annotations
@@ -25,49 +27,76 @@ import numpy as np
 DEFAULT_GAIN_FRACTION = 0.95
 
 
-def choose_dimension(latents: Sequence[int], score_KS: np.ndarray, null_score: float,
-                     gain_fraction: float = DEFAULT_GAIN_FRACTION) -> dict[str, Any]:
-  """Picks a latent size from held-out scores [latents, seeds] (higher is better).
+def choose(latents: Sequence[int], gain_K: np.ndarray, fraction: float = DEFAULT_GAIN_FRACTION) -> int:
+  """The rule on one gain curve [latents] (NaN: not available); 0 when nothing gains."""
+  order = np.argsort(latents)
+  ks, g = np.asarray(latents)[order], np.asarray(gain_K, float)[order]
+  ok = np.isfinite(g)
+  ks, g = ks[ok], g[ok]
+  if not len(g) or g.max() <= 0:
+    return 0
+  best_above = np.maximum.accumulate(g[::-1])[::-1]  # max over k' >= k
+  return int(ks[np.flatnonzero(g >= fraction * best_above)[0]])
 
-  Returns the default estimate (`optimal`: the smallest latent reaching
-  `gain_fraction` of the best gain over the smallest latent swept; the
-  smallest latent itself when it already reaches that fraction of the gain
-  over `null_score`, a zero-latent model), the one-SE choice
-  (smallest latent whose mean is within one standard error of the best mean),
-  the knee (largest distance above the chord of the gain curve on a log-latent
-  axis, Kneedle), and the per-latent means, SEs and gain fractions.
+
+def knee(latents: Sequence[int], gain_K: np.ndarray) -> int | None:
+  """The point of the gain curve farthest above its chord on a log-latent axis (Kneedle)."""
+  ks, g = np.asarray(latents, float), np.asarray(gain_K, float)
+  ok = np.isfinite(g)
+  if ok.sum() < 3 or g[ok].max() <= g[ok].min():
+    return None
+  lk, g = np.log(ks[ok]), g[ok]
+  x = (lk - lk[0]) / (lk[-1] - lk[0])
+  y = (g - g.min()) / (g.max() - g.min())
+  return int(ks[ok][int(np.argmax(y - x))])
+
+
+def gains(loss_KSB: np.ndarray, null_SB: np.ndarray, count_SB: np.ndarray) -> np.ndarray:
+  """Gain per element [latents, seeds]: (null loss - model loss) summed over blocks / elements."""
+  return (null_SB[None].sum(-1) - loss_KSB.sum(-1)) / count_SB[None].sum(-1)
+
+
+def estimate(latents: Sequence[int], loss_KSB: np.ndarray, null_SB: np.ndarray,
+             count_SB: np.ndarray, fraction: float = DEFAULT_GAIN_FRACTION,
+             resamples: int = 200, seed: int = 0) -> dict[str, Any]:
+  """The answer, its bootstrap interval and the reported alternatives for one layer.
+
+  Args:
+    latents: the swept latent sizes K, ascending.
+    loss_KSB: held-out loss summed over each validation time block [latents, seeds, blocks]
+      (NaN for a diverged model).
+    null_SB, count_SB: the null's loss and the number of held-out elements per block [seeds, blocks].
+    fraction: the rule's fraction; resamples, seed: the bootstrap's.
+  Returns:
+    optimal, interval [5th, 95th percentile], p_positive (share of resamples whose best gain
+    is above zero), knee, one_se, and the curve: gain (mean over seeds), gain_se, gain_fraction.
   """
   latents = np.asarray(latents)
-  order = np.argsort(latents)
-  latents, score_KS = latents[order], np.asarray(score_KS, float)[order]
-  n = np.sum(np.isfinite(score_KS), axis=1)
-  mean = np.array([np.nanmean(r) if c else np.nan for r, c in zip(score_KS, n)])
-  se = np.array([np.nanstd(r, ddof=1) / np.sqrt(c) if c > 1 else 0.0 for r, c in zip(score_KS, n)])
+  g_KS = gains(loss_KSB, null_SB, count_SB)
+  n_KS = np.isfinite(g_KS).sum(axis=1)
+  mean = np.array([np.nanmean(r) if c else np.nan for r, c in zip(g_KS, n_KS)])
+  se = np.array([np.nanstd(r, ddof=1) / np.sqrt(c) if c > 1 else 0.0 for r, c in zip(g_KS, n_KS)])
+  rng = np.random.default_rng(seed)
+  seeds, blocks = null_SB.shape
+  choices, positive = [], []
+  for _ in range(resamples):
+    s, b = rng.integers(0, seeds, seeds), rng.integers(0, blocks, blocks)
+    g = np.nanmean(gains(loss_KSB[:, s][:, :, b], null_SB[s][:, b], count_SB[s][:, b]), axis=1)
+    choices.append(choose(latents, g, fraction))
+    positive.append(np.nanmax(g) > 0 if np.isfinite(g).any() else False)
+  p_positive = float(np.mean(positive)) if resamples else float(np.nanmax(mean) > 0)
+  optimal = choose(latents, mean, fraction) if p_positive >= 0.95 else 0
   ok = np.isfinite(mean)
-  if not ok.any():
-    return {"optimal": None, "one_se": None, "knee": None, "mean": mean.tolist(), "se": se.tolist(),
-            "gain_basis": None, "gain_fraction": [None] * len(latents)}
-  best = int(np.nanargmax(np.where(ok, mean, -np.inf)))
-  first = int(np.flatnonzero(ok)[0])
-  null_total = mean[best] - null_score
-  if null_total <= 0 or (mean[first] - null_score) >= gain_fraction * null_total:
-    # The smallest latent already reaches the fraction of the gain over a zero-latent model.
-    basis = "zero-latent model"
-    frac = (mean - null_score) / null_total if null_total > 0 else np.where(ok, 1.0, np.nan)
-    optimal = int(latents[first])
-  else:
-    basis = "smallest latent"
-    frac = (mean - mean[first]) / (mean[best] - mean[first])
-    optimal = int(latents[np.flatnonzero(ok & (frac >= gain_fraction))[0]])
-  gain = mean - null_score
-  one_se = int(latents[np.flatnonzero(ok & (mean >= mean[best] - se[best]))[0]])
-  lk, g = np.log(latents[ok]), gain[ok]
-  if len(lk) >= 3 and g.max() > g.min():
-    x = (lk - lk[0]) / (lk[-1] - lk[0])
-    y = (g - g.min()) / (g.max() - g.min())
-    knee = int(latents[ok][int(np.argmax(y - x))])
-  else:
-    knee = optimal
-  return {"optimal": optimal, "one_se": one_se, "knee": knee, "mean": mean.tolist(),
-          "se": se.tolist(), "gain_basis": basis,
-          "gain_fraction": [None if not np.isfinite(f) else float(f) for f in frac]}
+  best = int(np.nanargmax(np.where(ok, mean, -np.inf))) if ok.any() else 0
+  one_se = int(latents[np.flatnonzero(ok & (mean >= mean[best] - se[best]))[0]]) if ok.any() else None
+  top = np.nanmax(mean) if ok.any() else np.nan
+  lo, hi = (np.quantile(choices, [0.05, 0.95], method="inverted_cdf") if resamples
+            else (optimal, optimal))
+  return {"optimal": optimal, "interval": [int(lo), int(hi)], "p_positive": p_positive,
+          "knee": knee(latents, mean), "one_se": one_se,
+          "gain": [_num(v) for v in mean], "gain_se": [_num(v) for v in se],
+          "gain_fraction": [_num(v / top) if top > 0 else None for v in mean]}
+
+
+def _num(x) -> float | None:
+  return float(x) if np.isfinite(x) else None

@@ -16,9 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nmas_jax import baselines, models, train
+from nmas_jax import baselines, dimension, models, train
 from nmas_jax.config import Settings
-from nmas_jax.dimension import choose_dimension
 from nmas_jax.splits import Prepared
 from nmas_jax.table import ModelTable
 
@@ -56,26 +55,40 @@ def bits_per_spike(rate_TN: np.ndarray, x_TN: np.ndarray) -> float:
   return float((poisson_nll(null, x_TN) - poisson_nll(rate_TN, x_TN)) / spikes / np.log(2))
 
 
-def block_metrics(pred_TN: np.ndarray, x_TN: np.ndarray, heldout_N: np.ndarray,
-                  likelihood: str) -> dict[str, float]:
-  """Held-out-time metrics of one prediction (means / rates) against data x [time, neurons]."""
-  m = {"valid_mse": float(np.mean((pred_TN - x_TN) ** 2)),
-       "valid_r2": float(np.nanmean(neuron_r2(pred_TN, x_TN))),
-       "valid_r2_pooled": pooled_r2(pred_TN, x_TN)}
+def loss_elements(pred_TN: np.ndarray, x_TN: np.ndarray, likelihood: str) -> np.ndarray:
+  """Each element's loss in the likelihood's units: squared error, or Poisson NLL (no log x!)."""
   if likelihood == "poisson":
-    m["valid_bps"] = bits_per_spike(pred_TN, x_TN)
+    rate = np.maximum(pred_TN, 1e-9)
+    return rate - x_TN * np.log(rate)
+  return (pred_TN - x_TN) ** 2
+
+
+def block_metrics(pred_TN: np.ndarray, x_TN: np.ndarray, heldout_N: np.ndarray,
+                  likelihood: str, block: str = "valid") -> dict[str, float]:
+  """Metrics of one prediction (means / rates) against data x [time, neurons] of a time block.
+
+  Names: all neurons `valid_mse`, `valid_r2`, ...; held-out neurons `cosmooth_mse`, ...; on
+  the test block the same with `test_` (`test_mse`, `test_cosmooth_mse`, ...).
+  """
+  whole = "valid" if block == "valid" else block
+  held = "cosmooth" if block == "valid" else f"{block}_cosmooth"
+  m = {f"{whole}_mse": float(np.mean((pred_TN - x_TN) ** 2)),
+       f"{whole}_r2": float(np.nanmean(neuron_r2(pred_TN, x_TN))),
+       f"{whole}_r2_pooled": pooled_r2(pred_TN, x_TN)}
+  if likelihood == "poisson":
+    m[f"{whole}_bps"] = bits_per_spike(pred_TN, x_TN)
   if heldout_N.any():
     p, x = pred_TN[:, heldout_N], x_TN[:, heldout_N]
-    m.update(cosmooth_mse=float(np.mean((p - x) ** 2)),
-             cosmooth_r2=float(np.nanmean(neuron_r2(p, x))),
-             cosmooth_r2_pooled=pooled_r2(p, x))
+    m.update({f"{held}_mse": float(np.mean((p - x) ** 2)),
+              f"{held}_r2": float(np.nanmean(neuron_r2(p, x))),
+              f"{held}_r2_pooled": pooled_r2(p, x)})
     if likelihood == "poisson":
-      m["cosmooth_bps"] = bits_per_spike(p, x)
+      m[f"{held}_bps"] = bits_per_spike(p, x)
   return m
 
 
 def score_metric(likelihood: str, heldout: bool) -> str:
-  """The metric the dimension estimate uses (co-smoothing when neurons are held out)."""
+  """The headline metric of the curves (co-smoothing when neurons are held out)."""
   prefix = "cosmooth" if heldout else "valid"
   return f"{prefix}_{'bps' if likelihood == 'poisson' else 'mse'}"
 
@@ -84,99 +97,223 @@ def higher_is_better(metric: str) -> bool:
   return metric.endswith("_bps") or "_r2" in metric
 
 
+def bootstrap_blocks(num_time: int, blocks: int = 20) -> np.ndarray:
+  """[num_time] block index of each time bin: `blocks` contiguous blocks (fewer for short data)."""
+  return np.minimum(np.arange(num_time) * min(blocks, num_time) // num_time, blocks - 1)
+
+
+def block_losses(pred_TN: np.ndarray, x_TN: np.ndarray, heldout_N: np.ndarray, likelihood: str,
+                 block_T: np.ndarray) -> np.ndarray:
+  """Held-out neurons' loss summed within each time block [blocks]."""
+  per_t = loss_elements(pred_TN[:, heldout_N], x_TN[:, heldout_N], likelihood).sum(axis=1)
+  return np.bincount(block_T, weights=per_t, minlength=block_T.max() + 1)
+
+
 # ----------------------------------------------------------------------------
 # A whole sweep.
 
+BOOTSTRAP_SEED = 0
 
-def model_predictions(state: train.TrainState, table: ModelTable, prep: Prepared,
-                      cfg: Settings) -> np.ndarray:
-  """Every model's predicted means on the held-out block: [models, time, neurons]."""
-  valid_LVWN = jnp.asarray(prep.valid_LVTN())
-  mask_LN = jnp.asarray(prep.input_mask_LN())
+
+def model_predictions(state: train.TrainState, table: ModelTable, prep: Prepared, cfg: Settings,
+                      block: str = "valid") -> np.ndarray:
+  """Every model's predicted means on a time block: [models, time, neurons]."""
+  windows_LVWN = jnp.asarray(prep.windows_LVTN(block))
+  mask_MN = jnp.asarray(prep.input_mask_MN(table.layer, table.seed))
   pred = functools.partial(train.predict, model=models.make_model(cfg, prep.num_neurons))
 
   @jax.jit
-  def one(params, latent, layer):
-    y_VWN, _ = pred(params, latent, valid_LVWN[layer], mask_LN[layer])
+  def one(params, latent, layer, mask_N):
+    y_VWN, _ = pred(params, latent, windows_LVWN[layer], mask_N)
     return train.mean_prediction(y_VWN, prep.likelihood).reshape(-1, y_VWN.shape[-1])
 
   return np.stack([np.asarray(one(jax.tree.map(lambda a: a[i], state.params), state.latent[i],
-                                  int(table.layer[i]))) for i in range(len(table))]
+                                  int(table.layer[i]), mask_MN[i])) for i in range(len(table))]
                   ).astype(np.float64)
 
 
-def baseline_rows(prep: Prepared, latents, fa_iters: int = 100) -> list[dict[str, Any]]:
-  """PCA and FA metrics per (layer, latent), on the same splits as the models."""
-  train_LTN, valid_LTN, heldout_LN = prep.train_block(), prep.valid_block(), prep.heldout_LN
+def _baselines(prep: Prepared, cfg: Settings, block_T: np.ndarray, fa_iters: int
+               ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+  """PCA and FA per (layer, latent): rows of metrics (means over seeds) and their loss curves
+  {method: [layers, latents, seeds, blocks]} on each seed's held-out neurons."""
+  train_LTN, valid_LTN, test_LTN = prep.train_block(), prep.flat("valid"), prep.flat("test")
+  t_valid, lik, seeds = valid_LTN.shape[1], prep.likelihood, prep.heldout_SLN.shape[0]
+  shape = (prep.dataset.num_layers, len(cfg.latents), seeds, block_T.max() + 1)
+  curves = {m: np.full(shape, np.nan) for m in ("pca", "fa")}
   rows = []
   for l, name in enumerate(prep.dataset.layer_names):
-    for k in latents:
-      p = baselines.predictions(train_LTN[l], valid_LTN[l], heldout_LN[l], k, fa_iters)
+    held_x = np.concatenate([valid_LTN[l], test_LTN[l]])
+    for j, k in enumerate(cfg.latents):
       row: dict[str, Any] = {"layer": name, "latent": int(k)}
-      for method in ("pca", "fa"):
-        m = block_metrics(p[method], valid_LTN[l], np.zeros_like(heldout_LN[l]), prep.likelihood)
-        row[f"{method}_valid_mse"] = m["valid_mse"]
-        row[f"{method}_valid_r2"] = m["valid_r2"]
-        if f"{method}_cosmooth" in p:
-          pc = p[f"{method}_cosmooth"]
-          if prep.likelihood == "poisson":
-            pc = np.maximum(pc, 1e-3)  # linear predictions can go negative: floor the rate.
-          mc = block_metrics(pc, valid_LTN[l], heldout_LN[l], prep.likelihood)
-          for key in ("cosmooth_mse", "cosmooth_r2", "cosmooth_bps"):
-            if key in mc:
-              row[f"{method}_{key}"] = mc[key]
+      per_seed = []
+      for s in range(seeds):
+        held = prep.heldout_SLN[s, l]
+        p = baselines.predictions(train_LTN[l], held_x, held, k, fa_iters, reconstruct=s == 0)
+        m: dict[str, float] = {}
+        for method in ("pca", "fa"):
+          if s == 0:
+            rec = block_metrics(p[method][:t_valid], valid_LTN[l], np.zeros_like(held), lik)
+            row[f"{method}_valid_mse"], row[f"{method}_valid_r2"] = rec["valid_mse"], rec["valid_r2"]
+          if held.any():
+            pc = p[f"{method}_cosmooth"]
+            if lik == "poisson":
+              pc = np.maximum(pc, 1e-3)  # linear predictions can go negative: floor the rate.
+            for block, x in (("valid", valid_LTN[l]), ("test", test_LTN[l])):
+              part = pc[:t_valid] if block == "valid" else pc[t_valid:]
+              mc = block_metrics(part, x, held, lik, block)
+              m.update({f"{method}_{key}": v for key, v in mc.items() if "cosmooth" in key})
+            curves[method][l, j, s] = block_losses(pc[:t_valid], valid_LTN[l], held, lik, block_T)
+        per_seed.append(m)
+      for key in per_seed[0]:
+        row[key] = float(np.nanmean([m[key] for m in per_seed]))
       rows.append(row)
-  return rows
+  return rows, curves
 
 
-def dimension_estimates(prep: Prepared, cfg: Settings, table: ModelTable, diverged_at: np.ndarray,
-                        per_model: list[dict[str, float]]) -> dict[str, Any]:
-  """Per layer: the models' score curve [latents, seeds], the null, and the rule's choices."""
-  train_LTN, valid_LTN, heldout_LN = prep.train_block(), prep.valid_block(), prep.heldout_LN
-  metric = score_metric(prep.likelihood, bool(cfg.heldout_neurons > 0))
-  sign = 1.0 if higher_is_better(metric) else -1.0
-  g = cfg.gain_fraction
-  dimension: dict[str, Any] = {"metric": metric, "gain_fraction": g,
-                               "rule": (f"smallest latent reaching {g:.0%} of the best "
-                                        f"held-out gain in {metric}, measured from the smallest "
-                                        "latent swept (or the smallest latent, if it already reaches "
-                                        f"{g:.0%} of the gain over a zero-latent model "
-                                        "that predicts each neuron by its training mean)"),
-                               "layers": {}}
-  out: dict[str, Any] = {"optimal_latent": {}, "knee_latent": {}, "one_se_latent": {},
-                         "dimension": dimension}
-  for l, name in enumerate(prep.dataset.layer_names):
-    score_KS = np.full((len(cfg.latents), cfg.seeds), np.nan)
-    for i in np.flatnonzero(table.layer == l):
-      v = per_model[i].get(metric)
-      if diverged_at[i] < 0 and v is not None and np.isfinite(v):
-        score_KS[cfg.latents.index(int(table.latent[i])), int(table.seed[i])] = sign * v
-    null_pred = np.broadcast_to(train_LTN[l].mean(axis=0), valid_LTN[l].shape)
-    null = sign * block_metrics(null_pred, valid_LTN[l], heldout_LN[l], prep.likelihood)[metric]
-    if metric.endswith("_bps"):
-      null = 0.0  # bits/spike is already a gain over each neuron's mean rate.
-    d = choose_dimension(cfg.latents, score_KS, null, g)
-    for key, rule in (("optimal_latent", "optimal"), ("knee_latent", "knee"), ("one_se_latent", "one_se")):
-      out[key][name] = d[rule]
-    dimension["layers"][name] = {"latents": sorted(cfg.latents), "mean": d["mean"], "se": d["se"],
-                                 "null": null, "gain_basis": d["gain_basis"],
-                                 "gain_fraction": d["gain_fraction"], "score_sign": sign}
-  return out
+def _null_losses(prep: Prepared, block_T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """The zero-latent null's held-out loss and element count per validation block:
+  [layers, seeds, blocks] each (each neuron predicted by its training-block mean)."""
+  train_LTN, valid_LTN = prep.train_block(), prep.flat("valid")
+  seeds, layers = prep.heldout_SLN.shape[:2]
+  null = np.zeros((layers, seeds, block_T.max() + 1))
+  count = np.zeros_like(null)
+  for l in range(layers):
+    pred = np.broadcast_to(train_LTN[l].mean(axis=0), valid_LTN[l].shape)
+    for s in range(seeds):
+      held = prep.heldout_SLN[s, l]
+      null[l, s] = block_losses(pred, valid_LTN[l], held, prep.likelihood, block_T)
+      count[l, s] = np.bincount(block_T, minlength=block_T.max() + 1) * held.sum()
+  return null, count
 
 
 def evaluate_sweep(prep: Prepared, cfg: Settings, out, fa_iters: int = 100,
                    log=print) -> dict[str, Any]:
-  """Full held-out evaluation of a `sweep.SweepOutput`, baselines and dimension estimates."""
-  valid_LTN, heldout_LN = prep.valid_block(), prep.heldout_LN
-  preds = model_predictions(out.state, out.table, prep, cfg)
-  per_model = [block_metrics(preds[i], valid_LTN[l], heldout_LN[l], prep.likelihood)
-               for i, l in enumerate(out.table.layer)]
-  log(f"baselines: PCA and FA at {len(cfg.latents)} latent sizes x {prep.dataset.num_layers} layers")
-  train_LTN = prep.train_block()
+  """Full evaluation of a `sweep.SweepOutput` on the validation and test blocks, the PCA and FA
+  baselines, and the dimension estimates: the fields of results.json."""
+  table, lik = out.table, prep.likelihood
+  valid_LTN, test_LTN = prep.flat("valid"), prep.flat("test")
+  block_T = bootstrap_blocks(valid_LTN.shape[1])
+  pred_valid = model_predictions(out.state, table, prep, cfg, "valid")
+  pred_test = model_predictions(out.state, table, prep, cfg, "test")
+  held = lambda i: prep.heldout_SLN[table.seed[i], table.layer[i]]
+  per_model = [{**block_metrics(pred_valid[i], valid_LTN[l], held(i), lik, "valid"),
+                **block_metrics(pred_test[i], test_LTN[l], held(i), lik, "test")}
+               for i, l in enumerate(table.layer)]
+  log(f"baselines: PCA and FA at {len(cfg.latents)} latent sizes x {prep.dataset.num_layers} layers "
+      f"x {cfg.seeds} held-out sets")
+  rows, base_curves = _baselines(prep, cfg, block_T, fa_iters)
+  train_LTN, names = prep.train_block(), prep.dataset.layer_names
+  result = {"per_model": per_model, "baselines": rows,
+            "participation_ratio": {n: round(baselines.participation_ratio(train_LTN[l]), 3)
+                                    for l, n in enumerate(names)},
+            "pca_dims_90": {n: baselines.dims_for_variance(train_LTN[l], 0.9)
+                            for l, n in enumerate(names)}}
+  if not prep.cosmooth:
+    log("warning: no neurons are held out (--heldout_neurons=0): reconstruction error keeps "
+        "falling with the latent size and is not a dimension estimate, so none is reported")
+    return {**result, **_no_estimate(prep, cfg, table, out, per_model)}
+  model_curves = np.full((len(names), len(cfg.latents), cfg.seeds, block_T.max() + 1), np.nan)
+  ok = np.asarray(out.state.diverged_at) < 0
+  for i in np.flatnonzero(ok):
+    l, j, s = table.layer[i], cfg.latents.index(int(table.latent[i])), table.seed[i]
+    model_curves[l, j, s] = block_losses(pred_valid[i], valid_LTN[l], held(i), lik, block_T)
+  null, count = _null_losses(prep, block_T)
+  return {**result, **dimension_estimates(prep, cfg, table, per_model, model_curves, base_curves,
+                                          rows, null, count)}
+
+
+def dimension_estimates(prep: Prepared, cfg: Settings, table: ModelTable,
+                        per_model: list[dict[str, float]], model_curves: np.ndarray,
+                        base_curves: dict[str, np.ndarray], base_rows: list[dict[str, Any]],
+                        null_LSB: np.ndarray, count_LSB: np.ndarray) -> dict[str, Any]:
+  """The rule (`dimension.estimate`) per layer on the models' and each baseline's gain curve."""
+  metric = score_metric(prep.likelihood, True)
+  order = np.argsort(cfg.latents)
+  latents = [int(cfg.latents[j]) for j in order]
+  g = cfg.gain_fraction
+  dim: dict[str, Any] = {
+      "metric": metric, "gain_fraction": g, "block": "validation",
+      "gain": "drop of the held-out neurons' loss (squared error, or Poisson NLL) on the "
+              "validation block below the zero-latent null (each neuron predicted by its "
+              "training-block mean), per held-out element, mean over seeds",
+      "rule": f"smallest latent whose gain reaches {g:.0%} of the gain of every larger latent "
+              "swept; 0 unless the best gain is above zero in 95% of the bootstrap resamples",
+      "bootstrap": {"resamples": cfg.bootstrap, "seed": BOOTSTRAP_SEED,
+                    "time_blocks": int(null_LSB.shape[-1]), "over": "validation time blocks and seeds"},
+      "layers": {}}
+  out: dict[str, Any] = {"optimal_latent": {}, "optimal_latent_interval": {}, "knee_latent": {},
+                         "one_se_latent": {}, "baseline_optimal_latent": {"pca": {}, "fa": {}},
+                         "dimension": dim, "test_comparison": {}}
+  for l, name in enumerate(prep.dataset.layer_names):
+    run = lambda curves: dimension.estimate(latents, curves[order], null_LSB[l], count_LSB[l], g,
+                                            cfg.bootstrap, BOOTSTRAP_SEED)
+    d = run(model_curves[l])
+    for key, field in (("optimal_latent", "optimal"), ("optimal_latent_interval", "interval"),
+                       ("knee_latent", "knee"), ("one_se_latent", "one_se")):
+      out[key][name] = d[field]
+    for method in ("pca", "fa"):
+      out["baseline_optimal_latent"][method][name] = run(base_curves[method][l])["optimal"]
+    values = [[m.get(metric) for i, m in enumerate(per_model)
+               if table.layer[i] == l and table.latent[i] == k] for k in latents]
+    dim["layers"][name] = {
+        "latents": latents, "mean": [_mean(v) for v in values],
+        "null": float(null_LSB[l].sum() / count_LSB[l].sum()),
+        **{k: d[k] for k in ("gain", "gain_se", "gain_fraction", "interval", "p_positive")}}
+    out["test_comparison"][name] = _test_comparison(prep, table, per_model, base_rows, l, name,
+                                                    d["optimal"])
+  return out
+
+
+def _test_comparison(prep: Prepared, table: ModelTable, per_model, base_rows, l: int, name: str,
+                     k: int) -> dict[str, Any]:
+  """The model against PCA and FA at latent k on the test block (means over seeds)."""
+  metric = "test_" + score_metric(prep.likelihood, True)
+  if not k:
+    return {"latent": k, "metric": metric, "model": None}
+  row = next(r for r in base_rows if r["layer"] == name and r["latent"] == k)
+  return {"latent": int(k), "metric": metric, "higher_is_better": higher_is_better(metric),
+          "model": _mean([m.get(metric) for i, m in enumerate(per_model)
+                          if table.layer[i] == l and table.latent[i] == k]),
+          "pca": row.get(f"pca_{metric}"), "fa": row.get(f"fa_{metric}")}
+
+
+def _mean(values) -> float | None:
+  v = [x for x in values if x is not None and np.isfinite(x)]
+  return float(np.mean(v)) if v else None
+
+
+def _no_estimate(prep: Prepared, cfg: Settings, table: ModelTable, out, per_model) -> dict[str, Any]:
+  """Results fields when no neuron is held out: the curves, and no chosen dimension."""
+  metric = score_metric(prep.likelihood, False)
+  latents = sorted(int(k) for k in cfg.latents)
   names = prep.dataset.layer_names
-  diverged = np.asarray(out.state.diverged_at)
-  return {"per_model": per_model, "baselines": baseline_rows(prep, cfg.latents, fa_iters),
-          "participation_ratio": {n: round(baselines.participation_ratio(train_LTN[l]), 3)
-                                  for l, n in enumerate(names)},
-          "pca_dims_90": {n: baselines.dims_for_variance(train_LTN[l], 0.9) for l, n in enumerate(names)},
-          **dimension_estimates(prep, cfg, out.table, diverged, per_model)}
+  dim = {"metric": metric, "rule": "none: no neurons are held out (--heldout_neurons=0)",
+         "layers": {n: {"latents": latents, "mean": [
+             _mean([m.get(metric) for i, m in enumerate(per_model)
+                    if table.layer[i] == l and table.latent[i] == k]) for k in latents]}
+             for l, n in enumerate(names)}}
+  none = {n: None for n in names}
+  return {"optimal_latent": none, "optimal_latent_interval": dict(none), "knee_latent": dict(none),
+          "one_se_latent": dict(none), "baseline_optimal_latent": {"pca": dict(none), "fa": dict(none)},
+          "dimension": dim}
+
+
+def chosen_gain(prep: Prepared, cfg: Settings, state: train.TrainState, table: ModelTable,
+                chosen: list[int]) -> float:
+  """Held-out gain per element over the null on the validation block at each layer's `chosen`
+  latent (0 where it is 0), mean over layers and seeds: `DimensionSweep.score` on new data."""
+  valid_LTN = prep.flat("valid")
+  block_T = bootstrap_blocks(valid_LTN.shape[1])
+  null, count = _null_losses(prep, block_T)
+  preds = model_predictions(state, table, prep, cfg, "valid")
+  per_layer = []
+  for l, k in enumerate(chosen):
+    gains = [0.0]
+    if k:
+      gains = []
+      for i in np.flatnonzero((table.layer == l) & (table.latent == k)):
+        s = table.seed[i]
+        loss = block_losses(preds[i], valid_LTN[l], prep.heldout_SLN[s, l], prep.likelihood, block_T)
+        gains.append((null[l, s].sum() - loss.sum()) / count[l, s].sum())
+    per_layer.append(np.mean(gains))
+  return float(np.mean(per_layer))

@@ -100,4 +100,5 @@ class Checkpoints:
 
   def __call__(self, loop) -> None:
     if loop.final or (self.every and loop.step % self.every == 0):
-      self.checkpointer.save(loop.step, loop.real_state(), loop.aux())
+      loop.evaluation()  # a due evaluation first: the checkpoint holds its selection
+      self.checkpointer.save(loop.step, *loop.checkpoint())

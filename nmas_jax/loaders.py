@@ -9,9 +9,9 @@ import numpy as np
 
 from nmas_jax.config import DataSettings
 from nmas_jax.data import (Dataset, as_layers, bin_time, check_file, check_finite, check_numeric,
-                           normalize)
+                           is_counts)
 from nmas_jax.errors import UserError
-from nmas_jax.synthetic import make_lorenz, make_synthetic
+from nmas_jax.synthetic import FAMILIES
 
 STRINGER_KEYS = ("sresp", "xyz")
 _D = DataSettings()  # the loaders' defaults are the command line's
@@ -21,13 +21,19 @@ def _layer_name(z: float) -> str:
   return str(int(z)) if float(z).is_integer() else repr(float(z))
 
 
-def load_stringer(path: str, *, neurons_per_layer: int | None = None,
-                  normalize_method: str = _D.normalize, bin_size: int = _D.bin,
+def _bin(x_TN: np.ndarray, bin_size: int, counts: bool) -> np.ndarray:
+  """Adjacent bins summed for spike counts (they stay counts), else averaged."""
+  return bin_time(x_TN, bin_size, "sum" if counts else "mean")
+
+
+def load_stringer(path: str, *, neurons_per_layer: int | None = None, bin_size: int = _D.bin,
                   seed: int = _D.data_seed, drop_nonfinite: bool = False, warn=print) -> Dataset:
   """Loads Stringer et al. 2019 spontaneous data; layers are the unique z planes.
 
   The file is a pickled dict (np.save of a dict): loading it runs code from the
-  file, so only load files you trust.
+  file, so only load files you trust. Normalisation happens later
+  (`splits.prepare`); the mean over every neuron of the recording is kept
+  for --normalize=mean_per_bin_all.
   """
   check_file(path)
   try:
@@ -63,7 +69,8 @@ def load_stringer(path: str, *, neurons_per_layer: int | None = None,
   check_finite(sresp, "sresp [neurons, time]")
 
   x_TN = sresp.T
-  population_mean_T = x_TN.mean(axis=1)
+  counts_data = is_counts(x_TN)
+  population_mean_T = _bin(x_TN.mean(axis=1, keepdims=True), bin_size, False)[:, 0]
   z_N = xyz[2]
   planes = np.unique(z_N)
   counts = [int((z_N == z).sum()) for z in planes]
@@ -78,39 +85,59 @@ def load_stringer(path: str, *, neurons_per_layer: int | None = None,
                       f"--neurons_per_layer={n}: lower it or leave it unset")
     idx = np.sort(rng.choice(np.flatnonzero(z_N == z), size=n, replace=False))
     chosen[_layer_name(z)] = idx.tolist()
-    x = normalize(x_TN[:, idx], normalize_method, population_mean_T)
-    layers.append(bin_time(x, bin_size))
+    layers.append(_bin(x_TN[:, idx], bin_size, counts_data))
   meta = dict(path=os.path.abspath(path), neurons_per_plane=dict(zip(map(_layer_name, planes), counts)),
-              neurons_per_layer=n, normalize=normalize_method, bin=bin_size,
-              binning="mean of adjacent bins", subsample_seed=seed, neuron_indices=chosen)
+              neurons_per_layer=n, bin=bin_size, binning=_binning(counts_data),
+              subsample_seed=seed, neuron_indices=chosen)
   return Dataset(np.stack(layers).astype(np.float32), tuple(map(_layer_name, planes)),
-                 "stringer", None, meta)
+                 "stringer", None, meta, counts=counts_data, population_mean_T=population_mean_T)
 
 
-def load_array(path: str, *, key: str | None = None, normalize_method: str = _D.normalize,
-               bin_size: int = _D.bin, drop_nonfinite: bool = False, warn=print) -> Dataset:
-  """Loads a .npy/.npz array [time, neurons] (one layer) or [layers, time, neurons]."""
-  check_file(path)
+def _binning(counts: bool) -> str:
+  return "sum of adjacent bins (counts)" if counts else "mean of adjacent bins"
+
+
+def _read_array(path: str, key: str | None) -> tuple[np.ndarray, str | None]:
+  """The array in a .npy, or the one `key` names (or the only [time, neurons]-like one) in a .npz."""
+  with open(path, "rb") as f:
+    magic = f.read(6)
+  if magic != b"\x93NUMPY" and magic[:4] != b"PK\x03\x04":
+    raise UserError(f"{path} is not a valid .npy or .npz file: save the activity with numpy.save "
+                    "or numpy.savez")
   try:
     raw = np.load(path, allow_pickle=False)
   except ValueError as e:
-    raise UserError(f"{path} holds pickled objects, which --dataset=array refuses to load "
-                    "(it would run code from the file): save a plain numeric array") from e
-  except Exception as e:  # noqa: BLE001
-    raise UserError(f"cannot read {path} as .npy/.npz: {type(e).__name__}") from e
-  if isinstance(raw, np.lib.npyio.NpzFile):
-    with raw:
-      keys = list(raw.keys())
-      if key:
-        if key not in keys:
-          raise UserError(f"--data_key={key!r} is not in {path}; it holds {', '.join(keys)}")
-        x = raw[key]
-      elif len(keys) == 1:
-        key, x = keys[0], raw[keys[0]]
-      else:
-        raise UserError(f"{path} holds several arrays ({', '.join(keys)}): choose one with --data_key")
-  else:
-    x = raw
+    if magic == b"\x93NUMPY":
+      raise UserError(f"{path} holds pickled objects, which --dataset=array refuses to load "
+                      "(it would run code from the file): save a plain numeric array") from e
+    raise UserError(f"{path} is not a valid .npz file ({e}): save it again with numpy.savez") from e
+  except Exception as e:  # noqa: BLE001 - a truncated or corrupt file
+    kind = ".npy" if magic == b"\x93NUMPY" else ".npz"
+    raise UserError(f"{path} is not a valid {kind} file ({type(e).__name__}): save it again") from e
+  if not isinstance(raw, np.lib.npyio.NpzFile):
+    return raw, None
+  with raw:
+    keys = list(raw.keys())
+    if key:
+      if key not in keys:
+        raise UserError(f"--data_key={key!r} is not in {path}; it holds {', '.join(keys)}")
+      return raw[key], key
+    try:
+      arrays = {k: raw[k] for k in keys}
+    except Exception as e:  # noqa: BLE001
+      raise UserError(f"{path} is not a valid .npz file ({type(e).__name__}): save it again") from e
+  shaped = [k for k, v in arrays.items() if v.ndim in (2, 3)]
+  if len(keys) == 1 or len(shaped) == 1:
+    key = keys[0] if len(keys) == 1 else shaped[0]
+    return arrays[key], key
+  raise UserError(f"{path} holds several arrays ({', '.join(keys)}): choose one with --data_key")
+
+
+def load_array(path: str, *, key: str | None = None, bin_size: int = _D.bin,
+               drop_nonfinite: bool = False, warn=print) -> Dataset:
+  """Loads a .npy/.npz array [time, neurons] (one layer) or [layers, time, neurons]."""
+  check_file(path)
+  x, key = _read_array(path, key)
   x = as_layers(x, "the array")
   if drop_nonfinite:
     keep = np.isfinite(x).all(axis=(0, 1))
@@ -121,15 +148,15 @@ def load_array(path: str, *, key: str | None = None, normalize_method: str = _D.
     if x.shape[2] == 0:
       raise UserError("every neuron has NaN/Inf values: nothing left to fit")
   check_finite(x, "the array [layers, time, neurons]")
-  layers = [bin_time(normalize(x_TN, normalize_method), bin_size) for x_TN in x]
-  meta = dict(path=os.path.abspath(path), key=key, normalize=normalize_method, bin=bin_size,
-              binning="mean of adjacent bins")
+  counts_data = is_counts(x)
+  layers = [_bin(x_TN, bin_size, counts_data) for x_TN in x]
+  meta = dict(path=os.path.abspath(path), key=key, bin=bin_size, binning=_binning(counts_data))
   return Dataset(np.stack(layers).astype(np.float32),
-                 tuple(str(i) for i in range(len(layers))), "array", None, meta)
+                 tuple(str(i) for i in range(len(layers))), "array", None, meta, counts=counts_data)
 
 
-def load_nwb(path: str, *, series: str | None = None, bin_ms: float = 50.0,
-             normalize_method: str = "none", bin_size: int = 1, seed: int = 0) -> Dataset:
+def load_nwb(path: str, *, series: str | None = None, bin_ms: float = _D.bin_ms,
+             bin_size: int = 1, seed: int = _D.data_seed) -> Dataset:
   """Loads calcium series (RoiResponseSeries in Fluorescence/DfOverF) or spikes (Units) from NWB.
 
   Several series of one container (one per imaging plane) become layers,
@@ -187,27 +214,26 @@ def load_nwb(path: str, *, series: str | None = None, bin_ms: float = 50.0,
   t = min(len(x) for x in layers)
   n = min(x.shape[1] for x in layers)
   rng = np.random.default_rng(seed)
+  counts_data = all(is_counts(x) for x in layers)
   out = []
   for x in layers:
     idx = np.sort(rng.choice(x.shape[1], n, replace=False)) if x.shape[1] > n else np.arange(n)
-    out.append(bin_time(normalize(x[:t, idx], normalize_method), bin_size))
-  meta = dict(path=os.path.abspath(path), source=kind, normalize=normalize_method, bin=bin_size)
-  return Dataset(np.stack(out).astype(np.float32), tuple(layer_names), "nwb", None, meta)
+    out.append(_bin(x[:t, idx], bin_size, counts_data))
+  meta = dict(path=os.path.abspath(path), source=kind, bin=bin_size, binning=_binning(counts_data))
+  return Dataset(np.stack(out).astype(np.float32), tuple(layer_names), "nwb", None, meta,
+                 counts=counts_data)
 
 
 def load(ds: DataSettings, *, drop_nonfinite: bool = False, warn=print) -> Dataset:
   """Loads the dataset `ds` names, keeping `ds.layers` (all when empty).
 
-  `ds.normalize` and `ds.bin` apply to recorded data; the built-in data is
-  generated at its final resolution and scale, so it is neither normalised
-  nor binned. With `drop_nonfinite`, neurons with NaN/Inf are dropped (and
+  `ds.bin` applies to recorded data (the built-in data are generated at
+  their final resolution); normalisation happens in `splits.prepare`. With `drop_nonfinite`, neurons with NaN/Inf are dropped (and
   `warn` told how many) instead of refusing the data.
   """
-  recorded = dict(normalize_method=ds.normalize, bin_size=ds.bin)
-  if ds.dataset == "synthetic":
-    out = make_synthetic(seed=ds.data_seed)
-  elif ds.dataset == "lorenz":
-    out = make_lorenz(seed=ds.data_seed)
+  recorded = dict(bin_size=ds.bin)
+  if ds.dataset in FAMILIES:
+    out = FAMILIES[ds.dataset](seed=ds.data_seed)
   elif ds.dataset == "stringer":
     out = load_stringer(ds.data_path, neurons_per_layer=ds.neurons_per_layer, seed=ds.data_seed,
                         drop_nonfinite=drop_nonfinite, warn=warn, **recorded)

@@ -47,6 +47,8 @@ def slice_latent(params: Any, k: int) -> Any:
     lstm = dict(dec["lstm"])
     lstm["input"] = {**lstm["input"], "kernel": lstm["input"]["kernel"][..., :k, :]}
     dec["lstm"] = lstm
+  elif "mlp_hidden" in dec:
+    dec["mlp_hidden"] = {**dec["mlp_hidden"], "kernel": dec["mlp_hidden"]["kernel"][..., :k, :]}
   else:
     dec["readout"] = {**dec["readout"], "kernel": dec["readout"]["kernel"][..., :k, :]}
   return {**params, "encoder": enc, "decoder_net": dec}
@@ -267,9 +269,12 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
   """z [B, T, K] -> reconstruction [B, T, N].
 
-  kind="lstm": an LSTM over z then a Dense readout. kind="linear": a Dense
-  readout of z_t alone (as the original), so the prediction at t depends only
-  on z_t and the latent size measures per-time-step dimension.
+  kind="linear": a Dense readout of z_t alone (as the original), so the
+  prediction at t depends only on z_t and the latent size is a linear
+  dimension per time step. kind="mlp": a per-time-step MLP of z_t (`mlp_hidden`
+  Mish units, as the original's head), so the latent size is the dimension of
+  a curved manifold. kind="lstm": an LSTM over z then a Dense readout.
+  The output is the likelihood's natural parameter (mean, or log-rate).
   """
 
   neurons: int
@@ -277,6 +282,7 @@ class Decoder(nn.Module):
   kind: str = "lstm"
   unroll: int = 1
   dtype: Any = jnp.float32
+  mlp_hidden: int = 128
 
   @nn.compact
   def __call__(self, z_BTK: jax.Array) -> jax.Array:
@@ -285,6 +291,9 @@ class Decoder(nn.Module):
     h = z_BTK
     if self.kind == "lstm":
       h = ScanLSTM(self.hidden, unroll=self.unroll, dtype=self.dtype, name="lstm")(h)
+    elif self.kind == "mlp":
+      h = jax.nn.mish(Dense(self.mlp_hidden, dtype=self.dtype, name="mlp_hidden")(h)
+                      .astype(jnp.float32))
     return Dense(self.neurons, dtype=self.dtype, name="readout")(h).astype(jnp.float32)
 
 
@@ -295,8 +304,11 @@ class LSTMAutoencoder(nn.Module):
     neurons: N, the output size.
     latent: K, the (padded) latent width; pass `latent_size` <= K to mask.
     hidden: LSTM units H of the encoder (and LSTM decoder).
-    decoder: "lstm" or "linear".
+    decoder: "linear", "mlp" or "lstm" (see `Decoder`).
     bidirectional: add a reverse-time encoder LSTM.
+    decoder_hidden: hidden units of the mlp decoder.
+    dropout: rate of dropout on the encoder's input while training (`train=True`, which
+      needs a "dropout" rng): neurons dropped at random, so the encoder cannot lean on any one.
   """
 
   neurons: int
@@ -306,10 +318,14 @@ class LSTMAutoencoder(nn.Module):
   bidirectional: bool = False
   unroll: int = 1
   dtype: Any = jnp.float32
+  decoder_hidden: int = 128
+  dropout: float = 0.0
 
   def setup(self):
     self.encoder = Encoder(self.hidden, self.latent, self.bidirectional, self.unroll, self.dtype)
-    self.decoder_net = Decoder(self.neurons, self.hidden, self.decoder, self.unroll, self.dtype)
+    self.decoder_net = Decoder(self.neurons, self.hidden, self.decoder, self.unroll, self.dtype,
+                               self.decoder_hidden)
+    self.input_dropout = nn.Dropout(self.dropout)
 
   def encode(self, x_BTN: jax.Array, latent_size: Any = None) -> jax.Array:
     return self.encoder(x_BTN, latent_size)
@@ -317,7 +333,10 @@ class LSTMAutoencoder(nn.Module):
   def decode(self, z_BTK: jax.Array) -> jax.Array:
     return self.decoder_net(z_BTK)
 
-  def __call__(self, x_BTN: jax.Array, latent_size: Any = None) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, x_BTN: jax.Array, latent_size: Any = None,
+               train: bool = False) -> tuple[jax.Array, jax.Array]:
+    if train and self.dropout > 0:
+      x_BTN = self.input_dropout(x_BTN, deterministic=False)
     z_BTK = self.encode(x_BTN, latent_size)
     return self.decode(z_BTK), z_BTK
 
@@ -326,4 +345,5 @@ def make_model(cfg: Settings, neurons: int) -> LSTMAutoencoder:
   """The padded autoencoder every model of a sweep shares (width = the largest latent)."""
   return LSTMAutoencoder(neurons=neurons, latent=max(cfg.latents), hidden=cfg.hidden,
                          decoder=cfg.decoder, bidirectional=cfg.bidirectional, unroll=cfg.unroll,
-                         dtype=jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32)
+                         dtype=jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32,
+                         decoder_hidden=cfg.decoder_hidden, dropout=cfg.dropout)

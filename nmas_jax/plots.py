@@ -19,9 +19,11 @@ def metric_label(metric: str) -> str:
 
 
 def plot_sweep(results: dict[str, Any]):
-  """Per layer: held-out metric vs latent size for LSTM (mean +- SE over seeds), PCA and FA.
+  """Per layer: held-out metric (validation block) vs latent size for the model (mean +- SE
+  over seeds), PCA and FA.
 
-  The chosen dimension is a solid line, the true one (synthetic data) dashed.
+  The chosen dimension is a solid line with its bootstrap interval shaded, the
+  true one (synthetic data) dotted; a choice of 0 is written in the panel.
   """
   import matplotlib
 
@@ -50,9 +52,15 @@ def plot_sweep(results: dict[str, Any]):
       if pts:
         ax.plot(*zip(*pts), style, alpha=0.8, label=method.upper())
     chosen = results.get("optimal_latent", {}).get(layer)
-    if chosen is not None:
+    interval = (results.get("optimal_latent_interval") or {}).get(layer)
+    if interval is not None and interval[1] > 0:
+      lo = interval[0] if interval[0] > 0 else min(results["latents"])
+      ax.axvspan(lo, interval[1], color="k", alpha=0.08, label=f"5-95% {interval[0]}-{interval[1]}")
+    if chosen:
       ax.axvline(chosen, color="k", lw=1.2, label=f"chosen {chosen}")
-    if layer in true_latent:
+    elif chosen == 0:
+      ax.text(0.03, 0.05, "chosen 0: no gain over the null", transform=ax.transAxes, fontsize=8)
+    if true_latent.get(layer):
       ax.axvline(true_latent[layer], color="tab:green", ls=":", lw=2, label=f"true {true_latent[layer]}")
     ax.set_xscale("log")
     ax.set_xticks(results["latents"])

@@ -13,21 +13,34 @@ from nmas_jax.plots import metric_label
 from nmas_jax.results import curves, dimension_metric
 
 
+def _interval(results: dict[str, Any], layer: str) -> str:
+  iv = (results.get("optimal_latent_interval") or {}).get(layer)
+  return "-" if iv is None else f"{iv[0]}-{iv[1]}"
+
+
 def table(results: dict[str, Any], field: str | None = None) -> str:
-  """A text table: rows are layers, columns latent sizes, cells mean over seeds."""
+  """A text table: rows are layers, columns latent sizes (validation block, mean over seeds),
+  then the chosen dimension, its bootstrap interval and the alternatives."""
   field = field or dimension_metric(results)
   by_layer = curves(results, field)
   latents = results["latents"]
-  head = f"{'layer':>8} " + " ".join(f"{'k=' + str(k):>10}" for k in latents)
-  extra = [("chosen", "optimal_latent"), ("knee", "knee_latent"), ("1-SE", "one_se_latent"),
-           ("true", "true_latent")]
-  extra = [(h, k) for h, k in extra if results.get(k)]
+  head = f"{'layer':>10} " + " ".join(f"{'k=' + str(k):>9}" for k in latents)
+  extra = [("chosen", "optimal_latent"), ("5-95%", None), ("knee", "knee_latent"),
+           ("1-SE", "one_se_latent")]
+  base = results.get("baseline_optimal_latent") or {}
+  extra += [(m.upper(), m) for m in ("pca", "fa") if base.get(m)]
+  extra += [("true", "true_latent")] if results.get("true_latent") else []
   head += "".join(f" {h:>6}" for h, _ in extra)
-  lines = [f"held-out {field} (mean over seeds)", head]
+  lines = [f"held-out {field}, validation block (mean over seeds)", head]
   for layer in results["layers"]:
     cells = [by_layer[layer][k] for k in latents]
-    row = f"{layer:>8} " + " ".join(f"{np.mean(c):>10.4g}" if c else f"{'diverged':>10}" for c in cells)
-    row += "".join(f" {str(results[k][layer]):>6}" for _, k in extra)
+    row = f"{layer:>10} " + " ".join(f"{np.mean(c):>9.4g}" if c else f"{'diverged':>9}" for c in cells)
+    for h, key in extra:
+      if key is None:
+        v = _interval(results, layer)
+      else:
+        v = (base.get(key) if key in ("pca", "fa") else results.get(key) or {}).get(layer, "-")
+      row += f" {str('-' if v is None else v):>6}"
     lines.append(row)
   return "\n".join(lines)
 
@@ -45,74 +58,154 @@ def write_all(workdir: str, results: dict[str, Any], flags_text: str = "") -> li
   return paths
 
 
-def markdown_report(results: dict[str, Any], flags_text: str = "") -> str:
-  """A one-page summary for a lab notebook: data, flags, table, chosen dimension and how."""
-  metric = dimension_metric(results)
-  dim = results.get("dimension", {})
-  data = results.get("data", {})
-  lines = [f"# nmas-jax sweep: {results['dataset']}", ""]
-  lines += ["## Data", "",
-            f"- dataset: `{results['dataset']}`" + (f" ({data['path']})" if data.get("path") else ""),
-            f"- {len(results['layers'])} layers ({', '.join(results['layers'])}), "
-            f"{data.get('num_neurons')} neurons each, {data.get('num_time')} time bins",
-            f"- split: first {results['config']['train_fraction']:.0%} of time for training, the rest held out; "
-            f"{results.get('heldout_neurons', 0):.0%} of each layer's neurons held out from the encoder",
-            f"- model: LSTM encoder ({results['config']['hidden']} units) -> latent -> {results['decoder']} "
-            f"decoder, {results['likelihood']} likelihood, {results['steps']} steps, "
-            f"seeds {results['seeds']}", ""]
+def _fmt(x) -> str:
+  return "-" if x is None or not np.isfinite(x) else f"{x:.4g}"
+
+
+def _data_section(results: dict[str, Any]) -> list[str]:
+  data, cfg, blocks = results.get("data", {}), results["config"], results.get("blocks", {})
+  lines = ["## Data", "",
+           f"- dataset: `{results['dataset']}`" + (f" ({data['path']})" if data.get("path") else ""),
+           f"- {len(results['layers'])} layers ({', '.join(results['layers'])}), "
+           f"{data.get('num_neurons')} neurons each, {data.get('num_time')} time bins"]
+  if blocks:
+    b = blocks
+    lines.append(f"- time blocks: train {b['train'][0]}-{b['train'][1]} (fits the models and the "
+                 f"normalisation), validation {b['valid'][0]}-{b['valid'][1]} (chooses each model's "
+                 f"best step and the latent size), test {b['test'][0]}-{b['test'][1]} (reported only); "
+                 f"windows of {b['window']} bins")
+  lines += [f"- {results.get('heldout_neurons', 0):.0%} of each layer's neurons held out from the "
+            "encoder, a different random set per seed",
+            f"- model: LSTM encoder ({cfg['hidden']} units) -> latent -> {results['decoder']} "
+            f"decoder, {results['likelihood']} likelihood, normalisation "
+            f"{', '.join(sorted(set((results.get('normalize') or {}).values()))) or 'none'}, "
+            f"{results['steps']} steps, seeds {results['seeds']}"]
+  lines += [f"- note: {n}" for n in results.get("notes", [])]
   if results.get("true_latent"):
-    lines += [f"- true dimension per layer (synthetic): {results['true_latent']}", ""]
-  lines += ["## Held-out results", "", f"Metric: **{metric}** ({metric_label(metric)}), mean over seeds.", ""]
+    lines.append(f"- true dimension per layer (synthetic): {results['true_latent']}")
+  return lines + [""]
+
+
+def _curves_section(results: dict[str, Any], metric: str) -> list[str]:
+  lines = ["## Held-out results (validation block)", "",
+           f"Metric: **{metric}** ({metric_label(metric)}), mean over seeds.", "",
+           "| layer | latent | model mean | model SE | PCA | FA |", "|---|---|---|---|---|---|"]
   by_layer = curves(results, metric)
   base = defaultdict(dict)
   for r in results.get("baselines", []):
     base[r["layer"]][r["latent"]] = r
-  lines += ["| layer | latent | LSTM mean | LSTM SE | PCA | FA |", "|---|---|---|---|---|---|"]
   for layer in results["layers"]:
     for k in sorted(results["latents"]):
       v = np.asarray(by_layer[layer][k])
       se = v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else float("nan")
       b = base[layer].get(k, {})
-      fmt = lambda x: "-" if x is None or not np.isfinite(x) else f"{x:.4g}"
-      lines.append(f"| {layer} | {k} | {fmt(v.mean() if len(v) else None)} | {fmt(se)} | "
-                   f"{fmt(b.get(f'pca_{metric}'))} | {fmt(b.get(f'fa_{metric}'))} |")
-  lines += ["", "## Chosen dimension", ""]
-  if results.get("optimal_latent"):
-    lines += ["| layer | chosen | knee | one-SE | participation ratio | PCs for 90% var |" +
-              (" true |" if results.get("true_latent") else ""),
-              "|---|---|---|---|---|---|" + ("---|" if results.get("true_latent") else "")]
-    for layer in results["layers"]:
-      row = (f"| {layer} | **{results['optimal_latent'][layer]}** | {results['knee_latent'][layer]} | "
-             f"{results['one_se_latent'][layer]} | {results['participation_ratio'][layer]} | "
-             f"{results['pca_dims_90'][layer]} |")
-      if results.get("true_latent"):
-        row += f" {results['true_latent'][layer]} |"
-      lines.append(row)
-    lines += ["", f"How: {dim.get('rule', '')}. The knee is the point of the gain curve farthest above "
-              "its chord on a log-latent axis; one-SE is the smallest latent within one standard error "
-              "(over seeds) of the best. Where they disagree, read the curve in sweep.png.", ""]
-    if results.get("shuffle_control"):
-      sc = results["shuffle_control"]
-      lines += ["## Shuffle control", "",
-                "Each neuron circularly shifted in time by its own random offset: its own statistics "
-                "stay, structure shared between neurons is destroyed. Held-out gain in "
-                f"{sc['metric']} from the smallest to the best latent:", "",
-                "| layer | real data | shuffled control |", "|---|---|---|"]
-      for layer, g in sc["layers"].items():
-        lines.append(f"| {layer} | {g['gain']:.4g} | {g['control_gain']:.4g} |")
-      lines += ["", "A real gain far above the control's says the latent structure is shared, "
-                "not an artefact of single-neuron statistics.", ""]
-    if results.get("layer_accuracy"):
-      acc = results["layer_accuracy"]
-      lines += ["## Layer decoding", "",
-                f"Held-out accuracy of a linear classifier predicting the layer from the latent trajectory "
-                f"(chance {acc['chance']:.2f}):", "",
-                "| latent | accuracy mean | min | max |", "|---|---|---|---|"]
-      for k, v in zip(acc["latents"], acc["accuracy"]):
-        lines.append(f"| {k} | {np.mean(v):.3f} | {np.min(v):.3f} | {np.max(v):.3f} |")
-      lines.append("")
+      lines.append(f"| {layer} | {k} | {_fmt(v.mean() if len(v) else None)} | {_fmt(se)} | "
+                   f"{_fmt(b.get(f'pca_{metric}'))} | {_fmt(b.get(f'fa_{metric}'))} |")
+  return lines + [""]
+
+
+def _choice_section(results: dict[str, Any]) -> list[str]:
+  dim, true = results.get("dimension", {}), results.get("true_latent") or {}
+  if not any(v is not None for v in results.get("optimal_latent", {}).values()):
+    return ["## Chosen dimension", "", f"None: {dim.get('rule', 'no estimate')}.", ""]
+  base = results.get("baseline_optimal_latent") or {}
+  lines = ["## Chosen dimension (validation block)", "",
+           "| layer | chosen | 5-95% interval | knee | one-SE | PCA (same rule) | FA (same rule) | "
+           "participation ratio | PCs for 90% var |" + (" true |" if true else ""),
+           "|---|---|---|---|---|---|---|---|---|" + ("---|" if true else "")]
+  for layer in results["layers"]:
+    row = (f"| {layer} | **{results['optimal_latent'][layer]}** | {_interval(results, layer)} | "
+           f"{results['knee_latent'][layer]} | {results['one_se_latent'][layer]} | "
+           f"{base.get('pca', {}).get(layer, '-')} | {base.get('fa', {}).get(layer, '-')} | "
+           f"{results['participation_ratio'][layer]} | {results['pca_dims_90'][layer]} |")
+    lines.append(row + (f" {true.get(layer, '-')} |" if true else ""))
+  boot = dim.get("bootstrap", {})
+  lines += ["", f"How: {dim.get('rule', '')}; the gain is the {dim.get('gain', '')}. The interval is "
+            f"the 5th-95th percentile of the choice over {boot.get('resamples')} bootstrap resamples "
+            f"of {boot.get('over', '')} (seed {boot.get('seed')}). The knee is the point of the gain "
+            "curve farthest above its chord on a log-latent axis; one-SE the smallest latent within "
+            "one standard error (over seeds) of the best. PCA and FA are chosen by the same rule on "
+            "their own co-smoothing curves. Where they disagree, read the curve in sweep.png.", ""]
+  return lines
+
+
+def _test_section(results: dict[str, Any]) -> list[str]:
+  """Per layer, one sentence: the model against PCA and FA at the chosen size, on the test block."""
+  comp = results.get("test_comparison") or {}
+  if not comp:
+    return []
+  lines = ["## Against PCA and FA at the chosen size (test block)", ""]
+  for layer, c in comp.items():
+    if c.get("model") is None:
+      continue
+    better = lambda other: (c["model"] > other) if c["higher_is_better"] else (c["model"] < other)
+    parts = []
+    for m in ("pca", "fa"):
+      if c.get(m) is None:
+        continue
+      rel = abs(c["model"] - c[m]) / max(abs(c[m]), 1e-12)
+      parts.append(f"{'beats' if better(c[m]) else 'loses to'} {m.upper()} by {rel:.1%} "
+                   f"({_fmt(c['model'])} vs {_fmt(c[m])})")
+    lines.append(f"- layer {layer}, latent {c['latent']}, {c['metric']}: the model "
+                 + " and ".join(parts) + ".")
+  return lines + [""]
+
+
+def _training_section(results: dict[str, Any]) -> list[str]:
+  models = results.get("models", [])
+  late = [m for m in models if m.get("converged") is False]
+  lines = ["## Training", "",
+           "Each model is scored with its parameters from its best validation evaluation "
+           "(`best_step`)."]
+  if late:
+    lines += [f"{len(late)} of {len(models)} models were still improving over the last fifth of "
+              "training (`converged: false`); raise `--steps` (or `--learning_rate`) and rerun:", ""]
+    lines += [f"- layer {m['layer']}, latent {m['latent']}, seed {m['seed']} (best step "
+              f"{m.get('best_step')})" for m in late[:20]]
+    if len(late) > 20:
+      lines.append(f"- ... and {len(late) - 20} more (results.json)")
+  else:
+    lines.append("Every model's validation loss had stopped improving over the last fifth of training.")
+  return lines + [""]
+
+
+def _controls_section(results: dict[str, Any]) -> list[str]:
+  lines = []
+  if results.get("shuffle_control"):
+    sc = results["shuffle_control"]
+    lines += ["## Shuffle control", "",
+              "Each neuron circularly shifted in time by its own random offset before "
+              "normalisation: its own statistics stay, structure shared between neurons is "
+              "destroyed. Best held-out gain over the zero-latent null (validation block) and the "
+              "dimension chosen by the same rule:", "",
+              "| layer | real gain | control gain | real chosen | control chosen |",
+              "|---|---|---|---|---|"]
+    for layer, g in sc["layers"].items():
+      lines.append(f"| {layer} | {_fmt(g['gain'])} | {_fmt(g['control_gain'])} | {g['chosen']} | "
+                   f"{g['control_chosen']} |")
+    lines += ["", "A real gain far above the control's (whose dimension should be 0) says the "
+              "latent structure is shared, not an artefact of single-neuron statistics.", ""]
+  if results.get("layer_accuracy"):
+    acc = results["layer_accuracy"]
+    lines += ["## Layer decoding", "",
+              f"Held-out accuracy of a linear classifier predicting the layer from the latent "
+              f"trajectory (chance {acc['chance']:.2f}):", "",
+              "| latent | accuracy mean | min | max |", "|---|---|---|---|"]
+    for k, v in zip(acc["latents"], acc["accuracy"]):
+      lines.append(f"| {k} | {np.mean(v):.3f} | {np.min(v):.3f} | {np.max(v):.3f} |")
+    lines.append("")
+  return lines
+
+
+def markdown_report(results: dict[str, Any], flags_text: str = "") -> str:
+  """A one-page summary for a lab notebook: data, blocks, curves, chosen dimension and how."""
+  metric = dimension_metric(results)
+  lines = [f"# nmas-jax sweep: {results['dataset']}", ""]
+  lines += _data_section(results) + _curves_section(results, metric) + _choice_section(results)
+  lines += _test_section(results) + _training_section(results) + _controls_section(results)
   lines += ["## Files", "", "results.json, results.csv, sweep.png, report.md" +
-            (", decoding.png" if results.get("layer_accuracy") else "") + ", tb/, metrics.jsonl, flags.txt", ""]
+            (", decoding.png" if results.get("layer_accuracy") else "") +
+            ", tb/, metrics.jsonl, flags.txt", ""]
   if flags_text:
     lines += ["## Flags", "", "```", flags_text.strip(), "```", ""]
   return "\n".join(lines)

@@ -17,7 +17,9 @@ from nmas_jax import files
 
 CSV_FIELDS = ("layer", "latent", "seed", "train_loss", "valid_mse", "valid_loss", "valid_r2",
               "valid_r2_pooled", "valid_bps", "cosmooth_mse", "cosmooth_r2", "cosmooth_r2_pooled",
-              "cosmooth_bps", "diverged_at_step")
+              "cosmooth_bps", "test_mse", "test_r2", "test_r2_pooled", "test_bps",
+              "test_cosmooth_mse", "test_cosmooth_r2", "test_cosmooth_r2_pooled", "test_cosmooth_bps",
+              "best_step", "converged", "diverged_at_step")
 
 
 def results_dict(prep, cfg, out) -> dict[str, Any]:
@@ -35,6 +37,8 @@ def results_dict(prep, cfg, out) -> dict[str, Any]:
         "valid_loss": _num(out.valid["valid/loss"][i]),
         "diverged_at_step": int(diverged[i]) if diverged[i] >= 0 else None,
     })
+    if out.best_step is not None:
+      entries[-1].update(best_step=int(out.best_step[i]), converged=bool(out.converged[i]))
   res = {
       "schema_version": files.SCHEMA_VERSION,
       "dataset": dataset.name,
@@ -45,6 +49,14 @@ def results_dict(prep, cfg, out) -> dict[str, Any]:
       "decoder": cfg.decoder,
       "likelihood": prep.likelihood,
       "heldout_neurons": cfg.heldout_neurons,
+      "blocks": {"train": [0, prep.t_train], "valid": [prep.t_train, prep.t_valid],
+                 "test": [prep.t_valid, dataset.num_time], "window": prep.window},
+      "heldout_neuron_indices": {f"seed {s}": {n: np.flatnonzero(prep.heldout_SLN[s, l]).tolist()
+                                               for l, n in enumerate(dataset.layer_names)}
+                                 for s in range(prep.heldout_SLN.shape[0])},
+      "normalize": {n: v["method"] for n, v in prep.normalization.items()},
+      "dropped_neurons": prep.dropped,
+      "notes": list(prep.notes),
       "config": dataclasses.asdict(cfg),
       "data": {"num_time": dataset.num_time, "num_neurons": dataset.num_neurons, **dataset.meta},
       "models": entries,
@@ -56,7 +68,7 @@ def results_dict(prep, cfg, out) -> dict[str, Any]:
   if out.stopped:
     res["stopped"] = out.stopped
   if dataset.true_latent is not None:
-    res["true_latent"] = dict(dataset.true_latent)
+    res["true_latent"] = {n: k for n, k in dataset.true_latent.items() if n in dataset.layer_names}
   return res
 
 

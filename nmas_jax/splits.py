@@ -1,11 +1,13 @@
 """A dataset made ready for a sweep, once: time split, held-out neurons, windows, likelihood, batches.
 
 `prepare` does every data-dependent check and computes everything the loop,
-the evaluation and the baselines read about the data (`Prepared`);
+the evaluation and the baselines read about the data (`Prepared`): the three
+time blocks (train, validation, test), each seed's held-out neurons, the
+likelihood, and the normalisation (training-block statistics);
 `Prepared.place` puts what the jitted step reads onto the device mesh.
 Training batches are random windows of the training block, a pure function
-of (seed, step); validation uses every non-overlapping window of the
-held-out block.
+of (seed, step); validation and test use every non-overlapping window of
+their block.
 """
 
 from __future__ import annotations
@@ -17,40 +19,55 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nmas_jax import data as data_lib
 from nmas_jax import sharding
 from nmas_jax.config import Settings
 from nmas_jax.data import Dataset
 from nmas_jax.errors import UserError
 
 
-def heldout_mask(num_layers: int, num_neurons: int, fraction: float, seed: int = 0) -> np.ndarray:
-  """[layers, neurons] bool, True for neurons hidden from the encoder (co-smoothing).
+def heldout_masks(seeds: int, num_layers: int, num_neurons: int, fraction: float) -> np.ndarray:
+  """[seeds, layers, neurons] bool, True for neurons hidden from the encoder (co-smoothing).
 
-  A fixed, seeded subset of round(fraction * neurons) neurons per layer.
+  Each seed holds out its own random subset of round(fraction * neurons)
+  neurons per layer (seed s draws from its own generator, so seed 0's subset
+  does not depend on how many seeds there are).
   """
   n = int(round(fraction * num_neurons))
   if fraction > 0 and (n < 1 or n >= num_neurons):
     raise UserError(f"--heldout_neurons={fraction} leaves {n} of {num_neurons} neurons held out: "
                     "it must hold out at least one and keep at least one")
-  rng = np.random.default_rng(seed + 7919)
-  mask = np.zeros((num_layers, num_neurons), bool)
-  for l in range(num_layers):
-    mask[l, rng.choice(num_neurons, n, replace=False)] = True
+  mask = np.zeros((seeds, num_layers, num_neurons), bool)
+  for s in range(seeds):
+    rng = np.random.default_rng(7919 + 1009 * s)
+    for l in range(num_layers):
+      mask[s, l, rng.choice(num_neurons, n, replace=False)] = True
   return mask
 
 
-def train_time(num_time: int, train_fraction: float) -> int:
-  """Number of leading time bins in the training block; the rest is validation."""
-  return int(round(num_time * train_fraction))
+def time_blocks(num_time: int, train_fraction: float, valid_fraction: float) -> tuple[int, int]:
+  """(t_train, t_valid): time [0, t_train) trains, [t_train, t_valid) validates, the rest tests."""
+  t_train = int(round(num_time * train_fraction))
+  t_valid = int(round(num_time * (train_fraction + valid_fraction)))
+  if not 0 < t_train < t_valid < num_time:
+    raise UserError(f"{num_time} time bins are too few for a training, validation and test block "
+                    f"(--train_fraction={train_fraction}, --valid_fraction={valid_fraction})")
+  return t_train, t_valid
 
 
-def check_window(num_time: int, t_train: int, window: int) -> None:
-  """Both blocks must hold at least one whole window."""
-  shortest = min(t_train, num_time - t_train)
-  if window > shortest:
-    raise UserError(
-        f"--window={window} is longer than a split: the data has {num_time} time bins "
-        f"after binning, {t_train} train / {num_time - t_train} validation; use --window<={shortest}")
+def fit_window(window: int, num_time: int, t_train: int, t_valid: int, default: int,
+               notes: list[str]) -> int:
+  """`window`, or for a recording too short for the default one, the longest that fits every block."""
+  lengths = (t_train, t_valid - t_train, num_time - t_valid)
+  if window <= min(lengths):
+    return window
+  detail = (f"the data has {num_time} time bins after binning, {lengths[0]} train / {lengths[1]} "
+            f"validation / {lengths[2]} test")
+  if window != default:
+    raise UserError(f"--window={window} is longer than a block: {detail}; use "
+                    f"--window<={min(lengths)}")
+  notes.append(f"--window={min(lengths)} instead of the default {window}: {detail}")
+  return min(lengths)
 
 
 def window_starts(seed: jax.Array, step: jax.Array, *, t_train: int, window: int,
@@ -84,25 +101,18 @@ def sample_batches(x_LTN: jax.Array, layer_M: jax.Array, seed_M: jax.Array, step
   return x_LTN[layer_M[:, None, None], t_MBW]
 
 
-def train_windows(x_LTN: np.ndarray, t_train: int, window: int) -> np.ndarray:
-  """All non-overlapping windows of the training block: [layers, windows, window, neurons]."""
-  n = t_train // window
-  v = x_LTN[:, : n * window]
-  return v.reshape(v.shape[0], n, window, v.shape[2])
-
-
-def valid_windows(x_LTN: np.ndarray, t_train: int, window: int) -> np.ndarray:
-  """All non-overlapping windows of the held-out block: [layers, windows, window, neurons]."""
-  n = (x_LTN.shape[1] - t_train) // window
-  v = x_LTN[:, t_train: t_train + n * window]
+def windows(x_LTN: np.ndarray, start: int, stop: int, window: int) -> np.ndarray:
+  """All non-overlapping windows of time [start, stop): [layers, windows, window, neurons]."""
+  n = (stop - start) // window
+  v = x_LTN[:, start: start + n * window]
   return v.reshape(v.shape[0], n, window, v.shape[2])
 
 
 def resolve_likelihood(likelihood: str, dataset: Dataset) -> str:
-  """The observation model in use: `likelihood`, with auto = poisson for Lorenz counts."""
+  """The observation model in use: `likelihood`, with auto = poisson for spike counts."""
   if likelihood != "auto":
     return likelihood
-  return "poisson" if dataset.name == "lorenz" else "gaussian"
+  return "poisson" if dataset.counts else "gaussian"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,21 +120,35 @@ class Prepared:
   """A dataset ready for a sweep. With `shared`, one model per (latent, seed) learns all layers.
 
   Attributes:
-    dataset: the activity [layers, time, neurons] and its names.
+    dataset: the activity [layers, time, neurons], normalised, constant neurons dropped.
     likelihood: "gaussian" or "poisson" (auto resolved).
-    t_train: leading time bins of the training block; the rest is validation.
-    window, batch_size: training windows per step.
-    heldout_LN: bool [layers, neurons], neurons the encoder never sees (co-smoothing).
+    t_train, t_valid: time [0, t_train) trains, [t_train, t_valid) validates, the rest tests.
+    window, batch_size: training windows per step (window may be shortened, see notes).
+    heldout_SLN: bool [seeds, layers, neurons], neurons each seed's encoder never sees.
     shared: windows of every layer train one model (no neuron held out).
+    normalization: per layer, what was applied (statistics from the training block).
+    dropped: per layer, indices (into the loaded data) of neurons dropped as constant.
+    notes: one-line notes on what was changed to fit the data.
+    neuron_index_LN: int [layers, neurons], the loaded neurons kept, in order.
   """
 
   dataset: Dataset
   likelihood: str
   t_train: int
+  t_valid: int
   window: int
   batch_size: int
-  heldout_LN: np.ndarray
+  heldout_SLN: np.ndarray
   shared: bool = False
+  normalization: dict[str, Any] = dataclasses.field(default_factory=dict)
+  dropped: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+  notes: tuple[str, ...] = ()
+  neuron_index_LN: np.ndarray | None = None
+
+  @property
+  def preprocessing(self) -> Preprocessing:
+    """What was done to the raw data, to do again to new data (`prepare(reuse=...)`)."""
+    return Preprocessing(self.neuron_index_LN, self.normalization, self.heldout_SLN, self.likelihood)
 
   @property
   def num_neurons(self) -> int:
@@ -138,23 +162,36 @@ class Prepared:
   @property
   def cosmooth(self) -> bool:
     """Whether models are scored on held-out neurons."""
-    return bool(self.heldout_LN.any()) and not self.shared
+    return bool(self.heldout_SLN.any()) and not self.shared
 
-  def input_mask_LN(self) -> np.ndarray:
-    """float32 [model layers, neurons] encoder-input mask: 0 for held-out neurons."""
+  def input_mask_MN(self, layer_M: np.ndarray, seed_M: np.ndarray) -> np.ndarray:
+    """float32 [models, neurons] encoder-input mask of each model: 0 for its held-out neurons."""
     if self.shared:
-      return np.ones((1, self.num_neurons), np.float32)
-    return (~self.heldout_LN).astype(np.float32)
+      return np.ones((len(layer_M), self.num_neurons), np.float32)
+    return (~self.heldout_SLN[seed_M, layer_M]).astype(np.float32)
 
-  def valid_LVTN(self) -> np.ndarray:
-    """Validation windows [model layers, windows, window, neurons] (a shared model's: all layers')."""
-    v = valid_windows(self.dataset.x_LTN, self.t_train, self.window)
+  def block(self, name: str) -> tuple[int, int]:
+    """[start, stop) of the "train", "valid" or "test" block."""
+    return {"train": (0, self.t_train), "valid": (self.t_train, self.t_valid),
+            "test": (self.t_valid, self.dataset.num_time)}[name]
+
+  def windows_LVTN(self, name: str = "valid") -> np.ndarray:
+    """A block's windows [model layers, windows, window, neurons] (a shared model's: all layers')."""
+    v = windows(self.dataset.x_LTN, *self.block(name), self.window)
     return v.reshape(1, -1, *v.shape[2:]) if self.shared else v
 
-  def valid_block(self) -> np.ndarray:
-    """The held-out block as the windows cover it: float64 [layers, windows * window, neurons]."""
-    v = valid_windows(self.dataset.x_LTN, self.t_train, self.window)
+  def flat(self, name: str = "valid") -> np.ndarray:
+    """A block as its windows cover it: float64 [layers, windows * window, neurons]."""
+    v = windows(self.dataset.x_LTN, *self.block(name), self.window)
     return v.reshape(v.shape[0], -1, v.shape[-1]).astype(np.float64)
+
+  def null_link_LN(self) -> np.ndarray:
+    """[model layers, neurons]: the zero-latent null (each neuron's training-block mean) in the
+    readout's units (the log-rate for Poisson)."""
+    mean_LN = self.dataset.x_LTN[:, : self.t_train].mean(axis=1)
+    if self.shared:
+      mean_LN = mean_LN.mean(axis=0, keepdims=True)
+    return np.log(np.maximum(mean_LN, 1e-3)) if self.likelihood == "poisson" else mean_LN
 
   def train_block(self) -> np.ndarray:
     """The training block, float64 [layers, t_train, neurons]."""
@@ -164,33 +201,132 @@ class Prepared:
     """What the jitted step and evaluation read, on the mesh: data replicated, model columns sharded."""
     rep, by_model = sharding.replicated(mesh), sharding.models_sharding(mesh)
     return Placed(x_LTN=sharding.put(self.dataset.x_LTN, rep),
-                  mask_LN=sharding.put(self.input_mask_LN(), rep),
-                  valid_LVTN=sharding.put(self.valid_LVTN(), rep),
+                  valid_LVTN=sharding.put(self.windows_LVTN("valid"), rep),
+                  mask_MN=sharding.put(self.input_mask_MN(layer_M, seed_M), by_model),
                   layer_M=sharding.put(layer_M, by_model), seed_M=sharding.put(seed_M, by_model))
 
 
 @dataclasses.dataclass(frozen=True)
 class Placed:
-  """Device arrays of a prepared dataset: data [layers, ...] replicated, [models] sharded."""
+  """Device arrays of a prepared dataset: data [layers, ...] replicated, [models, ...] sharded."""
 
   x_LTN: jax.Array
-  mask_LN: jax.Array
   valid_LVTN: jax.Array
+  mask_MN: jax.Array   # model m's encoder-input mask
   layer_M: jax.Array   # which layer's data model m reads
   seed_M: jax.Array    # model m's seed (its batch order)
 
 
-def prepare(dataset: Dataset, cfg: Settings, shared: bool = False) -> Prepared:
-  """Checks `cfg` against the data (one-line UserError) and prepares it for the sweep."""
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+  """What `prepare` did to raw data, to do again to new data of the same neurons (`prepare(reuse=)`).
+
+  neuron_index_LN: int [layers, neurons], the raw neurons kept (constant ones dropped).
+  normalization: per layer, the method and its training-block statistics.
+  heldout_SLN: each seed's held-out neurons; likelihood: the resolved one.
+  """
+
+  neuron_index_LN: np.ndarray
+  normalization: dict[str, dict[str, Any]]
+  heldout_SLN: np.ndarray
+  likelihood: str
+
+  def to_json(self) -> dict[str, Any]:
+    tolist = lambda v: v.tolist() if isinstance(v, np.ndarray) else v
+    return {"neuron_index": self.neuron_index_LN.tolist(), "heldout": self.heldout_SLN.tolist(),
+            "likelihood": self.likelihood,
+            "normalization": {n: {k: tolist(v) for k, v in d.items()}
+                              for n, d in self.normalization.items()}}
+
+  def apply(self, dataset: Dataset) -> Dataset:
+    """`dataset` (raw, the fitted layers and neurons) with the fitted neurons and normalisation."""
+    dataset = _select(dataset, self.neuron_index_LN)
+    method = next(iter(self.normalization.values()))["method"] if self.normalization else "none"
+    return _normalize(dataset, method, None, self.heldout_SLN, self.normalization)[0]
+
+  @classmethod
+  def from_json(cls, d: dict[str, Any]) -> "Preprocessing":
+    return cls(np.asarray(d["neuron_index"], np.int64), d["normalization"],
+               np.asarray(d["heldout"], bool), d["likelihood"])
+
+
+def _drop_constant(dataset: Dataset, t_train: int, notes: list[str]
+                   ) -> tuple[np.ndarray, dict[str, list[int]]]:
+  """Neurons to keep [layers, neurons]: constant ones on the training block dropped, then layers
+  subsampled (seeded) to the smallest count left, so that they share one count."""
+  x = dataset.x_LTN
+  constant_LN = x[:, :t_train].std(axis=1) == 0
+  if not constant_LN.any():
+    return np.tile(np.arange(dataset.num_neurons), (dataset.num_layers, 1)), {}
+  dropped = {}
+  for l, name in enumerate(dataset.layer_names):
+    if constant_LN[l].all():
+      raise UserError(f"layer {name} has no variance on the training block (every neuron is "
+                      "constant there): drop it with --layers or check the data")
+    if constant_LN[l].any():
+      dropped[name] = np.flatnonzero(constant_LN[l]).tolist()
+      shown = ", ".join(map(str, dropped[name][:10])) + (" ..." if len(dropped[name]) > 10 else "")
+      notes.append(f"layer {name}: dropped {len(dropped[name])} neuron(s) constant on the "
+                   f"training block (indices {shown})")
+  n = int((~constant_LN).sum(axis=1).min())
+  rng = np.random.default_rng(0)
+  keep = [np.sort(rng.choice(np.flatnonzero(~c), n, replace=False)) if (~c).sum() > n
+          else np.flatnonzero(~c) for c in constant_LN]
+  if any((~c).sum() > n for c in constant_LN):
+    notes.append(f"layers subsampled to {n} neurons each (seeded) so that they share one count")
+  return np.stack(keep), dropped
+
+
+def _select(dataset: Dataset, index_LN: np.ndarray) -> Dataset:
+  """Each layer's neurons `index_LN[layer]`, in order."""
+  if index_LN.shape[1] == dataset.num_neurons and (index_LN == np.arange(index_LN.shape[1])).all():
+    return dataset
+  return dataclasses.replace(dataset, x_LTN=np.stack([x[:, i] for x, i in zip(dataset.x_LTN, index_LN)]))
+
+
+def _normalize(dataset: Dataset, method: str, t_train: int | None, heldout_SLN: np.ndarray,
+               reuse: dict[str, dict[str, Any]] | None = None) -> tuple[Dataset, dict[str, Any]]:
+  """Each layer normalised with training-block statistics (`data.normalize`), or `reuse`d ones."""
+  population = dataset.population_mean_T
+  if method == "mean_per_bin_all" and population is None:
+    population = dataset.x_LTN.mean(axis=(0, 2))
+  held_in_by_all_LN = ~heldout_SLN.any(axis=0)
+  layers, applied = [], {}
+  for l, name in enumerate(dataset.layer_names):
+    x, info = data_lib.normalize(dataset.x_LTN[l].astype(np.float64), method, t_train=t_train,
+                                 divisor_N=held_in_by_all_LN[l], population_mean_T=population,
+                                 stats=None if reuse is None else reuse[name])
+    layers.append(x)
+    applied[name] = info
+  return dataclasses.replace(dataset, x_LTN=np.stack(layers).astype(np.float32)), applied
+
+
+def prepare(dataset: Dataset, cfg: Settings, shared: bool = False,
+            reuse: Preprocessing | None = None) -> Prepared:
+  """Checks `cfg` against the data (one-line UserError) and prepares it for the sweep, once.
+
+  With `reuse` (a fitted sweep's `Prepared.preprocessing`), new data of the
+  same neurons is prepared exactly as the fitted data was: same neurons,
+  normalisation statistics, held-out neurons and likelihood.
+  """
+  notes: list[str] = []
+  likelihood = reuse.likelihood if reuse else resolve_likelihood(cfg.likelihood, dataset)
+  if likelihood == "poisson" and (dataset.x_LTN < 0).any():
+    raise UserError("--likelihood=poisson needs non-negative counts, but the data has negative "
+                    "values: use --likelihood=gaussian")
+  t_train, t_valid = time_blocks(dataset.num_time, cfg.train_fraction, cfg.valid_fraction)
+  window = fit_window(cfg.window, dataset.num_time, t_train, t_valid, Settings().window, notes)
+  index, dropped = (reuse.neuron_index_LN, {}) if reuse else _drop_constant(dataset, t_train, notes)
+  dataset = _select(dataset, index)
   if max(cfg.latents) > dataset.num_neurons:
     raise UserError(f"latent size {max(cfg.latents)} exceeds the {dataset.num_neurons} neurons per "
                     "layer: drop it from --latents")
-  likelihood = resolve_likelihood(cfg.likelihood, dataset)
-  if likelihood == "poisson" and (dataset.x_LTN < 0).any():
-    raise UserError("--likelihood=poisson needs non-negative counts, but the data has negative "
-                    "values: use --likelihood=gaussian or --normalize=none on count data")
-  heldout = heldout_mask(dataset.num_layers, dataset.num_neurons, cfg.heldout_neurons)
-  t_train = train_time(dataset.num_time, cfg.train_fraction)
-  check_window(dataset.num_time, t_train, cfg.window)
-  return Prepared(dataset, likelihood, t_train, cfg.window, cfg.batch_size,
-                  np.zeros_like(heldout) if shared else heldout, shared)
+  heldout = reuse.heldout_SLN if reuse else heldout_masks(
+      cfg.seeds, dataset.num_layers, dataset.num_neurons, cfg.heldout_neurons)
+  if shared:
+    heldout = np.zeros_like(heldout)
+  method = "none" if likelihood == "poisson" else cfg.normalize
+  dataset, applied = _normalize(dataset, method, t_train, heldout,
+                                reuse.normalization if reuse else None)
+  return Prepared(dataset, likelihood, t_train, t_valid, window, cfg.batch_size, heldout, shared,
+                  applied, dropped, tuple(notes), index)

@@ -42,7 +42,7 @@ class Stepper(Protocol):
   def step(self, carry: Any, step: int) -> tuple[Any, dict[str, jax.Array]]: ...  # metrics [models]
 
 
-def vmap_step(state: train.TrainState, x_LTN: jax.Array, mask_LN: jax.Array, layer_M: jax.Array,
+def vmap_step(state: train.TrainState, x_LTN: jax.Array, mask_MN: jax.Array, layer_M: jax.Array,
               seed_M: jax.Array, step: jax.Array, *, model, tx, likelihood: str, t_train: int,
               window: int, batch_size: int, mix_layers: bool = False,
               batch_sharding=None) -> tuple[train.TrainState, dict[str, jax.Array]]:
@@ -56,7 +56,7 @@ def vmap_step(state: train.TrainState, x_LTN: jax.Array, mask_LN: jax.Array, lay
   if batch_sharding is not None:  # split each model's batch over the mesh's data axis
     x_MBTN = jax.lax.with_sharding_constraint(x_MBTN, batch_sharding)
   one = functools.partial(train.train_step, model=model, tx=tx, likelihood=likelihood)
-  return jax.vmap(one)(state, {"x": x_MBTN, "input_mask": mask_LN[layer_M]})
+  return jax.vmap(one)(state, {"x": x_MBTN, "input_mask": mask_MN})
 
 
 class VmapStepper:
@@ -71,7 +71,7 @@ class VmapStepper:
                            t_train=prep.t_train, window=prep.window, batch_size=prep.batch_size,
                            mix_layers=prep.shared, batch_sharding=sharding.batch_sharding(mesh))
     self._fn = jax.jit(fn, donate_argnums=0, out_shardings=(by_model, by_model))
-    self._args = (placed.x_LTN, placed.mask_LN, placed.layer_M, placed.seed_M)
+    self._args = (placed.x_LTN, placed.mask_MN, placed.layer_M, placed.seed_M)
 
   def pack(self, state):
     return state

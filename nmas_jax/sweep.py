@@ -38,6 +38,8 @@ class SweepOutput:
   complete: bool = True
   stopped: str | None = None  # why training stopped early (--nan_policy=stop)
   diverged_at: np.ndarray | None = None  # host copy of state.diverged_at
+  best_step: np.ndarray | None = None    # step of each model's best evaluation (its `state`)
+  converged: np.ndarray | None = None    # bool: no longer improving in the last fifth
 
 
 @dataclasses.dataclass
@@ -56,7 +58,8 @@ class Built:
   def init_states(self) -> train.TrainState:
     """Every model's initial state [padded models], sharded on the mesh's models axis."""
     return init_states(self.cfg, self.table, self.prep.num_neurons,
-                       out_sharding=sharding.models_sharding(self.mesh))
+                       out_sharding=sharding.models_sharding(self.mesh),
+                       readout_bias_LN=self.prep.null_link_LN())
 
   def describe(self) -> str:
     cfg = self.cfg
@@ -65,7 +68,8 @@ class Built:
     pad = len(self.table) - self.n_real
     return (f"sweep: {self.n_real} models{f' + {pad} inert padding' if pad else ''} ({what} x "
             f"{len(cfg.latents)} latents x {cfg.seeds} seeds), {ds.num_neurons} neurons, "
-            f"{ds.num_time} time bins ({prep.t_train} train / {ds.num_time - prep.t_train} valid), "
+            f"{ds.num_time} time bins ({prep.t_train} train / {prep.t_valid - prep.t_train} "
+            f"validation / {ds.num_time - prep.t_valid} test), "
             f"{cfg.steps} steps on {self.mesh.devices.size} {jax.devices()[0].platform} device(s), "
             f"mesh {dict(self.mesh.shape)}, batching {self.stepper.description}")
 
@@ -83,12 +87,62 @@ def build(prep: splits.Prepared, cfg: Settings, *, mesh=None, batching: str = "a
   return Built(prep, cfg, table, len(real), mesh, placed, model, step)
 
 
-def sweep_eval(state: train.TrainState, valid_LVTN: jax.Array, mask_LN: jax.Array,
+def sweep_eval(state: train.TrainState, valid_LVTN: jax.Array, mask_MN: jax.Array,
                layer_M: jax.Array, *, model, likelihood: str) -> dict[str, jax.Array]:
   """Quick held-out metrics [models] on all validation windows of each model's layer."""
   ev = functools.partial(train.eval_step, model=model, likelihood=likelihood)
-  return jax.vmap(lambda p, k, l: ev(p, k, valid_LVTN[l], mask_LN[l]))(
-      state.params, state.latent, layer_M)
+  return jax.vmap(lambda p, k, m, l: ev(p, k, valid_LVTN[l], m))(
+      state.params, state.latent, mask_MN, layer_M)
+
+
+@dataclasses.dataclass
+class Selection:
+  """Each model's best regular evaluation so far: early stopping inside the batch.
+
+  Arrays are [padded models] of the held-out loss the models are selected on
+  (`Loop.select_key`): `score` the best so far (inf before any), `step` its
+  step, `first` the first evaluation's, `early` the best among evaluations in
+  the first four fifths of training.
+  """
+
+  score: np.ndarray
+  step: np.ndarray
+  first: np.ndarray
+  early: np.ndarray
+
+  @classmethod
+  def fresh(cls, m: int) -> "Selection":
+    return cls(np.full(m, np.inf), np.zeros(m, np.int64), np.full(m, np.nan), np.full(m, np.inf))
+
+  def update(self, step: int, loss_M: np.ndarray, steps: int) -> np.ndarray:
+    """Records an evaluation; returns [models] bool, True where it is the best so far."""
+    loss_M = np.where(np.isfinite(loss_M), loss_M, np.inf)
+    improved = loss_M < self.score
+    self.score, self.step = np.where(improved, loss_M, self.score), np.where(improved, step, self.step)
+    self.first = np.where(np.isnan(self.first), loss_M, self.first)
+    if step <= 0.8 * steps:
+      self.early = np.minimum(self.early, loss_M)
+    return improved
+
+  def converged(self) -> np.ndarray:
+    """[models] bool: the last fifth of training improved the best loss by under 1% of the
+    improvement since the first evaluation."""
+    with np.errstate(invalid="ignore"):
+      total = np.maximum(self.first - self.score, 0.0)
+      late = np.where(np.isfinite(self.early), self.early - self.score, np.inf)
+      return late <= 0.01 * total
+
+  def to_json(self) -> dict[str, list]:
+    num = lambda a: [float(v) if np.isfinite(v) else None for v in a]
+    return {"score": num(self.score), "step": self.step.tolist(), "first": num(self.first),
+            "early": num(self.early)}
+
+  @classmethod
+  def from_json(cls, d: dict[str, list], m: int) -> "Selection":
+    arr = lambda v, fill: np.concatenate([np.array([fill if x is None else x for x in v], float),
+                                          np.full(m - len(v), fill)])
+    return cls(arr(d["score"], np.inf), arr(d["step"], 0).astype(np.int64),
+               arr(d["first"], np.nan), arr(d["early"], np.inf))
 
 
 class Loop:
@@ -96,23 +150,28 @@ class Loop:
 
   `step` has just been taken; `state()` and `evaluation()` are computed at
   most once per step, on the first hook that asks (`evaluation()` only when
-  due: every `log_every` steps and at the end). A hook ends the run with `stop`.
+  due: every `log_every` steps and at the end). Each regular evaluation also
+  keeps every model's best state so far (`Selection`), which the run
+  returns. A hook ends the run with `stop`.
   """
 
-  def __init__(self, b: Built, cfg: Settings, state: train.TrainState, first_step: int,
-               loss_sum_M: jax.Array, loss_count: int):
+  def __init__(self, b: Built, cfg: Settings, start: "Start"):
     self.built, self.cfg = b, cfg
-    self.first_step = self.step = first_step
-    self.loss_sum_M, self.loss_count = loss_sum_M, loss_count
+    self.first_step = self.step = start.step
+    self.loss_sum_M, self.loss_count = start.loss_sum_M, start.loss_count
+    self.best_state, self.selection = start.best_state, start.selection
+    self.select_key = "valid/cosmooth_loss" if b.prep.cosmooth else "valid/loss"
     self.stopped: str | None = None
     self._cache: dict[str, Any] = {}
     self._trim = jax.jit(lambda tree: jax.tree.map(lambda a: a[:b.n_real], tree))
+    self._keep = jax.jit(lambda better_M, new, old: jax.tree.map(
+        lambda n, o: jnp.where(better_M.reshape((-1,) + (1,) * (n.ndim - 1)), n, o), new, old))
     self._real_table = ModelTable(*(a[:b.n_real] for a in dataclasses.astuple(b.table)))
     t0 = time.perf_counter()
     evaluate = functools.partial(sweep_eval, model=b.model, likelihood=b.prep.likelihood)
-    self._eval_args = (b.placed.valid_LVTN, b.placed.mask_LN, b.placed.layer_M)
-    self._eval = jax.jit(evaluate).lower(state, *self._eval_args).compile()
-    self.carry = b.stepper.pack(state)  # the stepper's layout from here on
+    self._eval_args = (b.placed.valid_LVTN, b.placed.mask_MN, b.placed.layer_M)
+    self._eval = jax.jit(evaluate).lower(start.state, *self._eval_args).compile()
+    self.carry = b.stepper.pack(start.state)  # the stepper's layout from here on
     b.stepper.compile(self.carry)
     self.compile_seconds = time.perf_counter() - t0
     self.start = time.perf_counter()
@@ -136,23 +195,34 @@ class Loop:
       self._cache["state"] = self.built.stepper.unpack(self.carry)
     return self._cache["state"]
 
-  def real_state(self) -> train.TrainState:
-    """The real models' state (padding dropped), still on the devices."""
-    return self._trim(self.state())
+  def checkpoint(self) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(state tree, JSON aux) that let a later run resume exactly here (real models only)."""
+    n = self.built.n_real
+    sel = dataclasses.replace(self.selection, **{k: v[:n] for k, v in
+                                                 dataclasses.asdict(self.selection).items()})
+    return ({"state": self._trim(self.state()), "best": self._trim(self.best_state)},
+            {"loss_sum": np.asarray(sharding.gather(self.loss_sum_M))[:n].tolist(),
+             "loss_count": self.loss_count, "selection": sel.to_json()})
 
-  def aux(self) -> dict[str, Any]:
-    """What a checkpoint needs besides the state to resume exactly."""
-    return {"loss_sum": np.asarray(sharding.gather(self.loss_sum_M))[:self.built.n_real].tolist(),
-            "loss_count": self.loss_count}
+  def _valid(self, state) -> dict[str, np.ndarray]:
+    n, cosmooth = self.built.n_real, self.built.prep.cosmooth
+    return {k: np.asarray(v)[:n] for k, v in sharding.gather(self._eval(state, *self._eval_args)).items()
+            if not k.startswith("valid/cosmooth") or cosmooth}
 
   def evaluation(self, force: bool = False) -> SweepOutput | None:
-    """Every model evaluated now (None when not due, unless `force`); resets the loss average."""
-    if "eval" not in self._cache and (force or self.final or self.step % self.cfg.log_every == 0):
-      n, cosmooth = self.built.n_real, self.built.prep.cosmooth
-      state = self.state()
-      valid = {k: np.asarray(v)[:n] for k, v in
-               sharding.gather(self._eval(state, *self._eval_args)).items()
-               if k != "valid/cosmooth_mse" or cosmooth}
+    """Every model evaluated now (None when not due, unless `force`); resets the loss average.
+
+    A due evaluation is regular: it updates each model's best state.
+    """
+    regular = self.final or self.step % self.cfg.log_every == 0
+    if "eval" not in self._cache and (force or regular):
+      state, n = self.state(), self.built.n_real
+      valid = self._valid(state)
+      if regular and self.step > self.first_step:
+        better = self.selection.update(self.step, _padded(valid[self.select_key], len(self.built.table)),
+                                       self.cfg.steps)
+        self.best_state = self._keep(sharding.put(better, sharding.models_sharding(self.built.mesh)),
+                                     state, self.best_state)
       mean_loss = self.loss_sum_M / max(self.loss_count, 1)
       self._cache["eval"] = SweepOutput(
           state=state, table=self._real_table,
@@ -163,24 +233,51 @@ class Loop:
       self.loss_sum_M, self.loss_count = jnp.zeros_like(self.loss_sum_M), 0
     return self._cache.get("eval")
 
+  def best(self) -> SweepOutput:
+    """The last evaluation, with each model's best state (on the host) and its metrics; the state's
+    `diverged_at` is the last one (a model that diverged after its best step stays flagged)."""
+    last, n = self.evaluation(force=True), self.built.n_real
+    best = self.best_state.replace(diverged_at=self.state().diverged_at)
+    return dataclasses.replace(
+        last, state=jax.tree.map(jnp.asarray, sharding.gather(self._trim(best))),
+        valid=self._valid(best), best_step=self.selection.step[:n].copy(),
+        converged=self.selection.converged()[:n])
 
-def _start(b: Built, cfg: Settings, checkpointer, init_state, log) -> tuple[Any, int, Any, int]:
-  """(padded state, first step, loss sum, loss count): from a checkpoint, `init_state`, or init."""
+
+def _padded(a: np.ndarray, m: int, fill: float = np.inf) -> np.ndarray:
+  return np.concatenate([a, np.full(m - len(a), fill)])
+
+
+@dataclasses.dataclass
+class Start:
+  """Where a run starts: padded state and best state [models], step, loss sums, selection."""
+
+  state: train.TrainState
+  best_state: train.TrainState
+  step: int
+  loss_sum_M: jax.Array
+  loss_count: int
+  selection: Selection
+
+
+def _start(b: Built, checkpointer, init_state, log) -> Start:
+  """From the checkpointer's latest step, from `init_state` (real models), or from an init."""
   by_model = sharding.models_sharding(b.mesh)
-  state = b.init_states()
-  loss_sum, first_step, loss_count = jnp.zeros(len(b.table), jnp.float32), 0, 0
-  real, aux = init_state, None
+  state, m = b.init_states(), len(b.table)
+  into = jax.jit(lambda full, r: jax.tree.map(lambda a, x: a.at[:b.n_real].set(x), full, r),
+                 out_shardings=by_model)
   if init_state is None and checkpointer is not None and checkpointer.latest_step() is not None:
-    first_step = checkpointer.latest_step()
-    real, aux = checkpointer.restore(first_step, jax.tree.map(lambda a: a[:b.n_real], state))
-    log(f"resumed from the checkpoint at step {first_step}")
-  if real is not None:
-    state = jax.jit(lambda full, r: jax.tree.map(lambda a, x: a.at[:b.n_real].set(x), full, r),
-                    out_shardings=by_model, donate_argnums=0)(state, real)
-  if aux is not None:
-    loss_sum = loss_sum.at[:b.n_real].set(jnp.asarray(aux["loss_sum"], jnp.float32))
-    loss_count = int(aux["loss_count"])
-  return state, first_step, loss_sum, loss_count
+    step = checkpointer.latest_step()
+    real = jax.tree.map(lambda a: a[:b.n_real], state)
+    tree, aux = checkpointer.restore(step, {"state": real, "best": real})
+    log(f"resumed from the checkpoint at step {step}")
+    loss_sum = jnp.zeros(m, jnp.float32).at[:b.n_real].set(jnp.asarray(aux["loss_sum"], jnp.float32))
+    return Start(into(state, tree["state"]), into(state, tree["best"]), step, loss_sum,
+                 int(aux["loss_count"]), Selection.from_json(aux["selection"], m))
+  if init_state is not None:
+    state = into(state, init_state)
+  best = jax.tree.map(jnp.copy, state)  # the step donates `state`
+  return Start(state, best, 0, jnp.zeros(m, jnp.float32), 0, Selection.fresh(m))
 
 
 def run_sweep(prep: splits.Prepared, cfg: Settings, *, hooks: Sequence[Callable[[Loop], None]] = (),
@@ -200,25 +297,26 @@ def run_sweep(prep: splits.Prepared, cfg: Settings, *, hooks: Sequence[Callable[
     nan_policy: "freeze" (a diverging model is frozen, the others go on) or "stop".
     mesh, batching, lanes: where and how the step runs (`build`).
   Returns:
-    The last evaluation, with the real models' final state on the host.
+    The last evaluation, with each real model's best state (lowest held-out
+    validation loss over the regular evaluations) on the host and its metrics.
   """
   b = build(prep, cfg, mesh=mesh, batching=batching, lanes=lanes)
-  state, first_step, loss_sum, loss_count = _start(b, cfg, checkpointer, init_state, log)
+  start = _start(b, checkpointer, init_state, log)
   log(b.describe())
-  loop = Loop(b, cfg, state, first_step, loss_sum, loss_count)
+  loop = Loop(b, cfg, start)
   log(f"compiled in {loop.compile_seconds:.1f}s")
   names = None if prep.shared else prep.dataset.layer_names
   every = [hooks_lib.NanStop(names)] if nan_policy == "stop" else []
   every += [*hooks, hooks_lib.Progress(log, names)]
   every += [hooks_lib.Checkpoints(checkpointer, checkpoint_every)] if checkpointer else []
-  for step in range(first_step + 1, cfg.steps + 1):
+  for step in range(start.step + 1, cfg.steps + 1):
     loop.advance(step)
     for hook in every:
       hook(loop)
     if loop.stopped:
       log(f"stopped: {loop.stopped}")
       break
-  out = loop.evaluation(force=True)
-  if loop.step == first_step:  # resumed at (or past) the last step: nothing was trained
+  out = loop.best()
+  if loop.step == start.step:  # resumed at (or past) the last step: nothing was trained
     out.seconds = 0.0
-  return dataclasses.replace(out, state=jax.tree.map(jnp.asarray, sharding.gather(loop.real_state())))
+  return out

@@ -1,4 +1,14 @@
-"""Built-in data with a known answer: layered oscillator data and the LFADS Lorenz benchmark."""
+"""Built-in data with known answers, in families the dimension estimate is validated on.
+
+(i) `make_linear_gaussian`: smooth latent signals, a linear readout, Gaussian
+noise (PCA's model is the true one); (ii) `make_nonlinear`: the same signals
+through a saturating nonlinear readout (the activity lies on a curved
+k-dimensional manifold, so linear methods need more dimensions); (iii)
+`make_lorenz`: Poisson counts with an exp link of 3-D Lorenz latents (the
+LFADS benchmark); (iv) `make_independent`: neurons with their own dynamics
+and nothing shared (answer 0). `make_synthetic` (oscillators, whitened) is
+kept for tests. docs/dimension.md has the validation table.
+"""
 
 from __future__ import annotations
 
@@ -66,18 +76,21 @@ def make_synthetic(*, true_latents: Sequence[int] = SYNTHETIC_TRUE_LATENTS, neur
   meta = dict(true_latents=list(map(int, true_latents)), neurons=neurons, time=time, noise=noise,
               noise_std=noise_std if noise == "gaussian" else None, seed=seed,
               generator="whitened noisy limit-cycle oscillators, random linear readout")
-  return Dataset(np.stack(layers).astype(np.float32), names, "synthetic",
-                 dict(zip(names, map(int, true_latents))), meta)
+  return Dataset(np.stack(layers).astype(np.float32), names, "oscillators",
+                 dict(zip(names, map(int, true_latents))), meta, counts=noise == "poisson")
 
 
-def make_lorenz(*, neurons: int = 60, time: int = 3000, layers: int = 1, base_rate: float = 1.0,
-                gain: float = 0.9, seed: int = 0) -> Dataset:
-  """The LFADS Lorenz benchmark: 3-D Lorenz states -> N neurons -> Poisson counts.
+def make_lorenz(*, neurons: int = 60, time: int = 6000, layers: int = 1,
+                rate_range: tuple[float, float] = (0.05, 0.5), gain: float = 0.7,
+                seed: int = 0) -> Dataset:
+  """The LFADS Lorenz benchmark: 3-D Lorenz states -> N neurons -> Poisson counts (family iii).
 
   sigma=10, rho=28, beta=8/3, RK4 with dt=0.01, one bin every 3 steps; each
-  state z-scored; rate_n(t) = base_rate * exp(gain * w_n . z(t)) with w_n a
-  random unit vector, so log-rates are linear in the 3-D state (true dimension 3).
-  Each layer is its own trajectory and weights.
+  state z-scored; log rate_n(t) = b_n + gain * w_n . z(t), w_n a random unit
+  vector and exp(b_n) a per-neuron baseline rate drawn log-uniformly from
+  `rate_range` spikes per bin, so log-rates are linear in the 3-D state (true
+  linear dimension 3; the attractor itself is about 2.06-dimensional). Each
+  layer is its own trajectory and weights.
   """
   rng = np.random.default_rng(seed)
   sigma, rho, beta, dt, every = 10.0, 28.0, 8.0 / 3.0, 0.01, 3
@@ -97,9 +110,112 @@ def make_lorenz(*, neurons: int = 60, time: int = 3000, layers: int = 1, base_ra
     z_T3 = (states - states.mean(axis=0)) / states.std(axis=0)
     w_3N = rng.standard_normal((3, neurons))
     w_3N /= np.linalg.norm(w_3N, axis=0, keepdims=True)
-    rate = base_rate * np.exp(gain * z_T3 @ w_3N)
+    log_base_N = rng.uniform(np.log(rate_range[0]), np.log(rate_range[1]), neurons)
+    rate = np.exp(log_base_N + gain * z_T3 @ w_3N)
     out.append(rng.poisson(rate).astype(np.float64))
   names = tuple(str(i) for i in range(layers))
-  meta = dict(neurons=neurons, time=time, base_rate=base_rate, gain=gain, seed=seed,
-              generator="Lorenz (10, 28, 8/3), RK4 dt=0.01, bin = 3 steps, Poisson(exp(linear))")
-  return Dataset(np.stack(out).astype(np.float32), names, "lorenz", {n: 3 for n in names}, meta)
+  meta = dict(neurons=neurons, time=time, rate_range=list(rate_range), gain=gain, seed=seed,
+              family="iii: Poisson, exp link of Lorenz latents",
+              generator="Lorenz (10, 28, 8/3), RK4 dt=0.01, bin = 3 steps, Poisson(exp(b_n + linear))")
+  return Dataset(np.stack(out).astype(np.float32), names, "lorenz", {n: 3 for n in names}, meta,
+                 counts=True)
+
+
+def _smooth_signals(rng: np.random.Generator, dim: int, time: int, timescale: float = 8.0,
+                    spread: float = 4.0) -> np.ndarray:
+  """[time, dim] independent Gaussian AR(1) signals with correlation time `timescale` bins (each
+  its own, from 0.5x to 2x) and variances log-spaced over `spread`x (mean 1): smooth latent
+  signals of exactly `dim` dimensions, none of them negligible."""
+  taus = timescale * np.exp(rng.uniform(np.log(0.5), np.log(2.0), dim))
+  a = np.exp(-1.0 / taus)
+  x = np.empty((time, dim))
+  x[0] = rng.standard_normal(dim)
+  eps = rng.standard_normal((time, dim)) * np.sqrt(1 - a ** 2)
+  for t in range(1, time):
+    x[t] = a * x[t - 1] + eps[t]
+  x = (x - x.mean(axis=0)) / x.std(axis=0)
+  var = np.exp(np.linspace(0.0, -np.log(spread), dim)) if dim > 1 else np.ones(1)
+  return x * np.sqrt(rng.permutation(var / var.mean()))
+
+
+def _layers(name: str, true_latents: Sequence[int], neurons: int, make, meta: dict,
+            counts: bool = False) -> Dataset:
+  for dim in true_latents:
+    if dim > neurons:
+      raise UserError(f"true dimension {dim} exceeds {neurons} neurons")
+  x = np.stack([make(dim) for dim in true_latents]).astype(np.float32)
+  names = tuple(str(i) for i in range(len(true_latents)))
+  return Dataset(x, names, name, dict(zip(names, map(int, true_latents))),
+                 {**meta, "true_latents": list(map(int, true_latents)), "neurons": neurons},
+                 counts=counts)
+
+
+LINEAR_TRUE_LATENTS = (7, 18, 40)
+
+
+def make_linear_gaussian(*, true_latents: Sequence[int] = LINEAR_TRUE_LATENTS, neurons: int = 200,
+                         time: int = 2000, noise_std: float = 1.0, seed: int = 0) -> Dataset:
+  """Family (i): per layer, `true_latents[l]` smooth signals (`_smooth_signals`), a random linear
+  readout to `neurons`, and Gaussian noise of a different std per neuron (0.5x-1.5x
+  `noise_std`, against a signal variance of about 1 per neuron)."""
+  rng = np.random.default_rng(seed)
+
+  def make(dim):
+    w = rng.standard_normal((dim, neurons)) / np.sqrt(dim)
+    noise = noise_std * rng.uniform(0.5, 1.5, neurons)
+    return _smooth_signals(rng, dim, time) @ w + noise * rng.standard_normal((time, neurons))
+
+  return _layers("synthetic", true_latents, neurons, make,
+                 dict(time=time, noise_std=noise_std, seed=seed, family="i: linear-Gaussian",
+                      generator="smooth AR(1) signals, random linear readout, Gaussian noise"))
+
+
+NONLINEAR_TRUE_LATENTS = (3, 6, 12)
+
+
+def make_nonlinear(*, true_latents: Sequence[int] = NONLINEAR_TRUE_LATENTS, neurons: int = 200,
+                   time: int = 2000, gain: float = 2.5, noise_std: float = 0.3,
+                   seed: int = 0) -> Dataset:
+  """Family (ii): per layer, `true_latents[l]` smooth signals through a random mixing and a
+  saturating readout, x_n = tanh(gain * w_n . z + c_n) + noise, with unit-norm w_n and random
+  offsets c_n: the activity lies on a curved k-dimensional manifold, so a linear method
+  needs more dimensions than k to describe it."""
+  rng = np.random.default_rng(seed)
+
+  def make(dim):
+    w = rng.standard_normal((dim, neurons))
+    w /= np.linalg.norm(w, axis=0, keepdims=True)
+    offset = rng.uniform(-1.0, 1.0, neurons)
+    drive = gain * _smooth_signals(rng, dim, time) @ w + offset
+    return np.tanh(drive) + noise_std * rng.standard_normal((time, neurons))
+
+  return _layers("nonlinear", true_latents, neurons, make,
+                 dict(time=time, gain=gain, noise_std=noise_std, seed=seed,
+                      family="ii: nonlinear readout",
+                      generator="smooth AR(1) signals, tanh(gain * unit-norm mixing + offset), "
+                                "Gaussian noise"))
+
+
+def make_independent(*, layers: int = 1, neurons: int = 100, time: int = 2000,
+                     counts: bool = False, seed: int = 0) -> Dataset:
+  """Family (iv): every neuron its own smooth signal (AR(1), like the others' latents) and nothing
+  shared, as Gaussian activity or Poisson counts (rates 0.05-0.5 per bin): dimension 0."""
+  rng = np.random.default_rng(seed)
+
+  def make(_):
+    x = _smooth_signals(rng, neurons, time, spread=1.0) + 0.5 * rng.standard_normal((time, neurons))
+    if not counts:
+      return x
+    base = rng.uniform(np.log(0.05), np.log(0.5), neurons)
+    return rng.poisson(np.exp(base + 0.5 * x)).astype(np.float64)
+
+  return _layers("independent", [0] * layers, neurons, make,
+                 dict(time=time, seed=seed, counts=counts, family="iv: independent neurons",
+                      generator="an AR(1) signal of its own per neuron" +
+                                (", Poisson(exp)" if counts else " plus Gaussian noise")),
+                 counts=counts)
+
+
+# The built-in datasets (--dataset=...), one per family.
+FAMILIES = {"synthetic": make_linear_gaussian, "nonlinear": make_nonlinear,
+            "lorenz": make_lorenz, "independent": make_independent}

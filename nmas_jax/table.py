@@ -47,12 +47,14 @@ class ModelTable:
     return f"layer {layer}, latent {self.latent[i]}, seed {self.seed[i]}"
 
 
-def init_states(cfg: Settings, table: ModelTable, neurons: int,
-                out_sharding: Any = None) -> train.TrainState:
+def init_states(cfg: Settings, table: ModelTable, neurons: int, out_sharding: Any = None,
+                readout_bias_LN: np.ndarray | None = None) -> train.TrainState:
   """All models' states [models], by one vmapped init (placed with `out_sharding` when given).
 
   A model's init key depends on (seed, layer) only, so models that differ in
-  latent size start from the same weights on their shared units.
+  latent size start from the same weights on their shared units. With
+  `readout_bias_LN`, each model's readout bias starts at its layer's row (the
+  null model's prediction, so training starts from it).
   """
   model = models.make_model(cfg, neurons)
   keys = jax.vmap(lambda s, l: jax.random.fold_in(jax.random.PRNGKey(s), l))(
@@ -61,6 +63,16 @@ def init_states(cfg: Settings, table: ModelTable, neurons: int,
   init = functools.partial(train.init_state, model=model, clip_norm=cfg.clip_norm,
                            example_x_BTN=example)
   m = len(table)
-  return jax.jit(jax.vmap(init), out_shardings=out_sharding)(
-      keys, jnp.asarray(table.latent), jnp.full((m,), cfg.learning_rate, jnp.float32),
-      jnp.full((m,), cfg.weight_decay, jnp.float32))
+
+  def init_all(keys, latents, bias_MN):
+    state = jax.vmap(init)(keys, latents, jnp.full((m,), cfg.learning_rate, jnp.float32),
+                           jnp.full((m,), cfg.weight_decay, jnp.float32))
+    if bias_MN is None:
+      return state
+    dec = state.params["decoder_net"]
+    readout = {**dec["readout"], "bias": bias_MN.astype(dec["readout"]["bias"].dtype)}
+    params = {**state.params, "decoder_net": {**dec, "readout": readout}}
+    return state.replace(params=params)
+
+  bias = None if readout_bias_LN is None else jnp.asarray(readout_bias_LN[table.layer], jnp.float32)
+  return jax.jit(init_all, out_shardings=out_sharding)(keys, jnp.asarray(table.latent), bias)

@@ -39,7 +39,8 @@ def make_optimizer(learning_rate: Any = 1e-3, weight_decay: Any = 0.0,
 
   Because `inject_hyperparams` stores them in the state, a vmapped init over
   arrays of learning rates gives every model its own, and `update` reads them
-  from the state (the values given here only matter for `init`).
+  from the state (the values given here only matter for `init`). A constant
+  rate: raising --steps and resuming equals a longer run from the start.
   """
   return optax.chain(
       optax.clip_by_global_norm(clip_norm),
@@ -63,21 +64,30 @@ def step_rngs(state: TrainState) -> dict[str, jax.Array]:
   return {"dropout": jax.random.fold_in(state.key, state.step)}
 
 
+# Largest log-rate the Poisson readout may emit (exp(15) ~ 3e6 spikes per bin): keeps exp finite.
+MAX_LOG_RATE = 15.0
+
+
 def mean_prediction(y_BTN: jax.Array, likelihood: str = "gaussian") -> jax.Array:
-  """The model's predicted mean activity: y itself, or Poisson rates softplus(y)."""
+  """The model's predicted mean activity: y itself, or Poisson rates exp(y) (y the log-rate, clipped)."""
   if likelihood == "gaussian":
     return y_BTN
   if likelihood == "poisson":
-    return jax.nn.softplus(y_BTN) + 1e-6
+    return jnp.exp(jnp.minimum(y_BTN, MAX_LOG_RATE))
   raise ValueError(f"unknown likelihood {likelihood!r}: choose one of {LIKELIHOODS}")
 
 
-def reconstruction_loss(y_BTN: jax.Array, x_BTN: jax.Array, likelihood: str = "gaussian") -> jax.Array:
-  """Mean loss per element: squared error, or Poisson NLL (without log x!) of softplus rates."""
-  mean_BTN = mean_prediction(y_BTN, likelihood)
+def elementwise_loss(y_BTN: jax.Array, x_BTN: jax.Array, likelihood: str = "gaussian") -> jax.Array:
+  """Loss of each element: squared error, or Poisson NLL (without log x!) of rates exp(y)."""
   if likelihood == "gaussian":
-    return jnp.mean((mean_BTN - x_BTN) ** 2)
-  return jnp.mean(mean_BTN - x_BTN * jnp.log(mean_BTN))
+    return (y_BTN - x_BTN) ** 2
+  log_rate_BTN = jnp.minimum(y_BTN, MAX_LOG_RATE)
+  return jnp.exp(log_rate_BTN) - x_BTN * log_rate_BTN
+
+
+def reconstruction_loss(y_BTN: jax.Array, x_BTN: jax.Array, likelihood: str = "gaussian") -> jax.Array:
+  """Mean loss per element (`elementwise_loss`)."""
+  return jnp.mean(elementwise_loss(y_BTN, x_BTN, likelihood))
 
 
 def encoder_input(x_BTN: jax.Array, input_mask_N: jax.Array | None) -> jax.Array:
@@ -106,10 +116,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
 
   def loss_fn(params):
     if latent_width is None:
-      y_BTN, _ = model.apply({"params": params}, x_in_BTN, state.latent, rngs=rngs)
+      y_BTN, _ = model.apply({"params": params}, x_in_BTN, state.latent, train=True, rngs=rngs)
     else:
       y_BTN, _ = model.clone(latent=latent_width).apply(
-          {"params": models.slice_latent(params, latent_width)}, x_in_BTN, rngs=rngs)
+          {"params": models.slice_latent(params, latent_width)}, x_in_BTN, train=True, rngs=rngs)
     return reconstruction_loss(y_BTN, x_BTN, likelihood)
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
@@ -135,9 +145,11 @@ def eval_step(params: Any, latent: jax.Array, x_VTN: jax.Array, input_mask_N: ja
   """Quick held-out metrics of one model on windows x [windows, time, neurons] (for progress)."""
   y_VTN, _ = predict(params, latent, x_VTN, input_mask_N, model=model)
   se_VTN = (mean_prediction(y_VTN, likelihood) - x_VTN) ** 2
-  out = {"valid/loss": reconstruction_loss(y_VTN, x_VTN, likelihood), "valid/mse": jnp.mean(se_VTN)}
-  if input_mask_N is not None:  # held-out neurons (mask 0): the co-smoothing error
+  loss_VTN = elementwise_loss(y_VTN, x_VTN, likelihood)
+  out = {"valid/loss": jnp.mean(loss_VTN), "valid/mse": jnp.mean(se_VTN)}
+  if input_mask_N is not None:  # held-out neurons (mask 0): the co-smoothing error and loss
     held_N = 1.0 - input_mask_N
-    out["valid/cosmooth_mse"] = (jnp.sum(se_VTN * held_N[None, None, :])
-                                 / jnp.maximum(jnp.sum(held_N) * se_VTN.shape[0] * se_VTN.shape[1], 1.0))
+    count = jnp.maximum(jnp.sum(held_N) * se_VTN.shape[0] * se_VTN.shape[1], 1.0)
+    out["valid/cosmooth_mse"] = jnp.sum(se_VTN * held_N[None, None, :]) / count
+    out["valid/cosmooth_loss"] = jnp.sum(loss_VTN * held_N[None, None, :]) / count
   return out

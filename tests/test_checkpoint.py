@@ -13,7 +13,6 @@ import pytest
 
 from nmas_jax import checkpoint, config, files, results, splits, sweep, synthetic
 from nmas_jax.errors import UserError
-from nmas_jax.table import ModelTable, init_states
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
@@ -21,7 +20,8 @@ ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
 
 def _args(data_path, workdir, steps=300, extra=()):
   return [sys.executable, "-m", "experiments.sweep", "--dataset=array", f"--data_path={data_path}",
-          "--normalize=none", "--bin=1", "--latents=1,3", "--hidden=16", "--window=10",
+          "--normalize=none", "--bin=1", "--latents=1,3", "--hidden=16", "--window=10", "--seeds=1",
+          "--nobidirectional",
           "--batch_size=8", f"--steps={steps}", "--log_every=10", "--checkpoint_every=20",
           "--heldout_neurons=0.25", f"--workdir={workdir}", *extra]
 
@@ -38,7 +38,7 @@ def _final_params(workdir):
   step = ck.latest_step()
   raw = ck.restore_raw(step)  # structure-free restore: nested dicts of arrays
   ck.close()
-  return step, [np.asarray(a) for a in jax.tree.leaves(raw["params"])]
+  return step, [np.asarray(a) for a in jax.tree.leaves(raw["state"]["params"])]
 
 
 def test_kill_9_then_resume_equals_uninterrupted(small_array, tmp_path):
@@ -123,11 +123,12 @@ def test_a_workdir_of_an_older_schema_is_refused_in_one_line(small_array, tmp_pa
 
 def test_injected_divergence_leaves_other_models_bit_identical():
   ds = synthetic.make_synthetic(true_latents=(2,), neurons=8, time=300, seed=0)
-  cfg = config.Settings(latents=(1, 2, 4), hidden=8, window=10, batch_size=4, steps=30, log_every=30)
+  cfg = config.Settings(latents=(1, 2, 4), hidden=8, window=10, batch_size=4, steps=30, log_every=30,
+                        seeds=1)
   prep = splits.prepare(ds, cfg)
   ref = sweep.run_sweep(prep, cfg, log=lambda s: None)
-  # Same sweep, but model 1 gets an absurd learning rate: it must diverge alone.
-  state = init_states(cfg, ModelTable.build(1, cfg.latents, 1), 8)
+  # Same sweep, same initial state, but model 1 gets an absurd learning rate: it must diverge alone.
+  state = sweep.build(prep, cfg).init_states()
   lr = np.array(state.opt_state[1].hyperparams["learning_rate"])
   lr[1] = 1e30
   state.opt_state[1].hyperparams["learning_rate"] = lr
@@ -184,7 +185,8 @@ def test_nan_policy_drop_neurons_warns_and_runs(tmp_path):
   x = np.abs(np.random.default_rng(0).normal(size=(120, 6))) + 0.5
   x[5, 1] = np.nan
   np.save(tmp_path / "nan.npy", x)
-  r = _cli("--dataset=array", f"--data_path={tmp_path / 'nan.npy'}", "--latents=1,2", "--steps=4",
+  r = _cli("--dataset=array", f"--data_path={tmp_path / 'nan.npy'}", "--latents=1,2", "--steps=4", "--bin=1",
+           "--seeds=1",
            "--window=10", "--hidden=4", "--log_every=2", "--nan_policy=drop_neurons",
            f"--workdir={tmp_path / 'w'}")
   assert r.returncode == 0, r.stderr

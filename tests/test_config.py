@@ -10,16 +10,19 @@ from nmas_jax import DimensionSweep, config, models
 from nmas_jax.config import DataSettings, RunSettings, Settings
 from nmas_jax.errors import UserError
 
-# The sweep's public flags and defaults before settings were declared in one place (a spec).
+# The sweep's public flags and defaults (a spec; seeds, train_fraction, normalize, steps, hidden,
+# bidirectional and dropout changed by the dimension-estimate issue, which added valid_fraction,
+# decoder_hidden, dropout and bootstrap).
 PUBLIC_DEFAULTS = {
     "latents": "10,25,50,75,150", "dataset": "synthetic", "data_path": "", "data_key": None,
-    "layers": [], "seeds": 1, "steps": 600, "batch_size": 16, "window": 50, "hidden": 128,
+    "layers": [], "seeds": 3, "valid_fraction": 0.1, "decoder_hidden": 128, "bootstrap": 200,
+    "dropout": 0.2, "steps": 400, "batch_size": 16, "window": 50, "hidden": 64,
     "learning_rate": 3e-3, "weight_decay": 0.0, "clip_norm": 1.0, "decoder": "linear",
-    "bidirectional": False, "likelihood": "auto", "heldout_neurons": 0.2, "gain_fraction": 0.95,
+    "bidirectional": True, "likelihood": "auto", "heldout_neurons": 0.2, "gain_fraction": 0.95,
     "shuffle_control": False, "dtype": "float32", "nwb_series": None, "bin_ms": 50.0,
     "batching": "auto", "mesh": "auto", "distributed": False, "coordinator_address": None,
-    "num_processes": None, "process_id": None, "shared_model": False, "train_fraction": 0.8,
-    "normalize": "mean_per_bin", "bin": 2, "neurons_per_layer": None, "data_seed": 0,
+    "num_processes": None, "process_id": None, "shared_model": False, "train_fraction": 0.7,
+    "normalize": "zscore", "bin": 2, "neurons_per_layer": None, "data_seed": 0,
     "workdir": "runs/sweep", "log_every": 100, "checkpoint_every": 100, "keep_checkpoints": 3,
     "overwrite": False, "nan_policy": "freeze"}
 
@@ -66,8 +69,8 @@ def test_identity_holds_exactly_the_settings_that_define_a_sweep(tmp_path):
   ds = DataSettings(dataset="array", data_path="x.npy")
   ident = config.identity(Settings(), ds)
   assert ident["data_path"] == os.path.abspath("x.npy") and ident["latents"] == [10, 25, 50, 75, 150]
-  assert not {"steps", "log_every", "gain_fraction", "verbose", "shared_model"} & set(ident)
-  assert {"unroll", "seeds", "bin", "normalize", "data_seed"} <= set(ident)
+  assert not {"steps", "log_every", "gain_fraction", "verbose", "shared_model", "bootstrap"} & set(ident)
+  assert {"unroll", "seeds", "bin", "normalize", "data_seed", "valid_fraction"} <= set(ident)
   assert config.identity(Settings(steps=5, log_every=1), ds) == ident
   assert config.identity(Settings(unroll=2), ds) != ident
 
@@ -80,8 +83,10 @@ def test_identity_holds_exactly_the_settings_that_define_a_sweep(tmp_path):
     (lambda: Settings(train_fraction=0.0), "--train_fraction must be in (0, 1), got 0.0"),
     (lambda: Settings(dtype="float16"), "unknown --dtype='float16': choose one of float32, bfloat16"),
     (lambda: Settings(latents="3,x"), "--latents has 'x', not an integer"),
-    (lambda: DataSettings(normalize="l2"), "unknown --normalize='l2': choose one of mean_per_bin, "
-                                           "zscore, none"),
+    (lambda: Settings(normalize="l2"), "unknown --normalize='l2': choose one of zscore, "
+                                       "mean_per_bin, mean_per_bin_all, none"),
+    (lambda: Settings(train_fraction=0.8, valid_fraction=0.2),
+     "--train_fraction=0.8 and --valid_fraction=0.2 leave no test block"),
     (lambda: DataSettings(neurons_per_layer=0), "--neurons_per_layer must be a positive integer"),
     (lambda: RunSettings(keep_checkpoints=0), "--keep_checkpoints must be a positive integer, got 0"),
     (lambda: RunSettings(checkpoint_every=-1), "--checkpoint_every must be >= 0, got -1"),

@@ -1,10 +1,12 @@
-"""Loaders, synthetic data, splits and batches."""
+"""Loaders, synthetic data, preprocessing, splits and batches."""
+
+import dataclasses
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nmas_jax import data, loaders, splits, synthetic
+from nmas_jax import config, data, loaders, splits, synthetic
 from nmas_jax.errors import UserError
 
 COUNTS = {30.0: 7, 0.0: 4, 60.0: 9, 90.0: 5, 120.5: 6}  # unequal planes, unsorted
@@ -28,29 +30,50 @@ def _save(tmp_path, obj, name="stringer.npy"):
   return str(path)
 
 
-def test_stringer_layers_subsample_normalise_and_bin(tmp_path):
+def test_stringer_layers_subsample_and_bin(tmp_path):
   raw = _stringer_dict()
   ds = loaders.load_stringer(_save(tmp_path, raw), seed=3)
   assert ds.layer_names == ("0", "30", "60", "90", "120.5")
   assert ds.x_LTN.shape == (5, TIME // 2, 4)  # smallest plane has 4 neurons; 21 bins -> 10
-  mean_T = raw["sresp"].mean(axis=0)  # over ALL neurons, before splitting layers
+  assert not ds.counts  # gamma-distributed activity is not spike counts
   for i, name in enumerate(ds.layer_names):
     idx = np.array(ds.meta["neuron_indices"][name])
     assert len(set(idx)) == 4
     assert np.all(raw["xyz"][2, idx] == float(name))
-    x = raw["sresp"][idx].T / mean_T[:, None]
-    expected = (x[0:20:2] + x[1:20:2]) / 2
-    np.testing.assert_allclose(ds.x_LTN[i], expected, rtol=1e-6)
+    x = raw["sresp"][idx].T
+    np.testing.assert_allclose(ds.x_LTN[i], (x[0:20:2] + x[1:20:2]) / 2, rtol=1e-6)
+  # The mean over ALL neurons of the recording, binned, for --normalize=mean_per_bin_all.
+  mean_T = raw["sresp"].mean(axis=0)
+  np.testing.assert_allclose(ds.population_mean_T, (mean_T[0:20:2] + mean_T[1:20:2]) / 2)
+
+
+def test_normalisations_use_the_training_block_and_the_held_in_neurons(tmp_path):
+  """zscore: training-block statistics; mean_per_bin: the layer's neurons no seed holds out;
+  mean_per_bin_all (the original NMAs'): the mean of every neuron of the recording."""
+  raw = _stringer_dict()
+  ds = loaders.load_stringer(_save(tmp_path, raw), neurons_per_layer=3, bin_size=1)
+  cfg = config.Settings(latents=(1,), window=2, seeds=2, heldout_neurons=0.34, normalize="zscore")
+  prep = splits.prepare(ds, cfg)
+  t = prep.t_train
+  np.testing.assert_allclose(prep.dataset.x_LTN[:, :t].mean(axis=1), 0, atol=1e-5)
+  np.testing.assert_allclose(prep.dataset.x_LTN[:, :t].std(axis=1), 1, rtol=1e-4)
+  assert np.abs(prep.dataset.x_LTN[:, t:].mean(axis=1)).max() > 1e-3  # not re-centred on later blocks
+  prep = splits.prepare(ds, dataclasses.replace(cfg, normalize="mean_per_bin"))
+  held_in = ~prep.heldout_SLN.any(axis=0)  # [layers, neurons]
+  for l in range(ds.num_layers):
+    mean_T = ds.x_LTN[l][:, held_in[l]].mean(axis=1)
+    np.testing.assert_allclose(prep.dataset.x_LTN[l], ds.x_LTN[l] / mean_T[:, None], rtol=1e-5)
+  prep = splits.prepare(ds, dataclasses.replace(cfg, normalize="mean_per_bin_all"))
+  all_mean_T = raw["sresp"].mean(axis=0)
+  np.testing.assert_allclose(prep.dataset.x_LTN, ds.x_LTN / all_mean_T[None, :, None], rtol=1e-5)
 
 
 def test_stringer_options(tmp_path):
   path = _save(tmp_path, _stringer_dict())
-  ds = loaders.load_stringer(path, neurons_per_layer=3, normalize_method="zscore", bin_size=1)
+  ds = loaders.load_stringer(path, neurons_per_layer=3, bin_size=1)
   assert ds.x_LTN.shape == (5, TIME, 3)
-  np.testing.assert_allclose(ds.x_LTN.mean(axis=1), 0, atol=1e-5)
-  np.testing.assert_allclose(ds.x_LTN.std(axis=1), 1, rtol=1e-4)
-  a = loaders.load_stringer(path, seed=1, normalize_method="none", bin_size=1)
-  b = loaders.load_stringer(path, seed=1, normalize_method="none", bin_size=1)
+  a = loaders.load_stringer(path, seed=1, bin_size=1)
+  b = loaders.load_stringer(path, seed=1, bin_size=1)
   np.testing.assert_array_equal(a.x_LTN, b.x_LTN)
   raw = _stringer_dict()
   idx = a.meta["neuron_indices"]["60"]
@@ -87,18 +110,21 @@ def test_missing_and_unreadable_files(tmp_path):
 def test_array_loader_shapes_and_keys(tmp_path):
   x = np.random.default_rng(0).uniform(0.5, 1.5, size=(40, 6))
   np.save(tmp_path / "a.npy", x)
-  ds = loaders.load_array(str(tmp_path / "a.npy"), normalize_method="none", bin_size=1)
-  assert ds.layer_names == ("0",)
+  ds = loaders.load_array(str(tmp_path / "a.npy"), bin_size=1)
+  assert ds.layer_names == ("0",) and not ds.counts
   np.testing.assert_allclose(ds.x_LTN[0], x, rtol=1e-6)
-  ds = loaders.load_array(str(tmp_path / "a.npy"))  # defaults: mean_per_bin, bin 2
-  assert ds.x_LTN.shape == (1, 20, 6)
+  ds = loaders.load_array(str(tmp_path / "a.npy"))  # default bin 2: adjacent bins averaged
+  np.testing.assert_allclose(ds.x_LTN[0], (x[0::2] + x[1::2]) / 2, rtol=1e-6)
   x3 = np.stack([x, 2 * x, 3 * x])
   np.savez(tmp_path / "b.npz", act=x3, other=np.zeros(3))
-  ds = loaders.load_array(str(tmp_path / "b.npz"), key="act", normalize_method="none", bin_size=1)
+  ds = loaders.load_array(str(tmp_path / "b.npz"), key="act", bin_size=1)
   assert ds.layer_names == ("0", "1", "2")
   np.testing.assert_allclose(ds.x_LTN, x3, rtol=1e-6)
-  with pytest.raises(UserError, match=r"holds several arrays \(act, other\): choose one with --data_key"):
-    loaders.load_array(str(tmp_path / "b.npz"))
+  # --data_key may be omitted when exactly one array is [time, neurons] or [layers, time, neurons].
+  np.testing.assert_array_equal(loaders.load_array(str(tmp_path / "b.npz"), bin_size=1).x_LTN, ds.x_LTN)
+  np.savez(tmp_path / "two.npz", a=x, b=x)
+  with pytest.raises(UserError, match=r"holds several arrays \(a, b\): choose one with --data_key"):
+    loaders.load_array(str(tmp_path / "two.npz"))
   with pytest.raises(UserError, match="--data_key='nope' is not in"):
     loaders.load_array(str(tmp_path / "b.npz"), key="nope")
   np.save(tmp_path / "c.npy", np.zeros((2, 2, 2, 2)))
@@ -107,9 +133,48 @@ def test_array_loader_shapes_and_keys(tmp_path):
   np.save(tmp_path / "d.npy", np.array([{}], dtype=object), allow_pickle=True)
   with pytest.raises(UserError, match="holds pickled objects"):
     loaders.load_array(str(tmp_path / "d.npy"))
-  np.save(tmp_path / "z.npy", x - x.mean())
-  with pytest.raises(UserError, match="mean_per_bin needs a positive population mean"):
-    loaders.load_array(str(tmp_path / "z.npy"))
+  (tmp_path / "e.npz").write_bytes(b"not an archive at all")
+  with pytest.raises(UserError, match=r"e.npz is not a valid .npy or .npz file"):
+    loaders.load_array(str(tmp_path / "e.npz"))
+  (tmp_path / "f.npz").write_bytes((tmp_path / "b.npz").read_bytes()[:200])  # truncated archive
+  with pytest.raises(UserError, match=r"f.npz is not a valid .npz file"):
+    loaders.load_array(str(tmp_path / "f.npz"))
+
+
+def test_counts_are_detected_on_the_raw_array_and_summed_when_binned(tmp_path):
+  counts = np.random.default_rng(0).poisson(0.3, size=(40, 5))
+  np.save(tmp_path / "spikes.npy", counts)
+  ds = loaders.load_array(str(tmp_path / "spikes.npy"))
+  assert ds.counts
+  np.testing.assert_array_equal(ds.x_LTN[0], counts[0::2] + counts[1::2])
+  assert splits.resolve_likelihood("auto", ds) == "poisson"
+  prep = splits.prepare(ds, config.Settings(latents=(1,), window=2))
+  np.testing.assert_array_equal(prep.dataset.x_LTN, ds.x_LTN)  # counts are not normalised
+  assert splits.resolve_likelihood("auto", data.as_dataset(counts - 0.5)) == "gaussian"
+
+
+def test_mean_per_bin_refuses_bins_without_a_positive_mean():
+  x = np.random.default_rng(0).normal(size=(60, 6))
+  x -= x.mean(axis=1, keepdims=True) + 0.1  # dF/F-like: a negative population mean in every bin
+  with pytest.raises(UserError, match="--normalize=mean_per_bin divides each time bin by its "
+                                      "held-in neurons' mean, but 60 bins have a mean <= 0"):
+    splits.prepare(data.as_dataset(x), config.Settings(latents=(1,), window=2, heldout_neurons=0,
+                                                       normalize="mean_per_bin"))
+
+
+def test_constant_neurons_are_dropped_and_a_constant_layer_is_refused():
+  x = np.random.default_rng(0).normal(size=(2, 100, 6))
+  x[0, :, 2] = 3.0
+  x[1, :, 4] = 1.0
+  prep = splits.prepare(data.as_dataset(x), config.Settings(latents=(1,), window=2, seeds=1))
+  assert prep.dropped == {"0": [2], "1": [4]} and prep.num_neurons == 5
+  assert [n for n in prep.notes if "constant" in n] == [
+      "layer 0: dropped 1 neuron(s) constant on the training block (indices 2)",
+      "layer 1: dropped 1 neuron(s) constant on the training block (indices 4)"]
+  np.testing.assert_array_equal(prep.neuron_index_LN, [[0, 1, 3, 4, 5], [0, 1, 2, 3, 5]])
+  x[1] = 7.0
+  with pytest.raises(UserError, match="layer 1 has no variance on the training block"):
+    splits.prepare(data.as_dataset(x), config.Settings(latents=(1,), window=2, seeds=1))
 
 
 def test_synthetic_is_deterministic_with_the_stated_dimension():
@@ -140,13 +205,18 @@ def test_batches_are_a_pure_function_of_seed_and_step():
   assert t.max() < 24 and np.all(np.diff(t, axis=-1) == 1)
 
 
-def test_validation_windows_tile_the_held_out_block():
+def test_windows_tile_a_block():
   x = np.arange(2 * 23, dtype=np.float32).reshape(2, 23, 1)
-  v = splits.valid_windows(x, t_train=10, window=4)
+  v = splits.windows(x, 10, 23, window=4)
   assert v.shape == (2, 3, 4, 1)
   np.testing.assert_array_equal(v[0, :, :, 0].ravel(), np.arange(10, 22))
 
 
-def test_window_longer_than_a_split():
-  with pytest.raises(UserError, match=r"--window=30 is longer than a split: .* 80 train / 20 validation; use --window<=20"):
-    splits.check_window(100, 80, 30)
+def test_window_longer_than_a_block():
+  with pytest.raises(UserError, match=r"--window=30 is longer than a block: .* 70 train / 10 "
+                                      r"validation / 20 test; use --window<=10"):
+    splits.fit_window(30, 100, 70, 80, default=50, notes=[])
+  notes = []  # the default window shrinks to fit a short recording, with a note
+  assert splits.fit_window(50, 100, 70, 80, default=50, notes=notes) == 10
+  assert notes == ["--window=10 instead of the default 50: the data has 100 time bins after "
+                   "binning, 70 train / 10 validation / 20 test"]

@@ -82,44 +82,93 @@ PROTO_LATENTS = (1, 2, 3, 4, 6, 8, 12)
 PROTO_NLL = np.array([-89951, -104790, -106626, -106949, -107063, -107103, -107131], float)
 
 
-def _seeds(mean, se, n=3):
-  # Three seeds with exactly the given mean and standard error.
-  return mean[:, None] + se[:, None] * np.array([-1.0, 0.0, 1.0])[None, :] * np.sqrt(n)
+def _curves(gain, se=None, seeds=3, blocks=20, noise=0.0, seed=0):
+  """estimate()'s inputs for a gain curve [K] (per element, mean over seeds, SE over seeds `se`):
+  losses [K, seeds, blocks] under a null of loss 0 and one element per block."""
+  gain = np.asarray(gain, float)
+  se = np.zeros_like(gain) if se is None else np.asarray(se, float)
+  dev = np.linspace(-1, 1, seeds) if seeds > 1 else np.zeros(1)
+  dev = dev / (dev.std(ddof=1) if seeds > 1 else 1.0) * np.sqrt(seeds)  # mean 0, SE 1 over seeds
+  g_KS = gain[:, None] + se[:, None] * dev[None, :]
+  rng = np.random.default_rng(seed)
+  jitter = noise * rng.standard_normal((len(gain), seeds, blocks))
+  loss = -g_KS[:, :, None] + jitter - jitter.mean(axis=2, keepdims=True)
+  return loss, np.zeros((seeds, blocks)), np.ones((seeds, blocks))
 
 
-def test_one_se_rule_on_hand_made_curves():
-  # A clean plateau: the best is 8 but 4 is within one SE of it.
-  score = _seeds(np.array([1.0, 2.0, 3.0, 3.95, 4.0]), np.full(5, 0.1))
-  d = dimension.choose_dimension((1, 2, 3, 4, 8), score, null_score=0.0)
-  np.testing.assert_allclose(d["se"], 0.1)
-  assert d["one_se"] == 4
+def _choose(latents, gain):
+  return dimension.choose(latents, np.asarray(gain, float))
+
+
+def test_rule_on_the_lorenz_prototype_for_any_null_and_grid_start():
+  # Gain over the zero-latent null: whatever that null scores (no better than k=1), 3 latents
+  # reach 95% of every larger latent's gain and 2 do not.
+  for null_nll in (-89951.0, -80000.0, -70000.0):
+    gain = null_nll - PROTO_NLL
+    assert _choose(PROTO_LATENTS, gain) == 3
+    # Grids starting at 1, 2, 3 or 4: the smallest swept latent at or above 3.
+    for start, answer in ((1, 3), (2, 3), (3, 3), (4, 4)):
+      keep = [i for i, k in enumerate(PROTO_LATENTS) if k >= start]
+      assert _choose([PROTO_LATENTS[i] for i in keep], gain[keep]) == answer, (null_nll, start)
+
+
+def test_rule_is_grid_invariant_on_constructed_curves():
+  """Adding latents above the answer whose gain stays within the rule's tolerance (a plateau),
+  or below it whose gain falls short of the rule, never changes the answer."""
+  rng = np.random.default_rng(0)
+  full = np.arange(1, 41)
+  for truth in (2, 5, 13):
+    for rise in ("linear", "concave"):
+      # Rises to the truth, then a plateau gaining at most 5% more up to k=40 (slope 0 .. 0.05).
+      base = full / truth if rise == "linear" else 1 - np.exp(-3 * full / truth)
+      g = np.where(full <= truth, base, base[truth - 1] * (1 + 0.05 * (full - truth) / 40))
+      answer = _choose(full, g)
+      assert truth - 1 <= answer <= truth
+      for _ in range(50):
+        grid = np.unique(np.concatenate([[answer], rng.choice(full, rng.integers(1, 8))]))
+        assert _choose(grid, g[grid - 1]) == answer, (truth, rise, grid)
+
+
+def test_the_knife_edge_curve_goes_to_the_next_latent():
+  # The issue's Lorenz curve with a linear readout: 2 latents reach 94.6% of the best gain,
+  # short of 95%: the rule takes 3, the smallest latent reaching it.
+  assert _choose((1, 2, 3, 4, 6), [0.61, 0.946, 0.984, 0.991, 1.0]) == 3
+  # The MLP readout's curve: 2 latents reach 98.8%.
+  assert _choose((1, 2, 3, 4), [0.826, 0.988, 0.999, 1.0]) == 2
+  # A softplus readout of 25 signals, MLP decoder: 25.
+  assert _choose((3, 6, 12, 25, 50), [0.194, 0.292, 0.588, 0.983, 1.0]) == 25
+
+
+def test_no_gain_over_the_null_is_dimension_zero():
+  # Every latent at or below the null: no shared structure (was: the smallest latent).
+  assert _choose((2, 4, 8), [-0.1, -0.05, 0.0]) == 0
+  d = dimension.estimate((2, 4, 8), *_curves([-0.01, 0.0, -0.02], se=[0.01] * 3, noise=0.05))
+  assert d["optimal"] == 0 and d["interval"][0] == 0 and d["p_positive"] < 0.95
+  # A gain well above the null and its noise is not zero.
+  d = dimension.estimate((2, 4, 8), *_curves([0.5, 0.9, 0.91], se=[0.01] * 3, noise=0.05))
+  assert d["optimal"] == 4 and d["p_positive"] == 1.0 and d["interval"] == [4, 4]
+
+
+def test_bootstrap_interval_and_alternatives():
+  # A clean plateau with seed noise: the best is 8 but 4 is within one SE of it.
+  d = dimension.estimate((1, 2, 3, 4, 8), *_curves([1.0, 2.0, 3.0, 3.95, 4.0], se=[0.1] * 5,
+                                                   noise=0.2))
+  np.testing.assert_allclose(d["gain"], [1.0, 2.0, 3.0, 3.95, 4.0], atol=1e-9)
+  np.testing.assert_allclose(d["gain_se"], 0.1, atol=1e-9)
+  assert d["one_se"] == 4 and d["optimal"] == 4 and d["interval"][0] <= 4 <= d["interval"][1]
   # With one seed the SE is 0: one-SE picks the best.
-  d = dimension.choose_dimension((1, 2, 3, 4, 8), score[:, :1], null_score=0.0)
-  assert d["one_se"] == 8
-
-
-def test_default_estimate_is_robust_where_one_se_drifts():
-  # Why the default is a gain fraction: on the issue's Lorenz prototype every larger latent
-  # gains a little more than the seed SE, so one-SE picks the largest latent (12), although
-  # 3 latents reach 97% of the gain over latent 1 (and more over any worse null model).
-  score = _seeds(-PROTO_NLL, np.full(7, 10.0))
-  for null_nll in (-89951.0, -80000.0, -70000.0):  # a zero-latent model is no better than k=1
-    d = dimension.choose_dimension(PROTO_LATENTS, score, null_score=-null_nll)
-    assert d["one_se"] == 12
-    assert d["optimal"] == 3
-    assert d["knee"] in (2, 3)
-
-
-def test_no_gain_picks_the_smallest_latent():
-  d = dimension.choose_dimension((2, 4, 8), np.full((3, 2), -5.0), null_score=-5.0)
-  assert d["optimal"] == 2
+  d = dimension.estimate((1, 2, 3, 4, 8), *_curves([1.0, 2.0, 3.0, 3.95, 4.0], seeds=1))
+  assert d["one_se"] == 8 and d["interval"] == [4, 4]
+  # Lorenz prototype: one-SE drifts to the largest latent, the rule does not.
+  d = dimension.estimate(PROTO_LATENTS, *_curves(-89951.0 - PROTO_NLL, se=[10.0] * 7))
+  assert d["one_se"] == 12 and d["optimal"] == 3 and d["knee"] in (2, 3)
 
 
 def test_diverged_models_are_ignored():
-  score = _seeds(np.array([1.0, 2.0, 2.0]), np.full(3, 0.01))
-  score[1, :] = np.nan
-  d = dimension.choose_dimension((1, 2, 3), score, null_score=0.0)
-  assert d["optimal"] == 3 and d["mean"][1] != d["mean"][1]
+  loss, null, count = _curves([1.0, 2.0, 2.0], se=[0.01] * 3)
+  loss[1] = np.nan  # every seed of latent 2 diverged
+  d = dimension.estimate((1, 2, 3), loss, null, count)
+  assert d["optimal"] == 3 and d["gain"][1] is None
 
 
 def test_sweep_recovers_the_true_dimension_on_small_synthetic_data():
@@ -142,4 +191,6 @@ def test_sweep_recovers_the_true_dimension_on_small_synthetic_data():
             if out.table.layer[i] == l and out.table.latent[i] == true]
     fa = next(r["fa_cosmooth_mse"] for r in ev["baselines"] if (r["layer"], r["latent"]) == (layer, true))
     assert len(lstm) == 2 and np.mean(lstm) <= 1.1 * fa
-  assert ev["pca_dims_90"]["0"] <= ev["pca_dims_90"]["1"]
+  # PCA and FA, chosen by the same rule on their own curves, find the truth too (linear data).
+  assert ev["baseline_optimal_latent"] == {"pca": {"0": 2, "1": 6}, "fa": {"0": 2, "1": 6}}
+  assert all(lo <= ev["optimal_latent"][n] <= hi for n, (lo, hi) in ev["optimal_latent_interval"].items())

@@ -21,13 +21,15 @@ def _example(name, tmp_path):
 
 
 def test_quickstart_a_reduced_default_sweep_recovers_the_true_dimensions(tmp_path):
-  """The README's main job, reduced (latents 10,25,50,75, 200 steps, default data and settings
-  otherwise), chooses the built-in data's true dimensions."""
+  """The README's main job, reduced (latents 10,25,50,75, one seed, default data and
+  settings otherwise), chooses the smallest swept latent at or above each layer's truth."""
   from nmas_jax import synthetic
 
   out = _example("quickstart.py", tmp_path)
   chosen = ast.literal_eval(re.search(r"chosen dimension per layer: (\{.*\})", out).group(1))
-  assert chosen == dict(zip(("0", "1", "2"), synthetic.SYNTHETIC_TRUE_LATENTS))
+  grid = (10, 25, 50, 75)
+  expected = [min(k for k in grid if k >= t) for t in synthetic.LINEAR_TRUE_LATENTS]
+  assert chosen == dict(zip(("0", "1", "2"), expected)) == {"0": 10, "1": 25, "2": 50}
   shape = ast.literal_eval(re.search(r"latent trajectory of layer 1: (\(.*\))", out).group(1))
   assert shape == (2000, chosen["1"])  # [time, chosen latent] of layer 1
   assert (tmp_path / "quickstart_sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -38,8 +40,11 @@ def test_real_recording_prints_the_choice_its_report_holds(tmp_path):
   m = re.search(r"chosen dimension: (\d+) \| report: (\S+)", out)
   workdir = tmp_path / os.path.dirname(m.group(2))
   res = json.loads((workdir / "results.json").read_text())
-  assert res["optimal_latent"] == {"0": int(m.group(1))} and int(m.group(1)) in (1, 2, 4, 8, 16)
-  assert res["data"]["num_neurons"] == 75 and res["complete"] is True
+  assert res["optimal_latent"] == {"0": int(m.group(1))} and int(m.group(1)) in (0, 1, 2, 4, 8, 16)
+  assert res["data"]["num_neurons"] == 74 and res["complete"] is True  # 75 loaded, 1 dropped
+  x = np.load(os.path.join(ROOT, "examples", "data", "mackevicius_hvc.npz"))["activity"]
+  silent = np.flatnonzero(x[: res["blocks"]["train"][1]].std(axis=0) == 0).tolist()
+  assert res["dropped_neurons"] == {"0": silent} and len(silent) == 1  # dropped, with a note
   assert f"| 0 | **{m.group(1)}** |" in (tmp_path / m.group(2)).read_text()
 
 
@@ -66,5 +71,5 @@ def test_stringer_config_flags_run_on_a_stringer_format_file(tmp_path):
   assert r.returncode == 0, r.stderr[-2000:]
   res = json.loads((tmp_path / "w" / "results.json").read_text())
   assert res["dataset"] == "stringer" and res["layers"] == ["0", "35", "70"]
-  assert res["data"]["bin"] == 2 and res["data"]["normalize"] == "mean_per_bin"
+  assert res["data"]["bin"] == 2 and set(res["normalize"].values()) == {"mean_per_bin_all"}
   assert res["data"]["num_time"] == 200

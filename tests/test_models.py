@@ -21,7 +21,8 @@ def _slice_params(params, k, bidirectional):
   lat = p["encoder"]["to_latent"]
   lat["kernel"], lat["bias"] = lat["kernel"][:, :k], lat["bias"][:k]
   dec = p["decoder_net"]
-  first = dec["lstm"]["input"] if "lstm" in dec else dec["readout"]
+  first = (dec["lstm"]["input"] if "lstm" in dec else dec["mlp_hidden"] if "mlp_hidden" in dec
+           else dec["readout"])
   first["kernel"] = first["kernel"][:k]
   return p
 
@@ -31,7 +32,7 @@ def _loss(model, params, x, k=None):
   return train.reconstruction_loss(y, x)
 
 
-@pytest.mark.parametrize("decoder", ["lstm", "linear"])
+@pytest.mark.parametrize("decoder", ["lstm", "linear", "mlp"])
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("k", [1, 3, 7])
 def test_padded_model_equals_unpadded(decoder, bidirectional, k):
@@ -58,7 +59,7 @@ def test_padded_model_equals_unpadded(decoder, bidirectional, k):
   lat = g_pad["encoder"]["to_latent"]
   assert np.all(np.asarray(lat["kernel"][:, k:]) == 0) and np.all(np.asarray(lat["bias"][k:]) == 0)
   dec = g_pad["decoder_net"]
-  first = dec["lstm"]["input"] if decoder == "lstm" else dec["readout"]
+  first = dec["lstm"]["input"] if decoder == "lstm" else dec["mlp_hidden" if decoder == "mlp" else "readout"]
   assert np.all(np.asarray(first["kernel"][k:]) == 0)
 
 
@@ -205,7 +206,7 @@ def test_hand_written_lstm_gradient_in_bfloat16_tracks_float32():
     np.testing.assert_allclose(b, a, atol=0.05 * float(jnp.max(jnp.abs(a))) + 1e-6)
 
 
-@pytest.mark.parametrize("decoder", ["lstm", "linear"])
+@pytest.mark.parametrize("decoder", ["lstm", "linear", "mlp"])
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_slice_latent_cuts_the_weights_a_small_model_uses(decoder, bidirectional):
   padded = models.LSTMAutoencoder(N, K, H, decoder=decoder, bidirectional=bidirectional)

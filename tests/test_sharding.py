@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent("""
     assert jax.device_count() == 8
     ds = synthetic.make_synthetic(true_latents=(2, 4, 3), neurons=16, time=600, seed=0)
     cfg = config.Settings(latents=(1, 2, 4), hidden=8, window=20, batch_size=8, steps=40,
-                          learning_rate=1e-2, log_every=40)   # 9 models: not a multiple of 8
+                          learning_rate=1e-2, log_every=40, seeds=1)  # 9 models: not a multiple of 8
     prep = splits.prepare(ds, cfg)
     out = {}
     for name, mesh in [("one", sharding.make_mesh("auto", jax.devices()[:1])),
@@ -75,7 +75,8 @@ def _free_port():
 
 
 def test_two_processes_equal_one(tmp_path):
-  args = ["--latents=1,2,4", "--hidden=8", "--window=20", "--batch_size=8", "--steps=40",
+  args = ["--latents=1,2,4", "--hidden=8", "--window=20", "--batch_size=8", "--steps=40", "--seeds=1",
+          "--nobidirectional",
           "--log_every=20", "--checkpoint_every=20", "--learning_rate=0.01"]
   ds_args = ["--dataset=array", f"--data_path={tmp_path / 'x.npy'}", "--normalize=none", "--bin=1"]
   from nmas_jax import synthetic
@@ -106,7 +107,8 @@ def test_checkpoint_from_eight_devices_resumes_on_one(tmp_path):
 
   np.save(np_path, synthetic.make_synthetic(true_latents=(2, 3), neurons=12, time=500, seed=1).x_LTN)
   base = [sys.executable, "-m", "experiments.sweep", "--dataset=array", f"--data_path={np_path}",
-          "--normalize=none", "--bin=1", "--latents=1,2,3", "--hidden=8", "--window=20",
+          "--normalize=none", "--bin=1", "--latents=1,2,3", "--hidden=8", "--window=20", "--seeds=1",
+          "--nobidirectional",
           "--batch_size=8", "--log_every=10", "--checkpoint_every=10"]
   run = lambda devices, *a: subprocess.run([*base, *a], cwd=ROOT, env=_env(devices), capture_output=True,
                                            text=True, timeout=600)
@@ -143,7 +145,8 @@ LANES_SCRIPT = textwrap.dedent("""
     mesh = sharding.make_mesh("auto")
     out = {"added": added, "devices": jax.device_count(), "mesh": int(mesh.devices.size),
            "lanes": len(cpu.lane_devices(mesh)), "batching": stepper.resolve_batching("auto", mesh)}
-    cfg = config.Settings(latents=(1, 2, 4), hidden=8, window=20, batch_size=8, heldout_neurons=0)
+    cfg = config.Settings(latents=(1, 2, 4), hidden=8, window=20, batch_size=8, heldout_neurons=0,
+                          seeds=1)
     x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (2, 200, 16)))  # 2 layers: groups of 2
     prep = splits.prepare(data.Dataset(x, ("0", "1"), "array"), cfg)
     state, loss = {}, {}

@@ -27,7 +27,7 @@ def tiny_array(synthetic_npy):
   return synthetic_npy("tiny.npy", true_latents=(2, 4), neurons=12, time=300, seed=0)
 
 
-TINY = ["--dataset=array", "--normalize=none", "--bin=1", "--latents=1,2,4", "--hidden=8",
+TINY = ["--dataset=array", "--normalize=none", "--bin=1", "--latents=1,2,4", "--hidden=8", "--nobidirectional",
         "--window=10", "--batch_size=4", "--steps=40", "--log_every=10", "--seeds=2",
         "--learning_rate=0.02"]
 
@@ -80,7 +80,7 @@ def test_cli_sweep_lowers_every_loss_and_writes_results(tiny_array, tmp_path):
     (["--latents=2,x"], "error: --latents has 'x', not an integer"),
     (["--latents=2,2"], "error: --latents lists 2 twice"),
     (["--latents=1,13"], "error: latent size 13 exceeds the 12 neurons per layer"),
-    (["--window=100"], "error: --window=100 is longer than a split"),
+    (["--window=100"], "error: --window=100 is longer than a block"),
     (["--layers=0,7"], "error: unknown layer '7' in --layers: this dataset has layers 0, 1"),
 ])
 def test_cli_bad_input_is_one_line_and_writes_nothing(tiny_array, tmp_path, args, message):
@@ -130,7 +130,8 @@ def test_by_latent_batching_equals_one_vmap():
 
   from nmas_jax import sharding
   cfg = config.Settings(latents=(3, 1, 2), seeds=2, batch_size=3, window=5, hidden=6,
-                        decoder="lstm", heldout_neurons=0.25, likelihood="gaussian")
+                        decoder="lstm", heldout_neurons=0.25, likelihood="gaussian",
+                        bidirectional=False, dropout=0.2)
   rng = np.random.default_rng(0)
   ds = data.Dataset(rng.normal(size=(2, 60, 8)).astype(np.float32), ("0", "1"), "array")
   mesh = sharding.make_mesh("auto", devices=jax.devices()[:1])

@@ -91,11 +91,16 @@ def test_diverging_model_is_frozen_and_others_unaffected():
 
 
 def test_poisson_loss_matches_hand_computation():
-  y = jnp.array([[[0.0, 1.0]]])
-  x = jnp.array([[[2.0, 0.0]]])
-  rate = np.log1p(np.exp([0.0, 1.0])) + 1e-6
-  expected = np.mean(rate - np.array([2.0, 0.0]) * np.log(rate))
+  """The readout is the log-rate (exp link, as LFADS and NLB): NLL = exp(y) - x y."""
+  y = jnp.array([[[0.0, 1.0, -2.0]]])
+  x = jnp.array([[[2.0, 0.0, 1.0]]])
+  rate = np.exp([0.0, 1.0, -2.0])
+  expected = np.mean(rate - np.array([2.0, 0.0, 1.0]) * np.log(rate))
   np.testing.assert_allclose(train.reconstruction_loss(y, x, "poisson"), expected, rtol=1e-6)
+  np.testing.assert_allclose(train.mean_prediction(y, "poisson"), rate[None, None], rtol=1e-6)
+  huge = train.mean_prediction(jnp.array([1e3]), "poisson")  # clipped: finite
+  assert np.isfinite(huge).all()
+  np.testing.assert_allclose(huge, np.exp(train.MAX_LOG_RATE), rtol=1e-6)
 
 
 def test_encoder_never_sees_held_out_neurons():

@@ -1,0 +1,114 @@
+r"""Validation of the dimension estimate on generator families with known answers (run by hand).
+
+  python -m experiments.validate                      # every family, both decoders, two grids
+  python -m experiments.validate --families=lorenz --decoders=linear --seeds=1
+
+Each family (nmas_jax.synthetic.FAMILIES) is swept at full size on two latent
+grids with the default settings (`--steps`, `--seeds` may override them), with
+the linear and the MLP decoder. Prints a markdown table: family, decoder, grid,
+layer, truth, what the rule should answer (the smallest swept latent at or
+above the truth; 2 or 3 on Lorenz with the MLP decoder, whose attractor is
+about 2.06-dimensional; none for the linear decoder on the nonlinear family,
+whose linear dimension exceeds the truth), the choice, its interval, the
+knee, one-SE, and PCA's and FA's choices by the same rule; then the runtime.
+With --write, the table replaces the one between the markers in
+docs/dimension.md.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+
+from absl import app, flags
+
+from nmas_jax import cpu
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("families", ["synthetic", "nonlinear", "lorenz", "independent"],
+                  "Families to run (nmas_jax.synthetic.FAMILIES).")
+flags.DEFINE_list("decoders", ["linear", "mlp"], "Decoders to run.")
+flags.DEFINE_integer("seeds", None, "Seeds (default: the sweep's default).")
+flags.DEFINE_integer("steps", None, "Training steps (default: the sweep's default).")
+flags.DEFINE_bool("write", False, "Write the table into docs/dimension.md.")
+
+# Two grids per family: neither starts at the truth, both hold latents above it.
+GRIDS = {"synthetic": ((10, 25, 50, 75, 150), (5, 8, 12, 20, 30, 45, 60)),
+         "nonlinear": ((3, 6, 12, 25, 50), (2, 4, 8, 16, 32)),
+         "lorenz": ((1, 2, 3, 4, 6, 8, 12), (2, 3, 5, 8)),
+         "independent": ((1, 2, 4, 8), (3, 6, 12))}
+MARKERS = ("<!-- validate:begin -->", "<!-- validate:end -->")
+
+
+def expected(family: str, decoder: str, truth: int, grid) -> str:
+  """What the rule should answer, as text ('-' where the question has no such answer)."""
+  if truth == 0:
+    return "0"
+  if family == "nonlinear" and decoder == "linear":
+    return "-"  # the linear dimension of a curved manifold exceeds its truth
+  above = [k for k in sorted(grid) if k >= truth]
+  if family == "lorenz" and decoder == "mlp":
+    return " or ".join(str(k) for k in sorted({min(k for k in grid if k >= 2), above[0]}))
+  return str(above[0])
+
+
+def run_one(family: str, decoder: str, grid, log) -> list[dict]:
+  from nmas_jax import DimensionSweep, synthetic
+
+  ds = synthetic.FAMILIES[family]()
+  extra = {k: v for k, v in (("seeds", FLAGS.seeds), ("steps", FLAGS.steps)) if v is not None}
+  t0 = time.perf_counter()
+  est = DimensionSweep(latents=grid, decoder=decoder, verbose=False, **extra).fit(ds)
+  seconds = time.perf_counter() - t0
+  r = est.results_
+  rows = []
+  for layer in r["layers"]:
+    truth = ds.true_latent[layer]
+    want = expected(family, decoder, truth, grid)
+    got = r["optimal_latent"][layer]
+    lo, hi = r["optimal_latent_interval"][layer]
+    ok = "-" if want == "-" else ("yes" if str(got) in want.split(" or ") else "no")
+    rows.append(dict(family=family, decoder=decoder, grid=",".join(map(str, grid)), layer=layer,
+                     truth=truth, expected=want, chosen=got, interval=f"{lo}-{hi}",
+                     inside="yes" if want == "-" or any(lo <= int(w) <= hi for w in want.split(" or "))
+                     else "no", ok=ok, knee=r["knee_latent"][layer], one_se=r["one_se_latent"][layer],
+                     pca=r["baseline_optimal_latent"]["pca"][layer],
+                     fa=r["baseline_optimal_latent"]["fa"][layer], seconds=round(seconds)))
+    log(" | ".join(f"{k}={v}" for k, v in rows[-1].items()))
+  return rows
+
+
+def table(rows: list[dict]) -> str:
+  cols = ["family", "decoder", "grid", "layer", "truth", "expected", "chosen", "ok", "interval",
+          "inside", "knee", "one_se", "pca", "fa", "seconds"]
+  lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+  lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  cpu.tune()
+  log = lambda s: print(s, flush=True)
+  t0 = time.perf_counter()
+  rows = []
+  for family in FLAGS.families:
+    for decoder in FLAGS.decoders:
+      for grid in GRIDS[family]:
+        rows += run_one(family, decoder, grid, log)
+  minutes = (time.perf_counter() - t0) / 60
+  text = table(rows) + f"\n\n`python -m experiments.validate {' '.join(sys.argv[1:])}`: {minutes:.0f} min."
+  print("\n" + text)
+  if FLAGS.write:
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
+                        "dimension.md")
+    doc = open(path, encoding="utf-8").read()
+    pattern = re.escape(MARKERS[0]) + ".*?" + re.escape(MARKERS[1])
+    with open(path, "w", encoding="utf-8") as f:
+      f.write(re.sub(pattern, lambda _: f"{MARKERS[0]}\n{text}\n{MARKERS[1]}", doc, flags=re.S))
+
+
+if __name__ == "__main__":
+  app.run(main)
