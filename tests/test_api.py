@@ -6,7 +6,8 @@ import pytest
 from nmas_jax import DimensionSweep, synthetic
 from nmas_jax.errors import UserError
 
-TINY = dict(hidden=16, window=20, batch_size=16, steps=250, learning_rate=1e-2, log_every=250,
+TINY = dict(hidden=16, window=20, batch_size=16, steps=250, learning_rate=1e-2, log_every=50,
+            seeds=2, bidirectional=False,
             verbose=False)
 
 

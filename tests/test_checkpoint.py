@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
 
 
-def _args(data_path, workdir, steps=300, extra=()):
+def _args(data_path, workdir, steps=150, extra=()):
   return [sys.executable, "-m", "experiments.sweep", "--dataset=array", f"--data_path={data_path}",
           "--normalize=none", "--bin=1", "--latents=1,3", "--hidden=16", "--window=10", "--seeds=1",
           "--nobidirectional",
@@ -57,8 +57,8 @@ def test_kill_9_then_resume_equals_uninterrupted(small_array, tmp_path):
   p.send_signal(signal.SIGKILL)
   p.wait()
   partial = json.loads((killed / "results.json").read_text())
-  assert partial["complete"] is False and 50 <= partial["evaluated_step"] < 300
-  assert checkpoint.Checkpointer(str(killed)).latest_step() < 300
+  assert partial["complete"] is False and 50 <= partial["evaluated_step"] < 150
+  assert checkpoint.Checkpointer(str(killed)).latest_step() < 150
 
   r = subprocess.run(_args(small_array, killed), cwd=ROOT, env=ENV, capture_output=True, text=True)
   assert r.returncode == 0, r.stderr
@@ -70,7 +70,7 @@ def test_kill_9_then_resume_equals_uninterrupted(small_array, tmp_path):
       assert ma[key] == mb[key], (key, ma, mb)  # bit for bit on CPU
   step_a, pa = _final_params(full)
   step_b, pb = _final_params(killed)
-  assert step_a == step_b == 300
+  assert step_a == step_b == 150
   for x, y in zip(pa, pb):
     np.testing.assert_array_equal(x, y)
 
@@ -124,6 +124,7 @@ def test_a_workdir_of_an_older_schema_is_refused_in_one_line(small_array, tmp_pa
 def test_injected_divergence_leaves_other_models_bit_identical():
   ds = synthetic.make_synthetic(true_latents=(2,), neurons=8, time=300, seed=0)
   cfg = config.Settings(latents=(1, 2, 4), hidden=8, window=10, batch_size=4, steps=30, log_every=30,
+                        bidirectional=False,
                         seeds=1)
   prep = splits.prepare(ds, cfg)
   ref = sweep.run_sweep(prep, cfg, log=lambda s: None)

@@ -31,6 +31,7 @@ def test_shared_model_decodes_distinct_layers_above_chance():
   # Make the layers distinguishable by their covariance: scale two of them.
   ds = dataclasses.replace(ds, x_LTN=ds.x_LTN * np.array([1.0, 2.5, 0.4], np.float32)[:, None, None])
   cfg = config.Settings(latents=(1, 4), hidden=12, window=20, batch_size=16, steps=150,
+                        bidirectional=False,
                         learning_rate=1e-2, log_every=150, seeds=2)
   prep = splits.prepare(ds, cfg, shared=True)
   out = sweep.run_sweep(prep, cfg, log=lambda s: None)

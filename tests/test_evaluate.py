@@ -175,6 +175,7 @@ def test_sweep_recovers_the_true_dimension_on_small_synthetic_data():
   ds = synthetic.make_synthetic(true_latents=(2, 6), neurons=40, time=1200, noise_std=0.3, seed=0)
   latents = (1, 2, 4, 6, 10)
   cfg = config.Settings(latents=latents, hidden=24, window=20, batch_size=16, steps=400,
+                        bidirectional=False,
                         learning_rate=1e-2, log_every=400, seeds=2)
   prep = splits.prepare(ds, cfg)
   out = sweep.run_sweep(prep, cfg, log=lambda s: None)

@@ -27,6 +27,7 @@ SCRIPT = textwrap.dedent("""
     assert jax.device_count() == 8
     ds = synthetic.make_synthetic(true_latents=(2, 4, 3), neurons=16, time=600, seed=0)
     cfg = config.Settings(latents=(1, 2, 4), hidden=8, window=20, batch_size=8, steps=40,
+                          bidirectional=False,
                           learning_rate=1e-2, log_every=40, seeds=1)  # 9 models: not a multiple of 8
     prep = splits.prepare(ds, cfg)
     out = {}
@@ -146,6 +147,7 @@ LANES_SCRIPT = textwrap.dedent("""
     out = {"added": added, "devices": jax.device_count(), "mesh": int(mesh.devices.size),
            "lanes": len(cpu.lane_devices(mesh)), "batching": stepper.resolve_batching("auto", mesh)}
     cfg = config.Settings(latents=(1, 2, 4), hidden=8, window=20, batch_size=8, heldout_neurons=0,
+                          bidirectional=False,
                           seeds=1)
     x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (2, 200, 16)))  # 2 layers: groups of 2
     prep = splits.prepare(data.Dataset(x, ("0", "1"), "array"), cfg)

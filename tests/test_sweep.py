@@ -108,6 +108,7 @@ def test_cli_nan_data_is_refused(tmp_path):
 def test_sweep_error_falls_until_the_true_dimension():
   ds = synthetic.make_synthetic(true_latents=(2, 5), neurons=48, time=1000, noise_std=0.3, seed=0)
   cfg = config.Settings(latents=(1, 2, 5, 10), hidden=24, window=20, batch_size=16, steps=300,
+                        bidirectional=False, seeds=1,
                         learning_rate=1e-2, log_every=300)
   prep = splits.prepare(ds, cfg)
   out = sweep.run_sweep(prep, cfg, log=lambda s: None)
