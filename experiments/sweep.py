@@ -23,7 +23,7 @@ from absl import logging as absl_logging
 
 from nmas_jax import config, cpu
 from nmas_jax.config import DataSettings, RunSettings, Settings
-from nmas_jax.errors import SweepStopped, UserError
+from nmas_jax.errors import Preempted, SweepStopped, UserError, WriteError
 
 FLAGS = flags.FLAGS
 config.define_flags(Settings, DataSettings, RunSettings)
@@ -34,7 +34,8 @@ def _run(cfg: Settings, ds: DataSettings, run: RunSettings):
   from nmas_jax import DimensionSweep, loaders, sharding
 
   if run.distributed:
-    sharding.initialize_distributed(run.coordinator_address, run.num_processes, run.process_id)
+    sharding.initialize_distributed(run.coordinator_address, run.num_processes, run.process_id,
+                                    run.heartbeat_timeout_s)
   dataset = loaders.load(ds, drop_nonfinite=run.nan_policy == "drop_neurons",
                          warn=lambda m: print(f"warning: {m}", file=sys.stderr, flush=True))
   est = DimensionSweep(**dataclasses.asdict(cfg))
@@ -54,9 +55,12 @@ def main(argv):
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  except SweepStopped as e:
+  except (SweepStopped, WriteError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
+  except Preempted as e:
+    print(e, file=sys.stderr)
+    sys.exit(128 + e.signum)
   except KeyboardInterrupt:
     print("\ninterrupted: results.json holds the last evaluation; re-run the same command to "
           "resume from the latest checkpoint", file=sys.stderr)

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -22,7 +23,7 @@ from nmas_jax import (checkpoint, config, data, decoding, evaluate, files, hooks
                       report, results as results_lib, sharding, splits, sweep, train, writers)
 from nmas_jax.table import ModelTable, init_states
 from nmas_jax.config import RunSettings, Settings
-from nmas_jax.errors import SweepStopped, UserError
+from nmas_jax.errors import Preempted, SweepStopped, UserError
 
 _D = Settings()
 
@@ -101,11 +102,15 @@ class DimensionSweep:
       identity = {**config.identity(cfg), "data_shape": list(dataset.x_LTN.shape),
                   "dataset": dataset.name}
     sinks, ckpt = _open_workdir(workdir, identity, run_cfg, flags_text, prep, cfg, log)
+    watchdog = (sharding.Watchdog(workdir, run_cfg.heartbeat_timeout_s,
+                                  lambda: checkpoint.latest_complete_step(workdir))
+                if ckpt is not None else contextlib.nullcontext())
     try:
-      out = sweep.run_sweep(prep, cfg, hooks=[h for h, _ in sinks], checkpointer=ckpt,
-                            checkpoint_every=run_cfg.checkpoint_every, mesh=mesh, log=log,
-                            nan_policy="stop" if run_cfg.nan_policy == "stop" else "freeze",
-                            batching=run_cfg.batching)
+      with watchdog:
+        out = sweep.run_sweep(prep, cfg, hooks=[h for h, _ in sinks], checkpointer=ckpt,
+                              checkpoint_every=run_cfg.checkpoint_every, mesh=mesh, log=log,
+                              nan_policy="stop" if run_cfg.nan_policy == "stop" else "freeze",
+                              batching=run_cfg.batching)
     finally:
       for _, close in sinks + ([(None, ckpt.close)] if ckpt is not None else []):
         close()
@@ -114,6 +119,8 @@ class DimensionSweep:
     if out.stopped:
       if writes:
         files.write_json(os.path.join(workdir, "results.json"), results)
+      if out.preempted is not None:
+        raise Preempted(out.step, out.preempted)
       raise SweepStopped(out.stopped)
     results = self._evaluate(prep, cfg, out, results, mesh, run_cfg.batching, log)
     self.results_, self.dataset_, self.config_ = results, dataset, cfg
@@ -309,7 +316,7 @@ def _open_workdir(workdir, identity, run: RunSettings, flags_text: str, prep, cf
                                          results_lib.results_dict(prep, cfg, o))
     sinks = [(hooks.Metrics(writer.write_scalars), writer.close),
              (hooks.PartialResults(partial), lambda: None)]
-  ckpt = checkpoint.Checkpointer(workdir, run.keep_checkpoints)  # every process takes part
+  ckpt = checkpoint.Checkpointer(workdir, run.keep_checkpoints, log)  # every process takes part
   if sinks and resuming and ckpt.latest_step() is None:
     log("no checkpoint in the workdir yet: starting from step 0")
   return sinks, ckpt

@@ -11,29 +11,45 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import Any
+from typing import Any, Callable
 
+import jax
 import orbax.checkpoint as ocp
 
 from nmas_jax import files
-from nmas_jax.errors import UserError
+from nmas_jax.errors import UserError, WriteError
 
 SWEEP_FILE = "sweep.json"
+TMP_MARK = ".orbax-checkpoint-tmp"  # in the name of a checkpoint directory orbax has not finished
 # What a sweep leaves in its workdir; --overwrite removes exactly these.
-OUTPUTS = ("checkpoints", "tb", "metrics.jsonl", "results.json", "results.csv", "sweep.png",
+OUTPUTS = ("checkpoints", "checkpoints_unreadable", "heartbeats", "tb", "metrics.jsonl", "results.json", "results.csv", "sweep.png",
            "decoding.png", "report.md", "flags.txt", SWEEP_FILE)
 
 
 class Checkpointer:
-  """Saves and restores (step, sweep state, aux JSON) under `<workdir>/checkpoints`."""
+  """Saves and restores (step, sweep state, aux JSON) under `<workdir>/checkpoints`.
 
-  def __init__(self, workdir: str, keep: int = 3):
-    if keep < 1:
-      raise UserError(f"--keep_checkpoints must be at least 1, got {keep}")
-    self._mngr = ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, "checkpoints")),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                             enable_async_checkpointing=False))
+  Faults it survives: a partial temporary directory left by a crash is
+  removed (never restored); a checkpoint that cannot be read (truncated,
+  missing files, wrong structure) is moved aside to `checkpoints_unreadable/`
+  and the one before it is used (`restore_latest`); a save that fails raises
+  a one-line `WriteError` and leaves the earlier checkpoints as they were.
+  """
+
+  def __init__(self, workdir: str, keep: int = 3, log: Callable[[str], None] = print):
+    self._dir = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self._aside = self._dir + "_unreadable"
+    self._keep, self._log = keep, log
+    if jax.process_index() == 0 and os.path.isdir(self._dir):
+      for name in sorted(os.listdir(self._dir)):
+        if TMP_MARK in name:
+          shutil.rmtree(os.path.join(self._dir, name), ignore_errors=True)
+          log(f"removed {name}, a partial checkpoint left by an interrupted save")
+    self._mngr = self._open()
+
+  def _open(self) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(self._dir, options=ocp.CheckpointManagerOptions(
+        max_to_keep=self._keep, create=True, enable_async_checkpointing=False))
 
   def latest_step(self) -> int | None:
     return self._mngr.latest_step()
@@ -41,15 +57,55 @@ class Checkpointer:
   def save(self, step: int, state: Any, aux: dict[str, Any]) -> None:
     """Saves `state` and the JSON `aux` (which gains `schema_version`) as checkpoint `step`."""
     aux = {"schema_version": files.SCHEMA_VERSION, **aux}
-    self._mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                  aux=ocp.args.JsonSave(aux)), force=True)
-    self._mngr.wait_until_finished()
+    try:
+      self._mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                    aux=ocp.args.JsonSave(aux)), force=True)
+      self._mngr.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 - orbax wraps OS errors in its own types
+      raise WriteError(os.path.join(self._dir, str(step)), _cause(e)) from e
 
   def restore(self, step: int, like_state: Any) -> tuple[Any, dict[str, Any]]:
     """Restores the state into the structure (and shardings) of `like_state`."""
     r = self._mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(like_state),
                                                          aux=ocp.args.JsonRestore()))
     return r.state, r.aux
+
+  def restore_latest(self, like_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
+    """(step, state, aux) of the newest readable checkpoint, None when there is none at all.
+
+    Each unreadable one is reported in one line and moved aside; when every
+    checkpoint was unreadable, a UserError suggests --overwrite.
+    """
+    moved = False
+    while (step := self.latest_step()) is not None:
+      try:
+        state, aux = self.restore(step, like_state)
+        if aux.get("schema_version") != files.SCHEMA_VERSION:
+          raise ValueError(f"schema {aux.get('schema_version')}")
+        return step, state, aux
+      except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is the same fault
+        moved = True
+        dest = self._move_aside(step)
+        self._log(f"warning: the checkpoint at step {step} cannot be read ({type(e).__name__}): "
+                  f"moved it to {dest}; trying the one before")
+    if moved:
+      raise UserError(f"no readable checkpoint in {self._dir} (the unreadable ones are in "
+                      f"{self._aside}): rerun with --overwrite to start again")
+    return None
+
+  def _move_aside(self, step: int) -> str:
+    dest = os.path.join(self._aside, str(step))
+    if jax.process_index() == 0:
+      os.makedirs(self._aside, exist_ok=True)
+      if os.path.exists(dest):
+        shutil.rmtree(dest)
+      os.rename(os.path.join(self._dir, str(step)), dest)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f"moved aside checkpoint {step}")
+    self._mngr.close()
+    self._mngr = self._open()
+    return dest
 
   def restore_aux(self, step: int) -> dict[str, Any]:
     """Only the JSON side of a checkpoint."""
@@ -61,6 +117,25 @@ class Checkpointer:
 
   def close(self) -> None:
     self._mngr.close()
+
+
+def latest_complete_step(workdir: str) -> int | None:
+  """The newest finished checkpoint's step, from the directory alone (safe from any thread)."""
+  try:
+    steps = [int(n) for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit()]
+  except OSError:
+    return None
+  return max(steps, default=None)
+
+
+def _cause(e: BaseException) -> BaseException:
+  """The innermost OSError behind an exception (orbax wraps them), else the exception itself."""
+  seen = e
+  while seen is not None:
+    if isinstance(seen, OSError):
+      return seen
+    seen = seen.__cause__ or seen.__context__
+  return e
 
 
 def _fmt(v: Any) -> str:

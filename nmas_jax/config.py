@@ -238,6 +238,9 @@ class RunSettings(_Declared):
                                       identity=False, record=False)
   process_id: int | None = setting(None, "With --distributed: this process's index.", kind="int",
                                    identity=False, record=False)
+  heartbeat_timeout_s: int = setting(60, "With --distributed: seconds after which a silent process "
+                                     "counts as lost; the others name it and exit within this "
+                                     "time.", check="positive_int", identity=False)
 
 
 def fields(obj: Any) -> list[dataclasses.Field]:

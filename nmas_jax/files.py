@@ -6,21 +6,32 @@ import json
 import os
 from typing import Any, Callable
 
+from nmas_jax.errors import WriteError
+
 # Bumped whenever results.json, sweep.json or a checkpoint changes incompatibly. Resuming a
 # workdir written with another version is refused with a one-line error (checkpoint.claim_workdir).
 SCHEMA_VERSION = 2
 
 
 def atomic_write(path: str, write: Callable[[Any], None], mode: str = "w") -> None:
-  """Calls write(file) on a temporary file next to `path`, then renames it into place."""
+  """Calls write(file) on a temporary file next to `path`, then renames it into place.
+
+  An OSError (no space, no permission, a parent that is a file) becomes a
+  `WriteError` naming the path; the file that was there stays as it was.
+  """
   tmp = f"{path}.tmp.{os.getpid()}"
   try:
     with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as f:
       write(f)
     os.replace(tmp, path)
+  except OSError as e:
+    raise WriteError(path, e) from e
   finally:
     if os.path.exists(tmp):
-      os.remove(tmp)
+      try:
+        os.remove(tmp)
+      except OSError:
+        pass
 
 
 def write_json(path: str, obj: Any) -> None:

@@ -3,16 +3,19 @@
 A hook is any callable `hook(loop) -> None`. It reads `loop.step`,
 `loop.final`, `loop.evaluation()` (every `log_every` steps and at the end;
 None otherwise) and `loop.state()`, and may end the run with `loop.stop(why)`.
-run_sweep calls `NanStop` (with --nan_policy=stop) first, the caller's hooks
-next, then `Progress` (so a progress line means that step's files are
-written) and `Checkpoints`.
+run_sweep calls `Preemption` and `NanStop` (with --nan_policy=stop) first, the
+caller's hooks next, then `Progress` (so a progress line means that step's
+files are written) and `Checkpoints`.
 """
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from typing import Any, Callable, Sequence
 
+import jax
 import numpy as np
 
 from nmas_jax import sharding
@@ -21,6 +24,45 @@ from nmas_jax import sharding
 def fmt_time(seconds: float) -> str:
   seconds = int(round(seconds))
   return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+class Preemption:
+  """SIGTERM or SIGINT (a preemptible VM's notice, Ctrl-C): the run stops after the current step,
+  with a checkpoint at that step, and the signal is recorded (`loop.preempted`).
+
+  One process: a handler records the signal (use as a context manager around
+  the loop). Several processes: JAX's preemption sync point, so every host
+  stops at the same step (the distributed runtime catches the signal there).
+  """
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.signum: int | None = None
+    self._previous: dict[int, Any] = {}
+
+  def __enter__(self) -> "Preemption":
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      for s in self.SIGNALS:
+        self._previous[s] = signal.signal(s, self._record)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+    self._previous = {}
+
+  def _record(self, signum, frame) -> None:
+    del frame
+    self.signum = signum
+
+  def __call__(self, loop) -> None:
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      if multihost_utils.reached_preemption_sync_point(loop.step):
+        self.signum = int(signal.SIGTERM)
+    if self.signum is not None:
+      loop.preempt(self.signum)
 
 
 class NanStop:

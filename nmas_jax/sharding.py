@@ -9,7 +9,10 @@ a multiple of its mesh size with inert copies that never reach the results.
 from __future__ import annotations
 
 import os
-from typing import Any
+import sys
+import threading
+import time
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -94,15 +97,88 @@ def gather(tree: Any) -> Any:
 
 
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None) -> None:
+                           process_id: int | None = None, heartbeat_timeout_s: int = 100) -> None:
   """jax.distributed.initialize, from explicit flags or the TPU/cluster environment.
 
-  On CPU the cross-process collectives use gloo.
+  On CPU the cross-process collectives use gloo. JAX's runtime aborts every
+  process `heartbeat_timeout_s` after one stops responding; `Watchdog`
+  reports it first, in one line.
   """
+  timeout = {"heartbeat_timeout_seconds": int(heartbeat_timeout_s)}
   if all(v is None for v in (coordinator_address, num_processes, process_id)):
-    jax.distributed.initialize()
+    jax.distributed.initialize(**timeout)
     return
   if jax.config.jax_platforms in (None, "", "cpu") or "cpu" in str(jax.config.jax_platforms):
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                             process_id=process_id)
+                             process_id=process_id, **timeout)
+
+
+class Watchdog:
+  """Names a lost host: every process touches `<workdir>/heartbeats/<process>` every few seconds
+  and checks the others'. When one has been silent for half the heartbeat timeout (a collective
+  that hangs), or a collective fails while one has missed a few beats (gloo notices a closed
+  connection at once), it prints one line (which process, the last complete checkpoint, how to
+  resume) and exits, before JAX's runtime aborts with its wall of errors. Needs the workdir on a
+  disk every host sees (as multi-host runs need anyway). A context manager; does nothing with one
+  process."""
+
+  def __init__(self, workdir: str, heartbeat_timeout_s: float, latest_step: Callable[[], Any],
+               exit: Callable[[int], None] = os._exit):
+    self.dir = os.path.join(workdir, "heartbeats")
+    self.silent_s = heartbeat_timeout_s / 2
+    self.beat_s = max(self.silent_s / 5, 0.2)
+    self.latest_step, self.exit = latest_step, exit
+    self._stop = threading.Event()
+    self._thread: threading.Thread | None = None
+    self._started = time.time()
+
+  def __enter__(self) -> "Watchdog":
+    if jax.process_count() > 1:
+      os.makedirs(self.dir, exist_ok=True)
+      self._beat()
+      self._thread = threading.Thread(target=self._run, name="nmas-watchdog", daemon=True)
+      self._thread.start()
+    return self
+
+  def __exit__(self, exc_type, *_) -> None:
+    self._stop.set()
+    if exc_type is None or self._thread is None or not issubclass(exc_type, Exception):
+      return
+    # A failed collective: a peer that has missed three beats within the wait is the cause.
+    deadline = time.time() + self.silent_s
+    while time.time() < deadline:
+      self._beat()
+      lost = self._silent(3 * self.beat_s)
+      if lost is not None:
+        self._report(*lost)
+        return
+      time.sleep(self.beat_s / 2)
+
+  def _beat(self) -> None:
+    with open(os.path.join(self.dir, str(jax.process_index())), "w", encoding="utf-8") as f:
+      f.write(str(time.time()))
+
+  def _silent(self, limit_s: float) -> tuple[int, float] | None:
+    """The first other process whose heartbeat is older than `limit_s`, with its age."""
+    now = time.time()
+    for p in range(jax.process_count()):
+      path = os.path.join(self.dir, str(p))
+      seen = os.path.getmtime(path) if os.path.exists(path) else self._started
+      if p != jax.process_index() and now - seen > limit_s:
+        return p, now - seen
+    return None
+
+  def _report(self, process: int, silent_s: float) -> None:
+    print(f"error: process {process} stopped responding (no heartbeat for {silent_s:.0f}s); the "
+          f"last complete checkpoint is at step {self.latest_step()}; rerun every process with the "
+          "same command to resume from it", file=sys.stderr, flush=True)
+    self.exit(1)
+
+  def _run(self) -> None:
+    while not self._stop.wait(self.beat_s):
+      self._beat()
+      lost = self._silent(self.silent_s)
+      if lost is not None:
+        self._report(*lost)
+        return

@@ -38,6 +38,7 @@ class SweepOutput:
   complete: bool = True
   stopped: str | None = None  # why training stopped early (--nan_policy=stop)
   diverged_at: np.ndarray | None = None  # host copy of state.diverged_at
+  preempted: int | None = None           # the signal that stopped training, if one did
   best_step: np.ndarray | None = None    # step of each model's best evaluation (its `state`)
   converged: np.ndarray | None = None    # bool: no longer improving in the last fifth
 
@@ -162,6 +163,7 @@ class Loop:
     self.best_state, self.selection = start.best_state, start.selection
     self.select_key = "valid/cosmooth_loss" if b.prep.cosmooth else "valid/loss"
     self.stopped: str | None = None
+    self.preempted: int | None = None  # the signal that ended the run, if one did
     self._cache: dict[str, Any] = {}
     self._trim = jax.jit(lambda tree: jax.tree.map(lambda a: a[:b.n_real], tree))
     self._keep = jax.jit(lambda better_M, new, old: jax.tree.map(
@@ -189,6 +191,17 @@ class Loop:
   def stop(self, reason: str) -> None:
     self.stopped = reason
 
+  def preempt(self, signum: int) -> None:
+    """Ends the run here because of a signal; this step's evaluation is not a regular one."""
+    self.preempted = signum
+    self.stop(f"preempted at step {self.step}; rerun the same command to resume")
+
+  @property
+  def regular(self) -> bool:
+    """Whether this step's evaluation is one an uninterrupted run makes too."""
+    ended = self.step >= self.cfg.steps or (self.stopped is not None and self.preempted is None)
+    return ended or self.step % self.cfg.log_every == 0
+
   def state(self) -> train.TrainState:
     """Every model's padded state [models] now."""
     if "state" not in self._cache:
@@ -210,11 +223,14 @@ class Loop:
             if not k.startswith("valid/cosmooth") or cosmooth}
 
   def evaluation(self, force: bool = False) -> SweepOutput | None:
-    """Every model evaluated now (None when not due, unless `force`); resets the loss average.
+    """Every model evaluated now (None when not due, unless `force`).
 
-    A due evaluation is regular: it updates each model's best state.
+    A due evaluation is regular (`regular`): it updates each model's best state
+    and restarts the training-loss average. A forced one (at a preemption, or
+    the run's last output) changes neither, so a preempted and resumed run
+    selects and reports exactly what an uninterrupted one does.
     """
-    regular = self.final or self.step % self.cfg.log_every == 0
+    regular = self.regular
     if "eval" not in self._cache and (force or regular):
       state, n = self.state(), self.built.n_real
       valid = self._valid(state)
@@ -229,8 +245,9 @@ class Loop:
           train_loss=np.asarray(sharding.gather(mean_loss))[:n], valid=valid, step=self.step,
           seconds=time.perf_counter() - self.start, compile_seconds=self.compile_seconds,
           complete=self.step >= self.cfg.steps and not self.stopped, stopped=self.stopped,
-          diverged_at=np.asarray(sharding.gather(state.diverged_at))[:n])
-      self.loss_sum_M, self.loss_count = jnp.zeros_like(self.loss_sum_M), 0
+          diverged_at=np.asarray(sharding.gather(state.diverged_at))[:n], preempted=self.preempted)
+      if regular:
+        self.loss_sum_M, self.loss_count = jnp.zeros_like(self.loss_sum_M), 0
     return self._cache.get("eval")
 
   def best(self) -> SweepOutput:
@@ -266,10 +283,11 @@ def _start(b: Built, checkpointer, init_state, log) -> Start:
   state, m = b.init_states(), len(b.table)
   into = jax.jit(lambda full, r: jax.tree.map(lambda a, x: a.at[:b.n_real].set(x), full, r),
                  out_shardings=by_model)
-  if init_state is None and checkpointer is not None and checkpointer.latest_step() is not None:
-    step = checkpointer.latest_step()
-    real = jax.tree.map(lambda a: a[:b.n_real], state)
-    tree, aux = checkpointer.restore(step, {"state": real, "best": real})
+  real = jax.tree.map(lambda a: a[:b.n_real], state)
+  found = None if init_state is not None or checkpointer is None else (
+      checkpointer.restore_latest({"state": real, "best": real}))
+  if found is not None:
+    step, tree, aux = found
     log(f"resumed from the checkpoint at step {step}")
     loss_sum = jnp.zeros(m, jnp.float32).at[:b.n_real].set(jnp.asarray(aux["loss_sum"], jnp.float32))
     return Start(into(state, tree["state"]), into(state, tree["best"]), step, loss_sum,
@@ -306,16 +324,18 @@ def run_sweep(prep: splits.Prepared, cfg: Settings, *, hooks: Sequence[Callable[
   loop = Loop(b, cfg, start)
   log(f"compiled in {loop.compile_seconds:.1f}s")
   names = None if prep.shared else prep.dataset.layer_names
-  every = [hooks_lib.NanStop(names)] if nan_policy == "stop" else []
+  preemption = hooks_lib.Preemption()
+  every = [preemption] + ([hooks_lib.NanStop(names)] if nan_policy == "stop" else [])
   every += [*hooks, hooks_lib.Progress(log, names)]
   every += [hooks_lib.Checkpoints(checkpointer, checkpoint_every)] if checkpointer else []
-  for step in range(start.step + 1, cfg.steps + 1):
-    loop.advance(step)
-    for hook in every:
-      hook(loop)
-    if loop.stopped:
-      log(f"stopped: {loop.stopped}")
-      break
+  with preemption:
+    for step in range(start.step + 1, cfg.steps + 1):
+      loop.advance(step)
+      for hook in every:
+        hook(loop)
+      if loop.stopped:
+        log(f"stopped: {loop.stopped}")
+        break
   out = loop.best()
   if loop.step == start.step:  # resumed at (or past) the last step: nothing was trained
     out.seconds = 0.0

@@ -1,10 +1,34 @@
-"""Shared test settings: strict shapes, CPU, small sizes."""
+"""Shared test settings: strict shapes, CPU, small sizes, one compilation cache per session."""
+
+import os
+import shutil
+import tempfile
 
 import jax
 import numpy as np
 import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+_CACHE_ENV = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+              "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
+def pytest_configure(config):
+  """Many tests run the CLI as a subprocess at the same tiny shapes; a persistent compilation
+  cache shared by this session's processes (a fresh directory, removed at the end) compiles each
+  shape once. The cached executable is the one XLA compiled, so results are unchanged."""
+  if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    config._nmas_cache = tempfile.mkdtemp(prefix="nmas-jax-test-cache-")
+    os.environ.update(_CACHE_ENV, JAX_COMPILATION_CACHE_DIR=config._nmas_cache)
+    jax.config.update("jax_compilation_cache_dir", config._nmas_cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_unconfigure(config):
+  if getattr(config, "_nmas_cache", None):
+    shutil.rmtree(config._nmas_cache, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

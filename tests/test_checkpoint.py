@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
 
 
-def _args(data_path, workdir, steps=150, extra=()):
+def _args(data_path, workdir, steps=100, extra=()):
   return [sys.executable, "-m", "experiments.sweep", "--dataset=array", f"--data_path={data_path}",
           "--normalize=none", "--bin=1", "--latents=1,3", "--hidden=16", "--window=10", "--seeds=1",
           "--nobidirectional",
@@ -41,7 +41,30 @@ def _final_params(workdir):
   return step, [np.asarray(a) for a in jax.tree.leaves(raw["state"]["params"])]
 
 
-def test_kill_9_then_resume_equals_uninterrupted(small_array, tmp_path):
+def _wait_for_step_50(p):
+  deadline = time.time() + 120
+  for line in p.stdout:  # wait for a checkpoint past step 20 and a progress line after it
+    if line.startswith("step 50/"):
+      return
+    assert time.time() < deadline
+  raise AssertionError("the sweep ended before step 50")
+
+
+def _assert_same_results(full, other, best=True):
+  """Per-model metrics and the final checkpoint's params equal, bit for bit (CPU)."""
+  a, b = json.loads((full / "results.json").read_text()), json.loads((other / "results.json").read_text())
+  assert b["complete"] is True
+  for ma, mb in zip(a["models"], b["models"]):
+    for key in ("train_loss", "valid_mse", "cosmooth_mse", "test_cosmooth_mse", "best_step"):
+      assert ma[key] == mb[key], (key, ma, mb)
+  step_a, pa = _final_params(full)
+  step_b, pb = _final_params(other)
+  assert step_a == step_b == 100
+  for x, y in zip(pa, pb):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_kill_9_or_sigterm_then_resume_equals_uninterrupted(small_array, tmp_path):
   full = tmp_path / "full"
   r = subprocess.run(_args(small_array, full), cwd=ROOT, env=ENV, capture_output=True, text=True)
   assert r.returncode == 0, r.stderr
@@ -49,30 +72,121 @@ def test_kill_9_then_resume_equals_uninterrupted(small_array, tmp_path):
   killed = tmp_path / "killed"
   p = subprocess.Popen(_args(small_array, killed), cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, text=True)
-  deadline = time.time() + 120
-  for line in p.stdout:  # wait for a checkpoint past step 20 and a progress line after it
-    if line.startswith("step 50/"):
-      break
-    assert time.time() < deadline
+  _wait_for_step_50(p)
   p.send_signal(signal.SIGKILL)
   p.wait()
   partial = json.loads((killed / "results.json").read_text())
-  assert partial["complete"] is False and 50 <= partial["evaluated_step"] < 150
-  assert checkpoint.Checkpointer(str(killed)).latest_step() < 150
-
+  assert partial["complete"] is False and 50 <= partial["evaluated_step"] < 100
+  assert checkpoint.Checkpointer(str(killed)).latest_step() < 100
   r = subprocess.run(_args(small_array, killed), cwd=ROOT, env=ENV, capture_output=True, text=True)
   assert r.returncode == 0, r.stderr
   assert "resumed from the checkpoint at step" in r.stdout
-  a, b = json.loads((full / "results.json").read_text()), json.loads((killed / "results.json").read_text())
-  assert b["complete"] is True
-  for ma, mb in zip(a["models"], b["models"]):
-    for key in ("train_loss", "valid_mse", "cosmooth_mse"):
-      assert ma[key] == mb[key], (key, ma, mb)  # bit for bit on CPU
-  step_a, pa = _final_params(full)
-  step_b, pb = _final_params(killed)
-  assert step_a == step_b == 150
-  for x, y in zip(pa, pb):
-    np.testing.assert_array_equal(x, y)
+  _assert_same_results(full, killed)
+
+  # SIGTERM (a preemption notice), with no regular checkpoint due for 1000 steps: the step
+  # being taken finishes, is checkpointed, results.json is updated, and one line says so.
+  term = tmp_path / "term"
+  args = _args(small_array, term, extra=["--checkpoint_every=1000"])
+  p = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       text=True)
+  _wait_for_step_50(p)
+  p.send_signal(signal.SIGTERM)
+  _, err = p.communicate(timeout=120)
+  assert p.returncode == 128 + signal.SIGTERM, err
+  last = err.strip().splitlines()[-1]
+  step = int(last.split()[3].rstrip(";"))
+  assert last == f"preempted at step {step}; rerun the same command to resume" and 50 <= step < 100
+  assert checkpoint.Checkpointer(str(term)).latest_step() == step
+  partial = json.loads((term / "results.json").read_text())
+  assert partial["complete"] is False and partial["evaluated_step"] == step
+  r = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr
+  assert f"resumed from the checkpoint at step {step}" in r.stdout
+  _assert_same_results(full, term)
+
+
+def test_an_unreadable_checkpoint_is_moved_aside_and_the_one_before_resumes(small_array, tmp_path):
+  w = tmp_path / "w"
+  r = subprocess.run(_args(small_array, w, steps=60), cwd=ROOT, env=ENV, capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr
+  reference = json.loads((w / "results.json").read_text())["models"]
+  ck = w / "checkpoints"
+  assert sorted(os.listdir(ck)) == ["20", "40", "60"]
+  for f in (ck / "60").rglob("*"):  # a half-synced copy: every file of step 60 truncated
+    if f.is_file():
+      f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+  (ck / "80.orbax-checkpoint-tmp-1").mkdir()  # what a crash during a save leaves
+  r = subprocess.run(_args(small_array, w, steps=60), cwd=ROOT, env=ENV, capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr
+  lines = r.stdout.splitlines()
+  assert "removed 80.orbax-checkpoint-tmp-1, a partial checkpoint left by an interrupted save" in lines
+  warning = next(l for l in lines if l.startswith("warning: the checkpoint at step 60"))
+  assert warning.endswith(f"moved it to {w / 'checkpoints_unreadable' / '60'}; trying the one before")
+  assert "resumed from the checkpoint at step 40" in lines
+  assert (w / "checkpoints_unreadable" / "60").is_dir()
+  # Steps 41-60 trained again from step 40: the same results as before the fault.
+  for ma, mb in zip(reference, json.loads((w / "results.json").read_text())["models"]):
+    for key in ("train_loss", "valid_mse", "cosmooth_mse", "best_step"):
+      assert ma[key] == mb[key], (key, ma, mb)
+  for step in os.listdir(ck):  # now every checkpoint is unreadable: a one-line error
+    for f in (ck / step).rglob("*"):
+      if f.is_file():
+        f.write_bytes(b"")
+  r = subprocess.run(_args(small_array, w, steps=60), cwd=ROOT, env=ENV, capture_output=True, text=True)
+  assert r.returncode == 2
+  assert r.stderr.strip().splitlines()[-1] == (
+      f"error: no readable checkpoint in {ck} (the unreadable ones are in "
+      f"{w / 'checkpoints_unreadable'}): rerun with --overwrite to start again")
+
+
+def test_a_failed_write_keeps_the_previous_file_and_a_rerun_resumes(small_array, tmp_path):
+  w = tmp_path / "w"
+  r = subprocess.run(_args(small_array, w, steps=20), cwd=ROOT, env=ENV, capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr
+  before = (w / "report.md").read_bytes()
+  (w / "sweep.png").unlink()
+  (w / "sweep.png").mkdir()  # a target that cannot be replaced
+  args = _args(small_array, w, steps=40)
+  r = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True)
+  assert r.returncode == 1
+  assert r.stderr.strip().splitlines() == [
+      f"error: cannot write {w / 'sweep.png'}: Is a directory; the previous file is intact: fix "
+      "the cause and rerun the same command to resume"]
+  assert (w / "report.md").read_bytes() == before  # written after the plot: untouched
+  assert json.loads((w / "results.json").read_text())["evaluated_step"] == 40
+  (w / "sweep.png").rmdir()
+  r = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True)
+  assert r.returncode == 0 and "resumed from the checkpoint at step 40" in r.stdout, r.stderr
+  assert (w / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_failed_checkpoint_save_is_one_line_and_keeps_the_earlier_ones(tmp_path, monkeypatch):
+  import errno
+
+  import orbax.checkpoint as ocp
+
+  from nmas_jax import DimensionSweep
+  from nmas_jax.errors import WriteError
+  x = synthetic.make_synthetic(true_latents=(2,), neurons=8, time=300, seed=0).x_LTN
+  est = DimensionSweep(latents=(1, 2), hidden=8, window=10, batch_size=4, steps=20, log_every=10,
+                       seeds=1, bidirectional=False, verbose=False)
+  real_save = ocp.CheckpointManager.save
+
+  def save(self, step, *a, **k):  # the disk fills up after the first checkpoint
+    if step > 10:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return real_save(self, step, *a, **k)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+  with pytest.raises(WriteError) as e:
+    est.fit(x, workdir=str(tmp_path), checkpoint_every=10)
+  assert str(e.value) == (f"cannot write {tmp_path / 'checkpoints' / '20'}: No space left on device; "
+                          "the previous file is intact: fix the cause and rerun the same command "
+                          "to resume")
+  assert checkpoint.Checkpointer(str(tmp_path)).latest_step() == 10
+  monkeypatch.undo()
+  est.fit(x, workdir=str(tmp_path), checkpoint_every=10)  # the cause fixed: resumes and completes
+  assert est.results_["complete"] and checkpoint.Checkpointer(str(tmp_path)).latest_step() == 20
 
 
 def test_different_sweep_in_workdir_is_refused_and_untouched(small_array, tmp_path):

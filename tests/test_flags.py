@@ -26,9 +26,9 @@ def _cli(tmp_path, *args):
 @pytest.mark.parametrize("args, check", [
     # model flags, the nonlinear family, a control, another normalisation
     (["--dataset=nonlinear", "--layers=0", "--latents=2,3", "--decoder=mlp", "--seeds=2",
-      "--shuffle_control", "--normalize=mean_per_bin", "--dropout=0.1", "--gain_fraction=0.9"],
+      "--shuffle_control", "--normalize=none", "--dropout=0.1", "--gain_fraction=0.9"],
      lambda r: (r["decoder"] == "mlp" and r["layers"] == ["0", "0/shuffled"]
-                and set(r["normalize"].values()) == {"mean_per_bin"}
+                and set(r["normalize"].values()) == {"none"}
                 and r["true_latent"] == {"0": 3, "0/shuffled": 0}
                 and set(r["shuffle_control"]["layers"]["0"]) >= {"gain", "control_chosen"})),
     # counts: Poisson through the exp link, bits per spike, the lstm decoder, a causal encoder
@@ -87,7 +87,7 @@ def test_no_held_out_neurons_gives_no_dimension(tmp_path):
 
 
 def test_degenerate_data_is_a_one_line_error(tmp_path):
-  np.save(tmp_path / "flat.npy", np.full((300, 5), 2.0))
+  np.save(tmp_path / "flat.npy", np.full((1000, 5), 2.0))
   r, workdir = _cli(tmp_path, f"--data_path={tmp_path / 'flat.npy'}", "--dataset=array",
                     "--latents=2")
   assert r.returncode == 2

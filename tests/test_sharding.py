@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -211,3 +212,44 @@ def test_tune_cpu_flags_does_nothing_once_jax_has_started():
   out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                        check=True).stdout.strip()
   assert out == "False True [] True"
+
+
+def test_a_lost_process_is_named_in_one_line_and_the_sweep_resumes(tmp_path):
+  """Two local processes; process 1 killed mid-run: process 0 names it, with the last complete
+  checkpoint, before any error of JAX's runtime, and well within the heartbeat timeout; running
+  both again resumes from that checkpoint and completes."""
+  from nmas_jax import synthetic
+
+  np.save(tmp_path / "x.npy", synthetic.make_synthetic(true_latents=(2, 3), neurons=12, time=800,
+                                                       seed=0).x_LTN)
+  port = _free_port()
+  cmd = lambda i: [sys.executable, "-m", "experiments.sweep", "--dataset=array",
+                   f"--data_path={tmp_path / 'x.npy'}", "--normalize=none", "--bin=1",
+                   "--latents=1,2", "--hidden=8", "--window=20", "--batch_size=8", "--steps=400",
+                   "--log_every=20", "--checkpoint_every=20", "--seeds=1", "--nobidirectional",
+                   "--heartbeat_timeout_s=10", f"--workdir={tmp_path / 'w'}", "--distributed",
+                   f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                   f"--process_id={i}"]
+  procs = [subprocess.Popen(cmd(i), cwd=ROOT, env=_env(1), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for i in range(2)]
+  for line in procs[0].stdout:
+    if line.startswith("step 60/"):
+      break
+  procs[1].kill()
+  t0 = time.time()
+  _, err = procs[0].communicate(timeout=120)
+  procs[1].communicate()
+  assert procs[0].returncode != 0 and time.time() - t0 < 10
+  errors = [l for l in err.splitlines() if l.startswith("error:")]
+  assert errors and errors[0].startswith("error: process 1 stopped responding (no heartbeat for ")
+  step = int(errors[0].split("checkpoint is at step ")[1].split(";")[0])
+  assert step >= 40 and errors[0].endswith(f"the last complete checkpoint is at step {step}; rerun "
+                                           "every process with the same command to resume from it")
+  assert err.index(errors[0]) == min(err.index(l) for l in errors)
+  port = _free_port()
+  procs = [subprocess.Popen(cmd(i), cwd=ROOT, env=_env(1), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  assert all(p.returncode == 0 for p in procs), outs[0][1][-2000:]
+  assert f"resumed from the checkpoint at step {step}" in outs[0][0]
+  assert json.loads((tmp_path / "w" / "results.json").read_text())["complete"] is True
