@@ -40,7 +40,7 @@ def pca_reconstruct(x_TN: np.ndarray, mean: np.ndarray, v_NK: np.ndarray) -> np.
   return mean + (x_TN - mean) @ v_NK @ v_NK.T
 
 
-def _loglik(s_NN: np.ndarray, w_NK: np.ndarray, psi_N: np.ndarray) -> float:
+def fa_loglik(s_NN: np.ndarray, w_NK: np.ndarray, psi_N: np.ndarray) -> float:
   """Mean Gaussian log-likelihood per sample of the FA model C = W W^T + diag(psi)."""
   n, k = w_NK.shape
   c = w_NK @ w_NK.T + np.diag(psi_N)
@@ -63,7 +63,7 @@ def fa_fit(x_TN: np.ndarray, k: int, iters: int = 100, tol: float = 1e-6
   ev, evec = ev[::-1][:k], evec[:, ::-1][:, :k]
   w = evec * np.sqrt(np.clip(ev - np.median(ev) * 0.5, 1e-3 * var.mean(), None))
   psi = np.clip(var - (w ** 2).sum(axis=1), floor + 0.01 * var, None)
-  history = [_loglik(s, w, psi)]
+  history = [fa_loglik(s, w, psi)]
   for _ in range(iters):
     wp = w / psi[:, None]                                   # Psi^-1 W  [N, k]
     m_inv = np.linalg.inv(np.eye(k) + w.T @ wp)             # (I + W^T Psi^-1 W)^-1
@@ -72,7 +72,7 @@ def fa_fit(x_TN: np.ndarray, k: int, iters: int = 100, tol: float = 1e-6
     ezz = m_inv + beta @ sb                                 # E[z z^T] averaged over samples
     w = sb @ np.linalg.inv(ezz)
     psi = np.clip(var - np.einsum("nk,nk->n", w, sb), floor, None)
-    history.append(_loglik(s, w, psi))
+    history.append(fa_loglik(s, w, psi))
     if abs(history[-1] - history[-2]) < tol * abs(history[-2]):
       break
   return mean, w, psi, history

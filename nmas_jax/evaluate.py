@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nmas_jax import baselines, dimension, models, train
+from nmas_jax import baselines, dimension, models, spectrum, train
 from nmas_jax.config import Settings
 from nmas_jax.splits import Prepared
 from nmas_jax.table import ModelTable
@@ -207,7 +207,8 @@ def evaluate_sweep(prep: Prepared, cfg: Settings, out, fa_iters: int = 100,
             "participation_ratio": {n: round(baselines.participation_ratio(train_LTN[l]), 3)
                                     for l, n in enumerate(names)},
             "pca_dims_90": {n: baselines.dims_for_variance(train_LTN[l], 0.9)
-                            for l, n in enumerate(names)}}
+                            for l, n in enumerate(names)},
+            **context(prep, cfg, fa_iters)}
   if not prep.cosmooth:
     log("warning: no neurons are held out (--heldout_neurons=0): reconstruction error keeps "
         "falling with the latent size and is not a dimension estimate, so none is reported")
@@ -220,6 +221,19 @@ def evaluate_sweep(prep: Prepared, cfg: Settings, out, fa_iters: int = 100,
   null, count = _null_losses(prep, block_T)
   return {**result, **dimension_estimates(prep, cfg, table, per_model, model_curves, base_curves,
                                           rows, null, count)}
+
+
+def context(prep: Prepared, cfg: Settings, fa_iters: int = 100) -> dict[str, Any]:
+  """Dimensionality beside the models': each layer's reliable-variance spectrum (SVCA: fitted on
+  the training block, measured on validation and test time) and FA's shared dimension."""
+  train_LTN, valid_LTN = prep.train_block(), prep.flat("valid")
+  held_LTN = np.concatenate([valid_LTN, prep.flat("test")], axis=1)
+  names = prep.dataset.layer_names
+  return {"spectrum": {n: spectrum.spectrum(train_LTN[l], held_LTN[l], seed=l,
+                                            bootstrap=cfg.bootstrap)
+                       for l, n in enumerate(names)},
+          "fa_dshared": {n: spectrum.fa_dshared(train_LTN[l], valid_LTN[l], cfg.latents, fa_iters)
+                         for l, n in enumerate(names)}}
 
 
 def dimension_estimates(prep: Prepared, cfg: Settings, table: ModelTable,

@@ -1,4 +1,5 @@
-"""Figures a sweep leaves behind: sweep.png (held-out metric against latent size) and decoding.png."""
+"""Figures a sweep leaves behind: sweep.png (held-out metric against latent size), spectrum.png
+(reliable-variance spectra) and decoding.png."""
 
 from __future__ import annotations
 
@@ -101,6 +102,35 @@ def plot_decoding(results: dict[str, Any]):
   ax.set_xlabel("latent size")
   ax.set_ylabel("held-out layer accuracy")
   ax.set_title(f"{results['dataset']}: which layer is this window from?", fontsize=10)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  return fig
+
+
+def plot_spectrum(results: dict[str, Any]):
+  """Each layer's reliable variance against component number on log-log axes, with the fitted
+  power law over its fit range."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(5.5, 3.8))
+  for layer in results["layers"]:
+    s = results["spectrum"][layer]
+    v = np.asarray(s["reliable_variance"])
+    n = np.arange(1, len(v) + 1)
+    line, = ax.plot(n[v > 0], v[v > 0], ".", ms=4,
+                    label=f"layer {layer}: alpha {s['alpha'] if s['alpha'] is not None else '-'}")
+    if s["alpha"] is not None:
+      lo, hi = s["fit_range"]
+      fit = n[(n >= lo) & (n <= min(hi, len(v)))]
+      ax.plot(fit, v[lo - 1] * (fit / lo) ** -s["alpha"], "-", color=line.get_color(), lw=1)
+  ax.set_xscale("log")
+  ax.set_yscale("log")
+  ax.set_xlabel("SVCA component")
+  ax.set_ylabel("reliable variance (held-out time)")
+  ax.set_title(f"{results['dataset']}: reliable-variance spectrum", fontsize=10)
   ax.legend(fontsize=8)
   fig.tight_layout()
   return fig

@@ -46,11 +46,15 @@ def table(results: dict[str, Any], field: str | None = None) -> str:
 
 
 def write_all(workdir: str, results: dict[str, Any], flags_text: str = "") -> list[str]:
-  """Writes results.json, results.csv, sweep.png and report.md; returns their paths."""
+  """Writes results.json, results.csv, sweep.png, spectrum.png and report.md; returns their
+  paths."""
   paths = [os.path.join(workdir, n) for n in ("results.json", "results.csv", "sweep.png", "report.md")]
   files.write_json(paths[0], results)
   results_lib.write_csv(paths[1], results)
   plots.save_figure(paths[2], plots.plot_sweep(results))
+  if results.get("spectrum"):
+    paths.append(os.path.join(workdir, "spectrum.png"))
+    plots.save_figure(paths[-1], plots.plot_spectrum(results))
   files.write_text(paths[3], markdown_report(results, flags_text))
   if results.get("layer_accuracy"):
     paths.append(os.path.join(workdir, "decoding.png"))
@@ -129,6 +133,29 @@ def _choice_section(results: dict[str, Any]) -> list[str]:
   return lines
 
 
+def _context_section(results: dict[str, Any]) -> list[str]:
+  """The reliable-variance spectrum's exponent and FA's shared dimension, per layer."""
+  spec, dsh = results.get("spectrum") or {}, results.get("fa_dshared") or {}
+  if not spec:
+    return []
+  fit = next(iter(spec.values()))["fit_range"]
+  lines = ["## Dimensionality in context (train block fit, validation + test measured)", "",
+           "| layer | spectrum exponent alpha | 5-95% interval | FA d_shared | FA latent (best "
+           "validation likelihood) |", "|---|---|---|---|---|"]
+  for layer in results["layers"]:
+    s, d = spec.get(layer, {}), dsh.get(layer, {})
+    iv = s.get("alpha_interval")
+    lines.append(f"| {layer} | {_fmt(s.get('alpha'))} | {'-' if not iv else f'{iv[0]}-{iv[1]}'} | "
+                 f"{d.get('dshared', '-')} | {d.get('latent', '-')} |")
+  lines += ["", f"alpha: the power law var_n ~ n^-alpha fitted to the reliable variance (SVCA: two "
+            f"random halves of the neurons, components of their training-block cross-covariance, "
+            f"covariance of the halves' projections on held-out time) over components "
+            f"{fit[0]}-{fit[1]}; the interval is over a bootstrap of held-out time blocks. "
+            "d_shared: dimensions of the best FA model's shared covariance holding 95% of it "
+            "(Williamson et al. 2016). spectrum.png shows the spectra.", ""]
+  return lines
+
+
 def _test_section(results: dict[str, Any]) -> list[str]:
   """Per layer, one sentence: the model against PCA and FA at the chosen size, on the test block."""
   comp = results.get("test_comparison") or {}
@@ -202,8 +229,10 @@ def markdown_report(results: dict[str, Any], flags_text: str = "") -> str:
   metric = dimension_metric(results)
   lines = [f"# nmas-jax sweep: {results['dataset']}", ""]
   lines += _data_section(results) + _curves_section(results, metric) + _choice_section(results)
-  lines += _test_section(results) + _training_section(results) + _controls_section(results)
+  lines += _context_section(results) + _test_section(results) + _training_section(results)
+  lines += _controls_section(results)
   lines += ["## Files", "", "results.json, results.csv, sweep.png, report.md" +
+            (", spectrum.png" if results.get("spectrum") else "") +
             (", decoding.png" if results.get("layer_accuracy") else "") +
             ", tb/, metrics.jsonl, flags.txt", ""]
   if flags_text:

@@ -217,5 +217,16 @@ def make_independent(*, layers: int = 1, neurons: int = 100, time: int = 2000,
 
 
 # The built-in datasets (--dataset=...), one per family.
+def power_law_activity(alpha: float, *, neurons: int = 600, time: int = 6000, dims: int = 300,
+                       noise_std: float = 0.3, seed: int = 0) -> np.ndarray:
+  """[time, neurons] activity whose shared signal has a power-law spectrum: `dims` independent
+  Gaussian latents with variances n^-alpha (n = 1..dims) through a random readout, plus private
+  Gaussian noise. The reliable-variance spectrum's known answer (`spectrum.spectrum`)."""
+  rng = np.random.default_rng(seed)
+  z = rng.standard_normal((time, dims)) * np.arange(1, dims + 1) ** (-alpha / 2)
+  w = rng.standard_normal((dims, neurons)) / np.sqrt(10.0)
+  return z @ w + noise_std * rng.standard_normal((time, neurons))
+
+
 FAMILIES = {"synthetic": make_linear_gaussian, "nonlinear": make_nonlinear,
             "lorenz": make_lorenz, "independent": make_independent}
