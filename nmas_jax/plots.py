@@ -81,13 +81,8 @@ def plot_sweep(results: dict[str, Any]):
 
 def plot_decoding(results: dict[str, Any]):
   """Held-out layer-decoding accuracy vs latent size (mean, min-max over seeds), with chance."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
   acc = results["layer_accuracy"]
-  fig, ax = plt.subplots(figsize=(5.5, 3.8))
+  fig, ax = _axes()
   ks, vals = acc["latents"], [np.asarray(v) for v in acc["accuracy"]]
   mean = [v.mean() for v in vals]
   ax.errorbar(ks, mean, yerr=[[m - v.min() for m, v in zip(mean, vals)],
@@ -99,23 +94,14 @@ def plot_decoding(results: dict[str, Any]):
   ax.set_xticklabels([str(k) for k in ks])
   ax.minorticks_off()
   ax.set_ylim(0, 1.02)
-  ax.set_xlabel("latent size")
-  ax.set_ylabel("held-out layer accuracy")
-  ax.set_title(f"{results['dataset']}: which layer is this window from?", fontsize=10)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  return fig
+  return _finish(fig, ax, "latent size", "held-out layer accuracy",
+                 f"{results['dataset']}: which layer is this window from?")
 
 
 def plot_spectrum(results: dict[str, Any]):
   """Each layer's reliable variance against component number on log-log axes, with the fitted
   power law over its fit range."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, ax = plt.subplots(figsize=(5.5, 3.8))
+  fig, ax = _axes()
   for layer in results["layers"]:
     s = results["spectrum"][layer]
     v = np.asarray(s["reliable_variance"])
@@ -128,9 +114,24 @@ def plot_spectrum(results: dict[str, Any]):
       ax.plot(fit, v[lo - 1] * (fit / lo) ** -s["alpha"], "-", color=line.get_color(), lw=1)
   ax.set_xscale("log")
   ax.set_yscale("log")
-  ax.set_xlabel("SVCA component")
-  ax.set_ylabel("reliable variance (held-out time)")
-  ax.set_title(f"{results['dataset']}: reliable-variance spectrum", fontsize=10)
+  return _finish(fig, ax, "SVCA component", "reliable variance (held-out time)",
+                 f"{results['dataset']}: reliable-variance spectrum")
+
+
+def _axes():
+  """One figure with one axes, on the non-interactive backend."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  return plt.subplots(figsize=(5.5, 3.8))
+
+
+def _finish(fig, ax, xlabel: str, ylabel: str, title: str):
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_title(title, fontsize=10)
   ax.legend(fontsize=8)
   fig.tight_layout()
   return fig

@@ -12,7 +12,7 @@ analysis model's shared covariance W W^T needed for 95% of its variance.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
@@ -22,24 +22,34 @@ FIT_RANGE = (2, 20)  # components (1-based, inclusive) the exponent is fitted ov
 TIME_BLOCKS = 10     # contiguous held-out time blocks resampled by the bootstrap
 
 
-def svca(train_TN: np.ndarray, heldout_TN: np.ndarray, rng: np.random.Generator,
-         blocks_B: Sequence[np.ndarray] | None = None) -> tuple[np.ndarray, Any]:
-  """Reliable variance per component [K] (K = the smaller half's size), from components fitted on
-  `train_TN` and measured on `heldout_TN`; with `blocks_B` (index arrays into held-out time), the
-  same measured on their concatenation. Returns (reliable variance, the fitted projection)."""
+class Halves(NamedTuple):
+  """SVCA's fitted components: the two neuron halves, the training mean, and each half's
+  component weights ([N/2, K] each, K = the smaller half's size)."""
+  a: np.ndarray
+  b: np.ndarray
+  mean_N: np.ndarray
+  u_AK: np.ndarray
+  v_BK: np.ndarray
+
+
+def svca(train_TN: np.ndarray, heldout_TN: np.ndarray, rng: np.random.Generator
+         ) -> tuple[np.ndarray, Halves]:
+  """Reliable variance per component [K], from components fitted on `train_TN` and measured on
+  `heldout_TN`; and the fitted components."""
   n = train_TN.shape[1]
   order = rng.permutation(n)
   a, b = np.sort(order[: n // 2]), np.sort(order[n // 2:])
   mean = train_TN.mean(axis=0)
   xa, xb = train_TN[:, a] - mean[a], train_TN[:, b] - mean[b]
   u, _, vt = np.linalg.svd(xa.T @ xb / len(xa), full_matrices=False)
-  proj = (a, b, mean, u, vt.T)
-  return reliable_variance(heldout_TN, proj), proj
+  halves = Halves(a, b, mean, u, vt.T)
+  return reliable_variance(heldout_TN, halves), halves
 
 
-def reliable_variance(x_TN: np.ndarray, proj, index_T: np.ndarray | None = None) -> np.ndarray:
+def reliable_variance(x_TN: np.ndarray, halves: Halves, index_T: np.ndarray | None = None
+                      ) -> np.ndarray:
   """Covariance of the two halves' projections per component on `x_TN[index_T]`."""
-  a, b, mean, u, v = proj
+  a, b, mean, u, v = halves
   x = x_TN if index_T is None else x_TN[index_T]
   sa, sb = (x[:, a] - mean[a]) @ u, (x[:, b] - mean[b]) @ v
   sa, sb = sa - sa.mean(axis=0), sb - sb.mean(axis=0)
@@ -66,12 +76,12 @@ def spectrum(train_TN: np.ndarray, heldout_TN: np.ndarray, seed: int = 0, bootst
   """One layer's reliable-variance spectrum, its power-law exponent and a 5th-95th percentile
   interval over a bootstrap of `TIME_BLOCKS` contiguous held-out time blocks."""
   rng = np.random.default_rng(seed)
-  var, proj = svca(train_TN, heldout_TN, rng)
+  var, halves = svca(train_TN, heldout_TN, rng)
   blocks = np.array_split(np.arange(len(heldout_TN)), TIME_BLOCKS)
   alphas = []
   for _ in range(bootstrap):
     pick = rng.integers(0, len(blocks), len(blocks))
-    a = power_law_exponent(reliable_variance(heldout_TN, proj, np.concatenate([blocks[i] for i in pick])),
+    a = power_law_exponent(reliable_variance(heldout_TN, halves, np.concatenate([blocks[i] for i in pick])),
                            fit_range)
     if a is not None:
       alphas.append(a)
