@@ -22,8 +22,9 @@ from nmas_jax.errors import UserError, WriteError
 SWEEP_FILE = "sweep.json"
 TMP_MARK = ".orbax-checkpoint-tmp"  # in the name of a checkpoint directory orbax has not finished
 # What a sweep leaves in its workdir; --overwrite removes exactly these.
-OUTPUTS = ("checkpoints", "checkpoints_unreadable", "heartbeats", "tb", "metrics.jsonl", "results.json", "results.csv", "sweep.png", "spectrum.png",
-           "decoding.png", "report.md", "flags.txt", SWEEP_FILE)
+OUTPUTS = ("checkpoints", "checkpoints_unreadable", "heartbeats", "tb", "metrics.jsonl",
+           "results.json", "results.csv", "sweep.png", "spectrum.png", "decoding.png", "report.md",
+           "flags.txt", SWEEP_FILE)
 
 
 class Checkpointer:
