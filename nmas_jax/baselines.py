@@ -1,4 +1,5 @@
-"""Linear baselines at the same latent sizes and splits: PCA and factor analysis (numpy).
+"""Linear baselines at the same latent sizes and splits: PCA and factor analysis (numpy); the
+linear dynamical system is in `lds.py`.
 
 Both are fit on the training block only. For co-smoothing each is fit on the
 held-in neurons, and the held-out neurons are regressed (least squares with an
@@ -7,6 +8,8 @@ information the autoencoder's encoder gets.
 """
 
 from __future__ import annotations
+
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -93,28 +96,35 @@ def _regress(f_train: np.ndarray, y_train: np.ndarray, f_valid: np.ndarray) -> n
 
 
 def predictions(train_TN: np.ndarray, valid_TN: np.ndarray, heldout_N: np.ndarray, k: int,
-                fa_iters: int = 100, reconstruct: bool = True) -> dict[str, np.ndarray]:
-  """Held-out-time predictions [T, N] of PCA and FA with k latents.
+                fa_iters: int = 100, reconstruct: bool = True, methods: Sequence[str] = ("pca", "fa")
+                ) -> dict[str, np.ndarray]:
+  """Held-out-time predictions [T, N] of PCA and FA (those in `methods`) with k latents.
 
   "pca"/"fa" (with `reconstruct`): reconstruction of every neuron from all
   neurons. "pca_cosmooth"/"fa_cosmooth": held-out neurons predicted from
   held-in latents (other columns are NaN); absent when no neuron is held out.
+  "fa_fit" (with `reconstruct`): the all-neuron FA fit (mean, W, psi), for reuse.
   """
-  out = {}
-  if reconstruct:
+  out: dict[str, Any] = {}
+  if reconstruct and "pca" in methods:
     mean, v = pca_fit(train_TN, k)
     out["pca"] = pca_reconstruct(valid_TN, mean, v)
+  if reconstruct and "fa" in methods:
     mean, w, psi, _ = fa_fit(train_TN, k, fa_iters)
     out["fa"] = mean + fa_posterior_mean(valid_TN, mean, w, psi) @ w.T
-  if heldout_N.any():
-    inn, held = ~heldout_N, heldout_N
-    kk = min(k, int(inn.sum()))
-    for name in ("pca_cosmooth", "fa_cosmooth"):
-      out[name] = np.full_like(valid_TN, np.nan)
+    out["fa_fit"] = (mean, w, psi)
+  if not heldout_N.any():
+    return out
+  inn, held = ~heldout_N, heldout_N
+  kk = min(k, int(inn.sum()))
+  if "pca" in methods:
     mean, v = pca_fit(train_TN[:, inn], kk)
+    out["pca_cosmooth"] = np.full_like(valid_TN, np.nan)
     out["pca_cosmooth"][:, held] = _regress((train_TN[:, inn] - mean) @ v, train_TN[:, held],
                                             (valid_TN[:, inn] - mean) @ v)
+  if "fa" in methods:
     mean, w, psi, _ = fa_fit(train_TN[:, inn], kk, fa_iters)
+    out["fa_cosmooth"] = np.full_like(valid_TN, np.nan)
     out["fa_cosmooth"][:, held] = _regress(fa_posterior_mean(train_TN[:, inn], mean, w, psi),
                                            train_TN[:, held],
                                            fa_posterior_mean(valid_TN[:, inn], mean, w, psi))

@@ -24,6 +24,7 @@ NORMALIZATIONS = ("zscore", "mean_per_bin", "mean_per_bin_all", "none")
 DATASETS = ("synthetic", "nonlinear", "lorenz", "independent", "stringer", "array", "nwb")
 NAN_POLICIES = ("freeze", "stop", "drop_neurons")
 BATCHINGS = ("auto", "vmap", "by_latent")
+BASELINES = ("pca", "fa", "lds")
 
 # Checks a setting can declare: name -> (test, what the error says the value must be).
 _CHECKS = {
@@ -105,8 +106,9 @@ def _check(f: dataclasses.Field, value: Any) -> None:
   m = f.metadata
   if value is None:
     return
-  if m["choices"] and value not in m["choices"]:
-    raise UserError(f"unknown --{f.name}={value!r}: choose one of {', '.join(m['choices'])}")
+  for v in (value if m["kind"] == "list" else (value,)):
+    if m["choices"] and v not in m["choices"]:
+      raise UserError(f"unknown --{f.name}={v!r}: choose one of {', '.join(m['choices'])}")
   if m["check"]:
     test, must = _CHECKS[m["check"]]
     try:
@@ -169,6 +171,11 @@ class Settings(_Declared):
   bootstrap: int = setting(200, "Bootstrap resamples (validation time blocks and seeds) for "
                            "optimal_latent_interval and the zero-dimension test.",
                            check="nonneg_int", identity=False)
+  baselines: tuple[str, ...] = setting(("pca", "fa"), "Comma-separated linear baselines scored "
+                                       "like the model at the same latent sizes: pca, fa, lds "
+                                       "(a linear dynamical system fitted by EM; off by default: "
+                                       "it adds about a third to the main job, docs/dimension.md).",
+                                       choices=BASELINES, kind="list", identity=False)
   shuffle_control: bool = setting(False, "Also sweep a control copy of each layer whose neurons "
                                   "are circularly shifted in time by their own random offsets.")
   shared_model: bool = setting(False, "Also train one model per latent size on all layers "
@@ -177,6 +184,8 @@ class Settings(_Declared):
   verbose: bool = setting(True, "Print progress lines.", flag=False, identity=False)
 
   def _check_together(self) -> None:
+    if len(set(self.baselines)) != len(self.baselines):
+      raise UserError(f"--baselines={','.join(self.baselines)} lists a baseline twice: give each once")
     if self.train_fraction + self.valid_fraction >= 1:
       raise UserError(f"--train_fraction={self.train_fraction} and --valid_fraction="
                       f"{self.valid_fraction} leave no test block: their sum must be below 1")

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nmas_jax import baselines, dimension, models, spectrum, train
+from nmas_jax import baselines, dimension, lds, models, spectrum, train
 from nmas_jax.config import Settings
 from nmas_jax.splits import Prepared
 from nmas_jax.table import ModelTable
@@ -132,15 +132,20 @@ def model_predictions(state: train.TrainState, table: ModelTable, prep: Prepared
                   ).astype(np.float64)
 
 
+LDS_ITERS = 20  # EM iterations of the linear dynamical system baseline
+
+
 def _baselines(prep: Prepared, cfg: Settings, block_T: np.ndarray, fa_iters: int
-               ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
-  """PCA and FA per (layer, latent): rows of metrics (means over seeds) and their loss curves
-  {method: [layers, latents, seeds, blocks]} on each seed's held-out neurons."""
+               ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray], dict[tuple[int, int], tuple]]:
+  """The baselines of `cfg.baselines` per (layer, latent): rows of metrics (means over seeds),
+  their loss curves {method: [layers, latents, seeds, blocks]} on each seed's held-out neurons,
+  and the all-neuron FA fits {(layer, latent): (mean, W, psi)} for `context`."""
   train_LTN, valid_LTN, test_LTN = prep.train_block(), prep.flat("valid"), prep.flat("test")
   t_valid, lik, seeds = valid_LTN.shape[1], prep.likelihood, prep.heldout_SLN.shape[0]
+  methods = cfg.baselines
   shape = (prep.dataset.num_layers, len(cfg.latents), seeds, block_T.max() + 1)
-  curves = {m: np.full(shape, np.nan) for m in ("pca", "fa")}
-  rows = []
+  curves = {m: np.full(shape, np.nan) for m in methods}
+  rows, fa_fits = [], {}
   for l, name in enumerate(prep.dataset.layer_names):
     held_x = np.concatenate([valid_LTN[l], test_LTN[l]])
     for j, k in enumerate(cfg.latents):
@@ -148,10 +153,15 @@ def _baselines(prep: Prepared, cfg: Settings, block_T: np.ndarray, fa_iters: int
       per_seed = []
       for s in range(seeds):
         held = prep.heldout_SLN[s, l]
-        p = baselines.predictions(train_LTN[l], held_x, held, k, fa_iters, reconstruct=s == 0)
+        p = baselines.predictions(train_LTN[l], held_x, held, k, fa_iters, reconstruct=s == 0,
+                                  methods=methods)
+        if "fa_fit" in p:
+          fa_fits[l, int(k)] = p.pop("fa_fit")
+        if "lds" in methods and held.any():
+          p["lds_cosmooth"] = lds.cosmooth(train_LTN[l], held, [held_x], k, LDS_ITERS)[0]
         m: dict[str, float] = {}
-        for method in ("pca", "fa"):
-          if s == 0:
+        for method in methods:
+          if s == 0 and method in p:
             rec = block_metrics(p[method][:t_valid], valid_LTN[l], np.zeros_like(held), lik)
             row[f"{method}_valid_mse"], row[f"{method}_valid_r2"] = rec["valid_mse"], rec["valid_r2"]
           if held.any():
@@ -167,7 +177,7 @@ def _baselines(prep: Prepared, cfg: Settings, block_T: np.ndarray, fa_iters: int
       for key in per_seed[0]:
         row[key] = float(np.nanmean([m[key] for m in per_seed]))
       rows.append(row)
-  return rows, curves
+  return rows, curves, fa_fits
 
 
 def _null_losses(prep: Prepared, block_T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -199,16 +209,16 @@ def evaluate_sweep(prep: Prepared, cfg: Settings, out, fa_iters: int = 100,
   per_model = [{**block_metrics(pred_valid[i], valid_LTN[l], held(i), lik, "valid"),
                 **block_metrics(pred_test[i], test_LTN[l], held(i), lik, "test")}
                for i, l in enumerate(table.layer)]
-  log(f"baselines: PCA and FA at {len(cfg.latents)} latent sizes x {prep.dataset.num_layers} layers "
-      f"x {cfg.seeds} held-out sets")
-  rows, base_curves = _baselines(prep, cfg, block_T, fa_iters)
+  log(f"baselines: {', '.join(m.upper() for m in cfg.baselines) or 'none'} at {len(cfg.latents)} "
+      f"latent sizes x {prep.dataset.num_layers} layers x {cfg.seeds} held-out sets")
+  rows, base_curves, fa_fits = _baselines(prep, cfg, block_T, fa_iters)
   train_LTN, names = prep.train_block(), prep.dataset.layer_names
   result = {"per_model": per_model, "baselines": rows,
             "participation_ratio": {n: round(baselines.participation_ratio(train_LTN[l]), 3)
                                     for l, n in enumerate(names)},
             "pca_dims_90": {n: baselines.dims_for_variance(train_LTN[l], 0.9)
                             for l, n in enumerate(names)},
-            **context(prep, cfg, fa_iters)}
+            **context(prep, cfg, fa_iters, fa_fits)}
   if not prep.cosmooth:
     log("warning: no neurons are held out (--heldout_neurons=0): reconstruction error keeps "
         "falling with the latent size and is not a dimension estimate, so none is reported")
@@ -223,17 +233,42 @@ def evaluate_sweep(prep: Prepared, cfg: Settings, out, fa_iters: int = 100,
                                           rows, null, count)}
 
 
-def context(prep: Prepared, cfg: Settings, fa_iters: int = 100) -> dict[str, Any]:
+def context(prep: Prepared, cfg: Settings, fa_iters: int = 100,
+            fa_fits: dict[tuple[int, int], tuple] | None = None) -> dict[str, Any]:
   """Dimensionality beside the models': each layer's reliable-variance spectrum (SVCA: fitted on
-  the training block, measured on validation and test time) and FA's shared dimension."""
+  the training block, measured on validation and test time) and FA's shared dimension (reusing
+  the FA baseline's all-neuron fits {(layer, latent): (mean, W, psi)} where given)."""
+  fa_fits = fa_fits or {}
   train_LTN, valid_LTN = prep.train_block(), prep.flat("valid")
   held_LTN = np.concatenate([valid_LTN, prep.flat("test")], axis=1)
   names = prep.dataset.layer_names
   return {"spectrum": {n: spectrum.spectrum(train_LTN[l], held_LTN[l], seed=l,
                                             bootstrap=cfg.bootstrap)
                        for l, n in enumerate(names)},
-          "fa_dshared": {n: spectrum.fa_dshared(train_LTN[l], valid_LTN[l], cfg.latents, fa_iters)
+          "fa_dshared": {n: spectrum.fa_dshared(train_LTN[l], valid_LTN[l], cfg.latents, fa_iters,
+                                                fits={k: f[1:] for (ll, k), f in fa_fits.items()
+                                                      if ll == l})
                          for l, n in enumerate(names)}}
+
+
+def _rule(cfg: Settings, curves_KSB: np.ndarray, null_SB: np.ndarray, count_SB: np.ndarray
+          ) -> dict[str, Any]:
+  """`dimension.estimate` on one layer's loss curves [latents in cfg order, seeds, blocks]."""
+  order = np.argsort(cfg.latents)
+  return dimension.estimate([int(cfg.latents[j]) for j in order], curves_KSB[order], null_SB,
+                            count_SB, cfg.gain_fraction, cfg.bootstrap, BOOTSTRAP_SEED)
+
+
+def baseline_choices(prep: Prepared, cfg: Settings, fa_iters: int = 100) -> dict[str, dict[str, int]]:
+  """{method: {layer: chosen latent}}: the dimension rule on each baseline of `cfg.baselines`
+  alone, with no model trained (needs held-out neurons)."""
+  if not prep.cosmooth:
+    raise ValueError("baseline_choices needs held-out neurons (heldout_neurons > 0)")
+  block_T = bootstrap_blocks(prep.flat("valid").shape[1])
+  _, curves, _ = _baselines(prep, cfg, block_T, fa_iters)
+  null, count = _null_losses(prep, block_T)
+  return {m: {n: _rule(cfg, curves[m][l], null[l], count[l])["optimal"]
+              for l, n in enumerate(prep.dataset.layer_names)} for m in cfg.baselines}
 
 
 def dimension_estimates(prep: Prepared, cfg: Settings, table: ModelTable,
@@ -256,16 +291,15 @@ def dimension_estimates(prep: Prepared, cfg: Settings, table: ModelTable,
                     "time_blocks": int(null_LSB.shape[-1]), "over": "validation time blocks and seeds"},
       "layers": {}}
   out: dict[str, Any] = {"optimal_latent": {}, "optimal_latent_interval": {}, "knee_latent": {},
-                         "one_se_latent": {}, "baseline_optimal_latent": {"pca": {}, "fa": {}},
+                         "one_se_latent": {}, "baseline_optimal_latent": {m: {} for m in cfg.baselines},
                          "dimension": dim, "test_comparison": {}}
   for l, name in enumerate(prep.dataset.layer_names):
-    run = lambda curves: dimension.estimate(latents, curves[order], null_LSB[l], count_LSB[l], g,
-                                            cfg.bootstrap, BOOTSTRAP_SEED)
+    run = lambda curves: _rule(cfg, curves, null_LSB[l], count_LSB[l])
     d = run(model_curves[l])
     for key, field in (("optimal_latent", "optimal"), ("optimal_latent_interval", "interval"),
                        ("knee_latent", "knee"), ("one_se_latent", "one_se")):
       out[key][name] = d[field]
-    for method in ("pca", "fa"):
+    for method in cfg.baselines:
       out["baseline_optimal_latent"][method][name] = run(base_curves[method][l])["optimal"]
     values = [[m.get(metric) for i, m in enumerate(per_model)
                if table.layer[i] == l and table.latent[i] == k] for k in latents]
@@ -273,14 +307,14 @@ def dimension_estimates(prep: Prepared, cfg: Settings, table: ModelTable,
         "latents": latents, "mean": [_mean(v) for v in values],
         "null": float(null_LSB[l].sum() / count_LSB[l].sum()),
         **{k: d[k] for k in ("gain", "gain_se", "gain_fraction", "interval", "p_positive")}}
-    out["test_comparison"][name] = _test_comparison(prep, table, per_model, base_rows, l, name,
-                                                    d["optimal"])
+    out["test_comparison"][name] = _test_comparison(prep, cfg, table, per_model, base_rows, l,
+                                                    name, d["optimal"])
   return out
 
 
-def _test_comparison(prep: Prepared, table: ModelTable, per_model, base_rows, l: int, name: str,
-                     k: int) -> dict[str, Any]:
-  """The model against PCA and FA at latent k on the test block (means over seeds)."""
+def _test_comparison(prep: Prepared, cfg: Settings, table: ModelTable, per_model, base_rows, l: int,
+                     name: str, k: int) -> dict[str, Any]:
+  """The model against each baseline at latent k on the test block (means over seeds)."""
   metric = "test_" + score_metric(prep.likelihood, True)
   if not k:
     return {"latent": k, "metric": metric, "model": None}
@@ -288,7 +322,7 @@ def _test_comparison(prep: Prepared, table: ModelTable, per_model, base_rows, l:
   return {"latent": int(k), "metric": metric, "higher_is_better": higher_is_better(metric),
           "model": _mean([m.get(metric) for i, m in enumerate(per_model)
                           if table.layer[i] == l and table.latent[i] == k]),
-          "pca": row.get(f"pca_{metric}"), "fa": row.get(f"fa_{metric}")}
+          **{m: row.get(f"{m}_{metric}") for m in cfg.baselines}}
 
 
 def _mean(values) -> float | None:
@@ -308,7 +342,8 @@ def _no_estimate(prep: Prepared, cfg: Settings, table: ModelTable, out, per_mode
              for l, n in enumerate(names)}}
   none = {n: None for n in names}
   return {"optimal_latent": none, "optimal_latent_interval": dict(none), "knee_latent": dict(none),
-          "one_se_latent": dict(none), "baseline_optimal_latent": {"pca": dict(none), "fa": dict(none)},
+          "one_se_latent": dict(none),
+          "baseline_optimal_latent": {m: dict(none) for m in cfg.baselines},
           "dimension": dim}
 
 

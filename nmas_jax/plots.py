@@ -21,7 +21,7 @@ def metric_label(metric: str) -> str:
 
 def plot_sweep(results: dict[str, Any]):
   """Per layer: held-out metric (validation block) vs latent size for the model (mean +- SE
-  over seeds), PCA and FA.
+  over seeds) and each baseline.
 
   The chosen dimension is a solid line with its bootstrap interval shaded, the
   true one (synthetic data) dotted; a choice of 0 is written in the panel.
@@ -47,7 +47,7 @@ def plot_sweep(results: dict[str, Any]):
     mean = [v.mean() for v in vals]
     se = [v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else 0.0 for v in vals]
     ax.errorbar(ks, mean, yerr=se, fmt="o-", capsize=3, label="LSTM AE")
-    for method, style in (("pca", "s--"), ("fa", "^--")):
+    for method, style in (("pca", "s--"), ("fa", "^--"), ("lds", "v--")):
       key = f"{method}_{metric}"
       pts = [(k, base[layer][k][key]) for k in sorted(base[layer]) if base[layer][k].get(key) is not None]
       if pts:

@@ -28,7 +28,8 @@ def table(results: dict[str, Any], field: str | None = None) -> str:
   extra = [("chosen", "optimal_latent"), ("5-95%", None), ("knee", "knee_latent"),
            ("1-SE", "one_se_latent")]
   base = results.get("baseline_optimal_latent") or {}
-  extra += [(m.upper(), m) for m in ("pca", "fa") if base.get(m)]
+  methods = results_lib.baseline_methods(results)
+  extra += [(m.upper(), m) for m in methods if base.get(m)]
   extra += [("true", "true_latent")] if results.get("true_latent") else []
   head += "".join(f" {h:>6}" for h, _ in extra)
   lines = [f"held-out {field}, validation block (mean over seeds)", head]
@@ -39,7 +40,7 @@ def table(results: dict[str, Any], field: str | None = None) -> str:
       if key is None:
         v = _interval(results, layer)
       else:
-        v = (base.get(key) if key in ("pca", "fa") else results.get(key) or {}).get(layer, "-")
+        v = (base.get(key) if key in methods else results.get(key) or {}).get(layer, "-")
       row += f" {str('-' if v is None else v):>6}"
     lines.append(row)
   return "\n".join(lines)
@@ -92,8 +93,10 @@ def _data_section(results: dict[str, Any]) -> list[str]:
 
 def _curves_section(results: dict[str, Any], metric: str) -> list[str]:
   lines = ["## Held-out results (validation block)", "",
-           f"Metric: **{metric}** ({metric_label(metric)}), mean over seeds.", "",
-           "| layer | latent | model mean | model SE | PCA | FA |", "|---|---|---|---|---|---|"]
+           f"Metric: **{metric}** ({metric_label(metric)}), mean over seeds.", ""]
+  methods = results_lib.baseline_methods(results)
+  lines += ["| layer | latent | model mean | model SE |" + "".join(f" {m.upper()} |" for m in methods),
+            "|---|---|---|---|" + "---|" * len(methods)]
   by_layer = curves(results, metric)
   base = defaultdict(dict)
   for r in results.get("baselines", []):
@@ -103,8 +106,8 @@ def _curves_section(results: dict[str, Any], metric: str) -> list[str]:
       v = np.asarray(by_layer[layer][k])
       se = v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else float("nan")
       b = base[layer].get(k, {})
-      lines.append(f"| {layer} | {k} | {_fmt(v.mean() if len(v) else None)} | {_fmt(se)} | "
-                   f"{_fmt(b.get(f'pca_{metric}'))} | {_fmt(b.get(f'fa_{metric}'))} |")
+      lines.append(f"| {layer} | {k} | {_fmt(v.mean() if len(v) else None)} | {_fmt(se)} |"
+                   + "".join(f" {_fmt(b.get(f'{m}_{metric}'))} |" for m in methods))
   return lines + [""]
 
 
@@ -113,23 +116,25 @@ def _choice_section(results: dict[str, Any]) -> list[str]:
   if not any(v is not None for v in results.get("optimal_latent", {}).values()):
     return ["## Chosen dimension", "", f"None: {dim.get('rule', 'no estimate')}.", ""]
   base = results.get("baseline_optimal_latent") or {}
+  methods = [m for m in results_lib.baseline_methods(results) if m in base]
   lines = ["## Chosen dimension (validation block)", "",
-           "| layer | chosen | 5-95% interval | knee | one-SE | PCA (same rule) | FA (same rule) | "
-           "participation ratio | PCs for 90% var |" + (" true |" if true else ""),
-           "|---|---|---|---|---|---|---|---|---|" + ("---|" if true else "")]
+           "| layer | chosen | 5-95% interval | knee | one-SE |"
+           + "".join(f" {m.upper()} (same rule) |" for m in methods)
+           + " participation ratio | PCs for 90% var |" + (" true |" if true else ""),
+           "|---|---|---|---|---|" + "---|" * len(methods) + "---|---|" + ("---|" if true else "")]
   for layer in results["layers"]:
     row = (f"| {layer} | **{results['optimal_latent'][layer]}** | {_interval(results, layer)} | "
-           f"{results['knee_latent'][layer]} | {results['one_se_latent'][layer]} | "
-           f"{base.get('pca', {}).get(layer, '-')} | {base.get('fa', {}).get(layer, '-')} | "
-           f"{results['participation_ratio'][layer]} | {results['pca_dims_90'][layer]} |")
+           f"{results['knee_latent'][layer]} | {results['one_se_latent'][layer]} |"
+           + "".join(f" {base[m].get(layer, '-')} |" for m in methods)
+           + f" {results['participation_ratio'][layer]} | {results['pca_dims_90'][layer]} |")
     lines.append(row + (f" {true.get(layer, '-')} |" if true else ""))
   boot = dim.get("bootstrap", {})
   lines += ["", f"How: {dim.get('rule', '')}; the gain is the {dim.get('gain', '')}. The interval is "
             f"the 5th-95th percentile of the choice over {boot.get('resamples')} bootstrap resamples "
             f"of {boot.get('over', '')} (seed {boot.get('seed')}). The knee is the point of the gain "
             "curve farthest above its chord on a log-latent axis; one-SE the smallest latent within "
-            "one standard error (over seeds) of the best. PCA and FA are chosen by the same rule on "
-            "their own co-smoothing curves. Where they disagree, read the curve in sweep.png.", ""]
+            "one standard error (over seeds) of the best. Each baseline is chosen by the same rule on "
+            "its own co-smoothing curve. Where they disagree, read the curve in sweep.png.", ""]
   return lines
 
 
@@ -157,17 +162,18 @@ def _context_section(results: dict[str, Any]) -> list[str]:
 
 
 def _test_section(results: dict[str, Any]) -> list[str]:
-  """Per layer, one sentence: the model against PCA and FA at the chosen size, on the test block."""
+  """Per layer, one sentence: the model against each baseline at the chosen size, on the test
+  block."""
   comp = results.get("test_comparison") or {}
   if not comp:
     return []
-  lines = ["## Against PCA and FA at the chosen size (test block)", ""]
+  lines = ["## Against the baselines at the chosen size (test block)", ""]
   for layer, c in comp.items():
     if c.get("model") is None:
       continue
     better = lambda other: (c["model"] > other) if c["higher_is_better"] else (c["model"] < other)
     parts = []
-    for m in ("pca", "fa"):
+    for m in results_lib.baseline_methods(results):
       if c.get(m) is None:
         continue
       rel = abs(c["model"] - c[m]) / max(abs(c[m]), 1e-12)

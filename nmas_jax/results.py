@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from nmas_jax import files
+from nmas_jax.config import BASELINES
 
 CSV_FIELDS = ("layer", "latent", "seed", "train_loss", "valid_mse", "valid_loss", "valid_r2",
               "valid_r2_pooled", "valid_bps", "cosmooth_mse", "cosmooth_r2", "cosmooth_r2_pooled",
@@ -109,3 +110,10 @@ def curves(results: dict[str, Any], field: str = "valid_mse") -> dict[str, dict[
 
 def dimension_metric(results: dict[str, Any]) -> str:
   return results.get("dimension", {}).get("metric", "valid_mse")
+
+
+
+def baseline_methods(results: dict[str, Any]) -> list[str]:
+  """The baselines a results dict has metrics of, in `config.BASELINES` order."""
+  rows = results.get("baselines") or []
+  return [m for m in BASELINES if any(k.startswith(f"{m}_") for r in rows for k in r)]

@@ -94,15 +94,18 @@ def spectrum(train_TN: np.ndarray, heldout_TN: np.ndarray, seed: int = 0, bootst
 
 
 def fa_dshared(train_TN: np.ndarray, valid_TN: np.ndarray, latents: Sequence[int],
-               fa_iters: int = 100, fraction: float = 0.95) -> dict[str, int]:
+               fa_iters: int = 100, fraction: float = 0.95,
+               fits: dict[int, tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, int]:
   """Williamson et al. (2016): the FA model of the swept latent sizes with the highest
   validation-block log-likelihood, and the number of eigen-dimensions of its shared covariance
-  W W^T that hold `fraction` of the shared variance."""
+  W W^T that hold `fraction` of the shared variance. `fits` {k: (W, psi)}: FA fits of
+  `train_TN` already made (with `fa_iters`), used instead of fitting again."""
+  fits = fits or {}
   best = None
   x_valid = valid_TN - train_TN.mean(axis=0)
   s_valid = x_valid.T @ x_valid / len(x_valid)
   for k in sorted({min(int(k), train_TN.shape[1] - 1) for k in latents if k > 0}):
-    _, w, psi, _ = baselines.fa_fit(train_TN, k, fa_iters)
+    w, psi = fits[k] if k in fits else baselines.fa_fit(train_TN, k, fa_iters)[1:3]
     ll = baselines.fa_loglik(s_valid, w, psi)
     if best is None or ll > best[0]:
       best = (ll, k, w)

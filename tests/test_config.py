@@ -85,6 +85,8 @@ def test_identity_holds_exactly_the_settings_that_define_a_sweep(tmp_path):
     (lambda: Settings(latents="3,x"), "--latents has 'x', not an integer"),
     (lambda: Settings(normalize="l2"), "unknown --normalize='l2': choose one of zscore, "
                                        "mean_per_bin, mean_per_bin_all, none"),
+    (lambda: Settings(baselines=("pca", "gp")), "unknown --baselines='gp': choose one of pca, fa, lds"),
+    (lambda: Settings(baselines=("fa", "fa")), "--baselines=fa,fa lists a baseline twice"),
     (lambda: Settings(train_fraction=0.8, valid_fraction=0.2),
      "--train_fraction=0.8 and --valid_fraction=0.2 leave no test block"),
     (lambda: DataSettings(neurons_per_layer=0), "--neurons_per_layer must be a positive integer"),
