@@ -76,6 +76,8 @@ def _summary(est, workdir: str) -> None:
   r = est.results_
   print()
   print(report.table(r))
+  for line in report.scaling_lines(r):
+    print(line)
   for layer, g in r.get("shuffle_control", {}).get("layers", {}).items():
     print(f"shuffle control, layer {layer}: best held-out gain over the null {g['gain']:.4g} (real) "
           f"vs {g['control_gain']:.4g} (control); chosen {g['chosen']} (real) vs "

@@ -13,6 +13,16 @@ whose linear dimension exceeds the truth), the choice, its interval, the
 knee, one-SE, and PCA's and FA's choices by the same rule; then the runtime.
 With --write, the table replaces the one between the markers in
 docs/dimension.md.
+
+  python -m experiments.validate --scaling
+
+instead checks the --neuron_counts axis on two generators: a layer of fixed
+dimension (family i with 7 latent signals), whose chosen dimension should
+flatten at the smallest swept latent at or above 7 as neurons are added, and a
+layer whose shared signal has a power-law spectrum (exponent 1, 100 latent
+signals), whose chosen dimension should keep rising. Prints a table of the
+chosen latent per count, the slope, whether it saturates, and the LDS, PCA and
+FA choices.
 """
 
 from __future__ import annotations
@@ -33,6 +43,10 @@ flags.DEFINE_list("decoders", ["linear", "mlp"], "Decoders to run.")
 flags.DEFINE_integer("seeds", None, "Seeds (default: the sweep's default).")
 flags.DEFINE_integer("steps", None, "Training steps (default: the sweep's default).")
 flags.DEFINE_bool("write", False, "Write the table into docs/dimension.md.")
+flags.DEFINE_bool("scaling", False, "Check the --neuron_counts axis instead (see above).")
+
+SCALING_LATENTS = (2, 4, 8, 16, 32, 64)
+SCALING_COUNTS = (10, 20, 40, 80)
 
 # Two grids per family: neither starts at the truth, both hold latents above it.
 GRIDS = {"synthetic": ((10, 25, 50, 75, 150), (5, 8, 12, 20, 30, 45, 60)),
@@ -88,11 +102,46 @@ def table(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
+def scaling_rows(log) -> list[dict]:
+  """One row per generator: the chosen dimension against the neuron count."""
+  from nmas_jax import DimensionSweep, data, synthetic
+
+  cases = [("fixed: family i, 7 signals", 7,
+            synthetic.make_linear_gaussian(true_latents=(7,), neurons=200, time=2000, seed=11)),
+           ("power law: alpha 1, 100 signals", None, data.as_dataset(
+               synthetic.power_law_activity(1.0, neurons=200, time=2000, dims=100, seed=12)))]
+  rows = []
+  for name, truth, ds in cases:
+    extra = {k: v for k, v in (("seeds", FLAGS.seeds), ("steps", FLAGS.steps)) if v is not None}
+    t0 = time.perf_counter()
+    est = DimensionSweep(latents=SCALING_LATENTS, neuron_counts=SCALING_COUNTS,
+                         baselines=("pca", "fa", "lds"), verbose=False, **extra).fit(ds)
+    sc = est.results_["scaling"]
+    row = sc["layers"][est.results_["layers"][0]]
+    want = "-" if truth is None else str(min(k for k in SCALING_LATENTS if k >= truth))
+    rows.append(dict(data=name, counts=",".join(map(str, sc["counts"])), expected_flat_at=want,
+                     chosen=",".join(map(str, row["chosen"])), slope=row["slope"],
+                     saturates=row["saturates"], lds=",".join(map(str, row["lds"])),
+                     pca=",".join(map(str, row["pca"])), fa=",".join(map(str, row["fa"])),
+                     seeds=len(est.results_["seeds"]), seconds=round(time.perf_counter() - t0)))
+    log(" | ".join(f"{k}={v}" for k, v in rows[-1].items()))
+  return rows
+
+
 def main(argv):
   del argv
   cpu.tune()
   log = lambda s: print(s, flush=True)
   t0 = time.perf_counter()
+  if FLAGS.scaling:
+    rows = scaling_rows(log)
+    cols = list(rows[0])
+    print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+    for r in rows:
+      print("| " + " | ".join(str(r[c]) for c in cols) + " |")
+    print(f"\n`python -m experiments.validate {' '.join(sys.argv[1:])}`: "
+          f"{(time.perf_counter() - t0) / 60:.0f} min.")
+    return
   rows = []
   for family in FLAGS.families:
     for decoder in FLAGS.decoders:

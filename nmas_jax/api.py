@@ -83,7 +83,7 @@ class DimensionSweep:
         settings' identity and the data's shape); a workdir holding another
         sweep is refused unless `overwrite=True`.
       flags_text: the command line's flags, recorded in flags.txt/report.md.
-      data_seed: seed of the shuffle control's offsets.
+      data_seed: seed of the shuffle control's offsets and of the --neuron_counts subsets.
       **run: `config.RunSettings` (checkpoint_every, keep_checkpoints,
         overwrite, nan_policy, batching).
     Returns:
@@ -96,7 +96,7 @@ class DimensionSweep:
     dataset = data.as_dataset(X)
     if cfg.shuffle_control:
       dataset = data.with_shuffle_control(dataset, data_seed)
-    prep = splits.prepare(dataset, cfg)  # every data check, before anything is written
+    prep = splits.prepare(dataset, cfg, data_seed=data_seed)  # every check, before any write
     mesh = sharding.make_mesh(mesh) if isinstance(mesh, str) else mesh
     if identity is None:
       identity = {**config.identity(cfg), "data_shape": list(dataset.x_LTN.shape),
@@ -169,7 +169,8 @@ class DimensionSweep:
     if k == 0:
       raise ValueError(f"layer {layer}'s chosen dimension is 0 (no latent size beat the zero-latent "
                        "null on held-out neurons), so there is no chosen model: pass latent=k")
-    hits = np.flatnonzero((self.table_.layer == li) & (self.table_.latent == k) & (self.table_.seed == seed))
+    hits = np.flatnonzero((self.table_.layer == li) & (self.table_.latent == k)
+                          & (self.table_.seed == seed) & (self.table_.count == 0))
     if not len(hits):
       raise ValueError(f"no model with latent {k} for layer {layer}: latents swept are "
                        f"{', '.join(map(str, self.config_.latents))}")
@@ -277,12 +278,12 @@ class DimensionSweep:
     if step is None:
       raise UserError(f"no saved DimensionSweep in {path}")
     aux = ckpt.restore_aux(step)
-    est = cls(**{k: (tuple(v) if k == "latents" else v) for k, v in aux["params"].items()})
+    est = cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in aux["params"].items()})
     cfg = est.config()
     ds_meta = aux["dataset"]
     n_layers = len(ds_meta["layer_names"])
     est.preprocessing_ = splits.Preprocessing.from_json(aux["preprocessing"])
-    est.table_ = ModelTable.build(n_layers, cfg.latents, cfg.seeds)
+    est.table_ = ModelTable.build(n_layers, cfg.latents, cfg.seeds, cfg.neuron_counts)
     model_neurons = est.preprocessing_.neuron_index_LN.shape[1]
     est.state_, _ = ckpt.restore(step, init_states(cfg, est.table_, model_neurons))
     ckpt.close()
@@ -308,10 +309,10 @@ def _open_workdir(workdir, identity, run: RunSettings, flags_text: str, prep, cf
     resuming = checkpoint.claim_workdir(workdir, identity, run.overwrite)
     if flags_text:
       files.write_text(os.path.join(workdir, "flags.txt"), flags_text)
-    table = ModelTable.build(prep.model_layers, cfg.latents, cfg.seeds)
+    table = ModelTable.for_sweep(prep, cfg)
     writer = writers.MetricWriter(workdir, [
-        f"layer={prep.dataset.layer_names[l]},latent={k},seed={s}"
-        for l, k, s in zip(table.layer, table.latent, table.seed)])
+        f"layer={prep.dataset.layer_names[l]},latent={k},seed={s}" + (f",neurons={c}" if c else "")
+        for l, k, s, c in zip(table.layer, table.latent, table.seed, table.count)])
     partial = lambda o: files.write_json(os.path.join(workdir, "results.json"),
                                          results_lib.results_dict(prep, cfg, o))
     sinks = [(hooks.Metrics(writer.write_scalars), writer.close),

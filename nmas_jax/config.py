@@ -41,7 +41,7 @@ _CHECKS = {
 
 def setting(default: Any, help: str, *, choices: Sequence[str] | None = None,
             check: str | None = None, kind: str | None = None, identity: bool = True,
-            flag: bool = True, record: bool = True, path: bool = False) -> Any:
+            flag: bool = True, record: bool = True, path: bool = False, example: str = "") -> Any:
   """Declares one setting (a dataclass field).
 
   Args:
@@ -55,33 +55,42 @@ def setting(default: Any, help: str, *, choices: Sequence[str] | None = None,
     identity: part of the workdir's identity (a workdir holds one sweep).
     flag: has a command-line flag. record: written to flags.txt.
     path: a file path (the identity records it absolute).
+    example: a valid value, quoted by the error for a bad "ints" list.
   """
   if kind is None:
     kind = {bool: "bool", int: "int", float: "float", str: "string"}[type(default)]
   return dataclasses.field(default=default, metadata=dict(
       help=help, choices=tuple(choices) if choices else None, check=check, kind=kind,
-      identity=identity, flag=flag, record=record, path=path))
+      identity=identity, flag=flag, record=record, path=path, example=example))
 
 
-def parse_latents(text: str | Sequence[Any]) -> tuple[int, ...]:
-  """'10,25,50' (or a sequence) -> (10, 25, 50), with a one-line error for anything else."""
+def parse_ints(text: str | Sequence[Any], name: str = "latents", example: str = "10,25,50",
+               empty: bool = False) -> tuple[int, ...]:
+  """'10,25,50' (or a sequence) -> (10, 25, 50): distinct positive integers, with a one-line error
+  naming --`name` for anything else (and for an empty list unless `empty`)."""
   items = [t.strip() for t in text.split(",")] if isinstance(text, str) else [str(t).strip() for t in text]
   items = [t for t in items if t]
-  if not items:
-    raise UserError("--latents is empty: give latent sizes, e.g. --latents=10,25,50,75,150")
+  if not items and not empty:
+    raise UserError(f"--{name} is empty: give positive integers, e.g. --{name}={example}")
   out: list[int] = []
   for t in items:
     try:
       k = int(t)
     except ValueError:
-      raise UserError(f"--latents has {t!r}, not an integer: give positive integers, "
-                      "e.g. --latents=10,25,50") from None
+      raise UserError(f"--{name} has {t!r}, not an integer: give positive integers, "
+                      f"e.g. --{name}={example}") from None
     if k <= 0:
-      raise UserError(f"--latents has {k}: latent sizes must be positive integers")
+      noun = {"latents": "latent sizes"}.get(name, name.replace("_", " "))
+      raise UserError(f"--{name} has {k}: {noun} must be positive integers")
     if k in out:
-      raise UserError(f"--latents lists {k} twice: give each latent size once")
+      raise UserError(f"--{name} lists {k} twice: give each value once")
     out.append(k)
   return tuple(out)
+
+
+def parse_latents(text: str | Sequence[Any]) -> tuple[int, ...]:
+  """'10,25,50' (or a sequence) -> (10, 25, 50), with a one-line error for anything else."""
+  return parse_ints(text, "latents", "10,25,50,75,150")
 
 
 class _Declared:
@@ -91,7 +100,7 @@ class _Declared:
     for f in dataclasses.fields(self):
       value = getattr(self, f.name)
       if f.metadata["kind"] == "ints":
-        value = parse_latents(value)
+        value = parse_ints(value, f.name, f.metadata["example"], empty=not f.default)
       elif f.metadata["kind"] == "list":
         value = tuple(str(v) for v in value)
       object.__setattr__(self, f.name, value)
@@ -125,7 +134,12 @@ class Settings(_Declared):
 
   # The models.
   latents: tuple[int, ...] = setting((10, 25, 50, 75, 150), "Comma-separated latent sizes.",
-                                     kind="ints")
+                                     kind="ints", example="10,25,50,75,150")
+  neuron_counts: tuple[int, ...] = setting((), "Comma-separated numbers of held-in neurons: also "
+                                           "sweep each layer subsampled to these many encoder "
+                                           "inputs (nested subsets; the held-out neurons stay the "
+                                           "same), for results.json 'scaling' and scaling.png. Off "
+                                           "when empty.", kind="ints", example="25,50,100")
   hidden: int = setting(64, "LSTM units (per direction).", check="positive_int")
   decoder: str = setting("linear", "linear: readout of z_t alone, through the likelihood's link "
                          "(the latent size is a linear dimension per time step); mlp: a "

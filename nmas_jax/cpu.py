@@ -139,7 +139,7 @@ def lane_devices(mesh) -> list:
 
 
 def latent_buckets(table: ModelTable) -> tuple[tuple[int, ...], int]:
-  """(latents, groups): the models axis seen as [groups = layers x seeds, latents].
+  """(latents, groups): the models axis seen as [groups = layers x counts x seeds, latents].
 
   What by_latent needs: a table in `ModelTable.build` order (latent
   innermost, one layer and seed per group) with no padding models.
@@ -149,7 +149,8 @@ def latent_buckets(table: ModelTable) -> tuple[tuple[int, ...], int]:
   groups = len(table) // num_l
   grid = lambda a: a[: groups * num_l].reshape(groups, num_l)
   if (groups * num_l != len(table) or not (grid(table.latent) == latents).all()
-      or not all((grid(a) == grid(a)[:, :1]).all() for a in (table.layer, table.seed))):
+      or not all((grid(a) == grid(a)[:, :1]).all()
+                 for a in (table.layer, table.seed, table.count))):
     raise UserError("--batching=by_latent needs every model on one device (this sweep pads the "
                     "models axis for several devices): use --batching=vmap or auto")
   return latents, groups
@@ -173,20 +174,23 @@ def _one_model_shapes(model, latent: int) -> train.TrainState:
                                       example_x_BTN=x), jax.random.PRNGKey(0), x)
 
 
-def bucket_step(parts: tuple, x_LTN: jax.Array, mask_MN: jax.Array, layer_M: jax.Array,
-                seed_M: jax.Array, step: jax.Array, *, model, tx, likelihood: str, t_train: int,
+def bucket_step(parts: tuple, x_LTN: jax.Array, mask_MN: jax.Array, target_MN: jax.Array | None,
+                layer_M: jax.Array, seed_M: jax.Array, step: jax.Array, *, model, tx, likelihood: str, t_train: int,
                 window: int, batch_size: int, mix_layers: bool, latents: tuple[int, ...],
                 groups: int) -> tuple[tuple, dict[str, jax.Array]]:
   """Steps the models of `latents` (one packed part each), each latent size at its own width.
 
   A group's models (same layer and seed, one per latent size) read the same
   windows: they are sampled, and the encoder's input masked, once per group.
-  mask_MN, layer_M, seed_M are [groups * len(latents)]; metrics are [models] in table order.
+  mask_MN, target_MN (or None), layer_M, seed_M are [groups * len(latents)]; metrics are [models]
+  in table order.
   """
   layer_G, seed_G, mask_GN = (a[::len(latents)] for a in (layer_M, seed_M, mask_MN))
   x_GBTN = splits.sample_batches(x_LTN, layer_G, seed_G, step, t_train=t_train, window=window,
                                  batch_size=batch_size, mix_layers=mix_layers)
   batch_G = {"x": x_GBTN, "x_in": jax.vmap(train.encoder_input)(x_GBTN, mask_GN)}
+  if target_MN is not None:
+    batch_G["loss_mask"] = target_MN[::len(latents)]
   new, metrics = [], []
   for j, k in enumerate(latents):
     one = functools.partial(train.train_step, model=model, tx=tx, likelihood=likelihood,
@@ -232,17 +236,19 @@ class ByLatentStepper:
                              t_train=prep.t_train, window=prep.window, batch_size=prep.batch_size,
                              mix_layers=prep.shared, groups=groups)
 
-    def chunk_step(a, b, parts, x_LTN, mask_MN, layer_M, seed_M, step_i):
-      cols = lambda v: v.reshape((groups, num_l) + v.shape[1:])[:, a:b].reshape((-1,) + v.shape[1:])
-      return step(parts, x_LTN, cols(mask_MN), cols(layer_M), cols(seed_M), step_i,
-                  latents=latents[a:b])
+    def chunk_step(a, b, parts, x_LTN, mask_MN, target_MN, layer_M, seed_M, step_i):
+      cols = lambda v: (None if v is None else
+                        v.reshape((groups, num_l) + v.shape[1:])[:, a:b].reshape((-1,) + v.shape[1:]))
+      return step(parts, x_LTN, cols(mask_MN), cols(target_MN), cols(layer_M), cols(seed_M),
+                  step_i, latents=latents[a:b])
 
     # A part of the carry may hold scalars, so each chunk's lives whole on its one device.
     self._fns = [jax.jit(functools.partial(chunk_step, a, b), donate_argnums=0,
                          out_shardings=jax.sharding.SingleDeviceSharding(dev))
                  for (a, b), dev in zip(self.chunks, self.devices)]
-    args = (placed.x_LTN, placed.mask_MN, placed.layer_M, placed.seed_M)
-    on = {dev: args if all(a.devices() == {dev} for a in args) else jax.device_put(args, dev)
+    args = (placed.x_LTN, placed.mask_MN, placed.target_MN, placed.layer_M, placed.seed_M)
+    on = {dev: args if all(a.devices() == {dev} for a in jax.tree.leaves(args))
+          else jax.device_put(args, dev)
           for dev in set(self.devices)}
     self._args = [on[dev] for dev in self.devices]
     self._merge = jax.jit(functools.partial(_restack, groups=groups))  # chunks -> [models]

@@ -119,7 +119,7 @@ def model_predictions(state: train.TrainState, table: ModelTable, prep: Prepared
                       block: str = "valid") -> np.ndarray:
   """Every model's predicted means on a time block: [models, time, neurons]."""
   windows_LVWN = jnp.asarray(prep.windows_LVTN(block))
-  mask_MN = jnp.asarray(prep.input_mask_MN(table.layer, table.seed))
+  mask_MN = jnp.asarray(prep.input_mask_MN(table.layer, table.seed, table.count))
   pred = functools.partial(train.predict, model=models.make_model(cfg, prep.num_neurons))
 
   @jax.jit
@@ -135,11 +135,13 @@ def model_predictions(state: train.TrainState, table: ModelTable, prep: Prepared
 LDS_ITERS = 20  # EM iterations of the linear dynamical system baseline
 
 
-def _baselines(prep: Prepared, cfg: Settings, block_T: np.ndarray, fa_iters: int
+def _baselines(prep: Prepared, cfg: Settings, block_T: np.ndarray, fa_iters: int, count: int = 0
                ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray], dict[tuple[int, int], tuple]]:
   """The baselines of `cfg.baselines` per (layer, latent): rows of metrics (means over seeds),
   their loss curves {method: [layers, latents, seeds, blocks]} on each seed's held-out neurons,
-  and the all-neuron FA fits {(layer, latent): (mean, W, psi)} for `context`."""
+  and the all-neuron FA fits {(layer, latent): (mean, W, psi)} for `context`. With `count`, each
+  seed's baselines see only its --neuron_counts subset of held-in neurons (and no rows' all-neuron
+  reconstruction)."""
   train_LTN, valid_LTN, test_LTN = prep.train_block(), prep.flat("valid"), prep.flat("test")
   t_valid, lik, seeds = valid_LTN.shape[1], prep.likelihood, prep.heldout_SLN.shape[0]
   methods = cfg.baselines
@@ -153,12 +155,16 @@ def _baselines(prep: Prepared, cfg: Settings, block_T: np.ndarray, fa_iters: int
       per_seed = []
       for s in range(seeds):
         held = prep.heldout_SLN[s, l]
-        p = baselines.predictions(train_LTN[l], held_x, held, k, fa_iters, reconstruct=s == 0,
-                                  methods=methods)
+        keep = held | (prep.input_mask_MN(np.array([l]), np.array([s]), np.array([count]))[0] > 0)
+        p = baselines.predictions(train_LTN[l][:, keep], held_x[:, keep], held[keep], k, fa_iters,
+                                  reconstruct=s == 0 and not count, methods=methods)
+        if count:
+          p = {key: _widen(v, keep) for key, v in p.items()}
         if "fa_fit" in p:
           fa_fits[l, int(k)] = p.pop("fa_fit")
         if "lds" in methods and held.any():
-          p["lds_cosmooth"] = lds.cosmooth(train_LTN[l], held, [held_x], k, LDS_ITERS)[0]
+          p["lds_cosmooth"] = _widen(lds.cosmooth(train_LTN[l][:, keep], held[keep],
+                                                  [held_x[:, keep]], k, LDS_ITERS)[0], keep)
         m: dict[str, float] = {}
         for method in methods:
           if s == 0 and method in p:
@@ -178,6 +184,15 @@ def _baselines(prep: Prepared, cfg: Settings, block_T: np.ndarray, fa_iters: int
         row[key] = float(np.nanmean([m[key] for m in per_seed]))
       rows.append(row)
   return rows, curves, fa_fits
+
+
+def _widen(pred_TK: np.ndarray, keep_N: np.ndarray) -> np.ndarray:
+  """Predictions of the kept neurons [T, kept] as [T, neurons], NaN elsewhere."""
+  if keep_N.all():
+    return pred_TK
+  out = np.full((len(pred_TK), len(keep_N)), np.nan)
+  out[:, keep_N] = pred_TK
+  return out
 
 
 def _null_losses(prep: Prepared, block_T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -219,18 +234,70 @@ def evaluate_sweep(prep: Prepared, cfg: Settings, out, fa_iters: int = 100,
             "pca_dims_90": {n: baselines.dims_for_variance(train_LTN[l], 0.9)
                             for l, n in enumerate(names)},
             **context(prep, cfg, fa_iters, fa_fits)}
+  main = np.flatnonzero(table.count == 0)  # every held-in neuron; the rest: --neuron_counts
+  sub, sub_per_model = table.take(main), [per_model[i] for i in main]
   if not prep.cosmooth:
     log("warning: no neurons are held out (--heldout_neurons=0): reconstruction error keeps "
         "falling with the latent size and is not a dimension estimate, so none is reported")
-    return {**result, **_no_estimate(prep, cfg, table, out, per_model)}
-  model_curves = np.full((len(names), len(cfg.latents), cfg.seeds, block_T.max() + 1), np.nan)
+    return {**result, **_no_estimate(prep, cfg, sub, out, sub_per_model)}
   ok = np.asarray(out.state.diverged_at) < 0
-  for i in np.flatnonzero(ok):
-    l, j, s = table.layer[i], cfg.latents.index(int(table.latent[i])), table.seed[i]
-    model_curves[l, j, s] = block_losses(pred_valid[i], valid_LTN[l], held(i), lik, block_T)
+
+  def model_curves(c: int) -> np.ndarray:
+    """[layers, latents, seeds, blocks] of the models of count c."""
+    curves = np.full((len(names), len(cfg.latents), cfg.seeds, block_T.max() + 1), np.nan)
+    for i in np.flatnonzero(ok & (table.count == c)):
+      l, j, s = table.layer[i], cfg.latents.index(int(table.latent[i])), table.seed[i]
+      curves[l, j, s] = block_losses(pred_valid[i], valid_LTN[l], held(i), lik, block_T)
+    return curves
+
   null, count = _null_losses(prep, block_T)
-  return {**result, **dimension_estimates(prep, cfg, table, per_model, model_curves, base_curves,
-                                          rows, null, count)}
+  result.update(dimension_estimates(prep, cfg, sub, sub_per_model, model_curves(0), base_curves,
+                                    rows, null, count))
+  if cfg.neuron_counts and not prep.shared:
+    log(f"neuron counts: baselines at {len(cfg.neuron_counts)} more counts")
+    by_count = {c: (model_curves(c), _baselines(prep, cfg, block_T, fa_iters, c)[1])
+                for c in cfg.neuron_counts}
+    by_count[0] = (model_curves(0), base_curves)
+    result["scaling"] = scaling(prep, cfg, by_count, null, count)
+  return result
+
+
+SATURATION_RULE = ("the chosen latent at the largest neuron count equals the one at the next "
+                   "largest count")
+
+
+def scaling(prep: Prepared, cfg: Settings, by_count: dict[int, tuple[np.ndarray, dict]],
+            null_LSB: np.ndarray, count_LSB: np.ndarray) -> dict[str, Any]:
+  """results.json `scaling`: per layer and neuron count (the encoder's held-in inputs; 0 in
+  `by_count` is all of them), the rule's choice and interval for the models and each baseline;
+  the slope of log(chosen) against log(count), and whether the choice saturates."""
+  held_in = int((~prep.heldout_SLN[0, 0]).sum())
+  counts = sorted(by_count, key=lambda c: c or held_in)
+  out: dict[str, Any] = {"counts": [c or held_in for c in counts], "saturates_when": SATURATION_RULE,
+                         "slope": "least-squares slope of log(chosen) on log(count), counts "
+                                  "whose choice is above 0", "layers": {}}
+  for l, name in enumerate(prep.dataset.layer_names):
+    row: dict[str, Any] = {"chosen": [], "interval": [], **{m: [] for m in cfg.baselines}}
+    for c in counts:
+      curves, base = by_count[c]
+      d = _rule(cfg, curves[l], null_LSB[l], count_LSB[l])
+      row["chosen"].append(d["optimal"])
+      row["interval"].append(d["interval"])
+      for m in cfg.baselines:
+        row[m].append(_rule(cfg, base[m][l], null_LSB[l], count_LSB[l])["optimal"])
+    row["slope"] = log_slope(out["counts"], row["chosen"])
+    row["saturates"] = len(counts) > 1 and row["chosen"][-1] == row["chosen"][-2]
+    out["layers"][name] = row
+  return out
+
+
+def log_slope(counts, chosen) -> float | None:
+  """Slope of log(chosen) on log(count) over the points with chosen > 0 (None under two)."""
+  pts = [(np.log(n), np.log(k)) for n, k in zip(counts, chosen) if k and k > 0]
+  if len(pts) < 2:
+    return None
+  x, y = np.array(pts).T
+  return round(float(np.polyfit(x, y, 1)[0]), 3) + 0.0  # no -0.0
 
 
 def context(prep: Prepared, cfg: Settings, fa_iters: int = 100,

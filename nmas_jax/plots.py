@@ -118,6 +118,37 @@ def plot_spectrum(results: dict[str, Any]):
                  f"{results['dataset']}: reliable-variance spectrum")
 
 
+def plot_scaling(results: dict[str, Any]):
+  """Each layer's chosen dimension against the number of held-in neurons on log-log axes (the
+  bootstrap interval as bars; a choice of 0 is left out), with its fitted slope."""
+  sc = results["scaling"]
+  fig, ax = _axes()
+  n = np.asarray(sc["counts"], float)
+  positive = False
+  for layer, row in sc["layers"].items():
+    k = np.asarray(row["chosen"], float)
+    ok = k > 0
+    positive |= bool(ok.any())
+    iv = np.asarray(row["interval"], float).reshape(-1, 2)
+    line = ax.errorbar(n[ok], k[ok], yerr=[k[ok] - np.maximum(iv[ok, 0], 1), iv[ok, 1] - k[ok]],
+                       fmt="o-", capsize=3,
+                       label=f"layer {layer}: slope {row['slope'] if row['slope'] is not None else '-'}"
+                             f"{', saturates' if row['saturates'] else ''}")
+    if results.get("true_latent", {}).get(layer):
+      ax.axhline(results["true_latent"][layer], color=line[0].get_color(), ls=":", lw=1)
+  ax.set_xscale("log")
+  if positive:
+    ax.set_yscale("log")
+  else:
+    ax.text(0.03, 0.05, "chosen 0 at every count: no gain over the null", transform=ax.transAxes,
+            fontsize=8)
+  ax.set_xticks(n)
+  ax.set_xticklabels([str(int(c)) for c in n], fontsize=8)
+  ax.minorticks_off()
+  return _finish(fig, ax, "held-in neurons (encoder inputs)", "chosen dimension",
+                 f"{results['dataset']}: dimension against neuron count")
+
+
 def _axes():
   """One figure with one axes, on the non-interactive backend."""
   import matplotlib

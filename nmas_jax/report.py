@@ -57,6 +57,9 @@ def write_all(workdir: str, results: dict[str, Any], flags_text: str = "") -> li
     paths.append(os.path.join(workdir, "spectrum.png"))
     plots.save_figure(paths[-1], plots.plot_spectrum(results))
   files.write_text(paths[3], markdown_report(results, flags_text))
+  if results.get("scaling"):
+    paths.append(os.path.join(workdir, "scaling.png"))
+    plots.save_figure(paths[-1], plots.plot_scaling(results))
   if results.get("layer_accuracy"):
     paths.append(os.path.join(workdir, "decoding.png"))
     plots.save_figure(paths[-1], plots.plot_decoding(results))
@@ -135,6 +138,43 @@ def _choice_section(results: dict[str, Any]) -> list[str]:
             "curve farthest above its chord on a log-latent axis; one-SE the smallest latent within "
             "one standard error (over seeds) of the best. Each baseline is chosen by the same rule on "
             "its own co-smoothing curve. Where they disagree, read the curve in sweep.png.", ""]
+  return lines
+
+
+def scaling_lines(results: dict[str, Any]) -> list[str]:
+  """The --neuron_counts table: chosen dimension per layer and count, and whether it saturates."""
+  sc = results.get("scaling")
+  if not sc:
+    return []
+  methods = [m for m in results_lib.baseline_methods(results) if m in next(iter(sc["layers"].values()))]
+  lines = [f"chosen dimension against held-in neurons ({', '.join(map(str, sc['counts']))}); "
+           f"saturates when {sc['saturates_when']}"]
+  for layer, row in sc["layers"].items():
+    base = "; ".join(f"{m.upper()} {','.join(map(str, row[m]))}" for m in methods)
+    verdict = "saturates" if row["saturates"] else "still rising" if row["chosen"][-1] > row["chosen"][-2] else "falls"
+    lines.append(f"  layer {layer}: {','.join(map(str, row['chosen']))} (slope "
+                 f"{row['slope'] if row['slope'] is not None else '-'}; {verdict})"
+                 + (f"; {base}" if base else ""))
+  return lines
+
+
+def _scaling_section(results: dict[str, Any]) -> list[str]:
+  sc = results.get("scaling")
+  if not sc:
+    return []
+  methods = [m for m in results_lib.baseline_methods(results) if m in next(iter(sc["layers"].values()))]
+  lines = ["## Dimension against neuron count (validation block)", "",
+           "The sweep repeated with each layer's encoder seeing nested random subsets of its held-in "
+           "neurons (the held-out neurons, the targets, stay the same). Chosen latent per count, "
+           "with the bootstrap interval; scaling.png plots it.", "",
+           "| layer | " + " | ".join(f"{c} neurons" for c in sc["counts"]) + " | slope | saturates |"
+           + "".join(f" {m.upper()} |" for m in methods),
+           "|---|" + "---|" * (len(sc["counts"]) + 2 + len(methods))]
+  for layer, row in sc["layers"].items():
+    cells = [f"{k} ({iv[0]}-{iv[1]})" for k, iv in zip(row["chosen"], row["interval"])]
+    lines.append(f"| {layer} | " + " | ".join(cells) + f" | {row['slope'] if row['slope'] is not None else '-'} | "
+                 f"{'yes' if row['saturates'] else 'no'} |" + "".join(f" {','.join(map(str, row[m]))} |" for m in methods))
+  lines += ["", f"Saturates: {sc['saturates_when']}. Slope: {sc['slope']}.", ""]
   return lines
 
 
@@ -235,10 +275,12 @@ def markdown_report(results: dict[str, Any], flags_text: str = "") -> str:
   metric = dimension_metric(results)
   lines = [f"# nmas-jax sweep: {results['dataset']}", ""]
   lines += _data_section(results) + _curves_section(results, metric) + _choice_section(results)
-  lines += _context_section(results) + _test_section(results) + _training_section(results)
+  lines += _scaling_section(results) + _context_section(results) + _test_section(results)
+  lines += _training_section(results)
   lines += _controls_section(results)
   lines += ["## Files", "", "results.json, results.csv, sweep.png, report.md" +
             (", spectrum.png" if results.get("spectrum") else "") +
+            (", scaling.png" if results.get("scaling") else "") +
             (", decoding.png" if results.get("layer_accuracy") else "") +
             ", tb/, metrics.jsonl, flags.txt", ""]
   if flags_text:

@@ -20,7 +20,7 @@ CSV_FIELDS = ("layer", "latent", "seed", "train_loss", "valid_mse", "valid_loss"
               "valid_r2_pooled", "valid_bps", "cosmooth_mse", "cosmooth_r2", "cosmooth_r2_pooled",
               "cosmooth_bps", "test_mse", "test_r2", "test_r2_pooled", "test_bps",
               "test_cosmooth_mse", "test_cosmooth_r2", "test_cosmooth_r2_pooled", "test_cosmooth_bps",
-              "best_step", "converged", "diverged_at_step")
+              "best_step", "converged", "diverged_at_step", "neuron_count")
 
 
 def results_dict(prep, cfg, out) -> dict[str, Any]:
@@ -38,6 +38,8 @@ def results_dict(prep, cfg, out) -> dict[str, Any]:
         "valid_loss": _num(out.valid["valid/loss"][i]),
         "diverged_at_step": int(diverged[i]) if diverged[i] >= 0 else None,
     })
+    if cfg.neuron_counts:
+      entries[-1]["neuron_count"] = int(out.table.count[i]) or None
     if out.best_step is not None:
       entries[-1].update(best_step=int(out.best_step[i]), converged=bool(out.converged[i]))
   res = {
@@ -100,10 +102,11 @@ def write_csv(path: str, results: dict[str, Any]) -> None:
 
 
 def curves(results: dict[str, Any], field: str = "valid_mse") -> dict[str, dict[int, list[float]]]:
-  """{layer: {latent: [value per seed]}}, skipping missing (diverged) values."""
+  """{layer: {latent: [value per seed]}}, skipping missing (diverged) values and the models of
+  the --neuron_counts axis (`neuron_count` set)."""
   out: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
   for m in results["models"]:
-    if m.get(field) is not None:
+    if m.get(field) is not None and m.get("neuron_count") is None:
       out[m["layer"]][m["latent"]].append(m[field])
   return out
 

@@ -130,6 +130,9 @@ class Prepared:
     dropped: per layer, indices (into the loaded data) of neurons dropped as constant.
     notes: one-line notes on what was changed to fit the data.
     neuron_index_LN: int [layers, neurons], the loaded neurons kept, in order.
+    count_rank_SLN: int [seeds, layers, neurons], each held-in neuron's place in the order the
+      --neuron_counts subsets take them (a count c keeps ranks < c, so subsets are nested);
+      -1 for held-out neurons. None without --neuron_counts.
   """
 
   dataset: Dataset
@@ -144,6 +147,7 @@ class Prepared:
   dropped: dict[str, list[int]] = dataclasses.field(default_factory=dict)
   notes: tuple[str, ...] = ()
   neuron_index_LN: np.ndarray | None = None
+  count_rank_SLN: np.ndarray | None = None
 
   @property
   def preprocessing(self) -> Preprocessing:
@@ -164,11 +168,27 @@ class Prepared:
     """Whether models are scored on held-out neurons."""
     return bool(self.heldout_SLN.any()) and not self.shared
 
-  def input_mask_MN(self, layer_M: np.ndarray, seed_M: np.ndarray) -> np.ndarray:
-    """float32 [models, neurons] encoder-input mask of each model: 0 for its held-out neurons."""
+  def input_mask_MN(self, layer_M: np.ndarray, seed_M: np.ndarray,
+                    count_M: np.ndarray | None = None) -> np.ndarray:
+    """float32 [models, neurons] encoder-input mask of each model: 1 for the neurons its encoder
+    sees (held in, and within its --neuron_counts subset), 0 for the others."""
     if self.shared:
       return np.ones((len(layer_M), self.num_neurons), np.float32)
-    return (~self.heldout_SLN[seed_M, layer_M]).astype(np.float32)
+    inputs = ~self.heldout_SLN[seed_M, layer_M]
+    if count_M is not None and np.any(count_M):
+      rank = self.count_rank_SLN[seed_M, layer_M]
+      inputs &= (count_M[:, None] == 0) | (rank < count_M[:, None])
+    return inputs.astype(np.float32)
+
+  def target_mask_MN(self, layer_M: np.ndarray, seed_M: np.ndarray,
+                     count_M: np.ndarray | None = None) -> np.ndarray | None:
+    """float32 [models, neurons]: the neurons each model's loss covers (its inputs and its
+    held-out neurons; a neuron outside a model's count subset is not recorded for it). None
+    when every model covers every neuron (no count axis)."""
+    if count_M is None or not np.any(count_M):
+      return None
+    held = self.heldout_SLN[seed_M, layer_M]
+    return np.maximum(self.input_mask_MN(layer_M, seed_M, count_M), held.astype(np.float32))
 
   def block(self, name: str) -> tuple[int, int]:
     """[start, stop) of the "train", "valid" or "test" block."""
@@ -197,12 +217,15 @@ class Prepared:
     """The training block, float64 [layers, t_train, neurons]."""
     return self.dataset.x_LTN[:, : self.t_train].astype(np.float64)
 
-  def place(self, mesh, layer_M: np.ndarray, seed_M: np.ndarray) -> "Placed":
+  def place(self, mesh, layer_M: np.ndarray, seed_M: np.ndarray,
+            count_M: np.ndarray | None = None) -> "Placed":
     """What the jitted step and evaluation read, on the mesh: data replicated, model columns sharded."""
     rep, by_model = sharding.replicated(mesh), sharding.models_sharding(mesh)
+    target = self.target_mask_MN(layer_M, seed_M, count_M)
     return Placed(x_LTN=sharding.put(self.dataset.x_LTN, rep),
                   valid_LVTN=sharding.put(self.windows_LVTN("valid"), rep),
-                  mask_MN=sharding.put(self.input_mask_MN(layer_M, seed_M), by_model),
+                  mask_MN=sharding.put(self.input_mask_MN(layer_M, seed_M, count_M), by_model),
+                  target_MN=None if target is None else sharding.put(target, by_model),
                   layer_M=sharding.put(layer_M, by_model), seed_M=sharding.put(seed_M, by_model))
 
 
@@ -213,6 +236,7 @@ class Placed:
   x_LTN: jax.Array
   valid_LVTN: jax.Array
   mask_MN: jax.Array   # model m's encoder-input mask
+  target_MN: jax.Array | None  # the neurons model m's loss covers; None: all
   layer_M: jax.Array   # which layer's data model m reads
   seed_M: jax.Array    # model m's seed (its batch order)
 
@@ -302,12 +326,13 @@ def _normalize(dataset: Dataset, method: str, t_train: int | None, heldout_SLN: 
 
 
 def prepare(dataset: Dataset, cfg: Settings, shared: bool = False,
-            reuse: Preprocessing | None = None) -> Prepared:
+            reuse: Preprocessing | None = None, data_seed: int = 0) -> Prepared:
   """Checks `cfg` against the data (one-line UserError) and prepares it for the sweep, once.
 
   With `reuse` (a fitted sweep's `Prepared.preprocessing`), new data of the
   same neurons is prepared exactly as the fitted data was: same neurons,
-  normalisation statistics, held-out neurons and likelihood.
+  normalisation statistics, held-out neurons and likelihood. `data_seed` draws the
+  --neuron_counts subsets.
   """
   notes: list[str] = []
   likelihood = reuse.likelihood if reuse else resolve_likelihood(cfg.likelihood, dataset)
@@ -328,5 +353,26 @@ def prepare(dataset: Dataset, cfg: Settings, shared: bool = False,
   method = "none" if likelihood == "poisson" else cfg.normalize
   dataset, applied = _normalize(dataset, method, t_train, heldout,
                                 reuse.normalization if reuse else None)
+  ranks = None if shared or not cfg.neuron_counts else count_ranks(heldout, cfg.neuron_counts,
+                                                                  data_seed)
   return Prepared(dataset, likelihood, t_train, t_valid, window, cfg.batch_size, heldout, shared,
-                  applied, dropped, tuple(notes), index)
+                  applied, dropped, tuple(notes), index, ranks)
+
+
+def count_ranks(heldout_SLN: np.ndarray, counts: tuple[int, ...], data_seed: int) -> np.ndarray:
+  """int [seeds, layers, neurons]: a random order of each (seed, layer)'s held-in neurons
+  (-1 for held-out ones), so that the first c of it are the count-c subset; one-line error for a
+  count that is not below the held-in neurons."""
+  seeds, layers, n = heldout_SLN.shape
+  held_in = int((~heldout_SLN[0, 0]).sum())
+  if max(counts) >= held_in:
+    raise UserError(f"--neuron_counts={','.join(map(str, counts))} asks for {max(counts)} neurons, "
+                    f"but each layer has {held_in} held in: give counts below {held_in} (all "
+                    "held-in neurons are always swept)")
+  rank = np.full((seeds, layers, n), -1, np.int32)
+  for s in range(seeds):
+    for l in range(layers):
+      rng = np.random.default_rng([data_seed, s, l])
+      inn = np.flatnonzero(~heldout_SLN[s, l])
+      rank[s, l, rng.permutation(inn)] = np.arange(len(inn))
+  return rank

@@ -42,8 +42,9 @@ class Stepper(Protocol):
   def step(self, carry: Any, step: int) -> tuple[Any, dict[str, jax.Array]]: ...  # metrics [models]
 
 
-def vmap_step(state: train.TrainState, x_LTN: jax.Array, mask_MN: jax.Array, layer_M: jax.Array,
-              seed_M: jax.Array, step: jax.Array, *, model, tx, likelihood: str, t_train: int,
+def vmap_step(state: train.TrainState, x_LTN: jax.Array, mask_MN: jax.Array,
+              target_MN: jax.Array | None, layer_M: jax.Array, seed_M: jax.Array,
+              step: jax.Array, *, model, tx, likelihood: str, t_train: int,
               window: int, batch_size: int, mix_layers: bool = False,
               batch_sharding=None) -> tuple[train.TrainState, dict[str, jax.Array]]:
   """Samples every model's batch for this step and steps all models [models] in one vmap.
@@ -56,7 +57,10 @@ def vmap_step(state: train.TrainState, x_LTN: jax.Array, mask_MN: jax.Array, lay
   if batch_sharding is not None:  # split each model's batch over the mesh's data axis
     x_MBTN = jax.lax.with_sharding_constraint(x_MBTN, batch_sharding)
   one = functools.partial(train.train_step, model=model, tx=tx, likelihood=likelihood)
-  return jax.vmap(one)(state, {"x": x_MBTN, "input_mask": mask_MN})
+  batch = {"x": x_MBTN, "input_mask": mask_MN}
+  if target_MN is not None:
+    batch["loss_mask"] = target_MN
+  return jax.vmap(one)(state, batch)
 
 
 class VmapStepper:
@@ -71,7 +75,7 @@ class VmapStepper:
                            t_train=prep.t_train, window=prep.window, batch_size=prep.batch_size,
                            mix_layers=prep.shared, batch_sharding=sharding.batch_sharding(mesh))
     self._fn = jax.jit(fn, donate_argnums=0, out_shardings=(by_model, by_model))
-    self._args = (placed.x_LTN, placed.mask_MN, placed.layer_M, placed.seed_M)
+    self._args = (placed.x_LTN, placed.mask_MN, placed.target_MN, placed.layer_M, placed.seed_M)
 
   def pack(self, state):
     return state

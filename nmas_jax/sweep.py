@@ -79,9 +79,9 @@ def build(prep: splits.Prepared, cfg: Settings, *, mesh=None, batching: str = "a
           lanes: list | None = None) -> Built:
   """Places the prepared data, then makes the models and their stepper (see `run_sweep`)."""
   mesh = sharding.make_mesh("auto") if mesh is None else mesh
-  real = ModelTable.build(prep.model_layers, cfg.latents, cfg.seeds)
+  real = ModelTable.for_sweep(prep, cfg)
   table = real.padded(sharding.padded_size(len(real), mesh))
-  placed = prep.place(mesh, table.layer, table.seed)
+  placed = prep.place(mesh, table.layer, table.seed, table.count)
   model = models.make_model(cfg, prep.num_neurons)
   tx = train.make_optimizer(clip_norm=cfg.clip_norm)
   step = stepper.make_stepper(batching, model, tx, prep, placed, table, mesh, lanes)
@@ -89,11 +89,15 @@ def build(prep: splits.Prepared, cfg: Settings, *, mesh=None, batching: str = "a
 
 
 def sweep_eval(state: train.TrainState, valid_LVTN: jax.Array, mask_MN: jax.Array,
-               layer_M: jax.Array, *, model, likelihood: str) -> dict[str, jax.Array]:
+               target_MN: jax.Array | None, layer_M: jax.Array, *, model,
+               likelihood: str) -> dict[str, jax.Array]:
   """Quick held-out metrics [models] on all validation windows of each model's layer."""
   ev = functools.partial(train.eval_step, model=model, likelihood=likelihood)
-  return jax.vmap(lambda p, k, m, l: ev(p, k, valid_LVTN[l], m))(
-      state.params, state.latent, mask_MN, layer_M)
+  if target_MN is None:
+    return jax.vmap(lambda p, k, m, l: ev(p, k, valid_LVTN[l], m))(
+        state.params, state.latent, mask_MN, layer_M)
+  return jax.vmap(lambda p, k, m, t, l: ev(p, k, valid_LVTN[l], m, t))(
+      state.params, state.latent, mask_MN, target_MN, layer_M)
 
 
 @dataclasses.dataclass
@@ -171,7 +175,7 @@ class Loop:
     self._real_table = ModelTable(*(a[:b.n_real] for a in dataclasses.astuple(b.table)))
     t0 = time.perf_counter()
     evaluate = functools.partial(sweep_eval, model=b.model, likelihood=b.prep.likelihood)
-    self._eval_args = (b.placed.valid_LVTN, b.placed.mask_MN, b.placed.layer_M)
+    self._eval_args = (b.placed.valid_LVTN, b.placed.mask_MN, b.placed.target_MN, b.placed.layer_M)
     self._eval = jax.jit(evaluate).lower(start.state, *self._eval_args).compile()
     self.carry = b.stepper.pack(start.state)  # the stepper's layout from here on
     b.stepper.compile(self.carry)

@@ -20,31 +20,46 @@ from nmas_jax.config import Settings
 
 @dataclasses.dataclass(frozen=True)
 class ModelTable:
-  """What each index of the models axis means: [models] int arrays; order layer, seed, latent."""
+  """What each index of the models axis means: [models] int arrays; order layer, count, seed,
+  latent (latent innermost)."""
 
   layer: np.ndarray   # index into the dataset's layers
   latent: np.ndarray  # latent size k
   seed: np.ndarray    # model seed (init and batch order)
+  count: np.ndarray   # held-in neurons the encoder sees (--neuron_counts); 0: all of them
 
   @classmethod
-  def build(cls, num_layers: int, latents: Sequence[int], seeds: int) -> "ModelTable":
-    grid = np.array([(l, k, s) for l in range(num_layers) for s in range(seeds) for k in latents],
-                    dtype=np.int32).reshape(-1, 3)
-    return cls(grid[:, 0], grid[:, 1], grid[:, 2])
+  def build(cls, num_layers: int, latents: Sequence[int], seeds: int,
+            counts: Sequence[int] = ()) -> "ModelTable":
+    grid = np.array([(l, k, s, c) for l in range(num_layers) for c in (0, *counts)
+                     for s in range(seeds) for k in latents], dtype=np.int32).reshape(-1, 4)
+    return cls(grid[:, 0], grid[:, 1], grid[:, 2], grid[:, 3])
+
+  @classmethod
+  def for_sweep(cls, prep, cfg: Settings) -> "ModelTable":
+    """The models of a sweep of `cfg` on a `splits.Prepared` (no count axis for a shared model)."""
+    return cls.build(prep.model_layers, cfg.latents, cfg.seeds,
+                     () if prep.shared else cfg.neuron_counts)
 
   def __len__(self) -> int:
     return len(self.layer)
 
+  def take(self, index: np.ndarray) -> "ModelTable":
+    """The models at `index`."""
+    return ModelTable(*(getattr(self, f.name)[index] for f in dataclasses.fields(self)))
+
   def padded(self, size: int) -> "ModelTable":
     """Extends the table to `size` models with inert copies of the last model."""
     extra = size - len(self)
-    pad = lambda a: np.concatenate([a, np.repeat(a[-1:], extra)])
-    return ModelTable(pad(self.layer), pad(self.latent), pad(self.seed)) if extra else self
+    return self.take(np.concatenate([np.arange(len(self)), np.full(extra, len(self) - 1)])
+                     ) if extra else self
 
   def describe(self, i: int, layer_names: Sequence[str] | None) -> str:
-    """'layer 0, latent 10, seed 0' (layer 'all' for a shared model: layer_names None)."""
+    """'layer 0, latent 10, seed 0' (layer 'all' for a shared model: layer_names None), with
+    ', 50 neurons' for a model of the --neuron_counts axis."""
     layer = "all" if layer_names is None else layer_names[self.layer[i]]
-    return f"layer {layer}, latent {self.latent[i]}, seed {self.seed[i]}"
+    count = f", {self.count[i]} neurons" if self.count[i] else ""
+    return f"layer {layer}, latent {self.latent[i]}, seed {self.seed[i]}{count}"
 
 
 def init_states(cfg: Settings, table: ModelTable, neurons: int, out_sharding: Any = None,

@@ -98,7 +98,8 @@ def encoder_input(x_BTN: jax.Array, input_mask_N: jax.Array | None) -> jax.Array
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
                tx: optax.GradientTransformation, likelihood: str = "gaussian",
                latent_width: int | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One AdamW step on a batch: {"x": [batch, time, neurons], "input_mask": [neurons] (optional)}.
+  """One AdamW step on a batch: {"x": [batch, time, neurons], "input_mask": [neurons] (optional),
+  "loss_mask": [neurons] (optional: the neurons the loss covers; default all)}.
 
   The encoder sees x * input_mask; the loss covers every neuron, so held-out
   neurons (mask 0) are learned only through the decoder (co-smoothing). A
@@ -120,6 +121,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
     else:
       y_BTN, _ = model.clone(latent=latent_width).apply(
           {"params": models.slice_latent(params, latent_width)}, x_in_BTN, train=True, rngs=rngs)
+    if "loss_mask" in batch:  # neurons outside the model's --neuron_counts subset: no loss
+      w_N = batch["loss_mask"]
+      per_n = elementwise_loss(y_BTN, x_BTN, likelihood) * w_N[None, None, :]
+      return jnp.sum(per_n) / (jnp.sum(w_N) * x_BTN.shape[0] * x_BTN.shape[1])
     return reconstruction_loss(y_BTN, x_BTN, likelihood)
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
@@ -141,14 +146,21 @@ def predict(params: Any, latent: jax.Array, x_VTN: jax.Array, input_mask_N: jax.
 
 
 def eval_step(params: Any, latent: jax.Array, x_VTN: jax.Array, input_mask_N: jax.Array | None = None,
-              *, model: nn.Module, likelihood: str = "gaussian") -> dict[str, jax.Array]:
-  """Quick held-out metrics of one model on windows x [windows, time, neurons] (for progress)."""
+              target_mask_N: jax.Array | None = None, *, model: nn.Module,
+              likelihood: str = "gaussian") -> dict[str, jax.Array]:
+  """Quick held-out metrics of one model on windows x [windows, time, neurons] (for progress):
+  over the neurons of `target_mask_N` (default all); held out are those not in the input."""
   y_VTN, _ = predict(params, latent, x_VTN, input_mask_N, model=model)
   se_VTN = (mean_prediction(y_VTN, likelihood) - x_VTN) ** 2
   loss_VTN = elementwise_loss(y_VTN, x_VTN, likelihood)
-  out = {"valid/loss": jnp.mean(loss_VTN), "valid/mse": jnp.mean(se_VTN)}
-  if input_mask_N is not None:  # held-out neurons (mask 0): the co-smoothing error and loss
-    held_N = 1.0 - input_mask_N
+  if target_mask_N is None:
+    out = {"valid/loss": jnp.mean(loss_VTN), "valid/mse": jnp.mean(se_VTN)}
+  else:
+    n = jnp.sum(target_mask_N) * x_VTN.shape[0] * x_VTN.shape[1]
+    out = {"valid/loss": jnp.sum(loss_VTN * target_mask_N[None, None, :]) / n,
+           "valid/mse": jnp.sum(se_VTN * target_mask_N[None, None, :]) / n}
+  if input_mask_N is not None:  # held-out neurons: the co-smoothing error and loss
+    held_N = (1.0 if target_mask_N is None else target_mask_N) - input_mask_N
     count = jnp.maximum(jnp.sum(held_N) * se_VTN.shape[0] * se_VTN.shape[1], 1.0)
     out["valid/cosmooth_mse"] = jnp.sum(se_VTN * held_N[None, None, :]) / count
     out["valid/cosmooth_loss"] = jnp.sum(loss_VTN * held_N[None, None, :]) / count

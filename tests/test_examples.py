@@ -67,9 +67,15 @@ def test_stringer_config_flags_run_on_a_stringer_format_file(tmp_path):
                       f"--flagfile={os.path.join(ROOT, 'experiments', 'configs', 'stringer.flags')}",
                       f"--data_path={tmp_path / 'stringer.npy'}", "--neurons_per_layer=6",
                       "--latents=1,2", "--seeds=1", "--steps=3", "--window=10", "--hidden=4",
-                      f"--workdir={tmp_path / 'w'}"], cwd=ROOT, env=ENV, capture_output=True, text=True)
+                      "--neuron_counts=2,4", f"--workdir={tmp_path / 'w'}"],
+                     cwd=ROOT, env=ENV, capture_output=True, text=True)
   assert r.returncode == 0, r.stderr[-2000:]
   res = json.loads((tmp_path / "w" / "results.json").read_text())
   assert res["dataset"] == "stringer" and res["layers"] == ["0", "35", "70"]
   assert res["data"]["bin"] == 2 and set(res["normalize"].values()) == {"mean_per_bin_all"}
   assert res["data"]["num_time"] == 200
+  # The config turns on the LDS baseline; the counts axis (here 2 and 4 of 5 held-in neurons)
+  # and the spectrum come with it.
+  assert set(res["baseline_optimal_latent"]) == {"pca", "fa", "lds"}
+  assert res["scaling"]["counts"] == [2, 4, 5] and set(res["spectrum"]) == set(res["layers"])
+  assert (tmp_path / "w" / "scaling.png").exists()
