@@ -188,7 +188,7 @@ class Settings(_Declared):
   baselines: tuple[str, ...] = setting(("pca", "fa"), "Comma-separated linear baselines scored "
                                        "like the model at the same latent sizes: pca, fa, lds "
                                        "(a linear dynamical system fitted by EM; off by default: "
-                                       "it adds about a third to the main job, docs/dimension.md).",
+                                       "about 40 s more on the main job, docs/dimension.md).",
                                        choices=BASELINES, kind="list", identity=False)
   shuffle_control: bool = setting(False, "Also sweep a control copy of each layer whose neurons "
                                   "are circularly shifted in time by their own random offsets.")

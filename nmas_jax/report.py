@@ -141,19 +141,29 @@ def _choice_section(results: dict[str, Any]) -> list[str]:
   return lines
 
 
+def _scaling_methods(results: dict[str, Any]) -> list[str]:
+  """The baselines with a choice per count in `scaling`."""
+  row = next(iter(results["scaling"]["layers"].values()))
+  return [m for m in results_lib.baseline_methods(results) if m in row]
+
+
+def _verdict(row: dict[str, Any]) -> str:
+  k = row["chosen"]
+  return "saturates" if row["saturates"] else "still rising" if k[-1] > k[-2] else "falls"
+
+
 def scaling_lines(results: dict[str, Any]) -> list[str]:
   """The --neuron_counts table: chosen dimension per layer and count, and whether it saturates."""
   sc = results.get("scaling")
   if not sc:
     return []
-  methods = [m for m in results_lib.baseline_methods(results) if m in next(iter(sc["layers"].values()))]
+  methods = _scaling_methods(results)
   lines = [f"chosen dimension against held-in neurons ({', '.join(map(str, sc['counts']))}); "
            f"saturates when {sc['saturates_when']}"]
   for layer, row in sc["layers"].items():
     base = "; ".join(f"{m.upper()} {','.join(map(str, row[m]))}" for m in methods)
-    verdict = "saturates" if row["saturates"] else "still rising" if row["chosen"][-1] > row["chosen"][-2] else "falls"
     lines.append(f"  layer {layer}: {','.join(map(str, row['chosen']))} (slope "
-                 f"{row['slope'] if row['slope'] is not None else '-'}; {verdict})"
+                 f"{row['slope'] if row['slope'] is not None else '-'}; {_verdict(row)})"
                  + (f"; {base}" if base else ""))
   return lines
 
@@ -162,18 +172,18 @@ def _scaling_section(results: dict[str, Any]) -> list[str]:
   sc = results.get("scaling")
   if not sc:
     return []
-  methods = [m for m in results_lib.baseline_methods(results) if m in next(iter(sc["layers"].values()))]
+  methods = _scaling_methods(results)
   lines = ["## Dimension against neuron count (validation block)", "",
            "The sweep repeated with each layer's encoder seeing nested random subsets of its held-in "
            "neurons (the held-out neurons, the targets, stay the same). Chosen latent per count, "
            "with the bootstrap interval; scaling.png plots it.", "",
-           "| layer | " + " | ".join(f"{c} neurons" for c in sc["counts"]) + " | slope | saturates |"
+           "| layer | " + " | ".join(f"{c} neurons" for c in sc["counts"]) + " | slope | verdict |"
            + "".join(f" {m.upper()} |" for m in methods),
            "|---|" + "---|" * (len(sc["counts"]) + 2 + len(methods))]
   for layer, row in sc["layers"].items():
     cells = [f"{k} ({iv[0]}-{iv[1]})" for k, iv in zip(row["chosen"], row["interval"])]
     lines.append(f"| {layer} | " + " | ".join(cells) + f" | {row['slope'] if row['slope'] is not None else '-'} | "
-                 f"{'yes' if row['saturates'] else 'no'} |" + "".join(f" {','.join(map(str, row[m]))} |" for m in methods))
+                 f"{_verdict(row)} |" + "".join(f" {','.join(map(str, row[m]))} |" for m in methods))
   lines += ["", f"Saturates: {sc['saturates_when']}. Slope: {sc['slope']}.", ""]
   return lines
 
