@@ -427,7 +427,7 @@ def chosen_gain(prep: Prepared, cfg: Settings, state: train.TrainState, table: M
     gains = [0.0]
     if k:
       gains = []
-      for i in np.flatnonzero((table.layer == l) & (table.latent == k)):
+      for i in np.flatnonzero((table.layer == l) & (table.latent == k) & (table.count == 0)):
         s = table.seed[i]
         loss = block_losses(preds[i], valid_LTN[l], prep.heldout_SLN[s, l], prep.likelihood, block_T)
         gains.append((null[l, s].sum() - loss.sum()) / count[l, s].sum())
