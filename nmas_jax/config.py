@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 from nmas_jax.errors import UserError
 
+MODELS = ("autoencoder", "lfads")
 DECODERS = ("linear", "mlp", "lstm")
 LIKELIHOODS = ("gaussian", "poisson")
 DTYPES = ("float32", "bfloat16")
@@ -146,6 +147,26 @@ class Settings(_Declared):
                          "per-time-step MLP of z_t (the dimension of a curved manifold); lstm: an "
                          "LSTM over z, then a readout.", choices=DECODERS)
   decoder_hidden: int = setting(128, "Hidden units of the mlp decoder.", check="positive_int")
+  model: str = setting("autoencoder", "autoencoder: the LSTM autoencoder (--hidden, --decoder); "
+                       "lfads: LFADS (models.LFADS; --gen_dim ... --cd_rate), whose factors are "
+                       "the swept latents.", choices=MODELS)
+  gen_dim: int = setting(64, "LFADS: generator GRU units.", check="positive_int")
+  ic_enc_dim: int = setting(64, "LFADS: initial-condition encoder GRU units (per direction).",
+                            check="positive_int")
+  ci_enc_dim: int = setting(32, "LFADS: controller-input encoder GRU units (per direction).",
+                            check="positive_int")
+  con_dim: int = setting(32, "LFADS: controller GRU units.", check="positive_int")
+  co_dim: int = setting(0, "LFADS: inferred inputs per time step (0: no controller).",
+                        check="nonneg_int")
+  kl_ic_scale: float = setting(1e-4, "LFADS: weight of the initial condition's KL (per trial, "
+                               "over the window's elements).", check="nonneg")
+  kl_co_scale: float = setting(1e-4, "LFADS: weight of the inferred inputs' KL.", check="nonneg")
+  l2_gen_scale: float = setting(1e-4, "LFADS: weight of the squared recurrent kernels of the "
+                                "generator and controller.", check="nonneg")
+  cd_rate: float = setting(0.0, "LFADS: coordinated dropout rate (input elements hidden from "
+                           "the model and scored only there).", check="[0,1)")
+  kl_warmup_steps: int = setting(100, "LFADS: steps over which the KL and L2 weights rise "
+                                 "linearly from 0.", check="nonneg_int")
   bidirectional: bool = setting(True, "Add a reverse-time encoder LSTM, so z_t is inferred from "
                                 "the whole window (--nobidirectional: from the past only).")
   likelihood: str = setting("auto", "gaussian (MSE), poisson (counts; log-rate readout), or auto: "

@@ -341,8 +341,14 @@ class LSTMAutoencoder(nn.Module):
     return self.decode(z_BTK), z_BTK
 
 
-def make_model(cfg: Settings, neurons: int) -> LSTMAutoencoder:
-  """The padded autoencoder every model of a sweep shares (width = the largest latent)."""
+def make_model(cfg: Settings, neurons: int) -> nn.Module:
+  """The padded model every model of a sweep shares (width = the largest latent)."""
+  if cfg.model == "lfads":
+    return LFADS(neurons=neurons, latent=max(cfg.latents), gen_dim=cfg.gen_dim,
+                 ic_enc_dim=cfg.ic_enc_dim, ci_enc_dim=cfg.ci_enc_dim, con_dim=cfg.con_dim,
+                 co_dim=cfg.co_dim, dropout=cfg.dropout, kl_ic_scale=cfg.kl_ic_scale,
+                 kl_co_scale=cfg.kl_co_scale, l2_gen_scale=cfg.l2_gen_scale, cd_rate=cfg.cd_rate,
+                 warmup_steps=cfg.kl_warmup_steps)
   return LSTMAutoencoder(neurons=neurons, latent=max(cfg.latents), hidden=cfg.hidden,
                          decoder=cfg.decoder, bidirectional=cfg.bidirectional, unroll=cfg.unroll,
                          dtype=jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32,
@@ -449,7 +455,8 @@ class LFADS(nn.Module):
   encoders' inputs and outputs, the initial condition and the generator state before the
   factors, never on a factor-width tensor, so padding changes no random draw.
 
-  `__call__(x_BTN, latent_size=None, sample=False) -> (y_BTN, factors_BTK)`. With `sample`,
+  `__call__(x_BTN, latent_size=None, sample=False) -> (y_BTN, factors_BTK)`. With `sample`
+  (or `train`, as the sweep's train step calls models),
   the posteriors are sampled (rng stream "sample") and dropout is on (stream "dropout"). The KL
   terms are sown into the "losses" collection (`kl_ic` [B], `kl_co` [B]; apply with
   `mutable=["losses"]`); `lfads_l2` gives the recurrent-kernel penalty and
@@ -465,9 +472,25 @@ class LFADS(nn.Module):
   co_dim: int = 0
   dropout: float = 0.0
   clip: float = 5.0
+  # Training penalties (read by `penalty` and by `train.train_step`).
+  kl_ic_scale: float = 1e-4
+  kl_co_scale: float = 1e-4
+  l2_gen_scale: float = 1e-4
+  cd_rate: float = 0.0
+  warmup_steps: int = 100
+
+  def penalty(self, params: Any, losses: dict[str, Any], step: jax.Array, elements: int
+              ) -> jax.Array:
+    """KL (mean over trials) and L2 terms per data element, weighted, with linear warm-up."""
+    ramp = jnp.minimum(1.0, (step + 1.0) / max(self.warmup_steps, 1))
+    kl = (self.kl_ic_scale * jnp.mean(losses["kl_ic"][0])
+          + self.kl_co_scale * jnp.mean(losses["kl_co"][0])) / elements
+    return ramp * (kl + self.l2_gen_scale * lfads_l2(params))
 
   @nn.compact
-  def __call__(self, x_BTN: jax.Array, latent_size: Any = None, sample: bool = False):
+  def __call__(self, x_BTN: jax.Array, latent_size: Any = None, sample: bool = False,
+               train: bool = False):
+    sample = sample or train
     b, t, _ = x_BTN.shape
     mask_K = latent_mask(self.latent, self.latent if latent_size is None else latent_size)
     drop = nn.Dropout(self.dropout, deterministic=not sample)

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import jax
 import jax.numpy as jnp
 
-from nmas_jax import cpu, sharding, splits, train
+from nmas_jax import cpu, models, sharding, splits, train
 from nmas_jax.config import BATCHINGS
 from nmas_jax.errors import UserError
 from nmas_jax.table import ModelTable
@@ -109,6 +109,11 @@ def make_stepper(batching: str, model, tx, prep: splits.Prepared, placed: splits
 
   `lanes`: devices by_latent may spread its programs over (default: the CPU lanes of `mesh`).
   """
+  if isinstance(model, models.LFADS):  # by_latent cuts autoencoder parameters only
+    if batching == "by_latent":
+      raise UserError("--batching=by_latent works with --model=autoencoder only: use "
+                      "--batching=vmap or auto with --model=lfads")
+    return VmapStepper(model, tx, prep, placed, mesh)
   if resolve_batching(batching, mesh) == "vmap":
     return VmapStepper(model, tx, prep, placed, mesh)
   return cpu.ByLatentStepper(model, tx, prep, placed, table, mesh, lanes)

@@ -84,6 +84,10 @@ def init_states(cfg: Settings, table: ModelTable, neurons: int, out_sharding: An
                            jnp.full((m,), cfg.weight_decay, jnp.float32))
     if bias_MN is None:
       return state
+    if "decoder_net" not in state.params:  # LFADS: the readout sits at the top
+      readout = {**state.params["readout"],
+                 "bias": bias_MN.astype(state.params["readout"]["bias"].dtype)}
+      return state.replace(params={**state.params, "readout": readout})
     dec = state.params["decoder_net"]
     readout = {**dec["readout"], "bias": bias_MN.astype(dec["readout"]["bias"].dtype)}
     params = {**state.params, "decoder_net": {**dec, "readout": readout}}

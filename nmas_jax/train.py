@@ -61,7 +61,8 @@ def init_state(key: jax.Array, latent: Any, learning_rate: Any, weight_decay: An
 
 def step_rngs(state: TrainState) -> dict[str, jax.Array]:
   """This model's randomness at this step (dropout and the like): a pure function of (key, step)."""
-  return {"dropout": jax.random.fold_in(state.key, state.step)}
+  key = jax.random.fold_in(state.key, state.step)
+  return {"dropout": key, "sample": jax.random.fold_in(key, 1)}
 
 
 # Largest log-rate the Poisson readout may emit (exp(15) ~ 3e6 spikes per bin): keeps exp finite.
@@ -115,6 +116,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
   x_in_BTN = batch["x_in"] if "x_in" in batch else encoder_input(x_BTN, batch.get("input_mask"))
   rngs = step_rngs(state)
 
+  if isinstance(model, models.LFADS):
+    return _lfads_step(state, batch, model=model, tx=tx, likelihood=likelihood, rngs=rngs)
+
   def loss_fn(params):
     if latent_width is None:
       y_BTN, _ = model.apply({"params": params}, x_in_BTN, state.latent, train=True, rngs=rngs)
@@ -127,7 +131,37 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
       return jnp.sum(per_n) / (jnp.sum(w_N) * x_BTN.shape[0] * x_BTN.shape[1])
     return reconstruction_loss(y_BTN, x_BTN, likelihood)
 
-  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  return _apply_grads(state, tx, *jax.value_and_grad(loss_fn)(state.params))
+
+
+def _lfads_step(state: TrainState, batch: dict[str, jax.Array], *, model, tx, likelihood: str,
+                rngs: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+  """`train_step` of a `models.LFADS`: reconstruction (on coordinated-dropout's hidden elements
+  when `cd_rate` > 0) plus the model's KL and L2 penalty with warm-up."""
+  x_BTN = batch["x"]
+  x_in_BTN = batch["x_in"] if "x_in" in batch else encoder_input(x_BTN, batch.get("input_mask"))
+  w_BTN = jnp.broadcast_to(batch.get("loss_mask", jnp.ones(x_BTN.shape[-1:], x_BTN.dtype))[None, None],
+                           x_BTN.shape)
+  if model.cd_rate > 0:
+    x_in_BTN, cd_BTN = models.coordinated_dropout(jax.random.fold_in(rngs["sample"], 2), x_in_BTN,
+                                                  model.cd_rate)
+    # Held-out neurons (never input) stay scored everywhere; input neurons only where hidden.
+    hidden_N = batch.get("input_mask", jnp.ones(x_BTN.shape[-1:], x_BTN.dtype))
+    w_BTN = w_BTN * (1.0 - hidden_N[None, None, :] + hidden_N[None, None, :] * cd_BTN)
+
+  def loss_fn(params):
+    (y_BTN, _), aux = model.apply({"params": params}, x_in_BTN, state.latent, train=True, rngs=rngs,
+                                  mutable=["losses"])
+    per = elementwise_loss(y_BTN, x_BTN, likelihood) * w_BTN
+    recon = jnp.sum(per) / jnp.maximum(jnp.sum(w_BTN), 1.0)
+    return recon + model.penalty(params, aux["losses"], state.step, x_BTN[0].size)
+
+  return _apply_grads(state, tx, *jax.value_and_grad(loss_fn)(state.params))
+
+
+def _apply_grads(state: TrainState, tx, loss: jax.Array, grads: Any
+                 ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """The optimiser update, frozen (with `diverged_at` set) on a non-finite loss or gradient."""
   grad_norm = optax.global_norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
