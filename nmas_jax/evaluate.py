@@ -150,12 +150,14 @@ def _baselines(prep: Prepared, cfg: Settings, block_T: np.ndarray, fa_iters: int
   rows, fa_fits = [], {}
   for l, name in enumerate(prep.dataset.layer_names):
     held_x = np.concatenate([valid_LTN[l], test_LTN[l]])
+    # Each seed's neurons the baselines see: its held-out ones and its count's inputs.
+    keep_SN = prep.heldout_SLN[:, l] | (prep.input_mask_MN(
+        np.full(seeds, l), np.arange(seeds), np.full(seeds, count)) > 0)
     for j, k in enumerate(cfg.latents):
       row: dict[str, Any] = {"layer": name, "latent": int(k)}
       per_seed = []
       for s in range(seeds):
-        held = prep.heldout_SLN[s, l]
-        keep = held | (prep.input_mask_MN(np.array([l]), np.array([s]), np.array([count]))[0] > 0)
+        held, keep = prep.heldout_SLN[s, l], keep_SN[s]
         p = baselines.predictions(train_LTN[l][:, keep], held_x[:, keep], held[keep], k, fa_iters,
                                   reconstruct=s == 0 and not count, methods=methods)
         if count:

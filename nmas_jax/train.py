@@ -117,7 +117,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
   rngs = step_rngs(state)
 
   if isinstance(model, models.LFADS):
-    return _lfads_step(state, batch, model=model, tx=tx, likelihood=likelihood, rngs=rngs)
+    return _lfads_step(state, batch, x_in_BTN, model=model, tx=tx, likelihood=likelihood,
+                       rngs=rngs)
 
   def loss_fn(params):
     if latent_width is None:
@@ -134,12 +135,12 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
   return _apply_grads(state, tx, *jax.value_and_grad(loss_fn)(state.params))
 
 
-def _lfads_step(state: TrainState, batch: dict[str, jax.Array], *, model, tx, likelihood: str,
-                rngs: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
-  """`train_step` of a `models.LFADS`: reconstruction (on coordinated-dropout's hidden elements
-  when `cd_rate` > 0) plus the model's KL and L2 penalty with warm-up."""
+def _lfads_step(state: TrainState, batch: dict[str, jax.Array], x_in_BTN: jax.Array, *, model,
+                tx, likelihood: str, rngs: dict[str, jax.Array]
+                ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """`train_step` of a `models.LFADS` (x_in: the encoder's input): reconstruction (on coordinated
+  dropout's hidden elements when `cd_rate` > 0) plus the model's KL and L2 penalty with warm-up."""
   x_BTN = batch["x"]
-  x_in_BTN = batch["x_in"] if "x_in" in batch else encoder_input(x_BTN, batch.get("input_mask"))
   w_BTN = jnp.broadcast_to(batch.get("loss_mask", jnp.ones(x_BTN.shape[-1:], x_BTN.dtype))[None, None],
                            x_BTN.shape)
   if model.cd_rate > 0:
