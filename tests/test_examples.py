@@ -79,3 +79,12 @@ def test_stringer_config_flags_run_on_a_stringer_format_file(tmp_path):
   assert set(res["baseline_optimal_latent"]) == {"pca", "fa", "lds"}
   assert res["scaling"]["counts"] == [2, 4, 5] and set(res["spectrum"]) == set(res["layers"])
   assert (tmp_path / "w" / "scaling.png").exists()
+
+
+def test_lfads_lorenz_example_predicts_held_out_trials_better_than_the_mean_rate(tmp_path):
+  """LFADS in a plain optax loop (200 steps in the quick mode): 3 factors per held-out trial, and
+  the held-out trials' spikes are better predicted than by each neuron's mean rate."""
+  out = _example("lfads_lorenz.py", tmp_path)
+  assert ast.literal_eval(re.search(r"factors: (\(.*\))", out).group(1)) == (40, 50, 3)
+  bps = float(re.search(r"held-out trials: (-?[\d.]+) bits/spike", out).group(1))
+  assert bps > 0, out
