@@ -129,3 +129,55 @@ def predictions(train_TN: np.ndarray, valid_TN: np.ndarray, heldout_N: np.ndarra
                                            train_TN[:, held],
                                            fa_posterior_mean(valid_TN[:, inn], mean, w, psi))
   return out
+
+
+# ----------------------------------------------------------------------------
+# Spike smoothing (the Neural Latents Benchmark's simplest co-smoothing baseline).
+
+
+def gaussian_smooth(x_TN: np.ndarray, width: float, trial_length: int = 0) -> np.ndarray:
+  """Each neuron convolved with a Gaussian of std `width` bins (cut at 4 std), within each trial
+  of `trial_length` bins (0: one sequence); the kernel is renormalised at the edges."""
+  half = max(1, int(np.ceil(4 * width)))
+  kernel = np.exp(-0.5 * (np.arange(-half, half + 1) / width) ** 2)
+  length = trial_length or len(x_TN)
+  x_RTN = x_TN.reshape(-1, length, x_TN.shape[1])
+
+  def conv(a_RTN):
+    padded = np.pad(a_RTN, ((0, 0), (half, half), (0, 0)))
+    return sum(w * padded[:, i: i + length] for i, w in enumerate(kernel))
+
+  out = conv(x_RTN) / conv(np.ones_like(x_RTN[:1, :, :1]))
+  return out.reshape(x_TN.shape)
+
+
+def poisson_glm(f_TD: np.ndarray, y_TN: np.ndarray, ridge: float = 1e-2, iters: int = 30
+                ) -> np.ndarray:
+  """Poisson regression with an exp link and an intercept, by Newton's method with a ridge
+  penalty (intercept unpenalised): weights [D + 1, N], one column per neuron."""
+  a = np.concatenate([f_TD, np.ones((len(f_TD), 1))], axis=1)
+  d = a.shape[1]
+  pen = ridge * len(a) * np.diag(np.r_[np.ones(d - 1), 0.0])
+  w = np.zeros((d, y_TN.shape[1]))
+  w[-1] = np.log(np.maximum(y_TN.mean(axis=0), 1e-3))
+  for _ in range(iters):
+    mu = np.exp(np.clip(a @ w, -20, 20))
+    grad = a.T @ (mu - y_TN) + pen @ w
+    step = np.stack([np.linalg.solve((a * mu[:, n: n + 1]).T @ a + pen, grad[:, n])
+                     for n in range(w.shape[1])], axis=1)
+    w -= step
+    if np.abs(step).max() < 1e-6:
+      break
+  return w
+
+
+def smoothing_cosmooth(train_TN: np.ndarray, held_TN: np.ndarray, heldout_N: np.ndarray,
+                       width: float, trial_length: int = 0) -> np.ndarray:
+  """Held-out neurons' rates at held-out time [T, N] (NaN in held-in columns): the held-in spikes
+  Gaussian-smoothed (`width` bins), then a Poisson GLM fitted on the training block."""
+  inn = ~heldout_N
+  w = poisson_glm(gaussian_smooth(train_TN[:, inn], width, trial_length), train_TN[:, heldout_N])
+  f = gaussian_smooth(held_TN[:, inn], width, trial_length)
+  out = np.full_like(held_TN, np.nan, dtype=np.float64)
+  out[:, heldout_N] = np.exp(np.clip(np.concatenate([f, np.ones((len(f), 1))], axis=1) @ w, -20, 20))
+  return out

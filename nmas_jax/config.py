@@ -22,7 +22,8 @@ DECODERS = ("linear", "mlp", "lstm")
 LIKELIHOODS = ("gaussian", "poisson")
 DTYPES = ("float32", "bfloat16")
 NORMALIZATIONS = ("zscore", "mean_per_bin", "mean_per_bin_all", "none")
-DATASETS = ("synthetic", "nonlinear", "lorenz", "independent", "stringer", "array", "nwb")
+DATASETS = ("synthetic", "nonlinear", "lorenz", "lorenz_trials", "independent", "stringer", "array",
+            "nwb")
 NAN_POLICIES = ("freeze", "stop", "drop_neurons")
 BATCHINGS = ("auto", "vmap", "by_latent")
 BASELINES = ("pca", "fa", "lds")
@@ -233,11 +234,16 @@ class DataSettings(_Declared):
   dataset: str = setting("synthetic", "The data: built-in families with known answers "
                          "(synthetic: linear-Gaussian layers of dimension 7, 18, 40; nonlinear: a "
                          "saturating readout of 3, 6, 12 signals; lorenz: Poisson counts of 3-D "
-                         "Lorenz latents; independent: nothing shared), or a recording.",
+                         "Lorenz latents; lorenz_trials: the same in short trials from many initial conditions, the LFADS "
+                         "benchmark, with the true rates for rates_r2; independent: nothing "
+                         "shared), or a recording.",
                          choices=DATASETS)
   data_path: str = setting("", "Data file (stringer: .npy dict; array: .npy/.npz; nwb: .nwb).",
                            path=True)
   data_key: str | None = setting(None, "Array name inside an .npz file.", kind="string")
+  trials: bool = setting(False, "--dataset=array: the array is trials, [trials, time, neurons] "
+                         "or [layers, trials, time, neurons]; trials are split into training, "
+                         "validation and test by trial, and a window is a whole trial.")
   layers: tuple[str, ...] = setting((), "Layer names to keep (as in results.json); default all.",
                                     kind="list")
   bin: int = setting(2, "Recorded data: average this many adjacent time bins (sum, for spike "

@@ -177,7 +177,7 @@ def _one_model_shapes(model, latent: int) -> train.TrainState:
 def bucket_step(parts: tuple, x_LTN: jax.Array, mask_MN: jax.Array, target_MN: jax.Array | None,
                 layer_M: jax.Array, seed_M: jax.Array, step: jax.Array, *, model, tx, likelihood: str, t_train: int,
                 window: int, batch_size: int, mix_layers: bool, latents: tuple[int, ...],
-                groups: int) -> tuple[tuple, dict[str, jax.Array]]:
+                groups: int, stride: int = 1) -> tuple[tuple, dict[str, jax.Array]]:
   """Steps the models of `latents` (one packed part each), each latent size at its own width.
 
   A group's models (same layer and seed, one per latent size) read the same
@@ -187,7 +187,7 @@ def bucket_step(parts: tuple, x_LTN: jax.Array, mask_MN: jax.Array, target_MN: j
   """
   layer_G, seed_G, mask_GN = (a[::len(latents)] for a in (layer_M, seed_M, mask_MN))
   x_GBTN = splits.sample_batches(x_LTN, layer_G, seed_G, step, t_train=t_train, window=window,
-                                 batch_size=batch_size, mix_layers=mix_layers)
+                                 batch_size=batch_size, mix_layers=mix_layers, stride=stride)
   batch_G = {"x": x_GBTN, "x_in": jax.vmap(train.encoder_input)(x_GBTN, mask_GN)}
   if target_MN is not None:
     batch_G["loss_mask"] = target_MN[::len(latents)]
@@ -234,7 +234,7 @@ class ByLatentStepper:
     self.description = "by_latent" + (f" on {self.lanes} CPU lanes" if self.lanes > 1 else "")
     step = functools.partial(bucket_step, model=model, tx=tx, likelihood=prep.likelihood,
                              t_train=prep.t_train, window=prep.window, batch_size=prep.batch_size,
-                             mix_layers=prep.shared, groups=groups)
+                             stride=prep.stride, mix_layers=prep.shared, groups=groups)
 
     def chunk_step(a, b, parts, x_LTN, mask_MN, target_MN, layer_M, seed_M, step_i):
       cols = lambda v: (None if v is None else

@@ -31,6 +31,11 @@ class Dataset:
       `--likelihood=auto` models it as Poisson.
     population_mean_T: [time] mean over every neuron of the recording, for
       --normalize=mean_per_bin_all (None: the mean over all layers' neurons).
+    trial_length: bins per trial when the time axis is trials laid end to end (`--trials`,
+      `lorenz_trials`): splits go by trial and a window is a whole trial; 0 for one
+      continuous recording.
+    rates_LTN: the true rates (or noiseless means) [layers, time, neurons] of generated data,
+      for `rates_r2`; None for recordings.
   """
 
   x_LTN: np.ndarray
@@ -40,6 +45,13 @@ class Dataset:
   meta: dict[str, Any] = dataclasses.field(default_factory=dict)
   counts: bool = False
   population_mean_T: np.ndarray | None = None
+  trial_length: int = 0
+  rates_LTN: np.ndarray | None = None
+
+  @property
+  def num_trials(self) -> int:
+    """Trials (1 for a continuous recording)."""
+    return self.num_time // self.trial_length if self.trial_length else 1
 
   @property
   def num_layers(self) -> int:
@@ -70,8 +82,8 @@ class Dataset:
     if self.true_latent is not None:
       true_latent = {n: self.true_latent[n] for n in names}
     return dataclasses.replace(
-        self, x_LTN=self.x_LTN[index], layer_names=tuple(names),
-        true_latent=true_latent)
+        self, x_LTN=self.x_LTN[index], layer_names=tuple(names), true_latent=true_latent,
+        rates_LTN=None if self.rates_LTN is None else self.rates_LTN[index])
 
 
 # ----------------------------------------------------------------------------
@@ -178,15 +190,19 @@ def with_shuffle_control(dataset: Dataset, seed: int = 0) -> Dataset:
   rng = np.random.default_rng(seed + 104729)
   t = dataset.num_time
   control = np.empty_like(dataset.x_LTN)
+  rates = None if dataset.rates_LTN is None else np.empty_like(dataset.rates_LTN)
   for l in range(dataset.num_layers):
     offsets = rng.integers(max(1, t // 10), t - max(1, t // 10) + 1, size=dataset.num_neurons)
     idx = (np.arange(t)[:, None] - offsets[None, :]) % t
     control[l] = np.take_along_axis(dataset.x_LTN[l], idx, axis=0)
+    if rates is not None:
+      rates[l] = np.take_along_axis(dataset.rates_LTN[l], idx, axis=0)
   names = dataset.layer_names + tuple(n + SHUFFLED_SUFFIX for n in dataset.layer_names)
   true = None if dataset.true_latent is None else {
       **dataset.true_latent, **{n + SHUFFLED_SUFFIX: 0 for n in dataset.layer_names}}
   return dataclasses.replace(dataset, x_LTN=np.concatenate([dataset.x_LTN, control]), layer_names=names,
-                             true_latent=true,
+                             true_latent=true, rates_LTN=None if rates is None else
+                             np.concatenate([dataset.rates_LTN, rates]),
                              meta={**dataset.meta, "shuffle_control": "each neuron circularly shifted "
                                    "by its own random offset", "shuffle_seed": seed})
 

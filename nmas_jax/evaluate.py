@@ -40,6 +40,12 @@ def pooled_r2(pred_TN: np.ndarray, x_TN: np.ndarray) -> float:
   return float(1.0 - ((x_TN - pred_TN) ** 2).sum() / sst) if sst > 0 else float("nan")
 
 
+def rates_r2(pred_TN: np.ndarray, rates_TN: np.ndarray) -> float:
+  """The LFADS paper's measure: R2 of the inferred rates (or means) against the true ones, per
+  neuron, averaged over all neurons (held in and held out)."""
+  return float(np.nanmean(neuron_r2(pred_TN, rates_TN)))
+
+
 def poisson_nll(rate_TN: np.ndarray, x_TN: np.ndarray) -> float:
   """Summed Poisson negative log-likelihood, without the log(x!) constant."""
   rate = np.maximum(rate_TN, 1e-9)
@@ -226,6 +232,11 @@ def evaluate_sweep(prep: Prepared, cfg: Settings, out, fa_iters: int = 100,
   per_model = [{**block_metrics(pred_valid[i], valid_LTN[l], held(i), lik, "valid"),
                 **block_metrics(pred_test[i], test_LTN[l], held(i), lik, "test")}
                for i, l in enumerate(table.layer)]
+  rates_valid, rates_test = prep.flat("valid", rates=True), prep.flat("test", rates=True)
+  if rates_valid is not None:  # generated data: the inferred rates against the true ones
+    for i, l in enumerate(table.layer):
+      per_model[i]["rates_r2"] = rates_r2(pred_valid[i], rates_valid[l])
+      per_model[i]["test_rates_r2"] = rates_r2(pred_test[i], rates_test[l])
   log(f"baselines: {', '.join(m.upper() for m in cfg.baselines) or 'none'} at {len(cfg.latents)} "
       f"latent sizes x {prep.dataset.num_layers} layers x {cfg.seeds} held-out sets")
   rows, base_curves, fa_fits = _baselines(prep, cfg, block_T, fa_iters)
@@ -388,10 +399,13 @@ def _test_comparison(prep: Prepared, cfg: Settings, table: ModelTable, per_model
   if not k:
     return {"latent": k, "metric": metric, "model": None}
   row = next(r for r in base_rows if r["layer"] == name and r["latent"] == k)
-  return {"latent": int(k), "metric": metric, "higher_is_better": higher_is_better(metric),
-          "model": _mean([m.get(metric) for i, m in enumerate(per_model)
-                          if table.layer[i] == l and table.latent[i] == k]),
-          **{m: row.get(f"{m}_{metric}") for m in cfg.baselines}}
+  at_k = lambda key: _mean([m.get(key) for i, m in enumerate(per_model)
+                            if table.layer[i] == l and table.latent[i] == k])
+  out = {"latent": int(k), "metric": metric, "higher_is_better": higher_is_better(metric),
+         "model": at_k(metric), **{m: row.get(f"{m}_{metric}") for m in cfg.baselines}}
+  if prep.dataset.rates_LTN is not None:
+    out["test_rates_r2"] = at_k("test_rates_r2")
+  return out
 
 
 def _mean(values) -> float | None:

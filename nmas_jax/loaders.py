@@ -133,11 +133,15 @@ def _read_array(path: str, key: str | None) -> tuple[np.ndarray, str | None]:
   raise UserError(f"{path} holds several arrays ({', '.join(keys)}): choose one with --data_key")
 
 
-def load_array(path: str, *, key: str | None = None, bin_size: int = _D.bin,
+def load_array(path: str, *, key: str | None = None, bin_size: int = _D.bin, trials: bool = False,
                drop_nonfinite: bool = False, warn=print) -> Dataset:
-  """Loads a .npy/.npz array [time, neurons] (one layer) or [layers, time, neurons]."""
+  """Loads a .npy/.npz array [time, neurons] (one layer) or [layers, time, neurons]; with
+  `trials`, [trials, time, neurons] or [layers, trials, time, neurons], each trial binned on its
+  own and the trials laid end to end (`Dataset.trial_length`)."""
   check_file(path)
   x, key = _read_array(path, key)
+  if trials:
+    return _trial_array(x, path, key, bin_size, drop_nonfinite, warn)
   x = as_layers(x, "the array")
   if drop_nonfinite:
     keep = np.isfinite(x).all(axis=(0, 1))
@@ -153,6 +157,37 @@ def load_array(path: str, *, key: str | None = None, bin_size: int = _D.bin,
   meta = dict(path=os.path.abspath(path), key=key, bin=bin_size, binning=_binning(counts_data))
   return Dataset(np.stack(layers).astype(np.float32),
                  tuple(str(i) for i in range(len(layers))), "array", None, meta, counts=counts_data)
+
+
+def _trial_array(x: np.ndarray, path: str, key: str | None, bin_size: int, drop_nonfinite: bool,
+                 warn) -> Dataset:
+  """`load_array` of trial data: [trials, time, neurons] or [layers, trials, time, neurons]."""
+  x = check_numeric(np.asarray(x), "the array")
+  if x.ndim == 3:
+    x = x[None]
+  if x.ndim != 4:
+    raise UserError(f"with --trials the array must be [trials, time, neurons] or [layers, trials, "
+                    f"time, neurons], got shape {x.shape}")
+  if drop_nonfinite:
+    keep = np.isfinite(x).all(axis=(0, 1, 2))
+    if not keep.all():
+      warn(f"dropped {int((~keep).sum())} of {len(keep)} neurons with NaN/Inf "
+           "(from every layer, to keep equal counts; --nan_policy=drop_neurons)")
+      x = x[..., keep]
+    if x.shape[-1] == 0:
+      raise UserError("every neuron has NaN/Inf values: nothing left to fit")
+  check_finite(x, "the array [layers, trials, time, neurons]")
+  counts_data = is_counts(x)
+  if bin_size > x.shape[2]:
+    raise UserError(f"--bin={bin_size} is longer than a trial ({x.shape[2]} bins)")
+  binned = np.stack([np.stack([_bin(t_TN, bin_size, counts_data) for t_TN in layer])
+                     for layer in x])  # [layers, trials, binned time, neurons]
+  layers, n_trials, length, n = binned.shape
+  meta = dict(path=os.path.abspath(path), key=key, bin=bin_size, binning=_binning(counts_data),
+              trials=n_trials, trial_length=length)
+  return Dataset(binned.reshape(layers, n_trials * length, n).astype(np.float32),
+                 tuple(str(i) for i in range(layers)), "array", None, meta, counts=counts_data,
+                 trial_length=length)
 
 
 def load_nwb(path: str, *, series: str | None = None, bin_ms: float = _D.bin_ms,
@@ -232,14 +267,17 @@ def load(ds: DataSettings, *, drop_nonfinite: bool = False, warn=print) -> Datas
   `warn` told how many) instead of refusing the data.
   """
   recorded = dict(bin_size=ds.bin)
+  if ds.trials and ds.dataset != "array":
+    raise UserError(f"--trials describes an array file's layout and needs --dataset=array, not "
+                    f"--dataset={ds.dataset} (lorenz_trials is trial data already)")
   if ds.dataset in FAMILIES:
     out = FAMILIES[ds.dataset](seed=ds.data_seed)
   elif ds.dataset == "stringer":
     out = load_stringer(ds.data_path, neurons_per_layer=ds.neurons_per_layer, seed=ds.data_seed,
                         drop_nonfinite=drop_nonfinite, warn=warn, **recorded)
   elif ds.dataset == "array":
-    out = load_array(ds.data_path, key=ds.data_key, drop_nonfinite=drop_nonfinite, warn=warn,
-                     **recorded)
+    out = load_array(ds.data_path, key=ds.data_key, trials=ds.trials,
+                     drop_nonfinite=drop_nonfinite, warn=warn, **recorded)
     if ds.neurons_per_layer is not None:
       if ds.neurons_per_layer > out.num_neurons:
         raise UserError(f"--neurons_per_layer={ds.neurons_per_layer} must be in "

@@ -81,7 +81,9 @@ def _data_section(results: dict[str, Any]) -> list[str]:
     lines.append(f"- time blocks: train {b['train'][0]}-{b['train'][1]} (fits the models and the "
                  f"normalisation), validation {b['valid'][0]}-{b['valid'][1]} (chooses each model's "
                  f"best step and the latent size), test {b['test'][0]}-{b['test'][1]} (reported only); "
-                 f"windows of {b['window']} bins")
+                 f"windows of {b['window']} bins"
+                 + (f"; trial data, split by whole trials of {b['trial_length']} bins"
+                    if b.get("trial_length") else ""))
   lines += [f"- {results.get('heldout_neurons', 0):.0%} of each layer's neurons held out from the "
             "encoder, a different random set per seed",
             f"- model: LSTM encoder ({cfg['hidden']} units) -> latent -> {results['decoder']} "
@@ -229,8 +231,10 @@ def _test_section(results: dict[str, Any]) -> list[str]:
       rel = abs(c["model"] - c[m]) / max(abs(c[m]), 1e-12)
       parts.append(f"{'beats' if better(c[m]) else 'loses to'} {m.upper()} by {rel:.1%} "
                    f"({_fmt(c['model'])} vs {_fmt(c[m])})")
+    rates = (f" Inferred rates against the true ones: R2 {_fmt(c['test_rates_r2'])}."
+             if c.get("test_rates_r2") is not None else "")
     lines.append(f"- layer {layer}, latent {c['latent']}, {c['metric']}: the model "
-                 + " and ".join(parts) + ".")
+                 + " and ".join(parts) + "." + rates)
   return lines + [""]
 
 

@@ -20,7 +20,8 @@ CSV_FIELDS = ("layer", "latent", "seed", "train_loss", "valid_mse", "valid_loss"
               "valid_r2_pooled", "valid_bps", "cosmooth_mse", "cosmooth_r2", "cosmooth_r2_pooled",
               "cosmooth_bps", "test_mse", "test_r2", "test_r2_pooled", "test_bps",
               "test_cosmooth_mse", "test_cosmooth_r2", "test_cosmooth_r2_pooled", "test_cosmooth_bps",
-              "best_step", "converged", "diverged_at_step", "neuron_count")
+              "rates_r2", "test_rates_r2", "best_step", "converged", "diverged_at_step",
+              "neuron_count")
 
 
 def results_dict(prep, cfg, out) -> dict[str, Any]:
@@ -53,7 +54,8 @@ def results_dict(prep, cfg, out) -> dict[str, Any]:
       "likelihood": prep.likelihood,
       "heldout_neurons": cfg.heldout_neurons,
       "blocks": {"train": [0, prep.t_train], "valid": [prep.t_train, prep.t_valid],
-                 "test": [prep.t_valid, dataset.num_time], "window": prep.window},
+                 "test": [prep.t_valid, dataset.num_time], "window": prep.window,
+                 "trial_length": dataset.trial_length or None},
       "heldout_neuron_indices": {f"seed {s}": {n: np.flatnonzero(prep.heldout_SLN[s, l]).tolist()
                                                for l, n in enumerate(dataset.layer_names)}
                                  for s in range(prep.heldout_SLN.shape[0])},

@@ -45,12 +45,17 @@ def heldout_masks(seeds: int, num_layers: int, num_neurons: int, fraction: float
   return mask
 
 
-def time_blocks(num_time: int, train_fraction: float, valid_fraction: float) -> tuple[int, int]:
-  """(t_train, t_valid): time [0, t_train) trains, [t_train, t_valid) validates, the rest tests."""
-  t_train = int(round(num_time * train_fraction))
-  t_valid = int(round(num_time * (train_fraction + valid_fraction)))
+def time_blocks(num_time: int, train_fraction: float, valid_fraction: float,
+                trial_length: int = 0) -> tuple[int, int]:
+  """(t_train, t_valid): time [0, t_train) trains, [t_train, t_valid) validates, the rest tests.
+  With `trial_length`, the blocks are whole trials (split by trial count)."""
+  unit = trial_length or 1
+  n = num_time // unit
+  t_train = int(round(n * train_fraction)) * unit
+  t_valid = int(round(n * (train_fraction + valid_fraction))) * unit
   if not 0 < t_train < t_valid < num_time:
-    raise UserError(f"{num_time} time bins are too few for a training, validation and test block "
+    what = f"{n} trials are" if trial_length else f"{num_time} time bins are"
+    raise UserError(f"{what} too few for a training, validation and test block "
                     f"(--train_fraction={train_fraction}, --valid_fraction={valid_fraction})")
   return t_train, t_valid
 
@@ -70,11 +75,22 @@ def fit_window(window: int, num_time: int, t_train: int, t_valid: int, default: 
   return min(lengths)
 
 
+def trial_window(window: int, trial_length: int, default: int, notes: list[str]) -> int:
+  """Trial data: a window is a whole trial (a --window set to anything else is an error)."""
+  if window not in (default, trial_length):
+    raise UserError(f"--window={window}, but with trial data a window is a whole trial "
+                    f"({trial_length} bins): drop --window")
+  if window != trial_length:
+    notes.append(f"--window={trial_length}: one whole trial (trial data)")
+  return trial_length
+
+
 def window_starts(seed: jax.Array, step: jax.Array, *, t_train: int, window: int,
-                  batch_size: int) -> jax.Array:
-  """Random window starts [batch] in the training block: a pure function of (seed, step)."""
+                  batch_size: int, stride: int = 1) -> jax.Array:
+  """Random window starts [batch] in the training block, multiples of `stride` (the trial length
+  for trial data: a window is then a whole trial): a pure function of (seed, step)."""
   key = jax.random.fold_in(jax.random.PRNGKey(seed), step)
-  return jax.random.randint(key, (batch_size,), 0, t_train - window + 1)
+  return stride * jax.random.randint(key, (batch_size,), 0, (t_train - window) // stride + 1)
 
 
 def window_layers(seed: jax.Array, step: jax.Array, *, num_layers: int, batch_size: int) -> jax.Array:
@@ -84,15 +100,16 @@ def window_layers(seed: jax.Array, step: jax.Array, *, num_layers: int, batch_si
 
 
 def sample_batches(x_LTN: jax.Array, layer_M: jax.Array, seed_M: jax.Array, step: jax.Array, *,
-                   t_train: int, window: int, batch_size: int, mix_layers: bool = False) -> jax.Array:
+                   t_train: int, window: int, batch_size: int, mix_layers: bool = False,
+                   stride: int = 1) -> jax.Array:
   """Training windows for every model: [models, batch, window, neurons].
 
   Model m reads layer layer_M[m]; with `mix_layers` each window comes from a
   random layer instead (a shared model of all layers). Gathers exactly the
-  windows needed (never a per-model copy of a layer).
+  windows needed (never a per-model copy of a layer). Windows start at multiples of `stride`.
   """
   starts_MB = jax.vmap(lambda s: window_starts(s, step, t_train=t_train, window=window,
-                                               batch_size=batch_size))(seed_M)
+                                               batch_size=batch_size, stride=stride))(seed_M)
   t_MBW = starts_MB[:, :, None] + jnp.arange(window)[None, None, :]
   if mix_layers:
     layer_MB = jax.vmap(lambda s: window_layers(s, step, num_layers=x_LTN.shape[0],
@@ -159,6 +176,11 @@ class Prepared:
     return self.dataset.num_neurons
 
   @property
+  def stride(self) -> int:
+    """Training windows start at multiples of this: the trial length for trial data, else 1."""
+    return self.dataset.trial_length or 1
+
+  @property
   def model_layers(self) -> int:
     """Layers on the models axis: one when a shared model learns them all."""
     return 1 if self.shared else self.dataset.num_layers
@@ -200,9 +222,13 @@ class Prepared:
     v = windows(self.dataset.x_LTN, *self.block(name), self.window)
     return v.reshape(1, -1, *v.shape[2:]) if self.shared else v
 
-  def flat(self, name: str = "valid") -> np.ndarray:
-    """A block as its windows cover it: float64 [layers, windows * window, neurons]."""
-    v = windows(self.dataset.x_LTN, *self.block(name), self.window)
+  def flat(self, name: str = "valid", rates: bool = False) -> np.ndarray | None:
+    """A block as its windows cover it: float64 [layers, windows * window, neurons] (with
+    `rates`, the true rates in the data's units; None when the data has none)."""
+    x_LTN = self.dataset.rates_LTN if rates else self.dataset.x_LTN
+    if x_LTN is None:
+      return None
+    v = windows(x_LTN, *self.block(name), self.window)
     return v.reshape(v.shape[0], -1, v.shape[-1]).astype(np.float64)
 
   def null_link_LN(self) -> np.ndarray:
@@ -302,10 +328,12 @@ def _drop_constant(dataset: Dataset, t_train: int, notes: list[str]
 
 
 def _select(dataset: Dataset, index_LN: np.ndarray) -> Dataset:
-  """Each layer's neurons `index_LN[layer]`, in order."""
+  """Each layer's neurons `index_LN[layer]`, in order (and their true rates)."""
   if index_LN.shape[1] == dataset.num_neurons and (index_LN == np.arange(index_LN.shape[1])).all():
     return dataset
-  return dataclasses.replace(dataset, x_LTN=np.stack([x[:, i] for x, i in zip(dataset.x_LTN, index_LN)]))
+  pick = lambda a_LTN: np.stack([x[:, i] for x, i in zip(a_LTN, index_LN)])
+  return dataclasses.replace(dataset, x_LTN=pick(dataset.x_LTN), rates_LTN=None
+                             if dataset.rates_LTN is None else pick(dataset.rates_LTN))
 
 
 def _normalize(dataset: Dataset, method: str, t_train: int | None, heldout_SLN: np.ndarray,
@@ -315,14 +343,19 @@ def _normalize(dataset: Dataset, method: str, t_train: int | None, heldout_SLN: 
   if method == "mean_per_bin_all" and population is None:
     population = dataset.x_LTN.mean(axis=(0, 2))
   held_in_by_all_LN = ~heldout_SLN.any(axis=0)
-  layers, applied = [], {}
+  layers, rates, applied = [], [], {}
   for l, name in enumerate(dataset.layer_names):
     x, info = data_lib.normalize(dataset.x_LTN[l].astype(np.float64), method, t_train=t_train,
                                  divisor_N=held_in_by_all_LN[l], population_mean_T=population,
                                  stats=None if reuse is None else reuse[name])
     layers.append(x)
     applied[name] = info
-  return dataclasses.replace(dataset, x_LTN=np.stack(layers).astype(np.float32)), applied
+    if dataset.rates_LTN is not None and method in ("none", "zscore"):
+      # The true rates in the data's units: the same affine map per neuron.
+      rates.append(data_lib.normalize(dataset.rates_LTN[l].astype(np.float64), method,
+                                      stats=info if method == "zscore" else None)[0])
+  return dataclasses.replace(dataset, x_LTN=np.stack(layers).astype(np.float32),
+                             rates_LTN=np.stack(rates).astype(np.float32) if rates else None), applied
 
 
 def prepare(dataset: Dataset, cfg: Settings, shared: bool = False,
@@ -339,8 +372,12 @@ def prepare(dataset: Dataset, cfg: Settings, shared: bool = False,
   if likelihood == "poisson" and (dataset.x_LTN < 0).any():
     raise UserError("--likelihood=poisson needs non-negative counts, but the data has negative "
                     "values: use --likelihood=gaussian")
-  t_train, t_valid = time_blocks(dataset.num_time, cfg.train_fraction, cfg.valid_fraction)
-  window = fit_window(cfg.window, dataset.num_time, t_train, t_valid, Settings().window, notes)
+  t_train, t_valid = time_blocks(dataset.num_time, cfg.train_fraction, cfg.valid_fraction,
+                                 dataset.trial_length)
+  if dataset.trial_length:
+    window = trial_window(cfg.window, dataset.trial_length, Settings().window, notes)
+  else:
+    window = fit_window(cfg.window, dataset.num_time, t_train, t_valid, Settings().window, notes)
   index, dropped = (reuse.neuron_index_LN, {}) if reuse else _drop_constant(dataset, t_train, notes)
   dataset = _select(dataset, index)
   if max(cfg.latents) > dataset.num_neurons:

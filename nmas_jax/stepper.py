@@ -45,7 +45,7 @@ class Stepper(Protocol):
 def vmap_step(state: train.TrainState, x_LTN: jax.Array, mask_MN: jax.Array,
               target_MN: jax.Array | None, layer_M: jax.Array, seed_M: jax.Array,
               step: jax.Array, *, model, tx, likelihood: str, t_train: int,
-              window: int, batch_size: int, mix_layers: bool = False,
+              window: int, batch_size: int, mix_layers: bool = False, stride: int = 1,
               batch_sharding=None) -> tuple[train.TrainState, dict[str, jax.Array]]:
   """Samples every model's batch for this step and steps all models [models] in one vmap.
 
@@ -53,7 +53,7 @@ def vmap_step(state: train.TrainState, x_LTN: jax.Array, mask_MN: jax.Array,
   step on a sharded models axis needs no cross-device traffic.
   """
   x_MBTN = splits.sample_batches(x_LTN, layer_M, seed_M, step, t_train=t_train, window=window,
-                                 batch_size=batch_size, mix_layers=mix_layers)
+                                 batch_size=batch_size, mix_layers=mix_layers, stride=stride)
   if batch_sharding is not None:  # split each model's batch over the mesh's data axis
     x_MBTN = jax.lax.with_sharding_constraint(x_MBTN, batch_sharding)
   one = functools.partial(train.train_step, model=model, tx=tx, likelihood=likelihood)
@@ -73,7 +73,8 @@ class VmapStepper:
     by_model = sharding.models_sharding(mesh)
     fn = functools.partial(vmap_step, model=model, tx=tx, likelihood=prep.likelihood,
                            t_train=prep.t_train, window=prep.window, batch_size=prep.batch_size,
-                           mix_layers=prep.shared, batch_sharding=sharding.batch_sharding(mesh))
+                           stride=prep.stride, mix_layers=prep.shared,
+                           batch_sharding=sharding.batch_sharding(mesh))
     self._fn = jax.jit(fn, donate_argnums=0, out_shardings=(by_model, by_model))
     self._args = (placed.x_LTN, placed.mask_MN, placed.target_MN, placed.layer_M, placed.seed_M)
 

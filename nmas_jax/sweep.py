@@ -67,10 +67,12 @@ class Built:
     ds, prep = self.prep.dataset, self.prep
     what = "one shared model of all layers" if prep.shared else f"{ds.num_layers} layers"
     pad = len(self.table) - self.n_real
+    unit = (f"trials of {ds.trial_length} bins", ds.trial_length) if ds.trial_length else ("time bins", 1)
+    blocks = (f"{ds.num_time // unit[1]} {unit[0]} ({prep.t_train // unit[1]} train / "
+              f"{(prep.t_valid - prep.t_train) // unit[1]} validation / "
+              f"{(ds.num_time - prep.t_valid) // unit[1]} test)")
     return (f"sweep: {self.n_real} models{f' + {pad} inert padding' if pad else ''} ({what} x "
-            f"{len(cfg.latents)} latents x {cfg.seeds} seeds), {ds.num_neurons} neurons, "
-            f"{ds.num_time} time bins ({prep.t_train} train / {prep.t_valid - prep.t_train} "
-            f"validation / {ds.num_time - prep.t_valid} test), "
+            f"{len(cfg.latents)} latents x {cfg.seeds} seeds), {ds.num_neurons} neurons, {blocks}, "
             f"{cfg.steps} steps on {self.mesh.devices.size} {jax.devices()[0].platform} device(s), "
             f"mesh {dict(self.mesh.shape)}, batching {self.stepper.description}")
 

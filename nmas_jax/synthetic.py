@@ -80,6 +80,36 @@ def make_synthetic(*, true_latents: Sequence[int] = SYNTHETIC_TRUE_LATENTS, neur
                  dict(zip(names, map(int, true_latents))), meta, counts=noise == "poisson")
 
 
+LORENZ = dict(sigma=10.0, rho=28.0, beta=8.0 / 3.0, dt=0.01, every=3)
+
+
+def _lorenz_run(s_B3: np.ndarray, bins: int, burn_in: int = 0) -> np.ndarray:
+  """Lorenz (10, 28, 8/3) states [bins, B, 3] from starts [B, 3]: RK4 with dt=0.01, one bin every
+  3 steps, after `burn_in` steps."""
+  sigma, rho, beta, dt, every = (LORENZ[k] for k in ("sigma", "rho", "beta", "dt", "every"))
+
+  def f(s):
+    x, y, z = s[..., 0], s[..., 1], s[..., 2]
+    return np.stack([sigma * (y - x), x * (rho - z) - y, x * y - beta * z], axis=-1)
+
+  s = np.array(s_B3, dtype=np.float64)
+  out = np.empty((bins, *s.shape))
+  for t in range(burn_in + bins * every):
+    k1 = f(s); k2 = f(s + dt / 2 * k1); k3 = f(s + dt / 2 * k2); k4 = f(s + dt * k3)
+    s = s + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+    if t >= burn_in and (t - burn_in) % every == 0:
+      out[(t - burn_in) // every] = s
+  return out
+
+
+def _lorenz_readout(rng: np.random.Generator, neurons: int, rate_range: tuple[float, float]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+  """Random unit-norm weights [3, neurons] and log baselines [neurons] (log-uniform rates)."""
+  w_3N = rng.standard_normal((3, neurons))
+  w_3N /= np.linalg.norm(w_3N, axis=0, keepdims=True)
+  return w_3N, rng.uniform(np.log(rate_range[0]), np.log(rate_range[1]), neurons)
+
+
 def make_lorenz(*, neurons: int = 60, time: int = 6000, layers: int = 1,
                 rate_range: tuple[float, float] = (0.05, 0.5), gain: float = 0.7,
                 seed: int = 0) -> Dataset:
@@ -93,32 +123,53 @@ def make_lorenz(*, neurons: int = 60, time: int = 6000, layers: int = 1,
   layer is its own trajectory and weights.
   """
   rng = np.random.default_rng(seed)
-  sigma, rho, beta, dt, every = 10.0, 28.0, 8.0 / 3.0, 0.01, 3
-
-  def f(s):
-    return np.array([sigma * (s[1] - s[0]), s[0] * (rho - s[2]) - s[1], s[0] * s[1] - beta * s[2]])
-
-  out = []
+  out, rates = [], []
   for _ in range(layers):
-    s = rng.normal(0.0, 1.0, 3) + np.array([0.0, 1.0, 25.0])
-    states = np.empty((time, 3))
-    for t in range(500 + time * every):  # 500 burn-in steps onto the attractor
-      k1 = f(s); k2 = f(s + dt / 2 * k1); k3 = f(s + dt / 2 * k2); k4 = f(s + dt * k3)
-      s = s + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
-      if t >= 500 and (t - 500) % every == 0:
-        states[(t - 500) // every] = s
+    start = rng.normal(0.0, 1.0, (1, 3)) + np.array([0.0, 1.0, 25.0])
+    states = _lorenz_run(start, time, burn_in=500)[:, 0]  # 500 burn-in steps onto the attractor
     z_T3 = (states - states.mean(axis=0)) / states.std(axis=0)
-    w_3N = rng.standard_normal((3, neurons))
-    w_3N /= np.linalg.norm(w_3N, axis=0, keepdims=True)
-    log_base_N = rng.uniform(np.log(rate_range[0]), np.log(rate_range[1]), neurons)
+    w_3N, log_base_N = _lorenz_readout(rng, neurons, rate_range)
     rate = np.exp(log_base_N + gain * z_T3 @ w_3N)
     out.append(rng.poisson(rate).astype(np.float64))
+    rates.append(rate)
   names = tuple(str(i) for i in range(layers))
   meta = dict(neurons=neurons, time=time, rate_range=list(rate_range), gain=gain, seed=seed,
               family="iii: Poisson, exp link of Lorenz latents",
               generator="Lorenz (10, 28, 8/3), RK4 dt=0.01, bin = 3 steps, Poisson(exp(b_n + linear))")
   return Dataset(np.stack(out).astype(np.float32), names, "lorenz", {n: 3 for n in names}, meta,
-                 counts=True)
+                 counts=True, rates_LTN=np.stack(rates).astype(np.float32))
+
+
+def make_lorenz_trials(*, trials: int = 600, time: int = 50, neurons: int = 40, layers: int = 1,
+                       rate_range: tuple[float, float] = (0.1, 0.5), gain: float = 1.0,
+                       seed: int = 0) -> Dataset:
+  """The LFADS paper's Lorenz benchmark shape: many short trials, each from its own initial
+  condition on the attractor, Poisson counts through an exp link with per-neuron baselines.
+
+  Trial starts are random points of one long trajectory (after burn-in); states are z-scored with
+  that trajectory's statistics; log rate = b_n + gain * w_n . z(t) as `make_lorenz`. The time axis
+  is the trials laid end to end (`Dataset.trial_length` = `time`); the true rates are kept
+  (`Dataset.rates_LTN`). True dimension 3.
+  """
+  rng = np.random.default_rng(seed)
+  out, rates = [], []
+  for _ in range(layers):
+    start = rng.normal(0.0, 1.0, (1, 3)) + np.array([0.0, 1.0, 25.0])
+    long_T3 = _lorenz_run(start, 20 * trials, burn_in=500)[:, 0]
+    mean, std = long_T3.mean(axis=0), long_T3.std(axis=0)
+    starts = long_T3[rng.choice(len(long_T3), trials, replace=False)]
+    z_TR3 = (_lorenz_run(starts, time) - mean) / std  # [time, trials, 3]
+    w_3N, log_base_N = _lorenz_readout(rng, neurons, rate_range)
+    rate = np.exp(log_base_N + gain * z_TR3.transpose(1, 0, 2) @ w_3N).reshape(trials * time, neurons)
+    out.append(rng.poisson(rate).astype(np.float64))
+    rates.append(rate)
+  names = tuple(str(i) for i in range(layers))
+  meta = dict(trials=trials, trial_length=time, neurons=neurons, rate_range=list(rate_range),
+              gain=gain, seed=seed, family="iii: Poisson, exp link of Lorenz latents, in trials",
+              generator="Lorenz (10, 28, 8/3), RK4 dt=0.01, bin = 3 steps, one random initial "
+                        "condition on the attractor per trial, Poisson(exp(b_n + linear))")
+  return Dataset(np.stack(out).astype(np.float32), names, "lorenz_trials", {n: 3 for n in names},
+                 meta, counts=True, trial_length=time, rates_LTN=np.stack(rates).astype(np.float32))
 
 
 def _smooth_signals(rng: np.random.Generator, dim: int, time: int, timescale: float = 8.0,
@@ -229,4 +280,5 @@ def power_law_activity(alpha: float, *, neurons: int = 600, time: int = 6000, di
 
 
 FAMILIES = {"synthetic": make_linear_gaussian, "nonlinear": make_nonlinear,
-            "lorenz": make_lorenz, "independent": make_independent}
+            "lorenz": make_lorenz, "lorenz_trials": make_lorenz_trials,
+            "independent": make_independent}

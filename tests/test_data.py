@@ -220,3 +220,69 @@ def test_window_longer_than_a_block():
   assert splits.fit_window(50, 100, 70, 80, default=50, notes=notes) == 10
   assert notes == ["--window=10 instead of the default 50: the data has 100 time bins after "
                    "binning, 70 train / 10 validation / 20 test"]
+
+
+def test_trial_arrays_are_binned_per_trial_and_split_by_whole_trials(tmp_path):
+  rng = np.random.default_rng(0)
+  x = rng.poisson(1.0, size=(2, 10, 7, 4))  # [layers, trials, time, neurons]; 7 bins: odd
+  np.save(tmp_path / "trials.npy", x)
+  ds = loaders.load_array(str(tmp_path / "trials.npy"), trials=True, bin_size=2)
+  # Each trial binned on its own (its 7th bin dropped), then the trials laid end to end.
+  assert ds.trial_length == 3 and ds.num_trials == 10 and ds.counts
+  np.testing.assert_array_equal(ds.x_LTN, (x[:, :, 0:6:2] + x[:, :, 1:6:2]).reshape(2, 30, 4))
+  np.save(tmp_path / "one.npy", x[0])  # [trials, time, neurons]: one layer
+  one = loaders.load_array(str(tmp_path / "one.npy"), trials=True, bin_size=1)
+  assert one.x_LTN.shape == (1, 70, 4) and one.trial_length == 7
+
+  prep = splits.prepare(ds, config.Settings(latents=(1,), seeds=1))
+  assert (prep.t_train, prep.t_valid, prep.window) == (21, 24, 3)  # 7 / 1 / 2 trials of 3 bins
+  assert "--window=3: one whole trial (trial data)" in prep.notes
+  # Training windows are whole training trials: they start at trial boundaries.
+  b = splits.sample_batches(jnp.arange(30.0)[None, :, None], jnp.zeros(2, jnp.int32),
+                            jnp.array([0, 1]), jnp.int32(5), t_train=21, window=3, batch_size=64,
+                            stride=3)
+  starts = np.asarray(b[..., 0, 0])
+  assert set(starts.ravel()) == {0, 3, 6, 9, 12, 15, 18}
+  np.testing.assert_array_equal(np.asarray(b[..., 0]) - starts[..., None],
+                                np.broadcast_to(np.arange(3), (2, 64, 3)))
+
+  with pytest.raises(UserError) as e:
+    splits.prepare(ds, config.Settings(latents=(1,), seeds=1, window=5))
+  assert str(e.value) == ("--window=5, but with trial data a window is a whole trial (3 bins): "
+                          "drop --window")
+  np.save(tmp_path / "flat.npy", x[0, 0])
+  with pytest.raises(UserError) as e:
+    loaders.load_array(str(tmp_path / "flat.npy"), trials=True)
+  assert str(e.value) == ("with --trials the array must be [trials, time, neurons] or [layers, "
+                          "trials, time, neurons], got shape (7, 4)")
+  with pytest.raises(UserError, match=r"^--trials describes an array file's layout and needs "
+                                      r"--dataset=array, not --dataset=lorenz \(lorenz_trials is "
+                                      r"trial data already\)$"):
+    loaders.load(config.DataSettings(dataset="lorenz", trials=True))
+  with pytest.raises(UserError, match=r"^3 trials are too few for a training, validation and test"):
+    splits.time_blocks(9, 0.7, 0.1, trial_length=3)
+
+
+def test_lorenz_trials_keep_their_true_rates_through_preparation():
+  ds = synthetic.make_lorenz_trials(trials=40, time=10, neurons=12)
+  assert ds.x_LTN.shape == ds.rates_LTN.shape == (1, 400, 12) and ds.trial_length == 10
+  assert ds.true_latent == {"0": 3} and ds.counts
+  # Counts are Poisson draws of the rates: their means agree within sampling error.
+  assert abs(ds.x_LTN.mean() - ds.rates_LTN.mean()) < 4 * np.sqrt(ds.rates_LTN.mean() / ds.x_LTN.size)
+  # Each trial starts from its own initial condition: no two trials' first rates are equal.
+  first = ds.rates_LTN[0, ::10]
+  assert len({tuple(r) for r in np.round(first, 6)}) == 40
+  # As Gaussian data the rates are z-scored with the counts' training-block statistics.
+  prep = splits.prepare(ds, config.Settings(latents=(1,), seeds=1, likelihood="gaussian"))
+  t = prep.t_train
+  mean, std = ds.x_LTN[0, :t].mean(axis=0), ds.x_LTN[0, :t].std(axis=0)
+  np.testing.assert_allclose(prep.dataset.rates_LTN[0], (ds.rates_LTN[0] - mean) / std, rtol=1e-4,
+                             atol=1e-4)
+  np.testing.assert_array_equal(prep.flat("test", rates=True)[0],
+                                prep.dataset.rates_LTN[0, prep.t_valid:])
+  # A layer subset keeps its rates; the shuffle control shifts rates with their counts.
+  ctrl = data.with_shuffle_control(synthetic.make_lorenz_trials(trials=40, time=10, neurons=12,
+                                                               layers=2).select_layers(["1"]))
+  shifted, raw = ctrl.x_LTN[1] - ctrl.rates_LTN[1], ctrl.x_LTN[0] - ctrl.rates_LTN[0]
+  np.testing.assert_allclose(np.sort(shifted, axis=0), np.sort(raw, axis=0))
+  assert not np.allclose(shifted, raw)
