@@ -171,6 +171,9 @@ class DimensionSweep:
                        "null on held-out neurons), so there is no chosen model: pass latent=k")
     hits = np.flatnonzero((self.table_.layer == li) & (self.table_.latent == k)
                           & (self.table_.seed == seed) & (self.table_.count == 0))
+    bands = (self.results_.get("optimal_latent_bands") or {}).get(layer)
+    if latent is None and bands:  # multiscale: the chosen counts per band
+      hits = hits[(self.table_.bands[hits] == bands).all(axis=1)]
     if not len(hits):
       raise ValueError(f"no model with latent {k} for layer {layer}: latents swept are "
                        f"{', '.join(map(str, self.config_.latents))}")
@@ -215,7 +218,7 @@ class DimensionSweep:
     li = int(self.table_.layer[i])
     x = self.preprocess(X, li)
     params = jax.tree.map(lambda a: a[i], self.state_.params)
-    k = int(self.table_.latent[i])
+    k = self.table_.model_latent[i]
     model = models.make_model(self.config_, x.shape[1])
     mask = jnp.asarray(self.input_mask(li, int(self.table_.seed[i])))
     w = self.config_.window
@@ -227,7 +230,10 @@ class DimensionSweep:
     if n < len(x):
       _, z = train.predict(params, k, jnp.asarray(x[None, n:]), mask, model=model)
       zs.append(np.asarray(z)[0])
-    return np.concatenate(zs)[:, :k]
+    z = np.concatenate(zs)
+    if np.ndim(k):  # multiscale: each band's used units, bands in --timescales order
+      return z[:, np.asarray(models.band_mask(model.latent, k)) > 0]
+    return z[:, :k]
 
   def score(self, X=None) -> float:
     """Held-out gain over the zero-latent null at each layer's chosen latent (0 where that is 0),
@@ -312,7 +318,8 @@ def _open_workdir(workdir, identity, run: RunSettings, flags_text: str, prep, cf
     table = ModelTable.for_sweep(prep, cfg)
     writer = writers.MetricWriter(workdir, [
         f"layer={prep.dataset.layer_names[l]},latent={k},seed={s}" + (f",neurons={c}" if c else "")
-        for l, k, s, c in zip(table.layer, table.latent, table.seed, table.count)])
+        + (f",bands={'-'.join(map(str, b))}" if len(b) else "")
+        for l, k, s, c, b in zip(table.layer, table.latent, table.seed, table.count, table.bands)])
     partial = lambda o: files.write_json(os.path.join(workdir, "results.json"),
                                          results_lib.results_dict(prep, cfg, o))
     sinks = [(hooks.Metrics(writer.write_scalars), writer.close),

@@ -17,13 +17,13 @@ from typing import Any, Sequence
 
 from nmas_jax.errors import UserError
 
-MODELS = ("autoencoder", "lfads")
+MODELS = ("autoencoder", "lfads", "multiscale")
 DECODERS = ("linear", "mlp", "lstm")
 LIKELIHOODS = ("gaussian", "poisson")
 DTYPES = ("float32", "bfloat16")
 NORMALIZATIONS = ("zscore", "mean_per_bin", "mean_per_bin_all", "none")
-DATASETS = ("synthetic", "nonlinear", "lorenz", "lorenz_trials", "independent", "stringer", "array",
-            "nwb")
+DATASETS = ("synthetic", "nonlinear", "lorenz", "lorenz_trials", "independent", "multiscale",
+            "stringer", "array", "nwb")
 NAN_POLICIES = ("freeze", "stop", "drop_neurons")
 BATCHINGS = ("auto", "vmap", "by_latent")
 BASELINES = ("pca", "fa", "lds")
@@ -67,9 +67,10 @@ def setting(default: Any, help: str, *, choices: Sequence[str] | None = None,
 
 
 def parse_ints(text: str | Sequence[Any], name: str = "latents", example: str = "10,25,50",
-               empty: bool = False) -> tuple[int, ...]:
-  """'10,25,50' (or a sequence) -> (10, 25, 50): distinct positive integers, with a one-line error
-  naming --`name` for anything else (and for an empty list unless `empty`)."""
+               empty: bool = False, zero: bool = False) -> tuple[int, ...]:
+  """'10,25,50' (or a sequence) -> (10, 25, 50): distinct positive integers (or 0 too, with
+  `zero`), with a one-line error naming --`name` for anything else (and for an empty list unless
+  `empty`)."""
   items = [t.strip() for t in text.split(",")] if isinstance(text, str) else [str(t).strip() for t in text]
   items = [t for t in items if t]
   if not items and not empty:
@@ -81,7 +82,7 @@ def parse_ints(text: str | Sequence[Any], name: str = "latents", example: str = 
     except ValueError:
       raise UserError(f"--{name} has {t!r}, not an integer: give positive integers, "
                       f"e.g. --{name}={example}") from None
-    if k <= 0:
+    if k < 0 or (k == 0 and not zero):
       noun = {"latents": "latent sizes"}.get(name, name.replace("_", " "))
       raise UserError(f"--{name} has {k}: {noun} must be positive integers")
     if k in out:
@@ -102,7 +103,8 @@ class _Declared:
     for f in dataclasses.fields(self):
       value = getattr(self, f.name)
       if f.metadata["kind"] == "ints":
-        value = parse_ints(value, f.name, f.metadata["example"], empty=not f.default)
+        value = parse_ints(value, f.name, f.metadata["example"], empty=not f.default,
+                           zero=f.name == "latents")  # 0: a band count of --model=multiscale
       elif f.metadata["kind"] == "list":
         value = tuple(str(v) for v in value)
       object.__setattr__(self, f.name, value)
@@ -135,8 +137,10 @@ class Settings(_Declared):
   """Model, training and evaluation settings: `DimensionSweep`'s parameters, and flags of the sweep."""
 
   # The models.
-  latents: tuple[int, ...] = setting((10, 25, 50, 75, 150), "Comma-separated latent sizes.",
-                                     kind="ints", example="10,25,50,75,150")
+  latents: tuple[int, ...] = setting((10, 25, 50, 75, 150), "Comma-separated latent sizes (with "
+                                     "--model=multiscale: latent counts per band, 0 allowed; "
+                                     "every combination is swept).", kind="ints",
+                                     example="10,25,50,75,150")
   neuron_counts: tuple[int, ...] = setting((), "Comma-separated numbers of held-in neurons: also "
                                            "sweep each layer subsampled to these many encoder "
                                            "inputs (nested subsets; the held-out neurons stay the "
@@ -150,7 +154,14 @@ class Settings(_Declared):
   decoder_hidden: int = setting(128, "Hidden units of the mlp decoder.", check="positive_int")
   model: str = setting("autoencoder", "autoencoder: the LSTM autoencoder (--hidden, --decoder); "
                        "lfads: LFADS (models.LFADS; --gen_dim ... --cd_rate), whose factors are "
-                       "the swept latents.", choices=MODELS)
+                       "the swept latents; multiscale: the autoencoder with latents in bands of "
+                       "fixed time constants (--timescales), every combination of per-band "
+                       "counts from --latents swept.", choices=MODELS)
+  timescales: tuple[int, ...] = setting((), "--model=multiscale: comma-separated time constants "
+                                        "of the latent bands in time bins (after --bin), e.g. "
+                                        "2,50: a fast and a slow band; each band's latents are "
+                                        "leaky integrators of bounded encoder innovations.",
+                                        kind="ints", example="2,50")
   gen_dim: int = setting(64, "LFADS: generator GRU units.", check="positive_int")
   ic_enc_dim: int = setting(64, "LFADS: initial-condition encoder GRU units (per direction).",
                             check="positive_int")
@@ -220,6 +231,20 @@ class Settings(_Declared):
   verbose: bool = setting(True, "Print progress lines.", flag=False, identity=False)
 
   def _check_together(self) -> None:
+    if self.model == "multiscale":
+      if not self.timescales:
+        raise UserError("--model=multiscale needs --timescales, the bands' time constants in "
+                        "bins, e.g. --timescales=2,50")
+      if max(self.latents) == 0:
+        raise UserError(f"--latents={','.join(map(str, self.latents))} has no positive band count")
+      if self.neuron_counts:
+        raise UserError("--neuron_counts is not built for --model=multiscale: drop one of them")
+    elif 0 in self.latents:
+      raise UserError("--latents has 0: latent sizes must be positive integers (0 is a band count "
+                      "of --model=multiscale only)")
+    elif self.timescales:
+      raise UserError(f"--timescales sets the bands of --model=multiscale; it has no effect with "
+                      f"--model={self.model}: drop it")
     if len(set(self.baselines)) != len(self.baselines):
       raise UserError(f"--baselines={','.join(self.baselines)} lists a baseline twice: give each once")
     if self.train_fraction + self.valid_fraction >= 1:
@@ -234,9 +259,10 @@ class DataSettings(_Declared):
   dataset: str = setting("synthetic", "The data: built-in families with known answers "
                          "(synthetic: linear-Gaussian layers of dimension 7, 18, 40; nonlinear: a "
                          "saturating readout of 3, 6, 12 signals; lorenz: Poisson counts of 3-D "
-                         "Lorenz latents; lorenz_trials: the same in short trials from many initial conditions, the LFADS "
-                         "benchmark, with the true rates for rates_r2; independent: nothing "
-                         "shared), or a recording.",
+                         "Lorenz latents; lorenz_trials: the same in short trials from many "
+                         "initial conditions, the LFADS benchmark, with the true rates for "
+                         "rates_r2; independent: nothing shared; multiscale: 4 signals with "
+                         "correlation times around 2 bins and 3 around 50), or a recording.",
                          choices=DATASETS)
   data_path: str = setting("", "Data file (stringer: .npy dict; array: .npy/.npz; nwb: .nwb).",
                            path=True)

@@ -100,3 +100,57 @@ def estimate(latents: Sequence[int], loss_KSB: np.ndarray, null_SB: np.ndarray,
 
 def _num(x) -> float | None:
   return float(x) if np.isfinite(x) else None
+
+
+# ----------------------------------------------------------------------------
+# Latents in bands of time constants (--model=multiscale).
+
+
+def choose_bands(combos_CB: np.ndarray, gain_C: np.ndarray, timescales: Sequence[int],
+                 fraction: float = DEFAULT_GAIN_FRACTION) -> tuple[int, ...]:
+  """The rule over combinations of per-band counts [combos, bands]: the smallest total whose gain
+  reaches `fraction` of the gain of every combination of larger or equal total; among those of
+  that total, the slower explanation (most latents in the slowest band, then the next). All
+  zeros when nothing gains."""
+  combos_CB, g = np.asarray(combos_CB), np.asarray(gain_C, float)
+  ok = np.isfinite(g)
+  if not ok.any() or g[ok].max() <= 0:
+    return (0,) * combos_CB.shape[1]
+  total = combos_CB.sum(axis=1)
+  slow_first = np.argsort(-np.asarray(timescales), kind="stable")
+  qualify = [i for i in np.flatnonzero(ok)
+             if g[i] >= fraction * g[ok & (total >= total[i])].max()]
+  best = min(qualify, key=lambda i: (total[i], *(-combos_CB[i, slow_first])))
+  return tuple(int(c) for c in combos_CB[best])
+
+
+def estimate_bands(combos_CB: np.ndarray, loss_CSB: np.ndarray, null_SB: np.ndarray,
+                   count_SB: np.ndarray, timescales: Sequence[int],
+                   fraction: float = DEFAULT_GAIN_FRACTION, resamples: int = 200,
+                   seed: int = 0) -> dict[str, Any]:
+  """`choose_bands` on one layer's loss curves [combos, seeds, blocks], with the bootstrap of
+  `estimate`: the chosen counts per band, each band's and the total's 5th-95th percentile interval,
+  p_positive, and the gain (mean over seeds) and gain_fraction of every combination."""
+  combos_CB = np.asarray(combos_CB)
+  g_CS = gains(loss_CSB, null_SB, count_SB)
+  mean = np.array([np.nanmean(r) if np.isfinite(r).any() else np.nan for r in g_CS])
+  rng = np.random.default_rng(seed)
+  seeds, blocks = null_SB.shape
+  choices, positive = [], []
+  for _ in range(resamples):
+    s, b = rng.integers(0, seeds, seeds), rng.integers(0, blocks, blocks)
+    with np.errstate(invalid="ignore"):
+      g = np.nanmean(gains(loss_CSB[:, s][:, :, b], null_SB[s][:, b], count_SB[s][:, b]), axis=1)
+    choices.append(choose_bands(combos_CB, g, timescales, fraction))
+    positive.append(np.nanmax(g) > 0 if np.isfinite(g).any() else False)
+  p_positive = float(np.mean(positive)) if resamples else float(np.nanmax(mean) > 0)
+  zero = (0,) * combos_CB.shape[1]
+  optimal = choose_bands(combos_CB, mean, timescales, fraction) if p_positive >= 0.95 else zero
+  chosen = np.asarray(choices or [optimal]).reshape(-1, combos_CB.shape[1])
+  quant = lambda v: [int(q) for q in np.quantile(v, [0.05, 0.95], method="inverted_cdf")]
+  top = np.nanmax(mean) if np.isfinite(mean).any() else np.nan
+  return {"optimal": list(optimal), "total": int(sum(optimal)), "p_positive": p_positive,
+          "interval": [quant(chosen[:, b]) for b in range(chosen.shape[1])],
+          "total_interval": quant(chosen.sum(axis=1)),
+          "gain": [_num(v) for v in mean],
+          "gain_fraction": [_num(v / top) if top > 0 else None for v in mean]}

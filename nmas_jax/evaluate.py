@@ -150,8 +150,8 @@ def _baselines(prep: Prepared, cfg: Settings, block_T: np.ndarray, fa_iters: int
   reconstruction)."""
   train_LTN, valid_LTN, test_LTN = prep.train_block(), prep.flat("valid"), prep.flat("test")
   t_valid, lik, seeds = valid_LTN.shape[1], prep.likelihood, prep.heldout_SLN.shape[0]
-  methods = cfg.baselines
-  shape = (prep.dataset.num_layers, len(cfg.latents), seeds, block_T.max() + 1)
+  methods, sizes = cfg.baselines, baseline_sizes(cfg)
+  shape = (prep.dataset.num_layers, len(sizes), seeds, block_T.max() + 1)
   curves = {m: np.full(shape, np.nan) for m in methods}
   rows, fa_fits = [], {}
   for l, name in enumerate(prep.dataset.layer_names):
@@ -159,7 +159,7 @@ def _baselines(prep: Prepared, cfg: Settings, block_T: np.ndarray, fa_iters: int
     # Each seed's neurons the baselines see: its held-out ones and its count's inputs.
     keep_SN = prep.heldout_SLN[:, l] | (prep.input_mask_MN(
         np.full(seeds, l), np.arange(seeds), np.full(seeds, count)) > 0)
-    for j, k in enumerate(cfg.latents):
+    for j, k in enumerate(sizes):
       row: dict[str, Any] = {"layer": name, "latent": int(k)}
       per_seed = []
       for s in range(seeds):
@@ -192,6 +192,12 @@ def _baselines(prep: Prepared, cfg: Settings, block_T: np.ndarray, fa_iters: int
         row[key] = float(np.nanmean([m[key] for m in per_seed]))
       rows.append(row)
   return rows, curves, fa_fits
+
+
+def baseline_sizes(cfg: Settings) -> tuple[int, ...]:
+  """The latent sizes the baselines (and the rule on their curves) use: --latents without 0 (a
+  band count of --model=multiscale)."""
+  return tuple(k for k in cfg.latents if k > 0)
 
 
 def _widen(pred_TK: np.ndarray, keep_N: np.ndarray) -> np.ndarray:
@@ -264,6 +270,10 @@ def evaluate_sweep(prep: Prepared, cfg: Settings, out, fa_iters: int = 100,
     return curves
 
   null, count = _null_losses(prep, block_T)
+  if cfg.model == "multiscale":
+    result.update(band_estimates(prep, cfg, sub, sub_per_model, pred_valid[main], ok[main],
+                                 base_curves, null, count, block_T))
+    return result
   result.update(dimension_estimates(prep, cfg, sub, sub_per_model, model_curves(0), base_curves,
                                     rows, null, count))
   if cfg.neuron_counts and not prep.shared:
@@ -334,8 +344,9 @@ def context(prep: Prepared, cfg: Settings, fa_iters: int = 100,
 def _rule(cfg: Settings, curves_KSB: np.ndarray, null_SB: np.ndarray, count_SB: np.ndarray
           ) -> dict[str, Any]:
   """`dimension.estimate` on one layer's loss curves [latents in cfg order, seeds, blocks]."""
-  order = np.argsort(cfg.latents)
-  return dimension.estimate([int(cfg.latents[j]) for j in order], curves_KSB[order], null_SB,
+  sizes = baseline_sizes(cfg)
+  order = np.argsort(sizes)
+  return dimension.estimate([int(sizes[j]) for j in order], curves_KSB[order], null_SB,
                             count_SB, cfg.gain_fraction, cfg.bootstrap, BOOTSTRAP_SEED)
 
 
@@ -389,6 +400,64 @@ def dimension_estimates(prep: Prepared, cfg: Settings, table: ModelTable,
         **{k: d[k] for k in ("gain", "gain_se", "gain_fraction", "interval", "p_positive")}}
     out["test_comparison"][name] = _test_comparison(prep, cfg, table, per_model, base_rows, l,
                                                     name, d["optimal"])
+  return out
+
+
+def band_estimates(prep: Prepared, cfg: Settings, table: ModelTable,
+                   per_model: list[dict[str, float]], pred_valid: np.ndarray, ok: np.ndarray,
+                   base_curves: dict[str, np.ndarray], null_LSB: np.ndarray,
+                   count_LSB: np.ndarray, block_T: np.ndarray) -> dict[str, Any]:
+  """--model=multiscale: `dimension.estimate_bands` per layer over the combinations of per-band
+  counts (`table.bands`): optimal_latent (the total), optimal_latent_bands, their intervals."""
+  metric = score_metric(prep.likelihood, True)
+  valid_LTN = prep.flat("valid")
+  combos = np.unique(table.bands, axis=0)
+  key = {tuple(c): j for j, c in enumerate(combos)}
+  curves = np.full((prep.dataset.num_layers, len(combos), cfg.seeds, block_T.max() + 1), np.nan)
+  for i in np.flatnonzero(ok):
+    l, s = table.layer[i], table.seed[i]
+    curves[l, key[tuple(table.bands[i])], s] = block_losses(
+        pred_valid[i], valid_LTN[l], prep.heldout_SLN[s, l], prep.likelihood, block_T)
+  g = cfg.gain_fraction
+  dim: dict[str, Any] = {
+      "metric": metric, "gain_fraction": g, "block": "validation", "timescales": list(cfg.timescales),
+      "gain": "drop of the held-out neurons' loss on the validation block below the zero-latent "
+              "null, per held-out element, mean over seeds",
+      "rule": f"smallest total latent count whose gain reaches {g:.0%} of the gain of every "
+              "combination of per-band counts with a larger or equal total; among those, the "
+              "slower explanation (most latents in the slowest band); 0 unless the best gain is "
+              "above zero in 95% of the bootstrap resamples",
+      "bootstrap": {"resamples": cfg.bootstrap, "seed": BOOTSTRAP_SEED,
+                    "time_blocks": int(null_LSB.shape[-1]), "over": "validation time blocks and seeds"},
+      "layers": {}}
+  out: dict[str, Any] = {"optimal_latent": {}, "optimal_latent_interval": {},
+                         "optimal_latent_bands": {}, "optimal_latent_bands_interval": {},
+                         "knee_latent": {}, "one_se_latent": {},
+                         "baseline_optimal_latent": {m: {} for m in cfg.baselines},
+                         "dimension": dim, "test_comparison": {}}
+  for l, name in enumerate(prep.dataset.layer_names):
+    d = dimension.estimate_bands(combos, curves[l], null_LSB[l], count_LSB[l], cfg.timescales,
+                                 g, cfg.bootstrap, BOOTSTRAP_SEED)
+    out["optimal_latent"][name], out["optimal_latent_interval"][name] = d["total"], d["total_interval"]
+    out["optimal_latent_bands"][name] = d["optimal"]
+    out["optimal_latent_bands_interval"][name] = d["interval"]
+    out["knee_latent"][name] = out["one_se_latent"][name] = None
+    for method in cfg.baselines:
+      out["baseline_optimal_latent"][method][name] = _rule(
+          cfg, base_curves[method][l], null_LSB[l], count_LSB[l])["optimal"]
+    dim["layers"][name] = {
+        "bands": combos.tolist(), "latents": combos.sum(axis=1).tolist(),
+        "mean": [_mean([m.get(metric) for i, m in enumerate(per_model)
+                        if table.layer[i] == l and tuple(table.bands[i]) == tuple(c)])
+                 for c in combos],
+        "null": float(null_LSB[l].sum() / count_LSB[l].sum()),
+        **{k: d[k] for k in ("gain", "gain_fraction", "p_positive")}}
+    test = "test_" + metric
+    at = [m.get(test) for i, m in enumerate(per_model)
+          if table.layer[i] == l and list(table.bands[i]) == d["optimal"]]
+    out["test_comparison"][name] = {"latent": d["total"], "bands": d["optimal"], "metric": test,
+                                    "higher_is_better": higher_is_better(test),
+                                    "model": _mean(at) if d["total"] else None}
   return out
 
 

@@ -341,8 +341,82 @@ class LSTMAutoencoder(nn.Module):
     return self.decode(z_BTK), z_BTK
 
 
+def band_mask(width: int, counts: Any) -> jax.Array:
+  """[bands * width] float mask of a multiscale model: unit j of band b is on when j < counts[b]."""
+  counts = jnp.asarray(counts)
+  return (jnp.arange(width)[None, :] < counts[:, None]).astype(jnp.float32).reshape(-1)
+
+
+def leaky_integrate(u_BTK: jax.Array, decay_K: jax.Array) -> jax.Array:
+  """z_t = a z_{t-1} + (1 - a) u_t per unit (a = decay_K), starting at z_0 = u_0: each unit a
+  leaky integrator of its innovations with time constant -1 / log(a) bins."""
+  a_1K = decay_K[None, :]
+
+  def step(z_BK, u_BK):
+    z_BK = a_1K * z_BK + (1.0 - a_1K) * u_BK
+    return z_BK, z_BK
+
+  u_TBK = jnp.swapaxes(u_BTK, 0, 1)
+  _, z_TBK = jax.lax.scan(step, u_TBK[0], u_TBK)
+  return jnp.swapaxes(z_TBK, 0, 1)
+
+
+class MultiscaleAutoencoder(nn.Module):
+  """The autoencoder with latents in bands of fixed time constants: x [B, T, N] -> (y [B, T, N],
+  z [B, T, bands * latent]).
+
+  The encoder emits bounded innovations (tanh, one per unit); band b's units are leaky
+  integrators of theirs with time constant `timescales[b]` bins (`leaky_integrate`), so a slow
+  unit moves at most 2 / tau of its range per bin and cannot follow fast changes. `latent` is each
+  band's padded width; `latent_size` [bands] masks band b to its first counts[b] units (a padded
+  model equals an unpadded one). The decoder reads all bands' units.
+  """
+
+  neurons: int
+  latent: int
+  timescales: tuple[int, ...]
+  hidden: int = 128
+  decoder: str = "linear"
+  bidirectional: bool = False
+  unroll: int = 1
+  dtype: Any = jnp.float32
+  decoder_hidden: int = 128
+  dropout: float = 0.0
+
+  def setup(self):
+    width = self.latent * len(self.timescales)
+    self.encoder = Encoder(self.hidden, width, self.bidirectional, self.unroll, self.dtype)
+    self.decoder_net = Decoder(self.neurons, self.hidden, self.decoder, self.unroll, self.dtype,
+                               self.decoder_hidden)
+    self.input_dropout = nn.Dropout(self.dropout)
+
+  def encode(self, x_BTN: jax.Array, latent_size: Any = None) -> jax.Array:
+    counts = (jnp.full(len(self.timescales), self.latent) if latent_size is None
+              else jnp.asarray(latent_size))
+    u_BTK = jnp.tanh(self.encoder(x_BTN)) * band_mask(self.latent, counts)[None, None, :]
+    decay_K = jnp.repeat(jnp.exp(-1.0 / jnp.asarray(self.timescales, jnp.float32)), self.latent)
+    return leaky_integrate(u_BTK, decay_K)
+
+  def decode(self, z_BTK: jax.Array) -> jax.Array:
+    return self.decoder_net(z_BTK)
+
+  def __call__(self, x_BTN: jax.Array, latent_size: Any = None,
+               train: bool = False) -> tuple[jax.Array, jax.Array]:
+    if train and self.dropout > 0:
+      x_BTN = self.input_dropout(x_BTN, deterministic=False)
+    z_BTK = self.encode(x_BTN, latent_size)
+    return self.decode(z_BTK), z_BTK
+
+
 def make_model(cfg: Settings, neurons: int) -> nn.Module:
-  """The padded model every model of a sweep shares (width = the largest latent)."""
+  """The padded model every model of a sweep shares (width = the largest latent; per band for
+  multiscale)."""
+  if cfg.model == "multiscale":
+    return MultiscaleAutoencoder(
+        neurons=neurons, latent=max(cfg.latents), timescales=tuple(cfg.timescales),
+        hidden=cfg.hidden, decoder=cfg.decoder, bidirectional=cfg.bidirectional,
+        unroll=cfg.unroll, dtype=jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32,
+        decoder_hidden=cfg.decoder_hidden, dropout=cfg.dropout)
   if cfg.model == "lfads":
     return LFADS(neurons=neurons, latent=max(cfg.latents), gen_dim=cfg.gen_dim,
                  ic_enc_dim=cfg.ic_enc_dim, ci_enc_dim=cfg.ci_enc_dim, con_dim=cfg.con_dim,

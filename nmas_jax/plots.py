@@ -149,6 +149,50 @@ def plot_scaling(results: dict[str, Any]):
                  f"{results['dataset']}: dimension against neuron count")
 
 
+def plot_timescales(results: dict[str, Any]):
+  """--model=multiscale: per layer, the held-out gain (fraction of the best) over the grid of
+  per-band counts: a heat map for two bands (the chosen cell boxed), else gain against total."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  dim, layers = results["dimension"], results["layers"]
+  taus = dim["timescales"]
+  fig, axes = plt.subplots(1, len(layers), figsize=(4.4 * len(layers), 3.8), squeeze=False)
+  for ax, layer in zip(axes.flat, layers):
+    d = dim["layers"][layer]
+    bands = np.asarray(d["bands"])
+    frac = np.array([np.nan if f is None else f for f in d["gain_fraction"]])
+    chosen = results["optimal_latent_bands"][layer]
+    if len(taus) == 2:
+      v0, v1 = sorted(set(bands[:, 0])), sorted(set(bands[:, 1]))
+      grid = np.full((len(v1), len(v0)), np.nan)
+      for (a, b), f in zip(bands, frac):
+        grid[v1.index(b), v0.index(a)] = f
+      im = ax.imshow(grid, origin="lower", cmap="viridis", vmin=0, vmax=1)
+      for (a, b), f in zip(bands, frac):
+        if np.isfinite(f):
+          ax.text(v0.index(a), v1.index(b), f"{f:.2f}", ha="center", va="center", fontsize=7,
+                  color="w" if f < 0.6 else "k")
+      if any(chosen):
+        ax.add_patch(plt.Rectangle((v0.index(chosen[0]) - 0.5, v1.index(chosen[1]) - 0.5), 1, 1,
+                                   fill=False, ec="r", lw=2))
+      ax.set_xticks(range(len(v0)), [str(v) for v in v0])
+      ax.set_yticks(range(len(v1)), [str(v) for v in v1])
+      ax.set_xlabel(f"latents at tau={taus[0]} bins")
+      ax.set_ylabel(f"latents at tau={taus[1]} bins")
+      fig.colorbar(im, ax=ax, fraction=0.046, label="gain / best gain")
+    else:
+      ax.scatter(bands.sum(axis=1), frac, s=12)
+      ax.set_xlabel("total latents")
+      ax.set_ylabel("gain / best gain")
+    ax.set_title(f"layer {layer}: chosen {'/'.join(map(str, chosen))} "
+                 f"(tau {'/'.join(map(str, taus))})", fontsize=9)
+  fig.tight_layout()
+  return fig
+
+
 def _axes():
   """One figure with one axes, on the non-interactive backend."""
   import matplotlib

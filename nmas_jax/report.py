@@ -18,9 +18,39 @@ def _interval(results: dict[str, Any], layer: str) -> str:
   return "-" if iv is None else f"{iv[0]}-{iv[1]}"
 
 
+def bands_table(results: dict[str, Any]) -> str:
+  """--model=multiscale: per layer, the chosen count per band with its interval, and the total."""
+  dim = results["dimension"]
+  taus = dim["timescales"]
+  true = results.get("true_latent") or {}
+  lines = [f"held-out {dim['metric']}, validation block: latents per timescale band "
+           f"(tau = {', '.join(map(str, taus))} bins)",
+           f"{'layer':>10} " + "".join(f" {'tau=' + str(t):>12}" for t in taus)
+           + f" {'total':>6} {'5-95%':>6}" + (f" {'true':>6}" if true else "")]
+  for layer in results["layers"]:
+    bands = results["optimal_latent_bands"][layer]
+    iv = results["optimal_latent_bands_interval"][layer]
+    row = f"{layer:>10} " + "".join(f" {f'{b} ({lo}-{hi})':>12}" for b, (lo, hi) in zip(bands, iv))
+    row += f" {results['optimal_latent'][layer]:>6} {_interval(results, layer):>6}"
+    lines.append(row + (f" {true.get(layer, '-'):>6}" if true else ""))
+  return "\n".join(lines)
+
+
+def _bands_section(results: dict[str, Any]) -> list[str]:
+  if not results.get("optimal_latent_bands"):
+    return []
+  dim = results["dimension"]
+  return ["## Latents per timescale (validation block)", "", "```", bands_table(results), "```",
+          "", f"How: {dim['rule']}. Each band's count is shown with its 5th-95th percentile "
+          "interval over the bootstrap; timescales.png shows the gain over the whole grid.", ""]
+
+
 def table(results: dict[str, Any], field: str | None = None) -> str:
   """A text table: rows are layers, columns latent sizes (validation block, mean over seeds),
-  then the chosen dimension, its bootstrap interval and the alternatives."""
+  then the chosen dimension, its bootstrap interval and the alternatives (multiscale:
+  `bands_table`)."""
+  if results.get("optimal_latent_bands"):
+    return bands_table(results)
   field = field or dimension_metric(results)
   by_layer = curves(results, field)
   latents = results["latents"]
@@ -49,20 +79,26 @@ def table(results: dict[str, Any], field: str | None = None) -> str:
 def write_all(workdir: str, results: dict[str, Any], flags_text: str = "") -> list[str]:
   """Writes results.json, results.csv, sweep.png, spectrum.png and report.md; returns their
   paths."""
-  paths = [os.path.join(workdir, n) for n in ("results.json", "results.csv", "sweep.png", "report.md")]
+  bands = bool(results.get("optimal_latent_bands"))  # multiscale: timescales.png, no sweep.png
+  paths = [os.path.join(workdir, n) for n in ("results.json", "results.csv", "report.md")]
   files.write_json(paths[0], results)
   results_lib.write_csv(paths[1], results)
-  plots.save_figure(paths[2], plots.plot_sweep(results))
+  if not bands:
+    paths.append(os.path.join(workdir, "sweep.png"))
+    plots.save_figure(paths[-1], plots.plot_sweep(results))
   if results.get("spectrum"):
     paths.append(os.path.join(workdir, "spectrum.png"))
     plots.save_figure(paths[-1], plots.plot_spectrum(results))
-  files.write_text(paths[3], markdown_report(results, flags_text))
+  files.write_text(paths[2], markdown_report(results, flags_text))
   if results.get("scaling"):
     paths.append(os.path.join(workdir, "scaling.png"))
     plots.save_figure(paths[-1], plots.plot_scaling(results))
   if results.get("layer_accuracy"):
     paths.append(os.path.join(workdir, "decoding.png"))
     plots.save_figure(paths[-1], plots.plot_decoding(results))
+  if bands:
+    paths.append(os.path.join(workdir, "timescales.png"))
+    plots.save_figure(paths[-1], plots.plot_timescales(results))
   return paths
 
 
@@ -86,14 +122,23 @@ def _data_section(results: dict[str, Any]) -> list[str]:
                     if b.get("trial_length") else ""))
   lines += [f"- {results.get('heldout_neurons', 0):.0%} of each layer's neurons held out from the "
             "encoder, a different random set per seed",
-            f"- model: LSTM encoder ({cfg['hidden']} units) -> latent -> {results['decoder']} "
-            f"decoder, {results['likelihood']} likelihood, normalisation "
+            _model_line(results, cfg) + f", {results['likelihood']} likelihood, normalisation "
             f"{', '.join(sorted(set((results.get('normalize') or {}).values()))) or 'none'}, "
             f"{results['steps']} steps, seeds {results['seeds']}"]
   lines += [f"- note: {n}" for n in results.get("notes", [])]
   if results.get("true_latent"):
     lines.append(f"- true dimension per layer (synthetic): {results['true_latent']}")
   return lines + [""]
+
+
+def _model_line(results: dict[str, Any], cfg: dict[str, Any]) -> str:
+  model = results.get("model", "autoencoder")
+  if model == "lfads":
+    return (f"- model: LFADS (generator {cfg['gen_dim']} units, controller outputs {cfg['co_dim']}) "
+            "-> factors")
+  bands = (f" -> latents in bands of tau {', '.join(map(str, cfg['timescales']))} bins"
+           if model == "multiscale" else " -> latent")
+  return f"- model: LSTM encoder ({cfg['hidden']} units){bands} -> {results['decoder']} decoder"
 
 
 def _curves_section(results: dict[str, Any], metric: str) -> list[str]:
@@ -233,8 +278,10 @@ def _test_section(results: dict[str, Any]) -> list[str]:
                    f"({_fmt(c['model'])} vs {_fmt(c[m])})")
     rates = (f" Inferred rates against the true ones: R2 {_fmt(c['test_rates_r2'])}."
              if c.get("test_rates_r2") is not None else "")
-    lines.append(f"- layer {layer}, latent {c['latent']}, {c['metric']}: the model "
-                 + " and ".join(parts) + "." + rates)
+    what = " and ".join(parts) if parts else f"scores {_fmt(c['model'])} (no baseline at this size)"
+    bands = f" (bands {'/'.join(map(str, c['bands']))})" if c.get("bands") else ""
+    lines.append(f"- layer {layer}, latent {c['latent']}{bands}, {c['metric']}: the model "
+                 + what + "." + rates)
   return lines + [""]
 
 
@@ -288,14 +335,19 @@ def markdown_report(results: dict[str, Any], flags_text: str = "") -> str:
   """A one-page summary for a lab notebook: data, blocks, curves, chosen dimension and how."""
   metric = dimension_metric(results)
   lines = [f"# nmas-jax sweep: {results['dataset']}", ""]
-  lines += _data_section(results) + _curves_section(results, metric) + _choice_section(results)
+  if results.get("optimal_latent_bands"):
+    lines += _data_section(results) + _bands_section(results)
+  else:
+    lines += _data_section(results) + _curves_section(results, metric) + _choice_section(results)
   lines += _scaling_section(results) + _context_section(results) + _test_section(results)
   lines += _training_section(results)
   lines += _controls_section(results)
-  lines += ["## Files", "", "results.json, results.csv, sweep.png, report.md" +
+  lines += ["## Files", "", "results.json, results.csv, report.md" +
+            ("" if results.get("optimal_latent_bands") else ", sweep.png") +
             (", spectrum.png" if results.get("spectrum") else "") +
             (", scaling.png" if results.get("scaling") else "") +
             (", decoding.png" if results.get("layer_accuracy") else "") +
+            (", timescales.png" if results.get("optimal_latent_bands") else "") +
             ", tb/, metrics.jsonl, flags.txt", ""]
   if flags_text:
     lines += ["## Flags", "", "```", flags_text.strip(), "```", ""]

@@ -41,6 +41,8 @@ def results_dict(prep, cfg, out) -> dict[str, Any]:
     })
     if cfg.neuron_counts:
       entries[-1]["neuron_count"] = int(out.table.count[i]) or None
+    if out.table.bands.shape[1]:  # --model=multiscale: latents per band (latent: their total)
+      entries[-1]["bands"] = out.table.bands[i].tolist()
     if out.best_step is not None:
       entries[-1].update(best_step=int(out.best_step[i]), converged=bool(out.converged[i]))
   res = {
@@ -51,6 +53,7 @@ def results_dict(prep, cfg, out) -> dict[str, Any]:
       "seeds": list(range(cfg.seeds)),
       "steps": cfg.steps,
       "decoder": cfg.decoder,
+      "model": cfg.model,
       "likelihood": prep.likelihood,
       "heldout_neurons": cfg.heldout_neurons,
       "blocks": {"train": [0, prep.t_train], "valid": [prep.t_train, prep.t_valid],
@@ -104,11 +107,12 @@ def write_csv(path: str, results: dict[str, Any]) -> None:
 
 
 def curves(results: dict[str, Any], field: str = "valid_mse") -> dict[str, dict[int, list[float]]]:
-  """{layer: {latent: [value per seed]}}, skipping missing (diverged) values and the models of
-  the --neuron_counts axis (`neuron_count` set)."""
+  """{layer: {latent: [value per seed]}}, skipping missing (diverged) values, the models of
+  the --neuron_counts axis (`neuron_count` set) and of --model=multiscale (`bands` set: their
+  totals repeat; `dimension.layers` has them per combination)."""
   out: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
   for m in results["models"]:
-    if m.get(field) is not None and m.get("neuron_count") is None:
+    if m.get(field) is not None and m.get("neuron_count") is None and m.get("bands") is None:
       out[m["layer"]][m["latent"]].append(m[field])
   return out
 

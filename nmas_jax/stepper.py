@@ -110,10 +110,11 @@ def make_stepper(batching: str, model, tx, prep: splits.Prepared, placed: splits
 
   `lanes`: devices by_latent may spread its programs over (default: the CPU lanes of `mesh`).
   """
-  if isinstance(model, models.LFADS):  # by_latent cuts autoencoder parameters only
+  if not isinstance(model, models.LSTMAutoencoder):  # by_latent cuts autoencoder params only
     if batching == "by_latent":
+      name = "lfads" if isinstance(model, models.LFADS) else "multiscale"
       raise UserError("--batching=by_latent works with --model=autoencoder only: use "
-                      "--batching=vmap or auto with --model=lfads")
+                      f"--batching=vmap or auto with --model={name}")
     return VmapStepper(model, tx, prep, placed, mesh)
   if resolve_batching(batching, mesh) == "vmap":
     return VmapStepper(model, tx, prep, placed, mesh)

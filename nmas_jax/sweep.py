@@ -71,8 +71,10 @@ class Built:
     blocks = (f"{ds.num_time // unit[1]} {unit[0]} ({prep.t_train // unit[1]} train / "
               f"{(prep.t_valid - prep.t_train) // unit[1]} validation / "
               f"{(ds.num_time - prep.t_valid) // unit[1]} test)")
+    grid = (f"{len(np.unique(self.table.bands, axis=0))} band combinations" if cfg.model == "multiscale"
+            else f"{len(cfg.latents)} latents")
     return (f"sweep: {self.n_real} models{f' + {pad} inert padding' if pad else ''} ({what} x "
-            f"{len(cfg.latents)} latents x {cfg.seeds} seeds), {ds.num_neurons} neurons, {blocks}, "
+            f"{grid} x {cfg.seeds} seeds), {ds.num_neurons} neurons, {blocks}, "
             f"{cfg.steps} steps on {self.mesh.devices.size} {jax.devices()[0].platform} device(s), "
             f"mesh {dict(self.mesh.shape)}, batching {self.stepper.description}")
 

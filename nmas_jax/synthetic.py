@@ -267,6 +267,25 @@ def make_independent(*, layers: int = 1, neurons: int = 100, time: int = 2000,
                  counts=counts)
 
 
+def make_multiscale(*, bands: Sequence[int] = (4, 3), timescales: Sequence[float] = (2, 50),
+                    neurons: int = 100, time: int = 6000, noise_std: float = 1.0,
+                    seed: int = 0) -> Dataset:
+  """Known counts per timescale: `bands[b]` smooth signals with correlation times around
+  `timescales[b]` bins (`_smooth_signals`: each 0.5x-2x of it) in one layer, through a random
+  linear readout with Gaussian noise (as family i). The answer of --model=multiscale with
+  --timescales equal to `timescales`: `bands` (`meta["true_bands"]`), total sum(bands)."""
+  rng = np.random.default_rng(seed)
+  z = np.concatenate([_smooth_signals(rng, k, time, timescale=tau)
+                      for k, tau in zip(bands, timescales) if k], axis=1)
+  w = rng.standard_normal((z.shape[1], neurons)) / np.sqrt(z.shape[1])
+  x = z @ w + noise_std * rng.uniform(0.5, 1.5, neurons) * rng.standard_normal((time, neurons))
+  meta = dict(time=time, neurons=neurons, noise_std=noise_std, seed=seed,
+              true_bands=list(map(int, bands)), timescales=list(map(float, timescales)),
+              generator="smooth AR(1) signals per timescale band, random linear readout, "
+                        "Gaussian noise")
+  return Dataset(x[None].astype(np.float32), ("0",), "multiscale", {"0": int(sum(bands))}, meta)
+
+
 # The built-in datasets (--dataset=...), one per family.
 def power_law_activity(alpha: float, *, neurons: int = 600, time: int = 6000, dims: int = 300,
                        noise_std: float = 0.3, seed: int = 0) -> np.ndarray:
@@ -281,4 +300,4 @@ def power_law_activity(alpha: float, *, neurons: int = 600, time: int = 6000, di
 
 FAMILIES = {"synthetic": make_linear_gaussian, "nonlinear": make_nonlinear,
             "lorenz": make_lorenz, "lorenz_trials": make_lorenz_trials,
-            "independent": make_independent}
+            "independent": make_independent, "multiscale": make_multiscale}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 from typing import Any, Sequence
 
 import jax
@@ -24,22 +25,34 @@ class ModelTable:
   latent (latent innermost)."""
 
   layer: np.ndarray   # index into the dataset's layers
-  latent: np.ndarray  # latent size k
+  latent: np.ndarray  # latent size k (multiscale: the total over bands)
   seed: np.ndarray    # model seed (init and batch order)
   count: np.ndarray   # held-in neurons the encoder sees (--neuron_counts); 0: all of them
+  bands: np.ndarray   # [models, bands] latents per band (--model=multiscale); else [models, 0]
 
   @classmethod
   def build(cls, num_layers: int, latents: Sequence[int], seeds: int,
-            counts: Sequence[int] = ()) -> "ModelTable":
-    grid = np.array([(l, k, s, c) for l in range(num_layers) for c in (0, *counts)
-                     for s in range(seeds) for k in latents], dtype=np.int32).reshape(-1, 4)
-    return cls(grid[:, 0], grid[:, 1], grid[:, 2], grid[:, 3])
+            counts: Sequence[int] = (), bands: int = 0) -> "ModelTable":
+    """Layer, count, seed, then latent (innermost); with `bands`, every combination of per-band
+    counts from `latents` but all zeros, in place of the latent."""
+    combos = ([c for c in itertools.product(sorted(latents), repeat=bands) if any(c)] if bands
+              else [(k,) for k in latents])
+    rows = [(l, sum(b), s, c, *(b if bands else ())) for l in range(num_layers)
+            for c in (0, *counts) for s in range(seeds) for b in combos]
+    grid = np.array(rows, dtype=np.int32).reshape(len(rows), 4 + bands)
+    return cls(grid[:, 0], grid[:, 1], grid[:, 2], grid[:, 3], grid[:, 4:])
 
   @classmethod
   def for_sweep(cls, prep, cfg: Settings) -> "ModelTable":
     """The models of a sweep of `cfg` on a `splits.Prepared` (no count axis for a shared model)."""
     return cls.build(prep.model_layers, cfg.latents, cfg.seeds,
-                     () if prep.shared else cfg.neuron_counts)
+                     () if prep.shared else cfg.neuron_counts,
+                     len(cfg.timescales) if cfg.model == "multiscale" else 0)
+
+  @property
+  def model_latent(self) -> np.ndarray:
+    """What each model's `latent_size` is: [models] k, or [models, bands] for multiscale."""
+    return self.bands if self.bands.shape[1] else self.latent
 
   def __len__(self) -> int:
     return len(self.layer)
@@ -59,7 +72,8 @@ class ModelTable:
     ', 50 neurons' for a model of the --neuron_counts axis."""
     layer = "all" if layer_names is None else layer_names[self.layer[i]]
     count = f", {self.count[i]} neurons" if self.count[i] else ""
-    return f"layer {layer}, latent {self.latent[i]}, seed {self.seed[i]}{count}"
+    bands = f" (bands {','.join(map(str, self.bands[i]))})" if self.bands.shape[1] else ""
+    return f"layer {layer}, latent {self.latent[i]}{bands}, seed {self.seed[i]}{count}"
 
 
 def init_states(cfg: Settings, table: ModelTable, neurons: int, out_sharding: Any = None,
@@ -94,4 +108,4 @@ def init_states(cfg: Settings, table: ModelTable, neurons: int, out_sharding: An
     return state.replace(params=params)
 
   bias = None if readout_bias_LN is None else jnp.asarray(readout_bias_LN[table.layer], jnp.float32)
-  return jax.jit(init_all, out_shardings=out_sharding)(keys, jnp.asarray(table.latent), bias)
+  return jax.jit(init_all, out_shardings=out_sharding)(keys, jnp.asarray(table.model_latent), bias)

@@ -75,7 +75,8 @@ def test_cli_sweep_lowers_every_loss_and_writes_results(tiny_array, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--data_path=/nonexistent/x.npy"], "error: data file not found: /nonexistent/x.npy"),
     (["--latents="], "error: --latents is empty"),
-    (["--latents=0,2"], "error: --latents has 0: latent sizes must be positive integers"),
+    (["--latents=0,2"], "error: --latents has 0: latent sizes must be positive integers (0 is "
+     "a band count of --model=multiscale only)"),
     (["--latents=-3"], "error: --latents has -3: latent sizes must be positive integers"),
     (["--latents=2,x"], "error: --latents has 'x', not an integer"),
     (["--latents=2,2"], "error: --latents lists 2 twice"),

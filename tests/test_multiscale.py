@@ -1,0 +1,80 @@
+"""--model=multiscale: leaky-integrator bands, padding, the band rule, and a known answer."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nmas_jax import config, dimension, evaluate, models, splits, sweep, synthetic
+from nmas_jax.errors import UserError
+
+
+def test_leaky_integration_matches_a_loop_and_a_slow_unit_moves_slowly():
+  rng = np.random.default_rng(0)
+  u = rng.uniform(-1, 1, (2, 40, 3)).astype(np.float32)
+  a = np.exp(-1.0 / np.array([1.0, 5.0, 50.0], np.float32))
+  z = np.asarray(models.leaky_integrate(jnp.asarray(u), jnp.asarray(a)))
+  ref = np.empty_like(u)
+  ref[:, 0] = u[:, 0]
+  for t in range(1, 40):
+    ref[:, t] = a * ref[:, t - 1] + (1 - a) * u[:, t]
+  np.testing.assert_allclose(z, ref, rtol=1e-5, atol=1e-6)
+  # Innovations in [-1, 1]: a unit with time constant tau moves at most 2 (1 - a) per bin.
+  assert np.all(np.abs(np.diff(z, axis=1)) <= 2 * (1 - a) + 1e-6)
+
+
+def test_padded_multiscale_model_equals_unpadded():
+  # Bands of padded width 5 masked to counts (3, 2) against a model of width 3 per band masked
+  # to the same counts, with the used encoder columns and decoder rows copied: equal outputs;
+  # unused units are zero.
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 6))
+  padded = models.MultiscaleAutoencoder(neurons=6, latent=5, timescales=(2, 20), hidden=4)
+  small = models.MultiscaleAutoencoder(neurons=6, latent=3, timescales=(2, 20), hidden=4)
+  params = padded.init(jax.random.PRNGKey(1), x)["params"]
+  used = np.r_[0:3, 5:8]  # band 0's units 0-2, band 1's units 0-2 of the padded layout
+  sp = jax.tree.map(lambda a: a, params)
+  enc = sp["encoder"]["to_latent"]
+  enc["kernel"], enc["bias"] = enc["kernel"][:, used], enc["bias"][used]
+  sp["decoder_net"]["readout"]["kernel"] = sp["decoder_net"]["readout"]["kernel"][used]
+  y_pad, z_pad = padded.apply({"params": params}, x, jnp.array([3, 2]))
+  y_small, z_small = small.apply({"params": sp}, x, jnp.array([3, 2]))
+  np.testing.assert_allclose(y_pad, y_small, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(z_pad[..., used], z_small, rtol=1e-5, atol=1e-6)
+  off = np.asarray(models.band_mask(5, jnp.array([3, 2]))) == 0
+  assert off.sum() == 5 and np.all(np.asarray(z_pad)[..., off] == 0)
+
+
+def test_band_rule_takes_the_smallest_total_then_the_slower_explanation():
+  # Bands (fast tau 2, slow tau 50). Totals 2 and 3 reach 95% of every larger total's gain:
+  # at total 2, (0, 2) and (2, 0) tie, and the slower one, (0, 2), wins.
+  combos = np.array([[1, 0], [0, 1], [2, 0], [0, 2], [1, 1], [2, 1], [1, 2]])
+  gain = np.array([0.5, 0.5, 0.97, 0.96, 0.9, 1.0, 0.99])
+  assert dimension.choose_bands(combos, gain, (2, 50)) == (0, 2)
+  assert dimension.choose_bands(combos, gain, (50, 2)) == (2, 0)  # band 0 is now the slow one
+  gain[[2, 3]] = 0.9  # no total-2 combination reaches 95% of the total-3 ones
+  assert dimension.choose_bands(combos, gain, (2, 50)) == (1, 2)
+  assert dimension.choose_bands(combos, -gain, (2, 50)) == (0, 0)
+
+
+def test_multiscale_settings_are_checked():
+  with pytest.raises(UserError, match=r"^--model=multiscale needs --timescales"):
+    config.Settings(model="multiscale", latents=(0, 2))
+  with pytest.raises(UserError, match=r"^--timescales sets the bands of --model=multiscale; it "
+                                      r"has no effect with --model=autoencoder: drop it$"):
+    config.Settings(latents=(2,), timescales=(2, 50))
+  assert config.Settings(model="multiscale", latents=(0, 2), timescales=(2, 50)).latents == (0, 2)
+
+
+def test_multiscale_sweep_recovers_known_counts_per_band():
+  # 4 signals with correlation times around 2 bins and 3 around 50 (make_multiscale), 30 neurons,
+  # 2000 bins; bands tau = 2, 50 and every combination of 0, 3, 4 latents per band (8 models):
+  # the rule chooses exactly 4 fast and 3 slow latents, total 7.
+  ds = synthetic.make_multiscale(bands=(4, 3), timescales=(2, 50), neurons=30, time=2000,
+                                 noise_std=0.5)
+  cfg = config.Settings(model="multiscale", timescales=(2, 50), latents=(0, 3, 4), seeds=1,
+                        steps=300, log_every=300, bootstrap=50)
+  prep = splits.prepare(ds, cfg)
+  out = sweep.run_sweep(prep, cfg, log=lambda s: None)
+  assert len(out.table) == 8 and sorted(map(tuple, out.table.bands.tolist()))[0] == (0, 3)
+  ev = evaluate.evaluate_sweep(prep, cfg, out, log=lambda s: None)
+  assert ev["optimal_latent_bands"] == {"0": [4, 3]} and ev["optimal_latent"] == {"0": 7}
