@@ -57,7 +57,7 @@ flags.DEFINE_bool("lfads_trials", False, "Run the LFADS comparison on lorenz_tri
                   "above).")
 
 LFADS_LATENTS = (2, 3, 4, 6)
-LFADS_SETTINGS = dict(steps=2000, seeds=2, batch_size=32)
+LFADS_SETTINGS = dict(steps=4000, seeds=2, batch_size=32, learning_rate=5e-3)
 SMOOTHING_WIDTHS = (1, 2, 4, 8)  # Gaussian std in bins
 SCALING_LATENTS = (2, 4, 8, 16, 32, 64)
 SCALING_COUNTS = (10, 20, 40, 80)

@@ -14,6 +14,8 @@ import numpy as np
 from nmas_jax import config, data, models, splits, sweep, train
 from nmas_jax.config import BATCHINGS, DECODERS, DTYPES, setting
 
+BENCH_MODELS = ("autoencoder", "lfads")
+
 
 @dataclasses.dataclass(frozen=True)
 class Shapes(config._Declared):
@@ -31,6 +33,9 @@ class Shapes(config._Declared):
   dtype: str = setting("float32", "Matmul dtype.", choices=DTYPES)
   batching: str = setting("auto", "How the sweep step runs the models (see experiments.sweep "
                           "--batching).", choices=BATCHINGS)
+  model: str = setting("autoencoder", "The model (lfads: the sweep's LFADS at its default sizes, "
+                       "no controller; --hidden and --decoder do not apply).",
+                       choices=BENCH_MODELS)
 
   def __post_init__(self):
     super().__post_init__()
@@ -43,7 +48,7 @@ class Shapes(config._Declared):
     return config.Settings(latents=self.latents, batch_size=self.batch_size, window=self.window,
                            hidden=self.hidden, decoder=self.decoder, unroll=self.unroll,
                            dtype=self.dtype, heldout_neurons=0.0, likelihood="gaussian", steps=1,
-                           seeds=1, bidirectional=False, dropout=0.0)
+                           seeds=1, bidirectional=False, dropout=0.0, model=self.model)
 
 
 def flops_per_step(s: Shapes) -> float:
@@ -54,6 +59,8 @@ def flops_per_step(s: Shapes) -> float:
   backward, except the encoder's input projection, whose input needs no gradient.
   """
   bt, n, h = s.batch_size * s.window, s.neurons, s.hidden
+  if s.model == "lfads":
+    return lfads_flops_per_step(s)
   total = 0.0
   for k in s.latents:
     enc_in = 2 * bt * n * 4 * h * 2          # forward + weight gradient only
@@ -65,6 +72,18 @@ def flops_per_step(s: Shapes) -> float:
       dec = 2 * bt * k * n * 3
     total += enc_in + enc_rec + to_lat + dec
   return total * s.layers
+
+
+def lfads_flops_per_step(s: Shapes) -> float:
+  """`flops_per_step` of LFADS at the sweep's default sizes without a controller: the
+  bidirectional initial-condition encoder GRU on the neurons (input projection: forward + weight
+  gradient), the generator GRU, the factors and the readout, at each model's own factor count k."""
+  cfg = s.settings()
+  bt, n, e, g = s.batch_size * s.window, s.neurons, cfg.ic_enc_dim, cfg.gen_dim
+  per = (2 * (2 * bt * n * 3 * e * 2)      # two directions, input projection
+         + 2 * (2 * bt * e * 3 * e * 3)    # two directions, recurrence
+         + 2 * bt * g * 3 * g * 3)         # generator recurrence
+  return s.layers * sum(per + 2 * bt * g * k * 3 + 2 * bt * k * n * 3 for k in s.latents)
 
 
 def _time_interleaved(calls: dict[str, tuple[Callable[[], Any], Callable[[Any], Any]]],
@@ -165,14 +184,12 @@ def _sweep_call(s: Shapes) -> tuple[Callable[[], Any], sweep.Built, float]:
 
 def _loop_call(s: Shapes, built: sweep.Built) -> tuple[Callable[[], Any], float]:
   """(one step of each model in turn, each its own jitted single-model step; compile seconds)."""
-  dtype = jnp.bfloat16 if s.dtype == "bfloat16" else jnp.float32
   x_LTN, t_train, tx = built.placed.x_LTN, built.prep.t_train, train.make_optimizer()
   singles = []
   t0 = time.perf_counter()
   for i in range(built.n_real):
     k, layer = int(built.table.latent[i]), int(built.table.layer[i])
-    m = models.LSTMAutoencoder(neurons=s.neurons, latent=k, hidden=s.hidden, decoder=s.decoder,
-                               unroll=s.unroll, dtype=dtype)
+    m = models.make_model(dataclasses.replace(s.settings(), latents=(k,)), s.neurons)
 
     def one(st, x_LTN, layer=layer, m=m):
       x_BTN = splits.sample_batches(x_LTN, jnp.array([layer]), jnp.array([0]), st.step,
@@ -208,7 +225,9 @@ def run(s: Shapes, steps: int = 20, loop: bool = True, torch_loop: bool = True,
     loop_call, loop_compile_s = _loop_call(s, built)
     calls["loop"] = (loop_call, jax.block_until_ready)
     log(f"loop of single-model steps: compiled in {loop_compile_s:.1f}s")
-  if torch_loop:
+  if torch_loop and s.model != "autoencoder":
+    log(f"PyTorch loop: written for the autoencoder only, not --model={s.model}")
+  elif torch_loop:
     pair = torch_loop_step(s)
     if pair is None:
       log("PyTorch loop: torch is not installed")
@@ -249,7 +268,7 @@ def run(s: Shapes, steps: int = 20, loop: bool = True, torch_loop: bool = True,
 
 
 def table(r: dict[str, Any]) -> str:
-  rows = [("device", r["device"]), ("models", r["models"]),
+  rows = [("device", r["device"]), ("models", f"{r['models']} ({r.get('model', 'autoencoder')})"),
           ("shapes", f"neurons={r['neurons']} window={r['window']} batch={r['batch_size']} "
                      f"hidden={r['hidden']} latents={','.join(map(str, r['latents']))} "
                      f"decoder={r['decoder']} dtype={r['dtype']} batching={r['batching']} "

@@ -188,7 +188,8 @@ def bucket_step(parts: tuple, x_LTN: jax.Array, mask_MN: jax.Array, target_MN: j
   layer_G, seed_G, mask_GN = (a[::len(latents)] for a in (layer_M, seed_M, mask_MN))
   x_GBTN = splits.sample_batches(x_LTN, layer_G, seed_G, step, t_train=t_train, window=window,
                                  batch_size=batch_size, mix_layers=mix_layers, stride=stride)
-  batch_G = {"x": x_GBTN, "x_in": jax.vmap(train.encoder_input)(x_GBTN, mask_GN)}
+  batch_G = {"x": x_GBTN, "x_in": jax.vmap(train.encoder_input)(x_GBTN, mask_GN),
+             "input_mask": mask_GN}  # read by LFADS' coordinated dropout
   if target_MN is not None:
     batch_G["loss_mask"] = target_MN[::len(latents)]
   new, metrics = [], []

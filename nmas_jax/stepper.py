@@ -110,11 +110,10 @@ def make_stepper(batching: str, model, tx, prep: splits.Prepared, placed: splits
 
   `lanes`: devices by_latent may spread its programs over (default: the CPU lanes of `mesh`).
   """
-  if not isinstance(model, models.LSTMAutoencoder):  # by_latent cuts autoencoder params only
+  if isinstance(model, models.MultiscaleAutoencoder):  # its latent size is a vector
     if batching == "by_latent":
-      name = "lfads" if isinstance(model, models.LFADS) else "multiscale"
-      raise UserError("--batching=by_latent works with --model=autoencoder only: use "
-                      f"--batching=vmap or auto with --model={name}")
+      raise UserError("--batching=by_latent cuts models to one latent width, which a multiscale "
+                      "model has per band: use --batching=vmap or auto with --model=multiscale")
     return VmapStepper(model, tx, prep, placed, mesh)
   if resolve_batching(batching, mesh) == "vmap":
     return VmapStepper(model, tx, prep, placed, mesh)

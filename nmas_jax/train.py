@@ -118,7 +118,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
 
   if isinstance(model, models.LFADS):
     return _lfads_step(state, batch, x_in_BTN, model=model, tx=tx, likelihood=likelihood,
-                       rngs=rngs)
+                       rngs=rngs, latent_width=latent_width)
 
   def loss_fn(params):
     if latent_width is None:
@@ -136,10 +136,14 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
 
 
 def _lfads_step(state: TrainState, batch: dict[str, jax.Array], x_in_BTN: jax.Array, *, model,
-                tx, likelihood: str, rngs: dict[str, jax.Array]
+                tx, likelihood: str, rngs: dict[str, jax.Array], latent_width: int | None = None
                 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """`train_step` of a `models.LFADS` (x_in: the encoder's input): reconstruction (on coordinated
-  dropout's hidden elements when `cd_rate` > 0) plus the model's KL and L2 penalty with warm-up."""
+  dropout's hidden elements when `cd_rate` > 0) plus the model's KL and L2 penalty with warm-up.
+  With `latent_width` (by_latent), params are already cut to that factor width: every
+  factor-width weight is the leading slice, and no random draw has factor width."""
+  if latent_width is not None:
+    model = model.clone(latent=latent_width)
   x_BTN = batch["x"]
   w_BTN = jnp.broadcast_to(batch.get("loss_mask", jnp.ones(x_BTN.shape[-1:], x_BTN.dtype))[None, None],
                            x_BTN.shape)
@@ -151,7 +155,8 @@ def _lfads_step(state: TrainState, batch: dict[str, jax.Array], x_in_BTN: jax.Ar
     w_BTN = w_BTN * (1.0 - hidden_N[None, None, :] + hidden_N[None, None, :] * cd_BTN)
 
   def loss_fn(params):
-    (y_BTN, _), aux = model.apply({"params": params}, x_in_BTN, state.latent, train=True, rngs=rngs,
+    latent = None if latent_width is not None else state.latent
+    (y_BTN, _), aux = model.apply({"params": params}, x_in_BTN, latent, train=True, rngs=rngs,
                                   mutable=["losses"])
     per = elementwise_loss(y_BTN, x_BTN, likelihood) * w_BTN
     recon = jnp.sum(per) / jnp.maximum(jnp.sum(w_BTN), 1.0)

@@ -113,7 +113,7 @@ def test_lfads_fits_poisson_trials_better_than_the_mean_rate():
 
 
 def test_lfads_in_the_sweep_beats_the_null_on_held_out_neurons_and_infers_the_rates():
-  # --model=lfads through the batched sweep (vmap: by_latent cuts autoencoder params only) on
+  # --model=lfads through the batched sweep (the CPU default, by_latent) on
   # Lorenz trials (150 trials of 20 bins, 60 neurons; split by trial, a window is a trial): at 3
   # factors, for each seed, the held-out neurons' bits/spike on the validation block is above 0
   # (better than each neuron's mean rate), and the inferred rates explain part of the true rates'
@@ -121,12 +121,6 @@ def test_lfads_in_the_sweep_beats_the_null_on_held_out_neurons_and_infers_the_ra
   ds = synthetic.make_lorenz_trials(trials=150, time=20, neurons=60)
   cfg = config.Settings(model="lfads", latents=(1, 3), seeds=2, steps=300, log_every=300)
   prep = splits.prepare(ds, cfg)
-  built = sweep.build(prep, cfg, batching="auto")
-  assert built.stepper.batching == "vmap"
-  with pytest.raises(UserError) as e:
-    sweep.build(prep, cfg, batching="by_latent")
-  assert str(e.value) == ("--batching=by_latent works with --model=autoencoder only: use "
-                          "--batching=vmap or auto with --model=lfads")
   out = sweep.run_sweep(prep, cfg, log=lambda s: None)
   from nmas_jax import evaluate
   ev = evaluate.evaluate_sweep(prep, cfg, out, log=lambda s: None)

@@ -74,6 +74,11 @@ def test_multiscale_sweep_recovers_known_counts_per_band():
   cfg = config.Settings(model="multiscale", timescales=(2, 50), latents=(0, 3, 4), seeds=1,
                         steps=300, log_every=300, bootstrap=50)
   prep = splits.prepare(ds, cfg)
+  with pytest.raises(UserError) as e:
+    sweep.build(prep, cfg, batching="by_latent")
+  assert str(e.value) == ("--batching=by_latent cuts models to one latent width, which a "
+                          "multiscale model has per band: use --batching=vmap or auto with "
+                          "--model=multiscale")
   out = sweep.run_sweep(prep, cfg, log=lambda s: None)
   assert len(out.table) == 8 and sorted(map(tuple, out.table.bands.tolist()))[0] == (0, 3)
   ev = evaluate.evaluate_sweep(prep, cfg, out, log=lambda s: None)
