@@ -322,10 +322,15 @@ class LSTMAutoencoder(nn.Module):
   dropout: float = 0.0
 
   def setup(self):
-    self.encoder = Encoder(self.hidden, self.latent, self.bidirectional, self.unroll, self.dtype)
+    self.encoder = Encoder(self.hidden, self.encoder_width(), self.bidirectional, self.unroll,
+                           self.dtype)
     self.decoder_net = Decoder(self.neurons, self.hidden, self.decoder, self.unroll, self.dtype,
                                self.decoder_hidden)
     self.input_dropout = nn.Dropout(self.dropout)
+
+  def encoder_width(self) -> int:
+    """Units the encoder emits (the padded latent width)."""
+    return self.latent
 
   def encode(self, x_BTN: jax.Array, latent_size: Any = None) -> jax.Array:
     return self.encoder(x_BTN, latent_size)
@@ -361,7 +366,7 @@ def leaky_integrate(u_BTK: jax.Array, decay_K: jax.Array) -> jax.Array:
   return jnp.swapaxes(z_TBK, 0, 1)
 
 
-class MultiscaleAutoencoder(nn.Module):
+class MultiscaleAutoencoder(LSTMAutoencoder):
   """The autoencoder with latents in bands of fixed time constants: x [B, T, N] -> (y [B, T, N],
   z [B, T, bands * latent]).
 
@@ -372,23 +377,11 @@ class MultiscaleAutoencoder(nn.Module):
   model equals an unpadded one). The decoder reads all bands' units.
   """
 
-  neurons: int
-  latent: int
-  timescales: tuple[int, ...]
-  hidden: int = 128
+  timescales: tuple[int, ...] = (2, 50)
   decoder: str = "linear"
-  bidirectional: bool = False
-  unroll: int = 1
-  dtype: Any = jnp.float32
-  decoder_hidden: int = 128
-  dropout: float = 0.0
 
-  def setup(self):
-    width = self.latent * len(self.timescales)
-    self.encoder = Encoder(self.hidden, width, self.bidirectional, self.unroll, self.dtype)
-    self.decoder_net = Decoder(self.neurons, self.hidden, self.decoder, self.unroll, self.dtype,
-                               self.decoder_hidden)
-    self.input_dropout = nn.Dropout(self.dropout)
+  def encoder_width(self) -> int:
+    return self.latent * len(self.timescales)
 
   def encode(self, x_BTN: jax.Array, latent_size: Any = None) -> jax.Array:
     counts = (jnp.full(len(self.timescales), self.latent) if latent_size is None
@@ -396,16 +389,6 @@ class MultiscaleAutoencoder(nn.Module):
     u_BTK = jnp.tanh(self.encoder(x_BTN)) * band_mask(self.latent, counts)[None, None, :]
     decay_K = jnp.repeat(jnp.exp(-1.0 / jnp.asarray(self.timescales, jnp.float32)), self.latent)
     return leaky_integrate(u_BTK, decay_K)
-
-  def decode(self, z_BTK: jax.Array) -> jax.Array:
-    return self.decoder_net(z_BTK)
-
-  def __call__(self, x_BTN: jax.Array, latent_size: Any = None,
-               train: bool = False) -> tuple[jax.Array, jax.Array]:
-    if train and self.dropout > 0:
-      x_BTN = self.input_dropout(x_BTN, deterministic=False)
-    z_BTK = self.encode(x_BTN, latent_size)
-    return self.decode(z_BTK), z_BTK
 
 
 def make_model(cfg: Settings, neurons: int) -> nn.Module:

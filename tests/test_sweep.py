@@ -124,6 +124,19 @@ def test_sweep_error_falls_until_the_true_dimension():
   assert mse["1", 10] > 0.7 * mse["1", 5]
 
 
+def _two_steps_each(prep, cfg, mesh):
+  """[(stepper, state, metrics) after two steps] of the vmap and the by_latent stepper."""
+  out = []
+  for batching in ("vmap", "by_latent"):
+    b = sweep.build(prep, cfg, mesh=mesh, batching=batching)
+    assert b.stepper.batching == batching
+    state = b.stepper.pack(b.init_states())
+    for step in range(2):
+      state, metrics = b.stepper.step(state, step)
+    out.append((b.stepper, state, metrics))
+  return out
+
+
 def test_by_latent_batching_equals_one_vmap():
   """The by_latent stepper (each latent size at its own width, state packed per latent size)
   steps every model exactly as the padded vmap stepper does, in the table's order, for layers x
@@ -141,15 +154,7 @@ def test_by_latent_batching_equals_one_vmap():
     cfg = dataclasses.replace(cfg, seeds=seeds)
     prep = splits.prepare(ds, cfg, shared=shared)
     layers = 1 if shared else 2
-    out = {}
-    for batching in ("vmap", "by_latent"):
-      b = sweep.build(prep, cfg, mesh=mesh, batching=batching)
-      assert b.stepper.batching == batching
-      state = b.stepper.pack(b.init_states())
-      for step in range(2):
-        state, metrics = b.stepper.step(state, step)
-      out[batching] = (b.stepper, state, metrics)
-    (_, s_v, m_v), (by_latent, s_b, m_b) = out["vmap"], out["by_latent"]
+    (_, s_v, m_v), (by_latent, s_b, m_b) = _two_steps_each(prep, cfg, mesh)
     # One part per latent size, at its width, [groups] models (no such axis for one group) ...
     groups = (layers * seeds,) if layers * seeds > 1 else ()
     assert isinstance(s_b, tuple) and len(s_b) == 3
@@ -174,7 +179,7 @@ def test_by_latent_lfads_equals_one_vmap():
   import jax
 
   from nmas_jax import sharding
-  cfg = config.Settings(model="lfads", latents=(3, 1, 2), seeds=2, batch_size=3, window=5,
+  cfg = config.Settings(model="lfads", latents=(2, 1), seeds=2, batch_size=3, window=5,
                         gen_dim=6, ic_enc_dim=5, ci_enc_dim=4, con_dim=4, co_dim=2, cd_rate=0.3,
                         heldout_neurons=0.25, likelihood="poisson", dropout=0.2)
   rng = np.random.default_rng(0)
@@ -182,15 +187,7 @@ def test_by_latent_lfads_equals_one_vmap():
                     counts=True)
   mesh = sharding.make_mesh("auto", devices=jax.devices()[:1])
   prep = splits.prepare(ds, cfg)
-  out = {}
-  for batching in ("vmap", "by_latent"):
-    b = sweep.build(prep, cfg, mesh=mesh, batching=batching)
-    assert b.stepper.batching == batching
-    state = b.stepper.pack(b.init_states())
-    for step in range(2):
-      state, metrics = b.stepper.step(state, step)
-    out[batching] = (b.stepper, state, metrics)
-  (_, s_v, m_v), (by_latent, s_b, m_b) = out["vmap"], out["by_latent"]
+  (_, s_v, m_v), (by_latent, s_b, m_b) = _two_steps_each(prep, cfg, mesh)
   assert s_b[1].params["readout"]["kernel"].shape == (2, 1, 8)  # [seeds, factors 1, neurons]
   np.testing.assert_allclose(m_b["train/loss"], m_v["train/loss"], rtol=1e-5)
   for a, b in zip(jax.tree.leaves(s_b), jax.tree.leaves(by_latent.pack(s_v))):
