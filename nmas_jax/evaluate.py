@@ -243,7 +243,8 @@ def evaluate_sweep(prep: Prepared, cfg: Settings, out, fa_iters: int = 100,
     for i, l in enumerate(table.layer):
       per_model[i]["rates_r2"] = rates_r2(pred_valid[i], rates_valid[l])
       per_model[i]["test_rates_r2"] = rates_r2(pred_test[i], rates_test[l])
-  log(f"baselines: {', '.join(m.upper() for m in cfg.baselines) or 'none'} at {len(cfg.latents)} "
+  log(f"baselines: {', '.join(m.upper() for m in cfg.baselines) or 'none'} at "
+      f"{len(baseline_sizes(cfg))} "
       f"latent sizes x {prep.dataset.num_layers} layers x {cfg.seeds} held-out sets")
   rows, base_curves, fa_fits = _baselines(prep, cfg, block_T, fa_iters)
   train_LTN, names = prep.train_block(), prep.dataset.layer_names
@@ -378,8 +379,7 @@ def dimension_estimates(prep: Prepared, cfg: Settings, table: ModelTable,
               "training-block mean), per held-out element, mean over seeds",
       "rule": f"smallest latent whose gain reaches {g:.0%} of the gain of every larger latent "
               "swept; 0 unless the best gain is above zero in 95% of the bootstrap resamples",
-      "bootstrap": {"resamples": cfg.bootstrap, "seed": BOOTSTRAP_SEED,
-                    "time_blocks": int(null_LSB.shape[-1]), "over": "validation time blocks and seeds"},
+      "bootstrap": _bootstrap_info(cfg, null_LSB),
       "layers": {}}
   out: dict[str, Any] = {"optimal_latent": {}, "optimal_latent_interval": {}, "knee_latent": {},
                          "one_se_latent": {}, "baseline_optimal_latent": {m: {} for m in cfg.baselines},
@@ -401,6 +401,11 @@ def dimension_estimates(prep: Prepared, cfg: Settings, table: ModelTable,
     out["test_comparison"][name] = _test_comparison(prep, cfg, table, per_model, base_rows, l,
                                                     name, d["optimal"])
   return out
+
+
+def _bootstrap_info(cfg: Settings, null_LSB: np.ndarray) -> dict[str, Any]:
+  return {"resamples": cfg.bootstrap, "seed": BOOTSTRAP_SEED, "time_blocks": int(null_LSB.shape[-1]),
+          "over": "validation time blocks and seeds"}
 
 
 def band_estimates(prep: Prepared, cfg: Settings, table: ModelTable,
@@ -427,8 +432,7 @@ def band_estimates(prep: Prepared, cfg: Settings, table: ModelTable,
               "combination of per-band counts with a larger or equal total; among those, the "
               "slower explanation (most latents in the slowest band); 0 unless the best gain is "
               "above zero in 95% of the bootstrap resamples",
-      "bootstrap": {"resamples": cfg.bootstrap, "seed": BOOTSTRAP_SEED,
-                    "time_blocks": int(null_LSB.shape[-1]), "over": "validation time blocks and seeds"},
+      "bootstrap": _bootstrap_info(cfg, null_LSB),
       "layers": {}}
   out: dict[str, Any] = {"optimal_latent": {}, "optimal_latent_interval": {},
                          "optimal_latent_bands": {}, "optimal_latent_bands_interval": {},
