@@ -366,20 +366,14 @@ def leaky_integrate(u_BTK: jax.Array, decay_K: jax.Array) -> jax.Array:
   return jnp.swapaxes(z_TBK, 0, 1)
 
 
-def band_scale(decay_K: jax.Array) -> jax.Array:
-  """sqrt((1 - a) / (1 + a)): the stationary std of a leaky integrator (decay a) of white
-  innovations of unit variance."""
-  return jnp.sqrt((1.0 - decay_K) / (1.0 + decay_K))
-
-
 class MultiscaleAutoencoder(LSTMAutoencoder):
   """The autoencoder with latents in bands of fixed time constants: x [B, T, N] -> (y [B, T, N],
   z [B, T, bands * latent]).
 
   The encoder emits bounded innovations (tanh, one per unit); band b's units are leaky
-  integrators of theirs with time constant `timescales[b]` bins (`leaky_integrate`, scaled by
-  1 / `band_scale`), so a unit moves at most 2 (1 - a) of its range per bin (about 2 / tau) and a
-  slow unit cannot follow fast changes. `latent` is each
+  integrators of theirs with time constant `timescales[b]` bins (`leaky_integrate`), so a unit
+  moves at most 2 (1 - a) of its range per bin (about 2 / tau) and a slow unit cannot follow fast
+  changes. `latent` is each
   band's padded width; `latent_size` [bands] masks band b to its first counts[b] units (a padded
   model equals an unpadded one). The decoder reads all bands' units.
   """
@@ -395,9 +389,7 @@ class MultiscaleAutoencoder(LSTMAutoencoder):
               else jnp.asarray(latent_size))
     u_BTK = jnp.tanh(self.encoder(x_BTN)) * band_mask(self.latent, counts)[None, None, :]
     decay_K = jnp.repeat(jnp.exp(-1.0 / jnp.asarray(self.timescales, jnp.float32)), self.latent)
-    # In units of each band's stationary std for white unit innovations, so that a slow band's
-    # small excursions reach the decoder (and its gradients the encoder) at the fast band's scale.
-    return leaky_integrate(u_BTK, decay_K) / band_scale(decay_K)[None, None, :]
+    return leaky_integrate(u_BTK, decay_K)
 
 
 def make_model(cfg: Settings, neurons: int) -> nn.Module:
