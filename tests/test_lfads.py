@@ -115,15 +115,15 @@ def test_lfads_fits_poisson_trials_better_than_the_mean_rate():
 def test_lfads_in_the_sweep_beats_the_null_on_held_out_neurons_and_infers_the_rates():
   # --model=lfads through the batched sweep (the CPU default, by_latent) on
   # Lorenz trials (150 trials of 20 bins, 60 neurons; split by trial, a window is a trial): at 3
-  # factors, for each seed, the held-out neurons' bits/spike on the validation block is above 0
-  # (better than each neuron's mean rate), and the inferred rates explain part of the true rates'
-  # variance on the test trials (rates_r2 above 0; each neuron's mean rate scores about 0).
+  # factors the held-out neurons' bits/spike on the validation block is above 0 (better than
+  # each neuron's mean rate), and the inferred rates explain part of the true rates' variance on
+  # the test trials (rates_r2 above 0; each neuron's mean rate scores about 0).
   ds = synthetic.make_lorenz_trials(trials=150, time=20, neurons=60)
-  cfg = config.Settings(model="lfads", latents=(1, 3), seeds=2, steps=300, log_every=300)
+  cfg = config.Settings(model="lfads", latents=(1, 3), seeds=1, steps=300, log_every=300)
   prep = splits.prepare(ds, cfg)
   out = sweep.run_sweep(prep, cfg, log=lambda s: None)
   from nmas_jax import evaluate
   ev = evaluate.evaluate_sweep(prep, cfg, out, log=lambda s: None)
   at3 = [m for i, m in enumerate(ev["per_model"]) if out.table.latent[i] == 3]
-  assert len(at3) == 2 and min(m["cosmooth_bps"] for m in at3) > 0, at3
-  assert min(m["test_rates_r2"] for m in at3) > 0, at3
+  assert len(at3) == 1 and at3[0]["cosmooth_bps"] > 0, at3
+  assert at3[0]["test_rates_r2"] > 0, at3

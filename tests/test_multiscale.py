@@ -85,7 +85,7 @@ def test_multiscale_sweep_recovers_known_counts_per_band():
   ds = synthetic.make_multiscale(bands=(4, 3), timescales=(2, 50), neurons=30, time=2000,
                                  noise_std=0.5)
   cfg = config.Settings(model="multiscale", timescales=(2, 50), latents=(0, 3, 4), seeds=1,
-                        steps=300, log_every=300, bootstrap=50)
+                        steps=300, log_every=300, bootstrap=50, baselines=())
   prep = splits.prepare(ds, cfg)
   with pytest.raises(UserError) as e:
     sweep.build(prep, cfg, batching="by_latent")
