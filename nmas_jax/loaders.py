@@ -144,19 +144,26 @@ def load_array(path: str, *, key: str | None = None, bin_size: int = _D.bin, tri
     return _trial_array(x, path, key, bin_size, drop_nonfinite, warn)
   x = as_layers(x, "the array")
   if drop_nonfinite:
-    keep = np.isfinite(x).all(axis=(0, 1))
-    if not keep.all():
-      warn(f"dropped {int((~keep).sum())} of {len(keep)} neurons with NaN/Inf "
-           "(from every layer, to keep equal counts; --nan_policy=drop_neurons)")
-      x = x[:, :, keep]
-    if x.shape[2] == 0:
-      raise UserError("every neuron has NaN/Inf values: nothing left to fit")
+    x = _drop_nonfinite_neurons(x, warn)
   check_finite(x, "the array [layers, time, neurons]")
   counts_data = is_counts(x)
   layers = [_bin(x_TN, bin_size, counts_data) for x_TN in x]
   meta = dict(path=os.path.abspath(path), key=key, bin=bin_size, binning=_binning(counts_data))
   return Dataset(np.stack(layers).astype(np.float32),
                  tuple(str(i) for i in range(len(layers))), "array", None, meta, counts=counts_data)
+
+
+def _drop_nonfinite_neurons(x: np.ndarray, warn) -> np.ndarray:
+  """x [..., neurons] without the neurons that have a NaN/Inf anywhere (warned; one-line error
+  when none is left)."""
+  keep = np.isfinite(x).all(axis=tuple(range(x.ndim - 1)))
+  if not keep.all():
+    warn(f"dropped {int((~keep).sum())} of {len(keep)} neurons with NaN/Inf "
+         "(from every layer, to keep equal counts; --nan_policy=drop_neurons)")
+    x = x[..., keep]
+  if x.shape[-1] == 0:
+    raise UserError("every neuron has NaN/Inf values: nothing left to fit")
+  return x
 
 
 def _trial_array(x: np.ndarray, path: str, key: str | None, bin_size: int, drop_nonfinite: bool,
@@ -169,13 +176,7 @@ def _trial_array(x: np.ndarray, path: str, key: str | None, bin_size: int, drop_
     raise UserError(f"with --trials the array must be [trials, time, neurons] or [layers, trials, "
                     f"time, neurons], got shape {x.shape}")
   if drop_nonfinite:
-    keep = np.isfinite(x).all(axis=(0, 1, 2))
-    if not keep.all():
-      warn(f"dropped {int((~keep).sum())} of {len(keep)} neurons with NaN/Inf "
-           "(from every layer, to keep equal counts; --nan_policy=drop_neurons)")
-      x = x[..., keep]
-    if x.shape[-1] == 0:
-      raise UserError("every neuron has NaN/Inf values: nothing left to fit")
+    x = _drop_nonfinite_neurons(x, warn)
   check_finite(x, "the array [layers, trials, time, neurons]")
   counts_data = is_counts(x)
   if bin_size > x.shape[2]:

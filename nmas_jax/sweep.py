@@ -67,10 +67,11 @@ class Built:
     ds, prep = self.prep.dataset, self.prep
     what = "one shared model of all layers" if prep.shared else f"{ds.num_layers} layers"
     pad = len(self.table) - self.n_real
-    unit = (f"trials of {ds.trial_length} bins", ds.trial_length) if ds.trial_length else ("time bins", 1)
-    blocks = (f"{ds.num_time // unit[1]} {unit[0]} ({prep.t_train // unit[1]} train / "
-              f"{(prep.t_valid - prep.t_train) // unit[1]} validation / "
-              f"{(ds.num_time - prep.t_valid) // unit[1]} test)")
+    n = prep.stride  # bins per trial, 1 for a continuous recording
+    unit = f"trials of {n} bins" if ds.trial_length else "time bins"
+    blocks = (f"{ds.num_time // n} {unit} ({prep.t_train // n} train / "
+              f"{(prep.t_valid - prep.t_train) // n} validation / {(ds.num_time - prep.t_valid) // n} "
+              "test)")
     grid = (f"{len(np.unique(self.table.bands, axis=0))} band combinations" if cfg.model == "multiscale"
             else f"{len(cfg.latents)} latents")
     return (f"sweep: {self.n_real} models{f' + {pad} inert padding' if pad else ''} ({what} x "
