@@ -27,7 +27,11 @@ class Shapes(config._Declared):
   hidden: int = setting(128, "LSTM units.", check="positive_int")
   latents: tuple[int, ...] = setting((10, 25, 50, 75, 150), "Latent sizes (one model each).",
                                      kind="ints")
-  layers: int = setting(1, "Layers (models = layers x latents).", check="positive_int")
+  layers: int = setting(1, "Layers (models = layers x (1 + counts) x seeds x latents).",
+                        check="positive_int")
+  seeds: int = setting(1, "Seeds per (layer, latent).", check="positive_int")
+  neuron_counts: tuple[int, ...] = setting((), "Also the sweep's --neuron_counts axis: models whose "
+                                           "encoder sees only this many neurons.", kind="ints")
   decoder: str = setting("lstm", "The decoder.", choices=DECODERS)
   unroll: int = setting(1, "Scan unroll factor.", check="positive_int")
   dtype: str = setting("float32", "Matmul dtype.", choices=DTYPES)
@@ -41,6 +45,9 @@ class Shapes(config._Declared):
     super().__post_init__()
     if max(self.latents) > self.neurons:
       raise config.UserError(f"latent size {max(self.latents)} exceeds --neurons={self.neurons}")
+    if self.neuron_counts and max(self.neuron_counts) >= self.neurons:
+      raise config.UserError(f"--neuron_counts must be below --neurons={self.neurons}, got "
+                             f"{max(self.neuron_counts)}")
 
   def settings(self) -> config.Settings:
     """The sweep settings of these shapes: one seed, no held-out neurons, Gaussian, a causal
@@ -48,7 +55,13 @@ class Shapes(config._Declared):
     return config.Settings(latents=self.latents, batch_size=self.batch_size, window=self.window,
                            hidden=self.hidden, decoder=self.decoder, unroll=self.unroll,
                            dtype=self.dtype, heldout_neurons=0.0, likelihood="gaussian", steps=1,
-                           seeds=1, bidirectional=False, dropout=0.0, model=self.model)
+                           seeds=self.seeds, neuron_counts=self.neuron_counts,
+                           bidirectional=False, dropout=0.0, model=self.model)
+
+  def model_neurons(self) -> list[int]:
+    """Neurons each model's encoder reads, one entry per (count level, seed) of a layer: the full
+    layer, then each of --neuron_counts."""
+    return [c for c in (self.neurons, *self.neuron_counts) for _ in range(self.seeds)]
 
 
 def flops_per_step(s: Shapes) -> float:
@@ -56,11 +69,17 @@ def flops_per_step(s: Shapes) -> float:
 
   Encoder LSTM -> latent Dense -> decoder LSTM (or none) -> readout Dense, at
   each model's own latent size k. A matmul costs 2mnk forward and twice that
-  backward, except the encoder's input projection, whose input needs no gradient.
+  backward, except the encoder's input projection, whose input needs no gradient. A model of
+  the --neuron_counts axis counts only its own neurons (its encoder input and its readout).
   """
-  bt, n, h = s.batch_size * s.window, s.neurons, s.hidden
   if s.model == "lfads":
     return lfads_flops_per_step(s)
+  return s.layers * sum(_ae_flops(s, n) for n in s.model_neurons())
+
+
+def _ae_flops(s: Shapes, n: int) -> float:
+  """`flops_per_step` of one layer's models at one (count, seed), reading n neurons."""
+  bt, h = s.batch_size * s.window, s.hidden
   total = 0.0
   for k in s.latents:
     enc_in = 2 * bt * n * 4 * h * 2          # forward + weight gradient only
@@ -71,7 +90,7 @@ def flops_per_step(s: Shapes) -> float:
     else:
       dec = 2 * bt * k * n * 3
     total += enc_in + enc_rec + to_lat + dec
-  return total * s.layers
+  return total
 
 
 def lfads_flops_per_step(s: Shapes) -> float:
@@ -79,11 +98,14 @@ def lfads_flops_per_step(s: Shapes) -> float:
   bidirectional initial-condition encoder GRU on the neurons (input projection: forward + weight
   gradient), the generator GRU, the factors and the readout, at each model's own factor count k."""
   cfg = s.settings()
-  bt, n, e, g = s.batch_size * s.window, s.neurons, cfg.ic_enc_dim, cfg.gen_dim
-  per = (2 * (2 * bt * n * 3 * e * 2)      # two directions, input projection
-         + 2 * (2 * bt * e * 3 * e * 3)    # two directions, recurrence
-         + 2 * bt * g * 3 * g * 3)         # generator recurrence
-  return s.layers * sum(per + 2 * bt * g * k * 3 + 2 * bt * k * n * 3 for k in s.latents)
+  bt, e, g = s.batch_size * s.window, cfg.ic_enc_dim, cfg.gen_dim
+  total = 0.0
+  for n in s.model_neurons():
+    per = (2 * (2 * bt * n * 3 * e * 2)      # two directions, input projection
+           + 2 * (2 * bt * e * 3 * e * 3)    # two directions, recurrence
+           + 2 * bt * g * 3 * g * 3)         # generator recurrence
+    total += sum(per + 2 * bt * g * k * 3 + 2 * bt * k * n * 3 for k in s.latents)
+  return s.layers * total
 
 
 def _time_interleaved(calls: dict[str, tuple[Callable[[], Any], Callable[[Any], Any]]],
@@ -112,8 +134,10 @@ def _time(fn: Callable[[], Any], steps: int, block=jax.block_until_ready, repeat
   return _time_interleaved({"fn": (fn, block)}, steps, repeats)["fn"]
 
 
-def matmul_peak_gflops(n: int = 2048, dtype=jnp.float32, reps: int = 10) -> float:
-  """Achieved GFLOP/s of a large square matmul: this machine's practical peak."""
+def matmul_peak_gflops(n: int | None = None, dtype=jnp.float32, reps: int = 10) -> float:
+  """Achieved GFLOP/s of a large square matmul in `dtype`: this machine's practical peak
+  (n=2048 on CPU; 8192 on an accelerator, where a smaller product is overhead-bound)."""
+  n = n or (2048 if jax.default_backend() == "cpu" else 8192)
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
   b = jax.random.normal(jax.random.PRNGKey(1), (n, n), dtype)
   mm = jax.jit(lambda a, b: a @ b)
@@ -125,7 +149,8 @@ def torch_loop_step(s: Shapes) -> tuple[Callable[[], Any], Callable[[Any], Any]]
 
   What a user would write: per model nn.LSTM(N, H) -> Linear(H, k) -> nn.LSTM(k, H)
   (or nothing, for the linear decoder) -> Linear(H, N), MSE, clipping, AdamW,
-  on its own random batch of windows, one model after another.
+  on its own random batch of windows, one model after another (a --neuron_counts model on its
+  own number of neurons).
   """
   try:
     import torch
@@ -134,25 +159,27 @@ def torch_loop_step(s: Shapes) -> tuple[Callable[[], Any], Callable[[Any], Any]]
   torch.manual_seed(0)
 
   class AE(torch.nn.Module):
-    def __init__(self, k):
+    def __init__(self, k, n):
       super().__init__()
-      self.enc = torch.nn.LSTM(s.neurons, s.hidden, batch_first=True)
+      self.n = n
+      self.enc = torch.nn.LSTM(n, s.hidden, batch_first=True)
       self.lat = torch.nn.Linear(s.hidden, k)
       self.dec = torch.nn.LSTM(k, s.hidden, batch_first=True) if s.decoder == "lstm" else None
-      self.out = torch.nn.Linear(s.hidden if s.decoder == "lstm" else k, s.neurons)
+      self.out = torch.nn.Linear(s.hidden if s.decoder == "lstm" else k, n)
 
     def forward(self, x):
       z = self.lat(self.enc(x)[0])
       return self.out(self.dec(z)[0] if self.dec is not None else z)
 
-  nets = [AE(k) for _ in range(s.layers) for k in s.latents]
+  nets = [AE(k, n) for _ in range(s.layers) for n in s.model_neurons() for k in s.latents]
   opts = [torch.optim.AdamW(m.parameters(), lr=3e-3, weight_decay=0.0) for m in nets]
   data = torch.randn(s.window * 40, s.neurons)
   offsets = torch.arange(s.window)
 
   def step():
     for m, opt in zip(nets, opts):
-      x = data[torch.randint(0, s.window * 32 - s.window, (s.batch_size,))[:, None] + offsets]
+      x = data[torch.randint(0, s.window * 32 - s.window, (s.batch_size,))[:, None] + offsets,
+               :m.n]
       loss = ((m(x) - x) ** 2).mean()
       opt.zero_grad()
       loss.backward()
@@ -183,28 +210,35 @@ def _sweep_call(s: Shapes) -> tuple[Callable[[], Any], sweep.Built, float]:
 
 
 def _loop_call(s: Shapes, built: sweep.Built) -> tuple[Callable[[], Any], float]:
-  """(one step of each model in turn, each its own jitted single-model step; compile seconds)."""
+  """(one step of each model in turn, each its own jitted single-model step; compile seconds).
+
+  Models of the same shape (latent size, neurons) share one executable; the layer is an argument.
+  """
   x_LTN, t_train, tx = built.placed.x_LTN, built.prep.t_train, train.make_optimizer()
-  singles = []
+  singles, compiled = [], {}
   t0 = time.perf_counter()
   for i in range(built.n_real):
     k, layer = int(built.table.latent[i]), int(built.table.layer[i])
-    m = models.make_model(dataclasses.replace(s.settings(), latents=(k,)), s.neurons)
+    n = int(built.table.count[i]) or s.neurons  # a --neuron_counts model reads its own neurons
+    m = models.make_model(dataclasses.replace(s.settings(), latents=(k,)), n)
 
-    def one(st, x_LTN, layer=layer, m=m):
-      x_BTN = splits.sample_batches(x_LTN, jnp.array([layer]), jnp.array([0]), st.step,
+    def one(st, x_LTN, layer_1, m=m, n=n):
+      x_BTN = splits.sample_batches(x_LTN, layer_1, jnp.array([0]), st.step,
                                     t_train=t_train, window=s.window, batch_size=s.batch_size)[0]
-      return train.train_step(st, {"x": x_BTN}, model=m, tx=tx)
+      return train.train_step(st, {"x": x_BTN[..., :n]}, model=m, tx=tx)
 
     st = train.init_state(jax.random.PRNGKey(i), k, 3e-3, 0.0, model=m, clip_norm=1.0,
-                          example_x_BTN=jnp.zeros((1, s.window, s.neurons)))
-    singles.append([jax.jit(one, donate_argnums=0).lower(st, x_LTN).compile(), st])
+                          example_x_BTN=jnp.zeros((1, s.window, n)))
+    layer_1 = jnp.array([layer])
+    if (k, n) not in compiled:
+      compiled[k, n] = jax.jit(one, donate_argnums=0).lower(st, x_LTN, layer_1).compile()
+    singles.append([compiled[k, n], st, layer_1])
   compile_s = time.perf_counter() - t0
 
   def call():
     out = None
     for pair in singles:
-      pair[1], metrics = pair[0](pair[1], x_LTN)
+      pair[1], metrics = pair[0](pair[1], x_LTN, pair[2])
       out = metrics["train/loss"]
     return out
 
@@ -238,10 +272,11 @@ def run(s: Shapes, steps: int = 20, loop: bool = True, torch_loop: bool = True,
   seconds = _time_interleaved(calls, steps, repeats)
   sweep_s, loop_s, torch_s = (seconds.get(name) for name in ("sweep", "loop", "torch"))
   log("  ".join(f"{name} {t * 1e3:.1f} ms" for name, t in seconds.items()))
-  peak = matmul_peak_gflops(dtype=jnp.float32)
+  peak = matmul_peak_gflops(dtype=jnp.dtype(s.dtype))
   flops = flops_per_step(s)
   achieved = flops / sweep_s / 1e9
   dev = jax.devices()[0]
+  mem = dev.memory_stats() or {}  # none on CPU
   return {
       "sweep_step_ms": round(sweep_s * 1e3, 3),
       "loop_step_ms": None if loop_s is None else round(loop_s * 1e3, 3),
@@ -258,6 +293,8 @@ def run(s: Shapes, steps: int = 20, loop: bool = True, torch_loop: bool = True,
       "padded_models": len(built.table),
       "device": f"{dev.platform}:{getattr(dev, 'device_kind', '')}",
       "devices": jax.device_count(),
+      "peak_memory_gib": (round(mem["peak_bytes_in_use"] / 2 ** 30, 3)
+                          if "peak_bytes_in_use" in mem else None),
       "lanes": built.stepper.lanes,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       **{k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(s).items()},
@@ -269,7 +306,8 @@ def run(s: Shapes, steps: int = 20, loop: bool = True, torch_loop: bool = True,
 
 def table(r: dict[str, Any]) -> str:
   rows = [("device", r["device"]), ("models", f"{r['models']} ({r.get('model', 'autoencoder')})"),
-          ("shapes", f"neurons={r['neurons']} window={r['window']} batch={r['batch_size']} "
+          ("shapes", f"neurons={r['neurons']} counts={','.join(map(str, r['neuron_counts'])) or '-'} "
+                     f"seeds={r['seeds']} window={r['window']} batch={r['batch_size']} "
                      f"hidden={r['hidden']} latents={','.join(map(str, r['latents']))} "
                      f"decoder={r['decoder']} dtype={r['dtype']} batching={r['batching']} "
                      f"lanes={r['lanes']}"),
@@ -280,7 +318,9 @@ def table(r: dict[str, Any]) -> str:
           ("speed-up vs PyTorch", "-" if r["speedup_vs_torch"] is None else f"{r['speedup_vs_torch']:.2f}x"),
           ("useful GFLOP per step", f"{r['flops_per_step'] / 1e9:.2f}"),
           ("achieved GFLOP/s", f"{r['achieved_gflops']:.1f}"),
-          ("f32 matmul peak GFLOP/s", f"{r['peak_gflops']:.1f}"),
+          (f"{r['dtype']} matmul peak GFLOP/s", f"{r['peak_gflops']:.1f}"),
+          ("peak device memory", "-" if r.get("peak_memory_gib") is None
+           else f"{r['peak_memory_gib']:.2f} GiB"),
           ("MFU (achieved / peak)", f"{r['mfu']:.1%}"),
           ("compile (sweep / loop)", f"{r['compile_s']:.1f}s / "
                                      f"{'-' if r['loop_compile_s'] is None else r['loop_compile_s']}s")]

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The GPU figures of docs/benchmarks.md, in one run (about 9 minutes on one H100):
+#   bash experiments/gpu_bench.sh [OUTDIR]
+# 1. one model against 45 (9 Stringer layers x 5 latents), float32 and bfloat16;
+# 2. LFADS (5 factor sizes) against its own loop;
+# 3. the linear decoder, 45 models against 5 (throughput as models are added);
+# 4. a Stringer-scale sweep (9 layers x 1131 neurons x 3500 bins, latents 10..150, 3 seeds,
+#    neuron counts 100,200,400,800: 675 models) on random data for 200 steps, for its
+#    step rate, memory and the time of everything after training.
+# Each part has its own time limit, so a slow part cannot take the others with it.
+set -u
+OUT=${1:-runs/gpu_bench}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+B="$PY -m experiments.bench --notorch --json --steps=20 ${BENCH_EXTRA:-}"
+part() {  # part NAME SECONDS COMMAND...: run, keep the log, say how long it took
+  local name=$1 limit=$2; shift 2
+  local t0=$(date +%s)
+  echo "=== $name: $*"
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  echo "=== $name: exit $? after $(( $(date +%s) - t0 )) s"
+  grep -E '^\{|sweep step:|compiled|^sweep |steps/s|trained|peak device' "$OUT/$name.log" | cut -c1-1500
+}
+nvidia-smi -L 2>/dev/null
+$PY -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())"
+
+part one_f32 60 $B --latents=10 --noloop
+part m45_f32 150 $B --layers=9
+part one_bf16 60 $B --latents=10 --noloop --dtype=bfloat16
+part m45_bf16 60 $B --layers=9 --noloop --dtype=bfloat16
+
+$PY -c "
+import numpy as np
+r = np.random.default_rng(0)
+z = r.standard_normal((9, 3500, 40)).astype('f4')
+w = r.standard_normal((9, 40, 1131)).astype('f4') / 6
+np.save('/tmp/stringer_shape.npy', np.einsum('ltk,lkn->ltn', z, w) + r.standard_normal((9, 3500, 1131), dtype='f4'))"
+# No preallocation, so that nvidia-smi's memory.used follows what the sweep holds; polled each 2 s.
+(while sleep 2; do nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits; done) \
+  > "$OUT/stringer_memory_mib.txt" 2>/dev/null &
+POLL=$!
+XLA_PYTHON_CLIENT_PREALLOCATE=false part stringer_scale ${STRINGER_LIMIT:-240} $PY -m experiments.sweep \
+  --dataset=array --data_path=/tmp/stringer_shape.npy --neurons_per_layer=${STRINGER_NEURONS:-1131} \
+  --latents=10,25,50,75,150 --seeds=3 --neuron_counts=${STRINGER_COUNTS:-100,200,400,800} \
+  --steps=${STRINGER_STEPS:-200} --log_every=100 --checkpoint_every=0 --baselines=pca,fa,lds \
+  --workdir=/tmp/stringer_scale
+kill $POLL
+echo "max GPU memory used: $(sort -n "$OUT/stringer_memory_mib.txt" | tail -1) MiB"
+$PY -c "
+import json; r = json.load(open('/tmp/stringer_scale/results.json'))
+print('models', len(r['models']), 'seconds', r['seconds'], 'compile_seconds', r['compile_seconds'],
+      'complete', r['complete'])" 2>&1 | cut -c1-800
+ls -l --time-style=+%T /tmp/stringer_scale 2>/dev/null
+
+part lfads 120 $B --model=lfads
+part linear45 60 $B --layers=9 --decoder=linear --noloop
+part linear5 60 $B --layers=1 --decoder=linear --noloop
