@@ -10,13 +10,15 @@ the same latent sizes and splits. Then a dimension estimate per layer
 from __future__ import annotations
 
 import functools
-from typing import Any
+import time
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from nmas_jax import baselines, dimension, lds, models, spectrum, train
+from nmas_jax.hooks import fmt_time
 from nmas_jax.config import Settings
 from nmas_jax.splits import Prepared
 from nmas_jax.table import ModelTable
@@ -141,7 +143,28 @@ def model_predictions(state: train.TrainState, table: ModelTable, prep: Prepared
 LDS_ITERS = 20  # EM iterations of the linear dynamical system baseline
 
 
-def _baselines(prep: Prepared, cfg: Settings, block_T: np.ndarray, fa_iters: int, count: int = 0
+class Progress:
+  """Progress lines of a long phase: `done/total what, elapsed, ETA`, at most one per `every_s`
+  seconds and one at the end (at Stringer scale the baselines take minutes after training)."""
+
+  def __init__(self, what: str, total: int, log: Callable[[str], Any], every_s: float = 10.0):
+    self.what, self.total, self.log, self.every_s = what, total, log, every_s
+    self.done, self.start = 0, time.perf_counter()
+    self.last = self.start
+
+  def step(self) -> None:
+    self.done += 1
+    now = time.perf_counter()
+    if now - self.last < self.every_s and self.done < self.total:
+      return
+    self.last, elapsed = now, now - self.start
+    eta = elapsed / self.done * (self.total - self.done)
+    self.log(f"  {self.done}/{self.total} {self.what}, {fmt_time(elapsed)}"
+             + (f", ETA {fmt_time(eta)}" if self.done < self.total else ""))
+
+
+def _baselines(prep: Prepared, cfg: Settings, block_T: np.ndarray, fa_iters: int, count: int = 0,
+               progress: Progress | None = None
                ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray], dict[tuple[int, int], tuple]]:
   """The baselines of `cfg.baselines` per (layer, latent): rows of metrics (means over seeds),
   their loss curves {method: [layers, latents, seeds, blocks]} on each seed's held-out neurons,
@@ -191,6 +214,8 @@ def _baselines(prep: Prepared, cfg: Settings, block_T: np.ndarray, fa_iters: int
       for key in per_seed[0]:
         row[key] = float(np.nanmean([m[key] for m in per_seed]))
       rows.append(row)
+    if progress is not None:
+      progress.step()
   return rows, curves, fa_fits
 
 
@@ -246,14 +271,20 @@ def evaluate_sweep(prep: Prepared, cfg: Settings, out, fa_iters: int = 100,
   log(f"baselines: {', '.join(m.upper() for m in cfg.baselines) or 'none'} at "
       f"{len(baseline_sizes(cfg))} "
       f"latent sizes x {prep.dataset.num_layers} layers x {cfg.seeds} held-out sets")
-  rows, base_curves, fa_fits = _baselines(prep, cfg, block_T, fa_iters)
+  counts = cfg.neuron_counts if cfg.neuron_counts and not prep.shared else ()
+  progress = Progress("layers' baselines" + (" (all counts)" if counts else ""),
+                      prep.dataset.num_layers * (1 + len(counts)), log)
+  rows, base_curves, fa_fits = _baselines(prep, cfg, block_T, fa_iters, progress=progress)
   train_LTN, names = prep.train_block(), prep.dataset.layer_names
+  t0 = time.perf_counter()
+  ctx = context(prep, cfg, fa_iters, fa_fits)
+  log(f"spectrum and FA's shared dimension: {fmt_time(time.perf_counter() - t0)}")
   result = {"per_model": per_model, "baselines": rows,
             "participation_ratio": {n: round(baselines.participation_ratio(train_LTN[l]), 3)
                                     for l, n in enumerate(names)},
             "pca_dims_90": {n: baselines.dims_for_variance(train_LTN[l], 0.9)
                             for l, n in enumerate(names)},
-            **context(prep, cfg, fa_iters, fa_fits)}
+            **ctx}
   main = np.flatnonzero(table.count == 0)  # every held-in neuron; the rest: --neuron_counts
   sub, sub_per_model = table.take(main), [per_model[i] for i in main]
   if not prep.cosmooth:
@@ -279,7 +310,7 @@ def evaluate_sweep(prep: Prepared, cfg: Settings, out, fa_iters: int = 100,
                                     rows, null, count))
   if cfg.neuron_counts and not prep.shared:
     log(f"neuron counts: baselines at {len(cfg.neuron_counts)} more counts")
-    by_count = {c: (model_curves(c), _baselines(prep, cfg, block_T, fa_iters, c)[1])
+    by_count = {c: (model_curves(c), _baselines(prep, cfg, block_T, fa_iters, c, progress)[1])
                 for c in cfg.neuron_counts}
     by_count[0] = (model_curves(0), base_curves)
     result["scaling"] = scaling(prep, cfg, by_count, null, count)
