@@ -19,6 +19,7 @@ computation.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import NamedTuple, Sequence
 
@@ -171,6 +172,16 @@ def init(y_TN: np.ndarray, k: int) -> LDS:
   return LDS(*map(jnp.asarray, (a, q, c, d, r)))
 
 
+def _on_host():
+  """x64 on the CPU, where the LDS runs on every backend: a fit is thousands of sequential K x K
+  steps, which an accelerator runs one tiny kernel launch at a time (on an H100 host the
+  baselines with the LDS took 60-96 s per Stringer-sized layer: docs/benchmarks.md)."""
+  stack = contextlib.ExitStack()
+  stack.enter_context(jax.enable_x64(True))
+  stack.enter_context(jax.default_device(jax.devices("cpu")[0]))
+  return stack
+
+
 @functools.partial(jax.jit, static_argnames="iters")
 def _fit(p: LDS, y_TN: jax.Array, iters: int) -> tuple[LDS, jax.Array]:
   def body(carry, _):
@@ -186,7 +197,7 @@ def fit(y_TN: np.ndarray, k: int, iters: int = 20) -> tuple[LDS, np.ndarray]:
   [iters], each of the parameters that iteration started from)."""
   if not 0 < k <= min(y_TN.shape):
     raise ValueError(f"an LDS of {k} states needs 0 < k <= min(time, neurons) = {min(y_TN.shape)}")
-  with jax.enable_x64(True):
+  with _on_host():
     p, lls = _fit(init(y_TN, k), jnp.asarray(y_TN, jnp.float64), iters)
     return jax.tree.map(np.asarray, p), np.asarray(lls)
 
@@ -199,7 +210,7 @@ def _smoothed(p: LDS, y_TN: jax.Array) -> jax.Array:
 
 def smoothed_means(p: LDS, y_TN: np.ndarray) -> np.ndarray:
   """E[z_t | y_1..T] [T, K] under `p` (a Kalman filter and RTS smoother)."""
-  with jax.enable_x64(True):
+  with _on_host():
     return np.asarray(_smoothed(jax.tree.map(jnp.asarray, p), jnp.asarray(y_TN, jnp.float64)))
 
 

@@ -28,6 +28,18 @@ def test_pca_baseline_equals_direct_svd_reconstruction():
     np.testing.assert_allclose(baselines.predictions(train, valid, held, k)["pca"], ref, atol=1e-10)
 
 
+def test_fa_log_likelihood_equals_the_dense_gaussian_one():
+  # fa_loglik works through k x k matrices; the reference builds C = W W^T + diag(psi) [N, N].
+  rng = np.random.default_rng(3)
+  x = rng.standard_normal((200, 30)) @ rng.standard_normal((30, 30))
+  s = np.cov(x.T, bias=True)
+  w, psi = rng.standard_normal((30, 4)), rng.uniform(0.5, 2.0, 30)
+  c = w @ w.T + np.diag(psi)
+  dense = -0.5 * (30 * np.log(2 * np.pi) + np.linalg.slogdet(c)[1]
+                  + np.trace(np.linalg.solve(c, s)))
+  np.testing.assert_allclose(baselines.fa_loglik(s, w, psi), dense, rtol=1e-10)
+
+
 def test_fa_log_likelihood_increases_over_em_iterations():
   x, noise_var = _lowrank(seed=1, noise_var=True)
   _, w, psi, history = baselines.fa_fit(x, 3, iters=50, tol=0)
