@@ -50,8 +50,8 @@ class Shapes(config._Declared):
                              f"{max(self.neuron_counts)}")
 
   def settings(self) -> config.Settings:
-    """The sweep settings of these shapes: one seed, no held-out neurons, Gaussian, a causal
-    encoder and no dropout (the models the PyTorch loop and `flops_per_step` describe)."""
+    """The sweep settings of these shapes: no held-out neurons, Gaussian, a causal encoder and
+    no dropout (the models the PyTorch loop and `flops_per_step` describe)."""
     return config.Settings(latents=self.latents, batch_size=self.batch_size, window=self.window,
                            hidden=self.hidden, decoder=self.decoder, unroll=self.unroll,
                            dtype=self.dtype, heldout_neurons=0.0, likelihood="gaussian", steps=1,

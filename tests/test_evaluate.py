@@ -207,3 +207,20 @@ def test_sweep_recovers_the_true_dimension_on_small_synthetic_data():
   # PCA and FA, chosen by the same rule on their own curves, find the truth too (linear data).
   assert ev["baseline_optimal_latent"] == {"pca": {"0": 2, "1": 6}, "fa": {"0": 2, "1": 6}}
   assert all(lo <= ev["optimal_latent"][n] <= hi for n, (lo, hi) in ev["optimal_latent_interval"].items())
+
+
+def test_progress_lines_count_done_and_end_without_eta():
+  # every_s=0: one line per step; each says done/total and, until the last, an ETA.
+  lines = []
+  p = evaluate.Progress("layers' baselines", 3, lines.append, every_s=0.0)
+  for _ in range(3):
+    p.step()
+  assert [line.split(",")[0] for line in lines] == [
+      "  1/3 layers' baselines", "  2/3 layers' baselines", "  3/3 layers' baselines"]
+  assert all("ETA" in line for line in lines[:2]) and "ETA" not in lines[2]
+  # A long every_s keeps only the last line.
+  quiet = []
+  q = evaluate.Progress("x", 4, quiet.append, every_s=1e9)
+  for _ in range(4):
+    q.step()
+  assert len(quiet) == 1 and quiet[0].startswith("  4/4 x")
