@@ -10,7 +10,10 @@ layer, truth, what the rule should answer (the smallest swept latent at or
 above the truth; 2 or 3 on Lorenz with the MLP decoder, whose attractor is
 about 2.06-dimensional; none for the linear decoder on the nonlinear family,
 whose linear dimension exceeds the truth), the choice, its interval, the
-knee, one-SE, and PCA's and FA's choices by the same rule; then the runtime.
+knee, one-SE, the detectable latent, PCA's and FA's choices by the same rule,
+and, where the generator's noiseless signal is known (Lorenz), the oracle: the
+rule on the gain curve of the true signal's best rank-k summary
+(`nmas_jax.dimension.oracle_gains`); then the runtime.
 With --write, the table replaces the one between the markers in
 docs/dimension.md.
 
@@ -46,8 +49,10 @@ from absl import app, flags
 from nmas_jax import cpu
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("families", ["synthetic", "nonlinear", "lorenz", "independent"],
-                  "Families to run (nmas_jax.synthetic.FAMILIES).")
+flags.DEFINE_list("families", ["synthetic", "nonlinear", "lorenz", "lorenz_whitened",
+                               "independent"],
+                  "Families to run (nmas_jax.synthetic.FAMILIES, and lorenz_whitened: the Lorenz "
+                  "family with its states whitened, make_lorenz(whiten=True)).")
 flags.DEFINE_list("decoders", ["linear", "mlp"], "Decoders to run.")
 flags.DEFINE_integer("seeds", None, "Seeds (default: the sweep's default).")
 flags.DEFINE_integer("steps", None, "Training steps (default: the sweep's default).")
@@ -66,6 +71,7 @@ SCALING_COUNTS = (10, 20, 40, 80)
 GRIDS = {"synthetic": ((10, 25, 50, 75, 150), (5, 8, 12, 20, 30, 45, 60)),
          "nonlinear": ((3, 6, 12, 25, 50), (2, 4, 8, 16, 32)),
          "lorenz": ((1, 2, 3, 4, 6, 8, 12), (2, 3, 5, 8)),
+         "lorenz_whitened": ((1, 2, 3, 4, 6, 8, 12), (2, 3, 5, 8)),
          "independent": ((1, 2, 4, 8), (3, 6, 12))}
 MARKERS = ("<!-- validate:begin -->", "<!-- validate:end -->")
 
@@ -77,15 +83,16 @@ def expected(family: str, decoder: str, truth: int, grid) -> str:
   if family == "nonlinear" and decoder == "linear":
     return "-"  # the linear dimension of a curved manifold exceeds its truth
   above = [k for k in sorted(grid) if k >= truth]
-  if family == "lorenz" and decoder == "mlp":
+  if family.startswith("lorenz") and decoder == "mlp":
     return " or ".join(str(k) for k in sorted({min(k for k in grid if k >= 2), above[0]}))
   return str(above[0])
 
 
 def run_one(family: str, decoder: str, grid, log) -> list[dict]:
-  from nmas_jax import DimensionSweep, synthetic
+  from nmas_jax import DimensionSweep, dimension, synthetic
 
-  ds = synthetic.FAMILIES[family]()
+  ds = (synthetic.make_lorenz(whiten=True) if family == "lorenz_whitened"
+        else synthetic.FAMILIES[family]())
   extra = {k: v for k, v in (("seeds", FLAGS.seeds), ("steps", FLAGS.steps)) if v is not None}
   t0 = time.perf_counter()
   est = DimensionSweep(latents=grid, decoder=decoder, verbose=False, **extra).fit(ds)
@@ -94,6 +101,9 @@ def run_one(family: str, decoder: str, grid, log) -> list[dict]:
   rows = []
   for layer in r["layers"]:
     truth = ds.true_latent[layer]
+    li = r["layers"].index(layer)
+    oracle = "-" if ds.rates_LTN is None else dimension.choose(
+        grid, dimension.oracle_gains(ds.x_LTN[li], ds.rates_LTN[li], grid, ds.counts))
     want = expected(family, decoder, truth, grid)
     got = r["optimal_latent"][layer]
     lo, hi = r["optimal_latent_interval"][layer]
@@ -102,15 +112,16 @@ def run_one(family: str, decoder: str, grid, log) -> list[dict]:
                      seeds=len(r["seeds"]), truth=truth, expected=want, chosen=got, interval=f"{lo}-{hi}",
                      inside="yes" if want == "-" or any(lo <= int(w) <= hi for w in want.split(" or "))
                      else "no", ok=ok, knee=r["knee_latent"][layer], one_se=r["one_se_latent"][layer],
+                     detectable=r["detectable_latent"][layer],
                      pca=r["baseline_optimal_latent"]["pca"][layer],
-                     fa=r["baseline_optimal_latent"]["fa"][layer], seconds=round(seconds)))
+                     fa=r["baseline_optimal_latent"]["fa"][layer], oracle=oracle, seconds=round(seconds)))
     log(" | ".join(f"{k}={v}" for k, v in rows[-1].items()))
   return rows
 
 
 def table(rows: list[dict]) -> str:
   cols = ["family", "decoder", "grid", "seeds", "layer", "truth", "expected", "chosen", "ok", "interval",
-          "inside", "knee", "one_se", "pca", "fa", "seconds"]
+          "inside", "knee", "one_se", "detectable", "pca", "fa", "oracle", "seconds"]
   lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
   lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
   return "\n".join(lines)

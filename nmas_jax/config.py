@@ -175,8 +175,10 @@ class Settings(_Declared):
   kl_co_scale: float = setting(1e-4, "LFADS: weight of the inferred inputs' KL.", check="nonneg")
   l2_gen_scale: float = setting(1e-4, "LFADS: weight of the squared recurrent kernels of the "
                                 "generator and controller.", check="nonneg")
-  cd_rate: float = setting(0.0, "LFADS: coordinated dropout rate (input elements hidden from "
-                           "the model and scored only there).", check="[0,1)")
+  cd_rate: float = setting(0.0, "Coordinated dropout rate, every model: input elements hidden "
+                           "from the encoder at random each step, and held-in neurons scored "
+                           "only there, so no model can copy its input (Keshtkaran & "
+                           "Pandarinath 2019).", check="[0,1)")
   kl_warmup_steps: int = setting(100, "LFADS: steps over which the KL and L2 weights rise "
                                  "linearly from 0.", check="nonneg_int")
   bidirectional: bool = setting(True, "Add a reverse-time encoder LSTM, so z_t is inferred from "

@@ -69,7 +69,8 @@ def estimate(latents: Sequence[int], loss_KSB: np.ndarray, null_SB: np.ndarray,
     fraction: the rule's fraction; resamples, seed: the bootstrap's.
   Returns:
     optimal, interval [5th, 95th percentile], p_positive (share of resamples whose best gain
-    is above zero), knee, one_se, and the curve: gain (mean over seeds), gain_se, gain_fraction.
+    is above zero), knee, one_se, detectable (the smallest latent that no larger one beats in
+    95% of the resamples; 0 with optimal 0), and the curve: gain (mean over seeds), gain_se, gain_fraction.
   """
   latents = np.asarray(latents)
   g_KS = gains(loss_KSB, null_SB, count_SB)
@@ -78,14 +79,16 @@ def estimate(latents: Sequence[int], loss_KSB: np.ndarray, null_SB: np.ndarray,
   se = np.array([np.nanstd(r, ddof=1) / np.sqrt(c) if c > 1 else 0.0 for r, c in zip(g_KS, n_KS)])
   rng = np.random.default_rng(seed)
   seeds, blocks = null_SB.shape
-  choices, positive = [], []
+  choices, positive, g_RK = [], [], []
   for _ in range(resamples):
     s, b = rng.integers(0, seeds, seeds), rng.integers(0, blocks, blocks)
     g = np.nanmean(gains(loss_KSB[:, s][:, :, b], null_SB[s][:, b], count_SB[s][:, b]), axis=1)
     choices.append(choose(latents, g, fraction))
     positive.append(np.nanmax(g) > 0 if np.isfinite(g).any() else False)
+    g_RK.append(g)
   p_positive = float(np.mean(positive)) if resamples else float(np.nanmax(mean) > 0)
   optimal = choose(latents, mean, fraction) if p_positive >= 0.95 else 0
+  detectable = (_detectable(latents, np.array(g_RK)) if resamples else None) if p_positive >= 0.95 else 0
   ok = np.isfinite(mean)
   best = int(np.nanargmax(np.where(ok, mean, -np.inf))) if ok.any() else 0
   one_se = int(latents[np.flatnonzero(ok & (mean >= mean[best] - se[best]))[0]]) if ok.any() else None
@@ -93,13 +96,73 @@ def estimate(latents: Sequence[int], loss_KSB: np.ndarray, null_SB: np.ndarray,
   lo, hi = (np.quantile(choices, [0.05, 0.95], method="inverted_cdf") if resamples
             else (optimal, optimal))
   return {"optimal": optimal, "interval": [int(lo), int(hi)], "p_positive": p_positive,
-          "knee": knee(latents, mean), "one_se": one_se,
+          "knee": knee(latents, mean), "one_se": one_se, "detectable": detectable,
           "gain": [_num(v) for v in mean], "gain_se": [_num(v) for v in se],
           "gain_fraction": [_num(v / top) if top > 0 else None for v in mean]}
 
 
+def _detectable(latents: np.ndarray, g_RK: np.ndarray, level: float = 0.95) -> int | None:
+  """The smallest latent that no larger latent beats in `level` of the bootstrap resamples
+  [resamples, latents]: every dimension the held-out data can detect, however small its gain."""
+  some = np.isfinite(g_RK).any(axis=0)  # a latent whose every seed diverged is left out
+  ks, g = latents[some], g_RK[:, some]
+
+  def beats(j, i):  # over the resamples where both are finite
+    both = np.isfinite(g[:, j]) & np.isfinite(g[:, i])
+    return both.any() and np.mean(g[both, j] > g[both, i]) >= level
+
+  for i in range(len(ks)):
+    if not any(beats(j, i) for j in range(i + 1, len(ks))):
+      return int(ks[i])
+  return None
+
+
 def _num(x) -> float | None:
   return float(x) if np.isfinite(x) else None
+
+
+def oracle_gains(x_TN: np.ndarray, truth_TN: np.ndarray, latents: Sequence[int], counts: bool,
+                 train_fraction: float = 0.7, valid_fraction: float = 0.1) -> np.ndarray:
+  """The gain curve [latents] of the true signal's best rank-k summary, on the validation block
+  (generated data only: `truth_TN` is the noiseless signal [time, neurons], rates for counts).
+
+  The noiseless signal (log-rates for counts, means otherwise) is reduced to its top-k
+  principal components over all time; each neuron is then fitted on the training block
+  (a Poisson GLM through exp, or least squares) from those k components and scored on the
+  validation block against its training-block mean, as the rule's gain. This is what the rule
+  would answer if the estimator knew the true latents: it separates "the estimator missed"
+  from "the rule's definition asks for fewer dimensions than the generator has signals".
+  """
+  x, s = np.asarray(x_TN, np.float64), np.asarray(truth_TN, np.float64)
+  if counts:
+    s = np.log(np.maximum(s, 1e-12))
+  t1 = int(train_fraction * len(x))
+  t2 = t1 + int(valid_fraction * len(x))
+  u, sv, _ = np.linalg.svd(s - s.mean(axis=0), full_matrices=False)
+  rank = int((sv > 1e-4 * sv[0]).sum())  # float32 rates: directions below this are round-off
+  null = x[:t1].mean(axis=0)
+
+  yv = x[t1:t2]
+  null_loss = ((null - yv * np.log(np.maximum(null, 1e-12))).sum(axis=0) if counts
+               else ((yv - null) ** 2).sum(axis=0))
+  out = []
+  for k in latents:
+    a = np.c_[np.ones(len(x)), u[:, :min(k, rank)] * sv[:min(k, rank)]]
+    if counts:  # Newton's method for each neuron's Poisson GLM
+      b = np.zeros((a.shape[1], x.shape[1]))
+      b[0] = np.log(np.maximum(null, 1e-12))
+      for _ in range(25):
+        mu = np.exp(a[:t1] @ b)
+        for n in range(x.shape[1]):
+          h = (a[:t1] * mu[:, n, None]).T @ a[:t1] + 1e-6 * np.eye(a.shape[1])
+          b[:, n] += np.linalg.solve(h, a[:t1].T @ (x[:t1, n] - mu[:, n]))
+      eta = a[t1:t2] @ b
+      model_loss = (np.exp(eta) - yv * eta).sum(axis=0)
+    else:
+      b = np.linalg.lstsq(a[:t1], x[:t1], rcond=None)[0]
+      model_loss = ((yv - a[t1:t2] @ b) ** 2).sum(axis=0)
+    out.append((null_loss - model_loss).sum() / yv.size)
+  return np.array(out)
 
 
 # ----------------------------------------------------------------------------

@@ -413,13 +413,15 @@ def dimension_estimates(prep: Prepared, cfg: Settings, table: ModelTable,
       "bootstrap": _bootstrap_info(cfg, null_LSB),
       "layers": {}}
   out: dict[str, Any] = {"optimal_latent": {}, "optimal_latent_interval": {}, "knee_latent": {},
-                         "one_se_latent": {}, "baseline_optimal_latent": {m: {} for m in cfg.baselines},
+                         "one_se_latent": {}, "detectable_latent": {},
+                         "baseline_optimal_latent": {m: {} for m in cfg.baselines},
                          "dimension": dim, "test_comparison": {}}
   for l, name in enumerate(prep.dataset.layer_names):
     run = lambda curves: _rule(cfg, curves, null_LSB[l], count_LSB[l])
     d = run(model_curves[l])
     for key, field in (("optimal_latent", "optimal"), ("optimal_latent_interval", "interval"),
-                       ("knee_latent", "knee"), ("one_se_latent", "one_se")):
+                       ("knee_latent", "knee"), ("one_se_latent", "one_se"),
+                       ("detectable_latent", "detectable")):
       out[key][name] = d[field]
     for method in cfg.baselines:
       out["baseline_optimal_latent"][method][name] = run(base_curves[method][l])["optimal"]
@@ -467,7 +469,7 @@ def band_estimates(prep: Prepared, cfg: Settings, table: ModelTable,
       "layers": {}}
   out: dict[str, Any] = {"optimal_latent": {}, "optimal_latent_interval": {},
                          "optimal_latent_bands": {}, "optimal_latent_bands_interval": {},
-                         "knee_latent": {}, "one_se_latent": {},
+                         "knee_latent": {}, "one_se_latent": {}, "detectable_latent": {},
                          "baseline_optimal_latent": {m: {} for m in cfg.baselines},
                          "dimension": dim, "test_comparison": {}}
   for l, name in enumerate(prep.dataset.layer_names):
@@ -477,6 +479,7 @@ def band_estimates(prep: Prepared, cfg: Settings, table: ModelTable,
     out["optimal_latent_bands"][name] = d["optimal"]
     out["optimal_latent_bands_interval"][name] = d["interval"]
     out["knee_latent"][name] = out["one_se_latent"][name] = None
+    out["detectable_latent"][name] = None
     for method in cfg.baselines:
       out["baseline_optimal_latent"][method][name] = _rule(
           cfg, base_curves[method][l], null_LSB[l], count_LSB[l])["optimal"]
@@ -529,7 +532,7 @@ def _no_estimate(prep: Prepared, cfg: Settings, table: ModelTable, out, per_mode
              for l, n in enumerate(names)}}
   none = {n: None for n in names}
   return {"optimal_latent": none, "optimal_latent_interval": dict(none), "knee_latent": dict(none),
-          "one_se_latent": dict(none),
+          "one_se_latent": dict(none), "detectable_latent": dict(none),
           "baseline_optimal_latent": {m: dict(none) for m in cfg.baselines},
           "dimension": dim}
 

@@ -309,6 +309,8 @@ class LSTMAutoencoder(nn.Module):
     decoder_hidden: hidden units of the mlp decoder.
     dropout: rate of dropout on the encoder's input while training (`train=True`, which
       needs a "dropout" rng): neurons dropped at random, so the encoder cannot lean on any one.
+    cd_rate: coordinated dropout in `train.train_step` (the loss scores input elements only
+      where the input hid them); not used by the module itself.
   """
 
   neurons: int
@@ -320,6 +322,7 @@ class LSTMAutoencoder(nn.Module):
   dtype: Any = jnp.float32
   decoder_hidden: int = 128
   dropout: float = 0.0
+  cd_rate: float = 0.0
 
   def setup(self):
     self.encoder = Encoder(self.hidden, self.encoder_width(), self.bidirectional, self.unroll,
@@ -400,7 +403,7 @@ def make_model(cfg: Settings, neurons: int) -> nn.Module:
         neurons=neurons, latent=max(cfg.latents), timescales=tuple(cfg.timescales),
         hidden=cfg.hidden, decoder=cfg.decoder, bidirectional=cfg.bidirectional,
         unroll=cfg.unroll, dtype=jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32,
-        decoder_hidden=cfg.decoder_hidden, dropout=cfg.dropout)
+        decoder_hidden=cfg.decoder_hidden, dropout=cfg.dropout, cd_rate=cfg.cd_rate)
   if cfg.model == "lfads":
     return LFADS(neurons=neurons, latent=max(cfg.latents), gen_dim=cfg.gen_dim,
                  ic_enc_dim=cfg.ic_enc_dim, ci_enc_dim=cfg.ci_enc_dim, con_dim=cfg.con_dim,
@@ -410,7 +413,8 @@ def make_model(cfg: Settings, neurons: int) -> nn.Module:
   return LSTMAutoencoder(neurons=neurons, latent=max(cfg.latents), hidden=cfg.hidden,
                          decoder=cfg.decoder, bidirectional=cfg.bidirectional, unroll=cfg.unroll,
                          dtype=jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32,
-                         decoder_hidden=cfg.decoder_hidden, dropout=cfg.dropout)
+                         decoder_hidden=cfg.decoder_hidden, dropout=cfg.dropout,
+                         cd_rate=cfg.cd_rate)
 
 
 # ----------------------------------------------------------------------------

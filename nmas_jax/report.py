@@ -56,7 +56,7 @@ def table(results: dict[str, Any], field: str | None = None) -> str:
   latents = results["latents"]
   head = f"{'layer':>10} " + " ".join(f"{'k=' + str(k):>9}" for k in latents)
   extra = [("chosen", "optimal_latent"), ("5-95%", None), ("knee", "knee_latent"),
-           ("1-SE", "one_se_latent")]
+           ("1-SE", "one_se_latent"), ("detect", "detectable_latent")]
   base = results.get("baseline_optimal_latent") or {}
   methods = results_lib.baseline_methods(results)
   extra += [(m.upper(), m) for m in methods if base.get(m)]
@@ -168,13 +168,14 @@ def _choice_section(results: dict[str, Any]) -> list[str]:
   base = results.get("baseline_optimal_latent") or {}
   methods = [m for m in results_lib.baseline_methods(results) if m in base]
   lines = ["## Chosen dimension (validation block)", "",
-           "| layer | chosen | 5-95% interval | knee | one-SE |"
+           "| layer | chosen | 5-95% interval | knee | one-SE | detectable |"
            + "".join(f" {m.upper()} (same rule) |" for m in methods)
            + " participation ratio | PCs for 90% var |" + (" true |" if true else ""),
-           "|---|---|---|---|---|" + "---|" * len(methods) + "---|---|" + ("---|" if true else "")]
+           "|---|---|---|---|---|---|" + "---|" * len(methods) + "---|---|" + ("---|" if true else "")]
   for layer in results["layers"]:
     row = (f"| {layer} | **{results['optimal_latent'][layer]}** | {_interval(results, layer)} | "
-           f"{results['knee_latent'][layer]} | {results['one_se_latent'][layer]} |"
+           f"{results['knee_latent'][layer]} | {results['one_se_latent'][layer]} | "
+           f"{(results.get('detectable_latent') or {}).get(layer, '-')} |"
            + "".join(f" {base[m].get(layer, '-')} |" for m in methods)
            + f" {results['participation_ratio'][layer]} | {results['pca_dims_90'][layer]} |")
     lines.append(row + (f" {true.get(layer, '-')} |" if true else ""))
@@ -183,7 +184,9 @@ def _choice_section(results: dict[str, Any]) -> list[str]:
             f"the 5th-95th percentile of the choice over {boot.get('resamples')} bootstrap resamples "
             f"of {boot.get('over', '')} (seed {boot.get('seed')}). The knee is the point of the gain "
             "curve farthest above its chord on a log-latent axis; one-SE the smallest latent within "
-            "one standard error (over seeds) of the best. Each baseline is chosen by the same rule on "
+            "one standard error (over seeds) of the best; detectable the smallest latent that no "
+            "larger one beats in 95% of the same resamples (every dimension the held-out data can "
+            "detect, however small its share of the gain). Each baseline is chosen by the same rule on "
             "its own co-smoothing curve. Where they disagree, read the curve in sweep.png.", ""]
   return lines
 

@@ -120,12 +120,19 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
     return _lfads_step(state, batch, x_in_BTN, model=model, tx=tx, likelihood=likelihood,
                        rngs=rngs, latent_width=latent_width)
 
+  cd_w_BTN = None
+  if getattr(model, "cd_rate", 0.0) > 0:
+    x_in_BTN, cd_w_BTN = coordinated_dropout_weights(batch, x_in_BTN, model.cd_rate, rngs)
+
   def loss_fn(params):
     if latent_width is None:
       y_BTN, _ = model.apply({"params": params}, x_in_BTN, state.latent, train=True, rngs=rngs)
     else:
       y_BTN, _ = model.clone(latent=latent_width).apply(
           {"params": models.slice_latent(params, latent_width)}, x_in_BTN, train=True, rngs=rngs)
+    if cd_w_BTN is not None:
+      per = elementwise_loss(y_BTN, x_BTN, likelihood) * cd_w_BTN
+      return jnp.sum(per) / jnp.maximum(jnp.sum(cd_w_BTN), 1.0)
     if "loss_mask" in batch:  # neurons outside the model's --neuron_counts subset: no loss
       w_N = batch["loss_mask"]
       per_n = elementwise_loss(y_BTN, x_BTN, likelihood) * w_N[None, None, :]
@@ -133,6 +140,21 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
     return reconstruction_loss(y_BTN, x_BTN, likelihood)
 
   return _apply_grads(state, tx, *jax.value_and_grad(loss_fn)(state.params))
+
+
+def coordinated_dropout_weights(batch: dict[str, jax.Array], x_in_BTN: jax.Array, rate: float,
+                                rngs: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+  """Coordinated dropout on the encoder's input [B, T, N]: (input, loss weights [B, T, N]).
+
+  Input neurons are scored only where the input hid them, so no model can lower its loss by
+  copying an element to its own output; held-out neurons (never input) stay scored everywhere;
+  `loss_mask` (--neuron_counts) still applies."""
+  x_BTN = batch["x"]
+  x_in_BTN, cd_BTN = models.coordinated_dropout(jax.random.fold_in(rngs["sample"], 2), x_in_BTN,
+                                                rate)
+  input_N = batch.get("input_mask", jnp.ones(x_BTN.shape[-1:], x_BTN.dtype))[None, None, :]
+  loss_N = batch.get("loss_mask", jnp.ones(x_BTN.shape[-1:], x_BTN.dtype))[None, None, :]
+  return x_in_BTN, loss_N * (1.0 - input_N + input_N * cd_BTN)
 
 
 def _lfads_step(state: TrainState, batch: dict[str, jax.Array], x_in_BTN: jax.Array, *, model,
@@ -148,11 +170,7 @@ def _lfads_step(state: TrainState, batch: dict[str, jax.Array], x_in_BTN: jax.Ar
   w_BTN = jnp.broadcast_to(batch.get("loss_mask", jnp.ones(x_BTN.shape[-1:], x_BTN.dtype))[None, None],
                            x_BTN.shape)
   if model.cd_rate > 0:
-    x_in_BTN, cd_BTN = models.coordinated_dropout(jax.random.fold_in(rngs["sample"], 2), x_in_BTN,
-                                                  model.cd_rate)
-    # Held-out neurons (never input) stay scored everywhere; input neurons only where hidden.
-    hidden_N = batch.get("input_mask", jnp.ones(x_BTN.shape[-1:], x_BTN.dtype))
-    w_BTN = w_BTN * (1.0 - hidden_N[None, None, :] + hidden_N[None, None, :] * cd_BTN)
+    x_in_BTN, w_BTN = coordinated_dropout_weights(batch, x_in_BTN, model.cd_rate, rngs)
 
   def loss_fn(params):
     latent = None if latent_width is not None else state.latent

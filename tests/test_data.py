@@ -286,3 +286,20 @@ def test_lorenz_trials_keep_their_true_rates_through_preparation():
   shifted, raw = ctrl.x_LTN[1] - ctrl.rates_LTN[1], ctrl.x_LTN[0] - ctrl.rates_LTN[0]
   np.testing.assert_allclose(np.sort(shifted, axis=0), np.sort(raw, axis=0))
   assert not np.allclose(shifted, raw)
+
+
+def test_whitened_lorenz_has_the_same_states_with_three_equal_directions():
+  # Same seed: the same trajectory, weights and baselines; whitening only changes which linear
+  # map of the states drives the log-rates. Both are exactly 3-D; the whitened one's third
+  # direction carries a larger share (z-scoring leaves x and y correlated).
+  shares, spans = [], []
+  for whiten in (False, True):
+    log_rate = np.log(synthetic.make_lorenz(neurons=30, time=1500, whiten=whiten, seed=1)
+                      .rates_LTN[0].astype(np.float64))
+    u, s, _ = np.linalg.svd(log_rate - log_rate.mean(axis=0), full_matrices=False)
+    assert s[3] < 1e-3 * s[0]  # rank 3: linear in the 3-D state
+    shares.append(s[2] ** 2 / (s[:3] ** 2).sum())
+    spans.append(u[:, :3])
+  # The same 3-D subspace of time courses: the principal angles between them are ~0.
+  np.testing.assert_allclose(np.linalg.svd(spans[0].T @ spans[1], compute_uv=False), 1.0, atol=1e-4)
+  assert shares[1] > 2 * shares[0]

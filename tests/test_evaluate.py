@@ -176,11 +176,25 @@ def test_bootstrap_interval_and_alternatives():
   assert d["one_se"] == 12 and d["optimal"] == 3 and d["knee"] in (2, 3)
 
 
+def test_detectable_latent_counts_small_but_reliable_gains():
+  # A third latent adds 4% of the gain, reliably over blocks and seeds: the rule (95% of the
+  # gain) stops at 2, detectable at 3; 4 and 8 gain nothing more, so neither moves it.
+  d = dimension.estimate((1, 2, 3, 4, 8), *_curves([0.5, 0.96, 1.0, 1.0, 1.0], noise=0.05))
+  assert d["optimal"] == 2 and d["detectable"] == 3
+  # Seed-to-seed noise larger than a gain step: the step is not detectable.
+  d = dimension.estimate((1, 2, 3, 4, 8), *_curves([1.0, 2.0, 3.0, 3.95, 4.0], se=[0.1] * 5,
+                                                   noise=0.2))
+  assert d["detectable"] == 4
+  # No gain over the null: 0, like the rule.
+  d = dimension.estimate((2, 4, 8), *_curves([-0.01, 0.0, -0.02], se=[0.01] * 3, noise=0.05))
+  assert d["detectable"] == 0
+
+
 def test_diverged_models_are_ignored():
   loss, null, count = _curves([1.0, 2.0, 2.0], se=[0.01] * 3)
   loss[1] = np.nan  # every seed of latent 2 diverged
   d = dimension.estimate((1, 2, 3), loss, null, count)
-  assert d["optimal"] == 3 and d["gain"][1] is None
+  assert d["optimal"] == 3 and d["detectable"] == 3 and d["gain"][1] is None
 
 
 def test_sweep_recovers_the_true_dimension_on_small_synthetic_data():
@@ -224,3 +238,19 @@ def test_progress_lines_count_done_and_end_without_eta():
   for _ in range(4):
     q.step()
   assert len(quiet) == 1 and quiet[0].startswith("  4/4 x")
+
+
+def test_oracle_gains_answer_the_generators_rank_when_every_direction_matters():
+  # Three equal, orthogonal signal directions (Gaussian means, or Poisson log-rates): the rule on
+  # the oracle's curve is the smallest grid latent at or above 3, and every k >= 3 gains the same.
+  rng = np.random.default_rng(0)
+  z_T3 = rng.standard_normal((3000, 3))
+  w_3N = np.linalg.qr(rng.standard_normal((40, 3)))[0].T * np.sqrt(40 / 3)  # orthogonal rows
+  mean_TN = z_T3 @ w_3N * 0.5
+  rates_TN = np.exp(np.log(0.3) + mean_TN)  # 0.3 spikes per bin, log-rate std 0.5
+  for x, truth, counts in ((mean_TN + rng.standard_normal(mean_TN.shape), mean_TN, False),
+                           (rng.poisson(rates_TN).astype(float), rates_TN, True)):
+    for grid, answer in (((1, 2, 3, 5), 3), ((2, 4, 8), 4)):
+      g = dimension.oracle_gains(x, truth, grid, counts)
+      assert dimension.choose(grid, g) == answer, (counts, grid, g)
+      np.testing.assert_allclose(g[[i for i, k in enumerate(grid) if k >= 3]], g[-1], rtol=1e-6)

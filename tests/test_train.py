@@ -137,3 +137,34 @@ def test_step_at_own_latent_width_equals_masked_padded_step():
     for a, b in zip(jax.tree.leaves((s_cut.params, s_cut.opt_state)),
                     jax.tree.leaves((s_pad.params, s_pad.opt_state))):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_coordinated_dropout_scores_input_neurons_only_where_hidden():
+  x = jax.random.normal(jax.random.PRNGKey(2), (B, T, N)) + 3.0  # no exact zeros
+  mask = jnp.array([1.0, 0.0, 1.0, 1.0, 0.0])  # neurons 1 and 4 held out
+  loss_mask = jnp.array([1.0, 1.0, 1.0, 0.0, 1.0])  # neuron 3 outside the model's subset
+  rngs = {"sample": jax.random.PRNGKey(3)}
+  x_in, w = train.coordinated_dropout_weights({"x": x, "input_mask": mask, "loss_mask": loss_mask},
+                                              train.encoder_input(x, mask), 0.5, rngs)
+  x_in, w, x = np.asarray(x_in), np.asarray(w), np.asarray(x)
+  hidden = x_in[..., [0, 2, 3]] == 0
+  assert 0.2 < hidden.mean() < 0.8
+  np.testing.assert_array_equal(w[..., [0, 2]], hidden[..., :2])  # scored exactly where hidden
+  np.testing.assert_allclose(x_in[..., [0, 2, 3]][~hidden], 2 * x[..., [0, 2, 3]][~hidden],
+                             rtol=1e-6)  # kept inputs rescaled by 1 / (1 - rate)
+  assert np.all(w[..., [1, 4]] == 1) and np.all(w[..., 3] == 0) and np.all(x_in[..., [1, 4]] == 0)
+
+
+def test_autoencoder_step_with_coordinated_dropout_is_the_weighted_loss():
+  model = models.LSTMAutoencoder(N, K, H, decoder="linear", cd_rate=0.4)
+  state = train.init_state(jax.random.PRNGKey(0), 3, 1e-2, 0.0, model=model, clip_norm=1.0,
+                           example_x_BTN=jnp.zeros((1, T, N)))
+  x = jax.random.normal(jax.random.PRNGKey(1), (B, T, N))
+  mask = jnp.array([1.0, 0.0, 1.0, 1.0, 0.0])
+  batch = {"x": x, "input_mask": mask}
+  _, metrics = train.train_step(state, batch, model=model, tx=train.make_optimizer(clip_norm=1.0))
+  rngs = train.step_rngs(state)
+  x_in, w = train.coordinated_dropout_weights(batch, train.encoder_input(x, mask), 0.4, rngs)
+  y, _ = model.apply({"params": state.params}, x_in, 3, train=True, rngs=rngs)
+  expected = np.sum((np.asarray(y) - np.asarray(x)) ** 2 * np.asarray(w)) / np.sum(np.asarray(w))
+  np.testing.assert_allclose(metrics["train/loss"], expected, rtol=1e-5)
