@@ -114,7 +114,8 @@ def run_one(family: str, decoder: str, grid, log) -> list[dict]:
                      else "no", ok=ok, knee=r["knee_latent"][layer], one_se=r["one_se_latent"][layer],
                      detectable=r["detectable_latent"][layer],
                      pca=r["baseline_optimal_latent"]["pca"][layer],
-                     fa=r["baseline_optimal_latent"]["fa"][layer], oracle=oracle, seconds=round(seconds)))
+                     fa=r["baseline_optimal_latent"]["fa"][layer], oracle=oracle,
+                     seconds=round(seconds)))
     log(" | ".join(f"{k}={v}" for k, v in rows[-1].items()))
   return rows
 

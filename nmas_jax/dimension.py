@@ -70,7 +70,8 @@ def estimate(latents: Sequence[int], loss_KSB: np.ndarray, null_SB: np.ndarray,
   Returns:
     optimal, interval [5th, 95th percentile], p_positive (share of resamples whose best gain
     is above zero), knee, one_se, detectable (the smallest latent that no larger one beats in
-    95% of the resamples; 0 with optimal 0), and the curve: gain (mean over seeds), gain_se, gain_fraction.
+    95% of the resamples; 0 with optimal 0), and the curve: gain (mean over seeds), gain_se,
+    gain_fraction.
   """
   latents = np.asarray(latents)
   g_KS = gains(loss_KSB, null_SB, count_SB)
@@ -88,7 +89,8 @@ def estimate(latents: Sequence[int], loss_KSB: np.ndarray, null_SB: np.ndarray,
     g_RK.append(g)
   p_positive = float(np.mean(positive)) if resamples else float(np.nanmax(mean) > 0)
   optimal = choose(latents, mean, fraction) if p_positive >= 0.95 else 0
-  detectable = (_detectable(latents, np.array(g_RK)) if resamples else None) if p_positive >= 0.95 else 0
+  detectable = 0 if p_positive < 0.95 else (_detectable(latents, np.array(g_RK)) if resamples
+                                             else None)
   ok = np.isfinite(mean)
   best = int(np.nanargmax(np.where(ok, mean, -np.inf))) if ok.any() else 0
   one_se = int(latents[np.flatnonzero(ok & (mean >= mean[best] - se[best]))[0]]) if ok.any() else None
