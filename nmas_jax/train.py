@@ -131,8 +131,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
       y_BTN, _ = model.clone(latent=latent_width).apply(
           {"params": models.slice_latent(params, latent_width)}, x_in_BTN, train=True, rngs=rngs)
     if cd_w_BTN is not None:
-      per = elementwise_loss(y_BTN, x_BTN, likelihood) * cd_w_BTN
-      return jnp.sum(per) / jnp.maximum(jnp.sum(cd_w_BTN), 1.0)
+      return weighted_loss(y_BTN, x_BTN, cd_w_BTN, likelihood)
     if "loss_mask" in batch:  # neurons outside the model's --neuron_counts subset: no loss
       w_N = batch["loss_mask"]
       per_n = elementwise_loss(y_BTN, x_BTN, likelihood) * w_N[None, None, :]
@@ -140,6 +139,13 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
     return reconstruction_loss(y_BTN, x_BTN, likelihood)
 
   return _apply_grads(state, tx, *jax.value_and_grad(loss_fn)(state.params))
+
+
+def weighted_loss(y_BTN: jax.Array, x_BTN: jax.Array, w_BTN: jax.Array, likelihood: str
+                  ) -> jax.Array:
+  """The mean elementwise loss over the elements with weight (coordinated dropout, loss masks)."""
+  total = jnp.sum(elementwise_loss(y_BTN, x_BTN, likelihood) * w_BTN)
+  return total / jnp.maximum(jnp.sum(w_BTN), 1.0)
 
 
 def coordinated_dropout_weights(batch: dict[str, jax.Array], x_in_BTN: jax.Array, rate: float,
@@ -176,8 +182,7 @@ def _lfads_step(state: TrainState, batch: dict[str, jax.Array], x_in_BTN: jax.Ar
     latent = None if latent_width is not None else state.latent
     (y_BTN, _), aux = model.apply({"params": params}, x_in_BTN, latent, train=True, rngs=rngs,
                                   mutable=["losses"])
-    per = elementwise_loss(y_BTN, x_BTN, likelihood) * w_BTN
-    recon = jnp.sum(per) / jnp.maximum(jnp.sum(w_BTN), 1.0)
+    recon = weighted_loss(y_BTN, x_BTN, w_BTN, likelihood)
     return recon + model.penalty(params, aux["losses"], state.step, x_BTN[0].size)
 
   return _apply_grads(state, tx, *jax.value_and_grad(loss_fn)(state.params))
