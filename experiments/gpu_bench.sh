@@ -7,8 +7,14 @@
 # 4. a Stringer-scale sweep (9 layers x 1131 neurons x 3500 bins, latents 10..150, 3 seeds,
 #    neuron counts 100,200,400,800: 675 models) on random data for 200 steps, for its
 #    step rate, memory and the time of everything after training.
+# 5. (PARTS=stringer_lfads) the Stringer-scale sweep for 3000 steps with its baselines, and,
+#    once its training is done (the baselines run mostly on the CPU), the LFADS comparison of
+#    `experiments.validate --lfads_trials` trained for LFADS_STEPS steps beside it.
 # Each part has its own time limit, so a slow part cannot take the others with it.
+# PARTS (default "bench stringer") names the parts to run.
 set -u
+PARTS=${PARTS:-bench stringer}
+want() { [[ " $PARTS " == *" $1 "* ]]; }
 OUT=${1:-runs/gpu_bench}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
@@ -25,17 +31,23 @@ part() {  # part NAME SECONDS COMMAND...: run, keep the log, say how long it too
 nvidia-smi -L 2>/dev/null
 $PY -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())"
 
+if want bench; then
 part one_f32 60 $B --latents=10 --noloop
 part m45_f32 150 $B --layers=9
 part one_bf16 60 $B --latents=10 --noloop --dtype=bfloat16
 part m45_bf16 60 $B --layers=9 --noloop --dtype=bfloat16
+fi
 
+stringer_data() {
 $PY -c "
 import numpy as np
 r = np.random.default_rng(0)
 z = r.standard_normal((9, 3500, 40)).astype('f4')
 w = r.standard_normal((9, 40, 1131)).astype('f4') / 6
 np.save('/tmp/stringer_shape.npy', np.einsum('ltk,lkn->ltn', z, w) + r.standard_normal((9, 3500, 1131), dtype='f4'))"
+}
+if want stringer; then
+stringer_data
 # No preallocation, so that nvidia-smi's memory.used follows what the sweep holds; polled each 2 s.
 (while sleep 2; do nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits; done) \
   > "$OUT/stringer_memory_mib.txt" 2>/dev/null &
@@ -52,7 +64,37 @@ import json; r = json.load(open('/tmp/stringer_scale/results.json'))
 print('models', len(r['models']), 'seconds', r['seconds'], 'compile_seconds', r['compile_seconds'],
       'complete', r['complete'])" 2>&1 | cut -c1-800
 ls -l --time-style=+%T /tmp/stringer_scale 2>/dev/null
+fi
 
+if want stringer_lfads; then
+stringer_data
+(while sleep 2; do echo "$(date +%s) $(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits)"; done) \
+  > "$OUT/stringer_memory_mib.txt" 2>/dev/null &
+POLL=$!
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
+T0=$(date +%s)
+timeout ${STRINGER_LIMIT:-480} $PY -m experiments.sweep \
+  --dataset=array --data_path=/tmp/stringer_shape.npy --neurons_per_layer=1131 \
+  --latents=10,25,50,75,150 --seeds=3 --neuron_counts=100,200,400,800 \
+  --steps=3000 --log_every=500 --checkpoint_every=0 --baselines=pca,fa,lds \
+  --workdir=/tmp/stringer_scale > "$OUT/stringer_full.log" 2>&1 &
+SW=$!
+until grep -q '^baselines:' "$OUT/stringer_full.log" || ! kill -0 $SW 2>/dev/null; do sleep 2; done
+LS=$(date +%s)
+echo "stringer training done after $(( LS - T0 )) s; LFADS starts"
+timeout ${LFADS_LIMIT:-300} $PY -m experiments.validate --lfads_trials --steps=${LFADS_STEPS:-20000} \
+  > "$OUT/lfads_long.log" 2>&1 &
+LF=$!
+wait $SW; echo "stringer exit $? after $(( $(date +%s) - T0 )) s"
+wait $LF; echo "lfads exit $? after $(( $(date +%s) - T0 )) s"
+kill $POLL
+grep -vE '^\s*$' "$OUT/stringer_full.log" | grep -vE '^  /tmp' | tail -40 | cut -c1-300
+tail -25 "$OUT/lfads_long.log" | cut -c1-400
+echo "max GPU memory (MiB) before LFADS started: $(awk -v ls=$LS '$1 < ls {print $2}' "$OUT/stringer_memory_mib.txt" | sort -n | tail -1)"
+fi
+
+if want bench; then
 part lfads 120 $B --model=lfads
 part linear45 60 $B --layers=9 --decoder=linear --noloop
 part linear5 60 $B --layers=1 --decoder=linear --noloop
+fi
