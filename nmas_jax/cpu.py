@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nmas_jax import sharding, splits, train
+from nmas_jax import models, sharding, splits, train
 from nmas_jax.errors import UserError
 from nmas_jax.table import ModelTable
 
@@ -138,31 +138,31 @@ def lane_devices(mesh) -> list:
   return devices + [d for d in jax.local_devices(backend="cpu") if d != devices[0]]
 
 
-def latent_buckets(table: ModelTable) -> tuple[tuple[int, ...], int]:
-  """(latents, groups): the models axis seen as [groups = layers x counts x seeds, latents].
+def latent_buckets(table: ModelTable) -> tuple[tuple[int, ...], list[list[np.ndarray]]]:
+  """(latents, index): the models axis as parts of one neuron count and one latent size each.
 
-  What by_latent needs: a table in `ModelTable.build` order (latent
-  innermost, one layer and seed per group) with no padding models.
+  index[c][j] holds the table indices [groups] of count level c (0: all neurons, then
+  --neuron_counts) and latent size j, in (layer, seed) order, the same groups for every j.
+  What by_latent needs: a table in `ModelTable.build` order with no padding models.
   """
   num_l = len(dict.fromkeys(table.latent.tolist()))
   latents = tuple(int(k) for k in table.latent[:num_l])
-  groups = len(table) // num_l
-  grid = lambda a: a[: groups * num_l].reshape(groups, num_l)
-  if (groups * num_l != len(table) or not (grid(table.latent) == latents).all()
-      or not all((grid(a) == grid(a)[:, :1]).all()
-                 for a in (table.layer, table.seed, table.count))):
+  levels = list(dict.fromkeys(table.count.tolist()))
+  index = [[np.flatnonzero((table.count == c) & (table.latent == k)) for k in latents]
+           for c in levels]
+  rows = lambda i: list(zip(table.layer[i], table.seed[i]))
+  groups = len(index[0][0])
+  if (len(set(table.latent.tolist())) != num_l or groups * num_l * len(levels) != len(table)
+      or any(len(i) != groups or rows(i) != rows(level[0]) for level in index for i in level)):
     raise UserError("--batching=by_latent needs every model on one device (this sweep pads the "
                     "models axis for several devices): use --batching=vmap or auto")
-  return latents, groups
+  return latents, index
 
 
-def _restack(parts: Sequence[Any], groups: int) -> Any:
-  """Trees [groups * w_i, ...] for consecutive latent sizes (w_i per part, latent innermost)
-  -> one tree [groups * sum(w_i), ...] in table order."""
-  def cat(*p):
-    tail = p[0].shape[1:]
-    return jnp.concatenate([a.reshape((groups, -1) + tail) for a in p], axis=1).reshape((-1,) + tail)
-  return jax.tree.map(cat, *parts)
+def _to_table(parts: Sequence[Any], inverse: np.ndarray) -> Any:
+  """Trees [groups, ...], one per part -> one tree [models, ...] in table order (`inverse`: the
+  argsort of the parts' table indices, concatenated)."""
+  return jax.tree.map(lambda *p: jnp.concatenate(p)[inverse], *parts)
 
 
 def _one_model_shapes(model, latent: int) -> train.TrainState:
@@ -174,24 +174,50 @@ def _one_model_shapes(model, latent: int) -> train.TrainState:
                                       example_x_BTN=x), jax.random.PRNGKey(0), x)
 
 
-def bucket_step(parts: tuple, x_LTN: jax.Array, mask_MN: jax.Array, target_MN: jax.Array | None,
-                layer_M: jax.Array, seed_M: jax.Array, step: jax.Array, *, model, tx, likelihood: str, t_train: int,
-                window: int, batch_size: int, mix_layers: bool, latents: tuple[int, ...],
-                groups: int, stride: int = 1) -> tuple[tuple, dict[str, jax.Array]]:
-  """Steps the models of `latents` (one packed part each), each latent size at its own width.
+def narrows(model) -> bool:
+  """Whether by_latent may cut a --neuron_counts model to its own neurons
+  (`models.narrow_neurons`): the autoencoder without coordinated dropout (which reads the full
+  input and loss masks)."""
+  return type(model) is models.LSTMAutoencoder and model.cd_rate == 0
 
-  A group's models (same layer and seed, one per latent size) read the same
-  windows: they are sampled, and the encoder's input masked, once per group.
-  mask_MN, target_MN (or None), layer_M, seed_M are [groups * len(latents)]; metrics are [models]
-  in table order.
+
+def narrow_index(mask_GN: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Each group's neurons where mask_GN > 0, as (indices, weights) [groups, width]: width is the
+  largest group's count, shorter rows padded with neuron 0 at weight 0."""
+  sets = [np.flatnonzero(m > 0) for m in mask_GN]
+  width = max(1, max(len(i) for i in sets))
+  idx = np.zeros((len(sets), width), np.int32)
+  w = np.zeros((len(sets), width), np.float32)
+  for g, i in enumerate(sets):
+    idx[g, :len(i)], w[g, :len(i)] = i, 1.0
+  return idx, w
+
+
+def bucket_step(parts: tuple, x_LTN: jax.Array, mask_GN: jax.Array, target_GN: jax.Array | None,
+                layer_G: jax.Array, seed_G: jax.Array, narrow: tuple | None, step: jax.Array, *,
+                model, tx, likelihood: str, t_train: int, window: int, batch_size: int,
+                mix_layers: bool, latents: tuple[int, ...], groups: int, stride: int = 1
+                ) -> tuple[tuple, dict[str, jax.Array]]:
+  """Steps the models of `latents` (one packed part each, [groups] models of one neuron count),
+  each latent size at its own width.
+
+  A group's models (same layer, count and seed, one per latent size) read the same windows:
+  they are sampled, and the encoder's input masked, once per group. With `narrow` (indices and
+  weights [groups, I] of the inputs, [groups, O] of the outputs), each model is cut to those
+  neurons (`models.narrow_neurons`). Metrics: one tree [groups] per latent size.
   """
-  layer_G, seed_G, mask_GN = (a[::len(latents)] for a in (layer_M, seed_M, mask_MN))
   x_GBTN = splits.sample_batches(x_LTN, layer_G, seed_G, step, t_train=t_train, window=window,
                                  batch_size=batch_size, mix_layers=mix_layers, stride=stride)
-  batch_G = {"x": x_GBTN, "x_in": jax.vmap(train.encoder_input)(x_GBTN, mask_GN),
-             "input_mask": mask_GN}  # read by LFADS' coordinated dropout
-  if target_MN is not None:
-    batch_G["loss_mask"] = target_MN[::len(latents)]
+  if narrow is None:
+    batch_G = {"x": x_GBTN, "x_in": jax.vmap(train.encoder_input)(x_GBTN, mask_GN),
+               "input_mask": mask_GN}  # read by LFADS' coordinated dropout
+    if target_GN is not None:
+      batch_G["loss_mask"] = target_GN
+  else:
+    in_GI, in_w_GI, out_GO, out_w_GO = narrow
+    take = jax.vmap(lambda x_BTN, i: jnp.take(x_BTN, i, axis=-1))
+    batch_G = {"x": take(x_GBTN, out_GO), "x_in": take(x_GBTN, in_GI) * in_w_GI[:, None, None, :],
+               "loss_mask": out_w_GO, "neurons_in": in_GI, "neurons_out": out_GO}
   new, metrics = [], []
   for j, k in enumerate(latents):
     one = functools.partial(train.train_step, model=model, tx=tx, likelihood=likelihood,
@@ -203,94 +229,112 @@ def bucket_step(parts: tuple, x_LTN: jax.Array, mask_MN: jax.Array, target_MN: j
       st, m = jax.vmap(one)(parts[j], batch_G)
     new.append(st)
     metrics.append(m)
-  return tuple(new), _restack(metrics, groups)
+  return tuple(new), tuple(metrics)
 
 
 class ByLatentStepper:
-  """`stepper.Stepper` for one CPU device: state packed per latent size, programs on CPU lanes.
+  """`stepper.Stepper` for one CPU device: state packed per (neuron count, latent size),
+  programs on CPU lanes.
 
-  The carry is a tuple with one `TrainState` per latent size, [groups =
-  layers x seeds] models each (no models axis at all when groups == 1: a
-  leading axis of size 1 makes XLA:CPU copy the updated state), every leaf
-  cut to exactly that latent width. Unpacking zero-fills the padded units a
-  width-k model never uses (the vmap layout keeps their unused initial
-  values); outputs, losses and every used weight are the same.
+  The carry is a tuple with one `TrainState` per neuron count level and latent size (count
+  major), [groups = layers x seeds] models each (no models axis at all when groups == 1: a
+  leading axis of size 1 makes XLA:CPU copy the updated state), every leaf cut to exactly that
+  latent width. Unpacking zero-fills the padded units a width-k model never uses (the vmap
+  layout keeps their unused initial values); outputs, losses and every used weight are the same.
 
-  Chunks: XLA:CPU runs each model of one big program slower than in a small
-  one, so latent sizes go into programs of at most `MODELS_PER_PROGRAM`
-  models. Lanes: XLA:CPU runs one device's programs one after another, so
-  chunk c runs on `lanes[c % len(lanes)]`; its part of the carry stays there
-  between steps, and the inputs are copied to each lane once.
+  Neuron counts: a --neuron_counts model (`narrows`) runs on its own neurons only, so a small
+  count costs less than a large one; the vmap stepper masks instead (the same results).
+  Chunks: XLA:CPU runs each model of one big program slower than in a small one, so a count
+  level's latent sizes go into programs of at most `MODELS_PER_PROGRAM` models. Lanes: XLA:CPU
+  runs one device's programs one after another, so chunk c runs on `lanes[c % len(lanes)]`; its
+  part of the carry stays there between steps, and the inputs are copied to each lane once.
   """
 
   def __init__(self, model, tx, prep: splits.Prepared, placed: splits.Placed, table: ModelTable,
                mesh, lanes: list | None = None):
-    latents, groups = latent_buckets(table)
-    num_l = len(latents)
+    latents, index = latent_buckets(table)
+    num_l, groups = len(latents), len(index[0][0])
     lanes = lane_devices(mesh) if lanes is None else list(lanes)
     per = max(1, min(MODELS_PER_PROGRAM // groups, -(-num_l // len(lanes))))
-    self.chunks = [(a, min(a + per, num_l)) for a in range(0, num_l, per)]
-    self.devices = [lanes[c % len(lanes)] for c in range(len(self.chunks))]
+    self.chunks = [(c, a, min(a + per, num_l)) for c in range(len(index))
+                   for a in range(0, num_l, per)]
+    self.devices = [lanes[i % len(lanes)] for i in range(len(self.chunks))]
     self.batching, self.lanes = "by_latent", len(set(self.devices))
     self.description = "by_latent" + (f" on {self.lanes} CPU lanes" if self.lanes > 1 else "")
     step = functools.partial(bucket_step, model=model, tx=tx, likelihood=prep.likelihood,
                              t_train=prep.t_train, window=prep.window, batch_size=prep.batch_size,
                              stride=prep.stride, mix_layers=prep.shared, groups=groups)
+    order = np.concatenate([i for level in index for i in level])
+    self._inverse = np.argsort(order)
+    first = [level[0] for level in index]  # each count level's groups' table indices
 
-    def chunk_step(a, b, parts, x_LTN, mask_MN, target_MN, layer_M, seed_M, step_i):
-      cols = lambda v: (None if v is None else
-                        v.reshape((groups, num_l) + v.shape[1:])[:, a:b].reshape((-1,) + v.shape[1:]))
-      return step(parts, x_LTN, cols(mask_MN), cols(target_MN), cols(layer_M), cols(seed_M),
-                  step_i, latents=latents[a:b])
+    def chunk_args(c):
+      """(mask [G, N], target [G, N] or None, layer [G], seed [G], narrow or None) of level c."""
+      pick = lambda v: None if v is None else np.asarray(v)[first[c]]
+      mask, target = pick(placed.mask_MN), pick(placed.target_MN)
+      narrow = None
+      if table.count[first[c][0]] and narrows(model):
+        narrow = (*narrow_index(mask), *narrow_index(target))
+      return (mask, target, pick(placed.layer_M), pick(placed.seed_M), narrow)
 
-    # A part of the carry may hold scalars, so each chunk's lives whole on its one device.
-    self._fns = [jax.jit(functools.partial(chunk_step, a, b), donate_argnums=0,
+    self.narrowed = sum(table.count[first[c][0]] > 0 and narrows(model)
+                        for c in range(len(index)))  # count levels run on their own neurons
+    self._fns = [jax.jit(functools.partial(step, latents=latents[a:b]), donate_argnums=0,
                          out_shardings=jax.sharding.SingleDeviceSharding(dev))
-                 for (a, b), dev in zip(self.chunks, self.devices)]
-    args = (placed.x_LTN, placed.mask_MN, placed.target_MN, placed.layer_M, placed.seed_M)
-    on = {dev: args if all(a.devices() == {dev} for a in jax.tree.leaves(args))
-          else jax.device_put(args, dev)
-          for dev in set(self.devices)}
-    self._args = [on[dev] for dev in self.devices]
-    self._merge = jax.jit(functools.partial(_restack, groups=groups))  # chunks -> [models]
-    self._build_layout(model, latents, groups, mesh)
+                 for (_, a, b), dev in zip(self.chunks, self.devices)]
+    x_on = {dev: placed.x_LTN if placed.x_LTN.devices() == {dev} else jax.device_put(placed.x_LTN, dev)
+            for dev in set(self.devices)}
+    self._args = [(x_on[dev], *jax.device_put(chunk_args(c), dev))
+                  for (c, _, _), dev in zip(self.chunks, self.devices)]
+    self._merge = jax.jit(lambda m: _to_table([p for chunk in m for p in chunk], self._inverse))
+    self._build_layout(model, latents, index, mesh)
 
-  def _build_layout(self, model, latents, groups, mesh) -> None:
-    num_l = len(latents)
+  def _build_layout(self, model, latents, index, mesh) -> None:
+    groups = len(index[0][0])
     padded = _one_model_shapes(model, model.latent)
     own = [_one_model_shapes(model, k) for k in latents]
-    group = slice(None) if groups > 1 else 0  # the groups axis, dropped when it has size 1
+    flat = [(i, j) for level in index for j, i in enumerate(level)]  # (table indices, latent j)
+    drop = (lambda a: a) if groups > 1 else (lambda a: a[0])  # the groups axis of size 1
     with_groups = (lambda a: a) if groups > 1 else (lambda a: a[None])
 
-    def pack(state):  # [models] padded -> per latent [groups] at own width
-      view = lambda a: a.reshape((groups, num_l) + a.shape[1:])
-      cut = lambda j: lambda a, t: view(a)[(group, j) + tuple(slice(0, n) for n in t.shape)]
-      return tuple(jax.tree.map(cut(j), state, own[j]) for j in range(num_l))
+    def pack(state):  # [models] padded -> per (count, latent) [groups] at own width
+      cut = lambda i, j: lambda a, t: drop(a[i][(slice(None),) + tuple(slice(0, n) for n in t.shape)])
+      return tuple(jax.tree.map(cut(i, j), state, own[j]) for i, j in flat)
 
     def unpack(parts):  # the inverse, zero-filling the padded units
       fill = lambda a, t: jnp.pad(a, [(0, 0)] + [(0, n - m) for n, m in zip(t.shape, a.shape[1:])])
-      return _restack([jax.tree.map(lambda a, t: fill(with_groups(a), t), p, padded)
-                       for p in parts], groups)
+      return _to_table([jax.tree.map(lambda a, t: fill(with_groups(a), t), p, padded)
+                        for p in parts], self._inverse)
 
     home = sharding.replicated(mesh)  # parts may sit on other lanes: gather them first
     unpack_jit = jax.jit(unpack)
-    diverged_jit = jax.jit(lambda d: _restack([with_groups(a) for a in d], groups))
+    diverged_jit = jax.jit(lambda d: _to_table([with_groups(a) for a in d], self._inverse))
     self.pack = jax.jit(pack)
     self.unpack = lambda parts: unpack_jit(jax.device_put(parts, home))
     self.diverged_at = lambda parts: diverged_jit(
         jax.device_put([p.diverged_at for p in parts], home))
+
+  def _part_range(self, chunk: int) -> tuple[int, int]:
+    """The carry's parts [start, stop) of a chunk (parts are count major, latent minor)."""
+    c, a, b = self.chunks[chunk]
+    num_l = max(b for _, _, b in self.chunks)
+    return c * num_l + a, c * num_l + b
 
   def _on_lane(self, c: int, parts):
     dev = self.devices[c]
     return parts if jax.tree.leaves(parts)[0].devices() == {dev} else jax.device_put(parts, dev)
 
   def compile(self, carry) -> None:
-    self._fns = [fn.lower(self._on_lane(c, carry[a:b]), *self._args[c], np.int32(0)).compile()
-                 for c, (fn, (a, b)) in enumerate(zip(self._fns, self.chunks))]
+    compiled = []
+    for c, fn in enumerate(self._fns):
+      a, b = self._part_range(c)
+      compiled.append(fn.lower(self._on_lane(c, carry[a:b]), *self._args[c], np.int32(0)).compile())
+    self._fns = compiled
 
   def step(self, carry, step: int):
     parts, metrics = [], []
-    for c, (fn, (a, b)) in enumerate(zip(self._fns, self.chunks)):
+    for c, fn in enumerate(self._fns):
+      a, b = self._part_range(c)
       p, m = fn(self._on_lane(c, carry[a:b]), *self._args[c], np.int32(step))
       parts.extend(p)
       metrics.append(m)

@@ -54,6 +54,28 @@ def slice_latent(params: Any, k: int) -> Any:
   return {**params, "encoder": enc, "decoder_net": dec}
 
 
+def narrow_neurons(params: Any, in_I: jax.Array, out_O: jax.Array) -> Any:
+  """Params of an `LSTMAutoencoder` cut to the neurons it reads (`in_I` [I]) and predicts
+  (`out_O` [O]): those of a model of O neurons fed only the I inputs.
+
+  A --neuron_counts model's encoder sees a few neurons and its loss covers a few more; the
+  weights of every other neuron meet only zeros (masked input, zero loss weight) and get zero
+  gradient. Running the model on the gathered params and inputs therefore gives the same
+  outputs and gradients for the neurons it covers, with matmuls as narrow as its subset;
+  autodiff through the gather scatters the gradient back to full width.
+  """
+  enc = dict(params["encoder"])
+  for direction in ("forward", "backward"):
+    if direction in enc:
+      lstm = dict(enc[direction])
+      lstm["input"] = {**lstm["input"], "kernel": jnp.take(lstm["input"]["kernel"], in_I, axis=0)}
+      enc[direction] = lstm
+  dec = dict(params["decoder_net"])
+  dec["readout"] = {"kernel": jnp.take(dec["readout"]["kernel"], out_O, axis=-1),
+                    "bias": jnp.take(dec["readout"]["bias"], out_O, axis=-1)}
+  return {**params, "encoder": enc, "decoder_net": dec}
+
+
 @jax.custom_vjp
 def _matmul(x_RD: jax.Array, kernel_DF: jax.Array) -> jax.Array:
   """x [rows, D] @ kernel [D, F], differentiated as (g @ kernel^T, x^T @ g) (see `Dense`)."""

@@ -105,7 +105,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
   The encoder sees x * input_mask; the loss covers every neuron, so held-out
   neurons (mask 0) are learned only through the decoder (co-smoothing). A
   caller stepping several models on the same x may pass that product once as
-  batch["x_in"] instead of "input_mask".
+  batch["x_in"] instead of "input_mask". A caller may also narrow a model to
+  the neurons it reads and predicts (`models.narrow_neurons`): then x_in is
+  [batch, time, I] (the inputs "neurons_in" [I]), x and loss_mask cover the
+  outputs "neurons_out" [O], and the result equals the masked full-width step.
 
   A model whose loss or gradient norm is non-finite is frozen from that step
   on (params and optimiser state stop changing) and `diverged_at` records the
@@ -124,12 +127,15 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
   if getattr(model, "cd_rate", 0.0) > 0:
     x_in_BTN, cd_w_BTN = coordinated_dropout_weights(batch, x_in_BTN, model.cd_rate, rngs)
 
+  narrow = ("neurons_in" in batch) and (batch["neurons_in"], batch["neurons_out"])
+
   def loss_fn(params):
-    if latent_width is None:
-      y_BTN, _ = model.apply({"params": params}, x_in_BTN, state.latent, train=True, rngs=rngs)
-    else:
-      y_BTN, _ = model.clone(latent=latent_width).apply(
-          {"params": models.slice_latent(params, latent_width)}, x_in_BTN, train=True, rngs=rngs)
+    m, args = model, (state.latent,)
+    if latent_width is not None:
+      m, params, args = m.clone(latent=latent_width), models.slice_latent(params, latent_width), ()
+    if narrow:
+      m, params = m.clone(neurons=narrow[1].shape[0]), models.narrow_neurons(params, *narrow)
+    y_BTN, _ = m.apply({"params": params}, x_in_BTN, *args, train=True, rngs=rngs)
     if cd_w_BTN is not None:
       return weighted_loss(y_BTN, x_BTN, cd_w_BTN, likelihood)
     if "loss_mask" in batch:  # neurons outside the model's --neuron_counts subset: no loss
