@@ -182,14 +182,14 @@ def test_by_latent_count_models_on_their_own_neurons_equal_one_vmap():
   from nmas_jax import sharding
   cfg = config.Settings(latents=(2, 1), seeds=2, batch_size=3, window=5, hidden=6,
                         decoder="linear", heldout_neurons=0.25, likelihood="gaussian",
-                        bidirectional=True, dropout=0.0, neuron_counts=(2, 4))
+                        bidirectional=False, dropout=0.0, neuron_counts=(3,))
   rng = np.random.default_rng(0)
-  ds = data.Dataset(rng.normal(size=(2, 60, 12)).astype(np.float32), ("0", "1"), "array")
+  ds = data.Dataset(rng.normal(size=(1, 60, 12)).astype(np.float32), ("0",), "array")
   mesh = sharding.make_mesh("auto", devices=jax.devices()[:1])
   prep = splits.prepare(ds, cfg)
   (_, s_v, m_v), (by_latent, s_b, m_b) = _two_steps_each(prep, cfg, mesh)
-  assert by_latent.narrowed == 2 and len(s_b) == 3 * 2  # (all, 2, 4 neurons) x 2 latents
-  assert s_b[3].params["encoder"]["to_latent"]["kernel"].shape == (4, 12, 1)  # layers x seeds
+  assert by_latent.narrowed == 1 and len(s_b) == 2 * 2  # (all, 3 neurons) x 2 latents
+  assert s_b[3].params["encoder"]["to_latent"]["kernel"].shape == (2, 6, 1)  # [seeds, H, k]
   np.testing.assert_allclose(m_b["train/loss"], m_v["train/loss"], rtol=1e-5)
   for a, b in zip(jax.tree.leaves(s_b), jax.tree.leaves(by_latent.pack(s_v))):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
