@@ -244,8 +244,8 @@ class ByLatentStepper:
 
   Neuron counts: a --neuron_counts model (`narrows`) runs on its own neurons only, so a small
   count costs less than a large one; the vmap stepper masks instead (the same results).
-  Chunks: XLA:CPU runs each model of one big program slower than in a small one, so a count
-  level's latent sizes go into programs of at most `MODELS_PER_PROGRAM` models. Lanes: XLA:CPU
+  Chunks: XLA:CPU runs each model of one big program slower than in a small one, so the parts
+  (count major, latent minor) go into programs of at most `MODELS_PER_PROGRAM` models. Lanes: XLA:CPU
   runs one device's programs one after another, so chunk c runs on `lanes[c % len(lanes)]`; its
   part of the carry stays there between steps, and the inputs are copied to each lane once.
   """
@@ -255,9 +255,9 @@ class ByLatentStepper:
     latents, index = latent_buckets(table)
     num_l, groups = len(latents), len(index[0][0])
     lanes = lane_devices(mesh) if lanes is None else list(lanes)
-    per = max(1, min(MODELS_PER_PROGRAM // groups, -(-num_l // len(lanes))))
-    self.chunks = [(c, a, min(a + per, num_l)) for c in range(len(index))
-                   for a in range(0, num_l, per)]
+    num_p = num_l * len(index)  # parts: count level major, latent minor
+    per = max(1, min(MODELS_PER_PROGRAM // groups, -(-num_p // len(lanes))))
+    self.chunks = [(a, min(a + per, num_p)) for a in range(0, num_p, per)]  # part ranges
     self.devices = [lanes[i % len(lanes)] for i in range(len(self.chunks))]
     self.batching, self.lanes = "by_latent", len(set(self.devices))
     self.description = "by_latent" + (f" on {self.lanes} CPU lanes" if self.lanes > 1 else "")
@@ -268,7 +268,7 @@ class ByLatentStepper:
     self._inverse = np.argsort(order)
     first = [level[0] for level in index]  # each count level's groups' table indices
 
-    def chunk_args(c):
+    def level_args(c):
       """(mask [G, N], target [G, N] or None, layer [G], seed [G], narrow or None) of level c."""
       pick = lambda v: None if v is None else np.asarray(v)[first[c]]
       mask, target = pick(placed.mask_MN), pick(placed.target_MN)
@@ -277,15 +277,30 @@ class ByLatentStepper:
         narrow = (*narrow_index(mask), *narrow_index(target))
       return (mask, target, pick(placed.layer_M), pick(placed.seed_M), narrow)
 
+    def segments(a, b):
+      """A chunk's parts [a, b) as (level, first latent, stop latent) runs of one level each."""
+      return [(c, max(a, c * num_l) - c * num_l, min(b, (c + 1) * num_l) - c * num_l)
+              for c in range(a // num_l, (b - 1) // num_l + 1)]
+
+    def chunk_step(segs, parts, x_LTN, args, step_i):
+      new, metrics, at = [], [], 0
+      for (_, ja, jb), arg in zip(segs, args):
+        p, m = step(parts[at:at + jb - ja], x_LTN, *arg, step_i, latents=latents[ja:jb])
+        new += p
+        metrics += m
+        at += jb - ja
+      return tuple(new), tuple(metrics)
+
     self.narrowed = sum(table.count[first[c][0]] > 0 and narrows(model)
                         for c in range(len(index)))  # count levels run on their own neurons
-    self._fns = [jax.jit(functools.partial(step, latents=latents[a:b]), donate_argnums=0,
+    segs = [segments(a, b) for a, b in self.chunks]
+    self._fns = [jax.jit(functools.partial(chunk_step, sg), donate_argnums=0,
                          out_shardings=jax.sharding.SingleDeviceSharding(dev))
-                 for (_, a, b), dev in zip(self.chunks, self.devices)]
+                 for sg, dev in zip(segs, self.devices)]
     x_on = {dev: placed.x_LTN if placed.x_LTN.devices() == {dev} else jax.device_put(placed.x_LTN, dev)
             for dev in set(self.devices)}
-    self._args = [(x_on[dev], *jax.device_put(chunk_args(c), dev))
-                  for (c, _, _), dev in zip(self.chunks, self.devices)]
+    self._args = [(x_on[dev], jax.device_put(tuple(level_args(c) for c, _, _ in sg), dev))
+                  for sg, dev in zip(segs, self.devices)]
     self._merge = jax.jit(lambda m: _to_table([p for chunk in m for p in chunk], self._inverse))
     self._build_layout(model, latents, index, mesh)
 
@@ -314,27 +329,19 @@ class ByLatentStepper:
     self.diverged_at = lambda parts: diverged_jit(
         jax.device_put([p.diverged_at for p in parts], home))
 
-  def _part_range(self, chunk: int) -> tuple[int, int]:
-    """The carry's parts [start, stop) of a chunk (parts are count major, latent minor)."""
-    c, a, b = self.chunks[chunk]
-    num_l = max(b for _, _, b in self.chunks)
-    return c * num_l + a, c * num_l + b
-
   def _on_lane(self, c: int, parts):
     dev = self.devices[c]
     return parts if jax.tree.leaves(parts)[0].devices() == {dev} else jax.device_put(parts, dev)
 
   def compile(self, carry) -> None:
     compiled = []
-    for c, fn in enumerate(self._fns):
-      a, b = self._part_range(c)
+    for c, (fn, (a, b)) in enumerate(zip(self._fns, self.chunks)):
       compiled.append(fn.lower(self._on_lane(c, carry[a:b]), *self._args[c], np.int32(0)).compile())
     self._fns = compiled
 
   def step(self, carry, step: int):
     parts, metrics = [], []
-    for c, fn in enumerate(self._fns):
-      a, b = self._part_range(c)
+    for c, (fn, (a, b)) in enumerate(zip(self._fns, self.chunks)):
       p, m = fn(self._on_lane(c, carry[a:b]), *self._args[c], np.int32(step))
       parts.extend(p)
       metrics.append(m)

@@ -222,9 +222,10 @@ def test_slice_latent_cuts_the_weights_a_small_model_uses(decoder, bidirectional
 
 def test_narrow_neurons_equals_the_masked_full_model_on_its_neurons():
   """A model cut to the neurons it reads and predicts gives the full model's outputs on those
-  neurons when the full model's other inputs are zero, and the same gradients there (zero
-  gradient elsewhere)."""
-  m = models.LSTMAutoencoder(neurons=9, latent=3, hidden=5, decoder="mlp", bidirectional=True)
+  neurons when the full model's other inputs are zero; autodiff through the cut leaves zero
+  gradient on the input rows of the other neurons. (Its steps against the masked full-width
+  step: tests/test_sweep.py.)"""
+  m = models.LSTMAutoencoder(neurons=9, latent=3, hidden=5, decoder="linear", bidirectional=True)
   x = jax.random.normal(jax.random.PRNGKey(1), (2, 6, 9))
   params = m.init(jax.random.PRNGKey(0), x)["params"]
   in_i, out_i = jnp.array([1, 4, 7]), jnp.array([0, 1, 4, 7, 8])
@@ -234,10 +235,10 @@ def test_narrow_neurons_equals_the_masked_full_model_on_its_neurons():
   y_cut, _ = cut.apply({"params": models.narrow_neurons(params, in_i, out_i)}, x[..., in_i])
   np.testing.assert_allclose(y_cut, y_full[..., out_i], rtol=1e-5, atol=1e-6)
 
-  g_full = jax.grad(lambda p: jnp.sum(m.apply({"params": p}, masked)[0][..., out_i] ** 2))(params)
   g_cut = jax.grad(lambda p: jnp.sum(cut.apply({"params": models.narrow_neurons(p, in_i, out_i)},
                                                x[..., in_i])[0] ** 2))(params)
-  for a, b in zip(jax.tree.leaves(g_cut), jax.tree.leaves(g_full)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-  kernel = np.asarray(g_cut["encoder"]["forward"]["input"]["kernel"])
-  assert not np.delete(kernel, np.asarray(in_i), axis=0).any()
+  for direction in ("forward", "backward"):
+    kernel = np.asarray(g_cut["encoder"][direction]["input"]["kernel"])
+    assert kernel[np.asarray(in_i)].any() and not np.delete(kernel, np.asarray(in_i), axis=0).any()
+  readout = np.asarray(g_cut["decoder_net"]["readout"]["kernel"])
+  assert not np.delete(readout, np.asarray(out_i), axis=1).any()
