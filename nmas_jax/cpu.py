@@ -43,6 +43,12 @@ MALLOC_OPTIONS = {"M_MMAP_MAX": (-4, 0), "M_TRIM_THRESHOLD": (-1, 1 << 30),
 
 # by_latent compiles at most this many models into one program.
 MODELS_PER_PROGRAM = 5
+# From this many neurons per layer, by_latent steps every model as its own computation rather
+# than vmapping a part's groups (layers x seeds): XLA:CPU's batched matmuls ran 45 models of
+# 1131 neurons at 65% of one layer's throughput, their unrolled steps at 95-107%, for 3.5x the
+# compile time (docs/benchmarks.md); at 200 neurons the step gained 1.2-1.3x for 3.5x the
+# compile, which short runs do not earn back.
+UNROLL_MIN_NEURONS = 512
 
 
 def tune(lanes: int | None = None) -> dict[str, Any]:
@@ -242,6 +248,7 @@ class ByLatentStepper:
   latent width. Unpacking zero-fills the padded units a width-k model never uses (the vmap
   layout keeps their unused initial values); outputs, losses and every used weight are the same.
 
+  Groups: from `UNROLL_MIN_NEURONS` neurons each model is its own part (no vmap at all).
   Neuron counts: a --neuron_counts model (`narrows`) runs on its own neurons only, so a small
   count costs less than a large one; the vmap stepper masks instead (the same results).
   Chunks: XLA:CPU runs each model of one big program slower than in a small one, so the parts
@@ -253,6 +260,10 @@ class ByLatentStepper:
   def __init__(self, model, tx, prep: splits.Prepared, placed: splits.Placed, table: ModelTable,
                mesh, lanes: list | None = None):
     latents, index = latent_buckets(table)
+    # Large models: one computation per model, no vmap over groups (see UNROLL_MIN_NEURONS).
+    self.unrolled = len(index[0][0]) > 1 and model.neurons >= UNROLL_MIN_NEURONS
+    if self.unrolled:
+      index = [[i[g:g + 1] for i in level] for level in index for g in range(len(level[0]))]
     num_l, groups = len(latents), len(index[0][0])
     lanes = lane_devices(mesh) if lanes is None else list(lanes)
     num_p = num_l * len(index)  # parts: count level major, latent minor
@@ -292,7 +303,7 @@ class ByLatentStepper:
       return tuple(new), tuple(metrics)
 
     self.narrowed = sum(table.count[first[c][0]] > 0 and narrows(model)
-                        for c in range(len(index)))  # count levels run on their own neurons
+                        for c in range(len(index)))  # parts' levels run on their own neurons
     segs = [segments(a, b) for a, b in self.chunks]
     self._fns = [jax.jit(functools.partial(chunk_step, sg), donate_argnums=0,
                          out_shardings=jax.sharding.SingleDeviceSharding(dev))

@@ -173,11 +173,14 @@ def test_by_latent_batching_equals_one_vmap():
       assert not kernel[i][:, k:].any()
 
 
-def test_by_latent_count_models_on_their_own_neurons_equal_one_vmap():
+@pytest.mark.parametrize("unrolled", [False, True])
+def test_by_latent_count_models_on_their_own_neurons_equal_one_vmap(unrolled, monkeypatch):
   """--neuron_counts on by_latent: each count model runs cut to its own inputs and outputs
-  (`models.narrow_neurons`), and still steps exactly as the masked padded vmap does; the parts
-  are count major, latent minor."""
+  (`models.narrow_neurons`), and still steps exactly as the masked padded vmap does, with its
+  groups (seeds) vmapped or, as for large layers, each model its own computation; the parts
+  are count major, latent minor (then group)."""
   import jax
+  monkeypatch.setattr(cpu, "UNROLL_MIN_NEURONS", 1 if unrolled else 10**9)
 
   from nmas_jax import sharding
   cfg = config.Settings(latents=(2, 1), seeds=2, batch_size=3, window=5, hidden=6,
@@ -188,8 +191,13 @@ def test_by_latent_count_models_on_their_own_neurons_equal_one_vmap():
   mesh = sharding.make_mesh("auto", devices=jax.devices()[:1])
   prep = splits.prepare(ds, cfg)
   (_, s_v, m_v), (by_latent, s_b, m_b) = _two_steps_each(prep, cfg, mesh)
-  assert by_latent.narrowed == 1 and len(s_b) == 2 * 2  # (all, 3 neurons) x 2 latents
-  assert s_b[3].params["encoder"]["to_latent"]["kernel"].shape == (2, 6, 1)  # [seeds, H, k]
+  assert by_latent.unrolled == unrolled
+  if unrolled:  # (all, 3 neurons) x 2 seeds x 2 latents, one model each
+    assert by_latent.narrowed == 2 and len(s_b) == 2 * 2 * 2
+    assert s_b[3].params["encoder"]["to_latent"]["kernel"].shape == (6, 1)  # [H, k]
+  else:  # (all, 3 neurons) x 2 latents, [seeds] each
+    assert by_latent.narrowed == 1 and len(s_b) == 2 * 2
+    assert s_b[3].params["encoder"]["to_latent"]["kernel"].shape == (2, 6, 1)  # [seeds, H, k]
   np.testing.assert_allclose(m_b["train/loss"], m_v["train/loss"], rtol=1e-5)
   for a, b in zip(jax.tree.leaves(s_b), jax.tree.leaves(by_latent.pack(s_v))):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
