@@ -252,9 +252,10 @@ class ByLatentStepper:
   Neuron counts: a --neuron_counts model (`narrows`) runs on its own neurons only, so a small
   count costs less than a large one; the vmap stepper masks instead (the same results).
   Chunks: XLA:CPU runs each model of one big program slower than in a small one, so the parts
-  (count major, latent minor) go into programs of at most `MODELS_PER_PROGRAM` models. Lanes: XLA:CPU
-  runs one device's programs one after another, so chunk c runs on `lanes[c % len(lanes)]`; its
-  part of the carry stays there between steps, and the inputs are copied to each lane once.
+  (count major, latent minor) go into programs of at most `MODELS_PER_PROGRAM` models. Lanes:
+  XLA:CPU runs one device's programs one after another, so chunk c runs on
+  `lanes[c % len(lanes)]`; its part of the carry stays there between steps, and the inputs are
+  copied to each lane once.
   """
 
   def __init__(self, model, tx, prep: splits.Prepared, placed: splits.Placed, table: ModelTable,
@@ -345,10 +346,8 @@ class ByLatentStepper:
     return parts if jax.tree.leaves(parts)[0].devices() == {dev} else jax.device_put(parts, dev)
 
   def compile(self, carry) -> None:
-    compiled = []
-    for c, (fn, (a, b)) in enumerate(zip(self._fns, self.chunks)):
-      compiled.append(fn.lower(self._on_lane(c, carry[a:b]), *self._args[c], np.int32(0)).compile())
-    self._fns = compiled
+    self._fns = [fn.lower(self._on_lane(c, carry[a:b]), *self._args[c], np.int32(0)).compile()
+                 for c, (fn, (a, b)) in enumerate(zip(self._fns, self.chunks))]
 
   def step(self, carry, step: int):
     parts, metrics = [], []
