@@ -46,19 +46,24 @@ z = r.standard_normal((9, 3500, 40)).astype('f4')
 w = r.standard_normal((9, 40, 1131)).astype('f4') / 6
 np.save('/tmp/stringer_shape.npy', np.einsum('ltk,lkn->ltn', z, w) + r.standard_normal((9, 3500, 1131), dtype='f4'))"
 }
+# The Stringer-scale sweep's flags (steps and log interval added by each part).
+STRINGER_SWEEP=(-m experiments.sweep --dataset=array --data_path=/tmp/stringer_shape.npy
+  --neurons_per_layer=${STRINGER_NEURONS:-1131} --latents=10,25,50,75,150 --seeds=3
+  --neuron_counts=${STRINGER_COUNTS:-100,200,400,800} --checkpoint_every=0
+  --baselines=pca,fa,lds --workdir=/tmp/stringer_scale)
+# No preallocation, so that nvidia-smi's memory.used follows what the sweep holds.
+poll_memory() {  # "unix-time MiB" every 2 s into $OUT/stringer_memory_mib.txt; sets POLL
+  (while sleep 2; do echo "$(date +%s) $(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits)"; done) \
+    > "$OUT/stringer_memory_mib.txt" 2>/dev/null &
+  POLL=$!
+}
 if want stringer; then
 stringer_data
-# No preallocation, so that nvidia-smi's memory.used follows what the sweep holds; polled each 2 s.
-(while sleep 2; do nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits; done) \
-  > "$OUT/stringer_memory_mib.txt" 2>/dev/null &
-POLL=$!
-XLA_PYTHON_CLIENT_PREALLOCATE=false part stringer_scale ${STRINGER_LIMIT:-240} $PY -m experiments.sweep \
-  --dataset=array --data_path=/tmp/stringer_shape.npy --neurons_per_layer=${STRINGER_NEURONS:-1131} \
-  --latents=10,25,50,75,150 --seeds=3 --neuron_counts=${STRINGER_COUNTS:-100,200,400,800} \
-  --steps=${STRINGER_STEPS:-200} --log_every=100 --checkpoint_every=0 --baselines=pca,fa,lds \
-  --workdir=/tmp/stringer_scale
+poll_memory
+XLA_PYTHON_CLIENT_PREALLOCATE=false part stringer_scale ${STRINGER_LIMIT:-240} $PY "${STRINGER_SWEEP[@]}" \
+  --steps=${STRINGER_STEPS:-200} --log_every=100
 kill $POLL
-echo "max GPU memory used: $(sort -n "$OUT/stringer_memory_mib.txt" | tail -1) MiB"
+echo "max GPU memory used: $(awk '{print $2}' "$OUT/stringer_memory_mib.txt" | sort -n | tail -1) MiB"
 $PY -c "
 import json; r = json.load(open('/tmp/stringer_scale/results.json'))
 print('models', len(r['models']), 'seconds', r['seconds'], 'compile_seconds', r['compile_seconds'],
@@ -68,16 +73,11 @@ fi
 
 if want stringer_lfads; then
 stringer_data
-(while sleep 2; do echo "$(date +%s) $(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits)"; done) \
-  > "$OUT/stringer_memory_mib.txt" 2>/dev/null &
-POLL=$!
+poll_memory
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 T0=$(date +%s)
-timeout ${STRINGER_LIMIT:-480} $PY -m experiments.sweep \
-  --dataset=array --data_path=/tmp/stringer_shape.npy --neurons_per_layer=1131 \
-  --latents=10,25,50,75,150 --seeds=3 --neuron_counts=100,200,400,800 \
-  --steps=3000 --log_every=500 --checkpoint_every=0 --baselines=pca,fa,lds \
-  --workdir=/tmp/stringer_scale > "$OUT/stringer_full.log" 2>&1 &
+timeout ${STRINGER_LIMIT:-480} $PY "${STRINGER_SWEEP[@]}" --steps=3000 --log_every=500 \
+  > "$OUT/stringer_full.log" 2>&1 &
 SW=$!
 until grep -q '^baselines:' "$OUT/stringer_full.log" || ! kill -0 $SW 2>/dev/null; do sleep 2; done
 LS=$(date +%s)

@@ -279,13 +279,15 @@ class ByLatentStepper:
     order = np.concatenate([i for level in index for i in level])
     self._inverse = np.argsort(order)
     first = [level[0] for level in index]  # each count level's groups' table indices
+    narrow_levels = {c for c in range(len(index)) if table.count[first[c][0]] and narrows(model)}
+    self.narrowed = len(narrow_levels)  # levels whose models run on their own neurons
 
     def level_args(c):
       """(mask [G, N], target [G, N] or None, layer [G], seed [G], narrow or None) of level c."""
       pick = lambda v: None if v is None else np.asarray(v)[first[c]]
       mask, target = pick(placed.mask_MN), pick(placed.target_MN)
       narrow = None
-      if table.count[first[c][0]] and narrows(model):
+      if c in narrow_levels:
         narrow = (*narrow_index(mask), *narrow_index(target))
       return (mask, target, pick(placed.layer_M), pick(placed.seed_M), narrow)
 
@@ -303,8 +305,6 @@ class ByLatentStepper:
         at += jb - ja
       return tuple(new), tuple(metrics)
 
-    self.narrowed = sum(table.count[first[c][0]] > 0 and narrows(model)
-                        for c in range(len(index)))  # parts' levels run on their own neurons
     segs = [segments(a, b) for a, b in self.chunks]
     self._fns = [jax.jit(functools.partial(chunk_step, sg), donate_argnums=0,
                          out_shardings=jax.sharding.SingleDeviceSharding(dev))
