@@ -19,7 +19,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _env(devices):
   return {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT,
-          "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+          "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} "
+                       f"--xla_force_host_platform_device_count={devices}".strip()}
 
 
 SCRIPT = textwrap.dedent("""
