@@ -21,8 +21,8 @@ def _example(name, tmp_path):
 
 
 def test_quickstart_a_reduced_default_sweep_recovers_the_true_dimensions(tmp_path):
-  """The README's main job, reduced (latents 10,25,50, one seed, default data and settings
-  otherwise), chooses the smallest swept latent at or above each layer's truth."""
+  """The README's main job, reduced (latents 10,25,50, one seed, 200 steps, default data and
+  settings otherwise), chooses the smallest swept latent at or above each layer's truth."""
   from nmas_jax import synthetic
 
   out = _example("quickstart.py", tmp_path)
@@ -60,24 +60,24 @@ def test_embedded_encoder_is_the_sweeps_encoder(tmp_path):
 
 def test_stringer_config_flags_run_on_a_stringer_format_file(tmp_path):
   rng = np.random.default_rng(0)
-  z = np.repeat([0.0, 35.0, 70.0], [9, 8, 10])
-  raw = {"sresp": rng.gamma(2.0, 1.0, size=(27, 400)), "xyz": np.stack([z * 0, z * 0, z])}
+  z = np.repeat([0.0, 35.0], [9, 8])  # two planes: two layers
+  raw = {"sresp": rng.gamma(2.0, 1.0, size=(17, 400)), "xyz": np.stack([z * 0, z * 0, z])}
   np.save(tmp_path / "stringer.npy", raw, allow_pickle=True)
   r = subprocess.run([sys.executable, "-m", "experiments.sweep",
                       f"--flagfile={os.path.join(ROOT, 'experiments', 'configs', 'stringer.flags')}",
                       f"--data_path={tmp_path / 'stringer.npy'}", "--neurons_per_layer=6",
                       "--latents=1,2", "--seeds=1", "--steps=3", "--window=10", "--hidden=4",
-                      "--neuron_counts=2,4", f"--workdir={tmp_path / 'w'}"],
+                      "--neuron_counts=3", f"--workdir={tmp_path / 'w'}"],
                      cwd=ROOT, env=ENV, capture_output=True, text=True)
   assert r.returncode == 0, r.stderr[-2000:]
   res = json.loads((tmp_path / "w" / "results.json").read_text())
-  assert res["dataset"] == "stringer" and res["layers"] == ["0", "35", "70"]
+  assert res["dataset"] == "stringer" and res["layers"] == ["0", "35"]
   assert res["data"]["bin"] == 2 and set(res["normalize"].values()) == {"mean_per_bin_all"}
   assert res["data"]["num_time"] == 200
-  # The config turns on the LDS baseline; the counts axis (here 2 and 4 of 5 held-in neurons)
+  # The config turns on the LDS baseline; the counts axis (here 3 of 5 held-in neurons, and all)
   # and the spectrum come with it.
   assert set(res["baseline_optimal_latent"]) == {"pca", "fa", "lds"}
-  assert res["scaling"]["counts"] == [2, 4, 5] and set(res["spectrum"]) == set(res["layers"])
+  assert res["scaling"]["counts"] == [3, 5] and set(res["spectrum"]) == set(res["layers"])
   assert (tmp_path / "w" / "scaling.png").exists()
 
 
