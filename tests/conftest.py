@@ -12,19 +12,23 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 
 _CACHE_ENV = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
               "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
-# LLVM's O1 for XLA:CPU code: the suite's tiny programs compile in about half the time (most of
-# its time is compilation); the HLO, and so what the tests check, is the one users run.
-FAST_COMPILE_FLAG = "--xla_backend_optimization_level=1"
+# XLA_FLAGS for the suite. LLVM's O1 for XLA:CPU code: the tiny programs compile in about half
+# the time (most of the suite's time is compilation); the HLO, and so what the tests check, is
+# the one users run. One host device: the CLI's by_latent then runs on one lane; with a test
+# worker per core, more lanes only contend (three concurrent tiny sweeps took ~15% longer with
+# two lanes each). The lanes have their own tests (test_sharding.py), with their own XLA_FLAGS.
+TEST_XLA_FLAGS = ("--xla_backend_optimization_level=1", "--xla_force_host_platform_device_count=1")
 
 
 def pytest_configure(config):
   """Many tests run the CLI as a subprocess at the same tiny shapes; a persistent compilation
   cache shared by this session's processes (a fresh directory, removed at the end) compiles each
   shape once. The cached executable is the one XLA compiled, so results are unchanged.
-  XLA_FLAGS gains FAST_COMPILE_FLAG (before JAX starts; child processes inherit it) unless the
-  user set an optimisation level."""
-  if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_FLAG}".strip()
+  XLA_FLAGS gains each of TEST_XLA_FLAGS that the user did not set (before JAX starts; child
+  processes inherit them)."""
+  current = os.environ.get("XLA_FLAGS", "")
+  added = [f for f in TEST_XLA_FLAGS if f.split("=")[0] not in current]
+  os.environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
   if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     config._nmas_cache = tempfile.mkdtemp(prefix="nmas-jax-test-cache-")
     os.environ.update(_CACHE_ENV, JAX_COMPILATION_CACHE_DIR=config._nmas_cache)

@@ -18,9 +18,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _env(devices):
+  """The suite's environment with `devices` host devices (the other XLA_FLAGS kept)."""
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(cpu.DEVICE_COUNT_FLAG)]
   return {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT,
-          "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} "
-                       f"--xla_force_host_platform_device_count={devices}".strip()}
+          "XLA_FLAGS": " ".join([*flags, f"{cpu.DEVICE_COUNT_FLAG}={devices}"])}
 
 
 SCRIPT = textwrap.dedent("""
