@@ -28,9 +28,9 @@ def test_padded_lfads_equals_unpadded_and_padded_weights_get_no_gradient(co_dim)
   x = jax.random.normal(jax.random.PRNGKey(0), (3, 12, 7))
   big = models.LFADS(neurons=7, latent=6, co_dim=co_dim, **SIZES)
   small = models.LFADS(neurons=7, latent=3, co_dim=co_dim, **SIZES)
-  p = big.init(jax.random.PRNGKey(1), x)["params"]
-  y, f = big.apply({"params": p}, x, 3)
-  y3, f3 = small.apply({"params": _cut(p, 3, co_dim)}, x)
+  p = jax.jit(big.init)(jax.random.PRNGKey(1), x)["params"]  # jitted: compiles faster than eager
+  y, f = jax.jit(big.apply)({"params": p}, x, 3)
+  y3, f3 = jax.jit(small.apply)({"params": _cut(p, 3, co_dim)}, x)
   np.testing.assert_allclose(y, y3, atol=1e-6)
   np.testing.assert_allclose(f[..., :3], f3, atol=1e-6)
   assert not np.asarray(f[..., 3:]).any()
@@ -39,9 +39,10 @@ def test_padded_lfads_equals_unpadded_and_padded_weights_get_no_gradient(co_dim)
   # Sampled, with the same keys: still equal (the padded units never enter the randomness).
   keys = {"sample": jax.random.PRNGKey(2), "dropout": jax.random.PRNGKey(3)}
   big_d, small_d = big.clone(dropout=0.3), small.clone(dropout=0.3)
-  (ys, _), kl = big_d.apply({"params": p}, x, 3, sample=True, rngs=keys, mutable=["losses"])
-  (ys3, _), kl3 = small_d.apply({"params": _cut(p, 3, co_dim)}, x, sample=True, rngs=keys,
-                                mutable=["losses"])
+  sampled = lambda m, *k: jax.jit(lambda p: m.apply({"params": p}, x, *k, sample=True, rngs=keys,
+                                                    mutable=["losses"]))
+  (ys, _), kl = sampled(big_d, 3)(p)
+  (ys3, _), kl3 = sampled(small_d)(_cut(p, 3, co_dim))
   np.testing.assert_allclose(ys, ys3, atol=1e-5)
   for name in ("kl_ic", "kl_co"):
     np.testing.assert_allclose(kl["losses"][name][0], kl3["losses"][name][0], rtol=1e-5, atol=1e-5)
@@ -49,7 +50,7 @@ def test_padded_lfads_equals_unpadded_and_padded_weights_get_no_gradient(co_dim)
   def loss(params):
     return jnp.sum(big.apply({"params": params}, x, 3)[0] ** 2)
 
-  g = jax.grad(loss)(p)
+  g = jax.jit(jax.grad(loss))(p)
   assert not np.asarray(g["decoder"]["factors"]["kernel"][:, 3:]).any()
   assert not np.asarray(g["readout"]["kernel"][3:]).any()
   assert np.asarray(g["decoder"]["factors"]["kernel"][:, :3]).any()
