@@ -94,6 +94,23 @@ class VmapStepper:
     return self._fn(carry, *self._args, jnp.int32(step))
 
 
+# `auto` on one CPU device picks by_latent (a program per latent size) only for sweeps whose
+# step does this much work (`padded_step_flops`); below, the single vmapped program compiles
+# once. Measured (docs/benchmarks.md, "auto on small sweeps"): at 0.14-1.1 GFLOP the vmap step
+# was as fast or 9% slower and compiled in 3.5-3.9 s against 8.5-10.1 s; at 1.65 by_latent's
+# step was 31% faster but its extra 13 s of compile took ~840 steps to earn back; at 4.5, 65.
+BY_LATENT_MIN_FLOPS = 3e9
+
+
+def padded_step_flops(model, prep: splits.Prepared, num_models: int) -> float:
+  """Rough FLOPs of one vmapped step: 6 x parameters (of the widest model) x batch x window x
+  models, the usual forward + backward count for weights used once per time bin."""
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                          jax.ShapeDtypeStruct((1, prep.window, prep.num_neurons), jnp.float32))
+  params = sum(a.size for a in jax.tree.leaves(shapes["params"]))
+  return 6.0 * params * prep.batch_size * prep.window * num_models
+
+
 def resolve_batching(batching: str, mesh) -> str:
   """The batching to use here: `auto` is by_latent on one CPU device (docs/benchmarks.md), else vmap."""
   if batching not in BATCHINGS:
@@ -106,7 +123,8 @@ def resolve_batching(batching: str, mesh) -> str:
 
 def make_stepper(batching: str, model, tx, prep: splits.Prepared, placed: splits.Placed,
                  table: ModelTable, mesh, lanes: list | None = None) -> Stepper:
-  """The stepper `batching` names ("auto", "vmap" or "by_latent") for these models on `mesh`.
+  """The stepper `batching` names ("auto", "vmap" or "by_latent") for these models on `mesh`;
+  `auto` is by_latent on one CPU device for sweeps of at least `BY_LATENT_MIN_FLOPS` per step.
 
   `lanes`: devices by_latent may spread its programs over (default: the CPU lanes of `mesh`).
   """
@@ -115,6 +133,7 @@ def make_stepper(batching: str, model, tx, prep: splits.Prepared, placed: splits
       raise UserError("--batching=by_latent cuts models to one latent width, which a multiscale "
                       "model has per band: use --batching=vmap or auto with --model=multiscale")
     return VmapStepper(model, tx, prep, placed, mesh)
-  if resolve_batching(batching, mesh) == "vmap":
+  if resolve_batching(batching, mesh) == "vmap" or (
+      batching == "auto" and padded_step_flops(model, prep, len(table)) < BY_LATENT_MIN_FLOPS):
     return VmapStepper(model, tx, prep, placed, mesh)
   return cpu.ByLatentStepper(model, tx, prep, placed, table, mesh, lanes)

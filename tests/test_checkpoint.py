@@ -23,7 +23,8 @@ def _args(data_path, workdir, steps=100, extra=()):
           "--normalize=none", "--bin=1", "--latents=1,3", "--hidden=16", "--window=10", "--seeds=1",
           "--nobidirectional",
           "--batch_size=8", f"--steps={steps}", "--log_every=10", "--checkpoint_every=20",
-          "--heldout_neurons=0.25", f"--workdir={workdir}", *extra]
+          "--heldout_neurons=0.25", "--batching=by_latent",  # at these sizes auto is vmap
+          f"--workdir={workdir}", *extra]
 
 
 @pytest.fixture(scope="module")

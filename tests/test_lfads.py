@@ -114,7 +114,7 @@ def test_lfads_fits_poisson_trials_better_than_the_mean_rate():
 
 
 def test_lfads_in_the_sweep_beats_the_null_on_held_out_neurons_and_infers_the_rates():
-  # --model=lfads through the batched sweep (the CPU default, by_latent) on
+  # --model=lfads through the batched sweep (auto batching) on
   # Lorenz trials (150 trials of 20 bins, 60 neurons; split by trial, a window is a trial): at 3
   # factors the held-out neurons' bits/spike on the validation block is above 0 (better than
   # each neuron's mean rate), and the inferred rates explain part of the true rates' variance on

@@ -50,7 +50,8 @@ def _run(ds, counts, batching):
 
 
 def test_count_models_ignore_neurons_outside_their_subset():
-  # by_latent here (the CPU default); the vmap step reads the same masks (next test).
+  # by_latent here (named: at these sizes auto is vmap); the vmap step reads the same masks
+  # (next test).
   batching = "by_latent"
   ds = _data()
   prep, cfg, out = _run(ds, (6,), batching)
