@@ -306,7 +306,8 @@ class RunSettings(_Declared):
   batching: str = setting("auto", "How one step runs the models: vmap (all at the widest latent), "
                           "by_latent (one vmap per latent size, at its own width; one device) or "
                           "auto (by_latent on one CPU device for sweeps of at least 3 GFLOP per "
-                          "step, else vmap). Results agree to float rounding.", choices=BATCHINGS, identity=False)
+                          "step, else vmap). Results agree to float rounding.",
+                          choices=BATCHINGS, identity=False)
   distributed: bool = setting(False, "Call jax.distributed.initialize (multi-host; from the flags "
                               "below when given, else from the TPU/cluster environment).",
                               identity=False, record=False)
