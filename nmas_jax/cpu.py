@@ -78,6 +78,16 @@ def backend_started() -> bool:
     return False
 
 
+def add_xla_flags(wanted: Sequence[str]) -> list[str]:
+  """Appends to XLA_FLAGS each of `wanted` ("--name=value") whose name it does not hold yet, so
+  that a user's own setting wins; returns the flags added. Call before JAX starts."""
+  current = os.environ.get("XLA_FLAGS", "")
+  added = [f for f in wanted if f.split("=")[0] not in current]
+  if added:
+    os.environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
+  return added
+
+
 def tune_cpu_flags(lanes: int | None = None) -> list[str]:
   """Adds `CPU_XLA_FLAGS` and `lanes` host devices to XLA_FLAGS unless the user set them.
 
@@ -91,7 +101,6 @@ def tune_cpu_flags(lanes: int | None = None) -> list[str]:
   """
   if backend_started():
     return []
-  current = os.environ.get("XLA_FLAGS", "")
   wanted = []
   try:
     import jaxlib
@@ -102,9 +111,7 @@ def tune_cpu_flags(lanes: int | None = None) -> list[str]:
   lanes = min(cpu_core_count(), MAX_CPU_LANES) if lanes is None else lanes
   if lanes > 1:
     wanted.append(f"{DEVICE_COUNT_FLAG}={lanes}")
-  added = [f for f in wanted if f.split("=")[0] not in current]
-  if added:
-    os.environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
+  added = add_xla_flags(wanted)
   if any(f.startswith(DEVICE_COUNT_FLAG) for f in added):
     os.environ[sharding.LANES_ENV] = str(lanes)
   return added

@@ -8,6 +8,8 @@ import jax
 import numpy as np
 import pytest
 
+from nmas_jax import cpu
+
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 _CACHE_ENV = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
@@ -17,7 +19,7 @@ _CACHE_ENV = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
 # the one users run. One host device: the CLI's by_latent then runs on one lane; with a test
 # worker per core, more lanes only contend (three concurrent tiny sweeps took ~15% longer with
 # two lanes each). The lanes have their own tests (test_sharding.py), with their own XLA_FLAGS.
-TEST_XLA_FLAGS = ("--xla_backend_optimization_level=1", "--xla_force_host_platform_device_count=1")
+TEST_XLA_FLAGS = ("--xla_backend_optimization_level=1", f"{cpu.DEVICE_COUNT_FLAG}=1")
 
 
 def pytest_configure(config):
@@ -26,9 +28,7 @@ def pytest_configure(config):
   shape once. The cached executable is the one XLA compiled, so results are unchanged.
   XLA_FLAGS gains each of TEST_XLA_FLAGS that the user did not set (before JAX starts; child
   processes inherit them)."""
-  current = os.environ.get("XLA_FLAGS", "")
-  added = [f for f in TEST_XLA_FLAGS if f.split("=")[0] not in current]
-  os.environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
+  cpu.add_xla_flags(TEST_XLA_FLAGS)
   if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     config._nmas_cache = tempfile.mkdtemp(prefix="nmas-jax-test-cache-")
     os.environ.update(_CACHE_ENV, JAX_COMPILATION_CACHE_DIR=config._nmas_cache)
