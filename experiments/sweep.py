@@ -82,6 +82,9 @@ def _summary(est, workdir: str) -> None:
     print(f"shuffle control, layer {layer}: best held-out gain over the null {g['gain']:.4g} (real) "
           f"vs {g['control_gain']:.4g} (control); chosen {g['chosen']} (real) vs "
           f"{g['control_chosen']} (control)")
+  advice = report.unconverged_advice(r)
+  if advice:
+    print(f"warning: {advice}", file=sys.stderr)
   print(f"\ntrained {len(est.table_)} models in {r['seconds']:.1f}s (+{r['compile_seconds']:.1f}s compile)")
   print("wrote:\n  " + "\n  ".join(est.paths_ + [os.path.join(workdir, n) for n in
                                                   ("tb", "metrics.jsonl", "flags.txt", "checkpoints")]))

@@ -108,8 +108,9 @@ def run_one(family: str, decoder: str, grid, log) -> list[dict]:
     got = r["optimal_latent"][layer]
     lo, hi = r["optimal_latent_interval"][layer]
     ok = "-" if want == "-" else ("yes" if str(got) in want.split(" or ") else "no")
+    late = sum(m.get("converged") is False for m in r["models"] if m["layer"] == layer)
     rows.append(dict(family=family, decoder=decoder, grid=",".join(map(str, grid)), layer=layer,
-                     seeds=len(r["seeds"]), truth=truth, expected=want, chosen=got, interval=f"{lo}-{hi}",
+                     seeds=len(r["seeds"]), steps=r["steps"], unconverged=late, truth=truth, expected=want, chosen=got, interval=f"{lo}-{hi}",
                      inside="yes" if want == "-" or any(lo <= int(w) <= hi for w in want.split(" or "))
                      else "no", ok=ok, knee=r["knee_latent"][layer], one_se=r["one_se_latent"][layer],
                      detectable=r["detectable_latent"][layer],
@@ -121,7 +122,7 @@ def run_one(family: str, decoder: str, grid, log) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-  cols = ["family", "decoder", "grid", "seeds", "layer", "truth", "expected", "chosen", "ok", "interval",
+  cols = ["family", "decoder", "grid", "seeds", "steps", "unconverged", "layer", "truth", "expected", "chosen", "ok", "interval",
           "inside", "knee", "one_se", "detectable", "pca", "fa", "oracle", "seconds"]
   lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
   lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]

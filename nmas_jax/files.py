@@ -10,7 +10,7 @@ from nmas_jax.errors import WriteError
 
 # Bumped whenever results.json, sweep.json or a checkpoint changes incompatibly. Resuming a
 # workdir written with another version is refused with a one-line error (checkpoint.claim_workdir).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def atomic_write(path: str, write: Callable[[Any], None], mode: str = "w") -> None:

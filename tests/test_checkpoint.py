@@ -56,7 +56,8 @@ def _assert_same_results(full, other, best=True):
   a, b = json.loads((full / "results.json").read_text()), json.loads((other / "results.json").read_text())
   assert b["complete"] is True
   for ma, mb in zip(a["models"], b["models"]):
-    for key in ("train_loss", "valid_mse", "cosmooth_mse", "test_cosmooth_mse", "best_step"):
+    for key in ("train_loss", "valid_mse", "cosmooth_mse", "test_cosmooth_mse", "best_step",
+                "converged"):
       assert ma[key] == mb[key], (key, ma, mb)
   step_a, pa = _final_params(full)
   step_b, pb = _final_params(other)
@@ -134,6 +135,17 @@ def test_kill_9_a_corrupt_checkpoint_or_sigterm_then_resume_equals_uninterrupted
   assert r.returncode == 0, r.stderr
   assert f"resumed from the checkpoint at step {step}" in r.stdout
   _assert_same_results(full, term)
+
+  # The report's advice for unconverged models: rerun with a larger --steps. The rerun resumes
+  # from the 50-step run's last checkpoint, and selects and judges `converged` exactly as the
+  # run that was 100 steps long from the start.
+  extended = tmp_path / "extended"
+  r = subprocess.run(_args(small_array, extended, steps=50), cwd=ROOT, env=ENV, capture_output=True,
+                     text=True)
+  assert r.returncode == 0, r.stderr
+  r = subprocess.run(_args(small_array, extended), cwd=ROOT, env=ENV, capture_output=True, text=True)
+  assert r.returncode == 0 and "resumed from the checkpoint at step 50" in r.stdout, r.stderr
+  _assert_same_results(full, extended)
 
 
 def test_a_failed_write_keeps_the_previous_file_and_a_rerun_resumes(small_array, tmp_path):
