@@ -288,7 +288,7 @@ def _test_section(results: dict[str, Any]) -> list[str]:
   return lines + [""]
 
 
-def unconverged_advice(results: dict[str, Any]) -> str | None:
+def unconverged_advice(results: dict[str, Any], code: str = "") -> str | None:
   """One line on the models still improving at the end of training (None when there are none):
   smaller latents often train slower, so stopping early biases the estimate upwards."""
   models = results.get("models", [])
@@ -298,8 +298,8 @@ def unconverged_advice(results: dict[str, Any]) -> str | None:
   steps = results.get("steps") or 0
   return (f"{len(late)} of {len(models)} models were still improving over the last fifth of "
           f"training (converged: false); smaller latents often train slower, so the estimate can "
-          f"come out too large. Rerun the same command with a larger --steps (e.g. "
-          f"--steps={3 * steps}): the workdir resumes from its last checkpoint and trains only "
+          f"come out too large. Rerun the same command with a larger {code}--steps{code} (e.g. "
+          f"{code}--steps={3 * steps}{code}): the workdir resumes from its last checkpoint and trains only "
           f"the extra steps.")
 
 
@@ -310,7 +310,7 @@ def _training_section(results: dict[str, Any]) -> list[str]:
            "Each model is scored with its parameters from its best validation evaluation "
            "(`best_step`)."]
   if late:
-    lines += [unconverged_advice(results).replace("--steps", "`--steps`"), ""]
+    lines += [unconverged_advice(results, code="`"), ""]
     lines += [f"- layer {m['layer']}, latent {m['latent']}, seed {m['seed']} (best step "
               f"{m.get('best_step')})" for m in late[:20]]
     if len(late) > 20:

@@ -233,3 +233,46 @@ def test_by_latent_batching_refuses_a_padded_models_axis():
                                       "by_latent"):
     from nmas_jax import sharding
     stepper.resolve_batching("fast", sharding.make_mesh("auto"))
+
+
+def test_selection_converged_matches_its_definition_for_any_length_of_training():
+  """`Selection.converged(steps)` against the definition computed directly from the losses: the
+  best loss after the first four fifths of `steps` improved on the best before by at most 1% of
+  the improvement since the first evaluation. Judged after 10 evaluations for steps=50 and,
+  with 10 more evaluations recorded (an extended run), for steps=100."""
+  rng = np.random.default_rng(0)
+  m = 64
+  # Losses [evaluations, models] falling until a model-specific evaluation, then flat (+ noise).
+  until = rng.integers(1, 21, m)
+  losses = 1.0 - 0.04 * np.minimum(np.arange(1, 21)[:, None], until) + 1e-4 * rng.standard_normal((20, m))
+  losses[3, 0] = np.nan  # a diverged evaluation counts as inf
+  sel = sweep.Selection.fresh(m)
+
+  def direct(steps, upto):
+    step_E = 10 * np.arange(1, upto + 1)
+    l = np.where(np.isfinite(losses[:upto]), losses[:upto], np.inf)
+    early, best = l[step_E <= 0.8 * steps].min(0), l.min(0)
+    return early - best <= 0.01 * np.maximum(l[0] - best, 0.0)
+
+  for e in range(20):
+    sel.update(10 * (e + 1), losses[e])
+    if e == 9:
+      got50 = sel.converged(50)
+      np.testing.assert_array_equal(got50, direct(50, 10))
+  got100 = sel.converged(100)
+  np.testing.assert_array_equal(got100, direct(100, 20))
+  assert 0 < got100.sum() < m and 0 < got50.sum() < m  # both outcomes occur
+  again = sweep.Selection.from_json(sel.real(m).to_json(), m)  # the checkpoint's round trip
+  np.testing.assert_array_equal(again.converged(100), got100)
+
+
+def test_unconverged_advice_names_the_count_and_the_rerun():
+  from nmas_jax import report
+
+  r = {"steps": 400, "models": [{"converged": True}, {"converged": False}, {"converged": False}]}
+  assert report.unconverged_advice(r) == (
+      "2 of 3 models were still improving over the last fifth of training (converged: false); "
+      "smaller latents often train slower, so the estimate can come out too large. Rerun the same "
+      "command with a larger --steps (e.g. --steps=1200): the workdir resumes from its last "
+      "checkpoint and trains only the extra steps.")
+  assert report.unconverged_advice({"steps": 400, "models": [{"converged": True}]}) is None
