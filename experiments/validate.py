@@ -6,7 +6,8 @@ r"""Validation of the dimension estimate on generator families with known answer
 Each family (nmas_jax.synthetic.FAMILIES) is swept at full size on two latent
 grids with the default settings (`--steps`, `--seeds` may override them), with
 the linear and the MLP decoder. Prints a markdown table: family, decoder, grid,
-layer, truth, what the rule should answer (the smallest swept latent at or
+seeds, steps, how many of the layer's models were still improving at the end
+(`unconverged`: rerun with a larger --steps where it is high), layer, truth, what the rule should answer (the smallest swept latent at or
 above the truth; 2 or 3 on Lorenz with the MLP decoder, whose attractor is
 about 2.06-dimensional; none for the linear decoder on the nonlinear family,
 whose linear dimension exceeds the truth), the choice, its interval, the
