@@ -289,7 +289,7 @@ class DimensionSweep:
     ds_meta = aux["dataset"]
     n_layers = len(ds_meta["layer_names"])
     est.preprocessing_ = splits.Preprocessing.from_json(aux["preprocessing"])
-    est.table_ = ModelTable.build(n_layers, cfg.latents, cfg.seeds, cfg.neuron_counts)
+    est.table_ = ModelTable.build(n_layers, cfg.latents, cfg.heldout_sets, cfg.neuron_counts)
     model_neurons = est.preprocessing_.neuron_index_LN.shape[1]
     est.state_, _ = ckpt.restore(step, init_states(cfg, est.table_, model_neurons))
     ckpt.close()

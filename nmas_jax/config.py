@@ -205,6 +205,10 @@ class Settings(_Declared):
   # Evaluation.
   heldout_neurons: float = setting(0.2, "Fraction of each layer's neurons hidden from the "
                                    "encoder and scored by co-smoothing (0 disables).", check="[0,1)")
+  neuron_folds: int = setting(0, "K >= 2: instead of one random --heldout_neurons subset per seed, "
+                              "K disjoint held-out sets per seed that together cover every neuron "
+                              "(seeds x K held-out sets, each its own model); 0: off.",
+                              check="nonneg_int")
   train_fraction: float = setting(0.7, "Leading fraction of time for training.", check="(0,1)")
   valid_fraction: float = setting(0.1, "Fraction of time after the training block for validation "
                                   "(choosing the latent size and each model's best step); the rest "
@@ -249,9 +253,21 @@ class Settings(_Declared):
                       f"--model={self.model}: drop it")
     if len(set(self.baselines)) != len(self.baselines):
       raise UserError(f"--baselines={','.join(self.baselines)} lists a baseline twice: give each once")
+    if self.neuron_folds == 1:
+      raise UserError("--neuron_folds=1 would hold out every neuron: use 0 (one random "
+                      "--heldout_neurons subset per seed) or K >= 2 disjoint folds")
+    if self.neuron_folds and self.normalize == "mean_per_bin":
+      raise UserError("--normalize=mean_per_bin divides by the neurons that no held-out set "
+                      "holds out, and --neuron_folds holds out every neuron: use --normalize=zscore")
     if self.train_fraction + self.valid_fraction >= 1:
       raise UserError(f"--train_fraction={self.train_fraction} and --valid_fraction="
                       f"{self.valid_fraction} leave no test block: their sum must be below 1")
+
+  @property
+  def heldout_sets(self) -> int:
+    """How many held-out neuron sets each (layer, latent) is trained on: seeds, times the folds
+    with --neuron_folds (set s * K + f is seed s's fold f)."""
+    return self.seeds * max(self.neuron_folds, 1)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -270,7 +270,7 @@ def evaluate_sweep(prep: Prepared, cfg: Settings, out, fa_iters: int = 100,
       per_model[i]["test_rates_r2"] = rates_r2(pred_test[i], rates_test[l])
   log(f"baselines: {', '.join(m.upper() for m in cfg.baselines) or 'none'} at "
       f"{len(baseline_sizes(cfg))} "
-      f"latent sizes x {prep.dataset.num_layers} layers x {cfg.seeds} held-out sets")
+      f"latent sizes x {prep.dataset.num_layers} layers x {cfg.heldout_sets} held-out sets")
   counts = cfg.neuron_counts if cfg.neuron_counts and not prep.shared else ()
   progress = Progress("layers' baselines" + (" (all counts)" if counts else ""),
                       prep.dataset.num_layers * (1 + len(counts)), log)
@@ -295,7 +295,7 @@ def evaluate_sweep(prep: Prepared, cfg: Settings, out, fa_iters: int = 100,
 
   def model_curves(c: int) -> np.ndarray:
     """[layers, latents, seeds, blocks] of the models of count c."""
-    curves = np.full((len(names), len(cfg.latents), cfg.seeds, block_T.max() + 1), np.nan)
+    curves = np.full((len(names), len(cfg.latents), cfg.heldout_sets, block_T.max() + 1), np.nan)
     for i in np.flatnonzero(ok & (table.count == c)):
       l, j, s = table.layer[i], cfg.latents.index(int(table.latent[i])), table.seed[i]
       curves[l, j, s] = block_losses(pred_valid[i], valid_LTN[l], held(i), lik, block_T)
@@ -451,7 +451,7 @@ def band_estimates(prep: Prepared, cfg: Settings, table: ModelTable,
   valid_LTN = prep.flat("valid")
   combos = np.unique(table.bands, axis=0)
   key = {tuple(c): j for j, c in enumerate(combos)}
-  curves = np.full((prep.dataset.num_layers, len(combos), cfg.seeds, block_T.max() + 1), np.nan)
+  curves = np.full((prep.dataset.num_layers, len(combos), cfg.heldout_sets, block_T.max() + 1), np.nan)
   for i in np.flatnonzero(ok):
     l, s = table.layer[i], table.seed[i]
     curves[l, key[tuple(table.bands[i])], s] = block_losses(

@@ -120,11 +120,15 @@ def _data_section(results: dict[str, Any]) -> list[str]:
                  f"windows of {b['window']} bins"
                  + (f"; trial data, split by whole trials of {b['trial_length']} bins"
                     if b.get("trial_length") else ""))
-  lines += [f"- {results.get('heldout_neurons', 0):.0%} of each layer's neurons held out from the "
-            "encoder, a different random set per seed",
+  folds = results.get("neuron_folds") or 0
+  held = (f"- each layer's neurons split at random into {folds} disjoint folds per seed, each fold "
+          f"held out from the encoder by its own model (held-out set s * {folds} + f: seed s, fold f)"
+          if folds else f"- {results.get('heldout_neurons', 0):.0%} of each layer's neurons held out "
+          "from the encoder, a different random set per seed")
+  lines += [held,
             _model_line(results, cfg) + f", {results['likelihood']} likelihood, normalisation "
             f"{', '.join(sorted(set((results.get('normalize') or {}).values()))) or 'none'}, "
-            f"{results['steps']} steps, seeds {results['seeds']}"]
+            f"{results['steps']} steps, {'held-out sets' if folds else 'seeds'} {results['seeds']}"]
   lines += [f"- note: {n}" for n in results.get("notes", [])]
   if results.get("true_latent"):
     lines.append(f"- true dimension per layer (synthetic): {results['true_latent']}")

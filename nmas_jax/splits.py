@@ -26,13 +26,30 @@ from nmas_jax.data import Dataset
 from nmas_jax.errors import UserError
 
 
-def heldout_masks(seeds: int, num_layers: int, num_neurons: int, fraction: float) -> np.ndarray:
-  """[seeds, layers, neurons] bool, True for neurons hidden from the encoder (co-smoothing).
+def heldout_masks(seeds: int, num_layers: int, num_neurons: int, fraction: float,
+                  folds: int = 0) -> np.ndarray:
+  """[held-out sets, layers, neurons] bool, True for neurons hidden from the encoder
+  (co-smoothing).
 
   Each seed holds out its own random subset of round(fraction * neurons)
   neurons per layer (seed s draws from its own generator, so seed 0's subset
-  does not depend on how many seeds there are).
+  does not depend on how many seeds there are). With `folds` K >= 2, seed s
+  instead splits each layer's neurons at random into K disjoint folds of
+  near-equal size, set s * K + f holding out fold f: every neuron is held out
+  exactly once per seed.
   """
+  if folds >= 2:
+    if folds > num_neurons - 1:
+      raise UserError(f"--neuron_folds={folds} needs more than {folds} neurons per layer; the layers "
+                      f"have {num_neurons}: use fewer folds")
+    mask = np.zeros((seeds * folds, num_layers, num_neurons), bool)
+    for s in range(seeds):
+      rng = np.random.default_rng(7919 + 1009 * s)
+      for l in range(num_layers):
+        order = rng.permutation(num_neurons)
+        for f in range(folds):
+          mask[s * folds + f, l, order[f::folds]] = True
+    return mask
   n = int(round(fraction * num_neurons))
   if fraction > 0 and (n < 1 or n >= num_neurons):
     raise UserError(f"--heldout_neurons={fraction} leaves {n} of {num_neurons} neurons held out: "
@@ -384,7 +401,7 @@ def prepare(dataset: Dataset, cfg: Settings, shared: bool = False,
     raise UserError(f"latent size {max(cfg.latents)} exceeds the {dataset.num_neurons} neurons per "
                     "layer: drop it from --latents")
   heldout = reuse.heldout_SLN if reuse else heldout_masks(
-      cfg.seeds, dataset.num_layers, dataset.num_neurons, cfg.heldout_neurons)
+      cfg.seeds, dataset.num_layers, dataset.num_neurons, cfg.heldout_neurons, cfg.neuron_folds)
   if shared:
     heldout = np.zeros_like(heldout)
   method = "none" if likelihood == "poisson" else cfg.normalize
@@ -401,7 +418,7 @@ def count_ranks(heldout_SLN: np.ndarray, counts: tuple[int, ...], data_seed: int
   (-1 for held-out ones), so that the first c of it are the count-c subset; one-line error for a
   count that is not below the held-in neurons."""
   seeds, layers, n = heldout_SLN.shape
-  held_in = int((~heldout_SLN[0, 0]).sum())
+  held_in = int((~heldout_SLN).sum(-1).min())  # folds may differ by one neuron
   if max(counts) >= held_in:
     raise UserError(f"--neuron_counts={','.join(map(str, counts))} asks for {max(counts)} neurons, "
                     f"but each layer has {held_in} held in: give counts below {held_in} (all "

@@ -74,10 +74,11 @@ class Built:
               "test)")
     grid = (f"{len(np.unique(self.table.bands, axis=0))} band combinations" if cfg.model == "multiscale"
             else f"{len(cfg.latents)} latents")
+    folds = f" x {cfg.neuron_folds} neuron folds" if cfg.neuron_folds else ""
     counts = (f" x {len(np.unique(self.table.count))} neuron counts"
               if np.any(self.table.count) else "")
     return (f"sweep: {self.n_real} models{f' + {pad} inert padding' if pad else ''} ({what}{counts} x "
-            f"{grid} x {cfg.seeds} seeds), {ds.num_neurons} neurons, {blocks}, "
+            f"{grid} x {cfg.seeds} seeds{folds}), {ds.num_neurons} neurons, {blocks}, "
             f"{cfg.steps} steps on {self.mesh.devices.size} {jax.devices()[0].platform} device(s), "
             f"mesh {dict(self.mesh.shape)}, batching {self.stepper.description}")
 

@@ -45,7 +45,7 @@ class ModelTable:
   @classmethod
   def for_sweep(cls, prep, cfg: Settings) -> "ModelTable":
     """The models of a sweep of `cfg` on a `splits.Prepared` (no count axis for a shared model)."""
-    return cls.build(prep.model_layers, cfg.latents, cfg.seeds,
+    return cls.build(prep.model_layers, cfg.latents, cfg.heldout_sets,
                      () if prep.shared else cfg.neuron_counts,
                      len(cfg.timescales) if cfg.model == "multiscale" else 0)
 

@@ -83,3 +83,20 @@ def test_fit_on_plain_arrays():
   assert est.results_["layers"] == ["0"] and est.transform(x).shape[0] == 400
   with pytest.raises(UserError, match="X must be"):
     DimensionSweep(**TINY).fit(np.zeros(5))
+
+
+def test_neuron_folds_train_one_model_per_fold_that_never_sees_its_fold():
+  """--neuron_folds=2 with 1 seed: two held-out sets per (layer, latent), disjoint and covering
+  every neuron (results.json's indices, each model's `fold`), each model's encoder input mask
+  hiding exactly its own fold, and a dimension estimate over both."""
+  x = synthetic.make_synthetic(true_latents=(2,), neurons=12, time=400, seed=2).x_LTN[0]
+  est = DimensionSweep(latents=(1, 2), neuron_folds=2, **{**TINY, "steps": 20, "seeds": 1}).fit(x)
+  r = est.results_
+  assert r["neuron_folds"] == 2 and r["seeds"] == [0, 1]
+  assert sorted((m["latent"], m["seed"], m["fold"]) for m in r["models"]) == [
+      (1, 0, 0), (1, 1, 1), (2, 0, 0), (2, 1, 1)]
+  held = [set(r["heldout_neuron_indices"][f"seed {s}"]["0"]) for s in (0, 1)]
+  assert held[0].isdisjoint(held[1]) and held[0] | held[1] == set(range(12))
+  for s in (0, 1):
+    np.testing.assert_array_equal(np.flatnonzero(est.input_mask("0", seed=s) == 0), sorted(held[s]))
+  assert r["optimal_latent"]["0"] in (0, 1, 2)

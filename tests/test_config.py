@@ -89,6 +89,10 @@ def test_identity_holds_exactly_the_settings_that_define_a_sweep(tmp_path):
     (lambda: Settings(baselines=("fa", "fa")), "--baselines=fa,fa lists a baseline twice"),
     (lambda: Settings(train_fraction=0.8, valid_fraction=0.2),
      "--train_fraction=0.8 and --valid_fraction=0.2 leave no test block"),
+    (lambda: Settings(neuron_folds=1), "--neuron_folds=1 would hold out every neuron: use 0"),
+    (lambda: Settings(neuron_folds=3, normalize="mean_per_bin"),
+     "--normalize=mean_per_bin divides by the neurons that no held-out set holds out, and "
+     "--neuron_folds holds out every neuron: use --normalize=zscore"),
     (lambda: DataSettings(neurons_per_layer=0), "--neurons_per_layer must be a positive integer"),
     (lambda: RunSettings(keep_checkpoints=0), "--keep_checkpoints must be a positive integer, got 0"),
     (lambda: RunSettings(checkpoint_every=-1), "--checkpoint_every must be >= 0, got -1"),

@@ -303,3 +303,22 @@ def test_whitened_lorenz_has_the_same_states_with_three_equal_directions():
   # The same 3-D subspace of time courses: the principal angles between them are ~0.
   np.testing.assert_allclose(np.linalg.svd(spans[0].T @ spans[1], compute_uv=False), 1.0, atol=1e-4)
   assert shares[1] > 2 * shares[0]
+
+
+def test_neuron_folds_cover_every_neuron_once_per_seed():
+  """--neuron_folds=K: per seed and layer, K disjoint held-out sets whose union is every neuron,
+  of sizes differing by at most one; seed 0's folds do not depend on the number of seeds; more
+  folds than a layer can split is a one-line error."""
+  k, n = 3, 20
+  m = splits.heldout_masks(2, 2, n, 0.2, folds=k)  # [seeds * K, layers, neurons]
+  assert m.shape == (6, 2, n)
+  for s in range(2):
+    for l in range(2):
+      folds = m[s * k:(s + 1) * k, l]
+      np.testing.assert_array_equal(folds.sum(0), np.ones(n))  # each neuron in exactly one fold
+      assert set(folds.sum(1)) <= {n // k, n // k + 1}
+  assert not np.array_equal(m[0:3], m[3:6])  # the seeds draw their own partitions
+  np.testing.assert_array_equal(splits.heldout_masks(1, 2, n, 0.2, folds=k), m[:3])
+  with pytest.raises(UserError, match=r"^--neuron_folds=20 needs more than 20 neurons per layer; "
+                                      r"the layers have 20: use fewer folds$"):
+    splits.heldout_masks(1, 1, n, 0.2, folds=20)
