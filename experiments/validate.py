@@ -7,9 +7,9 @@ Each family (nmas_jax.synthetic.FAMILIES) is swept at full size on two latent
 grids with the default settings (`--steps`, `--seeds` may override them), with
 the linear and the MLP decoder. Prints a markdown table: family, decoder, grid,
 seeds, steps, how many of the layer's models were still improving at the end
-(`unconverged`: rerun with a larger --steps where it is high), layer, truth, what the rule should answer (the smallest swept latent at or
-above the truth; 2 or 3 on Lorenz with the MLP decoder, whose attractor is
-about 2.06-dimensional; none for the linear decoder on the nonlinear family,
+(`unconverged`: rerun with a larger --steps where it is high), layer, truth,
+what the rule should answer (the smallest swept latent at or above the truth;
+2 or 3 on Lorenz with the MLP decoder, whose attractor is about 2.06-dimensional; none for the linear decoder on the nonlinear family,
 whose linear dimension exceeds the truth), the choice, its interval, the
 knee, one-SE, the detectable latent, PCA's and FA's choices by the same rule,
 and, where the generator's noiseless signal is known (Lorenz), the oracle: the
@@ -111,7 +111,8 @@ def run_one(family: str, decoder: str, grid, log) -> list[dict]:
     ok = "-" if want == "-" else ("yes" if str(got) in want.split(" or ") else "no")
     late = sum(m.get("converged") is False for m in r["models"] if m["layer"] == layer)
     rows.append(dict(family=family, decoder=decoder, grid=",".join(map(str, grid)), layer=layer,
-                     seeds=len(r["seeds"]), steps=r["steps"], unconverged=late, truth=truth, expected=want, chosen=got, interval=f"{lo}-{hi}",
+                     seeds=len(r["seeds"]), steps=r["steps"], unconverged=late, truth=truth,
+                     expected=want, chosen=got, interval=f"{lo}-{hi}",
                      inside="yes" if want == "-" or any(lo <= int(w) <= hi for w in want.split(" or "))
                      else "no", ok=ok, knee=r["knee_latent"][layer], one_se=r["one_se_latent"][layer],
                      detectable=r["detectable_latent"][layer],
@@ -123,8 +124,8 @@ def run_one(family: str, decoder: str, grid, log) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-  cols = ["family", "decoder", "grid", "seeds", "steps", "unconverged", "layer", "truth", "expected", "chosen", "ok", "interval",
-          "inside", "knee", "one_se", "detectable", "pca", "fa", "oracle", "seconds"]
+  cols = ["family", "decoder", "grid", "seeds", "steps", "unconverged", "layer", "truth", "expected",
+          "chosen", "ok", "interval", "inside", "knee", "one_se", "detectable", "pca", "fa", "oracle", "seconds"]
   lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
   lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
   return "\n".join(lines)

@@ -303,8 +303,8 @@ def unconverged_advice(results: dict[str, Any], code: str = "") -> str | None:
   return (f"{len(late)} of {len(models)} models were still improving over the last fifth of "
           f"training (converged: false); smaller latents often train slower, so the estimate can "
           f"come out too large. Rerun the same command with a larger {code}--steps{code} (e.g. "
-          f"{code}--steps={3 * steps}{code}): the workdir resumes from its last checkpoint and trains only "
-          f"the extra steps.")
+          f"{code}--steps={3 * steps}{code}): the workdir resumes from its last checkpoint and "
+          f"trains only the extra steps.")
 
 
 def _training_section(results: dict[str, Any]) -> list[str]:
