@@ -38,27 +38,24 @@ def heldout_masks(seeds: int, num_layers: int, num_neurons: int, fraction: float
   near-equal size, set s * K + f holding out fold f: every neuron is held out
   exactly once per seed.
   """
-  if folds >= 2:
-    if folds > num_neurons - 1:
-      raise UserError(f"--neuron_folds={folds} needs more than {folds} neurons per layer; the layers "
-                      f"have {num_neurons}: use fewer folds")
-    mask = np.zeros((seeds * folds, num_layers, num_neurons), bool)
-    for s in range(seeds):
-      rng = np.random.default_rng(7919 + 1009 * s)
-      for l in range(num_layers):
-        order = rng.permutation(num_neurons)
-        for f in range(folds):
-          mask[s * folds + f, l, order[f::folds]] = True
-    return mask
+  if folds >= 2 and folds > num_neurons - 1:
+    raise UserError(f"--neuron_folds={folds} needs more than {folds} neurons per layer; the layers "
+                    f"have {num_neurons}: use fewer folds")
   n = int(round(fraction * num_neurons))
-  if fraction > 0 and (n < 1 or n >= num_neurons):
+  if folds < 2 and fraction > 0 and (n < 1 or n >= num_neurons):
     raise UserError(f"--heldout_neurons={fraction} leaves {n} of {num_neurons} neurons held out: "
                     "it must hold out at least one and keep at least one")
-  mask = np.zeros((seeds, num_layers, num_neurons), bool)
+  sets = max(folds, 1)
+  mask = np.zeros((seeds * sets, num_layers, num_neurons), bool)
   for s in range(seeds):
     rng = np.random.default_rng(7919 + 1009 * s)
     for l in range(num_layers):
-      mask[s, l, rng.choice(num_neurons, n, replace=False)] = True
+      if folds >= 2:
+        order = rng.permutation(num_neurons)
+        for f in range(folds):
+          mask[s * folds + f, l, order[f::folds]] = True
+      else:
+        mask[s, l, rng.choice(num_neurons, n, replace=False)] = True
   return mask
 
 
