@@ -22,6 +22,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from nmas_jax.config import DECODERS, Settings
 
@@ -29,6 +30,52 @@ from nmas_jax.config import DECODERS, Settings
 def latent_mask(width: int, latent_size: Any) -> jax.Array:
   """[width] float mask, 1 for units < latent_size (a Python int or traced scalar)."""
   return (jnp.arange(width) < latent_size).astype(jnp.float32)
+
+
+def per_unit_init(axis: int, bands: int = 1):
+  """A kernel initializer that draws each latent unit's slice along `axis` from its own key.
+
+  Why: a sweep initialises every model at the padded width K, the grid's largest latent. A
+  plain initializer draws a [H, K] kernel as one array, so unit j's weights change with K and
+  adding a latent to the grid would re-initialise every model. Here unit j of band b is drawn
+  from fold_in(fold_in(key, b), j) whatever K is. A latent on the output axis (axis -1) gets
+  lecun scale over the input axes (truncated normal, variance 1 / fan_in); a latent on the input
+  axis (axis 0) is drawn at unit variance, and `scale_latent_inputs` then divides it by sqrt(k),
+  the lecun scale of an unpadded model of k latents.
+  """
+
+  def init(key, shape, dtype=jnp.float32):
+    width = shape[axis] // bands
+    other = shape[:axis % len(shape)] + shape[axis % len(shape) + 1:]
+    fan_in = 1 if axis % len(shape) == 0 else int(np.prod(shape[:-1]))
+    std = (1.0 / fan_in) ** 0.5 / .87962566103423978  # flax's lecun_normal correction
+
+    def unit(b, j):
+      k = jax.random.fold_in(jax.random.fold_in(key, b), j)
+      return jax.random.truncated_normal(k, -2.0, 2.0, other, jnp.float32) * std
+
+    units = jax.vmap(lambda b: jax.vmap(lambda j: unit(b, j))(jnp.arange(width)))(
+        jnp.arange(bands)).reshape((bands * width,) + other)
+    return jnp.moveaxis(units, 0, axis).astype(dtype)
+
+  return init
+
+
+def scale_latent_inputs(model: nn.Module, params: Any, latent: Any) -> Any:
+  """`params` with the kernels that read the latent divided by sqrt(k) (k = `latent`, summed
+  over bands): completes `per_unit_init`, so a padded model of latent size k starts as an
+  unpadded width-k model drawn from the same key would (lecun scale, fan_in k)."""
+  k = jnp.maximum(jnp.sum(jnp.asarray(latent, jnp.float32)), 1.0)
+  for path in model.latent_inputs():
+    params = _update(params, path, lambda kernel: kernel / jnp.sqrt(k).astype(kernel.dtype))
+  return params
+
+
+def _update(params: Any, path: tuple[str, ...], fn) -> Any:
+  """`params` with params[path...]["kernel"] replaced by fn of it (a new dict along the path)."""
+  if not path:
+    return {**params, "kernel": fn(params["kernel"])}
+  return {**params, path[0]: _update(params[path[0]], path[1:], fn)}
 
 
 def slice_latent(params: Any, k: int) -> Any:
@@ -42,15 +89,10 @@ def slice_latent(params: Any, k: int) -> Any:
   enc = dict(params["encoder"])
   enc["to_latent"] = {"kernel": enc["to_latent"]["kernel"][..., :k],
                       "bias": enc["to_latent"]["bias"][..., :k]}
-  dec = dict(params["decoder_net"])
-  if "lstm" in dec:
-    lstm = dict(dec["lstm"])
-    lstm["input"] = {**lstm["input"], "kernel": lstm["input"]["kernel"][..., :k, :]}
-    dec["lstm"] = lstm
-  elif "mlp_hidden" in dec:
-    dec["mlp_hidden"] = {**dec["mlp_hidden"], "kernel": dec["mlp_hidden"]["kernel"][..., :k, :]}
-  else:
-    dec["readout"] = {**dec["readout"], "kernel": dec["readout"]["kernel"][..., :k, :]}
+  dec = params["decoder_net"]
+  path = (("lstm", "input") if "lstm" in dec else ("mlp_hidden",) if "mlp_hidden" in dec
+          else ("readout",))
+  dec = _update(dec, path, lambda kernel: kernel[..., :k, :])
   return {**params, "encoder": enc, "decoder_net": dec}
 
 
@@ -240,12 +282,13 @@ class ScanLSTM(nn.Module):
   unroll: int = 1
   dtype: Any = jnp.float32
   custom_grad: bool = True
+  input_init: Any = nn.initializers.lecun_normal()
 
   @nn.compact
   def __call__(self, x_BTD: jax.Array) -> jax.Array:
     # Time-major before the projection: XLA then moves fewer bytes in transposes.
     gx_TBG = Dense(4 * self.hidden, dtype=self.dtype, bias_init=_gate_bias_init,
-                   name="input")(jnp.swapaxes(x_BTD, 0, 1)).astype(jnp.float32)
+                   kernel_init=self.input_init, name="input")(jnp.swapaxes(x_BTD, 0, 1)).astype(jnp.float32)
     if self.reverse:
       gx_TBG = gx_TBG[::-1]
     scan = nn.scan(_Recurrence, variable_broadcast="params", split_rngs={"params": False},
@@ -266,7 +309,8 @@ class ScanLSTM(nn.Module):
 class Encoder(nn.Module):
   """x [B, T, N] -> latent trajectory z [B, T, K]; units >= latent_size are zeroed.
 
-  Causal by default (z_t depends on x_<=t); `bidirectional` adds a reverse LSTM.
+  Causal by default (z_t depends on x_<=t); `bidirectional` adds a reverse LSTM. The latent
+  units (`bands` blocks of latent / bands) are drawn per unit (`per_unit_init`).
   """
 
   hidden: int
@@ -274,6 +318,7 @@ class Encoder(nn.Module):
   bidirectional: bool = False
   unroll: int = 1
   dtype: Any = jnp.float32
+  bands: int = 1
 
   @nn.compact
   def __call__(self, x_BTN: jax.Array, latent_size: Any = None) -> jax.Array:
@@ -282,7 +327,8 @@ class Encoder(nn.Module):
       back_BTH = ScanLSTM(self.hidden, reverse=True, unroll=self.unroll, dtype=self.dtype,
                           name="backward")(x_BTN)
       h_BTH = jnp.concatenate([h_BTH, back_BTH], axis=-1)
-    z_BTK = Dense(self.latent, dtype=self.dtype, name="to_latent")(h_BTH).astype(jnp.float32)
+    z_BTK = Dense(self.latent, dtype=self.dtype, kernel_init=per_unit_init(-1, self.bands),
+                  name="to_latent")(h_BTH).astype(jnp.float32)
     if latent_size is not None:
       z_BTK = z_BTK * latent_mask(self.latent, latent_size)[None, None, :]
     return z_BTK
@@ -296,7 +342,8 @@ class Decoder(nn.Module):
   dimension per time step. kind="mlp": a per-time-step MLP of z_t (`mlp_hidden`
   Mish units, as the original's head), so the latent size is the dimension of
   a curved manifold. kind="lstm": an LSTM over z then a Dense readout.
-  The output is the likelihood's natural parameter (mean, or log-rate).
+  The output is the likelihood's natural parameter (mean, or log-rate). The kernel that reads
+  z (`latent_bands` blocks of units) is drawn per unit (`per_unit_init`).
   """
 
   neurons: int
@@ -305,18 +352,22 @@ class Decoder(nn.Module):
   unroll: int = 1
   dtype: Any = jnp.float32
   mlp_hidden: int = 128
+  latent_bands: int = 1
 
   @nn.compact
   def __call__(self, z_BTK: jax.Array) -> jax.Array:
     if self.kind not in DECODERS:
       raise ValueError(f"unknown decoder {self.kind!r}: choose one of {DECODERS}")
-    h = z_BTK
+    h, reads_z = z_BTK, per_unit_init(0, self.latent_bands)
     if self.kind == "lstm":
-      h = ScanLSTM(self.hidden, unroll=self.unroll, dtype=self.dtype, name="lstm")(h)
+      h = ScanLSTM(self.hidden, unroll=self.unroll, dtype=self.dtype, input_init=reads_z,
+                   name="lstm")(h)
     elif self.kind == "mlp":
-      h = jax.nn.mish(Dense(self.mlp_hidden, dtype=self.dtype, name="mlp_hidden")(h)
-                      .astype(jnp.float32))
-    return Dense(self.neurons, dtype=self.dtype, name="readout")(h).astype(jnp.float32)
+      h = jax.nn.mish(Dense(self.mlp_hidden, dtype=self.dtype, kernel_init=reads_z,
+                            name="mlp_hidden")(h).astype(jnp.float32))
+    readout_init = reads_z if self.kind == "linear" else nn.initializers.lecun_normal()
+    return Dense(self.neurons, dtype=self.dtype, kernel_init=readout_init,
+                 name="readout")(h).astype(jnp.float32)
 
 
 class LSTMAutoencoder(nn.Module):
@@ -348,14 +399,23 @@ class LSTMAutoencoder(nn.Module):
 
   def setup(self):
     self.encoder = Encoder(self.hidden, self.encoder_width(), self.bidirectional, self.unroll,
-                           self.dtype)
+                           self.dtype, bands=self.latent_bands())
     self.decoder_net = Decoder(self.neurons, self.hidden, self.decoder, self.unroll, self.dtype,
-                               self.decoder_hidden)
+                               self.decoder_hidden, latent_bands=self.latent_bands())
     self.input_dropout = nn.Dropout(self.dropout)
 
   def encoder_width(self) -> int:
     """Units the encoder emits (the padded latent width)."""
     return self.latent
+
+  def latent_bands(self) -> int:
+    """Blocks of `latent` units the latent holds (one; a band each for multiscale)."""
+    return 1
+
+  def latent_inputs(self) -> list[tuple[str, ...]]:
+    """Paths of the kernels whose input axis is the latent (see `scale_latent_inputs`)."""
+    return [("decoder_net",) + {"lstm": ("lstm", "input"), "mlp": ("mlp_hidden",)}.get(
+        self.decoder, ("readout",))]
 
   def encode(self, x_BTN: jax.Array, latent_size: Any = None) -> jax.Array:
     return self.encoder(x_BTN, latent_size)
@@ -408,6 +468,9 @@ class MultiscaleAutoencoder(LSTMAutoencoder):
 
   def encoder_width(self) -> int:
     return self.latent * len(self.timescales)
+
+  def latent_bands(self) -> int:
+    return len(self.timescales)
 
   def encode(self, x_BTN: jax.Array, latent_size: Any = None) -> jax.Array:
     counts = (jnp.full(len(self.timescales), self.latent) if latent_size is None
@@ -507,7 +570,8 @@ class _LFADSStep(nn.Module):
     g, c, f, u_prev = carry               # generator, controller, factors [B, K], inputs
     kl = jnp.zeros(g.shape[:1], g.dtype)
     if self.co_dim:
-      gates = gci_BG + Dense(3 * self.con_dim, use_bias=False, name="con_from_factors")(f)
+      gates = gci_BG + Dense(3 * self.con_dim, use_bias=False, kernel_init=per_unit_init(0),
+                             name="con_from_factors")(f)
       c, _ = _GRUStep(self.con_dim, self.clip, name="controller")(c, gates)
       mean, logvar = jnp.split(Dense(2 * self.co_dim, name="co_posterior")(c), 2, axis=-1)
       u = _sample(self, mean, logvar, self.sample)
@@ -527,7 +591,8 @@ class _LFADSStep(nn.Module):
     g, _ = _GRUStep(self.gen_dim, self.clip, name="generator")(
         g, Dense(3 * self.gen_dim, name="gen_input")(gen_in))
     g_drop = nn.Dropout(self.dropout, deterministic=not self.sample)(g)
-    f = Dense(self.latent, use_bias=False, name="factors")(g_drop) * mask_K[None, :]
+    f = Dense(self.latent, use_bias=False, kernel_init=per_unit_init(-1),
+              name="factors")(g_drop) * mask_K[None, :]
     return (g, c, f, u), (f, kl)
 
 
@@ -562,6 +627,10 @@ class LFADS(nn.Module):
   l2_gen_scale: float = 1e-4
   cd_rate: float = 0.0
   warmup_steps: int = 100
+
+  def latent_inputs(self) -> list[tuple[str, ...]]:
+    """Paths of the kernels whose input axis is the factors (see `scale_latent_inputs`)."""
+    return [("readout",)] + ([("decoder", "con_from_factors")] if self.co_dim else [])
 
   def penalty(self, params: Any, losses: dict[str, Any], step: jax.Array, elements: int
               ) -> jax.Array:
@@ -604,7 +673,7 @@ class LFADS(nn.Module):
     _, (f_BTK, kl_BT) = step(self.gen_dim, self.con_dim, self.co_dim, self.latent, self.clip,
                              sample, self.dropout, name="decoder")(carry, gci_BTG, mask_K)
     self.sow("losses", "kl_co", jnp.sum(kl_BT, axis=1))
-    y_BTN = Dense(self.neurons, name="readout")(f_BTK)
+    y_BTN = Dense(self.neurons, kernel_init=per_unit_init(0), name="readout")(f_BTK)
     return y_BTN, f_BTK
 
 

@@ -52,7 +52,7 @@ def init_state(key: jax.Array, latent: Any, learning_rate: Any, weight_decay: An
                model: nn.Module, clip_norm: float, example_x_BTN: jax.Array) -> TrainState:
   """Initial state of one model; vmap it over keys/latents/learning rates for a sweep."""
   init_key, model_key = jax.random.split(key)
-  params = model.init(init_key, example_x_BTN)["params"]
+  params = models.scale_latent_inputs(model, model.init(init_key, example_x_BTN)["params"], latent)
   tx = make_optimizer(learning_rate, weight_decay, clip_norm)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     key=model_key, latent=jnp.asarray(latent, jnp.int32),

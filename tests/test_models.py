@@ -1,5 +1,7 @@
 """LSTM autoencoder: masked latent width equals an unpadded model; reference LSTM; embedding."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -242,3 +244,59 @@ def test_narrow_neurons_equals_the_masked_full_model_on_its_neurons():
     assert kernel[np.asarray(in_i)].any() and not np.delete(kernel, np.asarray(in_i), axis=0).any()
   readout = np.asarray(g_cut["decoder_net"]["readout"]["kernel"])
   assert not np.delete(readout, np.asarray(out_i), axis=1).any()
+
+
+def _init(model, latent, x):
+  st = train.init_state(jax.random.PRNGKey(3), latent, 1e-3, 0.0, model=model, clip_norm=1.0,
+                        example_x_BTN=x)
+  return st.params
+
+
+@pytest.mark.parametrize("decoder", ["lstm", "linear", "mlp"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_a_padded_model_starts_as_the_unpadded_model_whatever_the_padding(decoder, bidirectional):
+  """A model of latent size 3 initialised at padded width 8 or 12 has, on the units it uses
+  (`slice_latent`), exactly the initial weights of an unpadded width-3 model from the same key:
+  adding a larger latent to the grid changes no model's start."""
+  x = _x()
+  small = _init(models.LSTMAutoencoder(N, 3, H, decoder=decoder, bidirectional=bidirectional),
+                3, x)
+  for width in (8, 12):
+    padded = _init(models.LSTMAutoencoder(N, width, H, decoder=decoder,
+                                          bidirectional=bidirectional), 3, x)
+    cut = models.slice_latent(padded, 3)
+    assert jax.tree.structure(cut) == jax.tree.structure(small)
+    for a, b in zip(jax.tree.leaves(cut), jax.tree.leaves(small)):
+      np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("k", [2, 8])
+def test_latent_facing_kernels_have_lecun_scale_of_the_unpadded_width(k):
+  """The readout that reads the latent has variance 1 / k (lecun, fan_in k) for a model of
+  latent size k, whatever the padded width; the encoder's latent kernel 1 / H (fan_in H)."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, 3, 4000))
+  params = _init(models.LSTMAutoencoder(4000, 16, H, decoder="linear"), k, x)
+  readout = np.asarray(params["decoder_net"]["readout"]["kernel"][:k])
+  np.testing.assert_allclose(readout.std(), 1 / np.sqrt(k), rtol=0.05)
+  to_latent = np.asarray(params["encoder"]["to_latent"]["kernel"])
+  np.testing.assert_allclose(to_latent.std(), 1 / np.sqrt(H), rtol=0.15)
+
+
+def test_lfads_and_multiscale_start_the_same_whatever_the_padding():
+  """LFADS (with and without a controller) and the multiscale model give the same initial
+  outputs for a latent size at two padded widths: their factor / band units are drawn per unit
+  and scaled for the size used."""
+  x = _x()
+
+  def out(model, k):
+    return model.apply({"params": _init(model, k, x)}, x, latent_size=k)[0]
+
+  for co_dim in (0, 2):
+    lfads = functools.partial(models.LFADS, neurons=N, gen_dim=8, ic_enc_dim=6, ci_enc_dim=4,
+                              con_dim=4, co_dim=co_dim)
+    np.testing.assert_array_equal(out(lfads(latent=12), 4), out(lfads(latent=4), 4))
+  for decoder in ("linear", "mlp"):
+    ms = functools.partial(models.MultiscaleAutoencoder, neurons=N, hidden=H, decoder=decoder,
+                           decoder_hidden=5)
+    np.testing.assert_allclose(out(ms(latent=6), jnp.array([2, 3])),
+                               out(ms(latent=3), jnp.array([2, 3])), rtol=0, atol=1e-6)

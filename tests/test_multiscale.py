@@ -80,12 +80,13 @@ def test_multiscale_settings_are_checked():
 
 def test_multiscale_sweep_recovers_known_counts_per_band():
   # 4 signals with correlation times around 2 bins and 3 around 50 (make_multiscale), 30 neurons,
-  # 2000 bins; bands tau = 2, 50 and every combination of 0, 3, 4 latents per band (8 models):
+  # 2000 bins; bands tau = 2, 50 and every combination of 0, 3, 4 latents per band (8 models),
+  # 600 steps (at 300, 4 fast latents alone sat at the rule's threshold, 0.95 of the best gain):
   # the rule chooses exactly 4 fast and 3 slow latents, total 7.
   ds = synthetic.make_multiscale(bands=(4, 3), timescales=(2, 50), neurons=30, time=2000,
                                  noise_std=0.5)
   cfg = config.Settings(model="multiscale", timescales=(2, 50), latents=(0, 3, 4), seeds=1,
-                        steps=300, log_every=300, bootstrap=50, baselines=())
+                        steps=600, log_every=600, bootstrap=50, baselines=())
   prep = splits.prepare(ds, cfg)
   with pytest.raises(UserError) as e:
     sweep.build(prep, cfg, batching="by_latent")

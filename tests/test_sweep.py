@@ -124,6 +124,25 @@ def test_sweep_error_falls_until_the_true_dimension():
   assert mse["1", 10] > 0.7 * mse["1", 5]
 
 
+@pytest.mark.parametrize("decoder", ["linear", "lstm"])
+def test_a_latent_added_above_the_grid_changes_no_trained_model(decoder):
+  """Issue 15's grid invariance needs the curve itself not to depend on the grid: the models
+  of latent 1 and 2 train to the same scores whether the grid stops at 2 or goes on to 4 (every
+  model is initialised as its unpadded self; the rest is rounding)."""
+  ds = synthetic.make_synthetic(true_latents=(2,), neurons=10, time=400, seed=1)
+  scores = []
+  for latents in ((1, 2), (1, 2, 4)):
+    cfg = config.Settings(latents=latents, hidden=8, window=10, batch_size=4, steps=20,
+                          log_every=20, decoder=decoder, seeds=2)
+    prep = splits.prepare(ds, cfg)
+    res = results.results_dict(prep, cfg, sweep.run_sweep(prep, cfg, log=lambda s: None))
+    scores.append({(m["latent"], m["seed"]): m["valid_mse"] for m in res["models"]
+                   if m["latent"] <= 2})
+  assert scores[0].keys() == scores[1].keys() and len(scores[0]) == 4
+  for key, value in scores[0].items():
+    np.testing.assert_allclose(scores[1][key], value, rtol=1e-4)
+
+
 def _two_steps_each(prep, cfg, mesh):
   """[(stepper, state, metrics) after two steps] of the vmap and the by_latent stepper."""
   out = []
