@@ -50,13 +50,14 @@ class Shapes(config._Declared):
                              f"{max(self.neuron_counts)}")
 
   def settings(self) -> config.Settings:
-    """The sweep settings of these shapes: no held-out neurons, Gaussian, a causal encoder and
-    no dropout (the models the PyTorch loop and `flops_per_step` describe)."""
+    """The sweep settings of these shapes: no held-out neurons, Gaussian, a causal encoder, no
+    linear skip and no dropout (the models the PyTorch loop and `flops_per_step` describe)."""
     return config.Settings(latents=self.latents, batch_size=self.batch_size, window=self.window,
                            hidden=self.hidden, decoder=self.decoder, unroll=self.unroll,
                            dtype=self.dtype, heldout_neurons=0.0, likelihood="gaussian", steps=1,
                            seeds=self.seeds, neuron_counts=self.neuron_counts,
-                           bidirectional=False, dropout=0.0, model=self.model)
+                           bidirectional=False, dropout=0.0, linear_skip=False,
+                           model=self.model)
 
   def model_neurons(self) -> list[int]:
     """Neurons each model's encoder reads, one entry per (count level, seed) of a layer: the full

@@ -183,6 +183,11 @@ class Settings(_Declared):
                                  "linearly from 0.", check="nonneg_int")
   bidirectional: bool = setting(True, "Add a reverse-time encoder LSTM, so z_t is inferred from "
                                 "the whole window (--nobidirectional: from the past only).")
+  linear_skip: bool = setting(False, "Add a linear path from each time step's input to the "
+                              "latent beside the encoder LSTM (z_t = LSTM(x)_t W + x_t S + b), so "
+                              "PCA's projection is one setting of the weights away: closer to PCA "
+                              "on linear-Gaussian data, but the estimate then leans towards PCA's "
+                              "(docs/dimension.md). Not used by --model=lfads.")
   likelihood: str = setting("auto", "gaussian (MSE), poisson (counts; log-rate readout), or auto: "
                             "poisson for non-negative integer data, else gaussian.",
                             choices=("auto",) + LIKELIHOODS)

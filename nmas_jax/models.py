@@ -89,6 +89,8 @@ def slice_latent(params: Any, k: int) -> Any:
   enc = dict(params["encoder"])
   enc["to_latent"] = {"kernel": enc["to_latent"]["kernel"][..., :k],
                       "bias": enc["to_latent"]["bias"][..., :k]}
+  if "skip" in enc:
+    enc["skip"] = {"kernel": enc["skip"]["kernel"][..., :k]}
   dec = params["decoder_net"]
   path = (("lstm", "input") if "lstm" in dec else ("mlp_hidden",) if "mlp_hidden" in dec
           else ("readout",))
@@ -112,6 +114,8 @@ def narrow_neurons(params: Any, in_I: jax.Array, out_O: jax.Array) -> Any:
       lstm = dict(enc[direction])
       lstm["input"] = {**lstm["input"], "kernel": jnp.take(lstm["input"]["kernel"], in_I, axis=0)}
       enc[direction] = lstm
+  if "skip" in enc:
+    enc["skip"] = {"kernel": jnp.take(enc["skip"]["kernel"], in_I, axis=0)}
   dec = dict(params["decoder_net"])
   dec["readout"] = {"kernel": jnp.take(dec["readout"]["kernel"], out_O, axis=-1),
                     "bias": jnp.take(dec["readout"]["bias"], out_O, axis=-1)}
@@ -309,8 +313,10 @@ class ScanLSTM(nn.Module):
 class Encoder(nn.Module):
   """x [B, T, N] -> latent trajectory z [B, T, K]; units >= latent_size are zeroed.
 
-  Causal by default (z_t depends on x_<=t); `bidirectional` adds a reverse LSTM. The latent
-  units (`bands` blocks of latent / bands) are drawn per unit (`per_unit_init`).
+  Causal by default (z_t depends on x_<=t); `bidirectional` adds a reverse LSTM; `linear_skip`
+  adds a linear map of x_t (z_t = LSTM(x)_t W + x_t S + b), so PCA's projection is one setting
+  of the weights away. The latent units (`bands` blocks of latent / bands) are drawn per unit
+  (`per_unit_init`).
   """
 
   hidden: int
@@ -319,6 +325,7 @@ class Encoder(nn.Module):
   unroll: int = 1
   dtype: Any = jnp.float32
   bands: int = 1
+  linear_skip: bool = False
 
   @nn.compact
   def __call__(self, x_BTN: jax.Array, latent_size: Any = None) -> jax.Array:
@@ -329,6 +336,10 @@ class Encoder(nn.Module):
       h_BTH = jnp.concatenate([h_BTH, back_BTH], axis=-1)
     z_BTK = Dense(self.latent, dtype=self.dtype, kernel_init=per_unit_init(-1, self.bands),
                   name="to_latent")(h_BTH).astype(jnp.float32)
+    if self.linear_skip:
+      z_BTK = z_BTK + Dense(self.latent, use_bias=False, dtype=self.dtype,
+                            kernel_init=per_unit_init(-1, self.bands), name="skip")(
+                                x_BTN).astype(jnp.float32)
     if latent_size is not None:
       z_BTK = z_BTK * latent_mask(self.latent, latent_size)[None, None, :]
     return z_BTK
@@ -379,6 +390,7 @@ class LSTMAutoencoder(nn.Module):
     hidden: LSTM units H of the encoder (and LSTM decoder).
     decoder: "linear", "mlp" or "lstm" (see `Decoder`).
     bidirectional: add a reverse-time encoder LSTM.
+    linear_skip: add a linear path from the input to the latent beside the encoder LSTM.
     decoder_hidden: hidden units of the mlp decoder.
     dropout: rate of dropout on the encoder's input while training (`train=True`, which
       needs a "dropout" rng): neurons dropped at random, so the encoder cannot lean on any one.
@@ -396,10 +408,11 @@ class LSTMAutoencoder(nn.Module):
   decoder_hidden: int = 128
   dropout: float = 0.0
   cd_rate: float = 0.0
+  linear_skip: bool = False
 
   def setup(self):
     self.encoder = Encoder(self.hidden, self.encoder_width(), self.bidirectional, self.unroll,
-                           self.dtype, bands=self.latent_bands())
+                           self.dtype, bands=self.latent_bands(), linear_skip=self.linear_skip)
     self.decoder_net = Decoder(self.neurons, self.hidden, self.decoder, self.unroll, self.dtype,
                                self.decoder_hidden, latent_bands=self.latent_bands())
     self.input_dropout = nn.Dropout(self.dropout)
@@ -488,7 +501,8 @@ def make_model(cfg: Settings, neurons: int) -> nn.Module:
         neurons=neurons, latent=max(cfg.latents), timescales=tuple(cfg.timescales),
         hidden=cfg.hidden, decoder=cfg.decoder, bidirectional=cfg.bidirectional,
         unroll=cfg.unroll, dtype=jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32,
-        decoder_hidden=cfg.decoder_hidden, dropout=cfg.dropout, cd_rate=cfg.cd_rate)
+        decoder_hidden=cfg.decoder_hidden, dropout=cfg.dropout, cd_rate=cfg.cd_rate,
+        linear_skip=cfg.linear_skip)
   if cfg.model == "lfads":
     return LFADS(neurons=neurons, latent=max(cfg.latents), gen_dim=cfg.gen_dim,
                  ic_enc_dim=cfg.ic_enc_dim, ci_enc_dim=cfg.ci_enc_dim, con_dim=cfg.con_dim,
@@ -499,7 +513,7 @@ def make_model(cfg: Settings, neurons: int) -> nn.Module:
                          decoder=cfg.decoder, bidirectional=cfg.bidirectional, unroll=cfg.unroll,
                          dtype=jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32,
                          decoder_hidden=cfg.decoder_hidden, dropout=cfg.dropout,
-                         cd_rate=cfg.cd_rate)
+                         cd_rate=cfg.cd_rate, linear_skip=cfg.linear_skip)
 
 
 # ----------------------------------------------------------------------------

@@ -26,8 +26,10 @@ def _cli(tmp_path, *args):
 @pytest.mark.parametrize("args, check", [
     # model flags, the nonlinear family, a control, another normalisation
     (["--dataset=nonlinear", "--layers=0", "--latents=2,3", "--decoder=mlp", "--seeds=2",
-      "--shuffle_control", "--normalize=none", "--dropout=0.1", "--gain_fraction=0.9"],
+      "--shuffle_control", "--normalize=none", "--dropout=0.1", "--gain_fraction=0.9",
+      "--linear_skip"],
      lambda r: (r["decoder"] == "mlp" and r["layers"] == ["0", "0/shuffled"]
+                and r["config"]["linear_skip"]
                 and set(r["normalize"].values()) == {"none"}
                 and r["true_latent"] == {"0": 3, "0/shuffled": 0}
                 and set(r["shuffle_control"]["layers"]["0"]) >= {"gain", "control_chosen"})),

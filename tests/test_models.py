@@ -22,6 +22,8 @@ def _slice_params(params, k, bidirectional):
   p = jax.tree.map(lambda a: a, params)
   lat = p["encoder"]["to_latent"]
   lat["kernel"], lat["bias"] = lat["kernel"][:, :k], lat["bias"][:k]
+  if "skip" in p["encoder"]:
+    p["encoder"]["skip"]["kernel"] = p["encoder"]["skip"]["kernel"][:, :k]
   dec = p["decoder_net"]
   first = (dec["lstm"]["input"] if "lstm" in dec else dec["mlp_hidden"] if "mlp_hidden" in dec
            else dec["readout"])
@@ -35,11 +37,13 @@ def _loss(model, params, x, k=None):
 
 
 @pytest.mark.parametrize("decoder", ["lstm", "linear", "mlp"])
-@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("bidirectional,linear_skip", [(False, False), (True, False), (False, True)])
 @pytest.mark.parametrize("k", [1, 3, 7])
-def test_padded_model_equals_unpadded(decoder, bidirectional, k):
-  padded = models.LSTMAutoencoder(N, K, H, decoder=decoder, bidirectional=bidirectional)
-  small = models.LSTMAutoencoder(N, k, H, decoder=decoder, bidirectional=bidirectional)
+def test_padded_model_equals_unpadded(decoder, bidirectional, linear_skip, k):
+  padded = models.LSTMAutoencoder(N, K, H, decoder=decoder, bidirectional=bidirectional,
+                                  linear_skip=linear_skip)
+  small = models.LSTMAutoencoder(N, k, H, decoder=decoder, bidirectional=bidirectional,
+                                 linear_skip=linear_skip)
   x = _x()
   params = padded.init(jax.random.PRNGKey(1), x)["params"]
   small_params = _slice_params(params, k, bidirectional)
@@ -60,6 +64,8 @@ def test_padded_model_equals_unpadded(decoder, bidirectional, k):
   # ... and the padded weights get exactly zero gradient.
   lat = g_pad["encoder"]["to_latent"]
   assert np.all(np.asarray(lat["kernel"][:, k:]) == 0) and np.all(np.asarray(lat["bias"][k:]) == 0)
+  if linear_skip:
+    assert np.all(np.asarray(g_pad["encoder"]["skip"]["kernel"][:, k:]) == 0)
   dec = g_pad["decoder_net"]
   first = dec["lstm"]["input"] if decoder == "lstm" else dec["mlp_hidden" if decoder == "mlp" else "readout"]
   assert np.all(np.asarray(first["kernel"][k:]) == 0)
@@ -209,9 +215,10 @@ def test_hand_written_lstm_gradient_in_bfloat16_tracks_float32():
 
 
 @pytest.mark.parametrize("decoder", ["lstm", "linear", "mlp"])
-@pytest.mark.parametrize("bidirectional", [False, True])
-def test_slice_latent_cuts_the_weights_a_small_model_uses(decoder, bidirectional):
-  padded = models.LSTMAutoencoder(N, K, H, decoder=decoder, bidirectional=bidirectional)
+@pytest.mark.parametrize("bidirectional,linear_skip", [(False, False), (True, True)])
+def test_slice_latent_cuts_the_weights_a_small_model_uses(decoder, bidirectional, linear_skip):
+  padded = models.LSTMAutoencoder(N, K, H, decoder=decoder, bidirectional=bidirectional,
+                                  linear_skip=linear_skip)
   params = padded.init(jax.random.PRNGKey(1), _x())["params"]
   cut = models.slice_latent(params, 3)
   expected = _slice_params(params, 3, bidirectional)
@@ -227,7 +234,8 @@ def test_narrow_neurons_equals_the_masked_full_model_on_its_neurons():
   neurons when the full model's other inputs are zero; autodiff through the cut leaves zero
   gradient on the input rows of the other neurons. (Its steps against the masked full-width
   step: tests/test_sweep.py.)"""
-  m = models.LSTMAutoencoder(neurons=9, latent=3, hidden=5, decoder="linear", bidirectional=True)
+  m = models.LSTMAutoencoder(neurons=9, latent=3, hidden=5, decoder="linear", bidirectional=True,
+                             linear_skip=True)
   x = jax.random.normal(jax.random.PRNGKey(1), (2, 6, 9))
   params = m.init(jax.random.PRNGKey(0), x)["params"]
   in_i, out_i = jnp.array([1, 4, 7]), jnp.array([0, 1, 4, 7, 8])
@@ -239,8 +247,9 @@ def test_narrow_neurons_equals_the_masked_full_model_on_its_neurons():
 
   g_cut = jax.grad(lambda p: jnp.sum(cut.apply({"params": models.narrow_neurons(p, in_i, out_i)},
                                                x[..., in_i])[0] ** 2))(params)
-  for direction in ("forward", "backward"):
-    kernel = np.asarray(g_cut["encoder"][direction]["input"]["kernel"])
+  for kernel in (g_cut["encoder"]["forward"]["input"]["kernel"],
+                 g_cut["encoder"]["backward"]["input"]["kernel"], g_cut["encoder"]["skip"]["kernel"]):
+    kernel = np.asarray(kernel)
     assert kernel[np.asarray(in_i)].any() and not np.delete(kernel, np.asarray(in_i), axis=0).any()
   readout = np.asarray(g_cut["decoder_net"]["readout"]["kernel"])
   assert not np.delete(readout, np.asarray(out_i), axis=1).any()
