@@ -292,7 +292,8 @@ class ScanLSTM(nn.Module):
   def __call__(self, x_BTD: jax.Array) -> jax.Array:
     # Time-major before the projection: XLA then moves fewer bytes in transposes.
     gx_TBG = Dense(4 * self.hidden, dtype=self.dtype, bias_init=_gate_bias_init,
-                   kernel_init=self.input_init, name="input")(jnp.swapaxes(x_BTD, 0, 1)).astype(jnp.float32)
+                   kernel_init=self.input_init, name="input")(
+                       jnp.swapaxes(x_BTD, 0, 1)).astype(jnp.float32)
     if self.reverse:
       gx_TBG = gx_TBG[::-1]
     scan = nn.scan(_Recurrence, variable_broadcast="params", split_rngs={"params": False},

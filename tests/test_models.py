@@ -37,7 +37,8 @@ def _loss(model, params, x, k=None):
 
 
 @pytest.mark.parametrize("decoder", ["lstm", "linear", "mlp"])
-@pytest.mark.parametrize("bidirectional,linear_skip", [(False, False), (True, False), (False, True)])
+@pytest.mark.parametrize("bidirectional,linear_skip",
+                         [(False, False), (True, False), (False, True)])
 @pytest.mark.parametrize("k", [1, 3, 7])
 def test_padded_model_equals_unpadded(decoder, bidirectional, linear_skip, k):
   padded = models.LSTMAutoencoder(N, K, H, decoder=decoder, bidirectional=bidirectional,
@@ -247,8 +248,9 @@ def test_narrow_neurons_equals_the_masked_full_model_on_its_neurons():
 
   g_cut = jax.grad(lambda p: jnp.sum(cut.apply({"params": models.narrow_neurons(p, in_i, out_i)},
                                                x[..., in_i])[0] ** 2))(params)
-  for kernel in (g_cut["encoder"]["forward"]["input"]["kernel"],
-                 g_cut["encoder"]["backward"]["input"]["kernel"], g_cut["encoder"]["skip"]["kernel"]):
+  enc = g_cut["encoder"]
+  for kernel in (enc["forward"]["input"]["kernel"], enc["backward"]["input"]["kernel"],
+                 enc["skip"]["kernel"]):
     kernel = np.asarray(kernel)
     assert kernel[np.asarray(in_i)].any() and not np.delete(kernel, np.asarray(in_i), axis=0).any()
   readout = np.asarray(g_cut["decoder_net"]["readout"]["kernel"])
