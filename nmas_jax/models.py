@@ -32,6 +32,11 @@ def latent_mask(width: int, latent_size: Any) -> jax.Array:
   return (jnp.arange(width) < latent_size).astype(jnp.float32)
 
 
+# The decoder's kernel that reads z, by decoder kind (within "decoder_net"). In this order, the
+# first whose module a decoder's params hold is the one (every kind has a "readout").
+_READS_Z = {"lstm": ("lstm", "input"), "mlp": ("mlp_hidden",), "linear": ("readout",)}
+
+
 def per_unit_init(axis: int, bands: int = 1):
   """A kernel initializer that draws each latent unit's slice along `axis` from its own key.
 
@@ -92,8 +97,7 @@ def slice_latent(params: Any, k: int) -> Any:
   if "skip" in enc:
     enc["skip"] = {"kernel": enc["skip"]["kernel"][..., :k]}
   dec = params["decoder_net"]
-  path = (("lstm", "input") if "lstm" in dec else ("mlp_hidden",) if "mlp_hidden" in dec
-          else ("readout",))
+  path = next(p for p in _READS_Z.values() if p[0] in dec)
   dec = _update(dec, path, lambda kernel: kernel[..., :k, :])
   return {**params, "encoder": enc, "decoder_net": dec}
 
@@ -428,8 +432,7 @@ class LSTMAutoencoder(nn.Module):
 
   def latent_inputs(self) -> list[tuple[str, ...]]:
     """Paths of the kernels whose input axis is the latent (see `scale_latent_inputs`)."""
-    return [("decoder_net",) + {"lstm": ("lstm", "input"), "mlp": ("mlp_hidden",)}.get(
-        self.decoder, ("readout",))]
+    return [("decoder_net",) + _READS_Z[self.decoder]]
 
   def encode(self, x_BTN: jax.Array, latent_size: Any = None) -> jax.Array:
     return self.encoder(x_BTN, latent_size)
