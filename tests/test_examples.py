@@ -31,7 +31,8 @@ def test_quickstart_a_reduced_default_sweep_recovers_the_true_dimensions(tmp_pat
   expected = [min(k for k in grid if k >= t) for t in synthetic.LINEAR_TRUE_LATENTS]
   assert chosen == dict(zip(("0", "1", "2"), expected)) == {"0": 10, "1": 25, "2": 50}
   shape = ast.literal_eval(re.search(r"latent trajectory of layer 1: (\(.*\))", out).group(1))
-  assert shape == (2000, chosen["1"])  # [time, chosen latent] of layer 1
+  # [time, chosen latent] of layer 1
+  assert shape == (synthetic.make_linear_gaussian().num_time, chosen["1"])
   assert (tmp_path / "quickstart_sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
