@@ -14,7 +14,9 @@ whose linear dimension exceeds the truth), the choice, its interval, the
 knee, one-SE, the detectable latent, PCA's and FA's choices by the same rule,
 and, where the generator's noiseless signal is known (Lorenz), the oracle: the
 rule on the gain curve of the true signal's best rank-k summary
-(`nmas_jax.dimension.oracle_gains`); then the runtime.
+(`nmas_jax.dimension.oracle_gains`); then the runtime. Each printed line also
+gives the chosen model's test-block score against PCA's and FA's at the same
+size (`test_model`, `test_pca`, `test_fa`; not in the table).
 With --write, the table replaces the one between the markers in
 docs/dimension.md.
 
@@ -119,7 +121,10 @@ def run_one(family: str, decoder: str, grid, log) -> list[dict]:
                      pca=r["baseline_optimal_latent"]["pca"][layer],
                      fa=r["baseline_optimal_latent"]["fa"][layer], oracle=oracle,
                      seconds=round(seconds)))
-    log(" | ".join(f"{k}={v}" for k, v in rows[-1].items()))
+    # Printed, not in the table: the chosen model against PCA and FA on the test block.
+    tc = r["test_comparison"][layer]
+    test = {f"test_{m}": "-" if tc.get(m) is None else f"{tc[m]:.4g}" for m in ("model", "pca", "fa")}
+    log(" | ".join(f"{k}={v}" for k, v in {**rows[-1], "test_metric": tc["metric"], **test}.items()))
   return rows
 
 
