@@ -101,12 +101,18 @@ class Progress:
     now = self.clock()
     rate = (loop.step - self._last[1]) / max(now - self._last[0], 1e-9)
     self._last = (now, loop.step)
-    key = "valid/cosmooth_mse" if "valid/cosmooth_mse" in out.valid else "valid/loss"
+    # The held-out score the sweep selects on: squared error, or Poisson NLL for counts.
+    poisson = loop.built.prep.likelihood == "poisson"
+    key = (("valid/cosmooth_loss" if poisson else "valid/cosmooth_mse")
+           if "valid/cosmooth_mse" in out.valid else "valid/loss")
+    label = {"valid/cosmooth_loss": "held-out Poisson NLL",
+             "valid/loss": "validation Poisson NLL" if poisson else "validation loss"
+             }.get(key, key.replace("valid/", "held-out "))
     ok = np.isfinite(out.valid["valid/loss"])
     best = int(np.argmin(np.where(ok, out.valid[key], np.inf))) if ok.any() else 0
     steps = loop.cfg.steps
     self.log(f"step {loop.step}/{steps}  {rate:.2f} steps/s  ETA {fmt_time((steps - loop.step) / rate)}  "
-             f"best {key.replace('valid/', 'held-out ')} {out.valid[key][best]:.4g} "
+             f"best {label} {out.valid[key][best]:.4g} "
              f"({loop.built.table.describe(best, self.layer_names)})")
 
 

@@ -49,6 +49,9 @@ def test_flag_families_run_end_to_end_on_built_in_data(tmp_path, args, check):
   assert r.returncode == 0, r.stderr[-3000:]
   res = json.loads((workdir / "results.json").read_text())
   assert res["complete"] and check(res)
+  # Progress lines name the held-out score the sweep selects on: Poisson NLL for counts.
+  want = "Poisson NLL" if res["likelihood"] == "poisson" else "cosmooth_mse"
+  assert f"best held-out {want} " in r.stdout
   report = (workdir / "report.md").read_text()
   for block in ("(validation block)", "(test block)", "time blocks: train"):
     assert block in report
