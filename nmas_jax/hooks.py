@@ -83,8 +83,8 @@ class NanStop:
 class Progress:
   """At each evaluation: one line with the rate, ETA and best model so far.
 
-  Models are ranked by co-smoothing error when neurons are held out (the
-  metric the dimension estimate uses), else by the held-out loss.
+  Models are ranked by the held-out neurons' score that the dimension estimate
+  uses (squared error; Poisson NLL for counts), else by the validation loss.
   """
 
   def __init__(self, log: Callable[[str], None], layer_names: Sequence[str] | None,
