@@ -500,24 +500,20 @@ class MultiscaleAutoencoder(LSTMAutoencoder):
 def make_model(cfg: Settings, neurons: int) -> nn.Module:
   """The padded model every model of a sweep shares (width = the largest latent; per band for
   multiscale)."""
-  if cfg.model == "multiscale":
-    return MultiscaleAutoencoder(
-        neurons=neurons, latent=max(cfg.latents), timescales=tuple(cfg.timescales),
-        hidden=cfg.hidden, decoder=cfg.decoder, bidirectional=cfg.bidirectional,
-        unroll=cfg.unroll, dtype=jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32,
-        decoder_hidden=cfg.decoder_hidden, dropout=cfg.dropout, cd_rate=cfg.cd_rate,
-        linear_skip=cfg.linear_skip)
   if cfg.model == "lfads":
     return LFADS(neurons=neurons, latent=max(cfg.latents), gen_dim=cfg.gen_dim,
                  ic_enc_dim=cfg.ic_enc_dim, ci_enc_dim=cfg.ci_enc_dim, con_dim=cfg.con_dim,
                  co_dim=cfg.co_dim, dropout=cfg.dropout, kl_ic_scale=cfg.kl_ic_scale,
                  kl_co_scale=cfg.kl_co_scale, l2_gen_scale=cfg.l2_gen_scale, cd_rate=cfg.cd_rate,
                  warmup_steps=cfg.kl_warmup_steps)
-  return LSTMAutoencoder(neurons=neurons, latent=max(cfg.latents), hidden=cfg.hidden,
-                         decoder=cfg.decoder, bidirectional=cfg.bidirectional, unroll=cfg.unroll,
-                         dtype=jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32,
-                         decoder_hidden=cfg.decoder_hidden, dropout=cfg.dropout,
-                         cd_rate=cfg.cd_rate, linear_skip=cfg.linear_skip)
+  autoencoder = dict(neurons=neurons, latent=max(cfg.latents), hidden=cfg.hidden,
+                     decoder=cfg.decoder, bidirectional=cfg.bidirectional, unroll=cfg.unroll,
+                     dtype=jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32,
+                     decoder_hidden=cfg.decoder_hidden, dropout=cfg.dropout, cd_rate=cfg.cd_rate,
+                     linear_skip=cfg.linear_skip)
+  if cfg.model == "multiscale":
+    return MultiscaleAutoencoder(timescales=tuple(cfg.timescales), **autoencoder)
+  return LSTMAutoencoder(**autoencoder)
 
 
 # ----------------------------------------------------------------------------
