@@ -468,15 +468,37 @@ def leaky_integrate(u_BTK: jax.Array, decay_K: jax.Array) -> jax.Array:
   return jnp.swapaxes(z_TBK, 0, 1)
 
 
+def bounded_follow(v_BTK: jax.Array, decay_K: jax.Array) -> jax.Array:
+  """Leaky integrators whose bounded innovations step toward the encoder's proposal v:
+  z_0 = tanh(v_0), z_t = a z_{t-1} + (1 - a) u_t with u_t = tanh((v_t - a z_{t-1}) / (1 - a)).
+
+  The same trajectories as `leaky_integrate` of innovations in [-1, 1] (|u_t| <= 1, so a unit
+  moves at most 2 (1 - a) per bin), but where the unit can keep up, z_t is about v_t: the
+  encoder says where a unit should be rather than how fast it should move, so a slow unit's
+  gradient does not pass through the factor 1 - a."""
+  a_1K = decay_K[None, :]
+
+  def step(z_BK, v_BK):
+    z_BK = a_1K * z_BK + (1.0 - a_1K) * jnp.tanh((v_BK - a_1K * z_BK) / (1.0 - a_1K))
+    return z_BK, z_BK
+
+  v_TBK = jnp.swapaxes(v_BTK, 0, 1)
+  z0_BK = jnp.tanh(v_TBK[0])
+  _, z_TBK = jax.lax.scan(step, z0_BK, v_TBK[1:])
+  return jnp.swapaxes(jnp.concatenate([z0_BK[None], z_TBK], axis=0), 0, 1)
+
+
 class MultiscaleAutoencoder(LSTMAutoencoder):
   """The autoencoder with latents in bands of fixed time constants: x [B, T, N] -> (y [B, T, N],
   z [B, T, bands * latent]).
 
-  The encoder emits bounded innovations (tanh, one per unit); band b's units are leaky
-  integrators of theirs with time constant `timescales[b]` bins (`leaky_integrate`), so a unit
-  moves at most 2 (1 - a) of its range per bin (about 2 / tau) and a slow unit cannot follow fast
-  changes. `latent` is each
-  band's padded width; `latent_size` [bands] masks band b to its first counts[b] units (a padded
+  Band b's units are leaky integrators with time constant `timescales[b]` bins of bounded
+  innovations (in [-1, 1]), so a unit moves at most 2 (1 - a) of its range per bin (about
+  2 / tau) and a slow unit cannot follow fast changes. The encoder proposes where each unit
+  should be and the innovation is the bounded step toward it (`bounded_follow`): proposing
+  the innovations themselves (`leaky_integrate` of tanh) made a slow unit's gradient pass
+  through 1 - a, and slow units trained far worse than fast ones (docs/dimension.md).
+  `latent` is each band's padded width; `latent_size` [bands] masks band b to its first counts[b] units (a padded
   model equals an unpadded one). The decoder reads all bands' units.
   """
 
@@ -492,9 +514,9 @@ class MultiscaleAutoencoder(LSTMAutoencoder):
   def encode(self, x_BTN: jax.Array, latent_size: Any = None) -> jax.Array:
     counts = (jnp.full(len(self.timescales), self.latent) if latent_size is None
               else jnp.asarray(latent_size))
-    u_BTK = jnp.tanh(self.encoder(x_BTN)) * band_mask(self.latent, counts)[None, None, :]
     decay_K = jnp.repeat(jnp.exp(-1.0 / jnp.asarray(self.timescales, jnp.float32)), self.latent)
-    return leaky_integrate(u_BTK, decay_K)
+    z_BTK = bounded_follow(self.encoder(x_BTN), decay_K)
+    return z_BTK * band_mask(self.latent, counts)[None, None, :]
 
 
 def make_model(cfg: Settings, neurons: int) -> nn.Module:

@@ -21,18 +21,44 @@ def test_leaky_integration_matches_a_loop_and_a_slow_unit_moves_slowly():
   np.testing.assert_allclose(z, ref, rtol=1e-5, atol=1e-6)
   # Innovations in [-1, 1]: a unit with time constant tau moves at most 2 (1 - a) per bin.
   assert np.all(np.abs(np.diff(z, axis=1)) <= 2 * (1 - a) + 1e-6)
-  # A model's band output is that integrator of its bounded innovations.
+
+
+def test_band_units_follow_the_encoder_with_bounded_innovations():
+  a = np.exp(-1.0 / np.array([2.0, 50.0], np.float32))
+  rng = np.random.default_rng(1)
+  v = rng.standard_normal((2, 60, 2)).astype(np.float32)
+  z = np.asarray(models.bounded_follow(jnp.asarray(v), jnp.asarray(a)))
+  ref = np.empty_like(v)  # the recurrence written out
+  ref[:, 0] = np.tanh(v[:, 0])
+  for t in range(1, 60):
+    ref[:, t] = a * ref[:, t - 1] + (1 - a) * np.tanh((v[:, t] - a * ref[:, t - 1]) / (1 - a))
+  np.testing.assert_allclose(z, ref, rtol=1e-4, atol=1e-5)
+  # It is a leaky integrator (leaky_integrate) of innovations in [-1, 1].
+  u = np.concatenate([z[:, :1], (z[:, 1:] - a * z[:, :-1]) / (1 - a)], axis=1)
+  assert np.abs(u).max() <= 1 + 1e-4
+  np.testing.assert_allclose(models.leaky_integrate(jnp.asarray(u), jnp.asarray(a)), z,
+                             rtol=1e-4, atol=1e-5)
+  # A slow proposal (period 400 bins) is followed by both bands; one that alternates sign every
+  # bin moves the slow unit (tau 50) by at most 2 (1 - a) = 0.04 per bin.
+  t = np.arange(400)
+  slow = np.repeat(0.5 * np.sin(2 * np.pi * t / 400)[None, :, None], 2, axis=2).astype(np.float32)
+  z_slow = np.asarray(models.bounded_follow(jnp.asarray(slow), jnp.asarray(a)))
+  assert np.abs(z_slow - slow).max() < 0.02
+  fast = np.repeat((0.5 * (-1.0) ** t)[None, :, None], 2, axis=2).astype(np.float32)
+  z_fast = np.asarray(models.bounded_follow(jnp.asarray(fast), jnp.asarray(a)))
+  assert np.abs(np.diff(z_fast[0, :, 1])).max() <= 2 * (1 - a[1]) + 1e-6
+  assert np.abs(z_fast[0, 100:, 1]).max() < 0.1 < np.abs(z_fast[0, 100:, 0]).max()
+  # A model's band output is that follower of its encoder's proposals.
   model = models.MultiscaleAutoencoder(neurons=3, latent=1, timescales=(1, 50), hidden=4)
   x = jnp.asarray(rng.standard_normal((2, 40, 3)), jnp.float32)
   params = model.init(jax.random.PRNGKey(0), x)["params"]
   z_model = model.apply({"params": params}, x, method=model.encode)
-  h = model.apply({"params": params}, x, method=lambda m, x: m.encoder(x))
-  u_model = np.tanh(np.asarray(h))
+  h = np.asarray(model.apply({"params": params}, x, method=lambda m, x: m.encoder(x)))
   a2 = np.exp(-1.0 / np.array([1.0, 50.0], np.float32))
-  ref2 = np.empty(u_model.shape, np.float32)
-  ref2[:, 0] = u_model[:, 0]
+  ref2 = np.empty(h.shape, np.float32)
+  ref2[:, 0] = np.tanh(h[:, 0])
   for t in range(1, 40):
-    ref2[:, t] = a2 * ref2[:, t - 1] + (1 - a2) * u_model[:, t]
+    ref2[:, t] = a2 * ref2[:, t - 1] + (1 - a2) * np.tanh((h[:, t] - a2 * ref2[:, t - 1]) / (1 - a2))
   np.testing.assert_allclose(z_model, ref2, rtol=1e-4, atol=1e-5)
 
 
