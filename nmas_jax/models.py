@@ -637,8 +637,9 @@ class LFADS(nn.Module):
   controller GRU infers inputs of size `co_dim`, a generator GRU unrolls, and factors of width
   `latent` (masked to `latent_size`, so a padded model equals an unpadded one) are read out to
   log-rates (Poisson) or means (Gaussian): y [B, T, N]. Dropout (rate `dropout`) acts on the
-  encoders' inputs and outputs, the initial condition and the generator state before the
-  factors, never on a factor-width tensor, so padding changes no random draw.
+  encoders' inputs and outputs and the generator state before the factors (as lfads-torch; not
+  on the initial condition, which would perturb the whole generated trajectory), never on a
+  factor-width tensor, so padding changes no random draw.
 
   `__call__(x_BTN, latent_size=None, sample=False) -> (y_BTN, factors_BTK)`. With `sample`
   (or `train`, as the sweep's train step calls models),
@@ -692,7 +693,7 @@ class LFADS(nn.Module):
     prior_logvar = self.param("ic_prior_logvar", nn.initializers.constant(jnp.log(0.1)),
                               (self.gen_dim,))
     self.sow("losses", "kl_ic", _gaussian_kl(ic_mean, ic_logvar, prior_mean[None], prior_logvar[None]))
-    g0 = drop(_sample(self, ic_mean, ic_logvar, sample))
+    g0 = _sample(self, ic_mean, ic_logvar, sample)  # no dropout: it would perturb the whole trajectory
     if self.co_dim:
       ci_f, _ = ScanGRU(self.ci_enc_dim, clip=self.clip, name="ci_enc_fwd")(x)
       ci_b, _ = ScanGRU(self.ci_enc_dim, reverse=True, clip=self.clip, name="ci_enc_bwd")(x)
