@@ -48,7 +48,7 @@ def step(params, opt, i):
   return optax.apply_updates(params, updates), opt, value
 
 
-steps = 120 if quick else 1000
+steps = 300 if quick else 1000
 for i in range(steps):
   params, opt, value = step(params, opt, i)
   if (i + 1) % (steps // 4) == 0:

@@ -83,7 +83,7 @@ def test_stringer_config_flags_run_on_a_stringer_format_file(tmp_path):
 
 
 def test_lfads_lorenz_example_predicts_held_out_trials_better_than_the_mean_rate(tmp_path):
-  """LFADS in a plain optax loop (120 steps in the quick mode): 3 factors per held-out trial, and
+  """LFADS in a plain optax loop (300 steps in the quick mode): 3 factors per held-out trial, and
   the held-out trials' spikes are better predicted than by each neuron's mean rate."""
   out = _example("lfads_lorenz.py", tmp_path)
   assert ast.literal_eval(re.search(r"factors: (\(.*\))", out).group(1)) == (40, 50, 3)
