@@ -498,8 +498,8 @@ class MultiscaleAutoencoder(LSTMAutoencoder):
   should be and the innovation is the bounded step toward it (`bounded_follow`): proposing
   the innovations themselves (`leaky_integrate` of tanh) made a slow unit's gradient pass
   through 1 - a, and slow units trained far worse than fast ones (docs/dimension.md).
-  `latent` is each band's padded width; `latent_size` [bands] masks band b to its first counts[b] units (a padded
-  model equals an unpadded one). The decoder reads all bands' units.
+  `latent` is each band's padded width; `latent_size` [bands] masks band b to its first
+  counts[b] units (a padded model equals an unpadded one). The decoder reads all bands' units.
   """
 
   timescales: tuple[int, ...] = (2, 50)
@@ -693,7 +693,7 @@ class LFADS(nn.Module):
     prior_logvar = self.param("ic_prior_logvar", nn.initializers.constant(jnp.log(0.1)),
                               (self.gen_dim,))
     self.sow("losses", "kl_ic", _gaussian_kl(ic_mean, ic_logvar, prior_mean[None], prior_logvar[None]))
-    g0 = _sample(self, ic_mean, ic_logvar, sample)  # no dropout: it would perturb the whole trajectory
+    g0 = _sample(self, ic_mean, ic_logvar, sample)  # no dropout: it would move the whole trajectory
     if self.co_dim:
       ci_f, _ = ScanGRU(self.ci_enc_dim, clip=self.clip, name="ci_enc_fwd")(x)
       ci_b, _ = ScanGRU(self.ci_enc_dim, reverse=True, clip=self.clip, name="ci_enc_bwd")(x)

@@ -23,16 +23,21 @@ def test_leaky_integration_matches_a_loop_and_a_slow_unit_moves_slowly():
   assert np.all(np.abs(np.diff(z, axis=1)) <= 2 * (1 - a) + 1e-6)
 
 
+def _follow_loop(v_BTK: np.ndarray, a_K: np.ndarray) -> np.ndarray:
+  """models.bounded_follow's recurrence written out as a loop."""
+  z = np.empty_like(v_BTK)
+  z[:, 0] = np.tanh(v_BTK[:, 0])
+  for t in range(1, v_BTK.shape[1]):
+    z[:, t] = a_K * z[:, t - 1] + (1 - a_K) * np.tanh((v_BTK[:, t] - a_K * z[:, t - 1]) / (1 - a_K))
+  return z
+
+
 def test_band_units_follow_the_encoder_with_bounded_innovations():
   a = np.exp(-1.0 / np.array([2.0, 50.0], np.float32))
   rng = np.random.default_rng(1)
   v = rng.standard_normal((2, 60, 2)).astype(np.float32)
   z = np.asarray(models.bounded_follow(jnp.asarray(v), jnp.asarray(a)))
-  ref = np.empty_like(v)  # the recurrence written out
-  ref[:, 0] = np.tanh(v[:, 0])
-  for t in range(1, 60):
-    ref[:, t] = a * ref[:, t - 1] + (1 - a) * np.tanh((v[:, t] - a * ref[:, t - 1]) / (1 - a))
-  np.testing.assert_allclose(z, ref, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(z, _follow_loop(v, a), rtol=1e-4, atol=1e-5)
   # It is a leaky integrator (leaky_integrate) of innovations in [-1, 1].
   u = np.concatenate([z[:, :1], (z[:, 1:] - a * z[:, :-1]) / (1 - a)], axis=1)
   assert np.abs(u).max() <= 1 + 1e-4
@@ -55,11 +60,7 @@ def test_band_units_follow_the_encoder_with_bounded_innovations():
   z_model = model.apply({"params": params}, x, method=model.encode)
   h = np.asarray(model.apply({"params": params}, x, method=lambda m, x: m.encoder(x)))
   a2 = np.exp(-1.0 / np.array([1.0, 50.0], np.float32))
-  ref2 = np.empty(h.shape, np.float32)
-  ref2[:, 0] = np.tanh(h[:, 0])
-  for t in range(1, 40):
-    ref2[:, t] = a2 * ref2[:, t - 1] + (1 - a2) * np.tanh((h[:, t] - a2 * ref2[:, t - 1]) / (1 - a2))
-  np.testing.assert_allclose(z_model, ref2, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(z_model, _follow_loop(h, a2), rtol=1e-4, atol=1e-5)
 
 
 def test_padded_multiscale_model_equals_unpadded():
