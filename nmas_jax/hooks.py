@@ -103,11 +103,12 @@ class Progress:
     self._last = (now, loop.step)
     # The held-out score the sweep selects on: squared error, or Poisson NLL for counts.
     poisson = loop.built.prep.likelihood == "poisson"
-    key = (("valid/cosmooth_loss" if poisson else "valid/cosmooth_mse")
-           if "valid/cosmooth_mse" in out.valid else "valid/loss")
-    label = {"valid/cosmooth_loss": "held-out Poisson NLL",
-             "valid/loss": "validation Poisson NLL" if poisson else "validation loss"
-             }.get(key, key.replace("valid/", "held-out "))
+    if "valid/cosmooth_mse" not in out.valid:  # no held-out neurons
+      key, label = "valid/loss", "validation Poisson NLL" if poisson else "validation loss"
+    elif poisson:
+      key, label = "valid/cosmooth_loss", "held-out Poisson NLL"
+    else:
+      key, label = "valid/cosmooth_mse", "held-out cosmooth_mse"
     ok = np.isfinite(out.valid["valid/loss"])
     best = int(np.argmin(np.where(ok, out.valid[key], np.inf))) if ok.any() else 0
     steps = loop.cfg.steps
