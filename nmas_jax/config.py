@@ -202,6 +202,9 @@ class Settings(_Declared):
   window: int = setting(50, "Window length in time bins (after --bin).", check="positive_int")
   learning_rate: float = setting(3e-3, "AdamW learning rate.", check="positive")
   weight_decay: float = setting(0.0, "AdamW weight decay.", check="nonneg")
+  lr_half_life: int = setting(0, "Steps over which the learning rate halves (exponential decay "
+                              "from the step count alone, so raising --steps and resuming still "
+                              "equals a longer run); 0: constant.", check="nonneg_int")
   dropout: float = setting(0.2, "Dropout rate on the encoder's input while training.",
                            check="[0,1)")
   clip_norm: float = setting(1.0, "Global gradient-norm clip.", check="positive")
@@ -282,8 +285,8 @@ class DataSettings(_Declared):
   dataset: str = setting("synthetic", "The data: built-in families with known answers "
                          "(synthetic: linear-Gaussian layers of dimension 7, 18, 40; nonlinear: a "
                          "saturating readout of 3, 6, 12 signals; lorenz: Poisson counts of 3-D "
-                         "Lorenz latents; lorenz_trials: the same in short trials from many "
-                         "initial conditions, the LFADS benchmark, with the true rates for "
+                         "Lorenz latents; lorenz_trials: the same, whitened, in short trials from "
+                         "many initial conditions, the LFADS benchmark, with the true rates for "
                          "rates_r2; independent: nothing shared; multiscale: 4 signals with "
                          "correlation times around 2 bins and 3 around 50), or a recording.",
                          choices=DATASETS)

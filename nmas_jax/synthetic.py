@@ -148,32 +148,47 @@ def make_lorenz(*, neurons: int = 60, time: int = 6000, layers: int = 1,
                  counts=True, rates_LTN=np.stack(rates).astype(np.float32))
 
 
+def _standardise(centred_T3: np.ndarray, whiten: bool) -> np.ndarray:
+  """[3, 3] map from centred states to unit-variance coordinates: each coordinate z-scored, or
+  (`whiten`) the principal axes at unit variance, each axis signed so that its largest entry is
+  positive (the same data on every LAPACK)."""
+  cov = centred_T3.T @ centred_T3 / len(centred_T3)
+  if not whiten:
+    return np.diag(1.0 / np.sqrt(np.diag(cov)))
+  var, axes = np.linalg.eigh(cov)
+  axes *= np.sign(axes[np.abs(axes).argmax(axis=0), np.arange(3)])
+  return axes / np.sqrt(var)
+
+
 def make_lorenz_trials(*, trials: int = 600, time: int = 50, neurons: int = 40, layers: int = 1,
                        rate_range: tuple[float, float] = (0.1, 0.5), gain: float = 1.0,
-                       seed: int = 0) -> Dataset:
+                       whiten: bool = True, seed: int = 0) -> Dataset:
   """The LFADS paper's Lorenz benchmark shape: many short trials, each from its own initial
   condition on the attractor, Poisson counts through an exp link with per-neuron baselines.
 
-  Trial starts are random points of one long trajectory (after burn-in); states are z-scored with
-  that trajectory's statistics; log rate = b_n + gain * w_n . z(t) as `make_lorenz`. The time axis
+  Trial starts are random points of one long trajectory (after burn-in); states are whitened with
+  that trajectory's statistics (rotated onto its principal axes at unit variance, as
+  `make_lorenz(whiten=True)`); log rate = b_n + gain * w_n . z(t) as `make_lorenz`. The time axis
   is the trials laid end to end (`Dataset.trial_length` = `time`); the true rates are kept
-  (`Dataset.rates_LTN`). True dimension 3.
+  (`Dataset.rates_LTN`). True dimension 3, and all three directions matter: with `whiten=False`
+  (each coordinate z-scored, x and y correlated) the third direction carries so little that the
+  dimension rule applied to the true rates (`dimension.oracle_gains`) answers 2 (docs/dimension.md).
   """
   rng = np.random.default_rng(seed)
   out, rates = [], []
   for _ in range(layers):
     start = rng.normal(0.0, 1.0, (1, 3)) + np.array([0.0, 1.0, 25.0])
     long_T3 = _lorenz_run(start, 20 * trials, burn_in=500)[:, 0]
-    mean, std = long_T3.mean(axis=0), long_T3.std(axis=0)
+    mean = long_T3.mean(axis=0)
     starts = long_T3[rng.choice(len(long_T3), trials, replace=False)]
-    z_TR3 = (_lorenz_run(starts, time) - mean) / std  # [time, trials, 3]
+    z_TR3 = (_lorenz_run(starts, time) - mean) @ _standardise(long_T3 - mean, whiten)  # [time, trials, 3]
     w_3N, log_base_N = _lorenz_readout(rng, neurons, rate_range)
     rate = np.exp(log_base_N + gain * z_TR3.transpose(1, 0, 2) @ w_3N).reshape(trials * time, neurons)
     out.append(rng.poisson(rate).astype(np.float64))
     rates.append(rate)
   names = tuple(str(i) for i in range(layers))
   meta = dict(trials=trials, trial_length=time, neurons=neurons, rate_range=list(rate_range),
-              gain=gain, seed=seed, family="iii: Poisson, exp link of Lorenz latents, in trials",
+              gain=gain, whiten=whiten, seed=seed, family="iii: Poisson, exp link of Lorenz latents, in trials",
               generator="Lorenz (10, 28, 8/3), RK4 dt=0.01, bin = 3 steps, one random initial "
                         "condition on the attractor per trial, Poisson(exp(b_n + linear))")
   return Dataset(np.stack(out).astype(np.float32), names, "lorenz_trials", {n: 3 for n in names},
