@@ -178,13 +178,16 @@ def _to_table(parts: Sequence[Any], inverse: np.ndarray) -> Any:
   return jax.tree.map(lambda *p: jnp.concatenate(p)[inverse], *parts)
 
 
-def _one_model_shapes(model, latent: int) -> train.TrainState:
-  """Abstract state (shapes, dtypes) of ONE model of `model`'s kind at latent width `latent`."""
+def _one_model_shapes(model, latent: int, tx) -> train.TrainState:
+  """Abstract state (shapes, dtypes) of ONE model of `model`'s kind at latent width `latent`,
+  its optimizer state that of the stepper's own `tx`."""
   m = model.clone(latent=latent)
   x = jax.ShapeDtypeStruct((1, 1, m.neurons), jnp.float32)
-  return jax.eval_shape(
-      lambda key, x: train.init_state(key, latent, 1e-3, 0.0, model=m, clip_norm=1.0,
-                                      example_x_BTN=x), jax.random.PRNGKey(0), x)
+
+  def one(key, x):
+    s = train.init_state(key, latent, 1e-3, 0.0, model=m, clip_norm=1.0, example_x_BTN=x)
+    return s.replace(opt_state=tx.init(s.params))
+  return jax.eval_shape(one, jax.random.PRNGKey(0), x)
 
 
 def narrows(model) -> bool:
@@ -321,12 +324,12 @@ class ByLatentStepper:
     self._args = [(x_on[dev], jax.device_put(tuple(level_args(c) for c, _, _ in sg), dev))
                   for sg, dev in zip(segs, self.devices)]
     self._merge = jax.jit(lambda m: _to_table([p for chunk in m for p in chunk], self._inverse))
-    self._build_layout(model, latents, index, mesh)
+    self._build_layout(model, tx, latents, index, mesh)
 
-  def _build_layout(self, model, latents, index, mesh) -> None:
+  def _build_layout(self, model, tx, latents, index, mesh) -> None:
     groups = len(index[0][0])
-    padded = _one_model_shapes(model, model.latent)
-    own = [_one_model_shapes(model, k) for k in latents]
+    padded = _one_model_shapes(model, model.latent, tx)
+    own = [_one_model_shapes(model, k, tx) for k in latents]
     flat = [(i, j) for level in index for j, i in enumerate(level)]  # (table indices, latent j)
     drop = (lambda a: a) if groups > 1 else (lambda a: a[0])  # the groups axis of size 1
     with_groups = (lambda a: a) if groups > 1 else (lambda a: a[None])

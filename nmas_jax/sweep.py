@@ -91,7 +91,7 @@ def build(prep: splits.Prepared, cfg: Settings, *, mesh=None, batching: str = "a
   table = real.padded(sharding.padded_size(len(real), mesh))
   placed = prep.place(mesh, table.layer, table.seed, table.count)
   model = models.make_model(cfg, prep.num_neurons)
-  tx = train.make_optimizer(clip_norm=cfg.clip_norm)
+  tx = train.make_optimizer(clip_norm=cfg.clip_norm, lr_half_life=cfg.lr_half_life)
   step = stepper.make_stepper(batching, model, tx, prep, placed, table, mesh, lanes)
   return Built(prep, cfg, table, len(real), mesh, placed, model, step)
 

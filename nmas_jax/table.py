@@ -90,7 +90,7 @@ def init_states(cfg: Settings, table: ModelTable, neurons: int, out_sharding: An
       jnp.asarray(table.seed), jnp.asarray(table.layer))
   example = jnp.zeros((1, cfg.window, neurons), jnp.float32)
   init = functools.partial(train.init_state, model=model, clip_norm=cfg.clip_norm,
-                           example_x_BTN=example)
+                           lr_half_life=cfg.lr_half_life, example_x_BTN=example)
   m = len(table)
 
   def init_all(keys, latents, bias_MN):

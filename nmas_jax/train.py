@@ -34,26 +34,32 @@ class TrainState:
 
 
 def make_optimizer(learning_rate: Any = 1e-3, weight_decay: Any = 0.0,
-                   clip_norm: float = 1.0) -> optax.GradientTransformation:
+                   clip_norm: float = 1.0, lr_half_life: float = 0.0
+                   ) -> optax.GradientTransformation:
   """AdamW behind global-norm clipping; lr and weight decay live in the opt state.
 
   Because `inject_hyperparams` stores them in the state, a vmapped init over
   arrays of learning rates gives every model its own, and `update` reads them
-  from the state (the values given here only matter for `init`). A constant
-  rate: raising --steps and resuming equals a longer run from the start.
+  from the state (the values given here only matter for `init`). `lr_half_life`
+  > 0 scales every update by 0.5 ** (step / lr_half_life): the decay depends on
+  the step count alone, never on --steps, so with it as with a constant rate,
+  raising --steps and resuming equals a longer run from the start.
   """
-  return optax.chain(
-      optax.clip_by_global_norm(clip_norm),
-      optax.inject_hyperparams(optax.adamw)(learning_rate=learning_rate,
-                                            weight_decay=weight_decay))
+  adamw = optax.inject_hyperparams(optax.adamw)(learning_rate=learning_rate,
+                                                weight_decay=weight_decay)
+  if lr_half_life <= 0:
+    return optax.chain(optax.clip_by_global_norm(clip_norm), adamw)
+  return optax.chain(optax.clip_by_global_norm(clip_norm), adamw,
+                     optax.scale_by_schedule(lambda step: 0.5 ** (step / lr_half_life)))
 
 
 def init_state(key: jax.Array, latent: Any, learning_rate: Any, weight_decay: Any, *,
-               model: nn.Module, clip_norm: float, example_x_BTN: jax.Array) -> TrainState:
+               model: nn.Module, clip_norm: float, example_x_BTN: jax.Array,
+               lr_half_life: float = 0.0) -> TrainState:
   """Initial state of one model; vmap it over keys/latents/learning rates for a sweep."""
   init_key, model_key = jax.random.split(key)
   params = models.scale_latent_inputs(model, model.init(init_key, example_x_BTN)["params"], latent)
-  tx = make_optimizer(learning_rate, weight_decay, clip_norm)
+  tx = make_optimizer(learning_rate, weight_decay, clip_norm, lr_half_life)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     key=model_key, latent=jnp.asarray(latent, jnp.int32),
                     diverged_at=jnp.full((), -1, jnp.int32))

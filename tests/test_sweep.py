@@ -224,13 +224,13 @@ def test_by_latent_count_models_on_their_own_neurons_equal_one_vmap(unrolled, mo
 
 
 def test_by_latent_lfads_equals_one_vmap():
-  """LFADS (coordinated dropout, held-out neurons) by_latent, each factor size at its own width,
-  steps every model exactly as the padded vmap does."""
+  """LFADS (coordinated dropout, held-out neurons, the learning rate halved every step) by_latent,
+  each factor size at its own width, steps every model exactly as the padded vmap does."""
   import jax
 
   from nmas_jax import sharding
   cfg = config.Settings(model="lfads", latents=(2, 1), seeds=2, batch_size=3, window=5,
-                        gen_dim=6, ic_enc_dim=5, cd_rate=0.3,
+                        gen_dim=6, ic_enc_dim=5, cd_rate=0.3, lr_half_life=1,
                         heldout_neurons=0.25, likelihood="poisson", dropout=0.2)
   rng = np.random.default_rng(0)
   ds = data.Dataset(rng.poisson(1.0, size=(1, 60, 8)).astype(np.float32), ("0",), "array",

@@ -168,3 +168,17 @@ def test_autoencoder_step_with_coordinated_dropout_is_the_weighted_loss():
   y, _ = model.apply({"params": state.params}, x_in, 3, train=True, rngs=rngs)
   expected = np.sum((np.asarray(y) - np.asarray(x)) ** 2 * np.asarray(w)) / np.sum(np.asarray(w))
   np.testing.assert_allclose(metrics["train/loss"], expected, rtol=1e-5)
+
+
+def test_lr_half_life_scales_each_update_by_half_per_half_life():
+  # The same gradients through the constant-rate optimizer and one with lr_half_life=4: update t
+  # of the second is 0.5 ** (t / 4) times update t of the first (the decay reads only the step
+  # count in the optimizer state, so resuming a run with more --steps continues it unchanged).
+  params = {"w": jnp.ones((3, 2))}
+  const, decayed = train.make_optimizer(1e-2), train.make_optimizer(1e-2, lr_half_life=4)
+  s_c, s_d = const.init(params), decayed.init(params)
+  for t in range(9):
+    g = {"w": jax.random.normal(jax.random.PRNGKey(t), (3, 2))}
+    u_c, s_c = const.update(g, s_c, params)
+    u_d, s_d = decayed.update(g, s_d, params)
+    np.testing.assert_allclose(u_d["w"], 0.5 ** (t / 4) * u_c["w"], rtol=1e-5)
