@@ -61,6 +61,8 @@ flags.DEFINE_list("families", ["synthetic", "nonlinear", "lorenz", "lorenz_white
 flags.DEFINE_list("decoders", ["linear", "mlp"], "Decoders to run.")
 flags.DEFINE_integer("seeds", None, "Seeds (default: the sweep's default).")
 flags.DEFINE_integer("steps", None, "Training steps (default: the sweep's default).")
+flags.DEFINE_integer("data_seed", 0, "--lfads_trials: the seed of the Lorenz trials "
+                     "(make_lorenz_trials(seed=...), the sweep's --data_seed).")
 flags.DEFINE_integer("lr_half_life", None, "--lfads_trials: the sweep's --lr_half_life (default: "
                      "LFADS_SETTINGS's; 0 for a constant rate).")
 flags.DEFINE_bool("write", False, "Write the table into docs/dimension.md.")
@@ -172,7 +174,7 @@ def lfads_rows(log) -> list[dict]:
 
   from nmas_jax import DimensionSweep, baselines, dimension, evaluate, splits, synthetic
 
-  ds = synthetic.make_lorenz_trials()
+  ds = synthetic.make_lorenz_trials(seed=FLAGS.data_seed)
   settings = {**LFADS_SETTINGS, **{k: v for k, v in (("seeds", FLAGS.seeds), ("steps", FLAGS.steps),
                                                      ("lr_half_life", FLAGS.lr_half_life))
                                    if v is not None}}
