@@ -181,14 +181,16 @@ def make_lorenz_trials(*, trials: int = 600, time: int = 50, neurons: int = 40, 
     long_T3 = _lorenz_run(start, 20 * trials, burn_in=500)[:, 0]
     mean = long_T3.mean(axis=0)
     starts = long_T3[rng.choice(len(long_T3), trials, replace=False)]
-    z_TR3 = (_lorenz_run(starts, time) - mean) @ _standardise(long_T3 - mean, whiten)  # [time, trials, 3]
+    to_unit_33 = _standardise(long_T3 - mean, whiten)
+    z_TR3 = (_lorenz_run(starts, time) - mean) @ to_unit_33  # [time, trials, 3]
     w_3N, log_base_N = _lorenz_readout(rng, neurons, rate_range)
     rate = np.exp(log_base_N + gain * z_TR3.transpose(1, 0, 2) @ w_3N).reshape(trials * time, neurons)
     out.append(rng.poisson(rate).astype(np.float64))
     rates.append(rate)
   names = tuple(str(i) for i in range(layers))
   meta = dict(trials=trials, trial_length=time, neurons=neurons, rate_range=list(rate_range),
-              gain=gain, whiten=whiten, seed=seed, family="iii: Poisson, exp link of Lorenz latents, in trials",
+              gain=gain, whiten=whiten, seed=seed,
+              family="iii: Poisson, exp link of Lorenz latents, in trials",
               generator="Lorenz (10, 28, 8/3), RK4 dt=0.01, bin = 3 steps, one random initial "
                         "condition on the attractor per trial, Poisson(exp(b_n + linear))")
   return Dataset(np.stack(out).astype(np.float32), names, "lorenz_trials", {n: 3 for n in names},
