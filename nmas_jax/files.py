@@ -9,9 +9,10 @@ from typing import Any, Callable
 from nmas_jax.errors import WriteError
 
 # Bumped whenever results.json, sweep.json or a checkpoint changes incompatibly, or a resumed
-# run would no longer equal an uninterrupted one (4: models initialised per latent unit). Resuming a
-# workdir written with another version is refused with a one-line error (checkpoint.claim_workdir).
-SCHEMA_VERSION = 4
+# run would no longer equal an uninterrupted one (4: models initialised per latent unit; 5:
+# lorenz_trials whitened, and --lr_half_life in the identity). Resuming a workdir written with
+# another version is refused with a one-line error (checkpoint.claim_workdir).
+SCHEMA_VERSION = 5
 
 
 def atomic_write(path: str, write: Callable[[Any], None], mode: str = "w") -> None:
