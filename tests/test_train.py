@@ -172,8 +172,7 @@ def test_autoencoder_step_with_coordinated_dropout_is_the_weighted_loss():
 
 def test_lr_half_life_scales_each_update_by_half_per_half_life():
   # The same gradients through the constant-rate optimizer and one with lr_half_life=4: update t
-  # of the second is 0.5 ** (t / 4) times update t of the first (the decay reads only the step
-  # count in the optimizer state, so resuming a run with more --steps continues it unchanged).
+  # of the second is 0.5 ** (t / 4) times update t of the first.
   params = {"w": jnp.ones((3, 2))}
   const, decayed = train.make_optimizer(1e-2), train.make_optimizer(1e-2, lr_half_life=4)
   s_c, s_d = const.init(params), decayed.init(params)
