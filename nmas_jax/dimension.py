@@ -20,6 +20,7 @@ says why, and how knife-edge curves come out.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Sequence
 
 import numpy as np
@@ -187,6 +188,39 @@ def choose_bands(combos_CB: np.ndarray, gain_C: np.ndarray, timescales: Sequence
              if g[i] >= fraction * g[ok & (total >= total[i])].max()]
   best = min(qualify, key=lambda i: (total[i], *(-combos_CB[i, slow_first])))
   return tuple(int(c) for c in combos_CB[best])
+
+
+def oracle_band_gains(x_TN: np.ndarray, signals_by_band: Sequence[np.ndarray],
+                      combos_CB: np.ndarray, train_fraction: float = 0.7,
+                      valid_fraction: float = 0.1) -> np.ndarray:
+  """The gain [combos] that `choose_bands` would see if each band's latents were that band's true
+  signals (generated Gaussian data only: `signals_by_band[b]` is band b's [time, signals]).
+
+  For each combination of per-band counts, the best least-squares fit of every neuron from
+  that many of each band's signals (every subset tried; a count above a band's signals uses them
+  all), fitted on the training block and scored on the validation block against the training
+  mean, as the rule's gain. As `oracle_gains` for one band: it says whether the rule's own answer
+  on the truth is the generator's count per band.
+  """
+  x = np.asarray(x_TN, np.float64)
+  t1 = int(train_fraction * len(x))
+  t2 = t1 + int(valid_fraction * len(x))
+  yv = x[t1:t2]
+  null_loss = ((yv - x[:t1].mean(axis=0)) ** 2).sum()
+
+  def gain(cols):
+    a = np.concatenate([np.ones((len(x), 1)), *cols], axis=1)
+    b = np.linalg.lstsq(a[:t1], x[:t1], rcond=None)[0]
+    return (null_loss - ((yv - a[t1:t2] @ b) ** 2).sum()) / yv.size
+
+  out = []
+  for combo in np.asarray(combos_CB):
+    choices = [itertools.combinations(range(z.shape[1]), min(int(c), z.shape[1]))
+               for c, z in zip(combo, signals_by_band)]
+    out.append(max(gain([np.asarray(z, np.float64)[:, list(i)]
+                         for z, i in zip(signals_by_band, pick)])
+                   for pick in itertools.product(*choices)))
+  return np.array(out)
 
 
 def estimate_bands(combos_CB: np.ndarray, loss_CSB: np.ndarray, null_SB: np.ndarray,

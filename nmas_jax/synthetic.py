@@ -298,23 +298,44 @@ def make_independent(*, layers: int = 1, neurons: int = 100, time: int = 2000,
                  counts=counts)
 
 
+def _multiscale(bands, timescales, neurons, time, noise_std, spread, seed):
+  """make_multiscale's draw: ([time, bands[b]] signals per band, [time, neurons] activity)."""
+  rng = np.random.default_rng(seed)
+  z_by_band = [_smooth_signals(rng, k, time, timescale=tau, spread=spread) if k
+               else np.zeros((time, 0)) for k, tau in zip(bands, timescales)]
+  z = np.concatenate(z_by_band, axis=1)
+  w = rng.standard_normal((z.shape[1], neurons))
+  w /= np.linalg.norm(w, axis=1, keepdims=True) * np.sqrt(z.shape[1] / neurons)
+  x = z @ w + noise_std * rng.uniform(0.5, 1.5, neurons) * rng.standard_normal((time, neurons))
+  return z_by_band, x
+
+
 def make_multiscale(*, bands: Sequence[int] = (4, 3), timescales: Sequence[float] = (2, 50),
                     neurons: int = 100, time: int = 6000, noise_std: float = 1.0,
-                    seed: int = 0) -> Dataset:
+                    spread: float = 1.0, seed: int = 0) -> Dataset:
   """Known counts per timescale: `bands[b]` smooth signals with correlation times around
-  `timescales[b]` bins (`_smooth_signals`: each 0.5x-2x of it) in one layer, through a random
-  linear readout with Gaussian noise (as family i). The answer of --model=multiscale with
-  --timescales equal to `timescales`: `bands` (`meta["true_bands"]`), total sum(bands)."""
-  rng = np.random.default_rng(seed)
-  z = np.concatenate([_smooth_signals(rng, k, time, timescale=tau)
-                      for k, tau in zip(bands, timescales) if k], axis=1)
-  w = rng.standard_normal((z.shape[1], neurons)) / np.sqrt(z.shape[1])
-  x = z @ w + noise_std * rng.uniform(0.5, 1.5, neurons) * rng.standard_normal((time, neurons))
-  meta = dict(time=time, neurons=neurons, noise_std=noise_std, seed=seed,
+  `timescales[b]` bins (`_smooth_signals`: each 0.5x-2x of it, variances over `spread`x) in one
+  layer, through a random linear readout whose rows have equal norm, with Gaussian noise (as
+  family i). The answer of --model=multiscale with --timescales equal to `timescales`: `bands`
+  (`meta["true_bands"]`), total sum(bands); `multiscale_signals` gives the signals.
+
+  Every signal carries the same share of the signal's power by default (`spread` 1, equal-norm
+  readout) so that the rule's own answer on the true signals (`dimension.oracle_band_gains`) is
+  `bands`: with variances over 4x and a plain Gaussian readout, the weakest (slow) signal fell
+  under the rule's 5% on 4 of 10 draws (docs/dimension.md)."""
+  _, x = _multiscale(bands, timescales, neurons, time, noise_std, spread, seed)
+  meta = dict(time=time, neurons=neurons, noise_std=noise_std, spread=spread, seed=seed,
               true_bands=list(map(int, bands)), timescales=list(map(float, timescales)),
-              generator="smooth AR(1) signals per timescale band, random linear readout, "
-                        "Gaussian noise")
+              generator="smooth AR(1) signals per timescale band, random linear readout of equal "
+                        "norm per signal, Gaussian noise")
   return Dataset(x[None].astype(np.float32), ("0",), "multiscale", {"0": int(sum(bands))}, meta)
+
+
+def multiscale_signals(*, bands: Sequence[int] = (4, 3), timescales: Sequence[float] = (2, 50),
+                       neurons: int = 100, time: int = 6000, noise_std: float = 1.0,
+                       spread: float = 1.0, seed: int = 0) -> list[np.ndarray]:
+  """The true signals [time, bands[b]] of each band of `make_multiscale` with the same arguments."""
+  return _multiscale(bands, timescales, neurons, time, noise_std, spread, seed)[0]
 
 
 # The built-in datasets (--dataset=...), one per family.
