@@ -35,7 +35,7 @@ FA choices.
 instead runs the LFADS benchmark shape (`--dataset=lorenz_trials`: 600 trials of 50 bins, 40
 Poisson neurons, true dimension 3, split by trial) through `--model=lfads` and
 `--model=autoencoder` on one factor grid (LFADS_SETTINGS: 4000 steps, the learning rate halved
-every 2000), and scores Gaussian-smoothed spikes (held-in spikes
+every 2000; LFADS with 2 inferred inputs per bin, LFADS_ONLY), and scores Gaussian-smoothed spikes (held-in spikes
 smoothed, a Poisson GLM to the held-out neurons) at the width that is best on the validation
 trials. Prints each method's chosen size, held-out bits/spike on the test trials, and the
 inferred rates' R2 against the true rates; the true rates' row gives the ceiling, and as its
@@ -65,6 +65,8 @@ flags.DEFINE_integer("data_seed", 0, "--lfads_trials: the seed of the Lorenz tri
                      "(make_lorenz_trials(seed=...), the sweep's --data_seed).")
 flags.DEFINE_integer("lr_half_life", None, "--lfads_trials: the sweep's --lr_half_life (default: "
                      "LFADS_SETTINGS's; 0 for a constant rate).")
+flags.DEFINE_integer("co_dim", None, "--lfads_trials: LFADS's --co_dim (default: LFADS_ONLY's; "
+                     "0 turns the controller off).")
 flags.DEFINE_bool("write", False, "Write the table into docs/dimension.md.")
 flags.DEFINE_bool("scaling", False, "Check the --neuron_counts axis instead (see above).")
 flags.DEFINE_bool("lfads_trials", False, "Run the LFADS comparison on lorenz_trials instead (see "
@@ -72,6 +74,7 @@ flags.DEFINE_bool("lfads_trials", False, "Run the LFADS comparison on lorenz_tri
 
 LFADS_LATENTS = (2, 3, 4, 6)
 LFADS_SETTINGS = dict(steps=4000, seeds=2, batch_size=32, learning_rate=5e-3, lr_half_life=2000)
+LFADS_ONLY = dict(co_dim=2)  # the controller: docs/dimension.md, "inferred inputs"
 SMOOTHING_WIDTHS = (1, 2, 4, 8)  # Gaussian std in bins
 SCALING_LATENTS = (2, 4, 8, 16, 32, 64)
 SCALING_COUNTS = (10, 20, 40, 80)
@@ -181,7 +184,9 @@ def lfads_rows(log) -> list[dict]:
   rows, prep = [], None
   for model in ("lfads", "autoencoder"):
     t0 = time.perf_counter()
-    est = DimensionSweep(model=model, latents=LFADS_LATENTS, verbose=False, **settings).fit(ds)
+    extra = {**LFADS_ONLY, **({} if FLAGS.co_dim is None else {"co_dim": FLAGS.co_dim})}
+    est = DimensionSweep(model=model, latents=LFADS_LATENTS, verbose=False, **settings,
+                         **(extra if model == "lfads" else {})).fit(ds)
     r, layer = est.results_, est.results_["layers"][0]
     tc, (lo, hi) = r["test_comparison"][layer], r["optimal_latent_interval"][layer]
     rows.append(dict(method=model, chosen=r["optimal_latent"][layer], interval=f"{lo}-{hi}",
