@@ -35,11 +35,11 @@ FA choices.
 instead runs the LFADS benchmark shape (`--dataset=lorenz_trials`: 600 trials of 50 bins, 40
 Poisson neurons, true dimension 3, split by trial) through `--model=lfads` and
 `--model=autoencoder` on one factor grid (LFADS_SETTINGS: 4000 steps, the learning rate halved
-every 2000; LFADS with 2 inferred inputs per bin, LFADS_ONLY), and scores Gaussian-smoothed spikes (held-in spikes
-smoothed, a Poisson GLM to the held-out neurons) at the width that is best on the validation
-trials. Prints each method's chosen size, held-out bits/spike on the test trials, and the
-inferred rates' R2 against the true rates; the true rates' row gives the ceiling, and as its
-choice what the rule answers on them (`dimension.oracle_gains`).
+every 2000; LFADS with 2 inferred inputs per bin, LFADS_ONLY), and scores Gaussian-smoothed
+spikes (held-in spikes smoothed, a Poisson GLM to the held-out neurons) at the width that is
+best on the validation trials. Prints each method's chosen size, held-out bits/spike on the
+test trials, and the inferred rates' R2 against the true rates; the true rates' row gives the
+ceiling, and as its choice what the rule answers on them (`dimension.oracle_gains`).
 """
 
 from __future__ import annotations
@@ -181,12 +181,12 @@ def lfads_rows(log) -> list[dict]:
   settings = {**LFADS_SETTINGS, **{k: v for k, v in (("seeds", FLAGS.seeds), ("steps", FLAGS.steps),
                                                      ("lr_half_life", FLAGS.lr_half_life))
                                    if v is not None}}
+  lfads_only = {**LFADS_ONLY, **({} if FLAGS.co_dim is None else {"co_dim": FLAGS.co_dim})}
   rows, prep = [], None
   for model in ("lfads", "autoencoder"):
     t0 = time.perf_counter()
-    extra = {**LFADS_ONLY, **({} if FLAGS.co_dim is None else {"co_dim": FLAGS.co_dim})}
     est = DimensionSweep(model=model, latents=LFADS_LATENTS, verbose=False, **settings,
-                         **(extra if model == "lfads" else {})).fit(ds)
+                         **(lfads_only if model == "lfads" else {})).fit(ds)
     r, layer = est.results_, est.results_["layers"][0]
     tc, (lo, hi) = r["test_comparison"][layer], r["optimal_latent_interval"][layer]
     rows.append(dict(method=model, chosen=r["optimal_latent"][layer], interval=f"{lo}-{hi}",
