@@ -124,6 +124,19 @@ def _num(x) -> float | None:
   return float(x) if np.isfinite(x) else None
 
 
+def _oracle_blocks(num_time: int, train_fraction: float, valid_fraction: float) -> tuple[int, int]:
+  """The oracles' training block [0, t1) and validation block [t1, t2)."""
+  t1 = int(train_fraction * num_time)
+  return t1, t1 + int(valid_fraction * num_time)
+
+
+def _lstsq_loss(a_TP: np.ndarray, x_TN: np.ndarray, t1: int, t2: int) -> np.ndarray:
+  """Each neuron's squared error [neurons] on [t1, t2) of its least-squares fit from the
+  predictors `a_TP` on [0, t1)."""
+  b = np.linalg.lstsq(a_TP[:t1], x_TN[:t1], rcond=None)[0]
+  return ((x_TN[t1:t2] - a_TP[t1:t2] @ b) ** 2).sum(axis=0)
+
+
 def oracle_gains(x_TN: np.ndarray, truth_TN: np.ndarray, latents: Sequence[int], counts: bool,
                  train_fraction: float = 0.7, valid_fraction: float = 0.1) -> np.ndarray:
   """The gain curve [latents] of the true signal's best rank-k summary, on the validation block
@@ -139,8 +152,7 @@ def oracle_gains(x_TN: np.ndarray, truth_TN: np.ndarray, latents: Sequence[int],
   x, s = np.asarray(x_TN, np.float64), np.asarray(truth_TN, np.float64)
   if counts:
     s = np.log(np.maximum(s, 1e-12))
-  t1 = int(train_fraction * len(x))
-  t2 = t1 + int(valid_fraction * len(x))
+  t1, t2 = _oracle_blocks(len(x), train_fraction, valid_fraction)
   u, sv, _ = np.linalg.svd(s - s.mean(axis=0), full_matrices=False)
   rank = int((sv > 1e-4 * sv[0]).sum())  # float32 rates: directions below this are round-off
   null = x[:t1].mean(axis=0)
@@ -162,8 +174,7 @@ def oracle_gains(x_TN: np.ndarray, truth_TN: np.ndarray, latents: Sequence[int],
       eta = a[t1:t2] @ b
       model_loss = (np.exp(eta) - yv * eta).sum(axis=0)
     else:
-      b = np.linalg.lstsq(a[:t1], x[:t1], rcond=None)[0]
-      model_loss = ((yv - a[t1:t2] @ b) ** 2).sum(axis=0)
+      model_loss = _lstsq_loss(a, x, t1, t2)
     out.append((null_loss - model_loss).sum() / yv.size)
   return np.array(out)
 
@@ -203,15 +214,12 @@ def oracle_band_gains(x_TN: np.ndarray, signals_by_band: Sequence[np.ndarray],
   on the truth is the generator's count per band.
   """
   x = np.asarray(x_TN, np.float64)
-  t1 = int(train_fraction * len(x))
-  t2 = t1 + int(valid_fraction * len(x))
-  yv = x[t1:t2]
-  null_loss = ((yv - x[:t1].mean(axis=0)) ** 2).sum()
+  t1, t2 = _oracle_blocks(len(x), train_fraction, valid_fraction)
+  null_loss = ((x[t1:t2] - x[:t1].mean(axis=0)) ** 2).sum(axis=0)
 
   def gain(cols):
     a = np.concatenate([np.ones((len(x), 1)), *cols], axis=1)
-    b = np.linalg.lstsq(a[:t1], x[:t1], rcond=None)[0]
-    return (null_loss - ((yv - a[t1:t2] @ b) ** 2).sum()) / yv.size
+    return (null_loss - _lstsq_loss(a, x, t1, t2)).sum() / x[t1:t2].size
 
   out = []
   for combo in np.asarray(combos_CB):
