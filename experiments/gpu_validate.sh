@@ -3,9 +3,9 @@
 #   bash experiments/gpu_validate.sh [OUTDIR]
 # Each `experiments.validate` run is its own process sharing the GPU (no preallocation); PCA and
 # FA run on the CPU cores beside them. Matmuls at float32 precision (JAX_DEFAULT_MATMUL_PRECISION
-# =highest), as on a CPU, not the GPU's default TF32. RUNS (default: all below; empty: none) names the runs.
-# LFADS_SEEDS="5 6" adds `--lfads_trials --data_seed=N` runs (lfads_trials_seedN), and
-# LFADS_CO0_SEEDS the same with `--co_dim=0` (LFADS without the controller; lfads_trials_co0_seedN).
+# =highest), as on a CPU, not the GPU's default TF32. RUNS (default: all below; empty: none)
+# names the runs. LFADS_SEEDS="5 6" adds `--lfads_trials --data_seed=N` runs (lfads_trials_seedN),
+# and LFADS_CO0_SEEDS the same with `--co_dim=0` (no controller; lfads_trials_co0_seedN).
 set -u
 OUT=${1:-runs/gpu_validate}
 mkdir -p "$OUT"
@@ -23,9 +23,10 @@ declare -A ARGS=(
   [lfads_trials]="--lfads_trials"
 )
 RUNS=${RUNS-${!ARGS[@]}}
-for n in ${LFADS_SEEDS:-}; do ARGS[lfads_trials_seed$n]="--lfads_trials --data_seed=$n"; RUNS+=" lfads_trials_seed$n"; done
+add() { ARGS[$1]=$2; RUNS+=" $1"; }  # add NAME "VALIDATE ARGS"
+for n in ${LFADS_SEEDS:-}; do add lfads_trials_seed$n "--lfads_trials --data_seed=$n"; done
 for n in ${LFADS_CO0_SEEDS:-}; do
-  ARGS[lfads_trials_co0_seed$n]="--lfads_trials --co_dim=0 --data_seed=$n"; RUNS+=" lfads_trials_co0_seed$n"
+  add lfads_trials_co0_seed$n "--lfads_trials --co_dim=0 --data_seed=$n"
 done
 nvidia-smi -L 2>/dev/null
 $PY -c "import jax; print('jax', jax.__version__, jax.devices())"

@@ -11,8 +11,9 @@ from nmas_jax.errors import WriteError
 # Bumped whenever results.json, sweep.json or a checkpoint changes incompatibly, or a resumed
 # run would no longer equal an uninterrupted one (4: models initialised per latent unit; 5:
 # lorenz_trials whitened, and --lr_half_life in the identity; 6: make_multiscale with equal
-# signal shares; 7: make_lorenz(whiten=True) through _standardise's signed axes). Resuming a workdir written with
-# another version is refused with a one-line error (checkpoint.claim_workdir).
+# signal shares; 7: make_lorenz(whiten=True) through _standardise's signed axes). Resuming a
+# workdir written with another version is refused with a one-line error
+# (checkpoint.claim_workdir).
 SCHEMA_VERSION = 7
 
 
