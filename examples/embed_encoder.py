@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from nmas_jax import DimensionSweep, Encoder, synthetic
+from nmas_jax import DimensionSweep, Encoder
+from nmas_jax.data import synthetic
 
 quick = os.environ.get("NMAS_QUICK") == "1"
 

@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from nmas_jax import models, synthetic
+from nmas_jax import models
+from nmas_jax.data import synthetic
 
 quick = os.environ.get("NMAS_QUICK") == "1"
 

@@ -2,11 +2,12 @@
 
 import os
 
-from nmas_jax import cpu
+from nmas_jax.training import cpu
 
 cpu.tune()  # optional CPU speed-ups (XLA flags, CPU lanes, malloc); before JAX starts computing
 
-from nmas_jax import DimensionSweep, synthetic  # noqa: E402
+from nmas_jax import DimensionSweep  # noqa: E402
+from nmas_jax.data import synthetic
 
 quick = os.environ.get("NMAS_QUICK") == "1"  # CI: a reduced sweep, still long enough to find the answer
 X = synthetic.make_linear_gaussian().x_LTN        # [layers, time, neurons], true dimensions 7, 18, 40

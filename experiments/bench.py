@@ -17,7 +17,8 @@ import sys
 
 from absl import app, flags
 
-from nmas_jax import bench, config, cpu
+from nmas_jax import bench, config
+from nmas_jax.training import cpu
 from nmas_jax.errors import UserError
 
 FLAGS = flags.FLAGS

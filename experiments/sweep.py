@@ -21,7 +21,8 @@ import sys
 from absl import app, flags
 from absl import logging as absl_logging
 
-from nmas_jax import config, cpu
+from nmas_jax import config
+from nmas_jax.training import cpu
 from nmas_jax.config import DataSettings, RunSettings, Settings
 from nmas_jax.errors import Preempted, SweepStopped, UserError, WriteError
 
@@ -31,7 +32,9 @@ config.define_flags(Settings, DataSettings, RunSettings)
 
 def _run(cfg: Settings, ds: DataSettings, run: RunSettings):
   """Loads the data and fits the sweep (JAX starts here, after `cpu.tune`)."""
-  from nmas_jax import DimensionSweep, loaders, sharding
+  from nmas_jax import DimensionSweep
+  from nmas_jax.data import loaders
+  from nmas_jax.training import sharding
 
   if run.distributed:
     sharding.initialize_distributed(run.coordinator_address, run.num_processes, run.process_id,
@@ -71,7 +74,7 @@ def main(argv):
 
 def _summary(est, workdir: str) -> None:
   """The table and the files written (process 0)."""
-  from nmas_jax import report
+  from nmas_jax.reporting import report
 
   r = est.results_
   print()

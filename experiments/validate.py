@@ -3,7 +3,7 @@ r"""Validation of the dimension estimate on generator families with known answer
   python -m experiments.validate                      # every family, both decoders, two grids
   python -m experiments.validate --families=lorenz --decoders=linear --seeds=1
 
-Each family (nmas_jax.synthetic.FAMILIES) is swept at full size on two latent
+Each family (nmas_jax.data.synthetic.FAMILIES) is swept at full size on two latent
 grids with the default settings (`--steps`, `--seeds` may override them), with
 the linear and the MLP decoder. Prints a markdown table: family, decoder, grid,
 seeds, steps, how many of the layer's models were still improving at the end
@@ -14,7 +14,7 @@ whose linear dimension exceeds the truth), the choice, its interval, the
 knee, one-SE, the detectable latent, PCA's and FA's choices by the same rule,
 and, where the generator's noiseless signal is known (Lorenz), the oracle: the
 rule on the gain curve of the true signal's best rank-k summary
-(`nmas_jax.dimension.oracle_gains`); then the runtime. Each printed line also
+(`nmas_jax.evaluation.dimension.oracle_gains`); then the runtime. Each printed line also
 gives the chosen model's test-block score against PCA's and FA's at the same
 size (`test_model`, `test_pca`, `test_fa`; not in the table).
 With --write, the table replaces the one between the markers in
@@ -51,12 +51,12 @@ import time
 
 from absl import app, flags
 
-from nmas_jax import cpu
+from nmas_jax.training import cpu
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("families", ["synthetic", "nonlinear", "lorenz", "lorenz_whitened",
                                "independent"],
-                  "Families to run (nmas_jax.synthetic.FAMILIES, and lorenz_whitened: the Lorenz "
+                  "Families to run (nmas_jax.data.synthetic.FAMILIES, and lorenz_whitened: the Lorenz "
                   "family with its states whitened, make_lorenz(whiten=True)).")
 flags.DEFINE_list("decoders", ["linear", "mlp"], "Decoders to run.")
 flags.DEFINE_integer("seeds", None, "Seeds (default: the sweep's default).")
@@ -101,7 +101,9 @@ def expected(family: str, decoder: str, truth: int, grid) -> str:
 
 
 def run_one(family: str, decoder: str, grid, log) -> list[dict]:
-  from nmas_jax import DimensionSweep, dimension, synthetic
+  from nmas_jax import DimensionSweep
+  from nmas_jax.data import synthetic
+  from nmas_jax.evaluation import dimension
 
   ds = (synthetic.make_lorenz(whiten=True) if family == "lorenz_whitened"
         else synthetic.FAMILIES[family]())
@@ -147,7 +149,8 @@ def table(rows: list[dict]) -> str:
 
 def scaling_rows(log) -> list[dict]:
   """One row per generator: the chosen dimension against the neuron count."""
-  from nmas_jax import DimensionSweep, data, synthetic
+  from nmas_jax import DimensionSweep, data
+  from nmas_jax.data import synthetic
 
   cases = [("fixed: family i, 7 signals", 7,
             synthetic.make_linear_gaussian(true_latents=(7,), neurons=200, time=2000, seed=11)),
@@ -175,7 +178,9 @@ def lfads_rows(log) -> list[dict]:
   """LFADS, the autoencoder and smoothed spikes on lorenz_trials (see the module docstring)."""
   import numpy as np
 
-  from nmas_jax import DimensionSweep, baselines, dimension, evaluate, splits, synthetic
+  from nmas_jax import DimensionSweep
+  from nmas_jax.data import splits, synthetic
+  from nmas_jax.evaluation import baselines, dimension, evaluate
 
   ds = synthetic.make_lorenz_trials(seed=FLAGS.data_seed)
   settings = {**LFADS_SETTINGS, **{k: v for k, v in (("seeds", FLAGS.seeds), ("steps", FLAGS.steps),

@@ -19,9 +19,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nmas_jax import (checkpoint, config, data, decoding, evaluate, files, hooks, models, plots,
-                      report, results as results_lib, sharding, splits, sweep, train, writers)
-from nmas_jax.table import ModelTable, init_states
+from nmas_jax import config, data, files, models
+from nmas_jax.data import splits
+from nmas_jax.evaluation import decoding, evaluate
+from nmas_jax.reporting import plots, report, results as results_lib, writers
+from nmas_jax.training import checkpoint, hooks, sharding, sweep, train
+from nmas_jax.training.table import ModelTable, init_states
 from nmas_jax.config import RunSettings, Settings
 from nmas_jax.errors import Preempted, SweepStopped, UserError
 
@@ -289,9 +292,11 @@ class DimensionSweep:
     ds_meta = aux["dataset"]
     n_layers = len(ds_meta["layer_names"])
     est.preprocessing_ = splits.Preprocessing.from_json(aux["preprocessing"])
-    est.table_ = ModelTable.build(n_layers, cfg.latents, cfg.heldout_sets, cfg.neuron_counts)
+    est.table_ = ModelTable.build(n_layers, cfg.latents, cfg.heldout_sets, cfg.neuron_counts,
+                                  models.family(cfg.model).sweep_bands(cfg))
     model_neurons = est.preprocessing_.neuron_index_LN.shape[1]
-    est.state_, _ = ckpt.restore(step, init_states(cfg, est.table_, model_neurons))
+    like = init_states(cfg, est.table_, model_neurons, train.optimizer_for(cfg))
+    est.state_, _ = ckpt.restore(step, like)
     ckpt.close()
     est.config_, est.results_ = cfg, aux["results"]
     est.optimal_latent_ = dict(est.results_["optimal_latent"])

@@ -11,10 +11,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nmas_jax import config, data, models, splits, sweep, train
+from nmas_jax import config, data, models
+from nmas_jax.data import splits
+from nmas_jax.training import sweep, train
 from nmas_jax.config import BATCHINGS, DECODERS, DTYPES, setting
 
 BENCH_MODELS = ("autoencoder", "lfads")
+TORCH_TWINS = ("autoencoder",)  # the families `torch_loop_step` has a PyTorch twin of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,47 +69,11 @@ class Shapes(config._Declared):
 
 
 def flops_per_step(s: Shapes) -> float:
-  """Analytic FLOPs of one training step of every model (forward + backward), useful work only.
-
-  Encoder LSTM -> latent Dense -> decoder LSTM (or none) -> readout Dense, at
-  each model's own latent size k. A matmul costs 2mnk forward and twice that
-  backward, except the encoder's input projection, whose input needs no gradient. A model of
-  the --neuron_counts axis counts only its own neurons (its encoder input and its readout).
-  """
-  if s.model == "lfads":
-    return lfads_flops_per_step(s)
-  return s.layers * sum(_ae_flops(s, n) for n in s.model_neurons())
-
-
-def _ae_flops(s: Shapes, n: int) -> float:
-  """`flops_per_step` of one layer's models at one (count, seed), reading n neurons."""
-  bt, h = s.batch_size * s.window, s.hidden
-  total = 0.0
-  for k in s.latents:
-    enc_in = 2 * bt * n * 4 * h * 2          # forward + weight gradient only
-    enc_rec = 2 * bt * h * 4 * h * 3
-    to_lat = 2 * bt * h * k * 3
-    if s.decoder == "lstm":
-      dec = (2 * bt * k * 4 * h + 2 * bt * h * 4 * h) * 3 + 2 * bt * h * n * 3
-    else:
-      dec = 2 * bt * k * n * 3
-    total += enc_in + enc_rec + to_lat + dec
-  return total
-
-
-def lfads_flops_per_step(s: Shapes) -> float:
-  """`flops_per_step` of LFADS at the sweep's default sizes without a controller: the
-  bidirectional initial-condition encoder GRU on the neurons (input projection: forward + weight
-  gradient), the generator GRU, the factors and the readout, at each model's own factor count k."""
-  cfg = s.settings()
-  bt, e, g = s.batch_size * s.window, cfg.ic_enc_dim, cfg.gen_dim
-  total = 0.0
-  for n in s.model_neurons():
-    per = (2 * (2 * bt * n * 3 * e * 2)      # two directions, input projection
-           + 2 * (2 * bt * e * 3 * e * 3)    # two directions, recurrence
-           + 2 * bt * g * 3 * g * 3)         # generator recurrence
-    total += sum(per + 2 * bt * g * k * 3 + 2 * bt * k * n * 3 for k in s.latents)
-  return s.layers * total
+  """Analytic FLOPs of one training step of every model (forward + backward), useful work only:
+  the family's `step_flops` at each model's own latent size; a model of the --neuron_counts axis
+  counts only its own neurons (its encoder input and its readout)."""
+  fam, cfg = models.family(s.model), s.settings()
+  return s.layers * sum(fam.step_flops(cfg, n, s.batch_size, s.window) for n in s.model_neurons())
 
 
 def _time_interleaved(calls: dict[str, tuple[Callable[[], Any], Callable[[Any], Any]]],
@@ -215,7 +182,7 @@ def _loop_call(s: Shapes, built: sweep.Built) -> tuple[Callable[[], Any], float]
 
   Models of the same shape (latent size, neurons) share one executable; the layer is an argument.
   """
-  x_LTN, t_train, tx = built.placed.x_LTN, built.prep.t_train, train.make_optimizer()
+  x_LTN, t_train, tx = built.placed.x_LTN, built.prep.t_train, built.tx
   singles, compiled = [], {}
   t0 = time.perf_counter()
   for i in range(built.n_real):
@@ -228,7 +195,7 @@ def _loop_call(s: Shapes, built: sweep.Built) -> tuple[Callable[[], Any], float]
                                     t_train=t_train, window=s.window, batch_size=s.batch_size)[0]
       return train.train_step(st, {"x": x_BTN[..., :n]}, model=m, tx=tx)
 
-    st = train.init_state(jax.random.PRNGKey(i), k, 3e-3, 0.0, model=m, clip_norm=1.0,
+    st = train.init_state(jax.random.PRNGKey(i), k, model=m, tx=tx,
                           example_x_BTN=jnp.zeros((1, s.window, n)))
     layer_1 = jnp.array([layer])
     if (k, n) not in compiled:
@@ -260,8 +227,8 @@ def run(s: Shapes, steps: int = 20, loop: bool = True, torch_loop: bool = True,
     loop_call, loop_compile_s = _loop_call(s, built)
     calls["loop"] = (loop_call, jax.block_until_ready)
     log(f"loop of single-model steps: compiled in {loop_compile_s:.1f}s")
-  if torch_loop and s.model != "autoencoder":
-    log(f"PyTorch loop: written for the autoencoder only, not --model={s.model}")
+  if torch_loop and s.model not in TORCH_TWINS:
+    log(f"PyTorch loop: written for {', '.join(TORCH_TWINS)} only, not --model={s.model}")
   elif torch_loop:
     pair = torch_loop_step(s)
     if pair is None:

@@ -12,14 +12,16 @@ declarations here. Adding a setting is one `setting(...)` line plus its use.
 from __future__ import annotations
 
 import dataclasses
-import os
-from typing import Any, Sequence
+import functools
 
+from nmas_jax import models
+from nmas_jax.declare import (_Declared, build, define_flags, fields, flags_text, from_flags,
+                              identity, names, parse_ints, parse_latents, setting)
 from nmas_jax.errors import UserError
 
-MODELS = ("autoencoder", "lfads", "multiscale")
-DECODERS = ("linear", "mlp", "lstm")
-LIKELIHOODS = ("gaussian", "poisson")
+MODELS = tuple(models.FAMILIES)
+DECODERS = models.DECODERS
+LIKELIHOODS = models.LIKELIHOODS
 DTYPES = ("float32", "bfloat16")
 NORMALIZATIONS = ("zscore", "mean_per_bin", "mean_per_bin_all", "none")
 DATASETS = ("synthetic", "nonlinear", "lorenz", "lorenz_trials", "independent", "multiscale",
@@ -28,108 +30,15 @@ NAN_POLICIES = ("freeze", "stop", "drop_neurons")
 BATCHINGS = ("auto", "vmap", "by_latent")
 BASELINES = ("pca", "fa", "lds")
 
-# Checks a setting can declare: name -> (test, what the error says the value must be).
-_CHECKS = {
-    "positive_int": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
-                     "a positive integer"),
-    "nonneg_int": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, ">= 0"),
-    "positive": (lambda v: v > 0, "positive"),
-    "nonneg": (lambda v: v >= 0, ">= 0"),
-    "(0,1)": (lambda v: 0 < v < 1, "in (0, 1)"),
-    "[0,1)": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "(0,1]": (lambda v: 0 < v <= 1, "in (0, 1]"),
-}
 
 
-def setting(default: Any, help: str, *, choices: Sequence[str] | None = None,
-            check: str | None = None, kind: str | None = None, identity: bool = True,
-            flag: bool = True, record: bool = True, path: bool = False, example: str = "") -> Any:
-  """Declares one setting (a dataclass field).
-
-  Args:
-    default: its default (also the flag's).
-    help: the flag's help text (choices are appended).
-    choices: allowed string values.
-    check: a key of `_CHECKS`, applied unless the value is None.
-    kind: how the flag parses: "bool", "int", "float", "string", "ints" (a
-      comma-separated list of integers, held as a tuple) or "list" (of
-      strings, held as a tuple); inferred from the default when it is a scalar.
-    identity: part of the workdir's identity (a workdir holds one sweep).
-    flag: has a command-line flag. record: written to flags.txt.
-    path: a file path (the identity records it absolute).
-    example: a valid value, quoted by the error for a bad "ints" list.
-  """
-  if kind is None:
-    kind = {bool: "bool", int: "int", float: "float", str: "string"}[type(default)]
-  return dataclasses.field(default=default, metadata=dict(
-      help=help, choices=tuple(choices) if choices else None, check=check, kind=kind,
-      identity=identity, flag=flag, record=record, path=path, example=example))
+def _module_default(module: type, name: str):
+  """The default of a model module's field: a model setting's default is declared there once."""
+  return {f.name: f.default for f in dataclasses.fields(module)}[name]
 
 
-def parse_ints(text: str | Sequence[Any], name: str = "latents", example: str = "10,25,50",
-               empty: bool = False, zero: bool = False) -> tuple[int, ...]:
-  """'10,25,50' (or a sequence) -> (10, 25, 50): distinct positive integers (or 0 too, with
-  `zero`), with a one-line error naming --`name` for anything else (and for an empty list unless
-  `empty`)."""
-  items = [t.strip() for t in text.split(",")] if isinstance(text, str) else [str(t).strip() for t in text]
-  items = [t for t in items if t]
-  if not items and not empty:
-    raise UserError(f"--{name} is empty: give positive integers, e.g. --{name}={example}")
-  out: list[int] = []
-  for t in items:
-    try:
-      k = int(t)
-    except ValueError:
-      raise UserError(f"--{name} has {t!r}, not an integer: give positive integers, "
-                      f"e.g. --{name}={example}") from None
-    if k < 0 or (k == 0 and not zero):
-      noun = {"latents": "latent sizes"}.get(name, name.replace("_", " "))
-      raise UserError(f"--{name} has {k}: {noun} must be positive integers")
-    if k in out:
-      raise UserError(f"--{name} lists {k} twice: give each value once")
-    out.append(k)
-  return tuple(out)
-
-
-def parse_latents(text: str | Sequence[Any]) -> tuple[int, ...]:
-  """'10,25,50' (or a sequence) -> (10, 25, 50), with a one-line error for anything else."""
-  return parse_ints(text, "latents", "10,25,50,75,150")
-
-
-class _Declared:
-  """Checks and normalises every declared field on construction (UserError on a bad value)."""
-
-  def __post_init__(self):
-    for f in dataclasses.fields(self):
-      value = getattr(self, f.name)
-      if f.metadata["kind"] == "ints":
-        value = parse_ints(value, f.name, f.metadata["example"], empty=not f.default,
-                           zero=f.name == "latents")  # 0: a band count of --model=multiscale
-      elif f.metadata["kind"] == "list":
-        value = tuple(str(v) for v in value)
-      object.__setattr__(self, f.name, value)
-      _check(f, value)
-    self._check_together()
-
-  def _check_together(self) -> None:
-    """Checks that involve several settings (none by default)."""
-
-
-def _check(f: dataclasses.Field, value: Any) -> None:
-  m = f.metadata
-  if value is None:
-    return
-  for v in (value if m["kind"] == "list" else (value,)):
-    if m["choices"] and v not in m["choices"]:
-      raise UserError(f"unknown --{f.name}={v!r}: choose one of {', '.join(m['choices'])}")
-  if m["check"]:
-    test, must = _CHECKS[m["check"]]
-    try:
-      ok = bool(test(value))
-    except TypeError:
-      ok = False
-    if not ok:
-      raise UserError(f"--{f.name} must be {must}, got {value}")
+_AE = functools.partial(_module_default, models.LSTMAutoencoder)
+_LFADS = functools.partial(_module_default, models.LFADS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,12 +55,12 @@ class Settings(_Declared):
                                            "inputs (nested subsets; the held-out neurons stay the "
                                            "same), for results.json 'scaling' and scaling.png. Off "
                                            "when empty.", kind="ints", example="25,50,100")
-  hidden: int = setting(64, "LSTM units (per direction).", check="positive_int")
-  decoder: str = setting("linear", "linear: readout of z_t alone, through the likelihood's link "
+  hidden: int = setting(_AE("hidden"), "LSTM units (per direction).", check="positive_int")
+  decoder: str = setting(_AE("decoder"), "linear: readout of z_t alone, through the likelihood's link "
                          "(the latent size is a linear dimension per time step); mlp: a "
                          "per-time-step MLP of z_t (the dimension of a curved manifold); lstm: an "
                          "LSTM over z, then a readout.", choices=DECODERS)
-  decoder_hidden: int = setting(128, "Hidden units of the mlp decoder.", check="positive_int")
+  decoder_hidden: int = setting(_AE("decoder_hidden"), "Hidden units of the mlp decoder.", check="positive_int")
   model: str = setting("autoencoder", "autoencoder: the LSTM autoencoder (--hidden, --decoder); "
                        "lfads: LFADS (models.LFADS; --gen_dim ... --cd_rate), whose factors are "
                        "the swept latents; multiscale: the autoencoder with latents in bands of "
@@ -162,28 +71,28 @@ class Settings(_Declared):
                                         "2,50: a fast and a slow band; each band's latents are "
                                         "leaky integrators of bounded encoder innovations.",
                                         kind="ints", example="2,50")
-  gen_dim: int = setting(64, "LFADS: generator GRU units.", check="positive_int")
-  ic_enc_dim: int = setting(64, "LFADS: initial-condition encoder GRU units (per direction).",
+  gen_dim: int = setting(_LFADS("gen_dim"), "LFADS: generator GRU units.", check="positive_int")
+  ic_enc_dim: int = setting(_LFADS("ic_enc_dim"), "LFADS: initial-condition encoder GRU units (per direction).",
                             check="positive_int")
-  ci_enc_dim: int = setting(32, "LFADS: controller-input encoder GRU units (per direction).",
+  ci_enc_dim: int = setting(_LFADS("ci_enc_dim"), "LFADS: controller-input encoder GRU units (per direction).",
                             check="positive_int")
-  con_dim: int = setting(32, "LFADS: controller GRU units.", check="positive_int")
-  co_dim: int = setting(0, "LFADS: inferred inputs per time step (0: no controller).",
+  con_dim: int = setting(_LFADS("con_dim"), "LFADS: controller GRU units.", check="positive_int")
+  co_dim: int = setting(_LFADS("co_dim"), "LFADS: inferred inputs per time step (0: no controller).",
                         check="nonneg_int")
-  kl_ic_scale: float = setting(1e-4, "LFADS: weight of the initial condition's KL (per trial, "
+  kl_ic_scale: float = setting(_LFADS("kl_ic_scale"), "LFADS: weight of the initial condition's KL (per trial, "
                                "over the window's elements).", check="nonneg")
-  kl_co_scale: float = setting(1e-4, "LFADS: weight of the inferred inputs' KL.", check="nonneg")
-  l2_gen_scale: float = setting(1e-4, "LFADS: weight of the squared recurrent kernels of the "
+  kl_co_scale: float = setting(_LFADS("kl_co_scale"), "LFADS: weight of the inferred inputs' KL.", check="nonneg")
+  l2_gen_scale: float = setting(_LFADS("l2_gen_scale"), "LFADS: weight of the squared recurrent kernels of the "
                                 "generator and controller.", check="nonneg")
-  cd_rate: float = setting(0.0, "Coordinated dropout rate, every model: input elements hidden "
+  cd_rate: float = setting(_AE("cd_rate"), "Coordinated dropout rate, every model: input elements hidden "
                            "from the encoder at random each step, and held-in neurons scored "
                            "only there, so no model can copy its input (Keshtkaran & "
                            "Pandarinath 2019).", check="[0,1)")
-  kl_warmup_steps: int = setting(100, "LFADS: steps over which the KL and L2 weights rise "
+  kl_warmup_steps: int = setting(_LFADS("warmup_steps"), "LFADS: steps over which the KL and L2 weights rise "
                                  "linearly from 0.", check="nonneg_int")
-  bidirectional: bool = setting(True, "Add a reverse-time encoder LSTM, so z_t is inferred from "
+  bidirectional: bool = setting(_AE("bidirectional"), "Add a reverse-time encoder LSTM, so z_t is inferred from "
                                 "the whole window (--nobidirectional: from the past only).")
-  linear_skip: bool = setting(False, "Add a linear path from each time step's input to the "
+  linear_skip: bool = setting(_AE("linear_skip"), "Add a linear path from each time step's input to the "
                               "latent beside the encoder LSTM (z_t = LSTM(x)_t W + x_t S + b), so "
                               "PCA's projection is one setting of the weights away: closer to PCA "
                               "on linear-Gaussian data, but the estimate then leans towards PCA's "
@@ -193,7 +102,7 @@ class Settings(_Declared):
                             choices=("auto",) + LIKELIHOODS)
   dtype: str = setting("float32", "Matmul dtype: float32, or bfloat16 on GPU/TPU (LSTM state "
                        "and losses stay float32).", choices=DTYPES)
-  unroll: int = setting(1, "Scan unroll factor of the LSTMs.", check="positive_int")
+  unroll: int = setting(_AE("unroll"), "Scan unroll factor of the LSTMs.", check="positive_int")
   # Training.
   seeds: int = setting(3, "Seeds per (layer, latent): seeds 0..N-1. Each seed has its own "
                        "initialisation, batch order and held-out neurons.", check="positive_int")
@@ -205,7 +114,7 @@ class Settings(_Declared):
   lr_half_life: int = setting(0, "Steps over which the learning rate halves (exponential decay "
                               "from the step count alone, so raising --steps and resuming still "
                               "equals a longer run); 0: constant.", check="nonneg_int")
-  dropout: float = setting(0.2, "Dropout rate on the encoder's input while training.",
+  dropout: float = setting(_AE("dropout"), "Dropout rate on the encoder's input while training.",
                            check="[0,1)")
   clip_norm: float = setting(1.0, "Global gradient-norm clip.", check="positive")
   log_every: int = setting(100, "Steps between progress lines and evaluations.",
@@ -245,20 +154,9 @@ class Settings(_Declared):
   verbose: bool = setting(True, "Print progress lines.", flag=False, identity=False)
 
   def _check_together(self) -> None:
-    if self.model == "multiscale":
-      if not self.timescales:
-        raise UserError("--model=multiscale needs --timescales, the bands' time constants in "
-                        "bins, e.g. --timescales=2,50")
-      if max(self.latents) == 0:
-        raise UserError(f"--latents={','.join(map(str, self.latents))} has no positive band count")
-      if self.neuron_counts:
-        raise UserError("--neuron_counts is not built for --model=multiscale: drop one of them")
-    elif 0 in self.latents:
-      raise UserError("--latents has 0: latent sizes must be positive integers (0 is a band count "
-                      "of --model=multiscale only)")
-    elif self.timescales:
-      raise UserError(f"--timescales sets the bands of --model=multiscale; it has no effect with "
-                      f"--model={self.model}: drop it")
+    error = models.family(self.model).settings_error(self)
+    if error:
+      raise UserError(error)
     if len(set(self.baselines)) != len(self.baselines):
       raise UserError(f"--baselines={','.join(self.baselines)} lists a baseline twice: give each once")
     if self.neuron_folds == 1:
@@ -344,74 +242,3 @@ class RunSettings(_Declared):
   heartbeat_timeout_s: int = setting(60, "With --distributed: seconds after which a silent process "
                                      "counts as lost; the others name it and exit within this "
                                      "time.", check="positive_int", identity=False)
-
-
-def fields(obj: Any) -> list[dataclasses.Field]:
-  """The declared settings of a settings class or instance."""
-  return list(dataclasses.fields(obj))
-
-
-def names(cls: type) -> list[str]:
-  return [f.name for f in dataclasses.fields(cls)]
-
-
-def build(cls: type, values: dict[str, Any]) -> Any:
-  """cls(**values), with a ValueError naming an unknown setting instead of a TypeError."""
-  unknown = sorted(set(values) - set(names(cls)))
-  if unknown:
-    raise ValueError(f"unknown setting(s) {', '.join(map(repr, unknown))} for {cls.__name__}; "
-                     f"valid: {', '.join(names(cls))}")
-  return cls(**values)
-
-
-def define_flags(*classes: type, flag_values: Any = None) -> None:
-  """Defines one absl flag per declared setting of `classes` (same names, defaults and help)."""
-  from absl import flags
-
-  fv = flags.FLAGS if flag_values is None else flag_values
-  define = {"bool": flags.DEFINE_bool, "int": flags.DEFINE_integer, "float": flags.DEFINE_float,
-            "string": flags.DEFINE_string, "list": flags.DEFINE_list}
-  for cls in classes:
-    for f in dataclasses.fields(cls):
-      m = f.metadata
-      if not m["flag"]:
-        continue
-      text = m["help"] + (f" One of: {', '.join(m['choices'])}." if m["choices"] else "")
-      if m["kind"] == "ints":
-        flags.DEFINE_string(f.name, ",".join(map(str, f.default)), text, flag_values=fv)
-      elif m["kind"] == "list":
-        flags.DEFINE_list(f.name, list(f.default), text, flag_values=fv)
-      else:
-        define[m["kind"]](f.name, f.default, text, flag_values=fv)
-
-
-def from_flags(cls: type, flag_values: Any) -> Any:
-  """An instance of `cls` from parsed flags (UserError on a bad value)."""
-  return cls(**{f.name: flag_values[f.name].value for f in dataclasses.fields(cls)
-                if f.metadata["flag"]})
-
-
-def identity(*instances: Any) -> dict[str, Any]:
-  """What defines a sweep in its workdir: the identity settings of `instances`, JSON-ready."""
-  out: dict[str, Any] = {}
-  for obj in instances:
-    for f in dataclasses.fields(obj):
-      if not f.metadata["identity"]:
-        continue
-      v = getattr(obj, f.name)
-      if f.metadata["path"] and v:
-        v = os.path.abspath(v)
-      out[f.name] = list(v) if isinstance(v, tuple) else v
-  return out
-
-
-def flags_text(*instances: Any) -> str:
-  """The command-line flags that repeat these settings (flags.txt, `--flagfile`)."""
-  lines = []
-  for obj in instances:
-    for f in dataclasses.fields(obj):
-      v = getattr(obj, f.name)
-      if not (f.metadata["flag"] and f.metadata["record"]) or v is None:
-        continue
-      lines.append(f"--{f.name}={','.join(map(str, v)) if isinstance(v, tuple) else v}")
-  return "\n".join(lines) + "\n"

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from nmas_jax import cpu
+from nmas_jax.training import cpu
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -45,7 +45,7 @@ def pytest_unconfigure(config):
 @pytest.fixture(scope="module")
 def synthetic_npy(tmp_path_factory):
   """Saves built-in synthetic data as a [layers, time, neurons] .npy; returns its path."""
-  from nmas_jax import synthetic
+  from nmas_jax.data import synthetic
 
   def make(name: str, **kwargs) -> str:
     path = tmp_path_factory.mktemp("data") / name

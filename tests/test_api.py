@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from nmas_jax import DimensionSweep, synthetic
+from nmas_jax import DimensionSweep
+from nmas_jax.data import synthetic
 from nmas_jax.errors import UserError
 
 TINY = dict(hidden=16, window=20, batch_size=16, steps=250, learning_rate=1e-2, log_every=50,

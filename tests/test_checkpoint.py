@@ -11,7 +11,10 @@ import jax
 import numpy as np
 import pytest
 
-from nmas_jax import checkpoint, config, files, results, splits, sweep, synthetic
+from nmas_jax import config, files
+from nmas_jax.data import splits, synthetic
+from nmas_jax.reporting import results
+from nmas_jax.training import checkpoint, sweep
 from nmas_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -6,7 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nmas_jax import config, data, dimension, loaders, splits, synthetic
+from nmas_jax import config, data
+from nmas_jax.data import loaders, splits, synthetic
+from nmas_jax.evaluation import dimension
 from nmas_jax.errors import UserError
 
 COUNTS = {30.0: 7, 0.0: 4, 60.0: 9, 90.0: 5, 120.5: 6}  # unequal planes, unsorted

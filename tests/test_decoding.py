@@ -5,7 +5,10 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
-from nmas_jax import config, decoding, splits, sweep, synthetic
+from nmas_jax import config
+from nmas_jax.data import splits, synthetic
+from nmas_jax.evaluation import decoding
+from nmas_jax.training import sweep
 
 
 def test_logistic_regression_separates_separable_classes():

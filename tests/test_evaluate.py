@@ -3,7 +3,10 @@
 import numpy as np
 import pytest
 
-from nmas_jax import baselines, config, dimension, evaluate, splits, sweep, synthetic
+from nmas_jax import config
+from nmas_jax.data import splits, synthetic
+from nmas_jax.evaluation import baselines, dimension, evaluate
+from nmas_jax.training import sweep
 
 
 def _lowrank(seed=0, t=400, n=12, k=3, noise=0.3, noise_var=False):

@@ -4,7 +4,9 @@ computation, EM's monotone likelihood, and the state dimension recovered by the 
 import jax
 import numpy as np
 
-from nmas_jax import config, evaluate, lds, splits, synthetic
+from nmas_jax import config
+from nmas_jax.data import splits, synthetic
+from nmas_jax.evaluation import evaluate, lds
 from nmas_jax.data import Dataset
 
 

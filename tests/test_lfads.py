@@ -8,7 +8,9 @@ import numpy as np
 import optax
 import pytest
 
-from nmas_jax import DimensionSweep, models, synthetic
+from nmas_jax import DimensionSweep, models
+from nmas_jax.data import synthetic
+from nmas_jax.models import lfads
 
 SIZES = dict(gen_dim=8, ic_enc_dim=5, ci_enc_dim=4, con_dim=5)
 
@@ -26,8 +28,8 @@ def _cut(p, k, co_dim):
 @pytest.mark.parametrize("co_dim", [0, 2])
 def test_padded_lfads_equals_unpadded_and_padded_weights_get_no_gradient(co_dim):
   x = jax.random.normal(jax.random.PRNGKey(0), (3, 12, 7))
-  big = models.LFADS(neurons=7, latent=6, co_dim=co_dim, **SIZES)
-  small = models.LFADS(neurons=7, latent=3, co_dim=co_dim, **SIZES)
+  big = models.LFADS(neurons=7, latent=6, co_dim=co_dim, **SIZES, dropout=0.0)
+  small = models.LFADS(neurons=7, latent=3, co_dim=co_dim, **SIZES, dropout=0.0)
   p = jax.jit(big.init)(jax.random.PRNGKey(1), x)["params"]  # jitted: compiles faster than eager
   y, f = jax.jit(big.apply)({"params": p}, x, 3)
   y3, f3 = jax.jit(small.apply)({"params": _cut(p, 3, co_dim)}, x)
@@ -58,12 +60,12 @@ def test_padded_lfads_equals_unpadded_and_padded_weights_get_no_gradient(co_dim)
 
 def test_kl_and_coordinated_dropout():
   m, lv = jnp.array([[0.3, -1.0]]), jnp.array([[0.2, -0.5]])
-  assert float(models._gaussian_kl(m, lv, m, lv)[0]) == pytest.approx(0.0, abs=1e-7)
+  assert float(lfads._gaussian_kl(m, lv, m, lv)[0]) == pytest.approx(0.0, abs=1e-7)
   # KL of two 1-D Gaussians by its textbook formula, summed over the two dimensions.
   pm, plv = jnp.zeros((1, 2)), jnp.log(jnp.full((1, 2), 0.1))
   s2, ps2 = np.exp(np.asarray(lv)), 0.1
   ref = np.sum(np.log(np.sqrt(ps2) / np.sqrt(s2)) + (s2 + np.asarray(m) ** 2) / (2 * ps2) - 0.5)
-  assert float(models._gaussian_kl(m, lv, pm, plv)[0]) == pytest.approx(ref, rel=1e-5)
+  assert float(lfads._gaussian_kl(m, lv, pm, plv)[0]) == pytest.approx(ref, rel=1e-5)
   x = jnp.arange(1.0, 201.0).reshape(2, 10, 10)
   x_in, loss_mask = models.coordinated_dropout(jax.random.PRNGKey(0), x, 0.25)
   kept = np.asarray(x_in) != 0
@@ -88,7 +90,7 @@ def test_lfads_fits_poisson_trials_better_than_the_mean_rate():
   x = jnp.asarray(counts)
   # KL weight 0.1 and L2 weight 1e-4 per data element, at full weight from the first step.
   model = models.LFADS(neurons=10, latent=4, kl_ic_scale=0.1, l2_gen_scale=1e-4, warmup_steps=1,
-                       **SIZES)
+                       **SIZES, dropout=0.0)
   params = model.init(jax.random.PRNGKey(0), x)["params"]
   tx = optax.adam(1e-2)
   opt = tx.init(params)

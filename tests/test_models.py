@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nmas_jax import models, train
+from nmas_jax import models
+from nmas_jax.training import train
 
 B, T, N, H, K = 3, 7, 6, 5, 8
 
@@ -33,7 +34,7 @@ def _slice_params(params, k, bidirectional):
 
 def _loss(model, params, x, k=None):
   y, _ = model.apply({"params": params}, x, k)
-  return train.reconstruction_loss(y, x)
+  return models.reconstruction_loss(y, x)
 
 
 @pytest.mark.parametrize("decoder", ["lstm", "linear", "mlp"])
@@ -42,9 +43,9 @@ def _loss(model, params, x, k=None):
 @pytest.mark.parametrize("k", [1, 3, 7])
 def test_padded_model_equals_unpadded(decoder, bidirectional, linear_skip, k):
   padded = models.LSTMAutoencoder(N, K, H, decoder=decoder, bidirectional=bidirectional,
-                                  linear_skip=linear_skip)
+                                  linear_skip=linear_skip, dropout=0.0)
   small = models.LSTMAutoencoder(N, k, H, decoder=decoder, bidirectional=bidirectional,
-                                 linear_skip=linear_skip)
+                                 linear_skip=linear_skip, dropout=0.0)
   x = _x()
   params = padded.init(jax.random.PRNGKey(1), x)["params"]
   small_params = _slice_params(params, k, bidirectional)
@@ -111,7 +112,7 @@ def test_encoder_is_causal():
 
 def test_shapes_and_unroll_invariance():
   for unroll in (1, 4):
-    model = models.LSTMAutoencoder(N, K, H, unroll=unroll)
+    model = models.LSTMAutoencoder(N, K, H, unroll=unroll, decoder="lstm", bidirectional=False, dropout=0.0)
     (y, z), params = model.init_with_output(jax.random.PRNGKey(0), _x())
     assert y.shape == (B, T, N) and z.shape == (B, T, K)
     if unroll == 1:
@@ -137,21 +138,21 @@ def test_encoder_embeds_in_another_module_and_jits():
   assert out.shape == (B, T)
   np.testing.assert_allclose(out, m.apply(params, x), rtol=1e-6, atol=1e-6)
   # Its encoder weights are exactly an autoencoder's encoder weights.
-  ae = models.LSTMAutoencoder(N, 4, H)
+  ae = models.LSTMAutoencoder(N, 4, H, decoder="lstm", bidirectional=False, dropout=0.0)
   ae_params = ae.init(jax.random.PRNGKey(3), x)["params"]
   assert jax.tree.structure(ae_params["encoder"]) == jax.tree.structure(params["params"]["encoder"])
 
 
 def test_bad_decoder_is_rejected():
   with pytest.raises(ValueError, match="unknown decoder 'gru'"):
-    models.LSTMAutoencoder(N, K, H, decoder="gru").init(jax.random.PRNGKey(0), _x())
+    models.LSTMAutoencoder(N, K, H, decoder="gru", bidirectional=False, dropout=0.0).init(jax.random.PRNGKey(0), _x())
 
 
 def test_bfloat16_matmuls_track_float32():
   """bf16 matmuls with f32 state: outputs within 3% (relative RMS) of the f32 model, same params."""
   x = jax.random.normal(jax.random.PRNGKey(5), (4, 20, N))
-  f32 = models.LSTMAutoencoder(N, K, 16, decoder="lstm")
-  bf16 = models.LSTMAutoencoder(N, K, 16, decoder="lstm", dtype=jnp.bfloat16)
+  f32 = models.LSTMAutoencoder(N, K, 16, decoder="lstm", bidirectional=False, dropout=0.0)
+  bf16 = models.LSTMAutoencoder(N, K, 16, decoder="lstm", dtype=jnp.bfloat16, bidirectional=False, dropout=0.0)
   params = f32.init(jax.random.PRNGKey(0), x)
   y32, z32 = f32.apply(params, x, 5)
   y16, z16 = bf16.apply(params, x, 5)
@@ -217,11 +218,11 @@ def test_hand_written_lstm_gradient_in_bfloat16_tracks_float32():
 
 @pytest.mark.parametrize("decoder", ["lstm", "linear", "mlp"])
 @pytest.mark.parametrize("bidirectional,linear_skip", [(False, False), (True, True)])
-def test_slice_latent_cuts_the_weights_a_small_model_uses(decoder, bidirectional, linear_skip):
+def test_cut_latent_cuts_the_weights_a_small_model_uses(decoder, bidirectional, linear_skip):
   padded = models.LSTMAutoencoder(N, K, H, decoder=decoder, bidirectional=bidirectional,
-                                  linear_skip=linear_skip)
+                                  linear_skip=linear_skip, dropout=0.0)
   params = padded.init(jax.random.PRNGKey(1), _x())["params"]
-  cut = models.slice_latent(params, 3)
+  cut = models.cut_latent(padded, params, 3)
   expected = _slice_params(params, 3, bidirectional)
   assert jax.tree.structure(cut) == jax.tree.structure(expected)
   for a, b in zip(jax.tree.leaves(cut), jax.tree.leaves(expected)):
@@ -236,7 +237,7 @@ def test_narrow_neurons_equals_the_masked_full_model_on_its_neurons():
   gradient on the input rows of the other neurons. (Its steps against the masked full-width
   step: tests/test_sweep.py.)"""
   m = models.LSTMAutoencoder(neurons=9, latent=3, hidden=5, decoder="linear", bidirectional=True,
-                             linear_skip=True)
+                             linear_skip=True, dropout=0.0)
   x = jax.random.normal(jax.random.PRNGKey(1), (2, 6, 9))
   params = m.init(jax.random.PRNGKey(0), x)["params"]
   in_i, out_i = jnp.array([1, 4, 7]), jnp.array([0, 1, 4, 7, 8])
@@ -258,8 +259,8 @@ def test_narrow_neurons_equals_the_masked_full_model_on_its_neurons():
 
 
 def _init(model, latent, x):
-  st = train.init_state(jax.random.PRNGKey(3), latent, 1e-3, 0.0, model=model, clip_norm=1.0,
-                        example_x_BTN=x)
+  st = train.init_state(jax.random.PRNGKey(3), latent, model=model,
+                        tx=train.make_optimizer(clip_norm=1.0), example_x_BTN=x)
   return st.params
 
 
@@ -267,15 +268,15 @@ def _init(model, latent, x):
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_a_padded_model_starts_as_the_unpadded_model_whatever_the_padding(decoder, bidirectional):
   """A model of latent size 3 initialised at padded width 8 or 12 has, on the units it uses
-  (`slice_latent`), exactly the initial weights of an unpadded width-3 model from the same key:
+  (`cut_latent`), exactly the initial weights of an unpadded width-3 model from the same key:
   adding a larger latent to the grid changes no model's start."""
   x = _x()
-  small = _init(models.LSTMAutoencoder(N, 3, H, decoder=decoder, bidirectional=bidirectional),
+  small = _init(models.LSTMAutoencoder(N, 3, H, decoder=decoder, bidirectional=bidirectional, dropout=0.0),
                 3, x)
   for width in (8, 12):
     padded = _init(models.LSTMAutoencoder(N, width, H, decoder=decoder,
-                                          bidirectional=bidirectional), 3, x)
-    cut = models.slice_latent(padded, 3)
+                                          bidirectional=bidirectional, dropout=0.0), 3, x)
+    cut = models.cut_latent(models.LSTMAutoencoder(N, width, H, decoder=decoder, bidirectional=bidirectional), padded, 3)
     assert jax.tree.structure(cut) == jax.tree.structure(small)
     for a, b in zip(jax.tree.leaves(cut), jax.tree.leaves(small)):
       np.testing.assert_array_equal(a, b)
@@ -286,7 +287,7 @@ def test_latent_facing_kernels_have_lecun_scale_of_the_unpadded_width(k):
   """The readout that reads the latent has variance 1 / k (lecun, fan_in k) for a model of
   latent size k, whatever the padded width; the encoder's latent kernel 1 / H (fan_in H)."""
   x = jax.random.normal(jax.random.PRNGKey(0), (1, 3, 4000))
-  params = _init(models.LSTMAutoencoder(4000, 16, H, decoder="linear"), k, x)
+  params = _init(models.LSTMAutoencoder(4000, 16, H, decoder="linear", bidirectional=False, dropout=0.0), k, x)
   readout = np.asarray(params["decoder_net"]["readout"]["kernel"][:k])
   np.testing.assert_allclose(readout.std(), 1 / np.sqrt(k), rtol=0.05)
   to_latent = np.asarray(params["encoder"]["to_latent"]["kernel"])

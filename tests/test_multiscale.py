@@ -5,7 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nmas_jax import config, dimension, evaluate, models, splits, sweep, synthetic
+from nmas_jax import config, models
+from nmas_jax.data import splits, synthetic
+from nmas_jax.evaluation import dimension, evaluate
+from nmas_jax.training import sweep
 from nmas_jax.errors import UserError
 
 
@@ -54,7 +57,7 @@ def test_band_units_follow_the_encoder_with_bounded_innovations():
   assert np.abs(np.diff(z_fast[0, :, 1])).max() <= 2 * (1 - a[1]) + 1e-6
   assert np.abs(z_fast[0, 100:, 1]).max() < 0.1 < np.abs(z_fast[0, 100:, 0]).max()
   # A model's band output is that follower of its encoder's proposals.
-  model = models.MultiscaleAutoencoder(neurons=3, latent=1, timescales=(1, 50), hidden=4)
+  model = models.MultiscaleAutoencoder(neurons=3, latent=1, timescales=(1, 50), hidden=4, bidirectional=False, dropout=0.0)
   x = jnp.asarray(rng.standard_normal((2, 40, 3)), jnp.float32)
   params = model.init(jax.random.PRNGKey(0), x)["params"]
   z_model = model.apply({"params": params}, x, method=model.encode)
@@ -68,8 +71,8 @@ def test_padded_multiscale_model_equals_unpadded():
   # to the same counts, with the used encoder columns and decoder rows copied: equal outputs;
   # unused units are zero.
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 6))
-  padded = models.MultiscaleAutoencoder(neurons=6, latent=5, timescales=(2, 20), hidden=4)
-  small = models.MultiscaleAutoencoder(neurons=6, latent=3, timescales=(2, 20), hidden=4)
+  padded = models.MultiscaleAutoencoder(neurons=6, latent=5, timescales=(2, 20), hidden=4, bidirectional=False, dropout=0.0)
+  small = models.MultiscaleAutoencoder(neurons=6, latent=3, timescales=(2, 20), hidden=4, bidirectional=False, dropout=0.0)
   params = padded.init(jax.random.PRNGKey(1), x)["params"]
   used = np.r_[0:3, 5:8]  # band 0's units 0-2, band 1's units 0-2 of the padded layout
   sp = jax.tree.map(lambda a: a, params)
@@ -144,9 +147,9 @@ def test_multiscale_sweep_recovers_known_counts_per_band():
   prep = splits.prepare(ds, cfg)
   with pytest.raises(UserError) as e:
     sweep.build(prep, cfg, batching="by_latent")
-  assert str(e.value) == ("--batching=by_latent cuts models to one latent width, which a "
-                          "multiscale model has per band: use --batching=vmap or auto with "
-                          "--model=multiscale")
+  assert str(e.value) == ("--batching=by_latent cuts models to one latent width, and this "
+                          "model's latent size is not one width (it has one per band): use "
+                          "--batching=vmap or auto")
   out = sweep.run_sweep(prep, cfg, log=lambda s: None)
   assert len(out.table) == 8 and sorted(map(tuple, out.table.bands.tolist()))[0] == (0, 3)
   ev = evaluate.evaluate_sweep(prep, cfg, out, log=lambda s: None)

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 
-from nmas_jax import loaders as data
+from nmas_jax.data import loaders as data
 from nmas_jax.errors import UserError
 
 pynwb = pytest.importorskip("pynwb")

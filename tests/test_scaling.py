@@ -7,7 +7,10 @@ import jax
 import numpy as np
 import pytest
 
-from nmas_jax import config, evaluate, splits, sweep, synthetic
+from nmas_jax import config
+from nmas_jax.data import splits, synthetic
+from nmas_jax.evaluation import evaluate
+from nmas_jax.training import sweep
 from nmas_jax.errors import UserError
 
 

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from nmas_jax import cpu, sharding
+from nmas_jax.training import cpu, sharding
 from nmas_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,7 +26,10 @@ def _env(devices):
 
 SCRIPT = textwrap.dedent("""
     import json, jax, numpy as np
-    from nmas_jax import config, evaluate, sharding, splits, sweep, synthetic, table as tbl
+    from nmas_jax import config
+    from nmas_jax.data import splits, synthetic
+    from nmas_jax.evaluation import evaluate
+    from nmas_jax.training import sharding, sweep, table as tbl, train
     assert jax.device_count() == 8
     ds = synthetic.make_synthetic(true_latents=(2, 4, 3), neurons=16, time=600, seed=0)
     cfg = config.Settings(latents=(1, 2, 4), hidden=8, window=20, batch_size=8, steps=40,
@@ -43,7 +46,8 @@ SCRIPT = textwrap.dedent("""
                    "n": len(o.table)}
     mesh = sharding.make_mesh("auto")
     table = tbl.ModelTable.build(3, cfg.latents, 1).padded(sharding.padded_size(9, mesh))
-    state = tbl.init_states(cfg, table, 16, out_sharding=sharding.models_sharding(mesh))
+    state = tbl.init_states(cfg, table, 16, train.optimizer_for(cfg),
+                            out_sharding=sharding.models_sharding(mesh))
     leaf = jax.tree.leaves(state.params)[0]
     out["shards"] = sorted({s.data.shape[0] for s in leaf.addressable_shards})
     out["devices"] = len(leaf.addressable_shards)
@@ -86,7 +90,7 @@ def test_two_processes_then_one_device_resuming_their_checkpoint_equal_one_devic
           "--nobidirectional",
           "--log_every=20", "--checkpoint_every=20", "--learning_rate=0.01"]
   ds_args = ["--dataset=array", f"--data_path={tmp_path / 'x.npy'}", "--normalize=none", "--bin=1"]
-  from nmas_jax import synthetic
+  from nmas_jax.data import synthetic
 
   np.save(tmp_path / "x.npy", synthetic.make_synthetic(true_latents=(2, 4, 3), neurons=16, time=600, seed=0).x_LTN)
   run = lambda workdir, *extra: subprocess.run(
@@ -114,7 +118,7 @@ def test_two_processes_then_one_device_resuming_their_checkpoint_equal_one_devic
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt is Linux-only")
 def test_tune_malloc_applies_its_settings_unless_the_user_tuned_malloc():
-  code = "from nmas_jax import cpu; print(sorted(cpu.tune_malloc()))"
+  code = "from nmas_jax.training import cpu; print(sorted(cpu.tune_malloc()))"
   env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
   run = lambda env: subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                                    text=True, check=True).stdout.strip()
@@ -127,10 +131,12 @@ def test_tune_malloc_applies_its_settings_unless_the_user_tuned_malloc():
 
 LANES_SCRIPT = textwrap.dedent("""
     import json, sys
-    from nmas_jax import cpu
+    from nmas_jax.training import cpu
     added = cpu.tune_cpu_flags(lanes=2)
     import jax, jax.numpy as jnp, numpy as np
-    from nmas_jax import config, data, sharding, splits, stepper, sweep
+    from nmas_jax import config, data
+    from nmas_jax.data import splits
+    from nmas_jax.training import sharding, stepper, sweep
     mesh = sharding.make_mesh("auto")
     out = {"added": added, "devices": jax.device_count(), "mesh": int(mesh.devices.size),
            "lanes": len(cpu.lane_devices(mesh)), "batching": stepper.resolve_batching("auto", mesh)}
@@ -178,7 +184,7 @@ def test_by_latent_on_two_cpu_lanes_equals_one_lane():
 
 
 def test_tune_cpu_flags_keeps_the_users_device_count():
-  code = ("from nmas_jax import cpu, sharding; import os; a = cpu.tune_cpu_flags(); "
+  code = ("from nmas_jax.training import cpu, sharding; import os; a = cpu.tune_cpu_flags(); "
           "import jax; print(jax.device_count(), sharding.make_mesh('auto').devices.size, "
           "[f for f in a if f.startswith(cpu.DEVICE_COUNT_FLAG)], os.environ.get(sharding.LANES_ENV))")
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT,
@@ -192,7 +198,7 @@ def test_tune_cpu_flags_keeps_the_users_device_count():
 def test_tune_cpu_flags_does_nothing_once_jax_has_started():
   """backend_started (the one private JAX call) is False before JAX starts and True after;
   tune_cpu_flags then changes nothing."""
-  code = ("from nmas_jax import cpu; import os, jax; before = cpu.backend_started(); jax.devices(); "
+  code = ("from nmas_jax.training import cpu; import os, jax; before = cpu.backend_started(); jax.devices(); "
           "env = dict(os.environ); added = cpu.tune_cpu_flags(lanes=4); "
           "print(before, cpu.backend_started(), added, dict(os.environ) == env)")
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
@@ -205,7 +211,7 @@ def test_a_lost_process_is_named_in_one_line_and_the_sweep_resumes(tmp_path):
   """Two local processes; process 1 killed mid-run: process 0 names it, with the last complete
   checkpoint, before any error of JAX's runtime, and well within the heartbeat timeout; running
   both again resumes from that checkpoint and completes."""
-  from nmas_jax import synthetic
+  from nmas_jax.data import synthetic
 
   np.save(tmp_path / "x.npy", synthetic.make_synthetic(true_latents=(2, 3), neurons=12, time=800,
                                                        seed=0).x_LTN)

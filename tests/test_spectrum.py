@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from nmas_jax import spectrum, synthetic
+from nmas_jax.data import synthetic
+from nmas_jax.evaluation import spectrum
 
 
 @pytest.mark.parametrize("alpha", [0.7, 1.0, 1.5])

@@ -9,9 +9,12 @@ import sys
 import numpy as np
 import pytest
 
-from nmas_jax import config, cpu, data, results, splits, stepper, sweep, synthetic
+from nmas_jax import config, data
+from nmas_jax.data import splits, synthetic
+from nmas_jax.reporting import results
+from nmas_jax.training import cpu, stepper, sweep
 from nmas_jax.errors import UserError
-from nmas_jax.table import ModelTable
+from nmas_jax.training.table import ModelTable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -162,7 +165,7 @@ def test_by_latent_batching_equals_one_vmap():
   seeds x latents and the shared model; unpack restores the padded layout."""
   import jax
 
-  from nmas_jax import sharding
+  from nmas_jax.training import sharding
   cfg = config.Settings(latents=(3, 1, 2), seeds=2, batch_size=3, window=5, hidden=6,
                         decoder="lstm", heldout_neurons=0.25, likelihood="gaussian",
                         bidirectional=False, dropout=0.2)
@@ -201,7 +204,7 @@ def test_by_latent_count_models_on_their_own_neurons_equal_one_vmap(unrolled, mo
   import jax
   monkeypatch.setattr(cpu, "UNROLL_MIN_NEURONS", 1 if unrolled else 10**9)
 
-  from nmas_jax import sharding
+  from nmas_jax.training import sharding
   cfg = config.Settings(latents=(2, 1), seeds=2, batch_size=3, window=5, hidden=6,
                         decoder="linear", heldout_neurons=0.25, likelihood="gaussian",
                         bidirectional=False, dropout=0.0, neuron_counts=(3,))
@@ -228,7 +231,7 @@ def test_by_latent_lfads_equals_one_vmap():
   each factor size at its own width, steps every model exactly as the padded vmap does."""
   import jax
 
-  from nmas_jax import sharding
+  from nmas_jax.training import sharding
   cfg = config.Settings(model="lfads", latents=(2, 1), seeds=2, batch_size=3, window=5,
                         gen_dim=6, ic_enc_dim=5, cd_rate=0.3, lr_half_life=1,
                         heldout_neurons=0.25, likelihood="poisson", dropout=0.2)
@@ -250,7 +253,7 @@ def test_by_latent_batching_refuses_a_padded_models_axis():
     cpu.latent_buckets(table)
   with pytest.raises(UserError, match="unknown --batching='fast': choose one of auto, vmap, "
                                       "by_latent"):
-    from nmas_jax import sharding
+    from nmas_jax.training import sharding
     stepper.resolve_batching("fast", sharding.make_mesh("auto"))
 
 
@@ -286,7 +289,7 @@ def test_selection_converged_matches_its_definition_for_any_length_of_training()
 
 
 def test_unconverged_advice_names_the_count_and_the_rerun():
-  from nmas_jax import report
+  from nmas_jax.reporting import report
 
   r = {"steps": 400, "models": [{"converged": True}, {"converged": False}, {"converged": False}]}
   assert report.unconverged_advice(r) == (

@@ -18,10 +18,11 @@ from typing import Any, Protocol
 import jax
 import jax.numpy as jnp
 
-from nmas_jax import cpu, models, sharding, splits, train
+from nmas_jax.data import splits
+from nmas_jax.training import cpu, sharding, train
 from nmas_jax.config import BATCHINGS
 from nmas_jax.errors import UserError
-from nmas_jax.table import ModelTable
+from nmas_jax.training.table import ModelTable
 
 
 class Stepper(Protocol):
@@ -129,10 +130,11 @@ def make_stepper(batching: str, model, tx, prep: splits.Prepared, placed: splits
 
   `lanes`: devices by_latent may spread its programs over (default: the CPU lanes of `mesh`).
   """
-  if isinstance(model, models.MultiscaleAutoencoder):  # its latent size is a vector
+  if not model.cuts_latent:  # e.g. a latent size per band: no one width to cut to
     if batching == "by_latent":
-      raise UserError("--batching=by_latent cuts models to one latent width, which a multiscale "
-                      "model has per band: use --batching=vmap or auto with --model=multiscale")
+      raise UserError("--batching=by_latent cuts models to one latent width, and this model's "
+                      "latent size is not one width (it has one per band): use --batching=vmap "
+                      "or auto")
     return VmapStepper(model, tx, prep, placed, mesh)
   if resolve_batching(batching, mesh) == "vmap" or (
       batching == "auto" and padded_step_flops(model, prep, len(table)) < BY_LATENT_MIN_FLOPS):

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from nmas_jax import files
-from nmas_jax.results import curves, dimension_metric
+from nmas_jax.reporting.results import curves, dimension_metric
 
 
 def metric_label(metric: str) -> str:

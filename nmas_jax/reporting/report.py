@@ -8,9 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from nmas_jax import files, plots, results as results_lib
-from nmas_jax.plots import metric_label
-from nmas_jax.results import curves, dimension_metric
+from nmas_jax import files, models
+from nmas_jax.reporting import plots, results as results_lib
+from nmas_jax.reporting.plots import metric_label
+from nmas_jax.reporting.results import curves, dimension_metric
 
 
 def _interval(results: dict[str, Any], layer: str) -> str:
@@ -136,13 +137,7 @@ def _data_section(results: dict[str, Any]) -> list[str]:
 
 
 def _model_line(results: dict[str, Any], cfg: dict[str, Any]) -> str:
-  model = results.get("model", "autoencoder")
-  if model == "lfads":
-    return (f"- model: LFADS (generator {cfg['gen_dim']} units, controller outputs {cfg['co_dim']}) "
-            "-> factors")
-  bands = (f" -> latents in bands of tau {', '.join(map(str, cfg['timescales']))} bins"
-           if model == "multiscale" else " -> latent")
-  return f"- model: LSTM encoder ({cfg['hidden']} units){bands} -> {results['decoder']} decoder"
+  return models.family(results.get("model", "autoencoder")).describe(cfg)
 
 
 def _curves_section(results: dict[str, Any], metric: str) -> list[str]:

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from nmas_jax.data import Dataset
+from nmas_jax.data.dataset import Dataset
 from nmas_jax.errors import UserError
 
 SYNTHETIC_TRUE_LATENTS = (10, 25, 50)

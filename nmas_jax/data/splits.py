@@ -19,10 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nmas_jax import data as data_lib
-from nmas_jax import sharding
+from nmas_jax.data import dataset as data_lib
+from nmas_jax.training import sharding
 from nmas_jax.config import Settings
-from nmas_jax.data import Dataset
+from nmas_jax.data.dataset import Dataset
 from nmas_jax.errors import UserError
 
 

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from nmas_jax import sharding
+from nmas_jax.training import sharding
 
 
 def fmt_time(seconds: float) -> str:

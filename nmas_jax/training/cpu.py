@@ -29,9 +29,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nmas_jax import models, sharding, splits, train
+from nmas_jax import models
+from nmas_jax.data import splits
+from nmas_jax.training import sharding, train
 from nmas_jax.errors import UserError
-from nmas_jax.table import ModelTable
+from nmas_jax.training.table import ModelTable
 
 CPU_XLA_FLAGS = ("--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED",)
 DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
@@ -179,22 +181,11 @@ def _to_table(parts: Sequence[Any], inverse: np.ndarray) -> Any:
 
 
 def _one_model_shapes(model, latent: int, tx) -> train.TrainState:
-  """Abstract state (shapes, dtypes) of ONE model of `model`'s kind at latent width `latent`,
-  its optimizer state that of the stepper's own `tx`."""
+  """Abstract state (shapes, dtypes) of ONE model of `model`'s family at latent width `latent`."""
   m = model.clone(latent=latent)
   x = jax.ShapeDtypeStruct((1, 1, m.neurons), jnp.float32)
-
-  def one(key, x):
-    s = train.init_state(key, latent, 1e-3, 0.0, model=m, clip_norm=1.0, example_x_BTN=x)
-    return s.replace(opt_state=tx.init(s.params))
-  return jax.eval_shape(one, jax.random.PRNGKey(0), x)
-
-
-def narrows(model) -> bool:
-  """Whether by_latent may cut a --neuron_counts model to its own neurons
-  (`models.narrow_neurons`): the autoencoder without coordinated dropout (which reads the full
-  input and loss masks)."""
-  return type(model) is models.LSTMAutoencoder and model.cd_rate == 0
+  init = lambda key, x: train.init_state(key, latent, model=m, tx=tx, example_x_BTN=x)
+  return jax.eval_shape(init, jax.random.PRNGKey(0), x)
 
 
 def narrow_index(mask_GN: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -220,7 +211,7 @@ def bucket_step(parts: tuple, x_LTN: jax.Array, mask_GN: jax.Array, target_GN: j
   A group's models (same layer, count and seed, one per latent size) read the same windows:
   they are sampled, and the encoder's input masked, once per group. With `narrow` (indices and
   weights [groups, I] of the inputs, [groups, O] of the outputs), each model is cut to those
-  neurons (`models.narrow_neurons`). Metrics: one tree [groups] per latent size.
+  neurons (`Family.narrowed`). Metrics: one tree [groups] per latent size.
   """
   x_GBTN = splits.sample_batches(x_LTN, layer_G, seed_G, step, t_train=t_train, window=window,
                                  batch_size=batch_size, mix_layers=mix_layers, stride=stride)
@@ -259,7 +250,7 @@ class ByLatentStepper:
   layout keeps their unused initial values); outputs, losses and every used weight are the same.
 
   Groups: from `UNROLL_MIN_NEURONS` neurons each model is its own part (no vmap at all).
-  Neuron counts: a --neuron_counts model (`narrows`) runs on its own neurons only, so a small
+  Neuron counts: a --neuron_counts model (`Family.narrows`) runs on its own neurons only, so a small
   count costs less than a large one; the vmap stepper masks instead (the same results).
   Chunks: XLA:CPU runs each model of one big program slower than in a small one, so the parts
   (count major, latent minor) go into programs of at most `MODELS_PER_PROGRAM` models. Lanes:
@@ -289,7 +280,7 @@ class ByLatentStepper:
     order = np.concatenate([i for level in index for i in level])
     self._inverse = np.argsort(order)
     first = [level[0] for level in index]  # each count level's groups' table indices
-    narrow_levels = {c for c in range(len(index)) if table.count[first[c][0]] and narrows(model)}
+    narrow_levels = {c for c in range(len(index)) if table.count[first[c][0]] and model.narrows()}
     self.narrowed = len(narrow_levels)  # levels whose models run on their own neurons
 
     def level_args(c):
@@ -335,8 +326,8 @@ class ByLatentStepper:
     with_groups = (lambda a: a) if groups > 1 else (lambda a: a[None])
 
     def pack(state):  # [models] padded -> per (count, latent) [groups] at own width
-      cut = lambda i, j: lambda a, t: drop(a[i][(slice(None),) + tuple(slice(0, n) for n in t.shape)])
-      return tuple(jax.tree.map(cut(i, j), state, own[j]) for i, j in flat)
+      take = lambda i: jax.tree.map(lambda a: a[i], state)
+      return tuple(jax.tree.map(drop, models.cut_to(take(i), own[j], lead=1)) for i, j in flat)
 
     def unpack(parts):  # the inverse, zero-filling the padded units
       fill = lambda a, t: jnp.pad(a, [(0, 0)] + [(0, n - m) for n, m in zip(t.shape, a.shape[1:])])

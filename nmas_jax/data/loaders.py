@@ -8,10 +8,10 @@ import os
 import numpy as np
 
 from nmas_jax.config import DataSettings
-from nmas_jax.data import (Dataset, as_layers, bin_time, check_file, check_finite, check_numeric,
+from nmas_jax.data.dataset import (Dataset, as_layers, bin_time, check_file, check_finite, check_numeric,
                            is_counts)
 from nmas_jax.errors import UserError
-from nmas_jax.synthetic import FAMILIES
+from nmas_jax.data.synthetic import FAMILIES
 
 STRINGER_KEYS = ("sresp", "xyz")
 _D = DataSettings()  # the loaders' defaults are the command line's

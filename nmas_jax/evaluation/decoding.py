@@ -17,7 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from nmas_jax import models, splits, train
+from nmas_jax import models
+from nmas_jax.data import splits
+from nmas_jax.training import train
 from nmas_jax.config import Settings
 
 

@@ -17,11 +17,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nmas_jax import baselines, dimension, lds, models, spectrum, train
-from nmas_jax.hooks import fmt_time
+from nmas_jax import models
+from nmas_jax.evaluation import baselines, dimension, lds, spectrum
+from nmas_jax.training import train
+from nmas_jax.training.hooks import fmt_time
 from nmas_jax.config import Settings
-from nmas_jax.splits import Prepared
-from nmas_jax.table import ModelTable
+from nmas_jax.data.splits import Prepared
+from nmas_jax.training.table import ModelTable
 
 
 # ----------------------------------------------------------------------------
@@ -133,7 +135,7 @@ def model_predictions(state: train.TrainState, table: ModelTable, prep: Prepared
   @jax.jit
   def one(params, latent, layer, mask_N):
     y_VWN, _ = pred(params, latent, windows_LVWN[layer], mask_N)
-    return train.mean_prediction(y_VWN, prep.likelihood).reshape(-1, y_VWN.shape[-1])
+    return models.mean_prediction(y_VWN, prep.likelihood).reshape(-1, y_VWN.shape[-1])
 
   return np.stack([np.asarray(one(jax.tree.map(lambda a: a[i], state.params), state.latent[i],
                                   int(table.layer[i]), mask_MN[i])) for i in range(len(table))]
@@ -302,7 +304,7 @@ def evaluate_sweep(prep: Prepared, cfg: Settings, out, fa_iters: int = 100,
     return curves
 
   null, count = _null_losses(prep, block_T)
-  if cfg.model == "multiscale":
+  if table.bands.shape[1]:  # a latent size per band: the rule over band combinations
     result.update(band_estimates(prep, cfg, sub, sub_per_model, pred_valid[main], ok[main],
                                  base_curves, null, count, block_T))
     return result

@@ -18,7 +18,8 @@ import optax
 from flax import struct
 
 from nmas_jax import models
-from nmas_jax.config import LIKELIHOODS
+from nmas_jax.models.losses import (elementwise_loss, mean_prediction, neuron_weighted_loss,
+                                    reconstruction_loss, weighted_loss)
 
 
 @struct.dataclass
@@ -53,48 +54,33 @@ def make_optimizer(learning_rate: Any = 1e-3, weight_decay: Any = 0.0,
                      optax.scale_by_schedule(lambda step: 0.5 ** (step / lr_half_life)))
 
 
-def init_state(key: jax.Array, latent: Any, learning_rate: Any, weight_decay: Any, *,
-               model: nn.Module, clip_norm: float, example_x_BTN: jax.Array,
-               lr_half_life: float = 0.0) -> TrainState:
-  """Initial state of one model; vmap it over keys/latents/learning rates for a sweep."""
+def optimizer_for(s: Any) -> optax.GradientTransformation:
+  """The sweep's optimizer from settings `s` (learning_rate, weight_decay, clip_norm,
+  lr_half_life): built once, and passed to the init and the steps."""
+  return make_optimizer(s.learning_rate, s.weight_decay, s.clip_norm, s.lr_half_life)
+
+
+def init_state(key: jax.Array, latent: Any, *, model: nn.Module, tx: optax.GradientTransformation,
+               example_x_BTN: jax.Array) -> TrainState:
+  """Initial state of one model; vmap it over keys and latents for a sweep (each model then holds
+  its own copy of the optimizer's learning rate and weight decay)."""
   init_key, model_key = jax.random.split(key)
   params = models.scale_latent_inputs(model, model.init(init_key, example_x_BTN)["params"], latent)
-  tx = make_optimizer(learning_rate, weight_decay, clip_norm, lr_half_life)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     key=model_key, latent=jnp.asarray(latent, jnp.int32),
                     diverged_at=jnp.full((), -1, jnp.int32))
+
+
+def with_hyperparams(state: TrainState, **values: Any) -> TrainState:
+  """`state` with optimizer hyper-parameters replaced by name (e.g. learning_rate=lr_M [models]
+  on a sweep's state): each model then trains with its own."""
+  return state.replace(opt_state=optax.tree_utils.tree_set(state.opt_state, **values))
 
 
 def step_rngs(state: TrainState) -> dict[str, jax.Array]:
   """This model's randomness at this step (dropout and the like): a pure function of (key, step)."""
   key = jax.random.fold_in(state.key, state.step)
   return {"dropout": key, "sample": jax.random.fold_in(key, 1)}
-
-
-# Largest log-rate the Poisson readout may emit (exp(15) ~ 3e6 spikes per bin): keeps exp finite.
-MAX_LOG_RATE = 15.0
-
-
-def mean_prediction(y_BTN: jax.Array, likelihood: str = "gaussian") -> jax.Array:
-  """The model's predicted mean activity: y itself, or Poisson rates exp(y) (y the log-rate, clipped)."""
-  if likelihood == "gaussian":
-    return y_BTN
-  if likelihood == "poisson":
-    return jnp.exp(jnp.minimum(y_BTN, MAX_LOG_RATE))
-  raise ValueError(f"unknown likelihood {likelihood!r}: choose one of {LIKELIHOODS}")
-
-
-def elementwise_loss(y_BTN: jax.Array, x_BTN: jax.Array, likelihood: str = "gaussian") -> jax.Array:
-  """Loss of each element: squared error, or Poisson NLL (without log x!) of rates exp(y)."""
-  if likelihood == "gaussian":
-    return (y_BTN - x_BTN) ** 2
-  log_rate_BTN = jnp.minimum(y_BTN, MAX_LOG_RATE)
-  return jnp.exp(log_rate_BTN) - x_BTN * log_rate_BTN
-
-
-def reconstruction_loss(y_BTN: jax.Array, x_BTN: jax.Array, likelihood: str = "gaussian") -> jax.Array:
-  """Mean loss per element (`elementwise_loss`)."""
-  return jnp.mean(elementwise_loss(y_BTN, x_BTN, likelihood))
 
 
 def encoder_input(x_BTN: jax.Array, input_mask_N: jax.Array | None) -> jax.Array:
@@ -124,40 +110,27 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
   x_BTN = batch["x"]
   x_in_BTN = batch["x_in"] if "x_in" in batch else encoder_input(x_BTN, batch.get("input_mask"))
   rngs = step_rngs(state)
-
-  if isinstance(model, models.LFADS):
-    return _lfads_step(state, batch, x_in_BTN, model=model, tx=tx, likelihood=likelihood,
-                       rngs=rngs, latent_width=latent_width)
-
   cd_w_BTN = None
-  if getattr(model, "cd_rate", 0.0) > 0:
+  if model.cd_rate > 0:
     x_in_BTN, cd_w_BTN = coordinated_dropout_weights(batch, x_in_BTN, model.cd_rate, rngs)
-
-  narrow = ("neurons_in" in batch) and (batch["neurons_in"], batch["neurons_out"])
+  latent = state.latent
+  if latent_width is not None:  # params already cut to this width (`models.cut_latent`)
+    model, latent = model.clone(latent=latent_width), None
 
   def loss_fn(params):
-    m, args = model, (state.latent,)
-    if latent_width is not None:
-      m, params, args = m.clone(latent=latent_width), models.slice_latent(params, latent_width), ()
-    if narrow:
-      m, params = m.clone(neurons=narrow[1].shape[0]), models.narrow_neurons(params, *narrow)
-    y_BTN, _ = m.apply({"params": params}, x_in_BTN, *args, train=True, rngs=rngs)
+    m = model
+    if "neurons_in" in batch:
+      m, params = model.narrowed(params, batch["neurons_in"], batch["neurons_out"])
+    y_BTN, extra = m.train_output(params, x_in_BTN, latent, state.step, rngs)
     if cd_w_BTN is not None:
-      return weighted_loss(y_BTN, x_BTN, cd_w_BTN, likelihood)
-    if "loss_mask" in batch:  # neurons outside the model's --neuron_counts subset: no loss
-      w_N = batch["loss_mask"]
-      per_n = elementwise_loss(y_BTN, x_BTN, likelihood) * w_N[None, None, :]
-      return jnp.sum(per_n) / (jnp.sum(w_N) * x_BTN.shape[0] * x_BTN.shape[1])
-    return reconstruction_loss(y_BTN, x_BTN, likelihood)
+      recon = weighted_loss(y_BTN, x_BTN, cd_w_BTN, likelihood)
+    elif "loss_mask" in batch:  # neurons outside the model's --neuron_counts subset: no loss
+      recon = neuron_weighted_loss(y_BTN, x_BTN, batch["loss_mask"], likelihood)
+    else:
+      recon = reconstruction_loss(y_BTN, x_BTN, likelihood)
+    return recon if extra is None else recon + extra
 
   return _apply_grads(state, tx, *jax.value_and_grad(loss_fn)(state.params))
-
-
-def weighted_loss(y_BTN: jax.Array, x_BTN: jax.Array, w_BTN: jax.Array, likelihood: str
-                  ) -> jax.Array:
-  """The mean elementwise loss over the elements with weight (coordinated dropout, loss masks)."""
-  total = jnp.sum(elementwise_loss(y_BTN, x_BTN, likelihood) * w_BTN)
-  return total / jnp.maximum(jnp.sum(w_BTN), 1.0)
 
 
 def coordinated_dropout_weights(batch: dict[str, jax.Array], x_in_BTN: jax.Array, rate: float,
@@ -173,31 +146,6 @@ def coordinated_dropout_weights(batch: dict[str, jax.Array], x_in_BTN: jax.Array
   input_N = batch.get("input_mask", jnp.ones(x_BTN.shape[-1:], x_BTN.dtype))[None, None, :]
   loss_N = batch.get("loss_mask", jnp.ones(x_BTN.shape[-1:], x_BTN.dtype))[None, None, :]
   return x_in_BTN, loss_N * (1.0 - input_N + input_N * cd_BTN)
-
-
-def _lfads_step(state: TrainState, batch: dict[str, jax.Array], x_in_BTN: jax.Array, *, model,
-                tx, likelihood: str, rngs: dict[str, jax.Array], latent_width: int | None = None
-                ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """`train_step` of a `models.LFADS` (x_in: the encoder's input): reconstruction (on coordinated
-  dropout's hidden elements when `cd_rate` > 0) plus the model's KL and L2 penalty with warm-up.
-  With `latent_width` (by_latent), params are already cut to that factor width: every
-  factor-width weight is the leading slice, and no random draw has factor width."""
-  if latent_width is not None:
-    model = model.clone(latent=latent_width)
-  x_BTN = batch["x"]
-  w_BTN = jnp.broadcast_to(batch.get("loss_mask", jnp.ones(x_BTN.shape[-1:], x_BTN.dtype))[None, None],
-                           x_BTN.shape)
-  if model.cd_rate > 0:
-    x_in_BTN, w_BTN = coordinated_dropout_weights(batch, x_in_BTN, model.cd_rate, rngs)
-
-  def loss_fn(params):
-    latent = None if latent_width is not None else state.latent
-    (y_BTN, _), aux = model.apply({"params": params}, x_in_BTN, latent, train=True, rngs=rngs,
-                                  mutable=["losses"])
-    recon = weighted_loss(y_BTN, x_BTN, w_BTN, likelihood)
-    return recon + model.penalty(params, aux["losses"], state.step, x_BTN[0].size)
-
-  return _apply_grads(state, tx, *jax.value_and_grad(loss_fn)(state.params))
 
 
 def _apply_grads(state: TrainState, tx, loss: jax.Array, grads: Any

@@ -17,11 +17,14 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
-from nmas_jax import hooks as hooks_lib
-from nmas_jax import models, sharding, splits, stepper, train
+from nmas_jax.training import hooks as hooks_lib
+from nmas_jax import models
+from nmas_jax.data import splits
+from nmas_jax.training import sharding, stepper, train
 from nmas_jax.config import Settings
-from nmas_jax.table import ModelTable, init_states
+from nmas_jax.training.table import ModelTable, init_states
 
 
 @dataclasses.dataclass
@@ -54,11 +57,12 @@ class Built:
   mesh: Any
   placed: splits.Placed
   model: Any
+  tx: optax.GradientTransformation  # the one optimizer, from the settings
   stepper: stepper.Stepper
 
   def init_states(self) -> train.TrainState:
     """Every model's initial state [padded models], sharded on the mesh's models axis."""
-    return init_states(self.cfg, self.table, self.prep.num_neurons,
+    return init_states(self.cfg, self.table, self.prep.num_neurons, self.tx,
                        out_sharding=sharding.models_sharding(self.mesh),
                        readout_bias_LN=self.prep.null_link_LN())
 
@@ -72,8 +76,8 @@ class Built:
     blocks = (f"{ds.num_time // n} {unit} ({prep.t_train // n} train / "
               f"{(prep.t_valid - prep.t_train) // n} validation / {(ds.num_time - prep.t_valid) // n} "
               "test)")
-    grid = (f"{len(np.unique(self.table.bands, axis=0))} band combinations" if cfg.model == "multiscale"
-            else f"{len(cfg.latents)} latents")
+    grid = (f"{len(np.unique(self.table.bands, axis=0))} band combinations"
+            if self.table.bands.shape[1] else f"{len(cfg.latents)} latents")
     folds = f" x {cfg.neuron_folds} neuron folds" if cfg.neuron_folds else ""
     counts = (f" x {len(np.unique(self.table.count))} neuron counts"
               if np.any(self.table.count) else "")
@@ -91,9 +95,9 @@ def build(prep: splits.Prepared, cfg: Settings, *, mesh=None, batching: str = "a
   table = real.padded(sharding.padded_size(len(real), mesh))
   placed = prep.place(mesh, table.layer, table.seed, table.count)
   model = models.make_model(cfg, prep.num_neurons)
-  tx = train.make_optimizer(clip_norm=cfg.clip_norm, lr_half_life=cfg.lr_half_life)
+  tx = train.optimizer_for(cfg)
   step = stepper.make_stepper(batching, model, tx, prep, placed, table, mesh, lanes)
-  return Built(prep, cfg, table, len(real), mesh, placed, model, step)
+  return Built(prep, cfg, table, len(real), mesh, placed, model, tx, step)
 
 
 def sweep_eval(state: train.TrainState, valid_LVTN: jax.Array, mask_MN: jax.Array,

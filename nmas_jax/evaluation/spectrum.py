@@ -16,7 +16,7 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
-from nmas_jax import baselines
+from nmas_jax.evaluation import baselines
 
 FIT_RANGE = (2, 20)  # components (1-based, inclusive) the exponent is fitted over
 TIME_BLOCKS = 10     # contiguous held-out time blocks resampled by the bootstrap

@@ -14,8 +14,10 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
-from nmas_jax import models, train
+from nmas_jax import models
+from nmas_jax.training import train
 from nmas_jax.config import Settings
 
 
@@ -47,7 +49,7 @@ class ModelTable:
     """The models of a sweep of `cfg` on a `splits.Prepared` (no count axis for a shared model)."""
     return cls.build(prep.model_layers, cfg.latents, cfg.heldout_sets,
                      () if prep.shared else cfg.neuron_counts,
-                     len(cfg.timescales) if cfg.model == "multiscale" else 0)
+                     models.family(cfg.model).sweep_bands(cfg))
 
   @property
   def model_latent(self) -> np.ndarray:
@@ -76,41 +78,40 @@ class ModelTable:
     return f"layer {layer}, latent {self.latent[i]}{bands}, seed {self.seed[i]}{count}"
 
 
-def init_states(cfg: Settings, table: ModelTable, neurons: int, out_sharding: Any = None,
-                readout_bias_LN: np.ndarray | None = None) -> train.TrainState:
+def init_states(cfg: Settings, table: ModelTable, neurons: int, tx: optax.GradientTransformation,
+                out_sharding: Any = None, readout_bias_LN: np.ndarray | None = None
+                ) -> train.TrainState:
   """All models' states [models], by one vmapped init (placed with `out_sharding` when given).
 
   A model's init key depends on (seed, layer) only, so models that differ in
   latent size start from the same weights on their shared units. With
-  `readout_bias_LN`, each model's readout bias starts at its layer's row (the
-  null model's prediction, so training starts from it).
+  `readout_bias_LN`, each model's readout bias (at the family's `readout_path`) starts at its
+  layer's row (the null model's prediction, so training starts from it).
   """
   model = models.make_model(cfg, neurons)
   keys = jax.vmap(lambda s, l: jax.random.fold_in(jax.random.PRNGKey(s), l))(
       jnp.asarray(table.seed), jnp.asarray(table.layer))
   example = jnp.zeros((1, cfg.window, neurons), jnp.float32)
-  init = functools.partial(train.init_state, model=model, clip_norm=cfg.clip_norm,
-                           lr_half_life=cfg.lr_half_life, example_x_BTN=example)
-  m = len(table)
+  init = functools.partial(train.init_state, model=model, tx=tx, example_x_BTN=example)
 
   def init_all(keys, latents, bias_MN):
-    state = jax.vmap(init)(keys, latents, jnp.full((m,), cfg.learning_rate, jnp.float32),
-                           jnp.full((m,), cfg.weight_decay, jnp.float32))
+    state = jax.vmap(init)(keys, latents)
     if bias_MN is None:
       return state
-    if "decoder_net" not in state.params:  # LFADS: the readout sits at the top
-      readout = {**state.params["readout"],
-                 "bias": bias_MN.astype(state.params["readout"]["bias"].dtype)}
-      return state.replace(params={**state.params, "readout": readout})
-    dec = state.params["decoder_net"]
-    readout = {**dec["readout"], "bias": bias_MN.astype(dec["readout"]["bias"].dtype)}
-    params = {**state.params, "decoder_net": {**dec, "readout": readout}}
-    return state.replace(params=params)
+    set_bias = lambda readout: {**readout, "bias": bias_MN.astype(readout["bias"].dtype)}
+    return state.replace(params=_update_at(state.params, model.readout_path, set_bias))
 
   bias = None if readout_bias_LN is None else jnp.asarray(readout_bias_LN[table.layer], jnp.float32)
   args = (keys, jnp.asarray(table.model_latent), bias)
   lowered = jax.jit(init_all, out_shardings=out_sharding).lower(*args)
   return lowered.compile(compiler_options=_init_compiler_options())(*args)
+
+
+def _update_at(tree: dict, path: tuple[str, ...], fn) -> dict:
+  """`tree` with tree[path...] replaced by fn of it (new dicts along the path)."""
+  if not path:
+    return fn(tree)
+  return {**tree, path[0]: _update_at(tree[path[0]], path[1:], fn)}
 
 
 def _init_compiler_options() -> dict | None:
