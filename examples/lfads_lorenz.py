@@ -39,11 +39,18 @@ def poisson_nll(log_rate, counts):
 @jax.jit
 def step(params, opt, i):
   def loss(p):
-    (y, _), aux = model.apply({"params": p}, train_x, sample=True,
-                              rngs={"sample": jax.random.PRNGKey(i),
-                                    "dropout": jax.random.fold_in(jax.random.PRNGKey(i), 1)},
-                              mutable=["losses"])
+    (y, _), aux = model.apply(
+      {"params": p},
+      train_x,
+      sample=True,
+      rngs={
+        "sample": jax.random.PRNGKey(i),
+        "dropout": jax.random.fold_in(jax.random.PRNGKey(i), 1),
+      },
+      mutable=["losses"],
+    )
     return poisson_nll(y, train_x) + model.penalty(p, aux["losses"], i, train_x[0].size)
+
   value, grads = jax.value_and_grad(loss)(params)
   updates, opt = tx.update(grads, opt, params)
   return optax.apply_updates(params, updates), opt, value
@@ -59,6 +66,11 @@ for i in range(steps):
 log_rate, factors = model.apply({"params": params}, test_x)
 null = jnp.broadcast_to(jnp.log(jnp.maximum(train_x.mean(axis=(0, 1)), 1e-3)), test_x.shape)
 spikes = float(test_x.sum())
-bps = (float(poisson_nll(null, test_x)) - float(poisson_nll(log_rate, test_x))) * test_x.size / spikes / np.log(2)
+bps = (
+  (float(poisson_nll(null, test_x)) - float(poisson_nll(log_rate, test_x)))
+  * test_x.size
+  / spikes
+  / np.log(2)
+)
 print(f"factors: {tuple(factors.shape)}")
 print(f"held-out trials: {bps:.3f} bits/spike over each neuron's mean rate")

@@ -18,15 +18,19 @@ import sys
 from absl import app, flags
 
 from nmas_jax import bench, config
-from nmas_jax.training import cpu
 from nmas_jax.errors import UserError
+from nmas_jax.training import cpu
 
 FLAGS = flags.FLAGS
 config.define_flags(bench.Shapes)
 flags.DEFINE_integer("steps", 20, "Timed steps after warm-up.")
 flags.DEFINE_bool("loop", True, "Also time the one-by-one loop of single-model steps.")
-flags.DEFINE_bool("torch", True, "Also time a PyTorch loop over the same models, if torch is "
-                  "installed (it is not a dependency: pip install torch).")
+flags.DEFINE_bool(
+  "torch",
+  True,
+  "Also time a PyTorch loop over the same models, if torch is "
+  "installed (it is not a dependency: pip install torch).",
+)
 flags.DEFINE_bool("json", False, "Print one JSON line with the figures.")
 
 
@@ -41,8 +45,13 @@ def main(argv):
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  res = bench.run(shapes, steps=FLAGS.steps, loop=FLAGS.loop, torch_loop=FLAGS.torch,
-                  log=lambda s: print(s, flush=True))
+  res = bench.run(
+    shapes,
+    steps=FLAGS.steps,
+    loop=FLAGS.loop,
+    torch_loop=FLAGS.torch,
+    log=lambda s: print(s, flush=True),
+  )
   res["malloc"] = tuned["malloc"]  # glibc settings the CLI applied (cpu.tune_malloc)
   print(bench.table(res))
   if FLAGS.json:

@@ -22,9 +22,9 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from nmas_jax import config
-from nmas_jax.training import cpu
 from nmas_jax.config import DataSettings, RunSettings, Settings
 from nmas_jax.errors import Preempted, SweepStopped, UserError, WriteError
+from nmas_jax.training import cpu
 
 FLAGS = flags.FLAGS
 config.define_flags(Settings, DataSettings, RunSettings)
@@ -37,13 +37,22 @@ def _run(cfg: Settings, ds: DataSettings, run: RunSettings):
   from nmas_jax.training import sharding
 
   if run.distributed:
-    sharding.initialize_distributed(run.coordinator_address, run.num_processes, run.process_id,
-                                    run.heartbeat_timeout_s)
-  dataset = loaders.load(ds, drop_nonfinite=run.nan_policy == "drop_neurons",
-                         warn=lambda m: print(f"warning: {m}", file=sys.stderr, flush=True))
+    sharding.initialize_distributed(
+      run.coordinator_address, run.num_processes, run.process_id, run.heartbeat_timeout_s
+    )
+  dataset = loaders.load(
+    ds,
+    drop_nonfinite=run.nan_policy == "drop_neurons",
+    warn=lambda m: print(f"warning: {m}", file=sys.stderr, flush=True),
+  )
   est = DimensionSweep(**dataclasses.asdict(cfg))
-  return est.fit(dataset, identity=config.identity(cfg, ds), flags_text=config.flags_text(cfg, ds, run),
-                 data_seed=ds.data_seed, **dataclasses.asdict(run))
+  return est.fit(
+    dataset,
+    identity=config.identity(cfg, ds),
+    flags_text=config.flags_text(cfg, ds, run),
+    data_seed=ds.data_seed,
+    **dataclasses.asdict(run),
+  )
 
 
 def main(argv):
@@ -65,8 +74,11 @@ def main(argv):
     print(e, file=sys.stderr)
     sys.exit(128 + e.signum)
   except KeyboardInterrupt:
-    print("\ninterrupted: results.json holds the last evaluation; re-run the same command to "
-          "resume from the latest checkpoint", file=sys.stderr)
+    print(
+      "\ninterrupted: results.json holds the last evaluation; re-run the same command to "
+      "resume from the latest checkpoint",
+      file=sys.stderr,
+    )
     sys.exit(130)
   if est.paths_:
     _summary(est, run.workdir)
@@ -82,15 +94,24 @@ def _summary(est, workdir: str) -> None:
   for line in report.scaling_lines(r):
     print(line)
   for layer, g in r.get("shuffle_control", {}).get("layers", {}).items():
-    print(f"shuffle control, layer {layer}: best held-out gain over the null {g['gain']:.4g} (real) "
-          f"vs {g['control_gain']:.4g} (control); chosen {g['chosen']} (real) vs "
-          f"{g['control_chosen']} (control)")
+    print(
+      f"shuffle control, layer {layer}: best held-out gain over the null {g['gain']:.4g} (real) "
+      f"vs {g['control_gain']:.4g} (control); chosen {g['chosen']} (real) vs "
+      f"{g['control_chosen']} (control)"
+    )
   advice = report.unconverged_advice(r)
   if advice:
     print(f"warning: {advice}", file=sys.stderr)
-  print(f"\ntrained {len(est.table_)} models in {r['seconds']:.1f}s (+{r['compile_seconds']:.1f}s compile)")
-  print("wrote:\n  " + "\n  ".join(est.paths_ + [os.path.join(workdir, n) for n in
-                                                  ("tb", "metrics.jsonl", "flags.txt", "checkpoints")]))
+  print(
+    f"\ntrained {len(est.table_)} models in {r['seconds']:.1f}s (+{r['compile_seconds']:.1f}s compile)"
+  )
+  print(
+    "wrote:\n  "
+    + "\n  ".join(
+      est.paths_
+      + [os.path.join(workdir, n) for n in ("tb", "metrics.jsonl", "flags.txt", "checkpoints")]
+    )
+  )
 
 
 if __name__ == "__main__":

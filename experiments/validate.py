@@ -54,23 +54,36 @@ from absl import app, flags
 from nmas_jax.training import cpu
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("families", ["synthetic", "nonlinear", "lorenz", "lorenz_whitened",
-                               "independent"],
-                  "Families to run (nmas_jax.data.synthetic.FAMILIES, and lorenz_whitened: the Lorenz "
-                  "family with its states whitened, make_lorenz(whiten=True)).")
+flags.DEFINE_list(
+  "families",
+  ["synthetic", "nonlinear", "lorenz", "lorenz_whitened", "independent"],
+  "Families to run (nmas_jax.data.synthetic.FAMILIES, and lorenz_whitened: the Lorenz "
+  "family with its states whitened, make_lorenz(whiten=True)).",
+)
 flags.DEFINE_list("decoders", ["linear", "mlp"], "Decoders to run.")
 flags.DEFINE_integer("seeds", None, "Seeds (default: the sweep's default).")
 flags.DEFINE_integer("steps", None, "Training steps (default: the sweep's default).")
-flags.DEFINE_integer("data_seed", 0, "--lfads_trials: the seed of the Lorenz trials "
-                     "(make_lorenz_trials(seed=...), the sweep's --data_seed).")
-flags.DEFINE_integer("lr_half_life", None, "--lfads_trials: the sweep's --lr_half_life (default: "
-                     "LFADS_SETTINGS's; 0 for a constant rate).")
-flags.DEFINE_integer("co_dim", None, "--lfads_trials: LFADS's --co_dim (default: LFADS_ONLY's; "
-                     "0 turns the controller off).")
+flags.DEFINE_integer(
+  "data_seed",
+  0,
+  "--lfads_trials: the seed of the Lorenz trials "
+  "(make_lorenz_trials(seed=...), the sweep's --data_seed).",
+)
+flags.DEFINE_integer(
+  "lr_half_life",
+  None,
+  "--lfads_trials: the sweep's --lr_half_life (default: LFADS_SETTINGS's; 0 for a constant rate).",
+)
+flags.DEFINE_integer(
+  "co_dim",
+  None,
+  "--lfads_trials: LFADS's --co_dim (default: LFADS_ONLY's; 0 turns the controller off).",
+)
 flags.DEFINE_bool("write", False, "Write the table into docs/dimension.md.")
 flags.DEFINE_bool("scaling", False, "Check the --neuron_counts axis instead (see above).")
-flags.DEFINE_bool("lfads_trials", False, "Run the LFADS comparison on lorenz_trials instead (see "
-                  "above).")
+flags.DEFINE_bool(
+  "lfads_trials", False, "Run the LFADS comparison on lorenz_trials instead (see above)."
+)
 
 LFADS_LATENTS = (2, 3, 4, 6)
 LFADS_SETTINGS = dict(steps=4000, seeds=2, batch_size=32, learning_rate=5e-3, lr_half_life=2000)
@@ -80,11 +93,13 @@ SCALING_LATENTS = (2, 4, 8, 16, 32, 64)
 SCALING_COUNTS = (10, 20, 40, 80)
 
 # Two grids per family: neither starts at the truth, both hold latents above it.
-GRIDS = {"synthetic": ((10, 25, 50, 75, 150), (5, 8, 12, 20, 30, 45, 60)),
-         "nonlinear": ((3, 6, 12, 25, 50), (2, 4, 8, 16, 32)),
-         "lorenz": ((1, 2, 3, 4, 6, 8, 12), (2, 3, 5, 8)),
-         "lorenz_whitened": ((1, 2, 3, 4, 6, 8, 12), (2, 3, 5, 8)),
-         "independent": ((1, 2, 4, 8), (3, 6, 12))}
+GRIDS = {
+  "synthetic": ((10, 25, 50, 75, 150), (5, 8, 12, 20, 30, 45, 60)),
+  "nonlinear": ((3, 6, 12, 25, 50), (2, 4, 8, 16, 32)),
+  "lorenz": ((1, 2, 3, 4, 6, 8, 12), (2, 3, 5, 8)),
+  "lorenz_whitened": ((1, 2, 3, 4, 6, 8, 12), (2, 3, 5, 8)),
+  "independent": ((1, 2, 4, 8), (3, 6, 12)),
+}
 MARKERS = ("<!-- validate:begin -->", "<!-- validate:end -->")
 
 
@@ -105,8 +120,11 @@ def run_one(family: str, decoder: str, grid, log) -> list[dict]:
   from nmas_jax.data import synthetic
   from nmas_jax.evaluation import dimension
 
-  ds = (synthetic.make_lorenz(whiten=True) if family == "lorenz_whitened"
-        else synthetic.FAMILIES[family]())
+  ds = (
+    synthetic.make_lorenz(whiten=True)
+    if family == "lorenz_whitened"
+    else synthetic.FAMILIES[family]()
+  )
   extra = {k: v for k, v in (("seeds", FLAGS.seeds), ("steps", FLAGS.steps)) if v is not None}
   t0 = time.perf_counter()
   est = DimensionSweep(latents=grid, decoder=decoder, verbose=False, **extra).fit(ds)
@@ -116,32 +134,78 @@ def run_one(family: str, decoder: str, grid, log) -> list[dict]:
   for layer in r["layers"]:
     truth = ds.true_latent[layer]
     li = r["layers"].index(layer)
-    oracle = "-" if ds.rates_LTN is None else dimension.choose(
-        grid, dimension.oracle_gains(ds.x_LTN[li], ds.rates_LTN[li], grid, ds.counts))
+    oracle = (
+      "-"
+      if ds.rates_LTN is None
+      else dimension.choose(
+        grid, dimension.oracle_gains(ds.x_LTN[li], ds.rates_LTN[li], grid, ds.counts)
+      )
+    )
     want = expected(family, decoder, truth, grid)
     got = r["optimal_latent"][layer]
     lo, hi = r["optimal_latent_interval"][layer]
     ok = "-" if want == "-" else ("yes" if str(got) in want.split(" or ") else "no")
     late = sum(m.get("converged") is False for m in r["models"] if m["layer"] == layer)
-    rows.append(dict(family=family, decoder=decoder, grid=",".join(map(str, grid)), layer=layer,
-                     seeds=len(r["seeds"]), steps=r["steps"], unconverged=late, truth=truth,
-                     expected=want, chosen=got, interval=f"{lo}-{hi}",
-                     inside="yes" if want == "-" or any(lo <= int(w) <= hi for w in want.split(" or "))
-                     else "no", ok=ok, knee=r["knee_latent"][layer], one_se=r["one_se_latent"][layer],
-                     detectable=r["detectable_latent"][layer],
-                     pca=r["baseline_optimal_latent"]["pca"][layer],
-                     fa=r["baseline_optimal_latent"]["fa"][layer], oracle=oracle,
-                     seconds=round(seconds)))
+    rows.append(
+      dict(
+        family=family,
+        decoder=decoder,
+        grid=",".join(map(str, grid)),
+        layer=layer,
+        seeds=len(r["seeds"]),
+        steps=r["steps"],
+        unconverged=late,
+        truth=truth,
+        expected=want,
+        chosen=got,
+        interval=f"{lo}-{hi}",
+        inside="yes"
+        if want == "-" or any(lo <= int(w) <= hi for w in want.split(" or "))
+        else "no",
+        ok=ok,
+        knee=r["knee_latent"][layer],
+        one_se=r["one_se_latent"][layer],
+        detectable=r["detectable_latent"][layer],
+        pca=r["baseline_optimal_latent"]["pca"][layer],
+        fa=r["baseline_optimal_latent"]["fa"][layer],
+        oracle=oracle,
+        seconds=round(seconds),
+      )
+    )
     # Printed, not in the table: the chosen model against PCA and FA on the test block.
     tc = r["test_comparison"][layer]
-    test = {f"test_{m}": "-" if tc.get(m) is None else f"{tc[m]:.4g}" for m in ("model", "pca", "fa")}
-    log(" | ".join(f"{k}={v}" for k, v in {**rows[-1], "test_metric": tc["metric"], **test}.items()))
+    test = {
+      f"test_{m}": "-" if tc.get(m) is None else f"{tc[m]:.4g}" for m in ("model", "pca", "fa")
+    }
+    log(
+      " | ".join(f"{k}={v}" for k, v in {**rows[-1], "test_metric": tc["metric"], **test}.items())
+    )
   return rows
 
 
 def table(rows: list[dict]) -> str:
-  cols = ["family", "decoder", "grid", "seeds", "steps", "unconverged", "layer", "truth", "expected",
-          "chosen", "ok", "interval", "inside", "knee", "one_se", "detectable", "pca", "fa", "oracle", "seconds"]
+  cols = [
+    "family",
+    "decoder",
+    "grid",
+    "seeds",
+    "steps",
+    "unconverged",
+    "layer",
+    "truth",
+    "expected",
+    "chosen",
+    "ok",
+    "interval",
+    "inside",
+    "knee",
+    "one_se",
+    "detectable",
+    "pca",
+    "fa",
+    "oracle",
+    "seconds",
+  ]
   lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
   lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
   return "\n".join(lines)
@@ -152,24 +216,47 @@ def scaling_rows(log) -> list[dict]:
   from nmas_jax import DimensionSweep, data
   from nmas_jax.data import synthetic
 
-  cases = [("fixed: family i, 7 signals", 7,
-            synthetic.make_linear_gaussian(true_latents=(7,), neurons=200, time=2000, seed=11)),
-           ("power law: alpha 1, 100 signals", None, data.as_dataset(
-               synthetic.power_law_activity(1.0, neurons=200, time=2000, dims=100, seed=12)))]
+  cases = [
+    (
+      "fixed: family i, 7 signals",
+      7,
+      synthetic.make_linear_gaussian(true_latents=(7,), neurons=200, time=2000, seed=11),
+    ),
+    (
+      "power law: alpha 1, 100 signals",
+      None,
+      data.as_dataset(synthetic.power_law_activity(1.0, neurons=200, time=2000, dims=100, seed=12)),
+    ),
+  ]
   rows = []
   for name, truth, ds in cases:
     extra = {k: v for k, v in (("seeds", FLAGS.seeds), ("steps", FLAGS.steps)) if v is not None}
     t0 = time.perf_counter()
-    est = DimensionSweep(latents=SCALING_LATENTS, neuron_counts=SCALING_COUNTS,
-                         baselines=("pca", "fa", "lds"), verbose=False, **extra).fit(ds)
+    est = DimensionSweep(
+      latents=SCALING_LATENTS,
+      neuron_counts=SCALING_COUNTS,
+      baselines=("pca", "fa", "lds"),
+      verbose=False,
+      **extra,
+    ).fit(ds)
     sc = est.results_["scaling"]
     row = sc["layers"][est.results_["layers"][0]]
     want = "-" if truth is None else str(min(k for k in SCALING_LATENTS if k >= truth))
-    rows.append(dict(data=name, counts=",".join(map(str, sc["counts"])), expected_flat_at=want,
-                     chosen=",".join(map(str, row["chosen"])), slope=row["slope"],
-                     saturates=row["saturates"], lds=",".join(map(str, row["lds"])),
-                     pca=",".join(map(str, row["pca"])), fa=",".join(map(str, row["fa"])),
-                     seeds=len(est.results_["seeds"]), seconds=round(time.perf_counter() - t0)))
+    rows.append(
+      dict(
+        data=name,
+        counts=",".join(map(str, sc["counts"])),
+        expected_flat_at=want,
+        chosen=",".join(map(str, row["chosen"])),
+        slope=row["slope"],
+        saturates=row["saturates"],
+        lds=",".join(map(str, row["lds"])),
+        pca=",".join(map(str, row["pca"])),
+        fa=",".join(map(str, row["fa"])),
+        seeds=len(est.results_["seeds"]),
+        seconds=round(time.perf_counter() - t0),
+      )
+    )
     log(" | ".join(f"{k}={v}" for k, v in rows[-1].items()))
   return rows
 
@@ -183,22 +270,43 @@ def lfads_rows(log) -> list[dict]:
   from nmas_jax.evaluation import baselines, dimension, evaluate
 
   ds = synthetic.make_lorenz_trials(seed=FLAGS.data_seed)
-  settings = {**LFADS_SETTINGS, **{k: v for k, v in (("seeds", FLAGS.seeds), ("steps", FLAGS.steps),
-                                                     ("lr_half_life", FLAGS.lr_half_life))
-                                   if v is not None}}
+  settings = {
+    **LFADS_SETTINGS,
+    **{
+      k: v
+      for k, v in (
+        ("seeds", FLAGS.seeds),
+        ("steps", FLAGS.steps),
+        ("lr_half_life", FLAGS.lr_half_life),
+      )
+      if v is not None
+    },
+  }
   lfads_only = {**LFADS_ONLY, **({} if FLAGS.co_dim is None else {"co_dim": FLAGS.co_dim})}
   rows, prep = [], None
   for model in ("lfads", "autoencoder"):
     t0 = time.perf_counter()
-    est = DimensionSweep(model=model, latents=LFADS_LATENTS, verbose=False, **settings,
-                         **(lfads_only if model == "lfads" else {})).fit(ds)
+    est = DimensionSweep(
+      model=model,
+      latents=LFADS_LATENTS,
+      verbose=False,
+      **settings,
+      **(lfads_only if model == "lfads" else {}),
+    ).fit(ds)
     r, layer = est.results_, est.results_["layers"][0]
     tc, (lo, hi) = r["test_comparison"][layer], r["optimal_latent_interval"][layer]
-    rows.append(dict(method=model, chosen=r["optimal_latent"][layer], interval=f"{lo}-{hi}",
-                     test_cosmooth_bps=_round(tc.get("model")),
-                     test_rates_r2=_round(tc.get("test_rates_r2")),
-                     pca_at_chosen=_round(tc.get("pca")), fa_at_chosen=_round(tc.get("fa")),
-                     seconds=round(time.perf_counter() - t0)))
+    rows.append(
+      dict(
+        method=model,
+        chosen=r["optimal_latent"][layer],
+        interval=f"{lo}-{hi}",
+        test_cosmooth_bps=_round(tc.get("model")),
+        test_rates_r2=_round(tc.get("test_rates_r2")),
+        pca_at_chosen=_round(tc.get("pca")),
+        fa_at_chosen=_round(tc.get("fa")),
+        seconds=round(time.perf_counter() - t0),
+      )
+    )
     log(" | ".join(f"{k}={v}" for k, v in rows[-1].items()))
     prep = splits.prepare(ds, est.config_)
   t0 = time.perf_counter()
@@ -209,22 +317,48 @@ def lfads_rows(log) -> list[dict]:
     for s in range(prep.heldout_SLN.shape[0]):
       held = prep.heldout_SLN[s, 0]
       p = baselines.smoothing_cosmooth(tr, np.concatenate([va, te]), held, w, prep.window)
-      scores.append([evaluate.bits_per_spike(p[: len(va)][:, held], va[:, held]),
-                     evaluate.bits_per_spike(p[len(va):][:, held], te[:, held])])
+      scores.append(
+        [
+          evaluate.bits_per_spike(p[: len(va)][:, held], va[:, held]),
+          evaluate.bits_per_spike(p[len(va) :][:, held], te[:, held]),
+        ]
+      )
     valid[w], test[w] = np.mean(scores, axis=0)
   best = max(valid, key=valid.get)
-  rows.append(dict(method=f"smoothed spikes (best width {best} bins on validation)", chosen="-",
-                   interval="-", test_cosmooth_bps=_round(test[best]), test_rates_r2="-",
-                   pca_at_chosen="-", fa_at_chosen="-", seconds=round(time.perf_counter() - t0)))
-  oracle = np.mean([evaluate.bits_per_spike(prep.flat("test", rates=True)[0][:, h], te[:, h])
-                    for h in prep.heldout_SLN[:, 0]])
+  rows.append(
+    dict(
+      method=f"smoothed spikes (best width {best} bins on validation)",
+      chosen="-",
+      interval="-",
+      test_cosmooth_bps=_round(test[best]),
+      test_rates_r2="-",
+      pca_at_chosen="-",
+      fa_at_chosen="-",
+      seconds=round(time.perf_counter() - t0),
+    )
+  )
+  oracle = np.mean(
+    [
+      evaluate.bits_per_spike(prep.flat("test", rates=True)[0][:, h], te[:, h])
+      for h in prep.heldout_SLN[:, 0]
+    ]
+  )
   # The rule applied to the true rates (what it would answer if the model knew them).
-  oracle_k = dimension.choose(LFADS_LATENTS, dimension.oracle_gains(
-      ds.x_LTN[0], ds.rates_LTN[0], LFADS_LATENTS, ds.counts))
-  rows.append(dict(method="true rates (ceiling; chosen: the rule on them)", chosen=oracle_k,
-                   interval="-",
-                   test_cosmooth_bps=_round(oracle), test_rates_r2=1.0, pca_at_chosen="-",
-                   fa_at_chosen="-", seconds=0))
+  oracle_k = dimension.choose(
+    LFADS_LATENTS, dimension.oracle_gains(ds.x_LTN[0], ds.rates_LTN[0], LFADS_LATENTS, ds.counts)
+  )
+  rows.append(
+    dict(
+      method="true rates (ceiling; chosen: the rule on them)",
+      chosen=oracle_k,
+      interval="-",
+      test_cosmooth_bps=_round(oracle),
+      test_rates_r2=1.0,
+      pca_at_chosen="-",
+      fa_at_chosen="-",
+      seconds=0,
+    )
+  )
   return rows
 
 
@@ -243,8 +377,10 @@ def main(argv):
     print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
       print("| " + " | ".join(str(r[c]) for c in cols) + " |")
-    print(f"\n`python -m experiments.validate {' '.join(sys.argv[1:])}`: "
-          f"{(time.perf_counter() - t0) / 60:.0f} min.")
+    print(
+      f"\n`python -m experiments.validate {' '.join(sys.argv[1:])}`: "
+      f"{(time.perf_counter() - t0) / 60:.0f} min."
+    )
     return
   rows = []
   for family in FLAGS.families:
@@ -252,11 +388,15 @@ def main(argv):
       for grid in GRIDS[family]:
         rows += run_one(family, decoder, grid, log)
   minutes = (time.perf_counter() - t0) / 60
-  text = table(rows) + f"\n\n`python -m experiments.validate {' '.join(sys.argv[1:])}`: {minutes:.0f} min."
+  text = (
+    table(rows)
+    + f"\n\n`python -m experiments.validate {' '.join(sys.argv[1:])}`: {minutes:.0f} min."
+  )
   print("\n" + text)
   if FLAGS.write:
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
-                        "dimension.md")
+    path = os.path.join(
+      os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "dimension.md"
+    )
     doc = open(path, encoding="utf-8").read()
     pattern = re.escape(MARKERS[0]) + ".*?" + re.escape(MARKERS[1])
     with open(path, "w", encoding="utf-8") as f:

@@ -7,15 +7,15 @@ loads nothing of the estimator, its settings or the command line.
 import importlib
 
 _EXPORTS = {
-    "DimensionSweep": "nmas_jax.api",
-    "Settings": "nmas_jax.config",
-    "Dataset": "nmas_jax.data",
-    "UserError": "nmas_jax.errors",
-    "LSTMAutoencoder": "nmas_jax.models",
-    "Encoder": "nmas_jax.models",
-    "Decoder": "nmas_jax.models",
-    "ScanLSTM": "nmas_jax.models",
-    "Dense": "nmas_jax.models",
+  "DimensionSweep": "nmas_jax.api",
+  "Settings": "nmas_jax.config",
+  "Dataset": "nmas_jax.data",
+  "UserError": "nmas_jax.errors",
+  "LSTMAutoencoder": "nmas_jax.models",
+  "Encoder": "nmas_jax.models",
+  "Decoder": "nmas_jax.models",
+  "ScanLSTM": "nmas_jax.models",
+  "Dense": "nmas_jax.models",
 }
 
 __all__ = list(_EXPORTS)

@@ -1,10 +1,10 @@
 """`DimensionSweep`: the scikit-learn-style estimator; the command line is a thin wrapper over it.
 
-  from nmas_jax import DimensionSweep
-  est = DimensionSweep(latents=(2, 4, 8, 16)).fit(X)   # X: [time, neurons] or [layers, time, neurons]
-  est.optimal_latent_                                  # {layer: chosen dimension}
-  z = est.transform(X)                                 # [time, latent] of the chosen model
-  est.plot().savefig("sweep.png")
+from nmas_jax import DimensionSweep
+est = DimensionSweep(latents=(2, 4, 8, 16)).fit(X)   # X: [time, neurons] or [layers, time, neurons]
+est.optimal_latent_                                  # {layer: chosen dimension}
+z = est.transform(X)                                 # [time, latent] of the chosen model
+est.plot().savefig("sweep.png")
 """
 
 from __future__ import annotations
@@ -13,20 +13,22 @@ import contextlib
 import dataclasses
 import json
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from nmas_jax import config, data, files, models
+from nmas_jax.config import RunSettings, Settings
 from nmas_jax.data import splits
+from nmas_jax.errors import Preempted, SweepStopped, UserError
 from nmas_jax.evaluation import decoding, evaluate
-from nmas_jax.reporting import plots, report, results as results_lib, writers
+from nmas_jax.reporting import plots, report, writers
+from nmas_jax.reporting import results as results_lib
 from nmas_jax.training import checkpoint, hooks, sharding, sweep, train
 from nmas_jax.training.table import ModelTable, init_states
-from nmas_jax.config import RunSettings, Settings
-from nmas_jax.errors import Preempted, SweepStopped, UserError
 
 _D = Settings()
 
@@ -42,8 +44,10 @@ class DimensionSweep:
   """
 
   def __init__(self, latents=_D.latents, **params):
-    self.set_params(latents=latents, **{k: getattr(_D, k) for k in config.names(Settings)
-                                        if k != "latents" and k not in params})
+    self.set_params(
+      latents=latents,
+      **{k: getattr(_D, k) for k in config.names(Settings) if k != "latents" and k not in params},
+    )
     self.set_params(**params)
 
   # -- scikit-learn conventions, without depending on scikit-learn.
@@ -52,7 +56,7 @@ class DimensionSweep:
     del deep
     return {p: getattr(self, p) for p in config.names(Settings)}
 
-  def set_params(self, **params) -> "DimensionSweep":
+  def set_params(self, **params) -> DimensionSweep:
     valid = config.names(Settings)
     for k, v in params.items():
       if k not in valid:
@@ -70,9 +74,17 @@ class DimensionSweep:
 
   # -- fitting.
 
-  def fit(self, X, workdir: str | None = None, *, mesh: str | Any = "auto",
-          identity: dict[str, Any] | None = None, flags_text: str = "", data_seed: int = 0,
-          **run) -> "DimensionSweep":
+  def fit(
+    self,
+    X,
+    workdir: str | None = None,
+    *,
+    mesh: str | Any = "auto",
+    identity: dict[str, Any] | None = None,
+    flags_text: str = "",
+    data_seed: int = 0,
+    **run,
+  ) -> DimensionSweep:
     """Trains the whole sweep on X as one batched computation and evaluates it.
 
     Args:
@@ -102,18 +114,32 @@ class DimensionSweep:
     prep = splits.prepare(dataset, cfg, data_seed=data_seed)  # every check, before any write
     mesh = sharding.make_mesh(mesh) if isinstance(mesh, str) else mesh
     if identity is None:
-      identity = {**config.identity(cfg), "data_shape": list(dataset.x_LTN.shape),
-                  "dataset": dataset.name}
+      identity = {
+        **config.identity(cfg),
+        "data_shape": list(dataset.x_LTN.shape),
+        "dataset": dataset.name,
+      }
     sinks, ckpt = _open_workdir(workdir, identity, run_cfg, flags_text, prep, cfg, log)
-    watchdog = (sharding.Watchdog(workdir, run_cfg.heartbeat_timeout_s,
-                                  lambda: checkpoint.latest_complete_step(workdir))
-                if ckpt is not None else contextlib.nullcontext())
+    watchdog = (
+      sharding.Watchdog(
+        workdir, run_cfg.heartbeat_timeout_s, lambda: checkpoint.latest_complete_step(workdir)
+      )
+      if ckpt is not None
+      else contextlib.nullcontext()
+    )
     try:
       with watchdog:
-        out = sweep.run_sweep(prep, cfg, hooks=[h for h, _ in sinks], checkpointer=ckpt,
-                              checkpoint_every=run_cfg.checkpoint_every, mesh=mesh, log=log,
-                              nan_policy="stop" if run_cfg.nan_policy == "stop" else "freeze",
-                              batching=run_cfg.batching)
+        out = sweep.run_sweep(
+          prep,
+          cfg,
+          hooks=[h for h, _ in sinks],
+          checkpointer=ckpt,
+          checkpoint_every=run_cfg.checkpoint_every,
+          mesh=mesh,
+          log=log,
+          nan_policy="stop" if run_cfg.nan_policy == "stop" else "freeze",
+          batching=run_cfg.batching,
+        )
     finally:
       for _, close in sinks + ([(None, ckpt.close)] if ckpt is not None else []):
         close()
@@ -134,14 +160,22 @@ class DimensionSweep:
 
   def _evaluate(self, prep, cfg, out, results, mesh, batching, log) -> dict[str, Any]:
     """results.json's evaluation fields: held-out metrics, baselines, estimates, controls."""
-    results = results_lib.merge_into_results(results, evaluate.evaluate_sweep(prep, cfg, out, log=log))
+    results = results_lib.merge_into_results(
+      results, evaluate.evaluate_sweep(prep, cfg, out, log=log)
+    )
     dataset = prep.dataset
     if cfg.shuffle_control:
       results["shuffle_control"] = _shuffle_summary(results)
     if cfg.shared_model:
-      real = dataset if not cfg.shuffle_control else dataclasses.replace(
-          dataset, x_LTN=dataset.x_LTN[: dataset.num_layers // 2],
-          layer_names=dataset.layer_names[: dataset.num_layers // 2])
+      real = (
+        dataset
+        if not cfg.shuffle_control
+        else dataclasses.replace(
+          dataset,
+          x_LTN=dataset.x_LTN[: dataset.num_layers // 2],
+          layer_names=dataset.layer_names[: dataset.num_layers // 2],
+        )
+      )
       if real.num_layers < 2:
         log("shared model skipped: layer decoding needs at least 2 layers")
       else:
@@ -154,7 +188,9 @@ class DimensionSweep:
     if not hasattr(self, "results_"):
       raise RuntimeError("this DimensionSweep is not fitted yet: call fit(X) first")
 
-  def model_index(self, latent: int | None = None, layer: str | int | None = None, seed: int = 0) -> int:
+  def model_index(
+    self, latent: int | None = None, layer: str | int | None = None, seed: int = 0
+  ) -> int:
     """Index on the models axis (of `state_`) of a layer's model; latent None = the chosen one."""
     self._check_fitted()
     names = self.dataset_.layer_names
@@ -167,19 +203,29 @@ class DimensionSweep:
     li = names.index(layer)
     k = self.optimal_latent_[layer] if latent is None else int(latent)
     if k is None:
-      raise ValueError(f"no dimension was chosen for layer {layer} (no neurons were held out): "
-                       "pass latent=k for one of the swept models")
+      raise ValueError(
+        f"no dimension was chosen for layer {layer} (no neurons were held out): "
+        "pass latent=k for one of the swept models"
+      )
     if k == 0:
-      raise ValueError(f"layer {layer}'s chosen dimension is 0 (no latent size beat the zero-latent "
-                       "null on held-out neurons), so there is no chosen model: pass latent=k")
-    hits = np.flatnonzero((self.table_.layer == li) & (self.table_.latent == k)
-                          & (self.table_.seed == seed) & (self.table_.count == 0))
+      raise ValueError(
+        f"layer {layer}'s chosen dimension is 0 (no latent size beat the zero-latent "
+        "null on held-out neurons), so there is no chosen model: pass latent=k"
+      )
+    hits = np.flatnonzero(
+      (self.table_.layer == li)
+      & (self.table_.latent == k)
+      & (self.table_.seed == seed)
+      & (self.table_.count == 0)
+    )
     bands = (self.results_.get("optimal_latent_bands") or {}).get(layer)
     if latent is None and bands:  # multiscale: the chosen counts per band
       hits = hits[(self.table_.bands[hits] == bands).all(axis=1)]
     if not len(hits):
-      raise ValueError(f"no model with latent {k} for layer {layer}: latents swept are "
-                       f"{', '.join(map(str, self.config_.latents))}")
+      raise ValueError(
+        f"no model with latent {k} for layer {layer}: latents swept are "
+        f"{', '.join(map(str, self.config_.latents))}"
+      )
     return int(hits[0])
 
   def input_mask(self, layer: str | int = 0, seed: int = 0) -> np.ndarray:
@@ -193,8 +239,10 @@ class DimensionSweep:
     ds = data.as_dataset(X)
     layers, n = self.dataset_.layer_names, self.dataset_.num_neurons
     if ds.num_layers != len(layers) or ds.num_neurons != n:
-      raise ValueError(f"X must have {len(layers)} layers of {n} neurons (as fitted), "
-                       f"got {ds.num_layers} of {ds.num_neurons}")
+      raise ValueError(
+        f"X must have {len(layers)} layers of {n} neurons (as fitted), "
+        f"got {ds.num_layers} of {ds.num_neurons}"
+      )
     return dataclasses.replace(ds, name=self.dataset_.name, layer_names=layers)
 
   def preprocess(self, X, layer: str | int = 0) -> np.ndarray:
@@ -228,7 +276,9 @@ class DimensionSweep:
     n = (len(x) // w) * w
     zs = []
     if n:
-      _, z = train.predict(params, k, jnp.asarray(x[:n].reshape(-1, w, x.shape[1])), mask, model=model)
+      _, z = train.predict(
+        params, k, jnp.asarray(x[:n].reshape(-1, w, x.shape[1])), mask, model=model
+      )
       zs.append(np.asarray(z).reshape(n, -1))
     if n < len(x):
       _, z = train.predict(params, k, jnp.asarray(x[None, n:]), mask, model=model)
@@ -252,11 +302,20 @@ class DimensionSweep:
       raise ValueError("no dimension was chosen (no neurons were held out), so there is no score")
     dim = self.results_["dimension"]["layers"]
     if X is None:
-      return float(np.mean([dim[l]["gain"][dim[l]["latents"].index(self.optimal_latent_[l])]
-                            if self.optimal_latent_[l] else 0.0 for l in layers]))
+      return float(
+        np.mean(
+          [
+            dim[l]["gain"][dim[l]["latents"].index(self.optimal_latent_[l])]
+            if self.optimal_latent_[l]
+            else 0.0
+            for l in layers
+          ]
+        )
+      )
     prep = splits.prepare(self._as_fitted(X), self.config_, reuse=self.preprocessing_)
-    return evaluate.chosen_gain(prep, self.config_, self.state_, self.table_,
-                                [self.optimal_latent_[l] for l in layers])
+    return evaluate.chosen_gain(
+      prep, self.config_, self.state_, self.table_, [self.optimal_latent_[l] for l in layers]
+    )
 
   def plot(self):
     """The matplotlib figure of sweep.png."""
@@ -270,17 +329,25 @@ class DimensionSweep:
     self._check_fitted()
     os.makedirs(path, exist_ok=True)
     ckpt = checkpoint.Checkpointer(path, keep=1)
-    ckpt.save(0, self.state_, {"params": _jsonable(self.get_params()),
-                               "results": self.results_,
-                               "preprocessing": self.preprocessing_.to_json(),
-                               "dataset": {"layer_names": list(self.dataset_.layer_names),
-                                           "name": self.dataset_.name,
-                                           "num_neurons": self.dataset_.num_neurons,
-                                           "num_time": self.dataset_.num_time}})
+    ckpt.save(
+      0,
+      self.state_,
+      {
+        "params": _jsonable(self.get_params()),
+        "results": self.results_,
+        "preprocessing": self.preprocessing_.to_json(),
+        "dataset": {
+          "layer_names": list(self.dataset_.layer_names),
+          "name": self.dataset_.name,
+          "num_neurons": self.dataset_.num_neurons,
+          "num_time": self.dataset_.num_time,
+        },
+      },
+    )
     ckpt.close()
 
   @classmethod
-  def load(cls, path: str) -> "DimensionSweep":
+  def load(cls, path: str) -> DimensionSweep:
     """Loads a saved DimensionSweep; `transform` gives identical output."""
     ckpt = checkpoint.Checkpointer(path, keep=1)
     step = ckpt.latest_step()
@@ -292,25 +359,36 @@ class DimensionSweep:
     ds_meta = aux["dataset"]
     n_layers = len(ds_meta["layer_names"])
     est.preprocessing_ = splits.Preprocessing.from_json(aux["preprocessing"])
-    est.table_ = ModelTable.build(n_layers, cfg.latents, cfg.heldout_sets, cfg.neuron_counts,
-                                  models.family(cfg.model).sweep_bands(cfg))
+    est.table_ = ModelTable.build(
+      n_layers,
+      cfg.latents,
+      cfg.heldout_sets,
+      cfg.neuron_counts,
+      models.family(cfg.model).sweep_bands(cfg),
+    )
     model_neurons = est.preprocessing_.neuron_index_LN.shape[1]
     like = init_states(cfg, est.table_, model_neurons, train.optimizer_for(cfg))
     est.state_, _ = ckpt.restore(step, like)
     ckpt.close()
     est.config_, est.results_ = cfg, aux["results"]
     est.optimal_latent_ = dict(est.results_["optimal_latent"])
-    est.dataset_ = data.Dataset(np.zeros((n_layers, 0, ds_meta["num_neurons"]), np.float32),
-                                tuple(ds_meta["layer_names"]), ds_meta["name"])
+    est.dataset_ = data.Dataset(
+      np.zeros((n_layers, 0, ds_meta["num_neurons"]), np.float32),
+      tuple(ds_meta["layer_names"]),
+      ds_meta["name"],
+    )
     return est
 
 
 def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
-  return json.loads(json.dumps({k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()}))
+  return json.loads(
+    json.dumps({k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()})
+  )
 
 
-def _open_workdir(workdir, identity, run: RunSettings, flags_text: str, prep, cfg: Settings, log
-                  ) -> tuple[list, Any]:
+def _open_workdir(
+  workdir, identity, run: RunSettings, flags_text: str, prep, cfg: Settings, log
+) -> tuple[list, Any]:
   """Claims the workdir and opens its writers: ([(hook, close)], checkpointer or None)."""
   if workdir is None:
     return [], None
@@ -321,14 +399,22 @@ def _open_workdir(workdir, identity, run: RunSettings, flags_text: str, prep, cf
     if flags_text:
       files.write_text(os.path.join(workdir, "flags.txt"), flags_text)
     table = ModelTable.for_sweep(prep, cfg)
-    writer = writers.MetricWriter(workdir, [
-        f"layer={prep.dataset.layer_names[l]},latent={k},seed={s}" + (f",neurons={c}" if c else "")
+    writer = writers.MetricWriter(
+      workdir,
+      [
+        f"layer={prep.dataset.layer_names[l]},latent={k},seed={s}"
+        + (f",neurons={c}" if c else "")
         + (f",bands={'-'.join(map(str, b))}" if len(b) else "")
-        for l, k, s, c, b in zip(table.layer, table.latent, table.seed, table.count, table.bands)])
-    partial = lambda o: files.write_json(os.path.join(workdir, "results.json"),
-                                         results_lib.results_dict(prep, cfg, o))
-    sinks = [(hooks.Metrics(writer.write_scalars), writer.close),
-             (hooks.PartialResults(partial), lambda: None)]
+        for l, k, s, c, b in zip(table.layer, table.latent, table.seed, table.count, table.bands)
+      ],
+    )
+    partial = lambda o: files.write_json(
+      os.path.join(workdir, "results.json"), results_lib.results_dict(prep, cfg, o)
+    )
+    sinks = [
+      (hooks.Metrics(writer.write_scalars), writer.close),
+      (hooks.PartialResults(partial), lambda: None),
+    ]
   ckpt = checkpoint.Checkpointer(workdir, run.keep_checkpoints, log)  # every process takes part
   if sinks and resuming and ckpt.latest_step() is None:
     log("no checkpoint in the workdir yet: starting from step 0")
@@ -345,7 +431,11 @@ def _shuffle_summary(results: dict[str, Any]) -> dict[str, Any]:
     if name.endswith(data.SHUFFLED_SUFFIX):
       continue
     ctrl = name + data.SHUFFLED_SUFFIX
-    out["layers"][name] = {"control": ctrl, "gain": best(name), "control_gain": best(ctrl),
-                           "chosen": results["optimal_latent"][name],
-                           "control_chosen": results["optimal_latent"][ctrl]}
+    out["layers"][name] = {
+      "control": ctrl,
+      "gain": best(name),
+      "control_gain": best(ctrl),
+      "chosen": results["optimal_latent"][name],
+      "control_chosen": results["optimal_latent"][ctrl],
+    }
   return out

@@ -5,16 +5,17 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from nmas_jax import config, data, models
+from nmas_jax.config import BATCHINGS, DECODERS, DTYPES, setting
 from nmas_jax.data import splits
 from nmas_jax.training import sweep, train
-from nmas_jax.config import BATCHINGS, DECODERS, DTYPES, setting
 
 BENCH_MODELS = ("autoencoder", "lfads")
 TORCH_TWINS = ("autoencoder",)  # the families `torch_loop_step` has a PyTorch twin of
@@ -28,39 +29,63 @@ class Shapes(config._Declared):
   window: int = setting(50, "Window length (time steps).", check="positive_int")
   batch_size: int = setting(16, "Windows per batch.", check="positive_int")
   hidden: int = setting(128, "LSTM units.", check="positive_int")
-  latents: tuple[int, ...] = setting((10, 25, 50, 75, 150), "Latent sizes (one model each).",
-                                     kind="ints")
-  layers: int = setting(1, "Layers (models = layers x (1 + counts) x seeds x latents).",
-                        check="positive_int")
+  latents: tuple[int, ...] = setting(
+    (10, 25, 50, 75, 150), "Latent sizes (one model each).", kind="ints"
+  )
+  layers: int = setting(
+    1, "Layers (models = layers x (1 + counts) x seeds x latents).", check="positive_int"
+  )
   seeds: int = setting(1, "Seeds per (layer, latent).", check="positive_int")
-  neuron_counts: tuple[int, ...] = setting((), "Also the sweep's --neuron_counts axis: models whose "
-                                           "encoder sees only this many neurons.", kind="ints")
+  neuron_counts: tuple[int, ...] = setting(
+    (),
+    "Also the sweep's --neuron_counts axis: models whose encoder sees only this many neurons.",
+    kind="ints",
+  )
   decoder: str = setting("lstm", "The decoder.", choices=DECODERS)
   unroll: int = setting(1, "Scan unroll factor.", check="positive_int")
   dtype: str = setting("float32", "Matmul dtype.", choices=DTYPES)
-  batching: str = setting("auto", "How the sweep step runs the models (see experiments.sweep "
-                          "--batching).", choices=BATCHINGS)
-  model: str = setting("autoencoder", "The model (lfads: the sweep's LFADS at its default sizes, "
-                       "no controller; --hidden and --decoder do not apply).",
-                       choices=BENCH_MODELS)
+  batching: str = setting(
+    "auto",
+    "How the sweep step runs the models (see experiments.sweep --batching).",
+    choices=BATCHINGS,
+  )
+  model: str = setting(
+    "autoencoder",
+    "The model (lfads: the sweep's LFADS at its default sizes, "
+    "no controller; --hidden and --decoder do not apply).",
+    choices=BENCH_MODELS,
+  )
 
   def __post_init__(self):
     super().__post_init__()
     if max(self.latents) > self.neurons:
       raise config.UserError(f"latent size {max(self.latents)} exceeds --neurons={self.neurons}")
     if self.neuron_counts and max(self.neuron_counts) >= self.neurons:
-      raise config.UserError(f"--neuron_counts must be below --neurons={self.neurons}, got "
-                             f"{max(self.neuron_counts)}")
+      raise config.UserError(
+        f"--neuron_counts must be below --neurons={self.neurons}, got {max(self.neuron_counts)}"
+      )
 
   def settings(self) -> config.Settings:
     """The sweep settings of these shapes: no held-out neurons, Gaussian, a causal encoder, no
     linear skip and no dropout (the models the PyTorch loop and `flops_per_step` describe)."""
-    return config.Settings(latents=self.latents, batch_size=self.batch_size, window=self.window,
-                           hidden=self.hidden, decoder=self.decoder, unroll=self.unroll,
-                           dtype=self.dtype, heldout_neurons=0.0, likelihood="gaussian", steps=1,
-                           seeds=self.seeds, neuron_counts=self.neuron_counts,
-                           bidirectional=False, dropout=0.0, linear_skip=False,
-                           model=self.model)
+    return config.Settings(
+      latents=self.latents,
+      batch_size=self.batch_size,
+      window=self.window,
+      hidden=self.hidden,
+      decoder=self.decoder,
+      unroll=self.unroll,
+      dtype=self.dtype,
+      heldout_neurons=0.0,
+      likelihood="gaussian",
+      steps=1,
+      seeds=self.seeds,
+      neuron_counts=self.neuron_counts,
+      bidirectional=False,
+      dropout=0.0,
+      linear_skip=False,
+      model=self.model,
+    )
 
   def model_neurons(self) -> list[int]:
     """Neurons each model's encoder reads, one entry per (count level, seed) of a layer: the full
@@ -76,8 +101,9 @@ def flops_per_step(s: Shapes) -> float:
   return s.layers * sum(fam.step_flops(cfg, n, s.batch_size, s.window) for n in s.model_neurons())
 
 
-def _time_interleaved(calls: dict[str, tuple[Callable[[], Any], Callable[[Any], Any]]],
-                      steps: int, repeats: int = 3) -> dict[str, float]:
+def _time_interleaved(
+  calls: dict[str, tuple[Callable[[], Any], Callable[[Any], Any]]], steps: int, repeats: int = 3
+) -> dict[str, float]:
   """Seconds per call of each named (fn, block) pair: the best of `repeats` rounds.
 
   Each round times every fn in turn (2 warm-up calls, then `steps` calls), so a
@@ -97,7 +123,9 @@ def _time_interleaved(calls: dict[str, tuple[Callable[[], Any], Callable[[Any], 
   return best
 
 
-def _time(fn: Callable[[], Any], steps: int, block=jax.block_until_ready, repeats: int = 3) -> float:
+def _time(
+  fn: Callable[[], Any], steps: int, block=jax.block_until_ready, repeats: int = 3
+) -> float:
   """Seconds per call of fn (returning something to block on): best of `repeats` runs."""
   return _time_interleaved({"fn": (fn, block)}, steps, repeats)["fn"]
 
@@ -109,7 +137,7 @@ def matmul_peak_gflops(n: int | None = None, dtype=jnp.float32, reps: int = 10) 
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
   b = jax.random.normal(jax.random.PRNGKey(1), (n, n), dtype)
   mm = jax.jit(lambda a, b: a @ b)
-  return 2 * n ** 3 / _time(lambda: mm(a, b), reps) / 1e9
+  return 2 * n**3 / _time(lambda: mm(a, b), reps) / 1e9
 
 
 def torch_loop_step(s: Shapes) -> tuple[Callable[[], Any], Callable[[Any], Any]] | None:
@@ -146,8 +174,9 @@ def torch_loop_step(s: Shapes) -> tuple[Callable[[], Any], Callable[[Any], Any]]
 
   def step():
     for m, opt in zip(nets, opts):
-      x = data[torch.randint(0, s.window * 32 - s.window, (s.batch_size,))[:, None] + offsets,
-               :m.n]
+      x = data[
+        torch.randint(0, s.window * 32 - s.window, (s.batch_size,))[:, None] + offsets, : m.n
+      ]
       loss = ((m(x) - x) ** 2).mean()
       opt.zero_grad()
       loss.backward()
@@ -162,8 +191,9 @@ def _sweep_call(s: Shapes) -> tuple[Callable[[], Any], sweep.Built, float]:
   """(one step of every model, the sweep as `sweep.run_sweep` builds it, compile seconds)."""
   cfg = s.settings()
   x_LTN = np.random.default_rng(0).standard_normal((s.layers, s.window * 40, s.neurons))
-  prep = splits.prepare(data.Dataset(x_LTN.astype(np.float32), tuple(map(str, range(s.layers))),
-                                     "bench"), cfg)
+  prep = splits.prepare(
+    data.Dataset(x_LTN.astype(np.float32), tuple(map(str, range(s.layers))), "bench"), cfg
+  )
   built = sweep.build(prep, cfg, batching=s.batching)
   box = [built.stepper.pack(built.init_states())]
   t0 = time.perf_counter()
@@ -191,12 +221,20 @@ def _loop_call(s: Shapes, built: sweep.Built) -> tuple[Callable[[], Any], float]
     m = models.make_model(dataclasses.replace(s.settings(), latents=(k,)), n)
 
     def one(st, x_LTN, layer_1, m=m, n=n):
-      x_BTN = splits.sample_batches(x_LTN, layer_1, jnp.array([0]), st.step,
-                                    t_train=t_train, window=s.window, batch_size=s.batch_size)[0]
+      x_BTN = splits.sample_batches(
+        x_LTN,
+        layer_1,
+        jnp.array([0]),
+        st.step,
+        t_train=t_train,
+        window=s.window,
+        batch_size=s.batch_size,
+      )[0]
       return train.train_step(st, {"x": x_BTN[..., :n]}, model=m, tx=tx)
 
-    st = train.init_state(jax.random.PRNGKey(i), k, model=m, tx=tx,
-                          example_x_BTN=jnp.zeros((1, s.window, n)))
+    st = train.init_state(
+      jax.random.PRNGKey(i), k, model=m, tx=tx, example_x_BTN=jnp.zeros((1, s.window, n))
+    )
     layer_1 = jnp.array([layer])
     if (k, n) not in compiled:
       compiled[k, n] = jax.jit(one, donate_argnums=0).lower(st, x_LTN, layer_1).compile()
@@ -213,14 +251,17 @@ def _loop_call(s: Shapes, built: sweep.Built) -> tuple[Callable[[], Any], float]
   return call, compile_s
 
 
-def run(s: Shapes, steps: int = 20, loop: bool = True, torch_loop: bool = True,
-        log=print) -> dict[str, Any]:
+def run(
+  s: Shapes, steps: int = 20, loop: bool = True, torch_loop: bool = True, log=print
+) -> dict[str, Any]:
   """Times (a) one batched sweep step, built exactly as `sweep.run_sweep` builds it, (b) the
   one-by-one loop, (c) the matmul peak, and (d) a PyTorch loop over the same models when torch is
   installed."""
   sweep_call, built, compile_s = _sweep_call(s)
-  log(f"sweep step: {built.n_real} models on {built.mesh.devices.size} device(s), batching "
-      f"{built.stepper.description}, compiled in {compile_s:.1f}s")
+  log(
+    f"sweep step: {built.n_real} models on {built.mesh.devices.size} device(s), batching "
+    f"{built.stepper.description}, compiled in {compile_s:.1f}s"
+  )
   calls = {"sweep": (sweep_call, jax.block_until_ready)}
   loop_compile_s = None
   if loop:
@@ -246,51 +287,68 @@ def run(s: Shapes, steps: int = 20, loop: bool = True, torch_loop: bool = True,
   dev = jax.devices()[0]
   mem = dev.memory_stats() or {}  # none on CPU
   return {
-      "sweep_step_ms": round(sweep_s * 1e3, 3),
-      "loop_step_ms": None if loop_s is None else round(loop_s * 1e3, 3),
-      "speedup_vs_loop": None if loop_s is None else round(loop_s / sweep_s, 3),
-      "torch_loop_step_ms": None if torch_s is None else round(torch_s * 1e3, 3),
-      "speedup_vs_torch": None if torch_s is None else round(torch_s / sweep_s, 3),
-      "flops_per_step": flops,
-      "achieved_gflops": round(achieved, 2),
-      "peak_gflops": round(peak, 2),
-      "mfu": round(achieved / peak, 4),
-      "compile_s": round(compile_s, 2),
-      "loop_compile_s": None if loop_compile_s is None else round(loop_compile_s, 2),
-      "models": built.n_real,
-      "padded_models": len(built.table),
-      "device": f"{dev.platform}:{getattr(dev, 'device_kind', '')}",
-      "devices": jax.device_count(),
-      "peak_memory_gib": (round(mem["peak_bytes_in_use"] / 2 ** 30, 3)
-                          if "peak_bytes_in_use" in mem else None),
-      "lanes": built.stepper.lanes,
-      "xla_flags": os.environ.get("XLA_FLAGS", ""),
-      **{k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(s).items()},
-      "batching": built.stepper.batching,
-      "steps": steps,
-      "repeats": repeats,
+    "sweep_step_ms": round(sweep_s * 1e3, 3),
+    "loop_step_ms": None if loop_s is None else round(loop_s * 1e3, 3),
+    "speedup_vs_loop": None if loop_s is None else round(loop_s / sweep_s, 3),
+    "torch_loop_step_ms": None if torch_s is None else round(torch_s * 1e3, 3),
+    "speedup_vs_torch": None if torch_s is None else round(torch_s / sweep_s, 3),
+    "flops_per_step": flops,
+    "achieved_gflops": round(achieved, 2),
+    "peak_gflops": round(peak, 2),
+    "mfu": round(achieved / peak, 4),
+    "compile_s": round(compile_s, 2),
+    "loop_compile_s": None if loop_compile_s is None else round(loop_compile_s, 2),
+    "models": built.n_real,
+    "padded_models": len(built.table),
+    "device": f"{dev.platform}:{getattr(dev, 'device_kind', '')}",
+    "devices": jax.device_count(),
+    "peak_memory_gib": (
+      round(mem["peak_bytes_in_use"] / 2**30, 3) if "peak_bytes_in_use" in mem else None
+    ),
+    "lanes": built.stepper.lanes,
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    **{k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(s).items()},
+    "batching": built.stepper.batching,
+    "steps": steps,
+    "repeats": repeats,
   }
 
 
 def table(r: dict[str, Any]) -> str:
-  rows = [("device", r["device"]), ("models", f"{r['models']} ({r.get('model', 'autoencoder')})"),
-          ("shapes", f"neurons={r['neurons']} counts={','.join(map(str, r['neuron_counts'])) or '-'} "
-                     f"seeds={r['seeds']} window={r['window']} batch={r['batch_size']} "
-                     f"hidden={r['hidden']} latents={','.join(map(str, r['latents']))} "
-                     f"decoder={r['decoder']} dtype={r['dtype']} batching={r['batching']} "
-                     f"lanes={r['lanes']}"),
-          ("sweep step (all models, one call)", f"{r['sweep_step_ms']:.1f} ms"),
-          ("one-by-one loop", "-" if r["loop_step_ms"] is None else f"{r['loop_step_ms']:.1f} ms"),
-          ("speed-up vs loop", "-" if r["speedup_vs_loop"] is None else f"{r['speedup_vs_loop']:.2f}x"),
-          ("PyTorch loop", "-" if r["torch_loop_step_ms"] is None else f"{r['torch_loop_step_ms']:.1f} ms"),
-          ("speed-up vs PyTorch", "-" if r["speedup_vs_torch"] is None else f"{r['speedup_vs_torch']:.2f}x"),
-          ("useful GFLOP per step", f"{r['flops_per_step'] / 1e9:.2f}"),
-          ("achieved GFLOP/s", f"{r['achieved_gflops']:.1f}"),
-          (f"{r['dtype']} matmul peak GFLOP/s", f"{r['peak_gflops']:.1f}"),
-          ("peak device memory", "-" if r.get("peak_memory_gib") is None
-           else f"{r['peak_memory_gib']:.2f} GiB"),
-          ("MFU (achieved / peak)", f"{r['mfu']:.1%}"),
-          ("compile (sweep / loop)", f"{r['compile_s']:.1f}s / "
-                                     f"{'-' if r['loop_compile_s'] is None else r['loop_compile_s']}s")]
+  rows = [
+    ("device", r["device"]),
+    ("models", f"{r['models']} ({r.get('model', 'autoencoder')})"),
+    (
+      "shapes",
+      f"neurons={r['neurons']} counts={','.join(map(str, r['neuron_counts'])) or '-'} "
+      f"seeds={r['seeds']} window={r['window']} batch={r['batch_size']} "
+      f"hidden={r['hidden']} latents={','.join(map(str, r['latents']))} "
+      f"decoder={r['decoder']} dtype={r['dtype']} batching={r['batching']} "
+      f"lanes={r['lanes']}",
+    ),
+    ("sweep step (all models, one call)", f"{r['sweep_step_ms']:.1f} ms"),
+    ("one-by-one loop", "-" if r["loop_step_ms"] is None else f"{r['loop_step_ms']:.1f} ms"),
+    ("speed-up vs loop", "-" if r["speedup_vs_loop"] is None else f"{r['speedup_vs_loop']:.2f}x"),
+    (
+      "PyTorch loop",
+      "-" if r["torch_loop_step_ms"] is None else f"{r['torch_loop_step_ms']:.1f} ms",
+    ),
+    (
+      "speed-up vs PyTorch",
+      "-" if r["speedup_vs_torch"] is None else f"{r['speedup_vs_torch']:.2f}x",
+    ),
+    ("useful GFLOP per step", f"{r['flops_per_step'] / 1e9:.2f}"),
+    ("achieved GFLOP/s", f"{r['achieved_gflops']:.1f}"),
+    (f"{r['dtype']} matmul peak GFLOP/s", f"{r['peak_gflops']:.1f}"),
+    (
+      "peak device memory",
+      "-" if r.get("peak_memory_gib") is None else f"{r['peak_memory_gib']:.2f} GiB",
+    ),
+    ("MFU (achieved / peak)", f"{r['mfu']:.1%}"),
+    (
+      "compile (sweep / loop)",
+      f"{r['compile_s']:.1f}s / {'-' if r['loop_compile_s'] is None else r['loop_compile_s']}s",
+    ),
+  ]
   w = max(len(a) for a, _ in rows)
   return "\n".join(f"{a:<{w}}  {b}" for a, b in rows)

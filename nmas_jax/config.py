@@ -15,8 +15,10 @@ import dataclasses
 import functools
 
 from nmas_jax import models
-from nmas_jax.declare import (_Declared, build, define_flags, fields, flags_text, from_flags,
-                              identity, names, parse_ints, parse_latents, setting)
+from nmas_jax.declare import (
+  _Declared,
+  setting,
+)
 from nmas_jax.errors import UserError
 
 MODELS = tuple(models.FAMILIES)
@@ -24,12 +26,20 @@ DECODERS = models.DECODERS
 LIKELIHOODS = models.LIKELIHOODS
 DTYPES = ("float32", "bfloat16")
 NORMALIZATIONS = ("zscore", "mean_per_bin", "mean_per_bin_all", "none")
-DATASETS = ("synthetic", "nonlinear", "lorenz", "lorenz_trials", "independent", "multiscale",
-            "stringer", "array", "nwb")
+DATASETS = (
+  "synthetic",
+  "nonlinear",
+  "lorenz",
+  "lorenz_trials",
+  "independent",
+  "multiscale",
+  "stringer",
+  "array",
+  "nwb",
+)
 NAN_POLICIES = ("freeze", "stop", "drop_neurons")
 BATCHINGS = ("auto", "vmap", "by_latent")
 BASELINES = ("pca", "fa", "lds")
-
 
 
 def _module_default(module: type, name: str):
@@ -46,111 +56,212 @@ class Settings(_Declared):
   """Model, training and evaluation settings: `DimensionSweep`'s parameters, and flags of the sweep."""
 
   # The models.
-  latents: tuple[int, ...] = setting((10, 25, 50, 75, 150), "Comma-separated latent sizes (with "
-                                     "--model=multiscale: latent counts per band, 0 allowed; "
-                                     "every combination is swept).", kind="ints",
-                                     example="10,25,50,75,150")
-  neuron_counts: tuple[int, ...] = setting((), "Comma-separated numbers of held-in neurons: also "
-                                           "sweep each layer subsampled to these many encoder "
-                                           "inputs (nested subsets; the held-out neurons stay the "
-                                           "same), for results.json 'scaling' and scaling.png. Off "
-                                           "when empty.", kind="ints", example="25,50,100")
+  latents: tuple[int, ...] = setting(
+    (10, 25, 50, 75, 150),
+    "Comma-separated latent sizes (with "
+    "--model=multiscale: latent counts per band, 0 allowed; "
+    "every combination is swept).",
+    kind="ints",
+    example="10,25,50,75,150",
+  )
+  neuron_counts: tuple[int, ...] = setting(
+    (),
+    "Comma-separated numbers of held-in neurons: also "
+    "sweep each layer subsampled to these many encoder "
+    "inputs (nested subsets; the held-out neurons stay the "
+    "same), for results.json 'scaling' and scaling.png. Off "
+    "when empty.",
+    kind="ints",
+    example="25,50,100",
+  )
   hidden: int = setting(_AE("hidden"), "LSTM units (per direction).", check="positive_int")
-  decoder: str = setting(_AE("decoder"), "linear: readout of z_t alone, through the likelihood's link "
-                         "(the latent size is a linear dimension per time step); mlp: a "
-                         "per-time-step MLP of z_t (the dimension of a curved manifold); lstm: an "
-                         "LSTM over z, then a readout.", choices=DECODERS)
-  decoder_hidden: int = setting(_AE("decoder_hidden"), "Hidden units of the mlp decoder.", check="positive_int")
-  model: str = setting("autoencoder", "autoencoder: the LSTM autoencoder (--hidden, --decoder); "
-                       "lfads: LFADS (models.LFADS; --gen_dim ... --cd_rate), whose factors are "
-                       "the swept latents; multiscale: the autoencoder with latents in bands of "
-                       "fixed time constants (--timescales), every combination of per-band "
-                       "counts from --latents swept.", choices=MODELS)
-  timescales: tuple[int, ...] = setting((), "--model=multiscale: comma-separated time constants "
-                                        "of the latent bands in time bins (after --bin), e.g. "
-                                        "2,50: a fast and a slow band; each band's latents are "
-                                        "leaky integrators of bounded encoder innovations.",
-                                        kind="ints", example="2,50")
+  decoder: str = setting(
+    _AE("decoder"),
+    "linear: readout of z_t alone, through the likelihood's link "
+    "(the latent size is a linear dimension per time step); mlp: a "
+    "per-time-step MLP of z_t (the dimension of a curved manifold); lstm: an "
+    "LSTM over z, then a readout.",
+    choices=DECODERS,
+  )
+  decoder_hidden: int = setting(
+    _AE("decoder_hidden"), "Hidden units of the mlp decoder.", check="positive_int"
+  )
+  model: str = setting(
+    "autoencoder",
+    "autoencoder: the LSTM autoencoder (--hidden, --decoder); "
+    "lfads: LFADS (models.LFADS; --gen_dim ... --cd_rate), whose factors are "
+    "the swept latents; multiscale: the autoencoder with latents in bands of "
+    "fixed time constants (--timescales), every combination of per-band "
+    "counts from --latents swept.",
+    choices=MODELS,
+  )
+  timescales: tuple[int, ...] = setting(
+    (),
+    "--model=multiscale: comma-separated time constants "
+    "of the latent bands in time bins (after --bin), e.g. "
+    "2,50: a fast and a slow band; each band's latents are "
+    "leaky integrators of bounded encoder innovations.",
+    kind="ints",
+    example="2,50",
+  )
   gen_dim: int = setting(_LFADS("gen_dim"), "LFADS: generator GRU units.", check="positive_int")
-  ic_enc_dim: int = setting(_LFADS("ic_enc_dim"), "LFADS: initial-condition encoder GRU units (per direction).",
-                            check="positive_int")
-  ci_enc_dim: int = setting(_LFADS("ci_enc_dim"), "LFADS: controller-input encoder GRU units (per direction).",
-                            check="positive_int")
+  ic_enc_dim: int = setting(
+    _LFADS("ic_enc_dim"),
+    "LFADS: initial-condition encoder GRU units (per direction).",
+    check="positive_int",
+  )
+  ci_enc_dim: int = setting(
+    _LFADS("ci_enc_dim"),
+    "LFADS: controller-input encoder GRU units (per direction).",
+    check="positive_int",
+  )
   con_dim: int = setting(_LFADS("con_dim"), "LFADS: controller GRU units.", check="positive_int")
-  co_dim: int = setting(_LFADS("co_dim"), "LFADS: inferred inputs per time step (0: no controller).",
-                        check="nonneg_int")
-  kl_ic_scale: float = setting(_LFADS("kl_ic_scale"), "LFADS: weight of the initial condition's KL (per trial, "
-                               "over the window's elements).", check="nonneg")
-  kl_co_scale: float = setting(_LFADS("kl_co_scale"), "LFADS: weight of the inferred inputs' KL.", check="nonneg")
-  l2_gen_scale: float = setting(_LFADS("l2_gen_scale"), "LFADS: weight of the squared recurrent kernels of the "
-                                "generator and controller.", check="nonneg")
-  cd_rate: float = setting(_AE("cd_rate"), "Coordinated dropout rate, every model: input elements hidden "
-                           "from the encoder at random each step, and held-in neurons scored "
-                           "only there, so no model can copy its input (Keshtkaran & "
-                           "Pandarinath 2019).", check="[0,1)")
-  kl_warmup_steps: int = setting(_LFADS("warmup_steps"), "LFADS: steps over which the KL and L2 weights rise "
-                                 "linearly from 0.", check="nonneg_int")
-  bidirectional: bool = setting(_AE("bidirectional"), "Add a reverse-time encoder LSTM, so z_t is inferred from "
-                                "the whole window (--nobidirectional: from the past only).")
-  linear_skip: bool = setting(_AE("linear_skip"), "Add a linear path from each time step's input to the "
-                              "latent beside the encoder LSTM (z_t = LSTM(x)_t W + x_t S + b), so "
-                              "PCA's projection is one setting of the weights away: closer to PCA "
-                              "on linear-Gaussian data, but the estimate then leans towards PCA's "
-                              "(docs/dimension.md). Not used by --model=lfads.")
-  likelihood: str = setting("auto", "gaussian (MSE), poisson (counts; log-rate readout), or auto: "
-                            "poisson for non-negative integer data, else gaussian.",
-                            choices=("auto",) + LIKELIHOODS)
-  dtype: str = setting("float32", "Matmul dtype: float32, or bfloat16 on GPU/TPU (LSTM state "
-                       "and losses stay float32).", choices=DTYPES)
+  co_dim: int = setting(
+    _LFADS("co_dim"), "LFADS: inferred inputs per time step (0: no controller).", check="nonneg_int"
+  )
+  kl_ic_scale: float = setting(
+    _LFADS("kl_ic_scale"),
+    "LFADS: weight of the initial condition's KL (per trial, over the window's elements).",
+    check="nonneg",
+  )
+  kl_co_scale: float = setting(
+    _LFADS("kl_co_scale"), "LFADS: weight of the inferred inputs' KL.", check="nonneg"
+  )
+  l2_gen_scale: float = setting(
+    _LFADS("l2_gen_scale"),
+    "LFADS: weight of the squared recurrent kernels of the generator and controller.",
+    check="nonneg",
+  )
+  cd_rate: float = setting(
+    _AE("cd_rate"),
+    "Coordinated dropout rate, every model: input elements hidden "
+    "from the encoder at random each step, and held-in neurons scored "
+    "only there, so no model can copy its input (Keshtkaran & "
+    "Pandarinath 2019).",
+    check="[0,1)",
+  )
+  kl_warmup_steps: int = setting(
+    _LFADS("warmup_steps"),
+    "LFADS: steps over which the KL and L2 weights rise linearly from 0.",
+    check="nonneg_int",
+  )
+  bidirectional: bool = setting(
+    _AE("bidirectional"),
+    "Add a reverse-time encoder LSTM, so z_t is inferred from "
+    "the whole window (--nobidirectional: from the past only).",
+  )
+  linear_skip: bool = setting(
+    _AE("linear_skip"),
+    "Add a linear path from each time step's input to the "
+    "latent beside the encoder LSTM (z_t = LSTM(x)_t W + x_t S + b), so "
+    "PCA's projection is one setting of the weights away: closer to PCA "
+    "on linear-Gaussian data, but the estimate then leans towards PCA's "
+    "(docs/dimension.md). Not used by --model=lfads.",
+  )
+  likelihood: str = setting(
+    "auto",
+    "gaussian (MSE), poisson (counts; log-rate readout), or auto: "
+    "poisson for non-negative integer data, else gaussian.",
+    choices=("auto",) + LIKELIHOODS,
+  )
+  dtype: str = setting(
+    "float32",
+    "Matmul dtype: float32, or bfloat16 on GPU/TPU (LSTM state and losses stay float32).",
+    choices=DTYPES,
+  )
   unroll: int = setting(_AE("unroll"), "Scan unroll factor of the LSTMs.", check="positive_int")
   # Training.
-  seeds: int = setting(3, "Seeds per (layer, latent): seeds 0..N-1. Each seed has its own "
-                       "initialisation, batch order and held-out neurons.", check="positive_int")
+  seeds: int = setting(
+    3,
+    "Seeds per (layer, latent): seeds 0..N-1. Each seed has its own "
+    "initialisation, batch order and held-out neurons.",
+    check="positive_int",
+  )
   steps: int = setting(400, "Training steps.", check="positive_int", identity=False)
   batch_size: int = setting(16, "Windows per batch.", check="positive_int")
   window: int = setting(50, "Window length in time bins (after --bin).", check="positive_int")
   learning_rate: float = setting(3e-3, "AdamW learning rate.", check="positive")
   weight_decay: float = setting(0.0, "AdamW weight decay.", check="nonneg")
-  lr_half_life: int = setting(0, "Steps over which the learning rate halves (exponential decay "
-                              "from the step count alone, so raising --steps and resuming still "
-                              "equals a longer run); 0: constant.", check="nonneg_int")
-  dropout: float = setting(_AE("dropout"), "Dropout rate on the encoder's input while training.",
-                           check="[0,1)")
+  lr_half_life: int = setting(
+    0,
+    "Steps over which the learning rate halves (exponential decay "
+    "from the step count alone, so raising --steps and resuming still "
+    "equals a longer run); 0: constant.",
+    check="nonneg_int",
+  )
+  dropout: float = setting(
+    _AE("dropout"), "Dropout rate on the encoder's input while training.", check="[0,1)"
+  )
   clip_norm: float = setting(1.0, "Global gradient-norm clip.", check="positive")
-  log_every: int = setting(100, "Steps between progress lines and evaluations.",
-                           check="positive_int", identity=False)
+  log_every: int = setting(
+    100, "Steps between progress lines and evaluations.", check="positive_int", identity=False
+  )
   # Evaluation.
-  heldout_neurons: float = setting(0.2, "Fraction of each layer's neurons hidden from the "
-                                   "encoder and scored by co-smoothing (0 disables).", check="[0,1)")
-  neuron_folds: int = setting(0, "K >= 2: instead of one random --heldout_neurons subset per seed, "
-                              "K disjoint held-out sets per seed that together cover every neuron "
-                              "(seeds x K held-out sets, each its own model); 0: off.",
-                              check="nonneg_int")
+  heldout_neurons: float = setting(
+    0.2,
+    "Fraction of each layer's neurons hidden from the "
+    "encoder and scored by co-smoothing (0 disables).",
+    check="[0,1)",
+  )
+  neuron_folds: int = setting(
+    0,
+    "K >= 2: instead of one random --heldout_neurons subset per seed, "
+    "K disjoint held-out sets per seed that together cover every neuron "
+    "(seeds x K held-out sets, each its own model); 0: off.",
+    check="nonneg_int",
+  )
   train_fraction: float = setting(0.7, "Leading fraction of time for training.", check="(0,1)")
-  valid_fraction: float = setting(0.1, "Fraction of time after the training block for validation "
-                                  "(choosing the latent size and each model's best step); the rest "
-                                  "is the test block.", check="(0,1)")
-  normalize: str = setting("zscore", "Gaussian data: per neuron with the training block's mean "
-                           "and std (zscore); per time bin by the mean of the layer's neurons that "
-                           "no seed holds out (mean_per_bin); by the mean of every neuron of the "
-                           "recording (mean_per_bin_all, the original NMAs'); or none. Counts under "
-                           "a Poisson likelihood are never normalised.", choices=NORMALIZATIONS)
-  gain_fraction: float = setting(0.95, "Dimension estimate: the smallest latent whose held-out "
-                                 "gain reaches this fraction of every larger latent's.",
-                                 check="(0,1]", identity=False)
-  bootstrap: int = setting(200, "Bootstrap resamples (validation time blocks and seeds) for "
-                           "optimal_latent_interval and the zero-dimension test.",
-                           check="nonneg_int", identity=False)
-  baselines: tuple[str, ...] = setting(("pca", "fa"), "Comma-separated linear baselines scored "
-                                       "like the model at the same latent sizes: pca, fa, lds "
-                                       "(a linear dynamical system fitted by EM; off by default: "
-                                       "about 40 s more on the main job, docs/dimension.md).",
-                                       choices=BASELINES, kind="list", identity=False)
-  shuffle_control: bool = setting(False, "Also sweep a control copy of each layer whose neurons "
-                                  "are circularly shifted in time by their own random offsets.")
-  shared_model: bool = setting(False, "Also train one model per latent size on all layers "
-                               "together and decode the layer from its latents (decoding.png).",
-                               identity=False)
+  valid_fraction: float = setting(
+    0.1,
+    "Fraction of time after the training block for validation "
+    "(choosing the latent size and each model's best step); the rest "
+    "is the test block.",
+    check="(0,1)",
+  )
+  normalize: str = setting(
+    "zscore",
+    "Gaussian data: per neuron with the training block's mean "
+    "and std (zscore); per time bin by the mean of the layer's neurons that "
+    "no seed holds out (mean_per_bin); by the mean of every neuron of the "
+    "recording (mean_per_bin_all, the original NMAs'); or none. Counts under "
+    "a Poisson likelihood are never normalised.",
+    choices=NORMALIZATIONS,
+  )
+  gain_fraction: float = setting(
+    0.95,
+    "Dimension estimate: the smallest latent whose held-out "
+    "gain reaches this fraction of every larger latent's.",
+    check="(0,1]",
+    identity=False,
+  )
+  bootstrap: int = setting(
+    200,
+    "Bootstrap resamples (validation time blocks and seeds) for "
+    "optimal_latent_interval and the zero-dimension test.",
+    check="nonneg_int",
+    identity=False,
+  )
+  baselines: tuple[str, ...] = setting(
+    ("pca", "fa"),
+    "Comma-separated linear baselines scored "
+    "like the model at the same latent sizes: pca, fa, lds "
+    "(a linear dynamical system fitted by EM; off by default: "
+    "about 40 s more on the main job, docs/dimension.md).",
+    choices=BASELINES,
+    kind="list",
+    identity=False,
+  )
+  shuffle_control: bool = setting(
+    False,
+    "Also sweep a control copy of each layer whose neurons "
+    "are circularly shifted in time by their own random offsets.",
+  )
+  shared_model: bool = setting(
+    False,
+    "Also train one model per latent size on all layers "
+    "together and decode the layer from its latents (decoding.png).",
+    identity=False,
+  )
   verbose: bool = setting(True, "Print progress lines.", flag=False, identity=False)
 
   def _check_together(self) -> None:
@@ -158,16 +269,24 @@ class Settings(_Declared):
     if error:
       raise UserError(error)
     if len(set(self.baselines)) != len(self.baselines):
-      raise UserError(f"--baselines={','.join(self.baselines)} lists a baseline twice: give each once")
+      raise UserError(
+        f"--baselines={','.join(self.baselines)} lists a baseline twice: give each once"
+      )
     if self.neuron_folds == 1:
-      raise UserError("--neuron_folds=1 would hold out every neuron: use 0 (one random "
-                      "--heldout_neurons subset per seed) or K >= 2 disjoint folds")
+      raise UserError(
+        "--neuron_folds=1 would hold out every neuron: use 0 (one random "
+        "--heldout_neurons subset per seed) or K >= 2 disjoint folds"
+      )
     if self.neuron_folds and self.normalize == "mean_per_bin":
-      raise UserError("--normalize=mean_per_bin divides by the neurons that no held-out set "
-                      "holds out, and --neuron_folds holds out every neuron: use --normalize=zscore")
+      raise UserError(
+        "--normalize=mean_per_bin divides by the neurons that no held-out set "
+        "holds out, and --neuron_folds holds out every neuron: use --normalize=zscore"
+      )
     if self.train_fraction + self.valid_fraction >= 1:
-      raise UserError(f"--train_fraction={self.train_fraction} and --valid_fraction="
-                      f"{self.valid_fraction} leave no test block: their sum must be below 1")
+      raise UserError(
+        f"--train_fraction={self.train_fraction} and --valid_fraction="
+        f"{self.valid_fraction} leave no test block: their sum must be below 1"
+      )
 
   @property
   def heldout_sets(self) -> int:
@@ -180,31 +299,50 @@ class Settings(_Declared):
 class DataSettings(_Declared):
   """Which recording the command line loads, and how it is preprocessed."""
 
-  dataset: str = setting("synthetic", "The data: built-in families with known answers "
-                         "(synthetic: linear-Gaussian layers of dimension 7, 18, 40; nonlinear: a "
-                         "saturating readout of 3, 6, 12 signals; lorenz: Poisson counts of 3-D "
-                         "Lorenz latents; lorenz_trials: the same, whitened, in short trials from "
-                         "many initial conditions, the LFADS benchmark, with the true rates for "
-                         "rates_r2; independent: nothing shared; multiscale: 4 signals with "
-                         "correlation times around 2 bins and 3 around 50), or a recording.",
-                         choices=DATASETS)
-  data_path: str = setting("", "Data file (stringer: .npy dict; array: .npy/.npz; nwb: .nwb).",
-                           path=True)
+  dataset: str = setting(
+    "synthetic",
+    "The data: built-in families with known answers "
+    "(synthetic: linear-Gaussian layers of dimension 7, 18, 40; nonlinear: a "
+    "saturating readout of 3, 6, 12 signals; lorenz: Poisson counts of 3-D "
+    "Lorenz latents; lorenz_trials: the same, whitened, in short trials from "
+    "many initial conditions, the LFADS benchmark, with the true rates for "
+    "rates_r2; independent: nothing shared; multiscale: 4 signals with "
+    "correlation times around 2 bins and 3 around 50), or a recording.",
+    choices=DATASETS,
+  )
+  data_path: str = setting(
+    "", "Data file (stringer: .npy dict; array: .npy/.npz; nwb: .nwb).", path=True
+  )
   data_key: str | None = setting(None, "Array name inside an .npz file.", kind="string")
-  trials: bool = setting(False, "--dataset=array: the array is trials, [trials, time, neurons] "
-                         "or [layers, trials, time, neurons]; trials are split into training, "
-                         "validation and test by trial, and a window is a whole trial.")
-  layers: tuple[str, ...] = setting((), "Layer names to keep (as in results.json); default all.",
-                                    kind="list")
-  bin: int = setting(2, "Recorded data: average this many adjacent time bins (sum, for spike "
-                     "counts).", check="positive_int")
-  neurons_per_layer: int | None = setting(None, "Subsample each layer to this many neurons "
-                                          "(default: the smallest layer's count).", kind="int",
-                                          check="positive_int")
-  data_seed: int = setting(0, "Seed for subsampling neurons, the shuffle control and synthetic "
-                           "data.", check="nonneg_int")
-  nwb_series: str | None = setting(None, "NWB: name of the RoiResponseSeries to read, or 'units' "
-                                   "for spikes; needed when the file has several.", kind="string")
+  trials: bool = setting(
+    False,
+    "--dataset=array: the array is trials, [trials, time, neurons] "
+    "or [layers, trials, time, neurons]; trials are split into training, "
+    "validation and test by trial, and a window is a whole trial.",
+  )
+  layers: tuple[str, ...] = setting(
+    (), "Layer names to keep (as in results.json); default all.", kind="list"
+  )
+  bin: int = setting(
+    2,
+    "Recorded data: average this many adjacent time bins (sum, for spike counts).",
+    check="positive_int",
+  )
+  neurons_per_layer: int | None = setting(
+    None,
+    "Subsample each layer to this many neurons (default: the smallest layer's count).",
+    kind="int",
+    check="positive_int",
+  )
+  data_seed: int = setting(
+    0, "Seed for subsampling neurons, the shuffle control and synthetic data.", check="nonneg_int"
+  )
+  nwb_series: str | None = setting(
+    None,
+    "NWB: name of the RoiResponseSeries to read, or 'units' "
+    "for spikes; needed when the file has several.",
+    kind="string",
+  )
   bin_ms: float = setting(50.0, "NWB spikes: bin width in milliseconds.", check="positive")
 
 
@@ -213,32 +351,58 @@ class RunSettings(_Declared):
   """Where and how one run happens; never part of what a sweep computes."""
 
   workdir: str = setting("runs/sweep", "Output directory.", identity=False)
-  checkpoint_every: int = setting(100, "Steps between checkpoints (0: only at the end).",
-                                  check="nonneg_int", identity=False)
-  keep_checkpoints: int = setting(3, "Checkpoints kept in <workdir>/checkpoints.",
-                                  check="positive_int", identity=False)
-  overwrite: bool = setting(False, "Replace a different sweep found in --workdir.",
-                            identity=False, record=False)
-  nan_policy: str = setting("freeze", "freeze: a diverging model is frozen and flagged, the others "
-                            "go on; stop: stop the sweep; drop_neurons: also drop neurons with "
-                            "NaN/Inf in the data (with a warning) instead of refusing the data.",
-                            choices=NAN_POLICIES, identity=False)
-  mesh: str = setting("auto", "Device mesh: auto (all local devices on the models axis) or e.g. "
-                      "models:4,data:2.", identity=False)
-  batching: str = setting("auto", "How one step runs the models: vmap (all at the widest latent), "
-                          "by_latent (one vmap per latent size, at its own width; one device) or "
-                          "auto (by_latent on one CPU device for sweeps of at least 3 GFLOP per "
-                          "step, else vmap). Results agree to float rounding.",
-                          choices=BATCHINGS, identity=False)
-  distributed: bool = setting(False, "Call jax.distributed.initialize (multi-host; from the flags "
-                              "below when given, else from the TPU/cluster environment).",
-                              identity=False, record=False)
-  coordinator_address: str | None = setting(None, "With --distributed: host:port of process 0.",
-                                            kind="string", identity=False, record=False)
-  num_processes: int | None = setting(None, "With --distributed: number of processes.", kind="int",
-                                      identity=False, record=False)
-  process_id: int | None = setting(None, "With --distributed: this process's index.", kind="int",
-                                   identity=False, record=False)
-  heartbeat_timeout_s: int = setting(60, "With --distributed: seconds after which a silent process "
-                                     "counts as lost; the others name it and exit within this "
-                                     "time.", check="positive_int", identity=False)
+  checkpoint_every: int = setting(
+    100, "Steps between checkpoints (0: only at the end).", check="nonneg_int", identity=False
+  )
+  keep_checkpoints: int = setting(
+    3, "Checkpoints kept in <workdir>/checkpoints.", check="positive_int", identity=False
+  )
+  overwrite: bool = setting(
+    False, "Replace a different sweep found in --workdir.", identity=False, record=False
+  )
+  nan_policy: str = setting(
+    "freeze",
+    "freeze: a diverging model is frozen and flagged, the others "
+    "go on; stop: stop the sweep; drop_neurons: also drop neurons with "
+    "NaN/Inf in the data (with a warning) instead of refusing the data.",
+    choices=NAN_POLICIES,
+    identity=False,
+  )
+  mesh: str = setting(
+    "auto",
+    "Device mesh: auto (all local devices on the models axis) or e.g. models:4,data:2.",
+    identity=False,
+  )
+  batching: str = setting(
+    "auto",
+    "How one step runs the models: vmap (all at the widest latent), "
+    "by_latent (one vmap per latent size, at its own width; one device) or "
+    "auto (by_latent on one CPU device for sweeps of at least 3 GFLOP per "
+    "step, else vmap). Results agree to float rounding.",
+    choices=BATCHINGS,
+    identity=False,
+  )
+  distributed: bool = setting(
+    False,
+    "Call jax.distributed.initialize (multi-host; from the flags "
+    "below when given, else from the TPU/cluster environment).",
+    identity=False,
+    record=False,
+  )
+  coordinator_address: str | None = setting(
+    None, "With --distributed: host:port of process 0.", kind="string", identity=False, record=False
+  )
+  num_processes: int | None = setting(
+    None, "With --distributed: number of processes.", kind="int", identity=False, record=False
+  )
+  process_id: int | None = setting(
+    None, "With --distributed: this process's index.", kind="int", identity=False, record=False
+  )
+  heartbeat_timeout_s: int = setting(
+    60,
+    "With --distributed: seconds after which a silent process "
+    "counts as lost; the others name it and exit within this "
+    "time.",
+    check="positive_int",
+    identity=False,
+  )

@@ -10,26 +10,39 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from nmas_jax.errors import UserError
 
 # Checks a setting can declare: name -> (test, what the error says the value must be).
 _CHECKS = {
-    "positive_int": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
-                     "a positive integer"),
-    "nonneg_int": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, ">= 0"),
-    "positive": (lambda v: v > 0, "positive"),
-    "nonneg": (lambda v: v >= 0, ">= 0"),
-    "(0,1)": (lambda v: 0 < v < 1, "in (0, 1)"),
-    "[0,1)": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "(0,1]": (lambda v: 0 < v <= 1, "in (0, 1]"),
+  "positive_int": (
+    lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+    "a positive integer",
+  ),
+  "nonneg_int": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, ">= 0"),
+  "positive": (lambda v: v > 0, "positive"),
+  "nonneg": (lambda v: v >= 0, ">= 0"),
+  "(0,1)": (lambda v: 0 < v < 1, "in (0, 1)"),
+  "[0,1)": (lambda v: 0 <= v < 1, "in [0, 1)"),
+  "(0,1]": (lambda v: 0 < v <= 1, "in (0, 1]"),
 }
 
 
-def setting(default: Any, help: str, *, choices: Sequence[str] | None = None,
-            check: str | None = None, kind: str | None = None, identity: bool = True,
-            flag: bool = True, record: bool = True, path: bool = False, example: str = "") -> Any:
+def setting(
+  default: Any,
+  help: str,
+  *,
+  choices: Sequence[str] | None = None,
+  check: str | None = None,
+  kind: str | None = None,
+  identity: bool = True,
+  flag: bool = True,
+  record: bool = True,
+  path: bool = False,
+  example: str = "",
+) -> Any:
   """Declares one setting (a dataclass field).
 
   Args:
@@ -47,17 +60,37 @@ def setting(default: Any, help: str, *, choices: Sequence[str] | None = None,
   """
   if kind is None:
     kind = {bool: "bool", int: "int", float: "float", str: "string"}[type(default)]
-  return dataclasses.field(default=default, metadata=dict(
-      help=help, choices=tuple(choices) if choices else None, check=check, kind=kind,
-      identity=identity, flag=flag, record=record, path=path, example=example))
+  return dataclasses.field(
+    default=default,
+    metadata=dict(
+      help=help,
+      choices=tuple(choices) if choices else None,
+      check=check,
+      kind=kind,
+      identity=identity,
+      flag=flag,
+      record=record,
+      path=path,
+      example=example,
+    ),
+  )
 
 
-def parse_ints(text: str | Sequence[Any], name: str = "latents", example: str = "10,25,50",
-               empty: bool = False, zero: bool = False) -> tuple[int, ...]:
+def parse_ints(
+  text: str | Sequence[Any],
+  name: str = "latents",
+  example: str = "10,25,50",
+  empty: bool = False,
+  zero: bool = False,
+) -> tuple[int, ...]:
   """'10,25,50' (or a sequence) -> (10, 25, 50): distinct positive integers (or 0 too, with
   `zero`), with a one-line error naming --`name` for anything else (and for an empty list unless
   `empty`)."""
-  items = [t.strip() for t in text.split(",")] if isinstance(text, str) else [str(t).strip() for t in text]
+  items = (
+    [t.strip() for t in text.split(",")]
+    if isinstance(text, str)
+    else [str(t).strip() for t in text]
+  )
   items = [t for t in items if t]
   if not items and not empty:
     raise UserError(f"--{name} is empty: give positive integers, e.g. --{name}={example}")
@@ -66,8 +99,9 @@ def parse_ints(text: str | Sequence[Any], name: str = "latents", example: str = 
     try:
       k = int(t)
     except ValueError:
-      raise UserError(f"--{name} has {t!r}, not an integer: give positive integers, "
-                      f"e.g. --{name}={example}") from None
+      raise UserError(
+        f"--{name} has {t!r}, not an integer: give positive integers, e.g. --{name}={example}"
+      ) from None
     if k < 0 or (k == 0 and not zero):
       noun = {"latents": "latent sizes"}.get(name, name.replace("_", " "))
       raise UserError(f"--{name} has {k}: {noun} must be positive integers")
@@ -89,8 +123,9 @@ class _Declared:
     for f in dataclasses.fields(self):
       value = getattr(self, f.name)
       if f.metadata["kind"] == "ints":
-        value = parse_ints(value, f.name, f.metadata["example"], empty=not f.default,
-                           zero=f.name == "latents")  # 0: a band count of --model=multiscale
+        value = parse_ints(
+          value, f.name, f.metadata["example"], empty=not f.default, zero=f.name == "latents"
+        )  # 0: a band count of --model=multiscale
       elif f.metadata["kind"] == "list":
         value = tuple(str(v) for v in value)
       object.__setattr__(self, f.name, value)
@@ -105,7 +140,7 @@ def _check(f: dataclasses.Field, value: Any) -> None:
   m = f.metadata
   if value is None:
     return
-  for v in (value if m["kind"] == "list" else (value,)):
+  for v in value if m["kind"] == "list" else (value,):
     if m["choices"] and v not in m["choices"]:
       raise UserError(f"unknown --{f.name}={v!r}: choose one of {', '.join(m['choices'])}")
   if m["check"]:
@@ -131,8 +166,10 @@ def build(cls: type, values: dict[str, Any]) -> Any:
   """cls(**values), with a ValueError naming an unknown setting instead of a TypeError."""
   unknown = sorted(set(values) - set(names(cls)))
   if unknown:
-    raise ValueError(f"unknown setting(s) {', '.join(map(repr, unknown))} for {cls.__name__}; "
-                     f"valid: {', '.join(names(cls))}")
+    raise ValueError(
+      f"unknown setting(s) {', '.join(map(repr, unknown))} for {cls.__name__}; "
+      f"valid: {', '.join(names(cls))}"
+    )
   return cls(**values)
 
 
@@ -141,8 +178,13 @@ def define_flags(*classes: type, flag_values: Any = None) -> None:
   from absl import flags
 
   fv = flags.FLAGS if flag_values is None else flag_values
-  define = {"bool": flags.DEFINE_bool, "int": flags.DEFINE_integer, "float": flags.DEFINE_float,
-            "string": flags.DEFINE_string, "list": flags.DEFINE_list}
+  define = {
+    "bool": flags.DEFINE_bool,
+    "int": flags.DEFINE_integer,
+    "float": flags.DEFINE_float,
+    "string": flags.DEFINE_string,
+    "list": flags.DEFINE_list,
+  }
   for cls in classes:
     for f in dataclasses.fields(cls):
       m = f.metadata
@@ -159,8 +201,9 @@ def define_flags(*classes: type, flag_values: Any = None) -> None:
 
 def from_flags(cls: type, flag_values: Any) -> Any:
   """An instance of `cls` from parsed flags (UserError on a bad value)."""
-  return cls(**{f.name: flag_values[f.name].value for f in dataclasses.fields(cls)
-                if f.metadata["flag"]})
+  return cls(
+    **{f.name: flag_values[f.name].value for f in dataclasses.fields(cls) if f.metadata["flag"]}
+  )
 
 
 def identity(*instances: Any) -> dict[str, Any]:

@@ -23,6 +23,8 @@ class WriteError(OSError):
   def __init__(self, path: str, error: BaseException):
     text = str(error).splitlines()[0] if str(error) else type(error).__name__
     reason = getattr(error, "strerror", None) or text
-    super().__init__(f"cannot write {path}: {reason}; the previous file is intact: fix the "
-                     "cause and rerun the same command to resume")
+    super().__init__(
+      f"cannot write {path}: {reason}; the previous file is intact: fix the "
+      "cause and rerun the same command to resume"
+    )
     self.path = path

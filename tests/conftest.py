@@ -12,8 +12,10 @@ from nmas_jax.training import cpu
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
-_CACHE_ENV = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-              "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+_CACHE_ENV = {
+  "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+  "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+}
 # XLA_FLAGS for the suite. LLVM's O1 for XLA:CPU code: the tiny programs compile in about half
 # the time (most of the suite's time is compilation); the HLO, and so what the tests check, is
 # the one users run. One host device: the CLI's by_latent then runs on one lane; with a test

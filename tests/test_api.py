@@ -7,9 +7,17 @@ from nmas_jax import DimensionSweep
 from nmas_jax.data import synthetic
 from nmas_jax.errors import UserError
 
-TINY = dict(hidden=16, window=20, batch_size=16, steps=250, learning_rate=1e-2, log_every=50,
-            seeds=2, bidirectional=False,
-            verbose=False)
+TINY = dict(
+  hidden=16,
+  window=20,
+  batch_size=16,
+  steps=250,
+  learning_rate=1e-2,
+  log_every=50,
+  seeds=2,
+  bidirectional=False,
+  verbose=False,
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +41,25 @@ def test_params_follow_sklearn_conventions():
 
 
 def test_defaults_match_the_command_line():
-  from experiments import sweep as cli  # noqa: F401  (defines the flags)
   from absl import flags
 
+  from experiments import sweep as cli  # noqa: F401  (defines the flags)
+
   est = DimensionSweep()
-  for name in ("hidden", "steps", "seeds", "batch_size", "window", "learning_rate", "weight_decay",
-               "decoder", "likelihood", "heldout_neurons", "train_fraction", "gain_fraction"):
+  for name in (
+    "hidden",
+    "steps",
+    "seeds",
+    "batch_size",
+    "window",
+    "learning_rate",
+    "weight_decay",
+    "decoder",
+    "likelihood",
+    "heldout_neurons",
+    "train_fraction",
+    "gain_fraction",
+  ):
     assert flags.FLAGS[name].default == getattr(est, name), name
   assert flags.FLAGS["latents"].default == ",".join(map(str, est.latents))
 
@@ -75,11 +96,15 @@ def test_save_and_load_give_identical_transform(fitted, tmp_path):
   back = DimensionSweep.load(str(tmp_path / "model"))
   assert back.get_params() == est.get_params()
   assert back.optimal_latent_ == est.optimal_latent_
-  np.testing.assert_array_equal(back.transform(ds.x_LTN[0], layer="0"), est.transform(ds.x_LTN[0], layer="0"))
+  np.testing.assert_array_equal(
+    back.transform(ds.x_LTN[0], layer="0"), est.transform(ds.x_LTN[0], layer="0")
+  )
 
 
 def test_fit_on_plain_arrays():
-  x = synthetic.make_synthetic(true_latents=(3,), neurons=12, time=400, seed=2).x_LTN[0]  # [time, neurons]
+  x = synthetic.make_synthetic(true_latents=(3,), neurons=12, time=400, seed=2).x_LTN[
+    0
+  ]  # [time, neurons]
   est = DimensionSweep(latents=(1, 3), **{**TINY, "steps": 30}).fit(x)
   assert est.results_["layers"] == ["0"] and est.transform(x).shape[0] == 400
   with pytest.raises(UserError, match="X must be"):
@@ -95,7 +120,11 @@ def test_neuron_folds_train_one_model_per_fold_that_never_sees_its_fold():
   r = est.results_
   assert r["neuron_folds"] == 2 and r["seeds"] == [0, 1]
   assert sorted((m["latent"], m["seed"], m["fold"]) for m in r["models"]) == [
-      (1, 0, 0), (1, 1, 1), (2, 0, 0), (2, 1, 1)]
+    (1, 0, 0),
+    (1, 1, 1),
+    (2, 0, 0),
+    (2, 1, 1),
+  ]
   held = [set(r["heldout_neuron_indices"][f"seed {s}"]["0"]) for s in (0, 1)]
   assert held[0].isdisjoint(held[1]) and held[0] | held[1] == set(range(12))
   for s in (0, 1):

@@ -13,21 +13,37 @@ import pytest
 
 from nmas_jax import config, files
 from nmas_jax.data import splits, synthetic
+from nmas_jax.errors import UserError
 from nmas_jax.reporting import results
 from nmas_jax.training import checkpoint, sweep
-from nmas_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"}
 
 
 def _args(data_path, workdir, steps=100, extra=()):
-  return [sys.executable, "-m", "experiments.sweep", "--dataset=array", f"--data_path={data_path}",
-          "--normalize=none", "--bin=1", "--latents=1,3", "--hidden=16", "--window=10", "--seeds=1",
-          "--nobidirectional",
-          "--batch_size=8", f"--steps={steps}", "--log_every=10", "--checkpoint_every=20",
-          "--heldout_neurons=0.25", "--batching=by_latent",  # at these sizes auto is vmap
-          f"--workdir={workdir}", *extra]
+  return [
+    sys.executable,
+    "-m",
+    "experiments.sweep",
+    "--dataset=array",
+    f"--data_path={data_path}",
+    "--normalize=none",
+    "--bin=1",
+    "--latents=1,3",
+    "--hidden=16",
+    "--window=10",
+    "--seeds=1",
+    "--nobidirectional",
+    "--batch_size=8",
+    f"--steps={steps}",
+    "--log_every=10",
+    "--checkpoint_every=20",
+    "--heldout_neurons=0.25",
+    "--batching=by_latent",  # at these sizes auto is vmap
+    f"--workdir={workdir}",
+    *extra,
+  ]
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +72,20 @@ def _wait_for_step_50(p):
 
 def _assert_same_results(full, other, best=True):
   """Per-model metrics and the final checkpoint's params equal, bit for bit (CPU)."""
-  a, b = json.loads((full / "results.json").read_text()), json.loads((other / "results.json").read_text())
+  a, b = (
+    json.loads((full / "results.json").read_text()),
+    json.loads((other / "results.json").read_text()),
+  )
   assert b["complete"] is True
   for ma, mb in zip(a["models"], b["models"]):
-    for key in ("train_loss", "valid_mse", "cosmooth_mse", "test_cosmooth_mse", "best_step",
-                "converged"):
+    for key in (
+      "train_loss",
+      "valid_mse",
+      "cosmooth_mse",
+      "test_cosmooth_mse",
+      "best_step",
+      "converged",
+    ):
       assert ma[key] == mb[key], (key, ma, mb)
   step_a, pa = _final_params(full)
   step_b, pb = _final_params(other)
@@ -76,8 +101,9 @@ def _truncate(directory):
       f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
 
 
-def test_kill_9_a_corrupt_checkpoint_or_sigterm_then_resume_equals_uninterrupted(small_array,
-                                                                                tmp_path):
+def test_kill_9_a_corrupt_checkpoint_or_sigterm_then_resume_equals_uninterrupted(
+  small_array, tmp_path
+):
   full = tmp_path / "full"
   r = subprocess.run(_args(small_array, full), cwd=ROOT, env=ENV, capture_output=True, text=True)
   assert r.returncode == 0, r.stderr
@@ -86,8 +112,14 @@ def test_kill_9_a_corrupt_checkpoint_or_sigterm_then_resume_equals_uninterrupted
   # directory: the resume moves the first aside, removes the second, and resumes from the one
   # before, to the same final results.
   killed = tmp_path / "killed"
-  p = subprocess.Popen(_args(small_array, killed), cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
-                       stderr=subprocess.STDOUT, text=True)
+  p = subprocess.Popen(
+    _args(small_array, killed),
+    cwd=ROOT,
+    env=ENV,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
   _wait_for_step_50(p)
   p.send_signal(signal.SIGKILL)
   p.wait()
@@ -101,10 +133,13 @@ def test_kill_9_a_corrupt_checkpoint_or_sigterm_then_resume_equals_uninterrupted
   r = subprocess.run(_args(small_array, killed), cwd=ROOT, env=ENV, capture_output=True, text=True)
   assert r.returncode == 0, r.stderr
   lines = r.stdout.splitlines()
-  assert "removed 100.orbax-checkpoint-tmp-1, a partial checkpoint left by an interrupted save" in lines
+  assert (
+    "removed 100.orbax-checkpoint-tmp-1, a partial checkpoint left by an interrupted save" in lines
+  )
   warning = next(l for l in lines if l.startswith(f"warning: the checkpoint at step {steps[-1]}"))
-  assert warning.endswith(f"moved it to {killed / 'checkpoints_unreadable' / str(steps[-1])}; "
-                          "trying the one before")
+  assert warning.endswith(
+    f"moved it to {killed / 'checkpoints_unreadable' / str(steps[-1])}; trying the one before"
+  )
   assert f"resumed from the checkpoint at step {steps[-2]}" in lines
   assert (killed / "checkpoints_unreadable" / str(steps[-1])).is_dir()
   _assert_same_results(full, killed)
@@ -115,15 +150,17 @@ def test_kill_9_a_corrupt_checkpoint_or_sigterm_then_resume_equals_uninterrupted
   r = subprocess.run(_args(small_array, killed), cwd=ROOT, env=ENV, capture_output=True, text=True)
   assert r.returncode == 2
   assert r.stderr.strip().splitlines()[-1] == (
-      f"error: no readable checkpoint in {ck} (the unreadable ones are in "
-      f"{killed / 'checkpoints_unreadable'}): rerun with --overwrite to start again")
+    f"error: no readable checkpoint in {ck} (the unreadable ones are in "
+    f"{killed / 'checkpoints_unreadable'}): rerun with --overwrite to start again"
+  )
 
   # SIGTERM (a preemption notice), with no regular checkpoint due for 1000 steps: the step
   # being taken finishes, is checkpointed, results.json is updated, and one line says so.
   term = tmp_path / "term"
   args = _args(small_array, term, extra=["--checkpoint_every=1000"])
-  p = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                       text=True)
+  p = subprocess.Popen(
+    args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+  )
   _wait_for_step_50(p)
   p.send_signal(signal.SIGTERM)
   _, err = p.communicate(timeout=120)
@@ -143,17 +180,22 @@ def test_kill_9_a_corrupt_checkpoint_or_sigterm_then_resume_equals_uninterrupted
   # from the 50-step run's last checkpoint, and selects and judges `converged` exactly as the
   # run that was 100 steps long from the start.
   extended = tmp_path / "extended"
-  r = subprocess.run(_args(small_array, extended, steps=50), cwd=ROOT, env=ENV, capture_output=True,
-                     text=True)
+  r = subprocess.run(
+    _args(small_array, extended, steps=50), cwd=ROOT, env=ENV, capture_output=True, text=True
+  )
   assert r.returncode == 0, r.stderr
-  r = subprocess.run(_args(small_array, extended), cwd=ROOT, env=ENV, capture_output=True, text=True)
+  r = subprocess.run(
+    _args(small_array, extended), cwd=ROOT, env=ENV, capture_output=True, text=True
+  )
   assert r.returncode == 0 and "resumed from the checkpoint at step 50" in r.stdout, r.stderr
   _assert_same_results(full, extended)
 
 
 def test_a_failed_write_keeps_the_previous_file_and_a_rerun_resumes(small_array, tmp_path):
   w = tmp_path / "w"
-  r = subprocess.run(_args(small_array, w, steps=20), cwd=ROOT, env=ENV, capture_output=True, text=True)
+  r = subprocess.run(
+    _args(small_array, w, steps=20), cwd=ROOT, env=ENV, capture_output=True, text=True
+  )
   assert r.returncode == 0, r.stderr
   before = (w / "report.md").read_bytes()
   (w / "sweep.png").unlink()
@@ -162,8 +204,9 @@ def test_a_failed_write_keeps_the_previous_file_and_a_rerun_resumes(small_array,
   r = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True)
   assert r.returncode == 1
   assert r.stderr.strip().splitlines() == [
-      f"error: cannot write {w / 'sweep.png'}: Is a directory; the previous file is intact: fix "
-      "the cause and rerun the same command to resume"]
+    f"error: cannot write {w / 'sweep.png'}: Is a directory; the previous file is intact: fix "
+    "the cause and rerun the same command to resume"
+  ]
   assert (w / "report.md").read_bytes() == before  # written after the plot: untouched
   assert json.loads((w / "results.json").read_text())["evaluated_step"] == 40
   (w / "sweep.png").rmdir()
@@ -179,9 +222,19 @@ def test_a_failed_checkpoint_save_is_one_line_and_keeps_the_earlier_ones(tmp_pat
 
   from nmas_jax import DimensionSweep
   from nmas_jax.errors import WriteError
+
   x = synthetic.make_synthetic(true_latents=(2,), neurons=8, time=300, seed=0).x_LTN
-  est = DimensionSweep(latents=(1, 2), hidden=8, window=10, batch_size=4, steps=20, log_every=10,
-                       seeds=1, bidirectional=False, verbose=False)
+  est = DimensionSweep(
+    latents=(1, 2),
+    hidden=8,
+    window=10,
+    batch_size=4,
+    steps=20,
+    log_every=10,
+    seeds=1,
+    bidirectional=False,
+    verbose=False,
+  )
   real_save = ocp.CheckpointManager.save
 
   def save(self, step, *a, **k):  # the disk fills up after the first checkpoint
@@ -192,9 +245,11 @@ def test_a_failed_checkpoint_save_is_one_line_and_keeps_the_earlier_ones(tmp_pat
   monkeypatch.setattr(ocp.CheckpointManager, "save", save)
   with pytest.raises(WriteError) as e:
     est.fit(x, workdir=str(tmp_path), checkpoint_every=10)
-  assert str(e.value) == (f"cannot write {tmp_path / 'checkpoints' / '20'}: No space left on device; "
-                          "the previous file is intact: fix the cause and rerun the same command "
-                          "to resume")
+  assert str(e.value) == (
+    f"cannot write {tmp_path / 'checkpoints' / '20'}: No space left on device; "
+    "the previous file is intact: fix the cause and rerun the same command "
+    "to resume"
+  )
   assert checkpoint.Checkpointer(str(tmp_path)).latest_step() == 10
   monkeypatch.undo()
   est.fit(x, workdir=str(tmp_path), checkpoint_every=10)  # the cause fixed: resumes and completes
@@ -203,18 +258,31 @@ def test_a_failed_checkpoint_save_is_one_line_and_keeps_the_earlier_ones(tmp_pat
 
 def test_different_sweep_in_workdir_is_refused_and_untouched(small_array, tmp_path):
   w = tmp_path / "w"
-  r = subprocess.run(_args(small_array, w, steps=20), cwd=ROOT, env=ENV, capture_output=True, text=True)
+  r = subprocess.run(
+    _args(small_array, w, steps=20), cwd=ROOT, env=ENV, capture_output=True, text=True
+  )
   assert r.returncode == 0, r.stderr
   before = {f: (w / f).read_bytes() for f in ("results.json", "results.csv", "sweep.json")}
-  r = subprocess.run(_args(small_array, w, steps=20, extra=["--latents=1,2"]), cwd=ROOT, env=ENV,
-                     capture_output=True, text=True)
+  r = subprocess.run(
+    _args(small_array, w, steps=20, extra=["--latents=1,2"]),
+    cwd=ROOT,
+    env=ENV,
+    capture_output=True,
+    text=True,
+  )
   assert r.returncode == 2
   assert r.stderr.strip().splitlines()[-1] == (
-      f"error: --workdir={w} holds a different sweep (--latents was 1,3, now 1,2): "
-      "use another --workdir, or --overwrite to replace it")
+    f"error: --workdir={w} holds a different sweep (--latents was 1,3, now 1,2): "
+    "use another --workdir, or --overwrite to replace it"
+  )
   assert {f: (w / f).read_bytes() for f in before} == before
-  r = subprocess.run(_args(small_array, w, steps=20, extra=["--latents=1,2", "--overwrite"]),
-                     cwd=ROOT, env=ENV, capture_output=True, text=True)
+  r = subprocess.run(
+    _args(small_array, w, steps=20, extra=["--latents=1,2", "--overwrite"]),
+    cwd=ROOT,
+    env=ENV,
+    capture_output=True,
+    text=True,
+  )
   assert r.returncode == 0, r.stderr
   assert json.loads((w / "results.json").read_text())["latents"] == [1, 2]
   # Every output that a later version must recognise carries the schema version.
@@ -239,19 +307,29 @@ def test_a_workdir_of_an_older_schema_is_refused_in_one_line(small_array, tmp_pa
   w.mkdir()
   old = {"dataset": "array", "latents": [1, 3]}  # an identity without a schema_version
   (w / "sweep.json").write_text(json.dumps(old))
-  r = subprocess.run(_args(small_array, w, steps=4), cwd=ROOT, env=ENV, capture_output=True, text=True)
+  r = subprocess.run(
+    _args(small_array, w, steps=4), cwd=ROOT, env=ENV, capture_output=True, text=True
+  )
   assert r.returncode == 2
   assert r.stderr.strip().splitlines() == [
-      f"error: --workdir={w} was written by an older version of nmas-jax (schema 1, this one reads "
-      f"{files.SCHEMA_VERSION}): use another --workdir, or --overwrite to replace it"]
+    f"error: --workdir={w} was written by an older version of nmas-jax (schema 1, this one reads "
+    f"{files.SCHEMA_VERSION}): use another --workdir, or --overwrite to replace it"
+  ]
   assert json.loads((w / "sweep.json").read_text()) == old and not (w / "results.json").exists()
 
 
 def test_injected_divergence_leaves_other_models_bit_identical():
   ds = synthetic.make_synthetic(true_latents=(2,), neurons=8, time=300, seed=0)
-  cfg = config.Settings(latents=(1, 2, 4), hidden=8, window=10, batch_size=4, steps=30, log_every=30,
-                        bidirectional=False,
-                        seeds=1)
+  cfg = config.Settings(
+    latents=(1, 2, 4),
+    hidden=8,
+    window=10,
+    batch_size=4,
+    steps=30,
+    log_every=30,
+    bidirectional=False,
+    seeds=1,
+  )
   prep = splits.prepare(ds, cfg)
   ref = sweep.run_sweep(prep, cfg, log=lambda s: None)
   # Same sweep, same initial state, but model 1 gets an absurd learning rate: it must diverge alone.
@@ -266,8 +344,10 @@ def test_injected_divergence_leaves_other_models_bit_identical():
   assert div[1] >= 0 and div[0] == -1 and div[2] == -1
 
   for i in (0, 2):
-    for x, y in zip(jax.tree.leaves(jax.tree.map(lambda a: a[i], ref.state.params)),
-                    jax.tree.leaves(jax.tree.map(lambda a: a[i], bad.state.params))):
+    for x, y in zip(
+      jax.tree.leaves(jax.tree.map(lambda a: a[i], ref.state.params)),
+      jax.tree.leaves(jax.tree.map(lambda a: a[i], bad.state.params)),
+    ):
       np.testing.assert_array_equal(x, y)
   res = results.results_dict(prep, cfg, bad)
   assert res["models"][1]["diverged_at_step"] == int(div[1])
@@ -276,8 +356,13 @@ def test_injected_divergence_leaves_other_models_bit_identical():
 
 
 def _cli(*args):
-  return subprocess.run([sys.executable, "-m", "experiments.sweep", *args], cwd=ROOT, env=ENV,
-                        capture_output=True, text=True)
+  return subprocess.run(
+    [sys.executable, "-m", "experiments.sweep", *args],
+    cwd=ROOT,
+    env=ENV,
+    capture_output=True,
+    text=True,
+  )
 
 
 def test_bad_input_catalogue(tmp_path, small_array):
@@ -286,17 +371,36 @@ def test_bad_input_catalogue(tmp_path, small_array):
   np.save(tmp_path / "pickled.npy", np.array([[1, 2]], dtype=object), allow_pickle=True)
   (tmp_path / "afile").write_text("x")
   cases = [
-      (["--dataset=array", f"--data_path={tmp_path}"], f"error: data path is a directory, not a file: {tmp_path}"),
-      (["--dataset=array", f"--data_path={tmp_path / 's.npy'}"], "error: the array has dtype <U1, not numeric"),
-      (["--dataset=array", f"--data_path={tmp_path / 'pickled.npy'}"],
-       f"error: {tmp_path / 'pickled.npy'} holds pickled objects, which --dataset=array refuses "
-       "to load"),
-      (["--dataset=array", f"--data_path={small_array}", "--latents=1.5"],
-       "error: --latents has '1.5', not an integer"),
-      (["--dataset=array", f"--data_path={small_array}", "--normalize=none", "--bin=1", "--latents=1", f"--workdir={tmp_path / 'afile' / 'sub'}"],
-       f"error: cannot write to --workdir={tmp_path / 'afile' / 'sub'}"),
-      (["--nan_policy=ignore"], "error: unknown --nan_policy='ignore'"),
-      (["--dataset=nwb2"], "error: unknown --dataset='nwb2'"),
+    (
+      ["--dataset=array", f"--data_path={tmp_path}"],
+      f"error: data path is a directory, not a file: {tmp_path}",
+    ),
+    (
+      ["--dataset=array", f"--data_path={tmp_path / 's.npy'}"],
+      "error: the array has dtype <U1, not numeric",
+    ),
+    (
+      ["--dataset=array", f"--data_path={tmp_path / 'pickled.npy'}"],
+      f"error: {tmp_path / 'pickled.npy'} holds pickled objects, which --dataset=array refuses "
+      "to load",
+    ),
+    (
+      ["--dataset=array", f"--data_path={small_array}", "--latents=1.5"],
+      "error: --latents has '1.5', not an integer",
+    ),
+    (
+      [
+        "--dataset=array",
+        f"--data_path={small_array}",
+        "--normalize=none",
+        "--bin=1",
+        "--latents=1",
+        f"--workdir={tmp_path / 'afile' / 'sub'}",
+      ],
+      f"error: cannot write to --workdir={tmp_path / 'afile' / 'sub'}",
+    ),
+    (["--nan_policy=ignore"], "error: unknown --nan_policy='ignore'"),
+    (["--dataset=nwb2"], "error: unknown --dataset='nwb2'"),
   ]
   for args, message in cases:
     if not any(a.startswith("--workdir") for a in args):
@@ -312,10 +416,19 @@ def test_nan_policy_drop_neurons_warns_and_runs(tmp_path):
   x = np.abs(np.random.default_rng(0).normal(size=(120, 6))) + 0.5
   x[5, 1] = np.nan
   np.save(tmp_path / "nan.npy", x)
-  r = _cli("--dataset=array", f"--data_path={tmp_path / 'nan.npy'}", "--latents=1,2", "--steps=4", "--bin=1",
-           "--seeds=1",
-           "--window=10", "--hidden=4", "--log_every=2", "--nan_policy=drop_neurons",
-           f"--workdir={tmp_path / 'w'}")
+  r = _cli(
+    "--dataset=array",
+    f"--data_path={tmp_path / 'nan.npy'}",
+    "--latents=1,2",
+    "--steps=4",
+    "--bin=1",
+    "--seeds=1",
+    "--window=10",
+    "--hidden=4",
+    "--log_every=2",
+    "--nan_policy=drop_neurons",
+    f"--workdir={tmp_path / 'w'}",
+  )
   assert r.returncode == 0, r.stderr
   assert "warning: dropped 1 of 6 neurons with NaN/Inf" in r.stderr
   assert json.loads((tmp_path / "w" / "results.json").read_text())["data"]["num_neurons"] == 5

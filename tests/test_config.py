@@ -14,17 +14,51 @@ from nmas_jax.errors import UserError
 # bidirectional and dropout changed by the dimension-estimate issue, which added valid_fraction,
 # decoder_hidden, dropout and bootstrap).
 PUBLIC_DEFAULTS = {
-    "latents": "10,25,50,75,150", "dataset": "synthetic", "data_path": "", "data_key": None,
-    "layers": [], "seeds": 3, "valid_fraction": 0.1, "decoder_hidden": 128, "bootstrap": 200,
-    "dropout": 0.2, "steps": 400, "batch_size": 16, "window": 50, "hidden": 64,
-    "learning_rate": 3e-3, "weight_decay": 0.0, "clip_norm": 1.0, "decoder": "linear",
-    "bidirectional": True, "likelihood": "auto", "heldout_neurons": 0.2, "gain_fraction": 0.95,
-    "shuffle_control": False, "dtype": "float32", "nwb_series": None, "bin_ms": 50.0,
-    "batching": "auto", "mesh": "auto", "distributed": False, "coordinator_address": None,
-    "num_processes": None, "process_id": None, "shared_model": False, "train_fraction": 0.7,
-    "normalize": "zscore", "bin": 2, "neurons_per_layer": None, "data_seed": 0,
-    "workdir": "runs/sweep", "log_every": 100, "checkpoint_every": 100, "keep_checkpoints": 3,
-    "overwrite": False, "nan_policy": "freeze"}
+  "latents": "10,25,50,75,150",
+  "dataset": "synthetic",
+  "data_path": "",
+  "data_key": None,
+  "layers": [],
+  "seeds": 3,
+  "valid_fraction": 0.1,
+  "decoder_hidden": 128,
+  "bootstrap": 200,
+  "dropout": 0.2,
+  "steps": 400,
+  "batch_size": 16,
+  "window": 50,
+  "hidden": 64,
+  "learning_rate": 3e-3,
+  "weight_decay": 0.0,
+  "clip_norm": 1.0,
+  "decoder": "linear",
+  "bidirectional": True,
+  "likelihood": "auto",
+  "heldout_neurons": 0.2,
+  "gain_fraction": 0.95,
+  "shuffle_control": False,
+  "dtype": "float32",
+  "nwb_series": None,
+  "bin_ms": 50.0,
+  "batching": "auto",
+  "mesh": "auto",
+  "distributed": False,
+  "coordinator_address": None,
+  "num_processes": None,
+  "process_id": None,
+  "shared_model": False,
+  "train_fraction": 0.7,
+  "normalize": "zscore",
+  "bin": 2,
+  "neurons_per_layer": None,
+  "data_seed": 0,
+  "workdir": "runs/sweep",
+  "log_every": 100,
+  "checkpoint_every": 100,
+  "keep_checkpoints": 3,
+  "overwrite": False,
+  "nan_policy": "freeze",
+}
 
 
 def _flags(*argv):
@@ -38,8 +72,12 @@ def test_flags_are_generated_with_the_public_names_and_defaults():
   fv = _flags()
   for name, default in PUBLIC_DEFAULTS.items():
     assert fv[name].default == default, name
-  declared = {f.name for c in (Settings, DataSettings, RunSettings) for f in config.fields(c)
-              if f.metadata["flag"]}
+  declared = {
+    f.name
+    for c in (Settings, DataSettings, RunSettings)
+    for f in config.fields(c)
+    if f.metadata["flag"]
+  }
   assert set(fv) >= declared and declared >= set(PUBLIC_DEFAULTS)
   assert "unroll" in declared  # once only a SweepConfig field, settable nowhere else
 
@@ -68,37 +106,63 @@ def test_flags_text_repeats_the_run():
 def test_identity_holds_exactly_the_settings_that_define_a_sweep(tmp_path):
   ds = DataSettings(dataset="array", data_path="x.npy")
   ident = config.identity(Settings(), ds)
-  assert ident["data_path"] == os.path.abspath("x.npy") and ident["latents"] == [10, 25, 50, 75, 150]
-  assert not {"steps", "log_every", "gain_fraction", "verbose", "shared_model", "bootstrap"} & set(ident)
+  assert ident["data_path"] == os.path.abspath("x.npy") and ident["latents"] == [
+    10,
+    25,
+    50,
+    75,
+    150,
+  ]
+  assert not {"steps", "log_every", "gain_fraction", "verbose", "shared_model", "bootstrap"} & set(
+    ident
+  )
   assert {"unroll", "seeds", "bin", "normalize", "data_seed", "valid_fraction"} <= set(ident)
   assert config.identity(Settings(steps=5, log_every=1), ds) == ident
   assert config.identity(Settings(unroll=2), ds) != ident
 
 
-@pytest.mark.parametrize("make, message", [
+@pytest.mark.parametrize(
+  "make, message",
+  [
     (lambda: Settings(seeds=0), "--seeds must be a positive integer, got 0"),
     (lambda: Settings(learning_rate=-1.0), "--learning_rate must be positive, got -1.0"),
     (lambda: Settings(weight_decay=-0.1), "--weight_decay must be >= 0, got -0.1"),
     (lambda: Settings(heldout_neurons=1.0), "--heldout_neurons must be in [0, 1), got 1.0"),
     (lambda: Settings(train_fraction=0.0), "--train_fraction must be in (0, 1), got 0.0"),
-    (lambda: Settings(dtype="float16"), "unknown --dtype='float16': choose one of float32, bfloat16"),
+    (
+      lambda: Settings(dtype="float16"),
+      "unknown --dtype='float16': choose one of float32, bfloat16",
+    ),
     (lambda: Settings(latents="3,x"), "--latents has 'x', not an integer"),
-    (lambda: Settings(normalize="l2"), "unknown --normalize='l2': choose one of zscore, "
-                                       "mean_per_bin, mean_per_bin_all, none"),
-    (lambda: Settings(baselines=("pca", "gp")), "unknown --baselines='gp': choose one of pca, fa, lds"),
+    (
+      lambda: Settings(normalize="l2"),
+      "unknown --normalize='l2': choose one of zscore, mean_per_bin, mean_per_bin_all, none",
+    ),
+    (
+      lambda: Settings(baselines=("pca", "gp")),
+      "unknown --baselines='gp': choose one of pca, fa, lds",
+    ),
     (lambda: Settings(baselines=("fa", "fa")), "--baselines=fa,fa lists a baseline twice"),
-    (lambda: Settings(train_fraction=0.8, valid_fraction=0.2),
-     "--train_fraction=0.8 and --valid_fraction=0.2 leave no test block"),
+    (
+      lambda: Settings(train_fraction=0.8, valid_fraction=0.2),
+      "--train_fraction=0.8 and --valid_fraction=0.2 leave no test block",
+    ),
     (lambda: Settings(neuron_folds=1), "--neuron_folds=1 would hold out every neuron: use 0"),
-    (lambda: Settings(neuron_folds=3, normalize="mean_per_bin"),
-     "--normalize=mean_per_bin divides by the neurons that no held-out set holds out, and "
-     "--neuron_folds holds out every neuron: use --normalize=zscore"),
+    (
+      lambda: Settings(neuron_folds=3, normalize="mean_per_bin"),
+      "--normalize=mean_per_bin divides by the neurons that no held-out set holds out, and "
+      "--neuron_folds holds out every neuron: use --normalize=zscore",
+    ),
     (lambda: DataSettings(neurons_per_layer=0), "--neurons_per_layer must be a positive integer"),
-    (lambda: RunSettings(keep_checkpoints=0), "--keep_checkpoints must be a positive integer, got 0"),
+    (
+      lambda: RunSettings(keep_checkpoints=0),
+      "--keep_checkpoints must be a positive integer, got 0",
+    ),
     (lambda: RunSettings(checkpoint_every=-1), "--checkpoint_every must be >= 0, got -1"),
     (lambda: RunSettings(nan_policy="ignore"), "unknown --nan_policy='ignore'"),
     (lambda: DimensionSweep(seeds=0).fit([[0.0]]), "--seeds must be a positive integer, got 0"),
-])
+  ],
+)
 def test_each_setting_is_checked_where_it_is_declared(make, message):
   with pytest.raises(UserError) as e:
     make()

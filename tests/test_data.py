@@ -8,8 +8,8 @@ import pytest
 
 from nmas_jax import config, data
 from nmas_jax.data import loaders, splits, synthetic
-from nmas_jax.evaluation import dimension
 from nmas_jax.errors import UserError
+from nmas_jax.evaluation import dimension
 
 COUNTS = {30.0: 7, 0.0: 4, 60.0: 9, 90.0: 5, 120.5: 6}  # unequal planes, unsorted
 TIME = 21
@@ -21,9 +21,16 @@ def _stringer_dict(seed=0):
   n = len(z)
   xyz = np.stack([rng.uniform(size=n), rng.uniform(size=n), z])
   sresp = rng.gamma(2.0, 1.0, size=(n, TIME)) + 0.1
-  return {"sresp": sresp, "xyz": xyz, "run": np.zeros(TIME), "pupilArea": np.zeros(TIME),
-          "pupilCOM": np.zeros((TIME, 2)), "beh_svd_time": np.zeros((TIME, 3)),
-          "beh_svd_mask": np.zeros((3, 4, 4)), "stat": np.array([{}] * n, dtype=object)}
+  return {
+    "sresp": sresp,
+    "xyz": xyz,
+    "run": np.zeros(TIME),
+    "pupilArea": np.zeros(TIME),
+    "pupilCOM": np.zeros((TIME, 2)),
+    "beh_svd_time": np.zeros((TIME, 3)),
+    "beh_svd_mask": np.zeros((3, 4, 4)),
+    "stat": np.array([{}] * n, dtype=object),
+  }
 
 
 def _save(tmp_path, obj, name="stringer.npy"):
@@ -59,7 +66,9 @@ def test_normalisations_use_the_training_block_and_the_held_in_neurons(tmp_path)
   t = prep.t_train
   np.testing.assert_allclose(prep.dataset.x_LTN[:, :t].mean(axis=1), 0, atol=1e-5)
   np.testing.assert_allclose(prep.dataset.x_LTN[:, :t].std(axis=1), 1, rtol=1e-4)
-  assert np.abs(prep.dataset.x_LTN[:, t:].mean(axis=1)).max() > 1e-3  # not re-centred on later blocks
+  assert (
+    np.abs(prep.dataset.x_LTN[:, t:].mean(axis=1)).max() > 1e-3
+  )  # not re-centred on later blocks
   prep = splits.prepare(ds, dataclasses.replace(cfg, normalize="mean_per_bin"))
   held_in = ~prep.heldout_SLN.any(axis=0)  # [layers, neurons]
   for l in range(ds.num_layers):
@@ -82,14 +91,19 @@ def test_stringer_options(tmp_path):
   np.testing.assert_allclose(a.x_LTN[2], raw["sresp"][idx].T, rtol=1e-6)
 
 
-@pytest.mark.parametrize("mutate, message", [
+@pytest.mark.parametrize(
+  "mutate, message",
+  [
     (lambda d: np.arange(3), "does not hold a dict (got ndarray)"),
     (lambda d: {k: v for k, v in d.items() if k != "xyz"}, "is missing key(s) 'xyz'"),
     (lambda d: {**d, "xyz": d["xyz"][:, :-1]}, "sresp has 31 neurons but xyz has 30"),
-    (lambda d: {**d, "sresp": np.where(np.arange(TIME) == 5, np.nan, d["sresp"])},
-     "sresp [neurons, time] has 31 non-finite values (NaN or Inf); the first is at index (0, 5)"),
+    (
+      lambda d: {**d, "sresp": np.where(np.arange(TIME) == 5, np.nan, d["sresp"])},
+      "sresp [neurons, time] has 31 non-finite values (NaN or Inf); the first is at index (0, 5)",
+    ),
     (lambda d: {**d, "sresp": d["sresp"].astype(str)}, "sresp has dtype <U"),
-])
+  ],
+)
 def test_stringer_bad_input(tmp_path, mutate, message):
   path = _save(tmp_path, mutate(_stringer_dict()))
   with pytest.raises(UserError) as e:
@@ -123,7 +137,9 @@ def test_array_loader_shapes_and_keys(tmp_path):
   assert ds.layer_names == ("0", "1", "2")
   np.testing.assert_allclose(ds.x_LTN, x3, rtol=1e-6)
   # --data_key may be omitted when exactly one array is [time, neurons] or [layers, time, neurons].
-  np.testing.assert_array_equal(loaders.load_array(str(tmp_path / "b.npz"), bin_size=1).x_LTN, ds.x_LTN)
+  np.testing.assert_array_equal(
+    loaders.load_array(str(tmp_path / "b.npz"), bin_size=1).x_LTN, ds.x_LTN
+  )
   np.savez(tmp_path / "two.npz", a=x, b=x)
   with pytest.raises(UserError, match=r"holds several arrays \(a, b\): choose one with --data_key"):
     loaders.load_array(str(tmp_path / "two.npz"))
@@ -158,10 +174,15 @@ def test_counts_are_detected_on_the_raw_array_and_summed_when_binned(tmp_path):
 def test_mean_per_bin_refuses_bins_without_a_positive_mean():
   x = np.random.default_rng(0).normal(size=(60, 6))
   x -= x.mean(axis=1, keepdims=True) + 0.1  # dF/F-like: a negative population mean in every bin
-  with pytest.raises(UserError, match="--normalize=mean_per_bin divides each time bin by its "
-                                      "held-in neurons' mean, but 60 bins have a mean <= 0"):
-    splits.prepare(data.as_dataset(x), config.Settings(latents=(1,), window=2, heldout_neurons=0,
-                                                       normalize="mean_per_bin"))
+  with pytest.raises(
+    UserError,
+    match="--normalize=mean_per_bin divides each time bin by its "
+    "held-in neurons' mean, but 60 bins have a mean <= 0",
+  ):
+    splits.prepare(
+      data.as_dataset(x),
+      config.Settings(latents=(1,), window=2, heldout_neurons=0, normalize="mean_per_bin"),
+    )
 
 
 def test_constant_neurons_are_dropped_and_a_constant_layer_is_refused():
@@ -171,8 +192,9 @@ def test_constant_neurons_are_dropped_and_a_constant_layer_is_refused():
   prep = splits.prepare(data.as_dataset(x), config.Settings(latents=(1,), window=2, seeds=1))
   assert prep.dropped == {"0": [2], "1": [4]} and prep.num_neurons == 5
   assert [n for n in prep.notes if "constant" in n] == [
-      "layer 0: dropped 1 neuron(s) constant on the training block (indices 2)",
-      "layer 1: dropped 1 neuron(s) constant on the training block (indices 4)"]
+    "layer 0: dropped 1 neuron(s) constant on the training block (indices 2)",
+    "layer 1: dropped 1 neuron(s) constant on the training block (indices 4)",
+  ]
   np.testing.assert_array_equal(prep.neuron_index_LN, [[0, 1, 3, 4, 5], [0, 1, 2, 3, 5]])
   x[1] = 7.0
   with pytest.raises(UserError, match="layer 1 has no variance on the training block"):
@@ -215,13 +237,18 @@ def test_windows_tile_a_block():
 
 
 def test_window_longer_than_a_block():
-  with pytest.raises(UserError, match=r"--window=30 is longer than a block: .* 70 train / 10 "
-                                      r"validation / 20 test; use --window<=10"):
+  with pytest.raises(
+    UserError,
+    match=r"--window=30 is longer than a block: .* 70 train / 10 "
+    r"validation / 20 test; use --window<=10",
+  ):
     splits.fit_window(30, 100, 70, 80, default=50, notes=[])
   notes = []  # the default window shrinks to fit a short recording, with a note
   assert splits.fit_window(50, 100, 70, 80, default=50, notes=notes) == 10
-  assert notes == ["--window=10 instead of the default 50: the data has 100 time bins after "
-                   "binning, 70 train / 10 validation / 20 test"]
+  assert notes == [
+    "--window=10 instead of the default 50: the data has 100 time bins after "
+    "binning, 70 train / 10 validation / 20 test"
+  ]
 
 
 def test_trial_arrays_are_binned_per_trial_and_split_by_whole_trials(tmp_path):
@@ -240,26 +267,40 @@ def test_trial_arrays_are_binned_per_trial_and_split_by_whole_trials(tmp_path):
   assert (prep.t_train, prep.t_valid, prep.window) == (21, 24, 3)  # 7 / 1 / 2 trials of 3 bins
   assert "--window=3: one whole trial (trial data)" in prep.notes
   # Training windows are whole training trials: they start at trial boundaries.
-  b = splits.sample_batches(jnp.arange(30.0)[None, :, None], jnp.zeros(2, jnp.int32),
-                            jnp.array([0, 1]), jnp.int32(5), t_train=21, window=3, batch_size=64,
-                            stride=3)
+  b = splits.sample_batches(
+    jnp.arange(30.0)[None, :, None],
+    jnp.zeros(2, jnp.int32),
+    jnp.array([0, 1]),
+    jnp.int32(5),
+    t_train=21,
+    window=3,
+    batch_size=64,
+    stride=3,
+  )
   starts = np.asarray(b[..., 0, 0])
   assert set(starts.ravel()) == {0, 3, 6, 9, 12, 15, 18}
-  np.testing.assert_array_equal(np.asarray(b[..., 0]) - starts[..., None],
-                                np.broadcast_to(np.arange(3), (2, 64, 3)))
+  np.testing.assert_array_equal(
+    np.asarray(b[..., 0]) - starts[..., None], np.broadcast_to(np.arange(3), (2, 64, 3))
+  )
 
   with pytest.raises(UserError) as e:
     splits.prepare(ds, config.Settings(latents=(1,), seeds=1, window=5))
-  assert str(e.value) == ("--window=5, but with trial data a window is a whole trial (3 bins): "
-                          "drop --window")
+  assert str(e.value) == (
+    "--window=5, but with trial data a window is a whole trial (3 bins): drop --window"
+  )
   np.save(tmp_path / "flat.npy", x[0, 0])
   with pytest.raises(UserError) as e:
     loaders.load_array(str(tmp_path / "flat.npy"), trials=True)
-  assert str(e.value) == ("with --trials the array must be [trials, time, neurons] or [layers, "
-                          "trials, time, neurons], got shape (7, 4)")
-  with pytest.raises(UserError, match=r"^--trials describes an array file's layout and needs "
-                                      r"--dataset=array, not --dataset=lorenz \(lorenz_trials is "
-                                      r"trial data already\)$"):
+  assert str(e.value) == (
+    "with --trials the array must be [trials, time, neurons] or [layers, "
+    "trials, time, neurons], got shape (7, 4)"
+  )
+  with pytest.raises(
+    UserError,
+    match=r"^--trials describes an array file's layout and needs "
+    r"--dataset=array, not --dataset=lorenz \(lorenz_trials is "
+    r"trial data already\)$",
+  ):
     loaders.load(config.DataSettings(dataset="lorenz", trials=True))
   with pytest.raises(UserError, match=r"^3 trials are too few for a training, validation and test"):
     splits.time_blocks(9, 0.7, 0.1, trial_length=3)
@@ -270,7 +311,9 @@ def test_lorenz_trials_keep_their_true_rates_through_preparation():
   assert ds.x_LTN.shape == ds.rates_LTN.shape == (1, 400, 12) and ds.trial_length == 10
   assert ds.true_latent == {"0": 3} and ds.counts
   # Counts are Poisson draws of the rates: their means agree within sampling error.
-  assert abs(ds.x_LTN.mean() - ds.rates_LTN.mean()) < 4 * np.sqrt(ds.rates_LTN.mean() / ds.x_LTN.size)
+  assert abs(ds.x_LTN.mean() - ds.rates_LTN.mean()) < 4 * np.sqrt(
+    ds.rates_LTN.mean() / ds.x_LTN.size
+  )
   # Each trial starts from its own initial condition: no two trials' first rates are equal.
   first = ds.rates_LTN[0, ::10]
   assert len({tuple(r) for r in np.round(first, 6)}) == 40
@@ -278,13 +321,16 @@ def test_lorenz_trials_keep_their_true_rates_through_preparation():
   prep = splits.prepare(ds, config.Settings(latents=(1,), seeds=1, likelihood="gaussian"))
   t = prep.t_train
   mean, std = ds.x_LTN[0, :t].mean(axis=0), ds.x_LTN[0, :t].std(axis=0)
-  np.testing.assert_allclose(prep.dataset.rates_LTN[0], (ds.rates_LTN[0] - mean) / std, rtol=1e-4,
-                             atol=1e-4)
-  np.testing.assert_array_equal(prep.flat("test", rates=True)[0],
-                                prep.dataset.rates_LTN[0, prep.t_valid:])
+  np.testing.assert_allclose(
+    prep.dataset.rates_LTN[0], (ds.rates_LTN[0] - mean) / std, rtol=1e-4, atol=1e-4
+  )
+  np.testing.assert_array_equal(
+    prep.flat("test", rates=True)[0], prep.dataset.rates_LTN[0, prep.t_valid :]
+  )
   # A layer subset keeps its rates; the shuffle control shifts rates with their counts.
-  ctrl = data.with_shuffle_control(synthetic.make_lorenz_trials(trials=40, time=10, neurons=12,
-                                                               layers=2).select_layers(["1"]))
+  ctrl = data.with_shuffle_control(
+    synthetic.make_lorenz_trials(trials=40, time=10, neurons=12, layers=2).select_layers(["1"])
+  )
   shifted, raw = ctrl.x_LTN[1] - ctrl.rates_LTN[1], ctrl.x_LTN[0] - ctrl.rates_LTN[0]
   np.testing.assert_allclose(np.sort(shifted, axis=0), np.sort(raw, axis=0))
   assert not np.allclose(shifted, raw)
@@ -296,8 +342,11 @@ def test_whitened_lorenz_has_the_same_states_with_three_equal_directions():
   # direction carries a larger share (z-scoring leaves x and y correlated).
   shares, spans = [], []
   for whiten in (False, True):
-    log_rate = np.log(synthetic.make_lorenz(neurons=30, time=1500, whiten=whiten, seed=1)
-                      .rates_LTN[0].astype(np.float64))
+    log_rate = np.log(
+      synthetic.make_lorenz(neurons=30, time=1500, whiten=whiten, seed=1)
+      .rates_LTN[0]
+      .astype(np.float64)
+    )
     u, s, _ = np.linalg.svd(log_rate - log_rate.mean(axis=0), full_matrices=False)
     assert s[3] < 1e-3 * s[0]  # rank 3: linear in the 3-D state
     shares.append(s[2] ** 2 / (s[:3] ** 2).sum())
@@ -332,11 +381,14 @@ def test_neuron_folds_cover_every_neuron_once_per_seed():
   assert m.shape == (6, 2, n)
   for s in range(2):
     for l in range(2):
-      folds = m[s * k:(s + 1) * k, l]
+      folds = m[s * k : (s + 1) * k, l]
       np.testing.assert_array_equal(folds.sum(0), np.ones(n))  # each neuron in exactly one fold
       assert set(folds.sum(1)) <= {n // k, n // k + 1}
   assert not np.array_equal(m[0:3], m[3:6])  # the seeds draw their own partitions
   np.testing.assert_array_equal(splits.heldout_masks(1, 2, n, 0.2, folds=k), m[:3])
-  with pytest.raises(UserError, match=r"^--neuron_folds=20 needs more than 20 neurons per layer; "
-                                      r"the layers have 20: use fewer folds$"):
+  with pytest.raises(
+    UserError,
+    match=r"^--neuron_folds=20 needs more than 20 neurons per layer; "
+    r"the layers have 20: use fewer folds$",
+  ):
     splits.heldout_masks(1, 1, n, 0.2, folds=20)

@@ -22,8 +22,16 @@ def test_logistic_regression_separates_separable_classes():
 
 def test_mixed_layer_batches_draw_from_every_layer():
   x = jnp.broadcast_to(jnp.arange(4.0)[:, None, None], (4, 50, 2))
-  b = splits.sample_batches(x, jnp.zeros(2, jnp.int32), jnp.array([0, 1]), jnp.int32(3),
-                            t_train=40, window=5, batch_size=64, mix_layers=True)
+  b = splits.sample_batches(
+    x,
+    jnp.zeros(2, jnp.int32),
+    jnp.array([0, 1]),
+    jnp.int32(3),
+    t_train=40,
+    window=5,
+    batch_size=64,
+    mix_layers=True,
+  )
   layers = np.asarray(b[..., 0, 0])
   assert set(np.unique(layers)) == {0.0, 1.0, 2.0, 3.0}
   assert np.all(b[..., :, :] == b[..., :1, :1])  # one layer per window
@@ -32,10 +40,20 @@ def test_mixed_layer_batches_draw_from_every_layer():
 def test_shared_model_decodes_distinct_layers_above_chance():
   ds = synthetic.make_synthetic(true_latents=(2, 2, 2), neurons=12, time=800, seed=3)
   # Make the layers distinguishable by their covariance: scale two of them.
-  ds = dataclasses.replace(ds, x_LTN=ds.x_LTN * np.array([1.0, 2.5, 0.4], np.float32)[:, None, None])
-  cfg = config.Settings(latents=(1, 4), hidden=12, window=20, batch_size=16, steps=150,
-                        bidirectional=False,
-                        learning_rate=1e-2, log_every=150, seeds=2)
+  ds = dataclasses.replace(
+    ds, x_LTN=ds.x_LTN * np.array([1.0, 2.5, 0.4], np.float32)[:, None, None]
+  )
+  cfg = config.Settings(
+    latents=(1, 4),
+    hidden=12,
+    window=20,
+    batch_size=16,
+    steps=150,
+    bidirectional=False,
+    learning_rate=1e-2,
+    log_every=150,
+    seeds=2,
+  )
   prep = splits.prepare(ds, cfg, shared=True)
   out = sweep.run_sweep(prep, cfg, log=lambda s: None)
   assert len(out.table) == 4 and set(out.table.layer) == {0}

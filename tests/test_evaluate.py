@@ -17,7 +17,7 @@ def _lowrank(seed=0, t=400, n=12, k=3, noise=0.3, noise_var=False):
   eps = rng.standard_normal((t, n))
   scale = noise * rng.uniform(0.5, 1.5, n)
   x = z @ w + eps * scale + 2.0
-  return (x, scale ** 2) if noise_var else x
+  return (x, scale**2) if noise_var else x
 
 
 def test_pca_baseline_equals_direct_svd_reconstruction():
@@ -38,8 +38,9 @@ def test_fa_log_likelihood_equals_the_dense_gaussian_one():
   s = np.cov(x.T, bias=True)
   w, psi = rng.standard_normal((30, 4)), rng.uniform(0.5, 2.0, 30)
   c = w @ w.T + np.diag(psi)
-  dense = -0.5 * (30 * np.log(2 * np.pi) + np.linalg.slogdet(c)[1]
-                  + np.trace(np.linalg.solve(c, s)))
+  dense = -0.5 * (
+    30 * np.log(2 * np.pi) + np.linalg.slogdet(c)[1] + np.trace(np.linalg.solve(c, s))
+  )
   np.testing.assert_allclose(baselines.fa_loglik(s, w, psi), dense, rtol=1e-10)
 
 
@@ -166,8 +167,9 @@ def test_no_gain_over_the_null_is_dimension_zero():
 
 def test_bootstrap_interval_and_alternatives():
   # A clean plateau with seed noise: the best is 8 but 4 is within one SE of it.
-  d = dimension.estimate((1, 2, 3, 4, 8), *_curves([1.0, 2.0, 3.0, 3.95, 4.0], se=[0.1] * 5,
-                                                   noise=0.2))
+  d = dimension.estimate(
+    (1, 2, 3, 4, 8), *_curves([1.0, 2.0, 3.0, 3.95, 4.0], se=[0.1] * 5, noise=0.2)
+  )
   np.testing.assert_allclose(d["gain"], [1.0, 2.0, 3.0, 3.95, 4.0], atol=1e-9)
   np.testing.assert_allclose(d["gain_se"], 0.1, atol=1e-9)
   assert d["one_se"] == 4 and d["optimal"] == 4 and d["interval"][0] <= 4 <= d["interval"][1]
@@ -185,8 +187,9 @@ def test_detectable_latent_counts_small_but_reliable_gains():
   d = dimension.estimate((1, 2, 3, 4, 8), *_curves([0.5, 0.96, 1.0, 1.0, 1.0], noise=0.05))
   assert d["optimal"] == 2 and d["detectable"] == 3
   # Seed-to-seed noise larger than a gain step: the step is not detectable.
-  d = dimension.estimate((1, 2, 3, 4, 8), *_curves([1.0, 2.0, 3.0, 3.95, 4.0], se=[0.1] * 5,
-                                                   noise=0.2))
+  d = dimension.estimate(
+    (1, 2, 3, 4, 8), *_curves([1.0, 2.0, 3.0, 3.95, 4.0], se=[0.1] * 5, noise=0.2)
+  )
   assert d["detectable"] == 4
   # No gain over the null: 0, like the rule.
   d = dimension.estimate((2, 4, 8), *_curves([-0.01, 0.0, -0.02], se=[0.01] * 3, noise=0.05))
@@ -203,27 +206,44 @@ def test_diverged_models_are_ignored():
 def test_sweep_recovers_the_true_dimension_on_small_synthetic_data():
   ds = synthetic.make_synthetic(true_latents=(2, 6), neurons=40, time=1200, noise_std=0.3, seed=0)
   latents = (1, 2, 4, 6, 10)
-  cfg = config.Settings(latents=latents, hidden=24, window=20, batch_size=16, steps=400,
-                        bidirectional=False,
-                        learning_rate=1e-2, log_every=400, seeds=2)
+  cfg = config.Settings(
+    latents=latents,
+    hidden=24,
+    window=20,
+    batch_size=16,
+    steps=400,
+    bidirectional=False,
+    learning_rate=1e-2,
+    log_every=400,
+    seeds=2,
+  )
   prep = splits.prepare(ds, cfg)
   out = sweep.run_sweep(prep, cfg, log=lambda s: None)
   ev = evaluate.evaluate_sweep(prep, cfg, out, log=lambda s: None)
   assert ev["dimension"]["metric"] == "cosmooth_mse"
   for layer, true in ds.true_latent.items():
     i = latents.index(true)
-    assert latents[max(i - 1, 0)] <= ev["optimal_latent"][layer] <= latents[min(i + 1, len(latents) - 1)]
+    assert (
+      latents[max(i - 1, 0)] <= ev["optimal_latent"][layer] <= latents[min(i + 1, len(latents) - 1)]
+    )
   for row in ev["baselines"]:
     assert np.isfinite(row["pca_cosmooth_mse"]) and np.isfinite(row["fa_cosmooth_mse"])
   # The LSTM's co-smoothing error at the true dimension (mean over seeds) is within 10% of FA's.
   for l, (layer, true) in enumerate(ds.true_latent.items()):
-    lstm = [m["cosmooth_mse"] for i, m in enumerate(ev["per_model"])
-            if out.table.layer[i] == l and out.table.latent[i] == true]
-    fa = next(r["fa_cosmooth_mse"] for r in ev["baselines"] if (r["layer"], r["latent"]) == (layer, true))
+    lstm = [
+      m["cosmooth_mse"]
+      for i, m in enumerate(ev["per_model"])
+      if out.table.layer[i] == l and out.table.latent[i] == true
+    ]
+    fa = next(
+      r["fa_cosmooth_mse"] for r in ev["baselines"] if (r["layer"], r["latent"]) == (layer, true)
+    )
     assert len(lstm) == 2 and np.mean(lstm) <= 1.1 * fa
   # PCA and FA, chosen by the same rule on their own curves, find the truth too (linear data).
   assert ev["baseline_optimal_latent"] == {"pca": {"0": 2, "1": 6}, "fa": {"0": 2, "1": 6}}
-  assert all(lo <= ev["optimal_latent"][n] <= hi for n, (lo, hi) in ev["optimal_latent_interval"].items())
+  assert all(
+    lo <= ev["optimal_latent"][n] <= hi for n, (lo, hi) in ev["optimal_latent_interval"].items()
+  )
 
 
 def test_progress_lines_count_done_and_end_without_eta():
@@ -233,7 +253,10 @@ def test_progress_lines_count_done_and_end_without_eta():
   for _ in range(3):
     p.step()
   assert [line.split(",")[0] for line in lines] == [
-      "  1/3 layers' baselines", "  2/3 layers' baselines", "  3/3 layers' baselines"]
+    "  1/3 layers' baselines",
+    "  2/3 layers' baselines",
+    "  3/3 layers' baselines",
+  ]
   assert all("ETA" in line for line in lines[:2]) and "ETA" not in lines[2]
   # A long every_s keeps only the last line.
   quiet = []
@@ -251,8 +274,10 @@ def test_oracle_gains_answer_the_generators_rank_when_every_direction_matters():
   w_3N = np.linalg.qr(rng.standard_normal((40, 3)))[0].T * np.sqrt(40 / 3)  # orthogonal rows
   mean_TN = z_T3 @ w_3N * 0.5
   rates_TN = np.exp(np.log(0.3) + mean_TN)  # 0.3 spikes per bin, log-rate std 0.5
-  for x, truth, counts in ((mean_TN + rng.standard_normal(mean_TN.shape), mean_TN, False),
-                           (rng.poisson(rates_TN).astype(float), rates_TN, True)):
+  for x, truth, counts in (
+    (mean_TN + rng.standard_normal(mean_TN.shape), mean_TN, False),
+    (rng.poisson(rates_TN).astype(float), rates_TN, True),
+  ):
     for grid, answer in (((1, 2, 3, 5), 3), ((2, 4, 8), 4)):
       g = dimension.oracle_gains(x, truth, grid, counts)
       assert dimension.choose(grid, g) == answer, (counts, grid, g)

@@ -14,8 +14,14 @@ ENV = {**os.environ, "NMAS_QUICK": "1", "JAX_PLATFORMS": "cpu", "PYTHONPATH": RO
 
 
 def _example(name, tmp_path):
-  r = subprocess.run([sys.executable, os.path.join(ROOT, "examples", name)], cwd=tmp_path, env=ENV,
-                     capture_output=True, text=True, timeout=600)
+  r = subprocess.run(
+    [sys.executable, os.path.join(ROOT, "examples", name)],
+    cwd=tmp_path,
+    env=ENV,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert r.returncode == 0, r.stderr[-2000:]
   return r.stdout
 
@@ -54,7 +60,9 @@ def test_embedded_encoder_is_the_sweeps_encoder(tmp_path):
   k = int(re.search(r"chosen latent size (\d+)", out).group(1))
   assert k in (2, 4, 8)
   # Our Encoder module with the sweep's weights gives the sweep's own latent trajectory.
-  assert float(re.search(r"max \|z - est.transform\(x\)\| on one window: (\S+)", out).group(1)) < 1e-5
+  assert (
+    float(re.search(r"max \|z - est.transform\(x\)\| on one window: (\S+)", out).group(1)) < 1e-5
+  )
   r = float(re.search(r"held-out correlation with behaviour (\S+)", out).group(1))
   assert -1.0 <= r <= 1.0
 
@@ -64,12 +72,27 @@ def test_stringer_config_flags_run_on_a_stringer_format_file(tmp_path):
   z = np.repeat([0.0, 35.0], [9, 8])  # two planes: two layers
   raw = {"sresp": rng.gamma(2.0, 1.0, size=(17, 400)), "xyz": np.stack([z * 0, z * 0, z])}
   np.save(tmp_path / "stringer.npy", raw, allow_pickle=True)
-  r = subprocess.run([sys.executable, "-m", "experiments.sweep",
-                      f"--flagfile={os.path.join(ROOT, 'experiments', 'configs', 'stringer.flags')}",
-                      f"--data_path={tmp_path / 'stringer.npy'}", "--neurons_per_layer=6",
-                      "--latents=1,2", "--seeds=1", "--steps=3", "--window=10", "--hidden=4",
-                      "--neuron_counts=3", f"--workdir={tmp_path / 'w'}"],
-                     cwd=ROOT, env=ENV, capture_output=True, text=True)
+  r = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "experiments.sweep",
+      f"--flagfile={os.path.join(ROOT, 'experiments', 'configs', 'stringer.flags')}",
+      f"--data_path={tmp_path / 'stringer.npy'}",
+      "--neurons_per_layer=6",
+      "--latents=1,2",
+      "--seeds=1",
+      "--steps=3",
+      "--window=10",
+      "--hidden=4",
+      "--neuron_counts=3",
+      f"--workdir={tmp_path / 'w'}",
+    ],
+    cwd=ROOT,
+    env=ENV,
+    capture_output=True,
+    text=True,
+  )
   assert r.returncode == 0, r.stderr[-2000:]
   res = json.loads((tmp_path / "w" / "results.json").read_text())
   assert res["dataset"] == "stringer" and res["layers"] == ["0", "35"]

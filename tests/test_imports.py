@@ -27,8 +27,14 @@ print(dict(os.environ) == after_jax, os.environ.get("XLA_FLAGS") == before.get("
 @pytest.mark.parametrize("module", ["nmas_jax", "experiments.sweep", "experiments.bench"])
 def test_import_changes_no_environment_variable_and_starts_no_backend(module):
   env = {**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": "--xla_dump_to=/nonexistent"}
-  out = subprocess.run([sys.executable, "-c", CHECK, module], env=env, capture_output=True,
-                       text=True, cwd=ROOT, timeout=120)
+  out = subprocess.run(
+    [sys.executable, "-c", CHECK, module],
+    env=env,
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+    timeout=120,
+  )
   assert out.returncode == 0, out.stderr[-2000:]
   assert out.stdout.split() == ["True", "True", "False"]
 
@@ -82,9 +88,17 @@ def test_the_package_has_no_import_cycle():
 def test_models_import_nothing_of_the_settings_or_the_cli():
   """A Flax user imports the model families with only jax and flax: no nmas_jax module outside
   nmas_jax.models is loaded."""
-  code = "import sys, nmas_jax.models; print(sorted(m for m in sys.modules if m.startswith('nmas_jax')))"
-  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+  code = (
+    "import sys, nmas_jax.models; print(sorted(m for m in sys.modules if m.startswith('nmas_jax')))"
+  )
+  out = subprocess.run(
+    [sys.executable, "-c", code],
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+    env={**os.environ, "PYTHONPATH": str(ROOT)},
+    timeout=120,
+  )
   assert out.returncode == 0, out.stderr[-2000:]
   loaded = eval(out.stdout)
   assert "nmas_jax.models.lfads" in loaded
@@ -93,9 +107,15 @@ def test_models_import_nothing_of_the_settings_or_the_cli():
 
 # What a branch on the model kind looks like: a class test, a comparison with a family's name,
 # or a probe of a family's parameter names.
-KIND_BRANCHES = [r"isinstance\([^)]*(LSTMAutoencoder|MultiscaleAutoencoder|LFADS)",
-                 r"type\([^)]*\) is ", r"model\s*[!=]=", r"[!=]=\s*\"(autoencoder|lfads|multiscale)\"",
-                 r"\"(autoencoder|lfads|multiscale)\"\s*[!=]=", r"\"decoder_net\"", r"in state\.params"]
+KIND_BRANCHES = [
+  r"isinstance\([^)]*(LSTMAutoencoder|MultiscaleAutoencoder|LFADS)",
+  r"type\([^)]*\) is ",
+  r"model\s*[!=]=",
+  r"[!=]=\s*\"(autoencoder|lfads|multiscale)\"",
+  r"\"(autoencoder|lfads|multiscale)\"\s*[!=]=",
+  r"\"decoder_net\"",
+  r"in state\.params",
+]
 
 
 def test_nothing_outside_the_models_branches_on_the_model_kind():
@@ -106,12 +126,19 @@ def test_nothing_outside_the_models_branches_on_the_model_kind():
     if "models" in p.relative_to(ROOT).parts:
       continue
     for i, line in enumerate(p.read_text().splitlines()):
-      hits += [f"{p.relative_to(ROOT)}:{i + 1}: {line.strip()}" for pattern in KIND_BRANCHES
-               if re.search(pattern, line)]
+      hits += [
+        f"{p.relative_to(ROOT)}:{i + 1}: {line.strip()}"
+        for pattern in KIND_BRANCHES
+        if re.search(pattern, line)
+      ]
   assert hits == []
 
 
 def test_only_cpu_backend_started_touches_private_jax():
-  hits = [(p.relative_to(ROOT).as_posix(), i + 1) for p in _sources()
-          for i, line in enumerate(p.read_text().splitlines()) if "jax._src" in line]
+  hits = [
+    (p.relative_to(ROOT).as_posix(), i + 1)
+    for p in _sources()
+    for i, line in enumerate(p.read_text().splitlines())
+    if "jax._src" in line
+  ]
   assert [name for name, _ in hits] == ["nmas_jax/training/cpu.py"] and len(hits) == 1

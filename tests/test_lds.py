@@ -5,9 +5,8 @@ import jax
 import numpy as np
 
 from nmas_jax import config
-from nmas_jax.data import splits, synthetic
+from nmas_jax.data import Dataset, splits, synthetic
 from nmas_jax.evaluation import evaluate, lds
-from nmas_jax.data import Dataset
 
 
 def _dense_posterior(p: lds.LDS, y_TN: np.ndarray, p0_KK: np.ndarray):
@@ -20,14 +19,16 @@ def _dense_posterior(p: lds.LDS, y_TN: np.ndarray, p0_KK: np.ndarray):
   s = np.zeros((t * k, t * k))
   for i in range(t):
     for j in range(i + 1):
-      blk = np.linalg.matrix_power(a, i - j) @ cov[j]          # Cov(z_i, z_j), i >= j
-      s[i * k:(i + 1) * k, j * k:(j + 1) * k] = blk
-      s[j * k:(j + 1) * k, i * k:(i + 1) * k] = blk.T
+      blk = np.linalg.matrix_power(a, i - j) @ cov[j]  # Cov(z_i, z_j), i >= j
+      s[i * k : (i + 1) * k, j * k : (j + 1) * k] = blk
+      s[j * k : (j + 1) * k, i * k : (i + 1) * k] = blk.T
   h = np.kron(np.eye(t), c)
   s_y = h @ s @ h.T + np.diag(np.tile(r, t))
   e = (y_TN - d).reshape(-1)
   mean = s @ h.T @ np.linalg.solve(s_y, e)
-  loglik = -0.5 * (e @ np.linalg.solve(s_y, e) + np.linalg.slogdet(s_y)[1] + len(e) * np.log(2 * np.pi))
+  loglik = -0.5 * (
+    e @ np.linalg.solve(s_y, e) + np.linalg.slogdet(s_y)[1] + len(e) * np.log(2 * np.pi)
+  )
   return mean.reshape(t, k), loglik
 
 
@@ -69,13 +70,14 @@ def _rotations(states: int, neurons: int, time: int, seed: int) -> Dataset:
   a = np.zeros((states, states))
   for i in range(0, states, 2):
     th, rho = rng.uniform(0.1, 0.4), rng.uniform(0.9, 0.97)
-    a[i:i + 2, i:i + 2] = rho * np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
+    a[i : i + 2, i : i + 2] = rho * np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
   q = np.eye(states) * 0.1
   c = rng.standard_normal((neurons, states))
   c /= np.linalg.norm(c, axis=0) / np.sqrt(neurons / states)
   x = _simulate(a, q, c, rng.uniform(0.5, 1.5, neurons), time, rng)
-  return Dataset(x_LTN=x[None].astype(np.float32), layer_names=["0"], name="array",
-                 true_latent={"0": states})
+  return Dataset(
+    x_LTN=x[None].astype(np.float32), layer_names=["0"], name="array", true_latent={"0": states}
+  )
 
 
 def test_lds_baseline_chooses_the_state_dimension():
@@ -83,8 +85,10 @@ def test_lds_baseline_chooses_the_state_dimension():
   # rotations; the LDS baseline under the dimension rule answers each one's state dimension.
   latents = (1, 2, 3, 4, 6, 8)
   cfg = config.Settings(latents=latents, seeds=2, baselines=("lds",), bootstrap=50)
-  for ds in (synthetic.make_linear_gaussian(true_latents=(3,), neurons=40, time=1500, seed=3),
-             _rotations(4, 40, 1500, seed=4)):
+  for ds in (
+    synthetic.make_linear_gaussian(true_latents=(3,), neurons=40, time=1500, seed=3),
+    _rotations(4, 40, 1500, seed=4),
+  ):
     prep = splits.prepare(ds, cfg)
     chosen = evaluate.baseline_choices(prep, cfg)["lds"]
     assert chosen == {n: k for n, k in ds.true_latent.items()}, (chosen, ds.true_latent)

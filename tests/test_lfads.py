@@ -21,8 +21,11 @@ def _cut(p, k, co_dim):
   dec["factors"] = {"kernel": p["decoder"]["factors"]["kernel"][:, :k]}
   if co_dim:
     dec["con_from_factors"] = {"kernel": p["decoder"]["con_from_factors"]["kernel"][:k]}
-  return {**p, "decoder": dec, "readout": {"kernel": p["readout"]["kernel"][:k],
-                                           "bias": p["readout"]["bias"]}}
+  return {
+    **p,
+    "decoder": dec,
+    "readout": {"kernel": p["readout"]["kernel"][:k], "bias": p["readout"]["bias"]},
+  }
 
 
 @pytest.mark.parametrize("co_dim", [0, 2])
@@ -41,8 +44,9 @@ def test_padded_lfads_equals_unpadded_and_padded_weights_get_no_gradient(co_dim)
   # Sampled, with the same keys: still equal (the padded units never enter the randomness).
   keys = {"sample": jax.random.PRNGKey(2), "dropout": jax.random.PRNGKey(3)}
   big_d, small_d = big.clone(dropout=0.3), small.clone(dropout=0.3)
-  sampled = lambda m, *k: jax.jit(lambda p: m.apply({"params": p}, x, *k, sample=True, rngs=keys,
-                                                    mutable=["losses"]))
+  sampled = lambda m, *k: jax.jit(
+    lambda p: m.apply({"params": p}, x, *k, sample=True, rngs=keys, mutable=["losses"])
+  )
   (ys, _), kl = sampled(big_d, 3)(p)
   (ys3, _), kl3 = sampled(small_d)(_cut(p, 3, co_dim))
   np.testing.assert_allclose(ys, ys3, atol=1e-5)
@@ -89,8 +93,9 @@ def test_lfads_fits_poisson_trials_better_than_the_mean_rate():
   counts = rng.poisson(np.exp(z @ w + 0.5)).astype(np.float32)
   x = jnp.asarray(counts)
   # KL weight 0.1 and L2 weight 1e-4 per data element, at full weight from the first step.
-  model = models.LFADS(neurons=10, latent=4, kl_ic_scale=0.1, l2_gen_scale=1e-4, warmup_steps=1,
-                       **SIZES, dropout=0.0)
+  model = models.LFADS(
+    neurons=10, latent=4, kl_ic_scale=0.1, l2_gen_scale=1e-4, warmup_steps=1, **SIZES, dropout=0.0
+  )
   params = model.init(jax.random.PRNGKey(0), x)["params"]
   tx = optax.adam(1e-2)
   opt = tx.init(params)
@@ -101,9 +106,11 @@ def test_lfads_fits_poisson_trials_better_than_the_mean_rate():
   @jax.jit
   def step(params, opt, key):
     def loss(p):
-      (y, _), aux = model.apply({"params": p}, x, sample=True, rngs={"sample": key},
-                                mutable=["losses"])
+      (y, _), aux = model.apply(
+        {"params": p}, x, sample=True, rngs={"sample": key}, mutable=["losses"]
+      )
       return nll(y, x) + model.penalty(p, aux["losses"], 0, x[0].size)
+
     grads = jax.grad(loss)(params)
     updates, opt = tx.update(grads, opt, params)
     return optax.apply_updates(params, updates), opt
@@ -123,8 +130,19 @@ def test_lfads_sweep_recovers_three_factors_on_lorenz_trials():
   # inferred rates explain most of the true rates' variance on the test trials (each neuron's
   # mean rate scores about 0), more than at 1 factor.
   ds = synthetic.make_lorenz_trials(trials=150, time=20, neurons=60)
-  r = DimensionSweep(model="lfads", latents=(1, 2, 3, 4, 6), seeds=1, steps=600, baselines=(),
-                     bootstrap=0, verbose=False).fit(ds).results_
+  r = (
+    DimensionSweep(
+      model="lfads",
+      latents=(1, 2, 3, 4, 6),
+      seeds=1,
+      steps=600,
+      baselines=(),
+      bootstrap=0,
+      verbose=False,
+    )
+    .fit(ds)
+    .results_
+  )
   assert r["optimal_latent"]["0"] == 3, r["dimension"]["layers"]["0"]["gain_fraction"]
   at = {m["latent"]: m for m in r["models"]}
   assert at[3]["test_cosmooth_bps"] > 0, at[3]

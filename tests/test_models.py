@@ -26,8 +26,13 @@ def _slice_params(params, k, bidirectional):
   if "skip" in p["encoder"]:
     p["encoder"]["skip"]["kernel"] = p["encoder"]["skip"]["kernel"][:, :k]
   dec = p["decoder_net"]
-  first = (dec["lstm"]["input"] if "lstm" in dec else dec["mlp_hidden"] if "mlp_hidden" in dec
-           else dec["readout"])
+  first = (
+    dec["lstm"]["input"]
+    if "lstm" in dec
+    else dec["mlp_hidden"]
+    if "mlp_hidden" in dec
+    else dec["readout"]
+  )
   first["kernel"] = first["kernel"][:k]
   return p
 
@@ -38,14 +43,17 @@ def _loss(model, params, x, k=None):
 
 
 @pytest.mark.parametrize("decoder", ["lstm", "linear", "mlp"])
-@pytest.mark.parametrize("bidirectional,linear_skip",
-                         [(False, False), (True, False), (False, True)])
+@pytest.mark.parametrize(
+  "bidirectional,linear_skip", [(False, False), (True, False), (False, True)]
+)
 @pytest.mark.parametrize("k", [1, 3, 7])
 def test_padded_model_equals_unpadded(decoder, bidirectional, linear_skip, k):
-  padded = models.LSTMAutoencoder(N, K, H, decoder=decoder, bidirectional=bidirectional,
-                                  linear_skip=linear_skip, dropout=0.0)
-  small = models.LSTMAutoencoder(N, k, H, decoder=decoder, bidirectional=bidirectional,
-                                 linear_skip=linear_skip, dropout=0.0)
+  padded = models.LSTMAutoencoder(
+    N, K, H, decoder=decoder, bidirectional=bidirectional, linear_skip=linear_skip, dropout=0.0
+  )
+  small = models.LSTMAutoencoder(
+    N, k, H, decoder=decoder, bidirectional=bidirectional, linear_skip=linear_skip, dropout=0.0
+  )
   x = _x()
   params = padded.init(jax.random.PRNGKey(1), x)["params"]
   small_params = _slice_params(params, k, bidirectional)
@@ -69,7 +77,11 @@ def test_padded_model_equals_unpadded(decoder, bidirectional, linear_skip, k):
   if linear_skip:
     assert np.all(np.asarray(g_pad["encoder"]["skip"]["kernel"][:, k:]) == 0)
   dec = g_pad["decoder_net"]
-  first = dec["lstm"]["input"] if decoder == "lstm" else dec["mlp_hidden" if decoder == "mlp" else "readout"]
+  first = (
+    dec["lstm"]["input"]
+    if decoder == "lstm"
+    else dec["mlp_hidden" if decoder == "mlp" else "readout"]
+  )
   assert np.all(np.asarray(first["kernel"][k:]) == 0)
 
 
@@ -81,7 +93,7 @@ def _numpy_lstm(x_BTD, w_in, b_in, w_h, reverse=False):
   h, c = np.zeros((b, hid)), np.zeros((b, hid))
   sig = lambda v: 1 / (1 + np.exp(-v))
   out = np.zeros((b, t, hid))
-  for s in (reversed(range(t)) if reverse else range(t)):
+  for s in reversed(range(t)) if reverse else range(t):
     g = x_BTD[:, s] @ w_in + b_in + h @ w_h
     i, f, gg, o = np.split(g, 4, axis=-1)
     c = sig(f) * c + sig(i) * np.tanh(gg)
@@ -96,8 +108,13 @@ def test_scan_lstm_matches_reference_loop(reverse):
   x = _x(2)
   params = lstm.init(jax.random.PRNGKey(0), x)["params"]
   h = lstm.apply({"params": params}, x)
-  ref = _numpy_lstm(x, params["input"]["kernel"], params["input"]["bias"],
-                    params["recurrence"]["hidden"]["kernel"], reverse)
+  ref = _numpy_lstm(
+    x,
+    params["input"]["kernel"],
+    params["input"]["bias"],
+    params["recurrence"]["hidden"]["kernel"],
+    reverse,
+  )
   assert h.shape == (B, T, H)
   np.testing.assert_allclose(h, ref, rtol=1e-5, atol=1e-6)
 
@@ -112,7 +129,9 @@ def test_encoder_is_causal():
 
 def test_shapes_and_unroll_invariance():
   for unroll in (1, 4):
-    model = models.LSTMAutoencoder(N, K, H, unroll=unroll, decoder="lstm", bidirectional=False, dropout=0.0)
+    model = models.LSTMAutoencoder(
+      N, K, H, unroll=unroll, decoder="lstm", bidirectional=False, dropout=0.0
+    )
     (y, z), params = model.init_with_output(jax.random.PRNGKey(0), _x())
     assert y.shape == (B, T, N) and z.shape == (B, T, K)
     if unroll == 1:
@@ -145,19 +164,23 @@ def test_encoder_embeds_in_another_module_and_jits():
 
 def test_bad_decoder_is_rejected():
   with pytest.raises(ValueError, match="unknown decoder 'gru'"):
-    models.LSTMAutoencoder(N, K, H, decoder="gru", bidirectional=False, dropout=0.0).init(jax.random.PRNGKey(0), _x())
+    models.LSTMAutoencoder(N, K, H, decoder="gru", bidirectional=False, dropout=0.0).init(
+      jax.random.PRNGKey(0), _x()
+    )
 
 
 def test_bfloat16_matmuls_track_float32():
   """bf16 matmuls with f32 state: outputs within 3% (relative RMS) of the f32 model, same params."""
   x = jax.random.normal(jax.random.PRNGKey(5), (4, 20, N))
   f32 = models.LSTMAutoencoder(N, K, 16, decoder="lstm", bidirectional=False, dropout=0.0)
-  bf16 = models.LSTMAutoencoder(N, K, 16, decoder="lstm", dtype=jnp.bfloat16, bidirectional=False, dropout=0.0)
+  bf16 = models.LSTMAutoencoder(
+    N, K, 16, decoder="lstm", dtype=jnp.bfloat16, bidirectional=False, dropout=0.0
+  )
   params = f32.init(jax.random.PRNGKey(0), x)
   y32, z32 = f32.apply(params, x, 5)
   y16, z16 = bf16.apply(params, x, 5)
   assert y16.dtype == jnp.float32 and z16.dtype == jnp.float32  # state and outputs stay f32
-  rel = lambda a, b: float(jnp.sqrt(jnp.mean((a - b) ** 2) / jnp.mean(b ** 2)))
+  rel = lambda a, b: float(jnp.sqrt(jnp.mean((a - b) ** 2) / jnp.mean(b**2)))
   assert rel(y16, y32) < 0.03 and rel(z16[..., :5], z32[..., :5]) < 0.03
   assert np.all(np.asarray(z16[..., 5:]) == 0)
 
@@ -176,10 +199,11 @@ def test_dense_equals_flax_dense(dtype, use_bias):
     np.testing.assert_array_equal(a, b)
   y, y_ref = ours.apply(params, x), flax_dense.apply(params, x)
   assert y.shape == (B, T, 4) and y.dtype == y_ref.dtype
-  np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(y_ref, np.float32), rtol=1e-6,
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(y, np.float32), np.asarray(y_ref, np.float32), rtol=1e-6, atol=1e-6
+  )
   w = jax.random.normal(jax.random.PRNGKey(7), (B, T, 4))
-  loss = lambda m: (lambda p, x: jnp.sum(jnp.sin(m.apply(p, x).astype(jnp.float32)) * w))
+  loss = lambda m: lambda p, x: jnp.sum(jnp.sin(m.apply(p, x).astype(jnp.float32)) * w)
   g, g_ref = (jax.grad(loss(m), argnums=(0, 1))(params, x) for m in (ours, flax_dense))
   tol = 1e-5 if dtype is None else 2e-2
   for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
@@ -195,7 +219,7 @@ def test_hand_written_lstm_gradient_equals_autodiff(reverse):
   x = _x(3)
   params = fast.init(jax.random.PRNGKey(0), x)
   w = jax.random.normal(jax.random.PRNGKey(4), (B, T, H))
-  loss = lambda m: (lambda p, x: jnp.sum(jnp.tanh(m.apply(p, x)) * w))
+  loss = lambda m: lambda p, x: jnp.sum(jnp.tanh(m.apply(p, x)) * w)
   g_fast = jax.grad(loss(fast), argnums=(0, 1))(params, x)
   g_slow = jax.grad(loss(slow), argnums=(0, 1))(params, x)
   assert jax.tree.structure(g_fast) == jax.tree.structure(g_slow)
@@ -209,7 +233,7 @@ def test_hand_written_lstm_gradient_in_bfloat16_tracks_float32():
   f32 = models.ScanLSTM(H)
   bf16 = models.ScanLSTM(H, dtype=jnp.bfloat16)
   params = f32.init(jax.random.PRNGKey(0), x)
-  loss = lambda m: (lambda p: jnp.mean(m.apply(p, x) ** 2))
+  loss = lambda m: lambda p: jnp.mean(m.apply(p, x) ** 2)
   g32, g16 = jax.grad(loss(f32))(params), jax.grad(loss(bf16))(params)
   for a, b in zip(jax.tree.leaves(g32), jax.tree.leaves(g16)):
     assert b.dtype == jnp.float32
@@ -219,8 +243,9 @@ def test_hand_written_lstm_gradient_in_bfloat16_tracks_float32():
 @pytest.mark.parametrize("decoder", ["lstm", "linear", "mlp"])
 @pytest.mark.parametrize("bidirectional,linear_skip", [(False, False), (True, True)])
 def test_cut_latent_cuts_the_weights_a_small_model_uses(decoder, bidirectional, linear_skip):
-  padded = models.LSTMAutoencoder(N, K, H, decoder=decoder, bidirectional=bidirectional,
-                                  linear_skip=linear_skip, dropout=0.0)
+  padded = models.LSTMAutoencoder(
+    N, K, H, decoder=decoder, bidirectional=bidirectional, linear_skip=linear_skip, dropout=0.0
+  )
   params = padded.init(jax.random.PRNGKey(1), _x())["params"]
   cut = models.cut_latent(padded, params, 3)
   expected = _slice_params(params, 3, bidirectional)
@@ -236,8 +261,15 @@ def test_narrow_neurons_equals_the_masked_full_model_on_its_neurons():
   neurons when the full model's other inputs are zero; autodiff through the cut leaves zero
   gradient on the input rows of the other neurons. (Its steps against the masked full-width
   step: tests/test_sweep.py.)"""
-  m = models.LSTMAutoencoder(neurons=9, latent=3, hidden=5, decoder="linear", bidirectional=True,
-                             linear_skip=True, dropout=0.0)
+  m = models.LSTMAutoencoder(
+    neurons=9,
+    latent=3,
+    hidden=5,
+    decoder="linear",
+    bidirectional=True,
+    linear_skip=True,
+    dropout=0.0,
+  )
   x = jax.random.normal(jax.random.PRNGKey(1), (2, 6, 9))
   params = m.init(jax.random.PRNGKey(0), x)["params"]
   in_i, out_i = jnp.array([1, 4, 7]), jnp.array([0, 1, 4, 7, 8])
@@ -247,11 +279,17 @@ def test_narrow_neurons_equals_the_masked_full_model_on_its_neurons():
   y_cut, _ = cut.apply({"params": models.narrow_neurons(params, in_i, out_i)}, x[..., in_i])
   np.testing.assert_allclose(y_cut, y_full[..., out_i], rtol=1e-5, atol=1e-6)
 
-  g_cut = jax.grad(lambda p: jnp.sum(cut.apply({"params": models.narrow_neurons(p, in_i, out_i)},
-                                               x[..., in_i])[0] ** 2))(params)
+  g_cut = jax.grad(
+    lambda p: jnp.sum(
+      cut.apply({"params": models.narrow_neurons(p, in_i, out_i)}, x[..., in_i])[0] ** 2
+    )
+  )(params)
   enc = g_cut["encoder"]
-  for kernel in (enc["forward"]["input"]["kernel"], enc["backward"]["input"]["kernel"],
-                 enc["skip"]["kernel"]):
+  for kernel in (
+    enc["forward"]["input"]["kernel"],
+    enc["backward"]["input"]["kernel"],
+    enc["skip"]["kernel"],
+  ):
     kernel = np.asarray(kernel)
     assert kernel[np.asarray(in_i)].any() and not np.delete(kernel, np.asarray(in_i), axis=0).any()
   readout = np.asarray(g_cut["decoder_net"]["readout"]["kernel"])
@@ -259,8 +297,13 @@ def test_narrow_neurons_equals_the_masked_full_model_on_its_neurons():
 
 
 def _init(model, latent, x):
-  st = train.init_state(jax.random.PRNGKey(3), latent, model=model,
-                        tx=train.make_optimizer(clip_norm=1.0), example_x_BTN=x)
+  st = train.init_state(
+    jax.random.PRNGKey(3),
+    latent,
+    model=model,
+    tx=train.make_optimizer(clip_norm=1.0),
+    example_x_BTN=x,
+  )
   return st.params
 
 
@@ -271,12 +314,20 @@ def test_a_padded_model_starts_as_the_unpadded_model_whatever_the_padding(decode
   (`cut_latent`), exactly the initial weights of an unpadded width-3 model from the same key:
   adding a larger latent to the grid changes no model's start."""
   x = _x()
-  small = _init(models.LSTMAutoencoder(N, 3, H, decoder=decoder, bidirectional=bidirectional, dropout=0.0),
-                3, x)
+  small = _init(
+    models.LSTMAutoencoder(N, 3, H, decoder=decoder, bidirectional=bidirectional, dropout=0.0), 3, x
+  )
   for width in (8, 12):
-    padded = _init(models.LSTMAutoencoder(N, width, H, decoder=decoder,
-                                          bidirectional=bidirectional, dropout=0.0), 3, x)
-    cut = models.cut_latent(models.LSTMAutoencoder(N, width, H, decoder=decoder, bidirectional=bidirectional), padded, 3)
+    padded = _init(
+      models.LSTMAutoencoder(
+        N, width, H, decoder=decoder, bidirectional=bidirectional, dropout=0.0
+      ),
+      3,
+      x,
+    )
+    cut = models.cut_latent(
+      models.LSTMAutoencoder(N, width, H, decoder=decoder, bidirectional=bidirectional), padded, 3
+    )
     assert jax.tree.structure(cut) == jax.tree.structure(small)
     for a, b in zip(jax.tree.leaves(cut), jax.tree.leaves(small)):
       np.testing.assert_array_equal(a, b)
@@ -287,7 +338,9 @@ def test_latent_facing_kernels_have_lecun_scale_of_the_unpadded_width(k):
   """The readout that reads the latent has variance 1 / k (lecun, fan_in k) for a model of
   latent size k, whatever the padded width; the encoder's latent kernel 1 / H (fan_in H)."""
   x = jax.random.normal(jax.random.PRNGKey(0), (1, 3, 4000))
-  params = _init(models.LSTMAutoencoder(4000, 16, H, decoder="linear", bidirectional=False, dropout=0.0), k, x)
+  params = _init(
+    models.LSTMAutoencoder(4000, 16, H, decoder="linear", bidirectional=False, dropout=0.0), k, x
+  )
   readout = np.asarray(params["decoder_net"]["readout"]["kernel"][:k])
   np.testing.assert_allclose(readout.std(), 1 / np.sqrt(k), rtol=0.05)
   to_latent = np.asarray(params["encoder"]["to_latent"]["kernel"])
@@ -304,11 +357,14 @@ def test_lfads_and_multiscale_start_the_same_whatever_the_padding():
     return model.apply({"params": _init(model, k, x)}, x, latent_size=k)[0]
 
   for co_dim in (0, 2):
-    lfads = functools.partial(models.LFADS, neurons=N, gen_dim=8, ic_enc_dim=6, ci_enc_dim=4,
-                              con_dim=4, co_dim=co_dim)
+    lfads = functools.partial(
+      models.LFADS, neurons=N, gen_dim=8, ic_enc_dim=6, ci_enc_dim=4, con_dim=4, co_dim=co_dim
+    )
     np.testing.assert_array_equal(out(lfads(latent=12), 4), out(lfads(latent=4), 4))
   for decoder in ("linear", "mlp"):
-    ms = functools.partial(models.MultiscaleAutoencoder, neurons=N, hidden=H, decoder=decoder,
-                           decoder_hidden=5)
-    np.testing.assert_allclose(out(ms(latent=6), jnp.array([2, 3])),
-                               out(ms(latent=3), jnp.array([2, 3])), rtol=0, atol=1e-6)
+    ms = functools.partial(
+      models.MultiscaleAutoencoder, neurons=N, hidden=H, decoder=decoder, decoder_hidden=5
+    )
+    np.testing.assert_allclose(
+      out(ms(latent=6), jnp.array([2, 3])), out(ms(latent=3), jnp.array([2, 3])), rtol=0, atol=1e-6
+    )

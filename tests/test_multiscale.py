@@ -7,9 +7,9 @@ import pytest
 
 from nmas_jax import config, models
 from nmas_jax.data import splits, synthetic
+from nmas_jax.errors import UserError
 from nmas_jax.evaluation import dimension, evaluate
 from nmas_jax.training import sweep
-from nmas_jax.errors import UserError
 
 
 def test_leaky_integration_matches_a_loop_and_a_slow_unit_moves_slowly():
@@ -44,8 +44,9 @@ def test_band_units_follow_the_encoder_with_bounded_innovations():
   # It is a leaky integrator (leaky_integrate) of innovations in [-1, 1].
   u = np.concatenate([z[:, :1], (z[:, 1:] - a * z[:, :-1]) / (1 - a)], axis=1)
   assert np.abs(u).max() <= 1 + 1e-4
-  np.testing.assert_allclose(models.leaky_integrate(jnp.asarray(u), jnp.asarray(a)), z,
-                             rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(
+    models.leaky_integrate(jnp.asarray(u), jnp.asarray(a)), z, rtol=1e-4, atol=1e-5
+  )
   # A slow proposal (period 400 bins) is followed by both bands; one that alternates sign every
   # bin moves the slow unit (tau 50) by at most 2 (1 - a) = 0.04 per bin.
   t = np.arange(400)
@@ -57,7 +58,9 @@ def test_band_units_follow_the_encoder_with_bounded_innovations():
   assert np.abs(np.diff(z_fast[0, :, 1])).max() <= 2 * (1 - a[1]) + 1e-6
   assert np.abs(z_fast[0, 100:, 1]).max() < 0.1 < np.abs(z_fast[0, 100:, 0]).max()
   # A model's band output is that follower of its encoder's proposals.
-  model = models.MultiscaleAutoencoder(neurons=3, latent=1, timescales=(1, 50), hidden=4, bidirectional=False, dropout=0.0)
+  model = models.MultiscaleAutoencoder(
+    neurons=3, latent=1, timescales=(1, 50), hidden=4, bidirectional=False, dropout=0.0
+  )
   x = jnp.asarray(rng.standard_normal((2, 40, 3)), jnp.float32)
   params = model.init(jax.random.PRNGKey(0), x)["params"]
   z_model = model.apply({"params": params}, x, method=model.encode)
@@ -71,8 +74,12 @@ def test_padded_multiscale_model_equals_unpadded():
   # to the same counts, with the used encoder columns and decoder rows copied: equal outputs;
   # unused units are zero.
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 6))
-  padded = models.MultiscaleAutoencoder(neurons=6, latent=5, timescales=(2, 20), hidden=4, bidirectional=False, dropout=0.0)
-  small = models.MultiscaleAutoencoder(neurons=6, latent=3, timescales=(2, 20), hidden=4, bidirectional=False, dropout=0.0)
+  padded = models.MultiscaleAutoencoder(
+    neurons=6, latent=5, timescales=(2, 20), hidden=4, bidirectional=False, dropout=0.0
+  )
+  small = models.MultiscaleAutoencoder(
+    neurons=6, latent=3, timescales=(2, 20), hidden=4, bidirectional=False, dropout=0.0
+  )
   params = padded.init(jax.random.PRNGKey(1), x)["params"]
   used = np.r_[0:3, 5:8]  # band 0's units 0-2, band 1's units 0-2 of the padded layout
   sp = jax.tree.map(lambda a: a, params)
@@ -108,8 +115,12 @@ def test_multiscale_generator_counts_are_the_rules_own_answer():
   # signals' gains answers the generator's 4 fast + 3 slow on data seeds 0-2. With variances
   # over 4x (the generator before equal shares), data seed 1 answers 3 + 3.
   combos = np.array([[f, s] for f in (0, 3, 4) for s in (0, 3, 4)] + [[6, 6]])
-  for seed, spread, answer in ((0, 1.0, (4, 3)), (1, 1.0, (4, 3)), (2, 1.0, (4, 3)),
-                               (1, 4.0, (3, 3))):
+  for seed, spread, answer in (
+    (0, 1.0, (4, 3)),
+    (1, 1.0, (4, 3)),
+    (2, 1.0, (4, 3)),
+    (1, 4.0, (3, 3)),
+  ):
     kw = dict(neurons=30, time=2000, noise_std=0.5, spread=spread, seed=seed)
     x = synthetic.make_multiscale(**kw).x_LTN[0].astype(np.float64)
     z_by_band = synthetic.multiscale_signals(**kw)
@@ -119,8 +130,10 @@ def test_multiscale_generator_counts_are_the_rules_own_answer():
     if spread == 1.0:
       np.testing.assert_allclose(np.linalg.norm(b[1:], axis=1), np.sqrt(30 / 7), rtol=0.02)
     gain = dimension.oracle_band_gains(x, z_by_band, combos)
-    direct = (((x[1400:1600] - x[:1400].mean(0)) ** 2).sum()
-              - ((x[1400:1600] - a[1400:1600] @ b) ** 2).sum()) / x[1400:1600].size
+    direct = (
+      ((x[1400:1600] - x[:1400].mean(0)) ** 2).sum()
+      - ((x[1400:1600] - a[1400:1600] @ b) ** 2).sum()
+    ) / x[1400:1600].size
     np.testing.assert_allclose(gain[[0, 8, 9]], [0.0, direct, direct], atol=1e-9)
     assert dimension.choose_bands(combos, gain, (2, 50)) == answer, (seed, spread)
 
@@ -128,8 +141,11 @@ def test_multiscale_generator_counts_are_the_rules_own_answer():
 def test_multiscale_settings_are_checked():
   with pytest.raises(UserError, match=r"^--model=multiscale needs --timescales"):
     config.Settings(model="multiscale", latents=(0, 2))
-  with pytest.raises(UserError, match=r"^--timescales sets the bands of --model=multiscale; it "
-                                      r"has no effect with --model=autoencoder: drop it$"):
+  with pytest.raises(
+    UserError,
+    match=r"^--timescales sets the bands of --model=multiscale; it "
+    r"has no effect with --model=autoencoder: drop it$",
+  ):
     config.Settings(latents=(2,), timescales=(2, 50))
   assert config.Settings(model="multiscale", latents=(0, 2), timescales=(2, 50)).latents == (0, 2)
 
@@ -140,16 +156,27 @@ def test_multiscale_sweep_recovers_known_counts_per_band():
   # per band (8 models), 1200 steps: the rule chooses exactly 4 fast and 3 slow latents, total 7
   # (2026-11-27: 4 + 3 at 0.971 of the best gain, 3 + 4 at 0.914, 3 + 3 at 0.852; at 600 steps
   # 4 + 3 reached only 0.949 and 4 + 4 was chosen).
-  ds = synthetic.make_multiscale(bands=(4, 3), timescales=(2, 50), neurons=30, time=2000,
-                                 noise_std=0.5)
-  cfg = config.Settings(model="multiscale", timescales=(2, 50), latents=(0, 3, 4), seeds=1,
-                        steps=1200, log_every=1200, bootstrap=50, baselines=())
+  ds = synthetic.make_multiscale(
+    bands=(4, 3), timescales=(2, 50), neurons=30, time=2000, noise_std=0.5
+  )
+  cfg = config.Settings(
+    model="multiscale",
+    timescales=(2, 50),
+    latents=(0, 3, 4),
+    seeds=1,
+    steps=1200,
+    log_every=1200,
+    bootstrap=50,
+    baselines=(),
+  )
   prep = splits.prepare(ds, cfg)
   with pytest.raises(UserError) as e:
     sweep.build(prep, cfg, batching="by_latent")
-  assert str(e.value) == ("--batching=by_latent cuts models to one latent width, and this "
-                          "model's latent size is not one width (it has one per band): use "
-                          "--batching=vmap or auto")
+  assert str(e.value) == (
+    "--batching=by_latent cuts models to one latent width, and this "
+    "model's latent size is not one width (it has one per band): use "
+    "--batching=vmap or auto"
+  )
   out = sweep.run_sweep(prep, cfg, log=lambda s: None)
   assert len(out.table) == 8 and sorted(map(tuple, out.table.bands.tolist()))[0] == (0, 3)
   ev = evaluate.evaluate_sweep(prep, cfg, out, log=lambda s: None)

@@ -13,11 +13,21 @@ pynwb = pytest.importorskip("pynwb")
 
 
 def _write(path, planes=(("plane0", 7), ("plane1", 5)), units=True, also_dff=False, t=60):
-  from pynwb import NWBFile, NWBHDF5IO
-  from pynwb.ophys import DfOverF, Fluorescence, ImageSegmentation, OpticalChannel, RoiResponseSeries
+  from pynwb import NWBHDF5IO, NWBFile
+  from pynwb.ophys import (
+    DfOverF,
+    Fluorescence,
+    ImageSegmentation,
+    OpticalChannel,
+    RoiResponseSeries,
+  )
 
   rng = np.random.default_rng(0)
-  nwb = NWBFile(session_description="test", identifier="nmas", session_start_time=datetime(2020, 1, 1, tzinfo=timezone.utc))
+  nwb = NWBFile(
+    session_description="test",
+    identifier="nmas",
+    session_start_time=datetime(2020, 1, 1, tzinfo=timezone.utc),
+  )
   device = nwb.create_device(name="scope")
   ophys = nwb.create_processing_module(name="ophys", description="ophys")
   seg = ImageSegmentation()
@@ -26,18 +36,29 @@ def _write(path, planes=(("plane0", 7), ("plane1", 5)), units=True, also_dff=Fal
   dff = DfOverF() if also_dff else None
   truth = {}
   for name, n in planes:
-    plane = nwb.create_imaging_plane(name=name, optical_channel=OpticalChannel(name="ch", description="green", emission_lambda=500.0),
-                                     description=name, device=device, excitation_lambda=900.0,
-                                     imaging_rate=10.0, indicator="GCaMP", location="V1")
+    plane = nwb.create_imaging_plane(
+      name=name,
+      optical_channel=OpticalChannel(name="ch", description="green", emission_lambda=500.0),
+      description=name,
+      device=device,
+      excitation_lambda=900.0,
+      imaging_rate=10.0,
+      indicator="GCaMP",
+      location="V1",
+    )
     ps = seg.create_plane_segmentation(description=name, imaging_plane=plane, name=f"seg_{name}")
     for _ in range(n):
       ps.add_roi(image_mask=np.ones((4, 4)))
     rois = ps.create_roi_table_region(region=list(range(n)), description="all")
     x = rng.uniform(0.5, 2.0, size=(t, n))
     truth[name] = x
-    fl.add_roi_response_series(RoiResponseSeries(name=f"rrs_{name}", data=x, rois=rois, unit="a.u.", rate=10.0))
+    fl.add_roi_response_series(
+      RoiResponseSeries(name=f"rrs_{name}", data=x, rois=rois, unit="a.u.", rate=10.0)
+    )
     if dff is not None:
-      dff.add_roi_response_series(RoiResponseSeries(name=f"dff_{name}", data=x, rois=rois, unit="a.u.", rate=10.0))
+      dff.add_roi_response_series(
+        RoiResponseSeries(name=f"dff_{name}", data=x, rois=rois, unit="a.u.", rate=10.0)
+      )
   ophys.add(fl)
   if dff is not None:
     ophys.add(dff)

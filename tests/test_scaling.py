@@ -9,9 +9,9 @@ import pytest
 
 from nmas_jax import config
 from nmas_jax.data import splits, synthetic
+from nmas_jax.errors import UserError
 from nmas_jax.evaluation import evaluate
 from nmas_jax.training import sweep
-from nmas_jax.errors import UserError
 
 
 def _data(seed=0, time=400):
@@ -41,13 +41,24 @@ def test_a_count_not_below_the_held_in_neurons_is_refused():
   cfg = config.Settings(latents=(2,), seeds=1, neuron_counts=(10, 24))
   with pytest.raises(UserError) as e:
     splits.prepare(_data(), cfg)
-  assert str(e.value) == ("--neuron_counts=10,24 asks for 24 neurons, but each layer has 24 held in: "
-                          "give counts below 24 (all held-in neurons are always swept)")
+  assert str(e.value) == (
+    "--neuron_counts=10,24 asks for 24 neurons, but each layer has 24 held in: "
+    "give counts below 24 (all held-in neurons are always swept)"
+  )
 
 
 def _run(ds, counts, batching):
-  cfg = config.Settings(latents=(1, 3), seeds=1, neuron_counts=counts, steps=12, log_every=12,
-                        hidden=8, window=10, batch_size=4, bootstrap=20)
+  cfg = config.Settings(
+    latents=(1, 3),
+    seeds=1,
+    neuron_counts=counts,
+    steps=12,
+    log_every=12,
+    hidden=8,
+    window=10,
+    batch_size=4,
+    bootstrap=20,
+  )
   prep = splits.prepare(ds, cfg)
   return prep, cfg, sweep.run_sweep(prep, cfg, batching=batching, log=lambda s: None)
 
@@ -60,8 +71,9 @@ def test_count_models_ignore_neurons_outside_their_subset():
   prep, cfg, out = _run(ds, (6,), batching)
   # Replace every neuron that no count-6 model sees or predicts by noise: those models train
   # exactly as before; the all-neuron models see it and change.
-  outside = np.stack([(prep.target_mask_MN(np.array([l]), np.array([0]), np.array([6]))[0] == 0)
-                      for l in range(2)])
+  outside = np.stack(
+    [(prep.target_mask_MN(np.array([l]), np.array([0]), np.array([6]))[0] == 0) for l in range(2)]
+  )
   noise = np.random.default_rng(1).standard_normal(ds.x_LTN.shape).astype(np.float32)
   x = np.where(outside[:, None, :], noise, ds.x_LTN)
   _, _, out2 = _run(dataclasses.replace(ds, x_LTN=x), (6,), batching)

@@ -11,17 +11,23 @@ import time
 import numpy as np
 import pytest
 
-from nmas_jax.training import cpu, sharding
 from nmas_jax.errors import UserError
+from nmas_jax.training import cpu, sharding
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _env(devices):
   """The suite's environment with `devices` host devices (the other XLA_FLAGS kept)."""
-  flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(cpu.DEVICE_COUNT_FLAG)]
-  return {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT,
-          "XLA_FLAGS": " ".join([*flags, f"{cpu.DEVICE_COUNT_FLAG}={devices}"])}
+  flags = [
+    f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(cpu.DEVICE_COUNT_FLAG)
+  ]
+  return {
+    **os.environ,
+    "JAX_PLATFORMS": "cpu",
+    "PYTHONPATH": ROOT,
+    "XLA_FLAGS": " ".join([*flags, f"{cpu.DEVICE_COUNT_FLAG}={devices}"]),
+  }
 
 
 SCRIPT = textwrap.dedent("""
@@ -57,11 +63,14 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_sharded_sweep_equals_one_device():
-  r = subprocess.run([sys.executable, "-c", SCRIPT], env=_env(8), capture_output=True, text=True,
-                     timeout=600)
+  r = subprocess.run(
+    [sys.executable, "-c", SCRIPT], env=_env(8), capture_output=True, text=True, timeout=600
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   res = json.loads(next(l for l in r.stdout.splitlines() if l.startswith("RESULT "))[7:])
-  assert res["padded"] == 16 and res["devices"] == 8 and res["shards"] == [2]  # 1/8 of 16 models each
+  assert (
+    res["padded"] == 16 and res["devices"] == 8 and res["shards"] == [2]
+  )  # 1/8 of 16 models each
   for name in ("eight", "four_by_two"):
     assert res[name]["n"] == 9  # inert padding never reaches the results
     np.testing.assert_allclose(res[name]["valid"], res["one"]["valid"], rtol=1e-5)
@@ -86,33 +95,79 @@ def test_two_processes_then_one_device_resuming_their_checkpoint_equal_one_devic
   """Two processes (two host devices each) train to step 20 and checkpoint; one process on one
   device resumes that checkpoint to step 40: its results equal a one-device run's, which holds
   only if the two processes' steps equal one device's and the checkpoint moves between them."""
-  args = ["--latents=1,2,4", "--hidden=8", "--window=20", "--batch_size=8", "--seeds=1",
-          "--nobidirectional",
-          "--log_every=20", "--checkpoint_every=20", "--learning_rate=0.01"]
+  args = [
+    "--latents=1,2,4",
+    "--hidden=8",
+    "--window=20",
+    "--batch_size=8",
+    "--seeds=1",
+    "--nobidirectional",
+    "--log_every=20",
+    "--checkpoint_every=20",
+    "--learning_rate=0.01",
+  ]
   ds_args = ["--dataset=array", f"--data_path={tmp_path / 'x.npy'}", "--normalize=none", "--bin=1"]
   from nmas_jax.data import synthetic
 
-  np.save(tmp_path / "x.npy", synthetic.make_synthetic(true_latents=(2, 4, 3), neurons=16, time=600, seed=0).x_LTN)
+  np.save(
+    tmp_path / "x.npy",
+    synthetic.make_synthetic(true_latents=(2, 4, 3), neurons=16, time=600, seed=0).x_LTN,
+  )
   run = lambda workdir, *extra: subprocess.run(
-      [sys.executable, "-m", "experiments.sweep", *args, *ds_args, f"--workdir={workdir}",
-       "--steps=40", *extra], cwd=ROOT, env=_env(1), capture_output=True, text=True, timeout=600)
+    [
+      sys.executable,
+      "-m",
+      "experiments.sweep",
+      *args,
+      *ds_args,
+      f"--workdir={workdir}",
+      "--steps=40",
+      *extra,
+    ],
+    cwd=ROOT,
+    env=_env(1),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   one = run(tmp_path / "one")
   assert one.returncode == 0, one.stderr[-2000:]
   port = _free_port()
-  procs = [subprocess.Popen([sys.executable, "-m", "experiments.sweep", *args, *ds_args,
-                             f"--workdir={tmp_path / 'two'}", "--steps=20", "--distributed",
-                             f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                             f"--process_id={i}"], cwd=ROOT, env=_env(2), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True) for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        "-m",
+        "experiments.sweep",
+        *args,
+        *ds_args,
+        f"--workdir={tmp_path / 'two'}",
+        "--steps=20",
+        "--distributed",
+        f"--coordinator_address=127.0.0.1:{port}",
+        "--num_processes=2",
+        f"--process_id={i}",
+      ],
+      cwd=ROOT,
+      env=_env(2),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
   outs = [p.communicate(timeout=600) for p in procs]
   assert all(p.returncode == 0 for p in procs), outs[0][1][-2000:] + outs[1][1][-2000:]
   assert "step 20/20" in outs[0][0] and "step 20/20" not in outs[1][0]  # process 0 alone reports
   moved = run(tmp_path / "two")
-  assert moved.returncode == 0 and "resumed from the checkpoint at step 20" in moved.stdout, \
-      moved.stderr[-2000:]
+  assert moved.returncode == 0 and "resumed from the checkpoint at step 20" in moved.stdout, (
+    moved.stderr[-2000:]
+  )
   a = json.loads((tmp_path / "one" / "results.json").read_text())
   b = json.loads((tmp_path / "two" / "results.json").read_text())
-  np.testing.assert_allclose([m["valid_mse"] for m in b["models"]], [m["valid_mse"] for m in a["models"]], rtol=1e-5)
+  np.testing.assert_allclose(
+    [m["valid_mse"] for m in b["models"]], [m["valid_mse"] for m in a["models"]], rtol=1e-5
+  )
   assert a["optimal_latent"] == b["optimal_latent"] and b["complete"] is True
 
 
@@ -120,9 +175,11 @@ def test_two_processes_then_one_device_resuming_their_checkpoint_equal_one_devic
 def test_tune_malloc_applies_its_settings_unless_the_user_tuned_malloc():
   code = "from nmas_jax.training import cpu; print(sorted(cpu.tune_malloc()))"
   env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
-  run = lambda env: subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                                   text=True, check=True).stdout.strip()
+  run = lambda env: subprocess.run(
+    [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+  ).stdout.strip()
   import platform
+
   expected = sorted(cpu.MALLOC_OPTIONS) if platform.libc_ver()[0] == "glibc" else []
   assert run(env) == str(expected)
   assert run({**env, "MALLOC_TOP_PAD_": "4096"}) == "[]"
@@ -169,8 +226,9 @@ def test_by_latent_on_two_cpu_lanes_equals_one_lane():
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
   env.pop("XLA_FLAGS", None)
   env.pop(sharding.LANES_ENV, None)
-  r = subprocess.run([sys.executable, "-c", LANES_SCRIPT], env=env, capture_output=True,
-                     text=True, timeout=600)
+  r = subprocess.run(
+    [sys.executable, "-c", LANES_SCRIPT], env=env, capture_output=True, text=True, timeout=600
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   res = json.loads(next(l for l in r.stdout.splitlines() if l.startswith("RESULT "))[7:])
   assert f"{cpu.DEVICE_COUNT_FLAG}=2" in res["added"]
@@ -184,26 +242,36 @@ def test_by_latent_on_two_cpu_lanes_equals_one_lane():
 
 
 def test_tune_cpu_flags_keeps_the_users_device_count():
-  code = ("from nmas_jax.training import cpu, sharding; import os; a = cpu.tune_cpu_flags(); "
-          "import jax; print(jax.device_count(), sharding.make_mesh('auto').devices.size, "
-          "[f for f in a if f.startswith(cpu.DEVICE_COUNT_FLAG)], os.environ.get(sharding.LANES_ENV))")
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT,
-         "XLA_FLAGS": f"{cpu.DEVICE_COUNT_FLAG}=3"}
+  code = (
+    "from nmas_jax.training import cpu, sharding; import os; a = cpu.tune_cpu_flags(); "
+    "import jax; print(jax.device_count(), sharding.make_mesh('auto').devices.size, "
+    "[f for f in a if f.startswith(cpu.DEVICE_COUNT_FLAG)], os.environ.get(sharding.LANES_ENV))"
+  )
+  env = {
+    **os.environ,
+    "JAX_PLATFORMS": "cpu",
+    "PYTHONPATH": ROOT,
+    "XLA_FLAGS": f"{cpu.DEVICE_COUNT_FLAG}=3",
+  }
   env.pop(sharding.LANES_ENV, None)
-  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                       check=True).stdout.strip()
+  out = subprocess.run(
+    [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+  ).stdout.strip()
   assert out == "3 3 [] None"  # the user's devices are a mesh: "auto" spreads the models over all 3
 
 
 def test_tune_cpu_flags_does_nothing_once_jax_has_started():
   """backend_started (the one private JAX call) is False before JAX starts and True after;
   tune_cpu_flags then changes nothing."""
-  code = ("from nmas_jax.training import cpu; import os, jax; before = cpu.backend_started(); jax.devices(); "
-          "env = dict(os.environ); added = cpu.tune_cpu_flags(lanes=4); "
-          "print(before, cpu.backend_started(), added, dict(os.environ) == env)")
+  code = (
+    "from nmas_jax.training import cpu; import os, jax; before = cpu.backend_started(); jax.devices(); "
+    "env = dict(os.environ); added = cpu.tune_cpu_flags(lanes=4); "
+    "print(before, cpu.backend_started(), added, dict(os.environ) == env)"
+  )
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
-  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                       check=True).stdout.strip()
+  out = subprocess.run(
+    [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+  ).stdout.strip()
   assert out == "False True [] True"
 
 
@@ -213,18 +281,41 @@ def test_a_lost_process_is_named_in_one_line_and_the_sweep_resumes(tmp_path):
   both again resumes from that checkpoint and completes."""
   from nmas_jax.data import synthetic
 
-  np.save(tmp_path / "x.npy", synthetic.make_synthetic(true_latents=(2, 3), neurons=12, time=800,
-                                                       seed=0).x_LTN)
+  np.save(
+    tmp_path / "x.npy",
+    synthetic.make_synthetic(true_latents=(2, 3), neurons=12, time=800, seed=0).x_LTN,
+  )
   port = _free_port()
-  cmd = lambda i: [sys.executable, "-m", "experiments.sweep", "--dataset=array",
-                   f"--data_path={tmp_path / 'x.npy'}", "--normalize=none", "--bin=1",
-                   "--latents=1,2", "--hidden=8", "--window=20", "--batch_size=8", "--steps=400",
-                   "--log_every=20", "--checkpoint_every=20", "--seeds=1", "--nobidirectional",
-                   "--heartbeat_timeout_s=10", f"--workdir={tmp_path / 'w'}", "--distributed",
-                   f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                   f"--process_id={i}"]
-  procs = [subprocess.Popen(cmd(i), cwd=ROOT, env=_env(1), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True) for i in range(2)]
+  cmd = lambda i: [
+    sys.executable,
+    "-m",
+    "experiments.sweep",
+    "--dataset=array",
+    f"--data_path={tmp_path / 'x.npy'}",
+    "--normalize=none",
+    "--bin=1",
+    "--latents=1,2",
+    "--hidden=8",
+    "--window=20",
+    "--batch_size=8",
+    "--steps=400",
+    "--log_every=20",
+    "--checkpoint_every=20",
+    "--seeds=1",
+    "--nobidirectional",
+    "--heartbeat_timeout_s=10",
+    f"--workdir={tmp_path / 'w'}",
+    "--distributed",
+    f"--coordinator_address=127.0.0.1:{port}",
+    "--num_processes=2",
+    f"--process_id={i}",
+  ]
+  procs = [
+    subprocess.Popen(
+      cmd(i), cwd=ROOT, env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    for i in range(2)
+  ]
   for line in procs[0].stdout:
     if line.startswith("step 60/"):
       break
@@ -236,12 +327,18 @@ def test_a_lost_process_is_named_in_one_line_and_the_sweep_resumes(tmp_path):
   errors = [l for l in err.splitlines() if l.startswith("error:")]
   assert errors and errors[0].startswith("error: process 1 stopped responding (no heartbeat for ")
   step = int(errors[0].split("checkpoint is at step ")[1].split(";")[0])
-  assert step >= 40 and errors[0].endswith(f"the last complete checkpoint is at step {step}; rerun "
-                                           "every process with the same command to resume from it")
+  assert step >= 40 and errors[0].endswith(
+    f"the last complete checkpoint is at step {step}; rerun "
+    "every process with the same command to resume from it"
+  )
   assert err.index(errors[0]) == min(err.index(l) for l in errors)
   port = _free_port()
-  procs = [subprocess.Popen(cmd(i), cwd=ROOT, env=_env(1), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True) for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      cmd(i), cwd=ROOT, env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    for i in range(2)
+  ]
   outs = [p.communicate(timeout=600) for p in procs]
   assert all(p.returncode == 0 for p in procs), outs[0][1][-2000:]
   assert f"resumed from the checkpoint at step {step}" in outs[0][0]

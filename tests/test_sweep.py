@@ -11,9 +11,9 @@ import pytest
 
 from nmas_jax import config, data
 from nmas_jax.data import splits, synthetic
+from nmas_jax.errors import UserError
 from nmas_jax.reporting import results
 from nmas_jax.training import cpu, stepper, sweep
-from nmas_jax.errors import UserError
 from nmas_jax.training.table import ModelTable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,8 +21,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _cli(*args, cwd=None):
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  return subprocess.run([sys.executable, "-m", "experiments.sweep", *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=300)
+  return subprocess.run(
+    [sys.executable, "-m", "experiments.sweep", *args],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +36,20 @@ def tiny_array(synthetic_npy):
   return synthetic_npy("tiny.npy", true_latents=(2, 4), neurons=12, time=300, seed=0)
 
 
-TINY = ["--dataset=array", "--normalize=none", "--bin=1", "--latents=1,2,4", "--hidden=8", "--nobidirectional",
-        "--window=10", "--batch_size=4", "--steps=40", "--log_every=10", "--seeds=2",
-        "--learning_rate=0.02"]
+TINY = [
+  "--dataset=array",
+  "--normalize=none",
+  "--bin=1",
+  "--latents=1,2,4",
+  "--hidden=8",
+  "--nobidirectional",
+  "--window=10",
+  "--batch_size=4",
+  "--steps=40",
+  "--log_every=10",
+  "--seeds=2",
+  "--learning_rate=0.02",
+]
 
 
 def test_cli_sweep_lowers_every_loss_and_writes_results(tiny_array, tmp_path):
@@ -45,7 +62,8 @@ def test_cli_sweep_lowers_every_loss_and_writes_results(tiny_array, tmp_path):
   assert res["seeds"] == [0, 1] and res["steps"] == 40 and res["complete"] is True
   assert len(res["models"]) == 2 * 3 * 2
   assert {(m["layer"], m["latent"], m["seed"]) for m in res["models"]} == {
-      (l, k, s) for l in ("0", "1") for k in (1, 2, 4) for s in (0, 1)}
+    (l, k, s) for l in ("0", "1") for k in (1, 2, 4) for s in (0, 1)
+  }
   for m in res["models"]:
     assert np.isfinite(m["train_loss"]) and np.isfinite(m["valid_mse"])
   csv_lines = (workdir / "results.csv").read_text().strip().splitlines()
@@ -54,11 +72,24 @@ def test_cli_sweep_lowers_every_loss_and_writes_results(tiny_array, tmp_path):
   assert (workdir / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert (workdir / "decoding.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   acc = res["layer_accuracy"]
-  assert acc["latents"] == [1, 2, 4] and acc["chance"] == 0.5 and all(len(a) == 2 for a in acc["accuracy"])
+  assert (
+    acc["latents"] == [1, 2, 4]
+    and acc["chance"] == 0.5
+    and all(len(a) == 2 for a in acc["accuracy"])
+  )
   report_md = (workdir / "report.md").read_text()
-  for section in ("## Data", "## Held-out results", "## Chosen dimension", "## Layer decoding", "## Flags"):
+  for section in (
+    "## Data",
+    "## Held-out results",
+    "## Chosen dimension",
+    "## Layer decoding",
+    "## Flags",
+  ):
     assert section in report_md
-  assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir / "tb" / "layer=0,latent=1,seed=0"))
+  assert any(
+    f.startswith("events.out.tfevents")
+    for f in os.listdir(workdir / "tb" / "layer=0,latent=1,seed=0")
+  )
   flags = (workdir / "flags.txt").read_text()
   assert "--latents=1,2,4" in flags and "--steps=40" in flags
   rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
@@ -69,24 +100,32 @@ def test_cli_sweep_lowers_every_loss_and_writes_results(tiny_array, tmp_path):
   for losses in by_model.values():
     assert losses[-1] < losses[0]
   # The flags file reproduces the run.
-  r2 = _cli(f"--flagfile={workdir / 'flags.txt'}", f"--workdir={tmp_path / 'again'}", "--noshared_model")
+  r2 = _cli(
+    f"--flagfile={workdir / 'flags.txt'}", f"--workdir={tmp_path / 'again'}", "--noshared_model"
+  )
   assert r2.returncode == 0, r2.stderr
   res2 = json.loads((tmp_path / "again" / "results.json").read_text())
   assert [m["valid_mse"] for m in res2["models"]] == [m["valid_mse"] for m in res["models"]]
 
 
-@pytest.mark.parametrize("args, message", [
+@pytest.mark.parametrize(
+  "args, message",
+  [
     (["--data_path=/nonexistent/x.npy"], "error: data file not found: /nonexistent/x.npy"),
     (["--latents="], "error: --latents is empty"),
-    (["--latents=0,2"], "error: --latents has 0: latent sizes must be positive integers (0 is "
-     "a band count of --model=multiscale only)"),
+    (
+      ["--latents=0,2"],
+      "error: --latents has 0: latent sizes must be positive integers (0 is "
+      "a band count of --model=multiscale only)",
+    ),
     (["--latents=-3"], "error: --latents has -3: latent sizes must be positive integers"),
     (["--latents=2,x"], "error: --latents has 'x', not an integer"),
     (["--latents=2,2"], "error: --latents lists 2 twice"),
     (["--latents=1,13"], "error: latent size 13 exceeds the 12 neurons per layer"),
     (["--window=100"], "error: --window=100 is longer than a block"),
     (["--layers=0,7"], "error: unknown layer '7' in --layers: this dataset has layers 0, 1"),
-])
+  ],
+)
 def test_cli_bad_input_is_one_line_and_writes_nothing(tiny_array, tmp_path, args, message):
   workdir = tmp_path / "run"
   base = [a for a in TINY if not any(a.startswith(b.split("=")[0] + "=") for b in args)]
@@ -103,17 +142,33 @@ def test_cli_nan_data_is_refused(tmp_path):
   x = np.ones((50, 4))
   x[3, 2] = np.inf
   np.save(tmp_path / "nan.npy", x)
-  r = _cli("--dataset=array", f"--data_path={tmp_path / 'nan.npy'}", "--latents=1", f"--workdir={tmp_path / 'w'}")
+  r = _cli(
+    "--dataset=array",
+    f"--data_path={tmp_path / 'nan.npy'}",
+    "--latents=1",
+    f"--workdir={tmp_path / 'w'}",
+  )
   assert r.returncode != 0
-  assert "error: the array [layers, time, neurons] has 1 non-finite values (NaN or Inf); the first is at index (0, 3, 2)" in r.stderr
+  assert (
+    "error: the array [layers, time, neurons] has 1 non-finite values (NaN or Inf); the first is at index (0, 3, 2)"
+    in r.stderr
+  )
   assert not (tmp_path / "w").exists()
 
 
 def test_sweep_error_falls_until_the_true_dimension():
   ds = synthetic.make_synthetic(true_latents=(2, 5), neurons=48, time=1000, noise_std=0.3, seed=0)
-  cfg = config.Settings(latents=(1, 2, 5, 10), hidden=24, window=20, batch_size=16, steps=300,
-                        bidirectional=False, seeds=1,
-                        learning_rate=1e-2, log_every=300)
+  cfg = config.Settings(
+    latents=(1, 2, 5, 10),
+    hidden=24,
+    window=20,
+    batch_size=16,
+    steps=300,
+    bidirectional=False,
+    seeds=1,
+    learning_rate=1e-2,
+    log_every=300,
+  )
   prep = splits.prepare(ds, cfg)
   out = sweep.run_sweep(prep, cfg, log=lambda s: None)
   res = results.results_dict(prep, cfg, out)
@@ -135,12 +190,21 @@ def test_a_latent_added_above_the_grid_changes_no_trained_model(decoder):
   ds = synthetic.make_synthetic(true_latents=(2,), neurons=10, time=400, seed=1)
   scores = []
   for latents in ((1, 2), (1, 2, 4)):
-    cfg = config.Settings(latents=latents, hidden=8, window=10, batch_size=4, steps=20,
-                          log_every=20, decoder=decoder, seeds=2)
+    cfg = config.Settings(
+      latents=latents,
+      hidden=8,
+      window=10,
+      batch_size=4,
+      steps=20,
+      log_every=20,
+      decoder=decoder,
+      seeds=2,
+    )
     prep = splits.prepare(ds, cfg)
     res = results.results_dict(prep, cfg, sweep.run_sweep(prep, cfg, log=lambda s: None))
-    scores.append({(m["latent"], m["seed"]): m["valid_mse"] for m in res["models"]
-                   if m["latent"] <= 2})
+    scores.append(
+      {(m["latent"], m["seed"]): m["valid_mse"] for m in res["models"] if m["latent"] <= 2}
+    )
   assert scores[0].keys() == scores[1].keys() and len(scores[0]) == 4
   for key, value in scores[0].items():
     np.testing.assert_allclose(scores[1][key], value, rtol=1e-4)
@@ -166,9 +230,19 @@ def test_by_latent_batching_equals_one_vmap():
   import jax
 
   from nmas_jax.training import sharding
-  cfg = config.Settings(latents=(3, 1, 2), seeds=2, batch_size=3, window=5, hidden=6,
-                        decoder="lstm", heldout_neurons=0.25, likelihood="gaussian",
-                        bidirectional=False, dropout=0.2)
+
+  cfg = config.Settings(
+    latents=(3, 1, 2),
+    seeds=2,
+    batch_size=3,
+    window=5,
+    hidden=6,
+    decoder="lstm",
+    heldout_neurons=0.25,
+    likelihood="gaussian",
+    bidirectional=False,
+    dropout=0.2,
+  )
   rng = np.random.default_rng(0)
   ds = data.Dataset(rng.normal(size=(2, 60, 8)).astype(np.float32), ("0", "1"), "array")
   mesh = sharding.make_mesh("auto", devices=jax.devices()[:1])
@@ -202,12 +276,24 @@ def test_by_latent_count_models_on_their_own_neurons_equal_one_vmap(unrolled, mo
   groups (seeds) vmapped or, as for large layers, each model its own computation; the parts
   are count major, latent minor (then group)."""
   import jax
+
   monkeypatch.setattr(cpu, "UNROLL_MIN_NEURONS", 1 if unrolled else 10**9)
 
   from nmas_jax.training import sharding
-  cfg = config.Settings(latents=(2, 1), seeds=2, batch_size=3, window=5, hidden=6,
-                        decoder="linear", heldout_neurons=0.25, likelihood="gaussian",
-                        bidirectional=False, dropout=0.0, neuron_counts=(3,))
+
+  cfg = config.Settings(
+    latents=(2, 1),
+    seeds=2,
+    batch_size=3,
+    window=5,
+    hidden=6,
+    decoder="linear",
+    heldout_neurons=0.25,
+    likelihood="gaussian",
+    bidirectional=False,
+    dropout=0.0,
+    neuron_counts=(3,),
+  )
   rng = np.random.default_rng(0)
   ds = data.Dataset(rng.normal(size=(1, 60, 12)).astype(np.float32), ("0",), "array")
   mesh = sharding.make_mesh("auto", devices=jax.devices()[:1])
@@ -232,12 +318,25 @@ def test_by_latent_lfads_equals_one_vmap():
   import jax
 
   from nmas_jax.training import sharding
-  cfg = config.Settings(model="lfads", latents=(2, 1), seeds=2, batch_size=3, window=5,
-                        gen_dim=6, ic_enc_dim=5, cd_rate=0.3, lr_half_life=1,
-                        heldout_neurons=0.25, likelihood="poisson", dropout=0.2)
+
+  cfg = config.Settings(
+    model="lfads",
+    latents=(2, 1),
+    seeds=2,
+    batch_size=3,
+    window=5,
+    gen_dim=6,
+    ic_enc_dim=5,
+    cd_rate=0.3,
+    lr_half_life=1,
+    heldout_neurons=0.25,
+    likelihood="poisson",
+    dropout=0.2,
+  )
   rng = np.random.default_rng(0)
-  ds = data.Dataset(rng.poisson(1.0, size=(1, 60, 8)).astype(np.float32), ("0",), "array",
-                    counts=True)
+  ds = data.Dataset(
+    rng.poisson(1.0, size=(1, 60, 8)).astype(np.float32), ("0",), "array", counts=True
+  )
   mesh = sharding.make_mesh("auto", devices=jax.devices()[:1])
   prep = splits.prepare(ds, cfg)
   (_, s_v, m_v), (by_latent, s_b, m_b) = _two_steps_each(prep, cfg, mesh)
@@ -251,9 +350,11 @@ def test_by_latent_batching_refuses_a_padded_models_axis():
   table = ModelTable.build(1, (1, 2, 3), 1).padded(4)
   with pytest.raises(UserError, match="--batching=by_latent needs every model on one device"):
     cpu.latent_buckets(table)
-  with pytest.raises(UserError, match="unknown --batching='fast': choose one of auto, vmap, "
-                                      "by_latent"):
+  with pytest.raises(
+    UserError, match="unknown --batching='fast': choose one of auto, vmap, by_latent"
+  ):
     from nmas_jax.training import sharding
+
     stepper.resolve_batching("fast", sharding.make_mesh("auto"))
 
 
@@ -266,7 +367,9 @@ def test_selection_converged_matches_its_definition_for_any_length_of_training()
   m = 64
   # Losses [evaluations, models] falling until a model-specific evaluation, then flat (+ noise).
   until = rng.integers(1, 21, m)
-  losses = 1.0 - 0.04 * np.minimum(np.arange(1, 21)[:, None], until) + 1e-4 * rng.standard_normal((20, m))
+  losses = (
+    1.0 - 0.04 * np.minimum(np.arange(1, 21)[:, None], until) + 1e-4 * rng.standard_normal((20, m))
+  )
   losses[3, 0] = np.nan  # a diverged evaluation counts as inf
   sel = sweep.Selection.fresh(m)
 
@@ -293,8 +396,9 @@ def test_unconverged_advice_names_the_count_and_the_rerun():
 
   r = {"steps": 400, "models": [{"converged": True}, {"converged": False}, {"converged": False}]}
   assert report.unconverged_advice(r) == (
-      "2 of 3 models were still improving over the last fifth of training (converged: false); "
-      "smaller latents often train slower, so the estimate can come out too large. Rerun the same "
-      "command with a larger --steps (e.g. --steps=1200): the workdir resumes from its last "
-      "checkpoint and trains only the extra steps.")
+    "2 of 3 models were still improving over the last fifth of training (converged: false); "
+    "smaller latents often train slower, so the estimate can come out too large. Rerun the same "
+    "command with a larger --steps (e.g. --steps=1200): the workdir resumes from its last "
+    "checkpoint and trains only the extra steps."
+  )
   assert report.unconverged_advice({"steps": 400, "models": [{"converged": True}]}) is None

@@ -20,9 +20,11 @@ def _setup(lrs=LRS):
   tx = train.make_optimizer(clip_norm=1.0)
   init = functools.partial(train.init_state, model=model, tx=tx, example_x_BTN=jnp.zeros((1, T, N)))
   keys = jax.random.split(jax.random.PRNGKey(0), len(LATENTS))
-  state = train.with_hyperparams(jax.vmap(init)(keys, jnp.array(LATENTS)),
-                                 learning_rate=jnp.array(lrs, jnp.float32),
-                                 weight_decay=jnp.array(WDS, jnp.float32))
+  state = train.with_hyperparams(
+    jax.vmap(init)(keys, jnp.array(LATENTS)),
+    learning_rate=jnp.array(lrs, jnp.float32),
+    weight_decay=jnp.array(WDS, jnp.float32),
+  )
   x = jax.random.normal(jax.random.PRNGKey(1), (len(LATENTS), B, T, N))
   step = functools.partial(train.train_step, model=model, tx=tx)
   return state, x, lambda s, x: step(s, {"x": x})
@@ -63,7 +65,9 @@ def test_one_models_gradient_ignores_other_models():
   out_a, _ = batched(state, x)
   x_b = x.at[1:].set(x[1:] * 3.0 + 1.0)
   out_b, _ = batched(state, x_b)
-  for a, b in zip(jax.tree.leaves(_index(out_a.params, 0)), jax.tree.leaves(_index(out_b.params, 0))):
+  for a, b in zip(
+    jax.tree.leaves(_index(out_a.params, 0)), jax.tree.leaves(_index(out_b.params, 0))
+  ):
     np.testing.assert_array_equal(a, b)
 
 
@@ -131,8 +135,9 @@ def test_step_at_own_latent_width_equals_masked_padded_step():
   padded_step = jax.jit(step)
   for i, k in enumerate(LATENTS):
     s_pad = _index(state, i)
-    init_k = functools.partial(train.init_state, model=model.clone(latent=k), tx=tx,
-                               example_x_BTN=jnp.zeros((1, T, N)))
+    init_k = functools.partial(
+      train.init_state, model=model.clone(latent=k), tx=tx, example_x_BTN=jnp.zeros((1, T, N))
+    )
     like = jax.eval_shape(init_k, jax.random.PRNGKey(0), k)
     s_cut = models.cut_to(s_pad, like)
     cut_step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, latent_width=k))
@@ -141,9 +146,12 @@ def test_step_at_own_latent_width_equals_masked_padded_step():
       s_cut, m_cut = cut_step(s_cut, {"x": x[i]})
       np.testing.assert_allclose(m_cut["train/loss"], m_pad["train/loss"], rtol=1e-5)
       np.testing.assert_allclose(m_cut["grads/norm"], m_pad["grads/norm"], rtol=1e-5)
-    for a, b in zip(jax.tree.leaves((s_cut.params, s_cut.opt_state)),
-                    jax.tree.leaves(models.cut_to((s_pad.params, s_pad.opt_state),
-                                                  (like.params, like.opt_state)))):
+    for a, b in zip(
+      jax.tree.leaves((s_cut.params, s_cut.opt_state)),
+      jax.tree.leaves(
+        models.cut_to((s_pad.params, s_pad.opt_state), (like.params, like.opt_state))
+      ),
+    ):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
@@ -152,22 +160,27 @@ def test_coordinated_dropout_scores_input_neurons_only_where_hidden():
   mask = jnp.array([1.0, 0.0, 1.0, 1.0, 0.0])  # neurons 1 and 4 held out
   loss_mask = jnp.array([1.0, 1.0, 1.0, 0.0, 1.0])  # neuron 3 outside the model's subset
   rngs = {"sample": jax.random.PRNGKey(3)}
-  x_in, w = train.coordinated_dropout_weights({"x": x, "input_mask": mask, "loss_mask": loss_mask},
-                                              train.encoder_input(x, mask), 0.5, rngs)
+  x_in, w = train.coordinated_dropout_weights(
+    {"x": x, "input_mask": mask, "loss_mask": loss_mask}, train.encoder_input(x, mask), 0.5, rngs
+  )
   x_in, w, x = np.asarray(x_in), np.asarray(w), np.asarray(x)
   hidden = x_in[..., [0, 2, 3]] == 0
   assert 0.2 < hidden.mean() < 0.8
   np.testing.assert_array_equal(w[..., [0, 2]], hidden[..., :2])  # scored exactly where hidden
-  np.testing.assert_allclose(x_in[..., [0, 2, 3]][~hidden], 2 * x[..., [0, 2, 3]][~hidden],
-                             rtol=1e-6)  # kept inputs rescaled by 1 / (1 - rate)
+  np.testing.assert_allclose(
+    x_in[..., [0, 2, 3]][~hidden], 2 * x[..., [0, 2, 3]][~hidden], rtol=1e-6
+  )  # kept inputs rescaled by 1 / (1 - rate)
   assert np.all(w[..., [1, 4]] == 1) and np.all(w[..., 3] == 0) and np.all(x_in[..., [1, 4]] == 0)
 
 
 def test_autoencoder_step_with_coordinated_dropout_is_the_weighted_loss():
-  model = models.LSTMAutoencoder(N, K, H, decoder="linear", cd_rate=0.4, bidirectional=False, dropout=0.0)
+  model = models.LSTMAutoencoder(
+    N, K, H, decoder="linear", cd_rate=0.4, bidirectional=False, dropout=0.0
+  )
   tx = train.make_optimizer(1e-2, clip_norm=1.0)
-  state = train.init_state(jax.random.PRNGKey(0), 3, model=model, tx=tx,
-                           example_x_BTN=jnp.zeros((1, T, N)))
+  state = train.init_state(
+    jax.random.PRNGKey(0), 3, model=model, tx=tx, example_x_BTN=jnp.zeros((1, T, N))
+  )
   x = jax.random.normal(jax.random.PRNGKey(1), (B, T, N))
   mask = jnp.array([1.0, 0.0, 1.0, 1.0, 0.0])
   batch = {"x": x, "input_mask": mask}

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -65,7 +66,7 @@ class Dataset:
   def num_neurons(self) -> int:
     return self.x_LTN.shape[2]
 
-  def select_layers(self, names: Sequence[str]) -> "Dataset":
+  def select_layers(self, names: Sequence[str]) -> Dataset:
     """Keeps only the named layers, in the order given."""
     if not names:
       return self
@@ -73,8 +74,9 @@ class Dataset:
     for name in names:
       if name not in self.layer_names:
         raise UserError(
-            f"unknown layer {name!r} in --layers: this dataset has layers "
-            f"{', '.join(self.layer_names)}")
+          f"unknown layer {name!r} in --layers: this dataset has layers "
+          f"{', '.join(self.layer_names)}"
+        )
       if self.layer_names.index(name) in index:
         raise UserError(f"layer {name!r} is listed twice in --layers")
       index.append(self.layer_names.index(name))
@@ -82,8 +84,12 @@ class Dataset:
     if self.true_latent is not None:
       true_latent = {n: self.true_latent[n] for n in names}
     return dataclasses.replace(
-        self, x_LTN=self.x_LTN[index], layer_names=tuple(names), true_latent=true_latent,
-        rates_LTN=None if self.rates_LTN is None else self.rates_LTN[index])
+      self,
+      x_LTN=self.x_LTN[index],
+      layer_names=tuple(names),
+      true_latent=true_latent,
+      rates_LTN=None if self.rates_LTN is None else self.rates_LTN[index],
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -95,15 +101,17 @@ def check_finite(x: np.ndarray, what: str) -> None:
   if bad.any():
     where = np.argwhere(bad)[0]
     raise UserError(
-        f"{what} has {int(bad.sum())} non-finite values (NaN or Inf); the "
-        f"first is at index {tuple(int(i) for i in where)}: clean them, "
-        "or pass --nan_policy=drop_neurons to drop those neurons")
+      f"{what} has {int(bad.sum())} non-finite values (NaN or Inf); the "
+      f"first is at index {tuple(int(i) for i in where)}: clean them, "
+      "or pass --nan_policy=drop_neurons to drop those neurons"
+    )
 
 
 def check_numeric(x: np.ndarray, what: str) -> np.ndarray:
   if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
-    raise UserError(f"{what} has dtype {x.dtype}, not numeric: store activity "
-                    "as a float or integer array")
+    raise UserError(
+      f"{what} has dtype {x.dtype}, not numeric: store activity as a float or integer array"
+    )
   return np.asarray(x, dtype=np.float64)
 
 
@@ -139,9 +147,15 @@ def bin_time(x_TN: np.ndarray, bin_size: int, how: str = "mean") -> np.ndarray:
   return x.sum(axis=1) if how == "sum" else x.mean(axis=1)
 
 
-def normalize(x_TN: np.ndarray, method: str, *, t_train: int | None = None,
-              divisor_N: np.ndarray | None = None, population_mean_T: np.ndarray | None = None,
-              stats: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+def normalize(
+  x_TN: np.ndarray,
+  method: str,
+  *,
+  t_train: int | None = None,
+  divisor_N: np.ndarray | None = None,
+  population_mean_T: np.ndarray | None = None,
+  stats: dict[str, Any] | None = None,
+) -> tuple[np.ndarray, dict[str, Any]]:
   """Normalises one layer's activity [time, neurons]; returns it and what was applied.
 
   zscore: each neuron standardised with the mean and std of the training
@@ -172,8 +186,10 @@ def normalize(x_TN: np.ndarray, method: str, *, t_train: int | None = None,
     what = "the mean of all neurons of the recording"
   bad = int((mean_T <= 0).sum())
   if bad:
-    raise UserError(f"--normalize={method} divides each time bin by {what}, but {bad} bins have "
-                    "a mean <= 0 (dF/F or sparse counts?): use --normalize=zscore (the default)")
+    raise UserError(
+      f"--normalize={method} divides each time bin by {what}, but {bad} bins have "
+      "a mean <= 0 (dF/F or sparse counts?): use --normalize=zscore (the default)"
+    )
   return x_TN / mean_T[:, None], {"method": method}
 
 
@@ -198,13 +214,23 @@ def with_shuffle_control(dataset: Dataset, seed: int = 0) -> Dataset:
     if rates is not None:
       rates[l] = np.take_along_axis(dataset.rates_LTN[l], idx, axis=0)
   names = dataset.layer_names + tuple(n + SHUFFLED_SUFFIX for n in dataset.layer_names)
-  true = None if dataset.true_latent is None else {
-      **dataset.true_latent, **{n + SHUFFLED_SUFFIX: 0 for n in dataset.layer_names}}
-  return dataclasses.replace(dataset, x_LTN=np.concatenate([dataset.x_LTN, control]), layer_names=names,
-                             true_latent=true, rates_LTN=None if rates is None else
-                             np.concatenate([dataset.rates_LTN, rates]),
-                             meta={**dataset.meta, "shuffle_control": "each neuron circularly shifted "
-                                   "by its own random offset", "shuffle_seed": seed})
+  true = (
+    None
+    if dataset.true_latent is None
+    else {**dataset.true_latent, **{n + SHUFFLED_SUFFIX: 0 for n in dataset.layer_names}}
+  )
+  return dataclasses.replace(
+    dataset,
+    x_LTN=np.concatenate([dataset.x_LTN, control]),
+    layer_names=names,
+    true_latent=true,
+    rates_LTN=None if rates is None else np.concatenate([dataset.rates_LTN, rates]),
+    meta={
+      **dataset.meta,
+      "shuffle_control": "each neuron circularly shifted by its own random offset",
+      "shuffle_seed": seed,
+    },
+  )
 
 
 def as_layers(x: Any, what: str) -> np.ndarray:
@@ -213,7 +239,9 @@ def as_layers(x: Any, what: str) -> np.ndarray:
   if arr.ndim == 2:
     arr = arr[None]
   if arr.ndim != 3:
-    raise UserError(f"{what} must be [time, neurons] or [layers, time, neurons], got shape {arr.shape}")
+    raise UserError(
+      f"{what} must be [time, neurons] or [layers, time, neurons], got shape {arr.shape}"
+    )
   return arr
 
 
@@ -223,5 +251,11 @@ def as_dataset(x: Any, name: str = "array") -> Dataset:
     return x
   arr = as_layers(x, "X")
   check_finite(arr, "X")
-  return Dataset(arr.astype(np.float32), tuple(str(i) for i in range(arr.shape[0])), name, None, {},
-                 counts=is_counts(arr))
+  return Dataset(
+    arr.astype(np.float32),
+    tuple(str(i) for i in range(arr.shape[0])),
+    name,
+    None,
+    {},
+    counts=is_counts(arr),
+  )

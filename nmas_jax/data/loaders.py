@@ -8,10 +8,17 @@ import os
 import numpy as np
 
 from nmas_jax.config import DataSettings
-from nmas_jax.data.dataset import (Dataset, as_layers, bin_time, check_file, check_finite, check_numeric,
-                           is_counts)
-from nmas_jax.errors import UserError
+from nmas_jax.data.dataset import (
+  Dataset,
+  as_layers,
+  bin_time,
+  check_file,
+  check_finite,
+  check_numeric,
+  is_counts,
+)
 from nmas_jax.data.synthetic import FAMILIES
+from nmas_jax.errors import UserError
 
 STRINGER_KEYS = ("sresp", "xyz")
 _D = DataSettings()  # the loaders' defaults are the command line's
@@ -26,8 +33,15 @@ def _bin(x_TN: np.ndarray, bin_size: int, counts: bool) -> np.ndarray:
   return bin_time(x_TN, bin_size, "sum" if counts else "mean")
 
 
-def load_stringer(path: str, *, neurons_per_layer: int | None = None, bin_size: int = _D.bin,
-                  seed: int = _D.data_seed, drop_nonfinite: bool = False, warn=print) -> Dataset:
+def load_stringer(
+  path: str,
+  *,
+  neurons_per_layer: int | None = None,
+  bin_size: int = _D.bin,
+  seed: int = _D.data_seed,
+  drop_nonfinite: bool = False,
+  warn=print,
+) -> Dataset:
   """Loads Stringer et al. 2019 spontaneous data; layers are the unique z planes.
 
   The file is a pickled dict (np.save of a dict): loading it runs code from the
@@ -39,17 +53,23 @@ def load_stringer(path: str, *, neurons_per_layer: int | None = None, bin_size: 
   try:
     raw = np.load(path, allow_pickle=True)
   except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error.
-    raise UserError(f"cannot read {path} as a .npy file: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    raise UserError(
+      f"cannot read {path} as a .npy file: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    ) from e
   if isinstance(raw, np.ndarray) and raw.dtype == object and raw.shape == ():
     raw = raw.item()
   if not isinstance(raw, dict):
-    raise UserError(f"{path} does not hold a dict (got {type(raw).__name__}): a Stringer "
-                    "file is np.save of a dict with keys 'sresp' and 'xyz'; for a plain "
-                    "array use --dataset=array")
+    raise UserError(
+      f"{path} does not hold a dict (got {type(raw).__name__}): a Stringer "
+      "file is np.save of a dict with keys 'sresp' and 'xyz'; for a plain "
+      "array use --dataset=array"
+    )
   missing = [k for k in STRINGER_KEYS if k not in raw]
   if missing:
-    raise UserError(f"{path} is missing key(s) {', '.join(map(repr, missing))}: a Stringer "
-                    "file needs 'sresp' [neurons, time] and 'xyz' [3, neurons]")
+    raise UserError(
+      f"{path} is missing key(s) {', '.join(map(repr, missing))}: a Stringer "
+      "file needs 'sresp' [neurons, time] and 'xyz' [3, neurons]"
+    )
   sresp = check_numeric(np.asarray(raw["sresp"]), "sresp")
   xyz = check_numeric(np.asarray(raw["xyz"]), "xyz")
   if sresp.ndim != 2:
@@ -57,14 +77,18 @@ def load_stringer(path: str, *, neurons_per_layer: int | None = None, bin_size: 
   if xyz.ndim != 2 or xyz.shape[0] != 3:
     raise UserError(f"xyz must be [3, neurons], got shape {xyz.shape}")
   if xyz.shape[1] != sresp.shape[0]:
-    raise UserError(f"sresp has {sresp.shape[0]} neurons but xyz has {xyz.shape[1]}: "
-                    "they must describe the same neurons")
+    raise UserError(
+      f"sresp has {sresp.shape[0]} neurons but xyz has {xyz.shape[1]}: "
+      "they must describe the same neurons"
+    )
   check_finite(xyz, "xyz")
   if drop_nonfinite:
     keep = np.isfinite(sresp).all(axis=1)
     if not keep.all():
-      warn(f"dropped {int((~keep).sum())} of {len(keep)} neurons with NaN/Inf in sresp "
-           "(--nan_policy=drop_neurons)")
+      warn(
+        f"dropped {int((~keep).sum())} of {len(keep)} neurons with NaN/Inf in sresp "
+        "(--nan_policy=drop_neurons)"
+      )
       sresp, xyz = sresp[keep], xyz[:, keep]
   check_finite(sresp, "sresp [neurons, time]")
 
@@ -81,16 +105,31 @@ def load_stringer(path: str, *, neurons_per_layer: int | None = None, bin_size: 
   layers, chosen = [], {}
   for z, count in zip(planes, counts):
     if count < n:
-      raise UserError(f"plane z={_layer_name(z)} has only {count} neurons, fewer than "
-                      f"--neurons_per_layer={n}: lower it or leave it unset")
+      raise UserError(
+        f"plane z={_layer_name(z)} has only {count} neurons, fewer than "
+        f"--neurons_per_layer={n}: lower it or leave it unset"
+      )
     idx = np.sort(rng.choice(np.flatnonzero(z_N == z), size=n, replace=False))
     chosen[_layer_name(z)] = idx.tolist()
     layers.append(_bin(x_TN[:, idx], bin_size, counts_data))
-  meta = dict(path=os.path.abspath(path), neurons_per_plane=dict(zip(map(_layer_name, planes), counts)),
-              neurons_per_layer=n, bin=bin_size, binning=_binning(counts_data),
-              subsample_seed=seed, neuron_indices=chosen)
-  return Dataset(np.stack(layers).astype(np.float32), tuple(map(_layer_name, planes)),
-                 "stringer", None, meta, counts=counts_data, population_mean_T=population_mean_T)
+  meta = dict(
+    path=os.path.abspath(path),
+    neurons_per_plane=dict(zip(map(_layer_name, planes), counts)),
+    neurons_per_layer=n,
+    bin=bin_size,
+    binning=_binning(counts_data),
+    subsample_seed=seed,
+    neuron_indices=chosen,
+  )
+  return Dataset(
+    np.stack(layers).astype(np.float32),
+    tuple(map(_layer_name, planes)),
+    "stringer",
+    None,
+    meta,
+    counts=counts_data,
+    population_mean_T=population_mean_T,
+  )
 
 
 def _binning(counts: bool) -> str:
@@ -102,14 +141,17 @@ def _read_array(path: str, key: str | None) -> tuple[np.ndarray, str | None]:
   with open(path, "rb") as f:
     magic = f.read(6)
   if magic != b"\x93NUMPY" and magic[:4] != b"PK\x03\x04":
-    raise UserError(f"{path} is not a valid .npy or .npz file: save the activity with numpy.save "
-                    "or numpy.savez")
+    raise UserError(
+      f"{path} is not a valid .npy or .npz file: save the activity with numpy.save or numpy.savez"
+    )
   try:
     raw = np.load(path, allow_pickle=False)
   except ValueError as e:
     if magic == b"\x93NUMPY":
-      raise UserError(f"{path} holds pickled objects, which --dataset=array refuses to load "
-                      "(it would run code from the file): save a plain numeric array") from e
+      raise UserError(
+        f"{path} holds pickled objects, which --dataset=array refuses to load "
+        "(it would run code from the file): save a plain numeric array"
+      ) from e
     raise UserError(f"{path} is not a valid .npz file ({e}): save it again with numpy.savez") from e
   except Exception as e:  # noqa: BLE001 - a truncated or corrupt file
     kind = ".npy" if magic == b"\x93NUMPY" else ".npz"
@@ -133,8 +175,15 @@ def _read_array(path: str, key: str | None) -> tuple[np.ndarray, str | None]:
   raise UserError(f"{path} holds several arrays ({', '.join(keys)}): choose one with --data_key")
 
 
-def load_array(path: str, *, key: str | None = None, bin_size: int = _D.bin, trials: bool = False,
-               drop_nonfinite: bool = False, warn=print) -> Dataset:
+def load_array(
+  path: str,
+  *,
+  key: str | None = None,
+  bin_size: int = _D.bin,
+  trials: bool = False,
+  drop_nonfinite: bool = False,
+  warn=print,
+) -> Dataset:
   """Loads a .npy/.npz array [time, neurons] (one layer) or [layers, time, neurons]; with
   `trials`, [trials, time, neurons] or [layers, trials, time, neurons], each trial binned on its
   own and the trials laid end to end (`Dataset.trial_length`)."""
@@ -149,8 +198,14 @@ def load_array(path: str, *, key: str | None = None, bin_size: int = _D.bin, tri
   counts_data = is_counts(x)
   layers = [_bin(x_TN, bin_size, counts_data) for x_TN in x]
   meta = dict(path=os.path.abspath(path), key=key, bin=bin_size, binning=_binning(counts_data))
-  return Dataset(np.stack(layers).astype(np.float32),
-                 tuple(str(i) for i in range(len(layers))), "array", None, meta, counts=counts_data)
+  return Dataset(
+    np.stack(layers).astype(np.float32),
+    tuple(str(i) for i in range(len(layers))),
+    "array",
+    None,
+    meta,
+    counts=counts_data,
+  )
 
 
 def _drop_nonfinite_neurons(x: np.ndarray, warn) -> np.ndarray:
@@ -158,41 +213,65 @@ def _drop_nonfinite_neurons(x: np.ndarray, warn) -> np.ndarray:
   when none is left)."""
   keep = np.isfinite(x).all(axis=tuple(range(x.ndim - 1)))
   if not keep.all():
-    warn(f"dropped {int((~keep).sum())} of {len(keep)} neurons with NaN/Inf "
-         "(from every layer, to keep equal counts; --nan_policy=drop_neurons)")
+    warn(
+      f"dropped {int((~keep).sum())} of {len(keep)} neurons with NaN/Inf "
+      "(from every layer, to keep equal counts; --nan_policy=drop_neurons)"
+    )
     x = x[..., keep]
   if x.shape[-1] == 0:
     raise UserError("every neuron has NaN/Inf values: nothing left to fit")
   return x
 
 
-def _trial_array(x: np.ndarray, path: str, key: str | None, bin_size: int, drop_nonfinite: bool,
-                 warn) -> Dataset:
+def _trial_array(
+  x: np.ndarray, path: str, key: str | None, bin_size: int, drop_nonfinite: bool, warn
+) -> Dataset:
   """`load_array` of trial data: [trials, time, neurons] or [layers, trials, time, neurons]."""
   x = check_numeric(np.asarray(x), "the array")
   if x.ndim == 3:
     x = x[None]
   if x.ndim != 4:
-    raise UserError(f"with --trials the array must be [trials, time, neurons] or [layers, trials, "
-                    f"time, neurons], got shape {x.shape}")
+    raise UserError(
+      f"with --trials the array must be [trials, time, neurons] or [layers, trials, "
+      f"time, neurons], got shape {x.shape}"
+    )
   if drop_nonfinite:
     x = _drop_nonfinite_neurons(x, warn)
   check_finite(x, "the array [layers, trials, time, neurons]")
   counts_data = is_counts(x)
   if bin_size > x.shape[2]:
     raise UserError(f"--bin={bin_size} is longer than a trial ({x.shape[2]} bins)")
-  binned = np.stack([np.stack([_bin(t_TN, bin_size, counts_data) for t_TN in layer])
-                     for layer in x])  # [layers, trials, binned time, neurons]
+  binned = np.stack(
+    [np.stack([_bin(t_TN, bin_size, counts_data) for t_TN in layer]) for layer in x]
+  )  # [layers, trials, binned time, neurons]
   layers, n_trials, length, n = binned.shape
-  meta = dict(path=os.path.abspath(path), key=key, bin=bin_size, binning=_binning(counts_data),
-              trials=n_trials, trial_length=length)
-  return Dataset(binned.reshape(layers, n_trials * length, n).astype(np.float32),
-                 tuple(str(i) for i in range(layers)), "array", None, meta, counts=counts_data,
-                 trial_length=length)
+  meta = dict(
+    path=os.path.abspath(path),
+    key=key,
+    bin=bin_size,
+    binning=_binning(counts_data),
+    trials=n_trials,
+    trial_length=length,
+  )
+  return Dataset(
+    binned.reshape(layers, n_trials * length, n).astype(np.float32),
+    tuple(str(i) for i in range(layers)),
+    "array",
+    None,
+    meta,
+    counts=counts_data,
+    trial_length=length,
+  )
 
 
-def load_nwb(path: str, *, series: str | None = None, bin_ms: float = _D.bin_ms,
-             bin_size: int = 1, seed: int = _D.data_seed) -> Dataset:
+def load_nwb(
+  path: str,
+  *,
+  series: str | None = None,
+  bin_ms: float = _D.bin_ms,
+  bin_size: int = 1,
+  seed: int = _D.data_seed,
+) -> Dataset:
   """Loads calcium series (RoiResponseSeries in Fluorescence/DfOverF) or spikes (Units) from NWB.
 
   Several series of one container (one per imaging plane) become layers,
@@ -211,14 +290,20 @@ def load_nwb(path: str, *, series: str | None = None, bin_ms: float = _D.bin_ms,
     io = pynwb.NWBHDF5IO(path, "r")
     nwb = io.read()
   except Exception as e:  # noqa: BLE001
-    raise UserError(f"cannot read {path} as NWB: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    raise UserError(
+      f"cannot read {path} as NWB: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    ) from None
   with io:
     found = [o for o in nwb.objects.values() if isinstance(o, RoiResponseSeries)]
     has_units = nwb.units is not None and len(nwb.units) > 0
-    names = sorted({o.name for o in found} | {o.parent.name for o in found} | ({"units"} if has_units else set()))
+    names = sorted(
+      {o.name for o in found} | {o.parent.name for o in found} | ({"units"} if has_units else set())
+    )
     if series == "units" or (series is None and not found and has_units):
       if not has_units:
-        raise UserError(f"{path} has no Units table; it holds: {', '.join(names) or 'nothing readable'}")
+        raise UserError(
+          f"{path} has no Units table; it holds: {', '.join(names) or 'nothing readable'}"
+        )
       spikes = [np.asarray(nwb.units.get_unit_spike_times(i)) for i in range(len(nwb.units))]
       start = min(float(s.min()) for s in spikes if len(s))
       stop = max(float(s.max()) for s in spikes if len(s))
@@ -229,13 +314,17 @@ def load_nwb(path: str, *, series: str | None = None, bin_ms: float = _D.bin_ms,
       if series is not None:
         found = [o for o in found if series in (o.name, o.parent.name)]
         if not found:
-          raise UserError(f"--nwb_series={series!r} is not in {path}; it holds: {', '.join(names) or 'nothing readable'}")
+          raise UserError(
+            f"--nwb_series={series!r} is not in {path}; it holds: {', '.join(names) or 'nothing readable'}"
+          )
       if not found:
         raise UserError(f"{path} holds no RoiResponseSeries and no Units table")
       containers = sorted({o.parent.name for o in found})
       if len(containers) > 1:
-        raise UserError(f"{path} holds several series ({', '.join(sorted(o.parent.name + '/' + o.name for o in found))}): "
-                        "choose one with --nwb_series")
+        raise UserError(
+          f"{path} holds several series ({', '.join(sorted(o.parent.name + '/' + o.name for o in found))}): "
+          "choose one with --nwb_series"
+        )
       found = sorted(found, key=lambda o: o.name)
       layers, layer_names = [], []
       for o in found:
@@ -256,8 +345,9 @@ def load_nwb(path: str, *, series: str | None = None, bin_ms: float = _D.bin_ms,
     idx = np.sort(rng.choice(x.shape[1], n, replace=False)) if x.shape[1] > n else np.arange(n)
     out.append(_bin(x[:t, idx], bin_size, counts_data))
   meta = dict(path=os.path.abspath(path), source=kind, bin=bin_size, binning=_binning(counts_data))
-  return Dataset(np.stack(out).astype(np.float32), tuple(layer_names), "nwb", None, meta,
-                 counts=counts_data)
+  return Dataset(
+    np.stack(out).astype(np.float32), tuple(layer_names), "nwb", None, meta, counts=counts_data
+  )
 
 
 def load(ds: DataSettings, *, drop_nonfinite: bool = False, warn=print) -> Dataset:
@@ -269,24 +359,41 @@ def load(ds: DataSettings, *, drop_nonfinite: bool = False, warn=print) -> Datas
   """
   recorded = dict(bin_size=ds.bin)
   if ds.trials and ds.dataset != "array":
-    raise UserError(f"--trials describes an array file's layout and needs --dataset=array, not "
-                    f"--dataset={ds.dataset} (lorenz_trials is trial data already)")
+    raise UserError(
+      f"--trials describes an array file's layout and needs --dataset=array, not "
+      f"--dataset={ds.dataset} (lorenz_trials is trial data already)"
+    )
   if ds.dataset in FAMILIES:
     out = FAMILIES[ds.dataset](seed=ds.data_seed)
   elif ds.dataset == "stringer":
-    out = load_stringer(ds.data_path, neurons_per_layer=ds.neurons_per_layer, seed=ds.data_seed,
-                        drop_nonfinite=drop_nonfinite, warn=warn, **recorded)
+    out = load_stringer(
+      ds.data_path,
+      neurons_per_layer=ds.neurons_per_layer,
+      seed=ds.data_seed,
+      drop_nonfinite=drop_nonfinite,
+      warn=warn,
+      **recorded,
+    )
   elif ds.dataset == "array":
-    out = load_array(ds.data_path, key=ds.data_key, trials=ds.trials,
-                     drop_nonfinite=drop_nonfinite, warn=warn, **recorded)
+    out = load_array(
+      ds.data_path,
+      key=ds.data_key,
+      trials=ds.trials,
+      drop_nonfinite=drop_nonfinite,
+      warn=warn,
+      **recorded,
+    )
     if ds.neurons_per_layer is not None:
       if ds.neurons_per_layer > out.num_neurons:
-        raise UserError(f"--neurons_per_layer={ds.neurons_per_layer} must be in "
-                        f"1..{out.num_neurons} (the array's neuron count)")
+        raise UserError(
+          f"--neurons_per_layer={ds.neurons_per_layer} must be in "
+          f"1..{out.num_neurons} (the array's neuron count)"
+        )
       rng = np.random.default_rng(ds.data_seed)
       idx = np.sort(rng.choice(out.num_neurons, ds.neurons_per_layer, replace=False))
       out = dataclasses.replace(out, x_LTN=out.x_LTN[:, :, idx])
   else:  # "nwb": the choices are checked by DataSettings
-    out = load_nwb(ds.data_path, series=ds.nwb_series, bin_ms=ds.bin_ms, seed=ds.data_seed,
-                   **recorded)
+    out = load_nwb(
+      ds.data_path, series=ds.nwb_series, bin_ms=ds.bin_ms, seed=ds.data_seed, **recorded
+    )
   return out.select_layers(ds.layers)

@@ -19,15 +19,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nmas_jax.data import dataset as data_lib
-from nmas_jax.training import sharding
 from nmas_jax.config import Settings
+from nmas_jax.data import dataset as data_lib
 from nmas_jax.data.dataset import Dataset
 from nmas_jax.errors import UserError
+from nmas_jax.training import sharding
 
 
-def heldout_masks(seeds: int, num_layers: int, num_neurons: int, fraction: float,
-                  folds: int = 0) -> np.ndarray:
+def heldout_masks(
+  seeds: int, num_layers: int, num_neurons: int, fraction: float, folds: int = 0
+) -> np.ndarray:
   """[held-out sets, layers, neurons] bool, True for neurons hidden from the encoder
   (co-smoothing).
 
@@ -39,12 +40,16 @@ def heldout_masks(seeds: int, num_layers: int, num_neurons: int, fraction: float
   exactly once per seed.
   """
   if folds >= 2 and folds > num_neurons - 1:
-    raise UserError(f"--neuron_folds={folds} needs more than {folds} neurons per layer; the layers "
-                    f"have {num_neurons}: use fewer folds")
+    raise UserError(
+      f"--neuron_folds={folds} needs more than {folds} neurons per layer; the layers "
+      f"have {num_neurons}: use fewer folds"
+    )
   n = int(round(fraction * num_neurons))
   if folds < 2 and fraction > 0 and (n < 1 or n >= num_neurons):
-    raise UserError(f"--heldout_neurons={fraction} leaves {n} of {num_neurons} neurons held out: "
-                    "it must hold out at least one and keep at least one")
+    raise UserError(
+      f"--heldout_neurons={fraction} leaves {n} of {num_neurons} neurons held out: "
+      "it must hold out at least one and keep at least one"
+    )
   sets = max(folds, 1)
   mask = np.zeros((seeds * sets, num_layers, num_neurons), bool)
   for s in range(seeds):
@@ -59,8 +64,9 @@ def heldout_masks(seeds: int, num_layers: int, num_neurons: int, fraction: float
   return mask
 
 
-def time_blocks(num_time: int, train_fraction: float, valid_fraction: float,
-                trial_length: int = 0) -> tuple[int, int]:
+def time_blocks(
+  num_time: int, train_fraction: float, valid_fraction: float, trial_length: int = 0
+) -> tuple[int, int]:
   """(t_train, t_valid): time [0, t_train) trains, [t_train, t_valid) validates, the rest tests.
   With `trial_length`, the blocks are whole trials (split by trial count)."""
   unit = trial_length or 1
@@ -69,22 +75,28 @@ def time_blocks(num_time: int, train_fraction: float, valid_fraction: float,
   t_valid = int(round(n * (train_fraction + valid_fraction))) * unit
   if not 0 < t_train < t_valid < num_time:
     what = f"{n} trials are" if trial_length else f"{num_time} time bins are"
-    raise UserError(f"{what} too few for a training, validation and test block "
-                    f"(--train_fraction={train_fraction}, --valid_fraction={valid_fraction})")
+    raise UserError(
+      f"{what} too few for a training, validation and test block "
+      f"(--train_fraction={train_fraction}, --valid_fraction={valid_fraction})"
+    )
   return t_train, t_valid
 
 
-def fit_window(window: int, num_time: int, t_train: int, t_valid: int, default: int,
-               notes: list[str]) -> int:
+def fit_window(
+  window: int, num_time: int, t_train: int, t_valid: int, default: int, notes: list[str]
+) -> int:
   """`window`, or for a recording too short for the default one, the longest that fits every block."""
   lengths = (t_train, t_valid - t_train, num_time - t_valid)
   if window <= min(lengths):
     return window
-  detail = (f"the data has {num_time} time bins after binning, {lengths[0]} train / {lengths[1]} "
-            f"validation / {lengths[2]} test")
+  detail = (
+    f"the data has {num_time} time bins after binning, {lengths[0]} train / {lengths[1]} "
+    f"validation / {lengths[2]} test"
+  )
   if window != default:
-    raise UserError(f"--window={window} is longer than a block: {detail}; use "
-                    f"--window<={min(lengths)}")
+    raise UserError(
+      f"--window={window} is longer than a block: {detail}; use --window<={min(lengths)}"
+    )
   notes.append(f"--window={min(lengths)} instead of the default {window}: {detail}")
   return min(lengths)
 
@@ -92,42 +104,60 @@ def fit_window(window: int, num_time: int, t_train: int, t_valid: int, default: 
 def trial_window(window: int, trial_length: int, default: int, notes: list[str]) -> int:
   """Trial data: a window is a whole trial (a --window set to anything else is an error)."""
   if window not in (default, trial_length):
-    raise UserError(f"--window={window}, but with trial data a window is a whole trial "
-                    f"({trial_length} bins): drop --window")
+    raise UserError(
+      f"--window={window}, but with trial data a window is a whole trial "
+      f"({trial_length} bins): drop --window"
+    )
   if window != trial_length:
     notes.append(f"--window={trial_length}: one whole trial (trial data)")
   return trial_length
 
 
-def window_starts(seed: jax.Array, step: jax.Array, *, t_train: int, window: int,
-                  batch_size: int, stride: int = 1) -> jax.Array:
+def window_starts(
+  seed: jax.Array, step: jax.Array, *, t_train: int, window: int, batch_size: int, stride: int = 1
+) -> jax.Array:
   """Random window starts [batch] in the training block, multiples of `stride` (the trial length
   for trial data: a window is then a whole trial): a pure function of (seed, step)."""
   key = jax.random.fold_in(jax.random.PRNGKey(seed), step)
   return stride * jax.random.randint(key, (batch_size,), 0, (t_train - window) // stride + 1)
 
 
-def window_layers(seed: jax.Array, step: jax.Array, *, num_layers: int, batch_size: int) -> jax.Array:
+def window_layers(
+  seed: jax.Array, step: jax.Array, *, num_layers: int, batch_size: int
+) -> jax.Array:
   """Random layer per window [batch] for models trained on all layers: a pure function of (seed, step)."""
   key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), step), 1)
   return jax.random.randint(key, (batch_size,), 0, num_layers)
 
 
-def sample_batches(x_LTN: jax.Array, layer_M: jax.Array, seed_M: jax.Array, step: jax.Array, *,
-                   t_train: int, window: int, batch_size: int, mix_layers: bool = False,
-                   stride: int = 1) -> jax.Array:
+def sample_batches(
+  x_LTN: jax.Array,
+  layer_M: jax.Array,
+  seed_M: jax.Array,
+  step: jax.Array,
+  *,
+  t_train: int,
+  window: int,
+  batch_size: int,
+  mix_layers: bool = False,
+  stride: int = 1,
+) -> jax.Array:
   """Training windows for every model: [models, batch, window, neurons].
 
   Model m reads layer layer_M[m]; with `mix_layers` each window comes from a
   random layer instead (a shared model of all layers). Gathers exactly the
   windows needed (never a per-model copy of a layer). Windows start at multiples of `stride`.
   """
-  starts_MB = jax.vmap(lambda s: window_starts(s, step, t_train=t_train, window=window,
-                                               batch_size=batch_size, stride=stride))(seed_M)
+  starts_MB = jax.vmap(
+    lambda s: window_starts(
+      s, step, t_train=t_train, window=window, batch_size=batch_size, stride=stride
+    )
+  )(seed_M)
   t_MBW = starts_MB[:, :, None] + jnp.arange(window)[None, None, :]
   if mix_layers:
-    layer_MB = jax.vmap(lambda s: window_layers(s, step, num_layers=x_LTN.shape[0],
-                                                batch_size=batch_size))(seed_M)
+    layer_MB = jax.vmap(
+      lambda s: window_layers(s, step, num_layers=x_LTN.shape[0], batch_size=batch_size)
+    )(seed_M)
     return x_LTN[layer_MB[:, :, None], t_MBW]
   return x_LTN[layer_M[:, None, None], t_MBW]
 
@@ -135,7 +165,7 @@ def sample_batches(x_LTN: jax.Array, layer_M: jax.Array, seed_M: jax.Array, step
 def windows(x_LTN: np.ndarray, start: int, stop: int, window: int) -> np.ndarray:
   """All non-overlapping windows of time [start, stop): [layers, windows, window, neurons]."""
   n = (stop - start) // window
-  v = x_LTN[:, start: start + n * window]
+  v = x_LTN[:, start : start + n * window]
   return v.reshape(v.shape[0], n, window, v.shape[2])
 
 
@@ -183,7 +213,9 @@ class Prepared:
   @property
   def preprocessing(self) -> Preprocessing:
     """What was done to the raw data, to do again to new data (`prepare(reuse=...)`)."""
-    return Preprocessing(self.neuron_index_LN, self.normalization, self.heldout_SLN, self.likelihood)
+    return Preprocessing(
+      self.neuron_index_LN, self.normalization, self.heldout_SLN, self.likelihood
+    )
 
   @property
   def num_neurons(self) -> int:
@@ -204,8 +236,9 @@ class Prepared:
     """Whether models are scored on held-out neurons."""
     return bool(self.heldout_SLN.any()) and not self.shared
 
-  def input_mask_MN(self, layer_M: np.ndarray, seed_M: np.ndarray,
-                    count_M: np.ndarray | None = None) -> np.ndarray:
+  def input_mask_MN(
+    self, layer_M: np.ndarray, seed_M: np.ndarray, count_M: np.ndarray | None = None
+  ) -> np.ndarray:
     """float32 [models, neurons] encoder-input mask of each model: 1 for the neurons its encoder
     sees (held in, and within its --neuron_counts subset), 0 for the others."""
     if self.shared:
@@ -216,8 +249,9 @@ class Prepared:
       inputs &= (count_M[:, None] == 0) | (rank < count_M[:, None])
     return inputs.astype(np.float32)
 
-  def target_mask_MN(self, layer_M: np.ndarray, seed_M: np.ndarray,
-                     count_M: np.ndarray | None = None) -> np.ndarray | None:
+  def target_mask_MN(
+    self, layer_M: np.ndarray, seed_M: np.ndarray, count_M: np.ndarray | None = None
+  ) -> np.ndarray | None:
     """float32 [models, neurons]: the neurons each model's loss covers (its inputs and its
     held-out neurons; a neuron outside a model's count subset is not recorded for it). None
     when every model covers every neuron (no count axis)."""
@@ -228,8 +262,11 @@ class Prepared:
 
   def block(self, name: str) -> tuple[int, int]:
     """[start, stop) of the "train", "valid" or "test" block."""
-    return {"train": (0, self.t_train), "valid": (self.t_train, self.t_valid),
-            "test": (self.t_valid, self.dataset.num_time)}[name]
+    return {
+      "train": (0, self.t_train),
+      "valid": (self.t_train, self.t_valid),
+      "test": (self.t_valid, self.dataset.num_time),
+    }[name]
 
   def windows_LVTN(self, name: str = "valid") -> np.ndarray:
     """A block's windows [model layers, windows, window, neurons] (a shared model's: all layers')."""
@@ -257,16 +294,20 @@ class Prepared:
     """The training block, float64 [layers, t_train, neurons]."""
     return self.dataset.x_LTN[:, : self.t_train].astype(np.float64)
 
-  def place(self, mesh, layer_M: np.ndarray, seed_M: np.ndarray,
-            count_M: np.ndarray | None = None) -> "Placed":
+  def place(
+    self, mesh, layer_M: np.ndarray, seed_M: np.ndarray, count_M: np.ndarray | None = None
+  ) -> Placed:
     """What the jitted step and evaluation read, on the mesh: data replicated, model columns sharded."""
     rep, by_model = sharding.replicated(mesh), sharding.models_sharding(mesh)
     target = self.target_mask_MN(layer_M, seed_M, count_M)
-    return Placed(x_LTN=sharding.put(self.dataset.x_LTN, rep),
-                  valid_LVTN=sharding.put(self.windows_LVTN("valid"), rep),
-                  mask_MN=sharding.put(self.input_mask_MN(layer_M, seed_M, count_M), by_model),
-                  target_MN=None if target is None else sharding.put(target, by_model),
-                  layer_M=sharding.put(layer_M, by_model), seed_M=sharding.put(seed_M, by_model))
+    return Placed(
+      x_LTN=sharding.put(self.dataset.x_LTN, rep),
+      valid_LVTN=sharding.put(self.windows_LVTN("valid"), rep),
+      mask_MN=sharding.put(self.input_mask_MN(layer_M, seed_M, count_M), by_model),
+      target_MN=None if target is None else sharding.put(target, by_model),
+      layer_M=sharding.put(layer_M, by_model),
+      seed_M=sharding.put(seed_M, by_model),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,10 +316,10 @@ class Placed:
 
   x_LTN: jax.Array
   valid_LVTN: jax.Array
-  mask_MN: jax.Array   # model m's encoder-input mask
+  mask_MN: jax.Array  # model m's encoder-input mask
   target_MN: jax.Array | None  # the neurons model m's loss covers; None: all
-  layer_M: jax.Array   # which layer's data model m reads
-  seed_M: jax.Array    # model m's seed (its batch order)
+  layer_M: jax.Array  # which layer's data model m reads
+  seed_M: jax.Array  # model m's seed (its batch order)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -297,10 +338,14 @@ class Preprocessing:
 
   def to_json(self) -> dict[str, Any]:
     tolist = lambda v: v.tolist() if isinstance(v, np.ndarray) else v
-    return {"neuron_index": self.neuron_index_LN.tolist(), "heldout": self.heldout_SLN.tolist(),
-            "likelihood": self.likelihood,
-            "normalization": {n: {k: tolist(v) for k, v in d.items()}
-                              for n, d in self.normalization.items()}}
+    return {
+      "neuron_index": self.neuron_index_LN.tolist(),
+      "heldout": self.heldout_SLN.tolist(),
+      "likelihood": self.likelihood,
+      "normalization": {
+        n: {k: tolist(v) for k, v in d.items()} for n, d in self.normalization.items()
+      },
+    }
 
   def apply(self, dataset: Dataset) -> Dataset:
     """`dataset` (raw, the fitted layers and neurons) with the fitted neurons and normalisation."""
@@ -309,13 +354,18 @@ class Preprocessing:
     return _normalize(dataset, method, None, self.heldout_SLN, self.normalization)[0]
 
   @classmethod
-  def from_json(cls, d: dict[str, Any]) -> "Preprocessing":
-    return cls(np.asarray(d["neuron_index"], np.int64), d["normalization"],
-               np.asarray(d["heldout"], bool), d["likelihood"])
+  def from_json(cls, d: dict[str, Any]) -> Preprocessing:
+    return cls(
+      np.asarray(d["neuron_index"], np.int64),
+      d["normalization"],
+      np.asarray(d["heldout"], bool),
+      d["likelihood"],
+    )
 
 
-def _drop_constant(dataset: Dataset, t_train: int, notes: list[str]
-                   ) -> tuple[np.ndarray, dict[str, list[int]]]:
+def _drop_constant(
+  dataset: Dataset, t_train: int, notes: list[str]
+) -> tuple[np.ndarray, dict[str, list[int]]]:
   """Neurons to keep [layers, neurons]: constant ones on the training block dropped, then layers
   subsampled (seeded) to the smallest count left, so that they share one count."""
   x = dataset.x_LTN
@@ -325,17 +375,25 @@ def _drop_constant(dataset: Dataset, t_train: int, notes: list[str]
   dropped = {}
   for l, name in enumerate(dataset.layer_names):
     if constant_LN[l].all():
-      raise UserError(f"layer {name} has no variance on the training block (every neuron is "
-                      "constant there): drop it with --layers or check the data")
+      raise UserError(
+        f"layer {name} has no variance on the training block (every neuron is "
+        "constant there): drop it with --layers or check the data"
+      )
     if constant_LN[l].any():
       dropped[name] = np.flatnonzero(constant_LN[l]).tolist()
       shown = ", ".join(map(str, dropped[name][:10])) + (" ..." if len(dropped[name]) > 10 else "")
-      notes.append(f"layer {name}: dropped {len(dropped[name])} neuron(s) constant on the "
-                   f"training block (indices {shown})")
+      notes.append(
+        f"layer {name}: dropped {len(dropped[name])} neuron(s) constant on the "
+        f"training block (indices {shown})"
+      )
   n = int((~constant_LN).sum(axis=1).min())
   rng = np.random.default_rng(0)
-  keep = [np.sort(rng.choice(np.flatnonzero(~c), n, replace=False)) if (~c).sum() > n
-          else np.flatnonzero(~c) for c in constant_LN]
+  keep = [
+    np.sort(rng.choice(np.flatnonzero(~c), n, replace=False))
+    if (~c).sum() > n
+    else np.flatnonzero(~c)
+    for c in constant_LN
+  ]
   if any((~c).sum() > n for c in constant_LN):
     notes.append(f"layers subsampled to {n} neurons each (seeded) so that they share one count")
   return np.stack(keep), dropped
@@ -346,12 +404,20 @@ def _select(dataset: Dataset, index_LN: np.ndarray) -> Dataset:
   if index_LN.shape[1] == dataset.num_neurons and (index_LN == np.arange(index_LN.shape[1])).all():
     return dataset
   pick = lambda a_LTN: np.stack([x[:, i] for x, i in zip(a_LTN, index_LN)])
-  return dataclasses.replace(dataset, x_LTN=pick(dataset.x_LTN), rates_LTN=None
-                             if dataset.rates_LTN is None else pick(dataset.rates_LTN))
+  return dataclasses.replace(
+    dataset,
+    x_LTN=pick(dataset.x_LTN),
+    rates_LTN=None if dataset.rates_LTN is None else pick(dataset.rates_LTN),
+  )
 
 
-def _normalize(dataset: Dataset, method: str, t_train: int | None, heldout_SLN: np.ndarray,
-               reuse: dict[str, dict[str, Any]] | None = None) -> tuple[Dataset, dict[str, Any]]:
+def _normalize(
+  dataset: Dataset,
+  method: str,
+  t_train: int | None,
+  heldout_SLN: np.ndarray,
+  reuse: dict[str, dict[str, Any]] | None = None,
+) -> tuple[Dataset, dict[str, Any]]:
   """Each layer normalised with training-block statistics (`data.normalize`), or `reuse`d ones."""
   population = dataset.population_mean_T
   if method == "mean_per_bin_all" and population is None:
@@ -359,21 +425,39 @@ def _normalize(dataset: Dataset, method: str, t_train: int | None, heldout_SLN: 
   held_in_by_all_LN = ~heldout_SLN.any(axis=0)
   layers, rates, applied = [], [], {}
   for l, name in enumerate(dataset.layer_names):
-    x, info = data_lib.normalize(dataset.x_LTN[l].astype(np.float64), method, t_train=t_train,
-                                 divisor_N=held_in_by_all_LN[l], population_mean_T=population,
-                                 stats=None if reuse is None else reuse[name])
+    x, info = data_lib.normalize(
+      dataset.x_LTN[l].astype(np.float64),
+      method,
+      t_train=t_train,
+      divisor_N=held_in_by_all_LN[l],
+      population_mean_T=population,
+      stats=None if reuse is None else reuse[name],
+    )
     layers.append(x)
     applied[name] = info
     if dataset.rates_LTN is not None and method in ("none", "zscore"):
       # The true rates in the data's units: the same affine map per neuron.
-      rates.append(data_lib.normalize(dataset.rates_LTN[l].astype(np.float64), method,
-                                      stats=info if method == "zscore" else None)[0])
-  return dataclasses.replace(dataset, x_LTN=np.stack(layers).astype(np.float32),
-                             rates_LTN=np.stack(rates).astype(np.float32) if rates else None), applied
+      rates.append(
+        data_lib.normalize(
+          dataset.rates_LTN[l].astype(np.float64),
+          method,
+          stats=info if method == "zscore" else None,
+        )[0]
+      )
+  return dataclasses.replace(
+    dataset,
+    x_LTN=np.stack(layers).astype(np.float32),
+    rates_LTN=np.stack(rates).astype(np.float32) if rates else None,
+  ), applied
 
 
-def prepare(dataset: Dataset, cfg: Settings, shared: bool = False,
-            reuse: Preprocessing | None = None, data_seed: int = 0) -> Prepared:
+def prepare(
+  dataset: Dataset,
+  cfg: Settings,
+  shared: bool = False,
+  reuse: Preprocessing | None = None,
+  data_seed: int = 0,
+) -> Prepared:
   """Checks `cfg` against the data (one-line UserError) and prepares it for the sweep, once.
 
   With `reuse` (a fitted sweep's `Prepared.preprocessing`), new data of the
@@ -384,10 +468,13 @@ def prepare(dataset: Dataset, cfg: Settings, shared: bool = False,
   notes: list[str] = []
   likelihood = reuse.likelihood if reuse else resolve_likelihood(cfg.likelihood, dataset)
   if likelihood == "poisson" and (dataset.x_LTN < 0).any():
-    raise UserError("--likelihood=poisson needs non-negative counts, but the data has negative "
-                    "values: use --likelihood=gaussian")
-  t_train, t_valid = time_blocks(dataset.num_time, cfg.train_fraction, cfg.valid_fraction,
-                                 dataset.trial_length)
+    raise UserError(
+      "--likelihood=poisson needs non-negative counts, but the data has negative "
+      "values: use --likelihood=gaussian"
+    )
+  t_train, t_valid = time_blocks(
+    dataset.num_time, cfg.train_fraction, cfg.valid_fraction, dataset.trial_length
+  )
   if dataset.trial_length:
     window = trial_window(cfg.window, dataset.trial_length, Settings().window, notes)
   else:
@@ -395,19 +482,41 @@ def prepare(dataset: Dataset, cfg: Settings, shared: bool = False,
   index, dropped = (reuse.neuron_index_LN, {}) if reuse else _drop_constant(dataset, t_train, notes)
   dataset = _select(dataset, index)
   if max(cfg.latents) > dataset.num_neurons:
-    raise UserError(f"latent size {max(cfg.latents)} exceeds the {dataset.num_neurons} neurons per "
-                    "layer: drop it from --latents")
-  heldout = reuse.heldout_SLN if reuse else heldout_masks(
-      cfg.seeds, dataset.num_layers, dataset.num_neurons, cfg.heldout_neurons, cfg.neuron_folds)
+    raise UserError(
+      f"latent size {max(cfg.latents)} exceeds the {dataset.num_neurons} neurons per "
+      "layer: drop it from --latents"
+    )
+  heldout = (
+    reuse.heldout_SLN
+    if reuse
+    else heldout_masks(
+      cfg.seeds, dataset.num_layers, dataset.num_neurons, cfg.heldout_neurons, cfg.neuron_folds
+    )
+  )
   if shared:
     heldout = np.zeros_like(heldout)
   method = "none" if likelihood == "poisson" else cfg.normalize
-  dataset, applied = _normalize(dataset, method, t_train, heldout,
-                                reuse.normalization if reuse else None)
-  ranks = None if shared or not cfg.neuron_counts else count_ranks(heldout, cfg.neuron_counts,
-                                                                  data_seed)
-  return Prepared(dataset, likelihood, t_train, t_valid, window, cfg.batch_size, heldout, shared,
-                  applied, dropped, tuple(notes), index, ranks)
+  dataset, applied = _normalize(
+    dataset, method, t_train, heldout, reuse.normalization if reuse else None
+  )
+  ranks = (
+    None if shared or not cfg.neuron_counts else count_ranks(heldout, cfg.neuron_counts, data_seed)
+  )
+  return Prepared(
+    dataset,
+    likelihood,
+    t_train,
+    t_valid,
+    window,
+    cfg.batch_size,
+    heldout,
+    shared,
+    applied,
+    dropped,
+    tuple(notes),
+    index,
+    ranks,
+  )
 
 
 def count_ranks(heldout_SLN: np.ndarray, counts: tuple[int, ...], data_seed: int) -> np.ndarray:
@@ -417,9 +526,11 @@ def count_ranks(heldout_SLN: np.ndarray, counts: tuple[int, ...], data_seed: int
   seeds, layers, n = heldout_SLN.shape
   held_in = int((~heldout_SLN).sum(-1).min())  # folds may differ by one neuron
   if max(counts) >= held_in:
-    raise UserError(f"--neuron_counts={','.join(map(str, counts))} asks for {max(counts)} neurons, "
-                    f"but each layer has {held_in} held in: give counts below {held_in} (all "
-                    "held-in neurons are always swept)")
+    raise UserError(
+      f"--neuron_counts={','.join(map(str, counts))} asks for {max(counts)} neurons, "
+      f"but each layer has {held_in} held in: give counts below {held_in} (all "
+      "held-in neurons are always swept)"
+    )
   rank = np.full((seeds, layers, n), -1, np.int32)
   for s in range(seeds):
     for l in range(layers):

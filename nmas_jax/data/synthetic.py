@@ -12,7 +12,7 @@ kept for tests. docs/dimension.md has the validation table.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -39,7 +39,7 @@ def _latent_dynamics(rng: np.random.Generator, dim: int, time: int) -> np.ndarra
   r = np.ones(n_osc)
   r_T, phase_T = np.empty((time, n_osc)), np.empty((time, n_osc))
   for t in range(time):
-    r = np.abs(r + 0.1 * r * (1.0 - r ** 2) + 0.15 * rng.standard_normal(n_osc))
+    r = np.abs(r + 0.1 * r * (1.0 - r**2) + 0.15 * rng.standard_normal(n_osc))
     phase = phase + omega + 0.3 * rng.standard_normal(n_osc)
     r_T[t], phase_T[t] = r, phase
   xs = np.concatenate([r_T * np.cos(phase_T), r_T * np.sin(phase_T)], axis=1)[:, :dim]
@@ -48,9 +48,15 @@ def _latent_dynamics(rng: np.random.Generator, dim: int, time: int) -> np.ndarra
   return u * np.sqrt(time)  # [time, dim], orthogonal columns of variance 1.
 
 
-def make_synthetic(*, true_latents: Sequence[int] = SYNTHETIC_TRUE_LATENTS, neurons: int = 200,
-                   time: int = 2000, noise: str = "gaussian", noise_std: float = 0.5,
-                   seed: int = 0) -> Dataset:
+def make_synthetic(
+  *,
+  true_latents: Sequence[int] = SYNTHETIC_TRUE_LATENTS,
+  neurons: int = 200,
+  time: int = 2000,
+  noise: str = "gaussian",
+  noise_std: float = 0.5,
+  seed: int = 0,
+) -> Dataset:
   """Layers of neurons driven by low-dimensional nonlinear dynamics of known dimension.
 
   Layer l has `true_latents[l]` latent dimensions mapped to `neurons` through
@@ -73,11 +79,23 @@ def make_synthetic(*, true_latents: Sequence[int] = SYNTHETIC_TRUE_LATENTS, neur
       x = rng.poisson(np.exp(0.5 * signal - 1.0)).astype(np.float64)
     layers.append(x)
   names = tuple(str(i) for i in range(len(true_latents)))
-  meta = dict(true_latents=list(map(int, true_latents)), neurons=neurons, time=time, noise=noise,
-              noise_std=noise_std if noise == "gaussian" else None, seed=seed,
-              generator="whitened noisy limit-cycle oscillators, random linear readout")
-  return Dataset(np.stack(layers).astype(np.float32), names, "oscillators",
-                 dict(zip(names, map(int, true_latents))), meta, counts=noise == "poisson")
+  meta = dict(
+    true_latents=list(map(int, true_latents)),
+    neurons=neurons,
+    time=time,
+    noise=noise,
+    noise_std=noise_std if noise == "gaussian" else None,
+    seed=seed,
+    generator="whitened noisy limit-cycle oscillators, random linear readout",
+  )
+  return Dataset(
+    np.stack(layers).astype(np.float32),
+    names,
+    "oscillators",
+    dict(zip(names, map(int, true_latents))),
+    meta,
+    counts=noise == "poisson",
+  )
 
 
 LORENZ = dict(sigma=10.0, rho=28.0, beta=8.0 / 3.0, dt=0.01, every=3)
@@ -95,24 +113,35 @@ def _lorenz_run(s_B3: np.ndarray, bins: int, burn_in: int = 0) -> np.ndarray:
   s = np.array(s_B3, dtype=np.float64)
   out = np.empty((bins, *s.shape))
   for t in range(burn_in + bins * every):
-    k1 = f(s); k2 = f(s + dt / 2 * k1); k3 = f(s + dt / 2 * k2); k4 = f(s + dt * k3)
+    k1 = f(s)
+    k2 = f(s + dt / 2 * k1)
+    k3 = f(s + dt / 2 * k2)
+    k4 = f(s + dt * k3)
     s = s + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
     if t >= burn_in and (t - burn_in) % every == 0:
       out[(t - burn_in) // every] = s
   return out
 
 
-def _lorenz_readout(rng: np.random.Generator, neurons: int, rate_range: tuple[float, float]
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def _lorenz_readout(
+  rng: np.random.Generator, neurons: int, rate_range: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray]:
   """Random unit-norm weights [3, neurons] and log baselines [neurons] (log-uniform rates)."""
   w_3N = rng.standard_normal((3, neurons))
   w_3N /= np.linalg.norm(w_3N, axis=0, keepdims=True)
   return w_3N, rng.uniform(np.log(rate_range[0]), np.log(rate_range[1]), neurons)
 
 
-def make_lorenz(*, neurons: int = 60, time: int = 6000, layers: int = 1,
-                rate_range: tuple[float, float] = (0.05, 0.5), gain: float = 0.7,
-                whiten: bool = False, seed: int = 0) -> Dataset:
+def make_lorenz(
+  *,
+  neurons: int = 60,
+  time: int = 6000,
+  layers: int = 1,
+  rate_range: tuple[float, float] = (0.05, 0.5),
+  gain: float = 0.7,
+  whiten: bool = False,
+  seed: int = 0,
+) -> Dataset:
   """The LFADS Lorenz benchmark: 3-D Lorenz states -> N neurons -> Poisson counts (family iii).
 
   sigma=10, rho=28, beta=8/3, RK4 with dt=0.01, one bin every 3 steps; each
@@ -141,11 +170,25 @@ def make_lorenz(*, neurons: int = 60, time: int = 6000, layers: int = 1,
     out.append(rng.poisson(rate).astype(np.float64))
     rates.append(rate)
   names = tuple(str(i) for i in range(layers))
-  meta = dict(neurons=neurons, time=time, rate_range=list(rate_range), gain=gain, seed=seed,
-              whiten=whiten, family="iii: Poisson, exp link of Lorenz latents",
-              generator="Lorenz (10, 28, 8/3), RK4 dt=0.01, bin = 3 steps, Poisson(exp(b_n + linear))")
-  return Dataset(np.stack(out).astype(np.float32), names, "lorenz", {n: 3 for n in names}, meta,
-                 counts=True, rates_LTN=np.stack(rates).astype(np.float32))
+  meta = dict(
+    neurons=neurons,
+    time=time,
+    rate_range=list(rate_range),
+    gain=gain,
+    seed=seed,
+    whiten=whiten,
+    family="iii: Poisson, exp link of Lorenz latents",
+    generator="Lorenz (10, 28, 8/3), RK4 dt=0.01, bin = 3 steps, Poisson(exp(b_n + linear))",
+  )
+  return Dataset(
+    np.stack(out).astype(np.float32),
+    names,
+    "lorenz",
+    {n: 3 for n in names},
+    meta,
+    counts=True,
+    rates_LTN=np.stack(rates).astype(np.float32),
+  )
 
 
 def _standardise(centred_T3: np.ndarray, whiten: bool) -> np.ndarray:
@@ -160,9 +203,17 @@ def _standardise(centred_T3: np.ndarray, whiten: bool) -> np.ndarray:
   return axes / np.sqrt(var)
 
 
-def make_lorenz_trials(*, trials: int = 600, time: int = 50, neurons: int = 40, layers: int = 1,
-                       rate_range: tuple[float, float] = (0.1, 0.5), gain: float = 1.0,
-                       whiten: bool = True, seed: int = 0) -> Dataset:
+def make_lorenz_trials(
+  *,
+  trials: int = 600,
+  time: int = 50,
+  neurons: int = 40,
+  layers: int = 1,
+  rate_range: tuple[float, float] = (0.1, 0.5),
+  gain: float = 1.0,
+  whiten: bool = True,
+  seed: int = 0,
+) -> Dataset:
   """The LFADS paper's Lorenz benchmark shape: many short trials, each from its own initial
   condition on the attractor, Poisson counts through an exp link with per-neuron baselines.
 
@@ -184,21 +235,39 @@ def make_lorenz_trials(*, trials: int = 600, time: int = 50, neurons: int = 40, 
     to_unit_33 = _standardise(long_T3 - mean, whiten)
     z_TR3 = (_lorenz_run(starts, time) - mean) @ to_unit_33  # [time, trials, 3]
     w_3N, log_base_N = _lorenz_readout(rng, neurons, rate_range)
-    rate = np.exp(log_base_N + gain * z_TR3.transpose(1, 0, 2) @ w_3N).reshape(trials * time, neurons)
+    rate = np.exp(log_base_N + gain * z_TR3.transpose(1, 0, 2) @ w_3N).reshape(
+      trials * time, neurons
+    )
     out.append(rng.poisson(rate).astype(np.float64))
     rates.append(rate)
   names = tuple(str(i) for i in range(layers))
-  meta = dict(trials=trials, trial_length=time, neurons=neurons, rate_range=list(rate_range),
-              gain=gain, whiten=whiten, seed=seed,
-              family="iii: Poisson, exp link of Lorenz latents, in trials",
-              generator="Lorenz (10, 28, 8/3), RK4 dt=0.01, bin = 3 steps, one random initial "
-                        "condition on the attractor per trial, Poisson(exp(b_n + linear))")
-  return Dataset(np.stack(out).astype(np.float32), names, "lorenz_trials", {n: 3 for n in names},
-                 meta, counts=True, trial_length=time, rates_LTN=np.stack(rates).astype(np.float32))
+  meta = dict(
+    trials=trials,
+    trial_length=time,
+    neurons=neurons,
+    rate_range=list(rate_range),
+    gain=gain,
+    whiten=whiten,
+    seed=seed,
+    family="iii: Poisson, exp link of Lorenz latents, in trials",
+    generator="Lorenz (10, 28, 8/3), RK4 dt=0.01, bin = 3 steps, one random initial "
+    "condition on the attractor per trial, Poisson(exp(b_n + linear))",
+  )
+  return Dataset(
+    np.stack(out).astype(np.float32),
+    names,
+    "lorenz_trials",
+    {n: 3 for n in names},
+    meta,
+    counts=True,
+    trial_length=time,
+    rates_LTN=np.stack(rates).astype(np.float32),
+  )
 
 
-def _smooth_signals(rng: np.random.Generator, dim: int, time: int, timescale: float = 8.0,
-                    spread: float = 4.0) -> np.ndarray:
+def _smooth_signals(
+  rng: np.random.Generator, dim: int, time: int, timescale: float = 8.0, spread: float = 4.0
+) -> np.ndarray:
   """[time, dim] independent Gaussian AR(1) signals with correlation time `timescale` bins (each
   its own, from 0.5x to 2x) and variances log-spaced over `spread`x (mean 1): smooth latent
   signals of exactly `dim` dimensions, none of them negligible."""
@@ -206,7 +275,7 @@ def _smooth_signals(rng: np.random.Generator, dim: int, time: int, timescale: fl
   a = np.exp(-1.0 / taus)
   x = np.empty((time, dim))
   x[0] = rng.standard_normal(dim)
-  eps = rng.standard_normal((time, dim)) * np.sqrt(1 - a ** 2)
+  eps = rng.standard_normal((time, dim)) * np.sqrt(1 - a**2)
   for t in range(1, time):
     x[t] = a * x[t - 1] + eps[t]
   x = (x - x.mean(axis=0)) / x.std(axis=0)
@@ -214,23 +283,35 @@ def _smooth_signals(rng: np.random.Generator, dim: int, time: int, timescale: fl
   return x * np.sqrt(rng.permutation(var / var.mean()))
 
 
-def _layers(name: str, true_latents: Sequence[int], neurons: int, make, meta: dict,
-            counts: bool = False) -> Dataset:
+def _layers(
+  name: str, true_latents: Sequence[int], neurons: int, make, meta: dict, counts: bool = False
+) -> Dataset:
   for dim in true_latents:
     if dim > neurons:
       raise UserError(f"true dimension {dim} exceeds {neurons} neurons")
   x = np.stack([make(dim) for dim in true_latents]).astype(np.float32)
   names = tuple(str(i) for i in range(len(true_latents)))
-  return Dataset(x, names, name, dict(zip(names, map(int, true_latents))),
-                 {**meta, "true_latents": list(map(int, true_latents)), "neurons": neurons},
-                 counts=counts)
+  return Dataset(
+    x,
+    names,
+    name,
+    dict(zip(names, map(int, true_latents))),
+    {**meta, "true_latents": list(map(int, true_latents)), "neurons": neurons},
+    counts=counts,
+  )
 
 
 LINEAR_TRUE_LATENTS = (7, 18, 40)
 
 
-def make_linear_gaussian(*, true_latents: Sequence[int] = LINEAR_TRUE_LATENTS, neurons: int = 200,
-                         time: int = 4000, noise_std: float = 1.0, seed: int = 0) -> Dataset:
+def make_linear_gaussian(
+  *,
+  true_latents: Sequence[int] = LINEAR_TRUE_LATENTS,
+  neurons: int = 200,
+  time: int = 4000,
+  noise_std: float = 1.0,
+  seed: int = 0,
+) -> Dataset:
   """Family (i): per layer, `true_latents[l]` smooth signals (`_smooth_signals`), a random linear
   readout to `neurons`, and Gaussian noise of a different std per neuron (0.5x-1.5x
   `noise_std`, against a signal variance of about 1 per neuron).
@@ -245,17 +326,33 @@ def make_linear_gaussian(*, true_latents: Sequence[int] = LINEAR_TRUE_LATENTS, n
     noise = noise_std * rng.uniform(0.5, 1.5, neurons)
     return _smooth_signals(rng, dim, time) @ w + noise * rng.standard_normal((time, neurons))
 
-  return _layers("synthetic", true_latents, neurons, make,
-                 dict(time=time, noise_std=noise_std, seed=seed, family="i: linear-Gaussian",
-                      generator="smooth AR(1) signals, random linear readout, Gaussian noise"))
+  return _layers(
+    "synthetic",
+    true_latents,
+    neurons,
+    make,
+    dict(
+      time=time,
+      noise_std=noise_std,
+      seed=seed,
+      family="i: linear-Gaussian",
+      generator="smooth AR(1) signals, random linear readout, Gaussian noise",
+    ),
+  )
 
 
 NONLINEAR_TRUE_LATENTS = (3, 6, 12)
 
 
-def make_nonlinear(*, true_latents: Sequence[int] = NONLINEAR_TRUE_LATENTS, neurons: int = 200,
-                   time: int = 4000, gain: float = 2.5, noise_std: float = 0.3,
-                   seed: int = 0) -> Dataset:
+def make_nonlinear(
+  *,
+  true_latents: Sequence[int] = NONLINEAR_TRUE_LATENTS,
+  neurons: int = 200,
+  time: int = 4000,
+  gain: float = 2.5,
+  noise_std: float = 0.3,
+  seed: int = 0,
+) -> Dataset:
   """Family (ii): per layer, `true_latents[l]` smooth signals through a random mixing and a
   saturating readout, x_n = tanh(gain * w_n . z + c_n) + noise, with unit-norm w_n and random
   offsets c_n: the activity lies on a curved k-dimensional manifold, so a linear method
@@ -271,15 +368,25 @@ def make_nonlinear(*, true_latents: Sequence[int] = NONLINEAR_TRUE_LATENTS, neur
     drive = gain * _smooth_signals(rng, dim, time) @ w + offset
     return np.tanh(drive) + noise_std * rng.standard_normal((time, neurons))
 
-  return _layers("nonlinear", true_latents, neurons, make,
-                 dict(time=time, gain=gain, noise_std=noise_std, seed=seed,
-                      family="ii: nonlinear readout",
-                      generator="smooth AR(1) signals, tanh(gain * unit-norm mixing + offset), "
-                                "Gaussian noise"))
+  return _layers(
+    "nonlinear",
+    true_latents,
+    neurons,
+    make,
+    dict(
+      time=time,
+      gain=gain,
+      noise_std=noise_std,
+      seed=seed,
+      family="ii: nonlinear readout",
+      generator="smooth AR(1) signals, tanh(gain * unit-norm mixing + offset), Gaussian noise",
+    ),
+  )
 
 
-def make_independent(*, layers: int = 1, neurons: int = 100, time: int = 2000,
-                     counts: bool = False, seed: int = 0) -> Dataset:
+def make_independent(
+  *, layers: int = 1, neurons: int = 100, time: int = 2000, counts: bool = False, seed: int = 0
+) -> Dataset:
   """Family (iv): every neuron its own smooth signal (AR(1), like the others' latents) and nothing
   shared, as Gaussian activity or Poisson counts (rates 0.05-0.5 per bin): dimension 0."""
   rng = np.random.default_rng(seed)
@@ -291,18 +398,30 @@ def make_independent(*, layers: int = 1, neurons: int = 100, time: int = 2000,
     base = rng.uniform(np.log(0.05), np.log(0.5), neurons)
     return rng.poisson(np.exp(base + 0.5 * x)).astype(np.float64)
 
-  return _layers("independent", [0] * layers, neurons, make,
-                 dict(time=time, seed=seed, counts=counts, family="iv: independent neurons",
-                      generator="an AR(1) signal of its own per neuron" +
-                                (", Poisson(exp)" if counts else " plus Gaussian noise")),
-                 counts=counts)
+  return _layers(
+    "independent",
+    [0] * layers,
+    neurons,
+    make,
+    dict(
+      time=time,
+      seed=seed,
+      counts=counts,
+      family="iv: independent neurons",
+      generator="an AR(1) signal of its own per neuron"
+      + (", Poisson(exp)" if counts else " plus Gaussian noise"),
+    ),
+    counts=counts,
+  )
 
 
 def _multiscale(bands, timescales, neurons, time, noise_std, spread, seed):
   """make_multiscale's draw: ([time, bands[b]] signals per band, [time, neurons] activity)."""
   rng = np.random.default_rng(seed)
-  z_by_band = [_smooth_signals(rng, k, time, timescale=tau, spread=spread) if k
-               else np.zeros((time, 0)) for k, tau in zip(bands, timescales)]
+  z_by_band = [
+    _smooth_signals(rng, k, time, timescale=tau, spread=spread) if k else np.zeros((time, 0))
+    for k, tau in zip(bands, timescales)
+  ]
   z = np.concatenate(z_by_band, axis=1)
   w = rng.standard_normal((z.shape[1], neurons))
   w /= np.linalg.norm(w, axis=1, keepdims=True) * np.sqrt(z.shape[1] / neurons)
@@ -310,9 +429,16 @@ def _multiscale(bands, timescales, neurons, time, noise_std, spread, seed):
   return z_by_band, x
 
 
-def make_multiscale(*, bands: Sequence[int] = (4, 3), timescales: Sequence[float] = (2, 50),
-                    neurons: int = 100, time: int = 6000, noise_std: float = 1.0,
-                    spread: float = 1.0, seed: int = 0) -> Dataset:
+def make_multiscale(
+  *,
+  bands: Sequence[int] = (4, 3),
+  timescales: Sequence[float] = (2, 50),
+  neurons: int = 100,
+  time: int = 6000,
+  noise_std: float = 1.0,
+  spread: float = 1.0,
+  seed: int = 0,
+) -> Dataset:
   """Known counts per timescale: `bands[b]` smooth signals with correlation times around
   `timescales[b]` bins (`_smooth_signals`: each 0.5x-2x of it, variances over `spread`x) in one
   layer, through a random linear readout whose rows have equal norm, with Gaussian noise (as
@@ -324,23 +450,44 @@ def make_multiscale(*, bands: Sequence[int] = (4, 3), timescales: Sequence[float
   `bands`: with variances over 4x and a plain Gaussian readout, the weakest (slow) signal fell
   under the rule's 5% on 4 of 10 draws (docs/dimension.md)."""
   _, x = _multiscale(bands, timescales, neurons, time, noise_std, spread, seed)
-  meta = dict(time=time, neurons=neurons, noise_std=noise_std, spread=spread, seed=seed,
-              true_bands=list(map(int, bands)), timescales=list(map(float, timescales)),
-              generator="smooth AR(1) signals per timescale band, random linear readout of equal "
-                        "norm per signal, Gaussian noise")
+  meta = dict(
+    time=time,
+    neurons=neurons,
+    noise_std=noise_std,
+    spread=spread,
+    seed=seed,
+    true_bands=list(map(int, bands)),
+    timescales=list(map(float, timescales)),
+    generator="smooth AR(1) signals per timescale band, random linear readout of equal "
+    "norm per signal, Gaussian noise",
+  )
   return Dataset(x[None].astype(np.float32), ("0",), "multiscale", {"0": int(sum(bands))}, meta)
 
 
-def multiscale_signals(*, bands: Sequence[int] = (4, 3), timescales: Sequence[float] = (2, 50),
-                       neurons: int = 100, time: int = 6000, noise_std: float = 1.0,
-                       spread: float = 1.0, seed: int = 0) -> list[np.ndarray]:
+def multiscale_signals(
+  *,
+  bands: Sequence[int] = (4, 3),
+  timescales: Sequence[float] = (2, 50),
+  neurons: int = 100,
+  time: int = 6000,
+  noise_std: float = 1.0,
+  spread: float = 1.0,
+  seed: int = 0,
+) -> list[np.ndarray]:
   """The true signals [time, bands[b]] of each band of `make_multiscale` with the same arguments."""
   return _multiscale(bands, timescales, neurons, time, noise_std, spread, seed)[0]
 
 
 # The built-in datasets (--dataset=...), one per family.
-def power_law_activity(alpha: float, *, neurons: int = 600, time: int = 6000, dims: int = 300,
-                       noise_std: float = 0.3, seed: int = 0) -> np.ndarray:
+def power_law_activity(
+  alpha: float,
+  *,
+  neurons: int = 600,
+  time: int = 6000,
+  dims: int = 300,
+  noise_std: float = 0.3,
+  seed: int = 0,
+) -> np.ndarray:
   """[time, neurons] activity whose shared signal has a power-law spectrum: `dims` independent
   Gaussian latents with variances n^-alpha (n = 1..dims) through a random readout, plus private
   Gaussian noise. The reliable-variance spectrum's known answer (`spectrum.spectrum`)."""
@@ -350,6 +497,11 @@ def power_law_activity(alpha: float, *, neurons: int = 600, time: int = 6000, di
   return z @ w + noise_std * rng.standard_normal((time, neurons))
 
 
-FAMILIES = {"synthetic": make_linear_gaussian, "nonlinear": make_nonlinear,
-            "lorenz": make_lorenz, "lorenz_trials": make_lorenz_trials,
-            "independent": make_independent, "multiscale": make_multiscale}
+FAMILIES = {
+  "synthetic": make_linear_gaussian,
+  "nonlinear": make_nonlinear,
+  "lorenz": make_lorenz,
+  "lorenz_trials": make_lorenz_trials,
+  "independent": make_independent,
+  "multiscale": make_multiscale,
+}

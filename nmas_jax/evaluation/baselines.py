@@ -9,7 +9,8 @@ information the autoencoder's encoder gets.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +24,7 @@ def covariance_spectrum(x_TN: np.ndarray) -> np.ndarray:
 def participation_ratio(x_TN: np.ndarray) -> float:
   """(sum eigenvalues)^2 / sum eigenvalues^2: a linear dimension estimate."""
   ev = covariance_spectrum(x_TN)
-  return float(ev.sum() ** 2 / max((ev ** 2).sum(), 1e-300))
+  return float(ev.sum() ** 2 / max((ev**2).sum(), 1e-300))
 
 
 def dims_for_variance(x_TN: np.ndarray, fraction: float = 0.9) -> int:
@@ -51,16 +52,17 @@ def fa_loglik(s_NN: np.ndarray, w_NK: np.ndarray, psi_N: np.ndarray) -> float:
   EM evaluates it every iteration, and at 1131 neurons the dense solve was most of FA's time.
   """
   n, k = w_NK.shape
-  wp = w_NK / psi_N[:, None]                               # Psi^-1 W  [N, k]
-  m = np.eye(k) + w_NK.T @ wp                              # I + W^T Psi^-1 W
+  wp = w_NK / psi_N[:, None]  # Psi^-1 W  [N, k]
+  m = np.eye(k) + w_NK.T @ wp  # I + W^T Psi^-1 W
   logdet = np.sum(np.log(psi_N)) + np.linalg.slogdet(m)[1]
   # tr(C^-1 S) = tr(Psi^-1 S) - tr(M^-1 (Psi^-1 W)^T S (Psi^-1 W))
   trace = np.sum(np.diag(s_NN) / psi_N) - np.trace(np.linalg.solve(m, wp.T @ s_NN @ wp))
   return float(-0.5 * (n * np.log(2 * np.pi) + logdet + trace))
 
 
-def fa_fit(x_TN: np.ndarray, k: int, iters: int = 100, tol: float = 1e-6
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[float]]:
+def fa_fit(
+  x_TN: np.ndarray, k: int, iters: int = 100, tol: float = 1e-6
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[float]]:
   """Factor analysis by EM (Ghahramani & Hinton 1996), initialised from PCA.
 
   Returns (mean [N], loadings W [N, k], noise variances psi [N], log-likelihood per iteration).
@@ -73,14 +75,14 @@ def fa_fit(x_TN: np.ndarray, k: int, iters: int = 100, tol: float = 1e-6
   ev, evec = np.linalg.eigh(s)
   ev, evec = ev[::-1][:k], evec[:, ::-1][:, :k]
   w = evec * np.sqrt(np.clip(ev - np.median(ev) * 0.5, 1e-3 * var.mean(), None))
-  psi = np.clip(var - (w ** 2).sum(axis=1), floor + 0.01 * var, None)
+  psi = np.clip(var - (w**2).sum(axis=1), floor + 0.01 * var, None)
   history = [fa_loglik(s, w, psi)]
   for _ in range(iters):
-    wp = w / psi[:, None]                                   # Psi^-1 W  [N, k]
-    m_inv = np.linalg.inv(np.eye(k) + w.T @ wp)             # (I + W^T Psi^-1 W)^-1
-    beta = m_inv @ wp.T                                     # E[z | x] = beta x  [k, N]
-    sb = s @ beta.T                                         # [N, k]
-    ezz = m_inv + beta @ sb                                 # E[z z^T] averaged over samples
+    wp = w / psi[:, None]  # Psi^-1 W  [N, k]
+    m_inv = np.linalg.inv(np.eye(k) + w.T @ wp)  # (I + W^T Psi^-1 W)^-1
+    beta = m_inv @ wp.T  # E[z | x] = beta x  [k, N]
+    sb = s @ beta.T  # [N, k]
+    ezz = m_inv + beta @ sb  # E[z z^T] averaged over samples
     w = sb @ np.linalg.inv(ezz)
     psi = np.clip(var - np.einsum("nk,nk->n", w, sb), floor, None)
     history.append(fa_loglik(s, w, psi))
@@ -89,7 +91,9 @@ def fa_fit(x_TN: np.ndarray, k: int, iters: int = 100, tol: float = 1e-6
   return mean, w, psi, history
 
 
-def fa_posterior_mean(x_TN: np.ndarray, mean: np.ndarray, w_NK: np.ndarray, psi_N: np.ndarray) -> np.ndarray:
+def fa_posterior_mean(
+  x_TN: np.ndarray, mean: np.ndarray, w_NK: np.ndarray, psi_N: np.ndarray
+) -> np.ndarray:
   """E[z | x] [T, k]."""
   wp = w_NK / psi_N[:, None]
   m_inv = np.linalg.inv(np.eye(w_NK.shape[1]) + w_NK.T @ wp)
@@ -103,9 +107,15 @@ def _regress(f_train: np.ndarray, y_train: np.ndarray, f_valid: np.ndarray) -> n
   return np.concatenate([f_valid, np.ones((len(f_valid), 1))], axis=1) @ coef
 
 
-def predictions(train_TN: np.ndarray, valid_TN: np.ndarray, heldout_N: np.ndarray, k: int,
-                fa_iters: int = 100, reconstruct: bool = True, methods: Sequence[str] = ("pca", "fa")
-                ) -> dict[str, np.ndarray]:
+def predictions(
+  train_TN: np.ndarray,
+  valid_TN: np.ndarray,
+  heldout_N: np.ndarray,
+  k: int,
+  fa_iters: int = 100,
+  reconstruct: bool = True,
+  methods: Sequence[str] = ("pca", "fa"),
+) -> dict[str, np.ndarray]:
   """Held-out-time predictions [T, N] of PCA and FA (those in `methods`) with k latents.
 
   "pca"/"fa" (with `reconstruct`): reconstruction of every neuron from all
@@ -128,14 +138,17 @@ def predictions(train_TN: np.ndarray, valid_TN: np.ndarray, heldout_N: np.ndarra
   if "pca" in methods:
     mean, v = pca_fit(train_TN[:, inn], kk)
     out["pca_cosmooth"] = np.full_like(valid_TN, np.nan)
-    out["pca_cosmooth"][:, held] = _regress((train_TN[:, inn] - mean) @ v, train_TN[:, held],
-                                            (valid_TN[:, inn] - mean) @ v)
+    out["pca_cosmooth"][:, held] = _regress(
+      (train_TN[:, inn] - mean) @ v, train_TN[:, held], (valid_TN[:, inn] - mean) @ v
+    )
   if "fa" in methods:
     mean, w, psi, _ = fa_fit(train_TN[:, inn], kk, fa_iters)
     out["fa_cosmooth"] = np.full_like(valid_TN, np.nan)
-    out["fa_cosmooth"][:, held] = _regress(fa_posterior_mean(train_TN[:, inn], mean, w, psi),
-                                           train_TN[:, held],
-                                           fa_posterior_mean(valid_TN[:, inn], mean, w, psi))
+    out["fa_cosmooth"][:, held] = _regress(
+      fa_posterior_mean(train_TN[:, inn], mean, w, psi),
+      train_TN[:, held],
+      fa_posterior_mean(valid_TN[:, inn], mean, w, psi),
+    )
   return out
 
 
@@ -153,14 +166,15 @@ def gaussian_smooth(x_TN: np.ndarray, width: float, trial_length: int = 0) -> np
 
   def conv(a_RTN):
     padded = np.pad(a_RTN, ((0, 0), (half, half), (0, 0)))
-    return sum(w * padded[:, i: i + length] for i, w in enumerate(kernel))
+    return sum(w * padded[:, i : i + length] for i, w in enumerate(kernel))
 
   out = conv(x_RTN) / conv(np.ones_like(x_RTN[:1, :, :1]))
   return out.reshape(x_TN.shape)
 
 
-def poisson_glm(f_TD: np.ndarray, y_TN: np.ndarray, ridge: float = 1e-2, iters: int = 30
-                ) -> np.ndarray:
+def poisson_glm(
+  f_TD: np.ndarray, y_TN: np.ndarray, ridge: float = 1e-2, iters: int = 30
+) -> np.ndarray:
   """Poisson regression with an exp link and an intercept, by Newton's method with a ridge
   penalty (intercept unpenalised): weights [D + 1, N], one column per neuron."""
   a = np.concatenate([f_TD, np.ones((len(f_TD), 1))], axis=1)
@@ -171,21 +185,30 @@ def poisson_glm(f_TD: np.ndarray, y_TN: np.ndarray, ridge: float = 1e-2, iters: 
   for _ in range(iters):
     mu = np.exp(np.clip(a @ w, -20, 20))
     grad = a.T @ (mu - y_TN) + pen @ w
-    step = np.stack([np.linalg.solve((a * mu[:, n: n + 1]).T @ a + pen, grad[:, n])
-                     for n in range(w.shape[1])], axis=1)
+    step = np.stack(
+      [np.linalg.solve((a * mu[:, n : n + 1]).T @ a + pen, grad[:, n]) for n in range(w.shape[1])],
+      axis=1,
+    )
     w -= step
     if np.abs(step).max() < 1e-6:
       break
   return w
 
 
-def smoothing_cosmooth(train_TN: np.ndarray, held_TN: np.ndarray, heldout_N: np.ndarray,
-                       width: float, trial_length: int = 0) -> np.ndarray:
+def smoothing_cosmooth(
+  train_TN: np.ndarray,
+  held_TN: np.ndarray,
+  heldout_N: np.ndarray,
+  width: float,
+  trial_length: int = 0,
+) -> np.ndarray:
   """Held-out neurons' rates at held-out time [T, N] (NaN in held-in columns): the held-in spikes
   Gaussian-smoothed (`width` bins), then a Poisson GLM fitted on the training block."""
   inn = ~heldout_N
   w = poisson_glm(gaussian_smooth(train_TN[:, inn], width, trial_length), train_TN[:, heldout_N])
   f = gaussian_smooth(held_TN[:, inn], width, trial_length)
   out = np.full_like(held_TN, np.nan, dtype=np.float64)
-  out[:, heldout_N] = np.exp(np.clip(np.concatenate([f, np.ones((len(f), 1))], axis=1) @ w, -20, 20))
+  out[:, heldout_N] = np.exp(
+    np.clip(np.concatenate([f, np.ones((len(f), 1))], axis=1) @ w, -20, 20)
+  )
   return out

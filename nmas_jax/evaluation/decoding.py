@@ -18,9 +18,9 @@ import numpy as np
 import optax
 
 from nmas_jax import models
+from nmas_jax.config import Settings
 from nmas_jax.data import splits
 from nmas_jax.training import train
-from nmas_jax.config import Settings
 
 
 def window_features(z_VWK: jax.Array) -> jax.Array:
@@ -28,8 +28,15 @@ def window_features(z_VWK: jax.Array) -> jax.Array:
   return jnp.concatenate([z_VWK.mean(axis=1), z_VWK.std(axis=1)], axis=-1)
 
 
-def fit_logistic(f_train_NF: jax.Array, y_train_N: jax.Array, num_classes: int, *,
-                 steps: int = 500, learning_rate: float = 0.05, l2: float = 1e-3):
+def fit_logistic(
+  f_train_NF: jax.Array,
+  y_train_N: jax.Array,
+  num_classes: int,
+  *,
+  steps: int = 500,
+  learning_rate: float = 0.05,
+  l2: float = 1e-3,
+):
   """Multinomial logistic regression by Adam on standardised features; returns predict(f)."""
   mu, sd = f_train_NF.mean(axis=0), f_train_NF.std(axis=0) + 1e-6
   norm = lambda f: (f - mu[None, :]) / sd[None, :]
@@ -39,7 +46,9 @@ def fit_logistic(f_train_NF: jax.Array, y_train_N: jax.Array, num_classes: int, 
 
   def loss(p):
     logits = x @ p["w"] + p["b"][None, :]
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y_train_N).mean() + l2 * jnp.sum(p["w"] ** 2)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y_train_N).mean() + l2 * jnp.sum(
+      p["w"] ** 2
+    )
 
   def step(carry, _):
     p, s = carry
@@ -55,8 +64,8 @@ def layer_accuracy(prep: splits.Prepared, cfg: Settings, out) -> dict[str, Any]:
   """Held-out layer-classification accuracy per (latent, seed) of a shared-model `sweep.SweepOutput`."""
   dataset = prep.dataset
   num_layers = dataset.num_layers
-  tr = splits.windows(dataset.x_LTN, *prep.block("train"), prep.window)   # [L, Vt, W, N]
-  va = splits.windows(dataset.x_LTN, *prep.block("valid"), prep.window)   # [L, Vv, W, N]
+  tr = splits.windows(dataset.x_LTN, *prep.block("train"), prep.window)  # [L, Vt, W, N]
+  va = splits.windows(dataset.x_LTN, *prep.block("valid"), prep.window)  # [L, Vv, W, N]
   x_tr = jnp.asarray(tr.reshape(-1, *tr.shape[2:]))
   x_va = jnp.asarray(va.reshape(-1, *va.shape[2:]))
   y_tr = jnp.repeat(jnp.arange(num_layers), tr.shape[1])
@@ -73,7 +82,11 @@ def layer_accuracy(prep: splits.Prepared, cfg: Settings, out) -> dict[str, Any]:
 
   acc = np.asarray(accuracy(out.state.params, out.state.latent))
   by_latent = [[float(acc[i]) for i in np.flatnonzero(out.table.latent == k)] for k in cfg.latents]
-  return {"latents": list(map(int, cfg.latents)), "accuracy": by_latent,
-          "chance": 1.0 / num_layers, "features": "mean and std over time of each window's z",
-          "classifier": "multinomial logistic regression on training-block windows, "
-                        "scored on held-out windows"}
+  return {
+    "latents": list(map(int, cfg.latents)),
+    "accuracy": by_latent,
+    "chance": 1.0 / num_layers,
+    "features": "mean and std over time of each window's z",
+    "classifier": "multinomial logistic regression on training-block windows, "
+    "scored on held-out windows",
+  }

@@ -21,14 +21,17 @@ says why, and how knife-edge curves come out.
 from __future__ import annotations
 
 import itertools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 DEFAULT_GAIN_FRACTION = 0.95
 
 
-def choose(latents: Sequence[int], gain_K: np.ndarray, fraction: float = DEFAULT_GAIN_FRACTION) -> int:
+def choose(
+  latents: Sequence[int], gain_K: np.ndarray, fraction: float = DEFAULT_GAIN_FRACTION
+) -> int:
   """The rule on one gain curve [latents] (NaN: not available); 0 when nothing gains."""
   order = np.argsort(latents)
   ks, g = np.asarray(latents)[order], np.asarray(gain_K, float)[order]
@@ -57,9 +60,15 @@ def gains(loss_KSB: np.ndarray, null_SB: np.ndarray, count_SB: np.ndarray) -> np
   return (null_SB[None].sum(-1) - loss_KSB.sum(-1)) / count_SB[None].sum(-1)
 
 
-def estimate(latents: Sequence[int], loss_KSB: np.ndarray, null_SB: np.ndarray,
-             count_SB: np.ndarray, fraction: float = DEFAULT_GAIN_FRACTION,
-             resamples: int = 200, seed: int = 0) -> dict[str, Any]:
+def estimate(
+  latents: Sequence[int],
+  loss_KSB: np.ndarray,
+  null_SB: np.ndarray,
+  count_SB: np.ndarray,
+  fraction: float = DEFAULT_GAIN_FRACTION,
+  resamples: int = 200,
+  seed: int = 0,
+) -> dict[str, Any]:
   """The answer, its bootstrap interval and the reported alternatives for one layer.
 
   Args:
@@ -90,18 +99,29 @@ def estimate(latents: Sequence[int], loss_KSB: np.ndarray, null_SB: np.ndarray,
     g_RK.append(g)
   p_positive = float(np.mean(positive)) if resamples else float(np.nanmax(mean) > 0)
   optimal = choose(latents, mean, fraction) if p_positive >= 0.95 else 0
-  detectable = 0 if p_positive < 0.95 else (_detectable(latents, np.array(g_RK)) if resamples
-                                             else None)
+  detectable = (
+    0 if p_positive < 0.95 else (_detectable(latents, np.array(g_RK)) if resamples else None)
+  )
   ok = np.isfinite(mean)
   best = int(np.nanargmax(np.where(ok, mean, -np.inf))) if ok.any() else 0
-  one_se = int(latents[np.flatnonzero(ok & (mean >= mean[best] - se[best]))[0]]) if ok.any() else None
+  one_se = (
+    int(latents[np.flatnonzero(ok & (mean >= mean[best] - se[best]))[0]]) if ok.any() else None
+  )
   top = np.nanmax(mean) if ok.any() else np.nan
-  lo, hi = (np.quantile(choices, [0.05, 0.95], method="inverted_cdf") if resamples
-            else (optimal, optimal))
-  return {"optimal": optimal, "interval": [int(lo), int(hi)], "p_positive": p_positive,
-          "knee": knee(latents, mean), "one_se": one_se, "detectable": detectable,
-          "gain": [_num(v) for v in mean], "gain_se": [_num(v) for v in se],
-          "gain_fraction": [_num(v / top) if top > 0 else None for v in mean]}
+  lo, hi = (
+    np.quantile(choices, [0.05, 0.95], method="inverted_cdf") if resamples else (optimal, optimal)
+  )
+  return {
+    "optimal": optimal,
+    "interval": [int(lo), int(hi)],
+    "p_positive": p_positive,
+    "knee": knee(latents, mean),
+    "one_se": one_se,
+    "detectable": detectable,
+    "gain": [_num(v) for v in mean],
+    "gain_se": [_num(v) for v in se],
+    "gain_fraction": [_num(v / top) if top > 0 else None for v in mean],
+  }
 
 
 def _detectable(latents: np.ndarray, g_RK: np.ndarray, level: float = 0.95) -> int | None:
@@ -137,8 +157,14 @@ def _lstsq_loss(a_TP: np.ndarray, x_TN: np.ndarray, t1: int, t2: int) -> np.ndar
   return ((x_TN[t1:t2] - a_TP[t1:t2] @ b) ** 2).sum(axis=0)
 
 
-def oracle_gains(x_TN: np.ndarray, truth_TN: np.ndarray, latents: Sequence[int], counts: bool,
-                 train_fraction: float = 0.7, valid_fraction: float = 0.1) -> np.ndarray:
+def oracle_gains(
+  x_TN: np.ndarray,
+  truth_TN: np.ndarray,
+  latents: Sequence[int],
+  counts: bool,
+  train_fraction: float = 0.7,
+  valid_fraction: float = 0.1,
+) -> np.ndarray:
   """The gain curve [latents] of the true signal's best rank-k summary, on the validation block
   (generated data only: `truth_TN` is the noiseless signal [time, neurons], rates for counts).
 
@@ -158,11 +184,14 @@ def oracle_gains(x_TN: np.ndarray, truth_TN: np.ndarray, latents: Sequence[int],
   null = x[:t1].mean(axis=0)
 
   yv = x[t1:t2]
-  null_loss = ((null - yv * np.log(np.maximum(null, 1e-12))).sum(axis=0) if counts
-               else ((yv - null) ** 2).sum(axis=0))
+  null_loss = (
+    (null - yv * np.log(np.maximum(null, 1e-12))).sum(axis=0)
+    if counts
+    else ((yv - null) ** 2).sum(axis=0)
+  )
   out = []
   for k in latents:
-    a = np.c_[np.ones(len(x)), u[:, :min(k, rank)] * sv[:min(k, rank)]]
+    a = np.c_[np.ones(len(x)), u[:, : min(k, rank)] * sv[: min(k, rank)]]
     if counts:  # Newton's method for each neuron's Poisson GLM
       b = np.zeros((a.shape[1], x.shape[1]))
       b[0] = np.log(np.maximum(null, 1e-12))
@@ -183,8 +212,12 @@ def oracle_gains(x_TN: np.ndarray, truth_TN: np.ndarray, latents: Sequence[int],
 # Latents in bands of time constants (--model=multiscale).
 
 
-def choose_bands(combos_CB: np.ndarray, gain_C: np.ndarray, timescales: Sequence[int],
-                 fraction: float = DEFAULT_GAIN_FRACTION) -> tuple[int, ...]:
+def choose_bands(
+  combos_CB: np.ndarray,
+  gain_C: np.ndarray,
+  timescales: Sequence[int],
+  fraction: float = DEFAULT_GAIN_FRACTION,
+) -> tuple[int, ...]:
   """The rule over combinations of per-band counts [combos, bands]: the smallest total whose gain
   reaches `fraction` of the gain of every combination of larger or equal total; among those of
   that total, the slower explanation (most latents in the slowest band, then the next). All
@@ -195,15 +228,18 @@ def choose_bands(combos_CB: np.ndarray, gain_C: np.ndarray, timescales: Sequence
     return (0,) * combos_CB.shape[1]
   total = combos_CB.sum(axis=1)
   slow_first = np.argsort(-np.asarray(timescales), kind="stable")
-  qualify = [i for i in np.flatnonzero(ok)
-             if g[i] >= fraction * g[ok & (total >= total[i])].max()]
+  qualify = [i for i in np.flatnonzero(ok) if g[i] >= fraction * g[ok & (total >= total[i])].max()]
   best = min(qualify, key=lambda i: (total[i], *(-combos_CB[i, slow_first])))
   return tuple(int(c) for c in combos_CB[best])
 
 
-def oracle_band_gains(x_TN: np.ndarray, signals_by_band: Sequence[np.ndarray],
-                      combos_CB: np.ndarray, train_fraction: float = 0.7,
-                      valid_fraction: float = 0.1) -> np.ndarray:
+def oracle_band_gains(
+  x_TN: np.ndarray,
+  signals_by_band: Sequence[np.ndarray],
+  combos_CB: np.ndarray,
+  train_fraction: float = 0.7,
+  valid_fraction: float = 0.1,
+) -> np.ndarray:
   """The gain [combos] that `choose_bands` would see if each band's latents were that band's true
   signals (generated Gaussian data only: `signals_by_band[b]` is band b's [time, signals]).
 
@@ -223,18 +259,29 @@ def oracle_band_gains(x_TN: np.ndarray, signals_by_band: Sequence[np.ndarray],
 
   out = []
   for combo in np.asarray(combos_CB):
-    choices = [itertools.combinations(range(z.shape[1]), min(int(c), z.shape[1]))
-               for c, z in zip(combo, signals_by_band)]
-    out.append(max(gain([np.asarray(z, np.float64)[:, list(i)]
-                         for z, i in zip(signals_by_band, pick)])
-                   for pick in itertools.product(*choices)))
+    choices = [
+      itertools.combinations(range(z.shape[1]), min(int(c), z.shape[1]))
+      for c, z in zip(combo, signals_by_band)
+    ]
+    out.append(
+      max(
+        gain([np.asarray(z, np.float64)[:, list(i)] for z, i in zip(signals_by_band, pick)])
+        for pick in itertools.product(*choices)
+      )
+    )
   return np.array(out)
 
 
-def estimate_bands(combos_CB: np.ndarray, loss_CSB: np.ndarray, null_SB: np.ndarray,
-                   count_SB: np.ndarray, timescales: Sequence[int],
-                   fraction: float = DEFAULT_GAIN_FRACTION, resamples: int = 200,
-                   seed: int = 0) -> dict[str, Any]:
+def estimate_bands(
+  combos_CB: np.ndarray,
+  loss_CSB: np.ndarray,
+  null_SB: np.ndarray,
+  count_SB: np.ndarray,
+  timescales: Sequence[int],
+  fraction: float = DEFAULT_GAIN_FRACTION,
+  resamples: int = 200,
+  seed: int = 0,
+) -> dict[str, Any]:
   """`choose_bands` on one layer's loss curves [combos, seeds, blocks], with the bootstrap of
   `estimate`: the chosen counts per band, each band's and the total's 5th-95th percentile interval,
   p_positive, and the gain (mean over seeds) and gain_fraction of every combination."""
@@ -256,8 +303,12 @@ def estimate_bands(combos_CB: np.ndarray, loss_CSB: np.ndarray, null_SB: np.ndar
   chosen = np.asarray(choices or [optimal]).reshape(-1, combos_CB.shape[1])
   quant = lambda v: [int(q) for q in np.quantile(v, [0.05, 0.95], method="inverted_cdf")]
   top = np.nanmax(mean) if np.isfinite(mean).any() else np.nan
-  return {"optimal": list(optimal), "total": int(sum(optimal)), "p_positive": p_positive,
-          "interval": [quant(chosen[:, b]) for b in range(chosen.shape[1])],
-          "total_interval": quant(chosen.sum(axis=1)),
-          "gain": [_num(v) for v in mean],
-          "gain_fraction": [_num(v / top) if top > 0 else None for v in mean]}
+  return {
+    "optimal": list(optimal),
+    "total": int(sum(optimal)),
+    "p_positive": p_positive,
+    "interval": [quant(chosen[:, b]) for b in range(chosen.shape[1])],
+    "total_interval": quant(chosen.sum(axis=1)),
+    "gain": [_num(v) for v in mean],
+    "gain_fraction": [_num(v / top) if top > 0 else None for v in mean],
+  }

@@ -21,19 +21,21 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-RICCATI_ITERS = 2000    # cap on Riccati iterations per E-step (warm-started, usually few)
-RICCATI_TOL = 1e-7      # relative change that ends them
-R_FLOOR = 1e-4          # noise-variance floor, as a fraction of each neuron's variance
+RICCATI_ITERS = 2000  # cap on Riccati iterations per E-step (warm-started, usually few)
+RICCATI_TOL = 1e-7  # relative change that ends them
+R_FLOOR = 1e-4  # noise-variance floor, as a fraction of each neuron's variance
 
 
 class LDS(NamedTuple):
   """Parameters of one model."""
+
   a_KK: jax.Array
   q_KK: jax.Array
   c_NK: jax.Array
@@ -44,6 +46,7 @@ class LDS(NamedTuple):
 class Steady(NamedTuple):
   """The stationary filter and smoother: predicted, filtered and smoothed covariances, the
   smoother gain J, and S = sum_j J^j (P_f - P_s) J^j^T (the smoothed covariances' end effect)."""
+
   p_pred: jax.Array
   p_filt: jax.Array
   p_smooth: jax.Array
@@ -68,9 +71,11 @@ def _filtered(p_pred, info):
 
 def _stein(j_KK, d_KK, steps: int):
   """X = sum_{i < 2^steps} J^i D J^i^T (-> the solution of X = D + J X J^T), by doubling."""
+
   def body(_, carry):
     x, j = carry
     return x + j @ x @ j.T, j @ j
+
   x, _ = jax.lax.fori_loop(0, steps, body, (d_KK, j_KK))
   return _sym(x)
 
@@ -90,7 +95,9 @@ def steady_state(p: LDS, p_init: jax.Array, num_time: int) -> Steady:
 
   def cond(c):
     i, prev, cur = c
-    return (i < RICCATI_ITERS) & (jnp.max(jnp.abs(cur - prev)) > RICCATI_TOL * jnp.max(jnp.abs(cur)))
+    return (i < RICCATI_ITERS) & (
+      jnp.max(jnp.abs(cur - prev)) > RICCATI_TOL * jnp.max(jnp.abs(cur))
+    )
 
   def body(c):
     i, _, cur = c
@@ -98,7 +105,7 @@ def steady_state(p: LDS, p_init: jax.Array, num_time: int) -> Steady:
 
   _, _, p_pred = jax.lax.while_loop(cond, body, (0, p_init, step(p_init)))
   p_filt = _filtered(p_pred, info)
-  gain = jnp.linalg.solve(p_pred, p.a_KK @ p_filt).T           # J = P_f A^T P^-1
+  gain = jnp.linalg.solve(p_pred, p.a_KK @ p_filt).T  # J = P_f A^T P^-1
   n = doubling_steps(num_time)
   p_smooth = _stein(gain, p_filt - gain @ p_pred @ gain.T, n)  # P_s = P_f + J (P_s - P) J^T
   return Steady(p_pred, p_filt, p_smooth, gain, _stein(gain, p_filt - p_smooth, n))
@@ -109,17 +116,17 @@ def smooth(p: LDS, st: Steady, y_TN: jax.Array) -> tuple[jax.Array, jax.Array, j
   info = _info(p)
   k = p.a_KK.shape[0]
   e_TN = y_TN - p.d_N[None]
-  proj_TK = e_TN @ (p.c_NK / p.r_N[:, None])                  # C^T R^-1 (y_t - d)
-  f_KK = (jnp.eye(k) - st.p_filt @ info) @ p.a_KK             # m_f,t = F m_f,t-1 + P_f proj_t
+  proj_TK = e_TN @ (p.c_NK / p.r_N[:, None])  # C^T R^-1 (y_t - d)
+  f_KK = (jnp.eye(k) - st.p_filt @ info) @ p.a_KK  # m_f,t = F m_f,t-1 + P_f proj_t
   b_TK = proj_TK @ st.p_filt
 
   def forward(m_prev, inputs):
     b, pr, e = inputs
     m_pred = p.a_KK @ m_prev
     # Innovation y - d - C m_pred under S = C P C^T + R, through K x K algebra (Woodbury).
-    u = pr - info @ m_pred                                     # C^T R^-1 (y - d - C m_pred)
+    u = pr - info @ m_pred  # C^T R^-1 (y - d - C m_pred)
     res = e - p.c_NK @ m_pred
-    quad = jnp.sum(res ** 2 / p.r_N) - u @ st.p_filt @ u
+    quad = jnp.sum(res**2 / p.r_N) - u @ st.p_filt @ u
     return f_KK @ m_prev + b, (f_KK @ m_prev + b, quad)
 
   _, (m_f, quad_T) = jax.lax.scan(forward, jnp.zeros(k), (b_TK, proj_TK, e_TN))
@@ -142,14 +149,14 @@ def em_step(p: LDS, p_init: jax.Array, y_TN: jax.Array) -> tuple[LDS, jax.Array,
   st = steady_state(p, p_init, t)
   m_s, _, loglik = smooth(p, st, y_TN)
   e_TN = y_TN - p.d_N[None]
-  cov_all = t * st.p_smooth + st.end_sum                    # sum_t Cov(z_t | y)
-  s_zz = m_s.T @ m_s + cov_all                              # sum_t E[z_t z_t^T]
+  cov_all = t * st.p_smooth + st.end_sum  # sum_t Cov(z_t | y)
+  s_zz = m_s.T @ m_s + cov_all  # sum_t E[z_t z_t^T]
   s_first = s_zz - jnp.outer(m_s[-1], m_s[-1]) - st.p_filt  # t = 0..T-2
-  s_last = s_zz - jnp.outer(m_s[0], m_s[0]) - st.p_smooth   # t = 1..T-1
+  s_last = s_zz - jnp.outer(m_s[0], m_s[0]) - st.p_smooth  # t = 1..T-1
   s_cross = m_s[1:].T @ m_s[:-1] + (cov_all - st.p_smooth) @ st.gain.T  # sum E[z_t z_{t-1}^T]
   s_yz = e_TN.T @ m_s
   c = jnp.linalg.solve(s_zz, s_yz.T).T
-  var = jnp.mean(e_TN ** 2, axis=0)
+  var = jnp.mean(e_TN**2, axis=0)
   r = jnp.maximum(var - jnp.einsum("nk,nk->n", c, s_yz) / t, R_FLOOR * var + 1e-12)
   a = jnp.linalg.solve(s_first, s_cross.T).T
   q = _sym(s_last - a @ s_cross.T) / (t - 1) + 1e-6 * jnp.eye(k)
@@ -162,7 +169,7 @@ def init(y_TN: np.ndarray, k: int) -> LDS:
   y = np.asarray(y_TN, np.float64)
   d = y.mean(axis=0)
   _, _, vt = np.linalg.svd(y - d, full_matrices=False)
-  c = vt[:k].T                                             # [N, k]; k <= min(T, N)
+  c = vt[:k].T  # [N, k]; k <= min(T, N)
   z = (y - d) @ c
   a = np.linalg.lstsq(z[:-1], z[1:], rcond=None)[0].T * 0.99
   res = z[1:] - z[:-1] @ a.T
@@ -188,6 +195,7 @@ def _fit(p: LDS, y_TN: jax.Array, iters: int) -> tuple[LDS, jax.Array]:
     p, p_init = carry
     p, p_init, ll = em_step(p, p_init, y_TN)
     return (p, p_init), ll
+
   (p, _), lls = jax.lax.scan(body, (p, jnp.eye(p.a_KK.shape[0])), None, length=iters)
   return p, lls
 
@@ -214,8 +222,9 @@ def smoothed_means(p: LDS, y_TN: np.ndarray) -> np.ndarray:
     return np.asarray(_smoothed(jax.tree.map(jnp.asarray, p), jnp.asarray(y_TN, jnp.float64)))
 
 
-def cosmooth(train_TN: np.ndarray, heldout_N: np.ndarray, blocks: Sequence[np.ndarray], k: int,
-             iters: int = 20) -> list[np.ndarray]:
+def cosmooth(
+  train_TN: np.ndarray, heldout_N: np.ndarray, blocks: Sequence[np.ndarray], k: int, iters: int = 20
+) -> list[np.ndarray]:
   """Co-smoothing predictions [T_b, N] for each held-out time block (held-out columns filled,
   others NaN): a k-state LDS fitted to the held-in neurons of the training block; the held-out
   neurons regressed (least squares with an intercept) on its smoothed states there; their

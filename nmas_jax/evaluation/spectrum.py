@@ -12,19 +12,21 @@ analysis model's shared covariance W W^T needed for 95% of its variance.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from nmas_jax.evaluation import baselines
 
 FIT_RANGE = (2, 20)  # components (1-based, inclusive) the exponent is fitted over
-TIME_BLOCKS = 10     # contiguous held-out time blocks resampled by the bootstrap
+TIME_BLOCKS = 10  # contiguous held-out time blocks resampled by the bootstrap
 
 
 class Halves(NamedTuple):
   """SVCA's fitted components: the two neuron halves, the training mean, and each half's
   component weights ([N/2, K] each, K = the smaller half's size)."""
+
   a: np.ndarray
   b: np.ndarray
   mean_N: np.ndarray
@@ -32,13 +34,14 @@ class Halves(NamedTuple):
   v_BK: np.ndarray
 
 
-def svca(train_TN: np.ndarray, heldout_TN: np.ndarray, rng: np.random.Generator
-         ) -> tuple[np.ndarray, Halves]:
+def svca(
+  train_TN: np.ndarray, heldout_TN: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, Halves]:
   """Reliable variance per component [K], from components fitted on `train_TN` and measured on
   `heldout_TN`; and the fitted components."""
   n = train_TN.shape[1]
   order = rng.permutation(n)
-  a, b = np.sort(order[: n // 2]), np.sort(order[n // 2:])
+  a, b = np.sort(order[: n // 2]), np.sort(order[n // 2 :])
   mean = train_TN.mean(axis=0)
   xa, xb = train_TN[:, a] - mean[a], train_TN[:, b] - mean[b]
   u, _, vt = np.linalg.svd(xa.T @ xb / len(xa), full_matrices=False)
@@ -46,8 +49,9 @@ def svca(train_TN: np.ndarray, heldout_TN: np.ndarray, rng: np.random.Generator
   return reliable_variance(heldout_TN, halves), halves
 
 
-def reliable_variance(x_TN: np.ndarray, halves: Halves, index_T: np.ndarray | None = None
-                      ) -> np.ndarray:
+def reliable_variance(
+  x_TN: np.ndarray, halves: Halves, index_T: np.ndarray | None = None
+) -> np.ndarray:
   """Covariance of the two halves' projections per component on `x_TN[index_T]`."""
   a, b, mean, u, v = halves
   x = x_TN if index_T is None else x_TN[index_T]
@@ -71,8 +75,13 @@ def power_law_exponent(var_K: np.ndarray, fit_range: tuple[int, int] = FIT_RANGE
   return float(-slope)
 
 
-def spectrum(train_TN: np.ndarray, heldout_TN: np.ndarray, seed: int = 0, bootstrap: int = 200,
-             fit_range: tuple[int, int] = FIT_RANGE) -> dict[str, Any]:
+def spectrum(
+  train_TN: np.ndarray,
+  heldout_TN: np.ndarray,
+  seed: int = 0,
+  bootstrap: int = 200,
+  fit_range: tuple[int, int] = FIT_RANGE,
+) -> dict[str, Any]:
   """One layer's reliable-variance spectrum, its power-law exponent and a 5th-95th percentile
   interval over a bootstrap of `TIME_BLOCKS` contiguous held-out time blocks."""
   rng = np.random.default_rng(seed)
@@ -81,21 +90,31 @@ def spectrum(train_TN: np.ndarray, heldout_TN: np.ndarray, seed: int = 0, bootst
   alphas = []
   for _ in range(bootstrap):
     pick = rng.integers(0, len(blocks), len(blocks))
-    a = power_law_exponent(reliable_variance(heldout_TN, halves, np.concatenate([blocks[i] for i in pick])),
-                           fit_range)
+    a = power_law_exponent(
+      reliable_variance(heldout_TN, halves, np.concatenate([blocks[i] for i in pick])), fit_range
+    )
     if a is not None:
       alphas.append(a)
   alpha = power_law_exponent(var, fit_range)
-  interval = ([round(float(np.percentile(alphas, q)), 3) for q in (5, 95)] if alphas else None)
-  return {"reliable_variance": [float(v) for v in var],
-          "reliable_fraction": [float(v) for v in var / max(np.trace(np.cov(heldout_TN.T)), 1e-300)],
-          "alpha": None if alpha is None else round(alpha, 3), "alpha_interval": interval,
-          "fit_range": list(fit_range), "seed": seed}
+  interval = [round(float(np.percentile(alphas, q)), 3) for q in (5, 95)] if alphas else None
+  return {
+    "reliable_variance": [float(v) for v in var],
+    "reliable_fraction": [float(v) for v in var / max(np.trace(np.cov(heldout_TN.T)), 1e-300)],
+    "alpha": None if alpha is None else round(alpha, 3),
+    "alpha_interval": interval,
+    "fit_range": list(fit_range),
+    "seed": seed,
+  }
 
 
-def fa_dshared(train_TN: np.ndarray, valid_TN: np.ndarray, latents: Sequence[int],
-               fa_iters: int = 100, fraction: float = 0.95,
-               fits: dict[int, tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, int]:
+def fa_dshared(
+  train_TN: np.ndarray,
+  valid_TN: np.ndarray,
+  latents: Sequence[int],
+  fa_iters: int = 100,
+  fraction: float = 0.95,
+  fits: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
+) -> dict[str, int]:
   """Williamson et al. (2016): the FA model of the swept latent sizes with the highest
   validation-block log-likelihood, and the number of eigen-dimensions of its shared covariance
   W W^T that hold `fraction` of the shared variance. `fits` {k: (W, psi)}: FA fits of

@@ -44,8 +44,10 @@ def narrow_neurons(params: Any, in_I: jax.Array, out_O: jax.Array) -> Any:
   if "skip" in enc:
     enc["skip"] = {"kernel": jnp.take(enc["skip"]["kernel"], in_I, axis=0)}
   dec = dict(params["decoder_net"])
-  dec["readout"] = {"kernel": jnp.take(dec["readout"]["kernel"], out_O, axis=-1),
-                    "bias": jnp.take(dec["readout"]["bias"], out_O, axis=-1)}
+  dec["readout"] = {
+    "kernel": jnp.take(dec["readout"]["kernel"], out_O, axis=-1),
+    "bias": jnp.take(dec["readout"]["bias"], out_O, axis=-1),
+  }
   return {**params, "encoder": enc, "decoder_net": dec}
 
 
@@ -70,15 +72,21 @@ class Encoder(nn.Module):
   def __call__(self, x_BTN: jax.Array, latent_size: Any = None) -> jax.Array:
     h_BTH = ScanLSTM(self.hidden, unroll=self.unroll, dtype=self.dtype, name="forward")(x_BTN)
     if self.bidirectional:
-      back_BTH = ScanLSTM(self.hidden, reverse=True, unroll=self.unroll, dtype=self.dtype,
-                          name="backward")(x_BTN)
+      back_BTH = ScanLSTM(
+        self.hidden, reverse=True, unroll=self.unroll, dtype=self.dtype, name="backward"
+      )(x_BTN)
       h_BTH = jnp.concatenate([h_BTH, back_BTH], axis=-1)
-    z_BTK = Dense(self.latent, dtype=self.dtype, kernel_init=per_unit_init(-1, self.bands),
-                  name="to_latent")(h_BTH).astype(jnp.float32)
+    z_BTK = Dense(
+      self.latent, dtype=self.dtype, kernel_init=per_unit_init(-1, self.bands), name="to_latent"
+    )(h_BTH).astype(jnp.float32)
     if self.linear_skip:
-      z_BTK = z_BTK + Dense(self.latent, use_bias=False, dtype=self.dtype,
-                            kernel_init=per_unit_init(-1, self.bands), name="skip")(
-                                x_BTN).astype(jnp.float32)
+      z_BTK = z_BTK + Dense(
+        self.latent,
+        use_bias=False,
+        dtype=self.dtype,
+        kernel_init=per_unit_init(-1, self.bands),
+        name="skip",
+      )(x_BTN).astype(jnp.float32)
     if latent_size is not None:
       z_BTK = z_BTK * latent_mask(self.latent, latent_size)[None, None, :]
     return z_BTK
@@ -110,14 +118,19 @@ class Decoder(nn.Module):
       raise ValueError(f"unknown decoder {self.kind!r}: choose one of {DECODERS}")
     h, reads_z = z_BTK, per_unit_init(0, self.latent_bands)
     if self.kind == "lstm":
-      h = ScanLSTM(self.hidden, unroll=self.unroll, dtype=self.dtype, input_init=reads_z,
-                   name="lstm")(h)
+      h = ScanLSTM(
+        self.hidden, unroll=self.unroll, dtype=self.dtype, input_init=reads_z, name="lstm"
+      )(h)
     elif self.kind == "mlp":
-      h = jax.nn.mish(Dense(self.mlp_hidden, dtype=self.dtype, kernel_init=reads_z,
-                            name="mlp_hidden")(h).astype(jnp.float32))
+      h = jax.nn.mish(
+        Dense(self.mlp_hidden, dtype=self.dtype, kernel_init=reads_z, name="mlp_hidden")(h).astype(
+          jnp.float32
+        )
+      )
     readout_init = reads_z if self.kind == "linear" else nn.initializers.lecun_normal()
-    return Dense(self.neurons, dtype=self.dtype, kernel_init=readout_init,
-                 name="readout")(h).astype(jnp.float32)
+    return Dense(self.neurons, dtype=self.dtype, kernel_init=readout_init, name="readout")(
+      h
+    ).astype(jnp.float32)
 
 
 class LSTMAutoencoder(Family, nn.Module):
@@ -150,10 +163,24 @@ class LSTMAutoencoder(Family, nn.Module):
   linear_skip: bool = False
 
   def setup(self):
-    self.encoder = Encoder(self.hidden, self.encoder_width(), self.bidirectional, self.unroll,
-                           self.dtype, bands=self.latent_bands(), linear_skip=self.linear_skip)
-    self.decoder_net = Decoder(self.neurons, self.hidden, self.decoder, self.unroll, self.dtype,
-                               self.decoder_hidden, latent_bands=self.latent_bands())
+    self.encoder = Encoder(
+      self.hidden,
+      self.encoder_width(),
+      self.bidirectional,
+      self.unroll,
+      self.dtype,
+      bands=self.latent_bands(),
+      linear_skip=self.linear_skip,
+    )
+    self.decoder_net = Decoder(
+      self.neurons,
+      self.hidden,
+      self.decoder,
+      self.unroll,
+      self.dtype,
+      self.decoder_hidden,
+      latent_bands=self.latent_bands(),
+    )
     self.input_dropout = nn.Dropout(self.dropout)
 
   def encoder_width(self) -> int:
@@ -174,8 +201,9 @@ class LSTMAutoencoder(Family, nn.Module):
   def decode(self, z_BTK: jax.Array) -> jax.Array:
     return self.decoder_net(z_BTK)
 
-  def __call__(self, x_BTN: jax.Array, latent_size: Any = None,
-               train: bool = False) -> tuple[jax.Array, jax.Array]:
+  def __call__(
+    self, x_BTN: jax.Array, latent_size: Any = None, train: bool = False
+  ) -> tuple[jax.Array, jax.Array]:
     if train and self.dropout > 0:
       x_BTN = self.input_dropout(x_BTN, deterministic=False)
     z_BTK = self.encode(x_BTN, latent_size)
@@ -185,13 +213,14 @@ class LSTMAutoencoder(Family, nn.Module):
   readout_path: ClassVar[tuple[str, ...]] = ("decoder_net", "readout")
 
   @classmethod
-  def from_settings(cls, s: Any, neurons: int) -> "LSTMAutoencoder":
+  def from_settings(cls, s: Any, neurons: int) -> LSTMAutoencoder:
     return cls(**autoencoder_fields(s, neurons))
 
   @classmethod
   def describe(cls, config: dict[str, Any]) -> str:
-    return (f"- model: LSTM encoder ({config['hidden']} units) -> latent -> "
-            f"{config['decoder']} decoder")
+    return (
+      f"- model: LSTM encoder ({config['hidden']} units) -> latent -> {config['decoder']} decoder"
+    )
 
   @classmethod
   def step_flops(cls, s: Any, neurons: int, batch: int, window: int) -> float:
@@ -220,9 +249,16 @@ class LSTMAutoencoder(Family, nn.Module):
 
 def autoencoder_fields(s: Any, neurons: int) -> dict[str, Any]:
   """`LSTMAutoencoder`'s fields from settings `s` (the multiscale family adds its bands)."""
-  return dict(neurons=neurons, latent=max(s.latents), hidden=s.hidden, decoder=s.decoder,
-              bidirectional=s.bidirectional, unroll=s.unroll,
-              dtype=jnp.bfloat16 if s.dtype == "bfloat16" else jnp.float32,
-              decoder_hidden=s.decoder_hidden, dropout=s.dropout, cd_rate=s.cd_rate,
-              linear_skip=s.linear_skip)
-
+  return dict(
+    neurons=neurons,
+    latent=max(s.latents),
+    hidden=s.hidden,
+    decoder=s.decoder,
+    bidirectional=s.bidirectional,
+    unroll=s.unroll,
+    dtype=jnp.bfloat16 if s.dtype == "bfloat16" else jnp.float32,
+    decoder_hidden=s.decoder_hidden,
+    dropout=s.dropout,
+    cd_rate=s.cd_rate,
+    linear_skip=s.linear_skip,
+  )

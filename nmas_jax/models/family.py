@@ -28,7 +28,7 @@ class Family:
   cuts_latent: ClassVar[bool] = True
 
   @classmethod
-  def from_settings(cls, s: Any, neurons: int) -> "Family":
+  def from_settings(cls, s: Any, neurons: int) -> Family:
     """The padded model every model of a sweep of `s` shares (width: the largest latent)."""
     raise NotImplementedError
 
@@ -36,11 +36,15 @@ class Family:
   def settings_error(cls, s: Any) -> str | None:
     """What is wrong with `s` for this family (a one-line message), or None."""
     if 0 in s.latents:
-      return ("--latents has 0: latent sizes must be positive integers (0 is a band count of "
-              "--model=multiscale only)")
+      return (
+        "--latents has 0: latent sizes must be positive integers (0 is a band count of "
+        "--model=multiscale only)"
+      )
     if s.timescales:
-      return (f"--timescales sets the bands of --model=multiscale; it has no effect with "
-              f"--model={s.model}: drop it")
+      return (
+        f"--timescales sets the bands of --model=multiscale; it has no effect with "
+        f"--model={s.model}: drop it"
+      )
     return None
 
   @classmethod
@@ -69,8 +73,9 @@ class Family:
     """(module, params) of this model cut to the neurons it reads and predicts."""
     raise NotImplementedError
 
-  def train_output(self, params: Any, x_in_BTN: jax.Array, latent: Any, step: jax.Array,
-                   rngs: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array | None]:
+  def train_output(
+    self, params: Any, x_in_BTN: jax.Array, latent: Any, step: jax.Array, rngs: dict[str, jax.Array]
+  ) -> tuple[jax.Array, jax.Array | None]:
     """(output y [B, T, N], extra loss term or None) in training mode; `step` drives warm-ups."""
     del step
     y_BTN, _ = self.apply({"params": params}, x_in_BTN, latent, train=True, rngs=rngs)

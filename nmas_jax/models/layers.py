@@ -15,7 +15,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-
 import numpy as np
 
 
@@ -25,6 +24,7 @@ def latent_mask(width: int, latent_size: Any) -> jax.Array:
 
 
 # The decoder's kernel that reads z, by decoder kind (within "decoder_net"). In this order, the
+
 
 def per_unit_init(axis: int, bands: int = 1):
   """A kernel initializer that draws each latent unit's slice along `axis` from its own key.
@@ -40,16 +40,17 @@ def per_unit_init(axis: int, bands: int = 1):
 
   def init(key, shape, dtype=jnp.float32):
     width = shape[axis] // bands
-    other = shape[:axis % len(shape)] + shape[axis % len(shape) + 1:]
+    other = shape[: axis % len(shape)] + shape[axis % len(shape) + 1 :]
     fan_in = 1 if axis % len(shape) == 0 else int(np.prod(shape[:-1]))
-    std = (1.0 / fan_in) ** 0.5 / .87962566103423978  # flax's lecun_normal correction
+    std = (1.0 / fan_in) ** 0.5 / 0.87962566103423978  # flax's lecun_normal correction
 
     def unit(b, j):
       k = jax.random.fold_in(jax.random.fold_in(key, b), j)
       return jax.random.truncated_normal(k, -2.0, 2.0, other, jnp.float32) * std
 
     units = jax.vmap(lambda b: jax.vmap(lambda j: unit(b, j))(jnp.arange(width)))(
-        jnp.arange(bands)).reshape((bands * width,) + other)
+      jnp.arange(bands)
+    ).reshape((bands * width,) + other)
     return jnp.moveaxis(units, 0, axis).astype(dtype)
 
   return init
@@ -109,9 +110,9 @@ class Dense(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
-    bias = (self.param("bias", self.bias_init, (self.features,), jnp.float32)
-            if self.use_bias else None)
+    bias = (
+      self.param("bias", self.bias_init, (self.features,), jnp.float32) if self.use_bias else None
+    )
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     y = _matmul(x.reshape(-1, x.shape[-1]), kernel).reshape(*x.shape[:-1], self.features)
     return y if bias is None else y + bias.reshape((1,) * (y.ndim - 1) + (-1,))
-

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -42,16 +42,27 @@ class ScanGRU(nn.Module):
   def __call__(self, x_BTD: jax.Array, h0_BH: jax.Array | None = None):
     gx_BTG = Dense(3 * self.features, name="input")(x_BTD)
     h0 = jnp.zeros((x_BTD.shape[0], self.features), gx_BTG.dtype) if h0_BH is None else h0_BH
-    scan = nn.scan(_GRUStep, variable_broadcast="params", split_rngs={"params": False},
-                   in_axes=1, out_axes=1, reverse=self.reverse)
+    scan = nn.scan(
+      _GRUStep,
+      variable_broadcast="params",
+      split_rngs={"params": False},
+      in_axes=1,
+      out_axes=1,
+      reverse=self.reverse,
+    )
     h_last, h_BTH = scan(self.features, self.clip, name="cell")(h0, gx_BTG)
     return h_BTH, h_last
 
 
 def _gaussian_kl(mean, logvar, prior_mean, prior_logvar) -> jax.Array:
   """KL(N(mean, e^logvar) || N(prior_mean, e^prior_logvar)), summed over the last axis."""
-  return 0.5 * jnp.sum(prior_logvar - logvar + (jnp.exp(logvar) + (mean - prior_mean) ** 2)
-                       / jnp.exp(prior_logvar) - 1.0, axis=-1)
+  return 0.5 * jnp.sum(
+    prior_logvar
+    - logvar
+    + (jnp.exp(logvar) + (mean - prior_mean) ** 2) / jnp.exp(prior_logvar)
+    - 1.0,
+    axis=-1,
+  )
 
 
 def _sample(module: nn.Module, mean, logvar, sample: bool):
@@ -73,11 +84,12 @@ class _LFADSStep(nn.Module):
 
   @nn.compact
   def __call__(self, carry, gci_BG: jax.Array, mask_K: jax.Array):
-    g, c, f, u_prev = carry               # generator, controller, factors [B, K], inputs
+    g, c, f, u_prev = carry  # generator, controller, factors [B, K], inputs
     kl = jnp.zeros(g.shape[:1], g.dtype)
     if self.co_dim:
-      gates = gci_BG + Dense(3 * self.con_dim, use_bias=False, kernel_init=per_unit_init(0),
-                             name="con_from_factors")(f)
+      gates = gci_BG + Dense(
+        3 * self.con_dim, use_bias=False, kernel_init=per_unit_init(0), name="con_from_factors"
+      )(f)
       c, _ = _GRUStep(self.con_dim, self.clip, name="controller")(c, gates)
       mean, logvar = jnp.split(Dense(2 * self.co_dim, name="co_posterior")(c), 2, axis=-1)
       u = _sample(self, mean, logvar, self.sample)
@@ -86,19 +98,24 @@ class _LFADSStep(nn.Module):
       log_tau = self.param("ar_log_tau", nn.initializers.constant(jnp.log(10.0)), (self.co_dim,))
       log_var = self.param("ar_log_var", nn.initializers.constant(jnp.log(0.1)), (self.co_dim,))
       alpha = jnp.exp(-1.0 / jnp.exp(log_tau))[None, :]
-      prior_logvar = (log_var + jnp.log1p(-alpha[0] ** 2))[None, :]   # innovation variance
+      prior_logvar = (log_var + jnp.log1p(-(alpha[0] ** 2)))[None, :]  # innovation variance
       log_q = -0.5 * jnp.sum(logvar + (u - mean) ** 2 / jnp.exp(logvar), axis=-1)
-      log_p = -0.5 * jnp.sum(prior_logvar + (u - alpha * u_prev) ** 2 / jnp.exp(prior_logvar), axis=-1)
+      log_p = -0.5 * jnp.sum(
+        prior_logvar + (u - alpha * u_prev) ** 2 / jnp.exp(prior_logvar), axis=-1
+      )
       kl = log_q - log_p
       gen_in = u
     else:
       u = u_prev
       gen_in = jnp.zeros(g.shape[:1] + (1,), g.dtype)
     g, _ = _GRUStep(self.gen_dim, self.clip, name="generator")(
-        g, Dense(3 * self.gen_dim, name="gen_input")(gen_in))
+      g, Dense(3 * self.gen_dim, name="gen_input")(gen_in)
+    )
     g_drop = nn.Dropout(self.dropout, deterministic=not self.sample)(g)
-    f = Dense(self.latent, use_bias=False, kernel_init=per_unit_init(-1),
-              name="factors")(g_drop) * mask_K[None, :]
+    f = (
+      Dense(self.latent, use_bias=False, kernel_init=per_unit_init(-1), name="factors")(g_drop)
+      * mask_K[None, :]
+    )
     return (g, c, f, u), (f, kl)
 
 
@@ -139,17 +156,21 @@ class LFADS(Family, nn.Module):
     """Paths of the kernels whose input axis is the factors (see `scale_latent_inputs`)."""
     return [("readout",)] + ([("decoder", "con_from_factors")] if self.co_dim else [])
 
-  def penalty(self, params: Any, losses: dict[str, Any], step: jax.Array, elements: int
-              ) -> jax.Array:
+  def penalty(
+    self, params: Any, losses: dict[str, Any], step: jax.Array, elements: int
+  ) -> jax.Array:
     """KL (mean over trials) and L2 terms per data element, weighted, with linear warm-up."""
     ramp = jnp.minimum(1.0, (step + 1.0) / max(self.warmup_steps, 1))
-    kl = (self.kl_ic_scale * jnp.mean(losses["kl_ic"][0])
-          + self.kl_co_scale * jnp.mean(losses["kl_co"][0])) / elements
+    kl = (
+      self.kl_ic_scale * jnp.mean(losses["kl_ic"][0])
+      + self.kl_co_scale * jnp.mean(losses["kl_co"][0])
+    ) / elements
     return ramp * (kl + self.l2_gen_scale * lfads_l2(params))
 
   @nn.compact
-  def __call__(self, x_BTN: jax.Array, latent_size: Any = None, sample: bool = False,
-               train: bool = False):
+  def __call__(
+    self, x_BTN: jax.Array, latent_size: Any = None, sample: bool = False, train: bool = False
+  ):
     sample = sample or train
     b, t, _ = x_BTN.shape
     mask_K = latent_mask(self.latent, self.latent if latent_size is None else latent_size)
@@ -157,12 +178,18 @@ class LFADS(Family, nn.Module):
     x = drop(x_BTN)
     _, fwd = ScanGRU(self.ic_enc_dim, clip=self.clip, name="ic_enc_fwd")(x)
     _, bwd = ScanGRU(self.ic_enc_dim, reverse=True, clip=self.clip, name="ic_enc_bwd")(x)
-    ic_mean, ic_logvar = jnp.split(Dense(2 * self.gen_dim, name="ic_posterior")(
-        drop(jnp.concatenate([fwd, bwd], axis=-1))), 2, axis=-1)
+    ic_mean, ic_logvar = jnp.split(
+      Dense(2 * self.gen_dim, name="ic_posterior")(drop(jnp.concatenate([fwd, bwd], axis=-1))),
+      2,
+      axis=-1,
+    )
     prior_mean = self.param("ic_prior_mean", nn.initializers.zeros_init(), (self.gen_dim,))
-    prior_logvar = self.param("ic_prior_logvar", nn.initializers.constant(jnp.log(0.1)),
-                              (self.gen_dim,))
-    self.sow("losses", "kl_ic", _gaussian_kl(ic_mean, ic_logvar, prior_mean[None], prior_logvar[None]))
+    prior_logvar = self.param(
+      "ic_prior_logvar", nn.initializers.constant(jnp.log(0.1)), (self.gen_dim,)
+    )
+    self.sow(
+      "losses", "kl_ic", _gaussian_kl(ic_mean, ic_logvar, prior_mean[None], prior_logvar[None])
+    )
     g0 = _sample(self, ic_mean, ic_logvar, sample)  # no dropout: it would move the whole trajectory
     if self.co_dim:
       ci_f, _ = ScanGRU(self.ci_enc_dim, clip=self.clip, name="ci_enc_fwd")(x)
@@ -171,30 +198,58 @@ class LFADS(Family, nn.Module):
       gci_BTG = Dense(3 * self.con_dim, name="con_input")(ci)
     else:
       gci_BTG = jnp.zeros((b, t, 3), x.dtype)
-    step = nn.scan(_LFADSStep, variable_broadcast="params",
-                   split_rngs={"params": False, "sample": True, "dropout": True},
-                   in_axes=(1, nn.broadcast),
-                   out_axes=1)
-    carry = (g0, jnp.zeros((b, self.con_dim), x.dtype), jnp.zeros((b, self.latent), x.dtype),
-             jnp.zeros((b, max(self.co_dim, 1)), x.dtype))
-    _, (f_BTK, kl_BT) = step(self.gen_dim, self.con_dim, self.co_dim, self.latent, self.clip,
-                             sample, self.dropout, name="decoder")(carry, gci_BTG, mask_K)
+    step = nn.scan(
+      _LFADSStep,
+      variable_broadcast="params",
+      split_rngs={"params": False, "sample": True, "dropout": True},
+      in_axes=(1, nn.broadcast),
+      out_axes=1,
+    )
+    carry = (
+      g0,
+      jnp.zeros((b, self.con_dim), x.dtype),
+      jnp.zeros((b, self.latent), x.dtype),
+      jnp.zeros((b, max(self.co_dim, 1)), x.dtype),
+    )
+    _, (f_BTK, kl_BT) = step(
+      self.gen_dim,
+      self.con_dim,
+      self.co_dim,
+      self.latent,
+      self.clip,
+      sample,
+      self.dropout,
+      name="decoder",
+    )(carry, gci_BTG, mask_K)
     self.sow("losses", "kl_co", jnp.sum(kl_BT, axis=1))
     y_BTN = Dense(self.neurons, kernel_init=per_unit_init(0), name="readout")(f_BTK)
     return y_BTN, f_BTK
 
   # The family interface (`Family`).
   @classmethod
-  def from_settings(cls, s: Any, neurons: int) -> "LFADS":
-    return cls(neurons=neurons, latent=max(s.latents), gen_dim=s.gen_dim, ic_enc_dim=s.ic_enc_dim,
-               ci_enc_dim=s.ci_enc_dim, con_dim=s.con_dim, co_dim=s.co_dim, dropout=s.dropout,
-               kl_ic_scale=s.kl_ic_scale, kl_co_scale=s.kl_co_scale, l2_gen_scale=s.l2_gen_scale,
-               cd_rate=s.cd_rate, warmup_steps=s.kl_warmup_steps)
+  def from_settings(cls, s: Any, neurons: int) -> LFADS:
+    return cls(
+      neurons=neurons,
+      latent=max(s.latents),
+      gen_dim=s.gen_dim,
+      ic_enc_dim=s.ic_enc_dim,
+      ci_enc_dim=s.ci_enc_dim,
+      con_dim=s.con_dim,
+      co_dim=s.co_dim,
+      dropout=s.dropout,
+      kl_ic_scale=s.kl_ic_scale,
+      kl_co_scale=s.kl_co_scale,
+      l2_gen_scale=s.l2_gen_scale,
+      cd_rate=s.cd_rate,
+      warmup_steps=s.kl_warmup_steps,
+    )
 
   @classmethod
   def describe(cls, config: dict[str, Any]) -> str:
-    return (f"- model: LFADS (generator {config['gen_dim']} units, controller outputs "
-            f"{config['co_dim']}) -> factors")
+    return (
+      f"- model: LFADS (generator {config['gen_dim']} units, controller outputs "
+      f"{config['co_dim']}) -> factors"
+    )
 
   @classmethod
   def step_flops(cls, s: Any, neurons: int, batch: int, window: int) -> float:
@@ -202,16 +257,20 @@ class LFADS(Family, nn.Module):
     (input projection: forward + weight gradient), the generator GRU, the factors and the
     readout, at each factor count k."""
     bt, e, g, n = batch * window, s.ic_enc_dim, s.gen_dim, neurons
-    per = (2 * (2 * bt * n * 3 * e * 2)  # two directions, input projection
-           + 2 * (2 * bt * e * 3 * e * 3)  # two directions, recurrence
-           + 2 * bt * g * 3 * g * 3)  # generator recurrence
+    per = (
+      2 * (2 * bt * n * 3 * e * 2)  # two directions, input projection
+      + 2 * (2 * bt * e * 3 * e * 3)  # two directions, recurrence
+      + 2 * bt * g * 3 * g * 3
+    )  # generator recurrence
     return sum(per + 2 * bt * g * k * 3 + 2 * bt * k * n * 3 for k in s.latents)
 
-  def train_output(self, params: Any, x_in_BTN: jax.Array, latent: Any, step: jax.Array,
-                   rngs: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+  def train_output(
+    self, params: Any, x_in_BTN: jax.Array, latent: Any, step: jax.Array, rngs: dict[str, jax.Array]
+  ) -> tuple[jax.Array, jax.Array]:
     """Sampled output and the KL and L2 penalty (with warm-up), per data element."""
-    (y_BTN, _), aux = self.apply({"params": params}, x_in_BTN, latent, train=True, rngs=rngs,
-                                 mutable=["losses"])
+    (y_BTN, _), aux = self.apply(
+      {"params": params}, x_in_BTN, latent, train=True, rngs=rngs, mutable=["losses"]
+    )
     return y_BTN, self.penalty(params, aux["losses"], step, x_in_BTN[0].size)
 
 

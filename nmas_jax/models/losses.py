@@ -28,27 +28,32 @@ def elementwise_loss(y_BTN: jax.Array, x_BTN: jax.Array, likelihood: str = "gaus
   return jnp.exp(log_rate_BTN) - x_BTN * log_rate_BTN
 
 
-def reconstruction_loss(y_BTN: jax.Array, x_BTN: jax.Array, likelihood: str = "gaussian") -> jax.Array:
+def reconstruction_loss(
+  y_BTN: jax.Array, x_BTN: jax.Array, likelihood: str = "gaussian"
+) -> jax.Array:
   """Mean loss per element (`elementwise_loss`)."""
   return jnp.mean(elementwise_loss(y_BTN, x_BTN, likelihood))
 
 
-def weighted_loss(y_BTN: jax.Array, x_BTN: jax.Array, w_BTN: jax.Array, likelihood: str
-                  ) -> jax.Array:
+def weighted_loss(
+  y_BTN: jax.Array, x_BTN: jax.Array, w_BTN: jax.Array, likelihood: str
+) -> jax.Array:
   """The mean elementwise loss over the elements with weight (coordinated dropout, loss masks)."""
   total = jnp.sum(elementwise_loss(y_BTN, x_BTN, likelihood) * w_BTN)
   return total / jnp.maximum(jnp.sum(w_BTN), 1.0)
 
 
-def neuron_weighted_loss(y_BTN: jax.Array, x_BTN: jax.Array, w_N: jax.Array, likelihood: str
-                         ) -> jax.Array:
+def neuron_weighted_loss(
+  y_BTN: jax.Array, x_BTN: jax.Array, w_N: jax.Array, likelihood: str
+) -> jax.Array:
   """The mean elementwise loss over the neurons with weight w_N [N] (a --neuron_counts subset)."""
   per_n = elementwise_loss(y_BTN, x_BTN, likelihood) * w_N[None, None, :]
   return jnp.sum(per_n) / (jnp.sum(w_N) * x_BTN.shape[0] * x_BTN.shape[1])
 
 
-def coordinated_dropout(key: jax.Array, x_BTN: jax.Array, rate: float
-                        ) -> tuple[jax.Array, jax.Array]:
+def coordinated_dropout(
+  key: jax.Array, x_BTN: jax.Array, rate: float
+) -> tuple[jax.Array, jax.Array]:
   """(input, loss mask): each element is kept with probability 1 - rate (and scaled by
   1 / (1 - rate)) in the input; the loss mask is 1 exactly where the input dropped it, so the
   model cannot learn to copy an element to its own output (Keshtkaran & Pandarinath 2019)."""

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-
-import functools
 
 from nmas_jax.models.layers import Dense
 
@@ -17,7 +16,7 @@ def _gate_bias_init(key, shape, dtype=jnp.float32):
   """Zero biases except forget gates at +1, so memory is kept early in training."""
   del key
   hidden = shape[-1] // 4
-  return jnp.zeros(shape, dtype).at[hidden: 2 * hidden].set(1.0)
+  return jnp.zeros(shape, dtype).at[hidden : 2 * hidden].set(1.0)
 
 
 def _gate_affine(hidden: int) -> tuple[jax.Array, jax.Array]:
@@ -44,8 +43,9 @@ class _Recurrence(nn.Module):
   @nn.compact
   def __call__(self, carry, gx_BG):
     h_BH, c_BH = carry
-    g_BG = gx_BG + nn.Dense(4 * self.hidden, use_bias=False, dtype=self.dtype,
-                            name="hidden")(h_BH).astype(jnp.float32)
+    g_BG = gx_BG + nn.Dense(4 * self.hidden, use_bias=False, dtype=self.dtype, name="hidden")(
+      h_BH
+    ).astype(jnp.float32)
     scale_G, shift_G = _gate_affine(self.hidden)
     scale_BG, shift_BG = scale_G[None, :], shift_G[None, :]
     act_BG = jnp.tanh(g_BG * scale_BG) * scale_BG + shift_BG  # sigmoid i, f, o; tanh g
@@ -57,9 +57,15 @@ class _Recurrence(nn.Module):
     return (h_BH, c_BH), jnp.concatenate([h_BH, c_BH, act_BG], axis=-1)
 
 
-def _recurrence_backward(w_HG: jax.Array, h_TBH: jax.Array, c_TBH: jax.Array, act_TBG: jax.Array,
-                         dh_TBH: jax.Array, dtype: Any, unroll: int = 1
-                         ) -> tuple[jax.Array, jax.Array]:
+def _recurrence_backward(
+  w_HG: jax.Array,
+  h_TBH: jax.Array,
+  c_TBH: jax.Array,
+  act_TBG: jax.Array,
+  dh_TBH: jax.Array,
+  dtype: Any,
+  unroll: int = 1,
+) -> tuple[jax.Array, jax.Array]:
   """Gradients (d w_HG, d gx_TBG) of an LSTM recurrence from its stored activations.
 
   Why by hand: autodiff of a scan accumulates the recurrent-kernel gradient
@@ -74,8 +80,9 @@ def _recurrence_backward(w_HG: jax.Array, h_TBH: jax.Array, c_TBH: jax.Array, ac
   tc = jnp.tanh(c_TBH)
   dc_from_dh_TBH = o * (1.0 - tc * tc)
   # d pre-activation = [dc, dc, dc, dh] * factor: sigmoid'/tanh' times what each gate multiplies.
-  factor_TBG = jnp.concatenate([g * i * (1.0 - i), c_prev_TBH * f * (1.0 - f),
-                                i * (1.0 - g * g), tc * o * (1.0 - o)], axis=-1)
+  factor_TBG = jnp.concatenate(
+    [g * i * (1.0 - i), c_prev_TBH * f * (1.0 - f), i * (1.0 - g * g), tc * o * (1.0 - o)], axis=-1
+  )
   w_t_GH = w_HG.T.astype(dtype)
 
   def step(carry, xs):
@@ -88,10 +95,15 @@ def _recurrence_backward(w_HG: jax.Array, h_TBH: jax.Array, c_TBH: jax.Array, ac
     return (dh_prev_BH, dc_BH * f_BH), dpre_BG
 
   zeros_BH = jnp.zeros_like(h_TBH[0])
-  _, dpre_TBG = jax.lax.scan(step, (zeros_BH, zeros_BH), (dh_TBH, dc_from_dh_TBH, factor_TBG, f),
-                             reverse=True, unroll=unroll)
-  dw_HG = jnp.einsum("tbh,tbg->hg", h_prev_TBH.astype(dtype), dpre_TBG.astype(dtype),
-                     preferred_element_type=jnp.float32)
+  _, dpre_TBG = jax.lax.scan(
+    step, (zeros_BH, zeros_BH), (dh_TBH, dc_from_dh_TBH, factor_TBG, f), reverse=True, unroll=unroll
+  )
+  dw_HG = jnp.einsum(
+    "tbh,tbg->hg",
+    h_prev_TBH.astype(dtype),
+    dpre_TBG.astype(dtype),
+    preferred_element_type=jnp.float32,
+  )
   return dw_HG, dpre_TBG
 
 
@@ -99,7 +111,7 @@ def _run_recurrence(mdl, gx_TBG):
   zeros_BH = jnp.zeros((gx_TBG.shape[1], mdl.hidden), jnp.float32)
   _, out_TBF = mdl((zeros_BH, zeros_BH), gx_TBG)  # F = 6H: h, c, gates
   hidden = mdl.hidden
-  return out_TBF[..., :hidden], out_TBF[..., hidden:2 * hidden], out_TBF[..., 2 * hidden:]
+  return out_TBF[..., :hidden], out_TBF[..., hidden : 2 * hidden], out_TBF[..., 2 * hidden :]
 
 
 def _recurrence_fn(mdl, gx_TBG):
@@ -138,22 +150,32 @@ class ScanLSTM(nn.Module):
   @nn.compact
   def __call__(self, x_BTD: jax.Array) -> jax.Array:
     # Time-major before the projection: XLA then moves fewer bytes in transposes.
-    gx_TBG = Dense(4 * self.hidden, dtype=self.dtype, bias_init=_gate_bias_init,
-                   kernel_init=self.input_init, name="input")(
-                       jnp.swapaxes(x_BTD, 0, 1)).astype(jnp.float32)
+    gx_TBG = Dense(
+      4 * self.hidden,
+      dtype=self.dtype,
+      bias_init=_gate_bias_init,
+      kernel_init=self.input_init,
+      name="input",
+    )(jnp.swapaxes(x_BTD, 0, 1)).astype(jnp.float32)
     if self.reverse:
       gx_TBG = gx_TBG[::-1]
-    scan = nn.scan(_Recurrence, variable_broadcast="params", split_rngs={"params": False},
-                   in_axes=0, out_axes=0, unroll=self.unroll)
+    scan = nn.scan(
+      _Recurrence,
+      variable_broadcast="params",
+      split_rngs={"params": False},
+      in_axes=0,
+      out_axes=0,
+      unroll=self.unroll,
+    )
     cell = scan(self.hidden, self.dtype, name="recurrence")
     if self.custom_grad:
-      h_TBH = nn.custom_vjp(_recurrence_fn, forward_fn=_recurrence_fwd,
-                            backward_fn=functools.partial(_recurrence_bwd, dtype=self.dtype,
-                                                          unroll=self.unroll)
-                            )(cell, gx_TBG)
+      h_TBH = nn.custom_vjp(
+        _recurrence_fn,
+        forward_fn=_recurrence_fwd,
+        backward_fn=functools.partial(_recurrence_bwd, dtype=self.dtype, unroll=self.unroll),
+      )(cell, gx_TBG)
     else:
       h_TBH = _recurrence_fn(cell, gx_TBG)
     if self.reverse:
       h_TBH = h_TBH[::-1]
     return jnp.swapaxes(h_TBH, 0, 1)
-

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -74,8 +73,11 @@ class MultiscaleAutoencoder(LSTMAutoencoder):
     return len(self.timescales)
 
   def encode(self, x_BTN: jax.Array, latent_size: Any = None) -> jax.Array:
-    counts = (jnp.full(len(self.timescales), self.latent) if latent_size is None
-              else jnp.asarray(latent_size))
+    counts = (
+      jnp.full(len(self.timescales), self.latent)
+      if latent_size is None
+      else jnp.asarray(latent_size)
+    )
     decay_K = jnp.repeat(jnp.exp(-1.0 / jnp.asarray(self.timescales, jnp.float32)), self.latent)
     z_BTK = bounded_follow(self.encoder(x_BTN), decay_K)
     return z_BTK * band_mask(self.latent, counts)[None, None, :]
@@ -84,14 +86,16 @@ class MultiscaleAutoencoder(LSTMAutoencoder):
   cuts_latent: ClassVar[bool] = False
 
   @classmethod
-  def from_settings(cls, s: Any, neurons: int) -> "MultiscaleAutoencoder":
+  def from_settings(cls, s: Any, neurons: int) -> MultiscaleAutoencoder:
     return cls(timescales=tuple(s.timescales), **autoencoder_fields(s, neurons))
 
   @classmethod
   def settings_error(cls, s: Any) -> str | None:
     if not s.timescales:
-      return ("--model=multiscale needs --timescales, the bands' time constants in bins, "
-              "e.g. --timescales=2,50")
+      return (
+        "--model=multiscale needs --timescales, the bands' time constants in bins, "
+        "e.g. --timescales=2,50"
+      )
     if max(s.latents) == 0:
       return f"--latents={','.join(map(str, s.latents))} has no positive band count"
     if s.neuron_counts:
@@ -105,9 +109,10 @@ class MultiscaleAutoencoder(LSTMAutoencoder):
   @classmethod
   def describe(cls, config: dict[str, Any]) -> str:
     taus = ", ".join(map(str, config["timescales"]))
-    return (f"- model: LSTM encoder ({config['hidden']} units) -> latents in bands of tau "
-            f"{taus} bins -> {config['decoder']} decoder")
+    return (
+      f"- model: LSTM encoder ({config['hidden']} units) -> latents in bands of tau "
+      f"{taus} bins -> {config['decoder']} decoder"
+    )
 
   def narrows(self) -> bool:
     return False
-

@@ -49,7 +49,9 @@ def plot_sweep(results: dict[str, Any]):
     ax.errorbar(ks, mean, yerr=se, fmt="o-", capsize=3, label="LSTM AE")
     for method, style in (("pca", "s--"), ("fa", "^--"), ("lds", "v--")):
       key = f"{method}_{metric}"
-      pts = [(k, base[layer][k][key]) for k in sorted(base[layer]) if base[layer][k].get(key) is not None]
+      pts = [
+        (k, base[layer][k][key]) for k in sorted(base[layer]) if base[layer][k].get(key) is not None
+      ]
       if pts:
         ax.plot(*zip(*pts), style, alpha=0.8, label=method.upper())
     chosen = results.get("optimal_latent", {}).get(layer)
@@ -62,7 +64,9 @@ def plot_sweep(results: dict[str, Any]):
     elif chosen == 0:
       ax.text(0.03, 0.05, "chosen 0: no gain over the null", transform=ax.transAxes, fontsize=8)
     if true_latent.get(layer):
-      ax.axvline(true_latent[layer], color="tab:green", ls=":", lw=2, label=f"true {true_latent[layer]}")
+      ax.axvline(
+        true_latent[layer], color="tab:green", ls=":", lw=2, label=f"true {true_latent[layer]}"
+      )
     ax.set_xscale("log")
     ax.set_xticks(results["latents"])
     ax.set_xticklabels([str(k) for k in results["latents"]], fontsize=8)
@@ -71,10 +75,13 @@ def plot_sweep(results: dict[str, Any]):
     ax.set_xlabel("latent size")
     ax.set_ylabel(metric_label(metric), fontsize=8)
     ax.legend(fontsize=7)
-  for ax in list(axes.flat)[len(layers):]:
+  for ax in list(axes.flat)[len(layers) :]:
     ax.axis("off")
-  fig.suptitle(f"{results['dataset']}: {results['decoder']} decoder, {results['likelihood']} "
-               f"likelihood, {results['steps']} steps, {len(results['seeds'])} seed(s)", fontsize=10)
+  fig.suptitle(
+    f"{results['dataset']}: {results['decoder']} decoder, {results['likelihood']} "
+    f"likelihood, {results['steps']} steps, {len(results['seeds'])} seed(s)",
+    fontsize=10,
+  )
   fig.tight_layout()
   return fig
 
@@ -85,17 +92,27 @@ def plot_decoding(results: dict[str, Any]):
   fig, ax = _axes()
   ks, vals = acc["latents"], [np.asarray(v) for v in acc["accuracy"]]
   mean = [v.mean() for v in vals]
-  ax.errorbar(ks, mean, yerr=[[m - v.min() for m, v in zip(mean, vals)],
-                              [v.max() - m for m, v in zip(mean, vals)]], fmt="o-", capsize=3,
-              label="shared LSTM AE + logistic regression")
+  ax.errorbar(
+    ks,
+    mean,
+    yerr=[[m - v.min() for m, v in zip(mean, vals)], [v.max() - m for m, v in zip(mean, vals)]],
+    fmt="o-",
+    capsize=3,
+    label="shared LSTM AE + logistic regression",
+  )
   ax.axhline(acc["chance"], color="gray", ls="--", label=f"chance ({acc['chance']:.2f})")
   ax.set_xscale("log")
   ax.set_xticks(ks)
   ax.set_xticklabels([str(k) for k in ks])
   ax.minorticks_off()
   ax.set_ylim(0, 1.02)
-  return _finish(fig, ax, "latent size", "held-out layer accuracy",
-                 f"{results['dataset']}: which layer is this window from?")
+  return _finish(
+    fig,
+    ax,
+    "latent size",
+    "held-out layer accuracy",
+    f"{results['dataset']}: which layer is this window from?",
+  )
 
 
 def plot_spectrum(results: dict[str, Any]):
@@ -106,16 +123,26 @@ def plot_spectrum(results: dict[str, Any]):
     s = results["spectrum"][layer]
     v = np.asarray(s["reliable_variance"])
     n = np.arange(1, len(v) + 1)
-    line, = ax.plot(n[v > 0], v[v > 0], ".", ms=4,
-                    label=f"layer {layer}: alpha {s['alpha'] if s['alpha'] is not None else '-'}")
+    (line,) = ax.plot(
+      n[v > 0],
+      v[v > 0],
+      ".",
+      ms=4,
+      label=f"layer {layer}: alpha {s['alpha'] if s['alpha'] is not None else '-'}",
+    )
     if s["alpha"] is not None:
       lo, hi = s["fit_range"]
       fit = n[(n >= lo) & (n <= min(hi, len(v)))]
       ax.plot(fit, v[lo - 1] * (fit / lo) ** -s["alpha"], "-", color=line.get_color(), lw=1)
   ax.set_xscale("log")
   ax.set_yscale("log")
-  return _finish(fig, ax, "SVCA component", "reliable variance (held-out time)",
-                 f"{results['dataset']}: reliable-variance spectrum")
+  return _finish(
+    fig,
+    ax,
+    "SVCA component",
+    "reliable variance (held-out time)",
+    f"{results['dataset']}: reliable-variance spectrum",
+  )
 
 
 def plot_scaling(results: dict[str, Any]):
@@ -130,23 +157,38 @@ def plot_scaling(results: dict[str, Any]):
     ok = k > 0
     positive |= bool(ok.any())
     iv = np.asarray(row["interval"], float).reshape(-1, 2)
-    line = ax.errorbar(n[ok], k[ok], yerr=[k[ok] - np.maximum(iv[ok, 0], 1), iv[ok, 1] - k[ok]],
-                       fmt="o-", capsize=3,
-                       label=f"layer {layer}: slope {row['slope'] if row['slope'] is not None else '-'}"
-                             f"{', saturates' if row['saturates'] else ''}")
+    line = ax.errorbar(
+      n[ok],
+      k[ok],
+      yerr=[k[ok] - np.maximum(iv[ok, 0], 1), iv[ok, 1] - k[ok]],
+      fmt="o-",
+      capsize=3,
+      label=f"layer {layer}: slope {row['slope'] if row['slope'] is not None else '-'}"
+      f"{', saturates' if row['saturates'] else ''}",
+    )
     if results.get("true_latent", {}).get(layer):
       ax.axhline(results["true_latent"][layer], color=line[0].get_color(), ls=":", lw=1)
   ax.set_xscale("log")
   if positive:
     ax.set_yscale("log")
   else:
-    ax.text(0.03, 0.05, "chosen 0 at every count: no gain over the null", transform=ax.transAxes,
-            fontsize=8)
+    ax.text(
+      0.03,
+      0.05,
+      "chosen 0 at every count: no gain over the null",
+      transform=ax.transAxes,
+      fontsize=8,
+    )
   ax.set_xticks(n)
   ax.set_xticklabels([str(int(c)) for c in n], fontsize=8)
   ax.minorticks_off()
-  return _finish(fig, ax, "held-in neurons (encoder inputs)", "chosen dimension",
-                 f"{results['dataset']}: dimension against neuron count")
+  return _finish(
+    fig,
+    ax,
+    "held-in neurons (encoder inputs)",
+    "chosen dimension",
+    f"{results['dataset']}: dimension against neuron count",
+  )
 
 
 def plot_timescales(results: dict[str, Any]):
@@ -173,11 +215,21 @@ def plot_timescales(results: dict[str, Any]):
       im = ax.imshow(grid, origin="lower", cmap="viridis", vmin=0, vmax=1)
       for (a, b), f in zip(bands, frac):
         if np.isfinite(f):
-          ax.text(v0.index(a), v1.index(b), f"{f:.2f}", ha="center", va="center", fontsize=7,
-                  color="w" if f < 0.6 else "k")
+          ax.text(
+            v0.index(a),
+            v1.index(b),
+            f"{f:.2f}",
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="w" if f < 0.6 else "k",
+          )
       if any(chosen):
-        ax.add_patch(plt.Rectangle((v0.index(chosen[0]) - 0.5, v1.index(chosen[1]) - 0.5), 1, 1,
-                                   fill=False, ec="r", lw=2))
+        ax.add_patch(
+          plt.Rectangle(
+            (v0.index(chosen[0]) - 0.5, v1.index(chosen[1]) - 0.5), 1, 1, fill=False, ec="r", lw=2
+          )
+        )
       ax.set_xticks(range(len(v0)), [str(v) for v in v0])
       ax.set_yticks(range(len(v1)), [str(v) for v in v1])
       ax.set_xlabel(f"latents at tau={taus[0]} bins")
@@ -187,8 +239,10 @@ def plot_timescales(results: dict[str, Any]):
       ax.scatter(bands.sum(axis=1), frac, s=12)
       ax.set_xlabel("total latents")
       ax.set_ylabel("gain / best gain")
-    ax.set_title(f"layer {layer}: chosen {'/'.join(map(str, chosen))} "
-                 f"(tau {'/'.join(map(str, taus))})", fontsize=9)
+    ax.set_title(
+      f"layer {layer}: chosen {'/'.join(map(str, chosen))} (tau {'/'.join(map(str, taus))})",
+      fontsize=9,
+    )
   fig.tight_layout()
   return fig
 
@@ -219,5 +273,3 @@ def save_figure(path: str, fig) -> None:
   fig.savefig(buf, format="png", dpi=120)
   plt.close(fig)
   files.atomic_write(path, lambda f: f.write(buf.getvalue()), mode="wb")
-
-

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from nmas_jax import files, models
-from nmas_jax.reporting import plots, results as results_lib
+from nmas_jax.reporting import plots
+from nmas_jax.reporting import results as results_lib
 from nmas_jax.reporting.plots import metric_label
 from nmas_jax.reporting.results import curves, dimension_metric
 
@@ -24,10 +25,14 @@ def bands_table(results: dict[str, Any]) -> str:
   dim = results["dimension"]
   taus = dim["timescales"]
   true = results.get("true_latent") or {}
-  lines = [f"held-out {dim['metric']}, validation block: latents per timescale band "
-           f"(tau = {', '.join(map(str, taus))} bins)",
-           f"{'layer':>10} " + "".join(f" {'tau=' + str(t):>12}" for t in taus)
-           + f" {'total':>6} {'5-95%':>6}" + (f" {'true':>6}" if true else "")]
+  lines = [
+    f"held-out {dim['metric']}, validation block: latents per timescale band "
+    f"(tau = {', '.join(map(str, taus))} bins)",
+    f"{'layer':>10} "
+    + "".join(f" {'tau=' + str(t):>12}" for t in taus)
+    + f" {'total':>6} {'5-95%':>6}"
+    + (f" {'true':>6}" if true else ""),
+  ]
   for layer in results["layers"]:
     bands = results["optimal_latent_bands"][layer]
     iv = results["optimal_latent_bands_interval"][layer]
@@ -41,9 +46,17 @@ def _bands_section(results: dict[str, Any]) -> list[str]:
   if not results.get("optimal_latent_bands"):
     return []
   dim = results["dimension"]
-  return ["## Latents per timescale (validation block)", "", "```", bands_table(results), "```",
-          "", f"How: {dim['rule']}. Each band's count is shown with its 5th-95th percentile "
-          "interval over the bootstrap; timescales.png shows the gain over the whole grid.", ""]
+  return [
+    "## Latents per timescale (validation block)",
+    "",
+    "```",
+    bands_table(results),
+    "```",
+    "",
+    f"How: {dim['rule']}. Each band's count is shown with its 5th-95th percentile "
+    "interval over the bootstrap; timescales.png shows the gain over the whole grid.",
+    "",
+  ]
 
 
 def table(results: dict[str, Any], field: str | None = None) -> str:
@@ -56,8 +69,13 @@ def table(results: dict[str, Any], field: str | None = None) -> str:
   by_layer = curves(results, field)
   latents = results["latents"]
   head = f"{'layer':>10} " + " ".join(f"{'k=' + str(k):>9}" for k in latents)
-  extra = [("chosen", "optimal_latent"), ("5-95%", None), ("knee", "knee_latent"),
-           ("1-SE", "one_se_latent"), ("detect", "detectable_latent")]
+  extra = [
+    ("chosen", "optimal_latent"),
+    ("5-95%", None),
+    ("knee", "knee_latent"),
+    ("1-SE", "one_se_latent"),
+    ("detect", "detectable_latent"),
+  ]
   base = results.get("baseline_optimal_latent") or {}
   methods = results_lib.baseline_methods(results)
   extra += [(m.upper(), m) for m in methods if base.get(m)]
@@ -66,7 +84,9 @@ def table(results: dict[str, Any], field: str | None = None) -> str:
   lines = [f"held-out {field}, validation block (mean over seeds)", head]
   for layer in results["layers"]:
     cells = [by_layer[layer][k] for k in latents]
-    row = f"{layer:>10} " + " ".join(f"{np.mean(c):>9.4g}" if c else f"{'diverged':>9}" for c in cells)
+    row = f"{layer:>10} " + " ".join(
+      f"{np.mean(c):>9.4g}" if c else f"{'diverged':>9}" for c in cells
+    )
     for h, key in extra:
       if key is None:
         v = _interval(results, layer)
@@ -109,27 +129,40 @@ def _fmt(x) -> str:
 
 def _data_section(results: dict[str, Any]) -> list[str]:
   data, cfg, blocks = results.get("data", {}), results["config"], results.get("blocks", {})
-  lines = ["## Data", "",
-           f"- dataset: `{results['dataset']}`" + (f" ({data['path']})" if data.get("path") else ""),
-           f"- {len(results['layers'])} layers ({', '.join(results['layers'])}), "
-           f"{data.get('num_neurons')} neurons each, {data.get('num_time')} time bins"]
+  lines = [
+    "## Data",
+    "",
+    f"- dataset: `{results['dataset']}`" + (f" ({data['path']})" if data.get("path") else ""),
+    f"- {len(results['layers'])} layers ({', '.join(results['layers'])}), "
+    f"{data.get('num_neurons')} neurons each, {data.get('num_time')} time bins",
+  ]
   if blocks:
     b = blocks
-    lines.append(f"- time blocks: train {b['train'][0]}-{b['train'][1]} (fits the models and the "
-                 f"normalisation), validation {b['valid'][0]}-{b['valid'][1]} (chooses each model's "
-                 f"best step and the latent size), test {b['test'][0]}-{b['test'][1]} (reported only); "
-                 f"windows of {b['window']} bins"
-                 + (f"; trial data, split by whole trials of {b['trial_length']} bins"
-                    if b.get("trial_length") else ""))
+    lines.append(
+      f"- time blocks: train {b['train'][0]}-{b['train'][1]} (fits the models and the "
+      f"normalisation), validation {b['valid'][0]}-{b['valid'][1]} (chooses each model's "
+      f"best step and the latent size), test {b['test'][0]}-{b['test'][1]} (reported only); "
+      f"windows of {b['window']} bins"
+      + (
+        f"; trial data, split by whole trials of {b['trial_length']} bins"
+        if b.get("trial_length")
+        else ""
+      )
+    )
   folds = results.get("neuron_folds") or 0
-  held = (f"- each layer's neurons split at random into {folds} disjoint folds per seed, each fold "
-          f"held out from the encoder by its own model (held-out set s * {folds} + f: seed s, fold f)"
-          if folds else f"- {results.get('heldout_neurons', 0):.0%} of each layer's neurons held out "
-          "from the encoder, a different random set per seed")
-  lines += [held,
-            _model_line(results, cfg) + f", {results['likelihood']} likelihood, normalisation "
-            f"{', '.join(sorted(set((results.get('normalize') or {}).values()))) or 'none'}, "
-            f"{results['steps']} steps, {'held-out sets' if folds else 'seeds'} {results['seeds']}"]
+  held = (
+    f"- each layer's neurons split at random into {folds} disjoint folds per seed, each fold "
+    f"held out from the encoder by its own model (held-out set s * {folds} + f: seed s, fold f)"
+    if folds
+    else f"- {results.get('heldout_neurons', 0):.0%} of each layer's neurons held out "
+    "from the encoder, a different random set per seed"
+  )
+  lines += [
+    held,
+    _model_line(results, cfg) + f", {results['likelihood']} likelihood, normalisation "
+    f"{', '.join(sorted(set((results.get('normalize') or {}).values()))) or 'none'}, "
+    f"{results['steps']} steps, {'held-out sets' if folds else 'seeds'} {results['seeds']}",
+  ]
   lines += [f"- note: {n}" for n in results.get("notes", [])]
   if results.get("true_latent"):
     lines.append(f"- true dimension per layer (synthetic): {results['true_latent']}")
@@ -141,11 +174,17 @@ def _model_line(results: dict[str, Any], cfg: dict[str, Any]) -> str:
 
 
 def _curves_section(results: dict[str, Any], metric: str) -> list[str]:
-  lines = ["## Held-out results (validation block)", "",
-           f"Metric: **{metric}** ({metric_label(metric)}), mean over seeds.", ""]
+  lines = [
+    "## Held-out results (validation block)",
+    "",
+    f"Metric: **{metric}** ({metric_label(metric)}), mean over seeds.",
+    "",
+  ]
   methods = results_lib.baseline_methods(results)
-  lines += ["| layer | latent | model mean | model SE |" + "".join(f" {m.upper()} |" for m in methods),
-            "|---|---|---|---|" + "---|" * len(methods)]
+  lines += [
+    "| layer | latent | model mean | model SE |" + "".join(f" {m.upper()} |" for m in methods),
+    "|---|---|---|---|" + "---|" * len(methods),
+  ]
   by_layer = curves(results, metric)
   base = defaultdict(dict)
   for r in results.get("baselines", []):
@@ -155,8 +194,10 @@ def _curves_section(results: dict[str, Any], metric: str) -> list[str]:
       v = np.asarray(by_layer[layer][k])
       se = v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else float("nan")
       b = base[layer].get(k, {})
-      lines.append(f"| {layer} | {k} | {_fmt(v.mean() if len(v) else None)} | {_fmt(se)} |"
-                   + "".join(f" {_fmt(b.get(f'{m}_{metric}'))} |" for m in methods))
+      lines.append(
+        f"| {layer} | {k} | {_fmt(v.mean() if len(v) else None)} | {_fmt(se)} |"
+        + "".join(f" {_fmt(b.get(f'{m}_{metric}'))} |" for m in methods)
+      )
   return lines + [""]
 
 
@@ -166,27 +207,37 @@ def _choice_section(results: dict[str, Any]) -> list[str]:
     return ["## Chosen dimension", "", f"None: {dim.get('rule', 'no estimate')}.", ""]
   base = results.get("baseline_optimal_latent") or {}
   methods = [m for m in results_lib.baseline_methods(results) if m in base]
-  lines = ["## Chosen dimension (validation block)", "",
-           "| layer | chosen | 5-95% interval | knee | one-SE | detectable |"
-           + "".join(f" {m.upper()} (same rule) |" for m in methods)
-           + " participation ratio | PCs for 90% var |" + (" true |" if true else ""),
-           "|---|---|---|---|---|---|" + "---|" * len(methods) + "---|---|" + ("---|" if true else "")]
+  lines = [
+    "## Chosen dimension (validation block)",
+    "",
+    "| layer | chosen | 5-95% interval | knee | one-SE | detectable |"
+    + "".join(f" {m.upper()} (same rule) |" for m in methods)
+    + " participation ratio | PCs for 90% var |"
+    + (" true |" if true else ""),
+    "|---|---|---|---|---|---|" + "---|" * len(methods) + "---|---|" + ("---|" if true else ""),
+  ]
   for layer in results["layers"]:
-    row = (f"| {layer} | **{results['optimal_latent'][layer]}** | {_interval(results, layer)} | "
-           f"{results['knee_latent'][layer]} | {results['one_se_latent'][layer]} | "
-           f"{(results.get('detectable_latent') or {}).get(layer, '-')} |"
-           + "".join(f" {base[m].get(layer, '-')} |" for m in methods)
-           + f" {results['participation_ratio'][layer]} | {results['pca_dims_90'][layer]} |")
+    row = (
+      f"| {layer} | **{results['optimal_latent'][layer]}** | {_interval(results, layer)} | "
+      f"{results['knee_latent'][layer]} | {results['one_se_latent'][layer]} | "
+      f"{(results.get('detectable_latent') or {}).get(layer, '-')} |"
+      + "".join(f" {base[m].get(layer, '-')} |" for m in methods)
+      + f" {results['participation_ratio'][layer]} | {results['pca_dims_90'][layer]} |"
+    )
     lines.append(row + (f" {true.get(layer, '-')} |" if true else ""))
   boot = dim.get("bootstrap", {})
-  lines += ["", f"How: {dim.get('rule', '')}; the gain is the {dim.get('gain', '')}. The interval is "
-            f"the 5th-95th percentile of the choice over {boot.get('resamples')} bootstrap resamples "
-            f"of {boot.get('over', '')} (seed {boot.get('seed')}). The knee is the point of the gain "
-            "curve farthest above its chord on a log-latent axis; one-SE the smallest latent within "
-            "one standard error (over seeds) of the best; detectable the smallest latent that no "
-            "larger one beats in 95% of the same resamples (every dimension the held-out data can "
-            "detect, however small its share of the gain). Each baseline is chosen by the same rule on "
-            "its own co-smoothing curve. Where they disagree, read the curve in sweep.png.", ""]
+  lines += [
+    "",
+    f"How: {dim.get('rule', '')}; the gain is the {dim.get('gain', '')}. The interval is "
+    f"the 5th-95th percentile of the choice over {boot.get('resamples')} bootstrap resamples "
+    f"of {boot.get('over', '')} (seed {boot.get('seed')}). The knee is the point of the gain "
+    "curve farthest above its chord on a log-latent axis; one-SE the smallest latent within "
+    "one standard error (over seeds) of the best; detectable the smallest latent that no "
+    "larger one beats in 95% of the same resamples (every dimension the held-out data can "
+    "detect, however small its share of the gain). Each baseline is chosen by the same rule on "
+    "its own co-smoothing curve. Where they disagree, read the curve in sweep.png.",
+    "",
+  ]
   return lines
 
 
@@ -207,13 +258,17 @@ def scaling_lines(results: dict[str, Any]) -> list[str]:
   if not sc:
     return []
   methods = _scaling_methods(results)
-  lines = [f"chosen dimension against held-in neurons ({', '.join(map(str, sc['counts']))}); "
-           f"saturates when {sc['saturates_when']}"]
+  lines = [
+    f"chosen dimension against held-in neurons ({', '.join(map(str, sc['counts']))}); "
+    f"saturates when {sc['saturates_when']}"
+  ]
   for layer, row in sc["layers"].items():
     base = "; ".join(f"{m.upper()} {','.join(map(str, row[m]))}" for m in methods)
-    lines.append(f"  layer {layer}: {','.join(map(str, row['chosen']))} (slope "
-                 f"{row['slope'] if row['slope'] is not None else '-'}; {_verdict(row)})"
-                 + (f"; {base}" if base else ""))
+    lines.append(
+      f"  layer {layer}: {','.join(map(str, row['chosen']))} (slope "
+      f"{row['slope'] if row['slope'] is not None else '-'}; {_verdict(row)})"
+      + (f"; {base}" if base else "")
+    )
   return lines
 
 
@@ -222,17 +277,27 @@ def _scaling_section(results: dict[str, Any]) -> list[str]:
   if not sc:
     return []
   methods = _scaling_methods(results)
-  lines = ["## Dimension against neuron count (validation block)", "",
-           "The sweep repeated with each layer's encoder seeing nested random subsets of its held-in "
-           "neurons (the held-out neurons, the targets, stay the same). Chosen latent per count, "
-           "with the bootstrap interval; scaling.png plots it.", "",
-           "| layer | " + " | ".join(f"{c} neurons" for c in sc["counts"]) + " | slope | verdict |"
-           + "".join(f" {m.upper()} |" for m in methods),
-           "|---|" + "---|" * (len(sc["counts"]) + 2 + len(methods))]
+  lines = [
+    "## Dimension against neuron count (validation block)",
+    "",
+    "The sweep repeated with each layer's encoder seeing nested random subsets of its held-in "
+    "neurons (the held-out neurons, the targets, stay the same). Chosen latent per count, "
+    "with the bootstrap interval; scaling.png plots it.",
+    "",
+    "| layer | "
+    + " | ".join(f"{c} neurons" for c in sc["counts"])
+    + " | slope | verdict |"
+    + "".join(f" {m.upper()} |" for m in methods),
+    "|---|" + "---|" * (len(sc["counts"]) + 2 + len(methods)),
+  ]
   for layer, row in sc["layers"].items():
     cells = [f"{k} ({iv[0]}-{iv[1]})" for k, iv in zip(row["chosen"], row["interval"])]
-    lines.append(f"| {layer} | " + " | ".join(cells) + f" | {row['slope'] if row['slope'] is not None else '-'} | "
-                 f"{_verdict(row)} |" + "".join(f" {','.join(map(str, row[m]))} |" for m in methods))
+    lines.append(
+      f"| {layer} | "
+      + " | ".join(cells)
+      + f" | {row['slope'] if row['slope'] is not None else '-'} | "
+      f"{_verdict(row)} |" + "".join(f" {','.join(map(str, row[m]))} |" for m in methods)
+    )
   lines += ["", f"Saturates: {sc['saturates_when']}. Slope: {sc['slope']}.", ""]
   return lines
 
@@ -243,20 +308,30 @@ def _context_section(results: dict[str, Any]) -> list[str]:
   if not spec:
     return []
   fit = next(iter(spec.values()))["fit_range"]
-  lines = ["## Dimensionality in context (train block fit, validation + test measured)", "",
-           "| layer | spectrum exponent alpha | 5-95% interval | FA d_shared | FA latent (best "
-           "validation likelihood) |", "|---|---|---|---|---|"]
+  lines = [
+    "## Dimensionality in context (train block fit, validation + test measured)",
+    "",
+    "| layer | spectrum exponent alpha | 5-95% interval | FA d_shared | FA latent (best "
+    "validation likelihood) |",
+    "|---|---|---|---|---|",
+  ]
   for layer in results["layers"]:
     s, d = spec.get(layer, {}), dsh.get(layer, {})
     iv = s.get("alpha_interval")
-    lines.append(f"| {layer} | {_fmt(s.get('alpha'))} | {'-' if not iv else f'{iv[0]}-{iv[1]}'} | "
-                 f"{d.get('dshared', '-')} | {d.get('latent', '-')} |")
-  lines += ["", f"alpha: the power law var_n ~ n^-alpha fitted to the reliable variance (SVCA: two "
-            f"random halves of the neurons, components of their training-block cross-covariance, "
-            f"covariance of the halves' projections on held-out time) over components "
-            f"{fit[0]}-{fit[1]}; the interval is over a bootstrap of held-out time blocks. "
-            "d_shared: dimensions of the best FA model's shared covariance holding 95% of it "
-            "(Williamson et al. 2016). spectrum.png shows the spectra.", ""]
+    lines.append(
+      f"| {layer} | {_fmt(s.get('alpha'))} | {'-' if not iv else f'{iv[0]}-{iv[1]}'} | "
+      f"{d.get('dshared', '-')} | {d.get('latent', '-')} |"
+    )
+  lines += [
+    "",
+    f"alpha: the power law var_n ~ n^-alpha fitted to the reliable variance (SVCA: two "
+    f"random halves of the neurons, components of their training-block cross-covariance, "
+    f"covariance of the halves' projections on held-out time) over components "
+    f"{fit[0]}-{fit[1]}; the interval is over a bootstrap of held-out time blocks. "
+    "d_shared: dimensions of the best FA model's shared covariance holding 95% of it "
+    "(Williamson et al. 2016). spectrum.png shows the spectra.",
+    "",
+  ]
   return lines
 
 
@@ -276,14 +351,23 @@ def _test_section(results: dict[str, Any]) -> list[str]:
       if c.get(m) is None:
         continue
       rel = abs(c["model"] - c[m]) / max(abs(c[m]), 1e-12)
-      parts.append(f"{'beats' if better(c[m]) else 'loses to'} {m.upper()} by {rel:.1%} "
-                   f"({_fmt(c['model'])} vs {_fmt(c[m])})")
-    rates = (f" Inferred rates against the true ones: R2 {_fmt(c['test_rates_r2'])}."
-             if c.get("test_rates_r2") is not None else "")
+      parts.append(
+        f"{'beats' if better(c[m]) else 'loses to'} {m.upper()} by {rel:.1%} "
+        f"({_fmt(c['model'])} vs {_fmt(c[m])})"
+      )
+    rates = (
+      f" Inferred rates against the true ones: R2 {_fmt(c['test_rates_r2'])}."
+      if c.get("test_rates_r2") is not None
+      else ""
+    )
     what = " and ".join(parts) if parts else f"scores {_fmt(c['model'])} (no baseline at this size)"
     bands = f" (bands {'/'.join(map(str, c['bands']))})" if c.get("bands") else ""
-    lines.append(f"- layer {layer}, latent {c['latent']}{bands}, {c['metric']}: the model "
-                 + what + "." + rates)
+    lines.append(
+      f"- layer {layer}, latent {c['latent']}{bands}, {c['metric']}: the model "
+      + what
+      + "."
+      + rates
+    )
   return lines + [""]
 
 
@@ -295,27 +379,36 @@ def unconverged_advice(results: dict[str, Any], code: str = "") -> str | None:
   if not late:
     return None
   steps = results.get("steps") or 0
-  return (f"{len(late)} of {len(models)} models were still improving over the last fifth of "
-          f"training (converged: false); smaller latents often train slower, so the estimate can "
-          f"come out too large. Rerun the same command with a larger {code}--steps{code} (e.g. "
-          f"{code}--steps={3 * steps}{code}): the workdir resumes from its last checkpoint and "
-          f"trains only the extra steps.")
+  return (
+    f"{len(late)} of {len(models)} models were still improving over the last fifth of "
+    f"training (converged: false); smaller latents often train slower, so the estimate can "
+    f"come out too large. Rerun the same command with a larger {code}--steps{code} (e.g. "
+    f"{code}--steps={3 * steps}{code}): the workdir resumes from its last checkpoint and "
+    f"trains only the extra steps."
+  )
 
 
 def _training_section(results: dict[str, Any]) -> list[str]:
   models = results.get("models", [])
   late = [m for m in models if m.get("converged") is False]
-  lines = ["## Training", "",
-           "Each model is scored with its parameters from its best validation evaluation "
-           "(`best_step`)."]
+  lines = [
+    "## Training",
+    "",
+    "Each model is scored with its parameters from its best validation evaluation (`best_step`).",
+  ]
   if late:
     lines += [unconverged_advice(results, code="`"), ""]
-    lines += [f"- layer {m['layer']}, latent {m['latent']}, seed {m['seed']} (best step "
-              f"{m.get('best_step')})" for m in late[:20]]
+    lines += [
+      f"- layer {m['layer']}, latent {m['latent']}, seed {m['seed']} (best step "
+      f"{m.get('best_step')})"
+      for m in late[:20]
+    ]
     if len(late) > 20:
       lines.append(f"- ... and {len(late) - 20} more (results.json)")
   else:
-    lines.append("Every model's validation loss had stopped improving over the last fifth of training.")
+    lines.append(
+      "Every model's validation loss had stopped improving over the last fifth of training."
+    )
   return lines + [""]
 
 
@@ -323,24 +416,39 @@ def _controls_section(results: dict[str, Any]) -> list[str]:
   lines = []
   if results.get("shuffle_control"):
     sc = results["shuffle_control"]
-    lines += ["## Shuffle control", "",
-              "Each neuron circularly shifted in time by its own random offset before "
-              "normalisation: its own statistics stay, structure shared between neurons is "
-              "destroyed. Best held-out gain over the zero-latent null (validation block) and the "
-              "dimension chosen by the same rule:", "",
-              "| layer | real gain | control gain | real chosen | control chosen |",
-              "|---|---|---|---|---|"]
+    lines += [
+      "## Shuffle control",
+      "",
+      "Each neuron circularly shifted in time by its own random offset before "
+      "normalisation: its own statistics stay, structure shared between neurons is "
+      "destroyed. Best held-out gain over the zero-latent null (validation block) and the "
+      "dimension chosen by the same rule:",
+      "",
+      "| layer | real gain | control gain | real chosen | control chosen |",
+      "|---|---|---|---|---|",
+    ]
     for layer, g in sc["layers"].items():
-      lines.append(f"| {layer} | {_fmt(g['gain'])} | {_fmt(g['control_gain'])} | {g['chosen']} | "
-                   f"{g['control_chosen']} |")
-    lines += ["", "A real gain far above the control's (whose dimension should be 0) says the "
-              "latent structure is shared, not an artefact of single-neuron statistics.", ""]
+      lines.append(
+        f"| {layer} | {_fmt(g['gain'])} | {_fmt(g['control_gain'])} | {g['chosen']} | "
+        f"{g['control_chosen']} |"
+      )
+    lines += [
+      "",
+      "A real gain far above the control's (whose dimension should be 0) says the "
+      "latent structure is shared, not an artefact of single-neuron statistics.",
+      "",
+    ]
   if results.get("layer_accuracy"):
     acc = results["layer_accuracy"]
-    lines += ["## Layer decoding", "",
-              f"Held-out accuracy of a linear classifier predicting the layer from the latent "
-              f"trajectory (chance {acc['chance']:.2f}):", "",
-              "| latent | accuracy mean | min | max |", "|---|---|---|---|"]
+    lines += [
+      "## Layer decoding",
+      "",
+      f"Held-out accuracy of a linear classifier predicting the layer from the latent "
+      f"trajectory (chance {acc['chance']:.2f}):",
+      "",
+      "| latent | accuracy mean | min | max |",
+      "|---|---|---|---|",
+    ]
     for k, v in zip(acc["latents"], acc["accuracy"]):
       lines.append(f"| {k} | {np.mean(v):.3f} | {np.min(v):.3f} | {np.max(v):.3f} |")
     lines.append("")
@@ -358,13 +466,18 @@ def markdown_report(results: dict[str, Any], flags_text: str = "") -> str:
   lines += _scaling_section(results) + _context_section(results) + _test_section(results)
   lines += _training_section(results)
   lines += _controls_section(results)
-  lines += ["## Files", "", "results.json, results.csv, report.md" +
-            ("" if results.get("optimal_latent_bands") else ", sweep.png") +
-            (", spectrum.png" if results.get("spectrum") else "") +
-            (", scaling.png" if results.get("scaling") else "") +
-            (", decoding.png" if results.get("layer_accuracy") else "") +
-            (", timescales.png" if results.get("optimal_latent_bands") else "") +
-            ", tb/, metrics.jsonl, flags.txt", ""]
+  lines += [
+    "## Files",
+    "",
+    "results.json, results.csv, report.md"
+    + ("" if results.get("optimal_latent_bands") else ", sweep.png")
+    + (", spectrum.png" if results.get("spectrum") else "")
+    + (", scaling.png" if results.get("scaling") else "")
+    + (", decoding.png" if results.get("layer_accuracy") else "")
+    + (", timescales.png" if results.get("optimal_latent_bands") else "")
+    + ", tb/, metrics.jsonl, flags.txt",
+    "",
+  ]
   if flags_text:
     lines += ["## Flags", "", "```", flags_text.strip(), "```", ""]
   return "\n".join(lines)

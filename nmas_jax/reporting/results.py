@@ -16,12 +16,35 @@ import numpy as np
 from nmas_jax import files
 from nmas_jax.config import BASELINES
 
-CSV_FIELDS = ("layer", "latent", "seed", "train_loss", "valid_mse", "valid_loss", "valid_r2",
-              "valid_r2_pooled", "valid_bps", "cosmooth_mse", "cosmooth_r2", "cosmooth_r2_pooled",
-              "cosmooth_bps", "test_mse", "test_r2", "test_r2_pooled", "test_bps",
-              "test_cosmooth_mse", "test_cosmooth_r2", "test_cosmooth_r2_pooled", "test_cosmooth_bps",
-              "rates_r2", "test_rates_r2", "best_step", "converged", "diverged_at_step",
-              "neuron_count")
+CSV_FIELDS = (
+  "layer",
+  "latent",
+  "seed",
+  "train_loss",
+  "valid_mse",
+  "valid_loss",
+  "valid_r2",
+  "valid_r2_pooled",
+  "valid_bps",
+  "cosmooth_mse",
+  "cosmooth_r2",
+  "cosmooth_r2_pooled",
+  "cosmooth_bps",
+  "test_mse",
+  "test_r2",
+  "test_r2_pooled",
+  "test_bps",
+  "test_cosmooth_mse",
+  "test_cosmooth_r2",
+  "test_cosmooth_r2_pooled",
+  "test_cosmooth_bps",
+  "rates_r2",
+  "test_rates_r2",
+  "best_step",
+  "converged",
+  "diverged_at_step",
+  "neuron_count",
+)
 
 
 def results_dict(prep, cfg, out) -> dict[str, Any]:
@@ -30,7 +53,8 @@ def results_dict(prep, cfg, out) -> dict[str, Any]:
   diverged = out.diverged_at if out.diverged_at is not None else np.asarray(out.state.diverged_at)
   entries = []
   for i in range(len(out.table)):
-    entries.append({
+    entries.append(
+      {
         "layer": dataset.layer_names[out.table.layer[i]],
         "latent": int(out.table.latent[i]),
         "seed": int(out.table.seed[i]),
@@ -39,7 +63,8 @@ def results_dict(prep, cfg, out) -> dict[str, Any]:
         "valid_mse": _num(out.valid["valid/mse"][i]),
         "valid_loss": _num(out.valid["valid/loss"][i]),
         "diverged_at_step": int(diverged[i]) if diverged[i] >= 0 else None,
-    })
+      }
+    )
     if cfg.neuron_counts:
       entries[-1]["neuron_count"] = int(out.table.count[i]) or None
     if out.table.bands.shape[1]:  # --model=multiscale: latents per band (latent: their total)
@@ -47,33 +72,41 @@ def results_dict(prep, cfg, out) -> dict[str, Any]:
     if out.best_step is not None:
       entries[-1].update(best_step=int(out.best_step[i]), converged=bool(out.converged[i]))
   res = {
-      "schema_version": files.SCHEMA_VERSION,
-      "dataset": dataset.name,
-      "latents": list(map(int, cfg.latents)),
-      "layers": list(dataset.layer_names),
-      "seeds": list(range(cfg.heldout_sets)),
-      "neuron_folds": cfg.neuron_folds,
-      "steps": cfg.steps,
-      "decoder": cfg.decoder,
-      "model": cfg.model,
-      "likelihood": prep.likelihood,
-      "heldout_neurons": cfg.heldout_neurons,
-      "blocks": {"train": [0, prep.t_train], "valid": [prep.t_train, prep.t_valid],
-                 "test": [prep.t_valid, dataset.num_time], "window": prep.window,
-                 "trial_length": dataset.trial_length or None},
-      "heldout_neuron_indices": {f"seed {s}": {n: np.flatnonzero(prep.heldout_SLN[s, l]).tolist()
-                                               for l, n in enumerate(dataset.layer_names)}
-                                 for s in range(prep.heldout_SLN.shape[0])},
-      "normalize": {n: v["method"] for n, v in prep.normalization.items()},
-      "dropped_neurons": prep.dropped,
-      "notes": list(prep.notes),
-      "config": dataclasses.asdict(cfg),
-      "data": {"num_time": dataset.num_time, "num_neurons": dataset.num_neurons, **dataset.meta},
-      "models": entries,
-      "seconds": round(out.seconds, 2),
-      "compile_seconds": round(out.compile_seconds, 2),
-      "complete": out.complete,
-      "evaluated_step": out.step,
+    "schema_version": files.SCHEMA_VERSION,
+    "dataset": dataset.name,
+    "latents": list(map(int, cfg.latents)),
+    "layers": list(dataset.layer_names),
+    "seeds": list(range(cfg.heldout_sets)),
+    "neuron_folds": cfg.neuron_folds,
+    "steps": cfg.steps,
+    "decoder": cfg.decoder,
+    "model": cfg.model,
+    "likelihood": prep.likelihood,
+    "heldout_neurons": cfg.heldout_neurons,
+    "blocks": {
+      "train": [0, prep.t_train],
+      "valid": [prep.t_train, prep.t_valid],
+      "test": [prep.t_valid, dataset.num_time],
+      "window": prep.window,
+      "trial_length": dataset.trial_length or None,
+    },
+    "heldout_neuron_indices": {
+      f"seed {s}": {
+        n: np.flatnonzero(prep.heldout_SLN[s, l]).tolist()
+        for l, n in enumerate(dataset.layer_names)
+      }
+      for s in range(prep.heldout_SLN.shape[0])
+    },
+    "normalize": {n: v["method"] for n, v in prep.normalization.items()},
+    "dropped_neurons": prep.dropped,
+    "notes": list(prep.notes),
+    "config": dataclasses.asdict(cfg),
+    "data": {"num_time": dataset.num_time, "num_neurons": dataset.num_neurons, **dataset.meta},
+    "models": entries,
+    "seconds": round(out.seconds, 2),
+    "compile_seconds": round(out.compile_seconds, 2),
+    "complete": out.complete,
+    "evaluated_step": out.step,
   }
   if out.stopped:
     res["stopped"] = out.stopped
@@ -121,7 +154,6 @@ def curves(results: dict[str, Any], field: str = "valid_mse") -> dict[str, dict[
 
 def dimension_metric(results: dict[str, Any]) -> str:
   return results.get("dimension", {}).get("metric", "valid_mse")
-
 
 
 def baseline_methods(results: dict[str, Any]) -> list[str]:

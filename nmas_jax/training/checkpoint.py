@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
@@ -22,9 +23,21 @@ from nmas_jax.errors import UserError, WriteError
 SWEEP_FILE = "sweep.json"
 TMP_MARK = ".orbax-checkpoint-tmp"  # in the name of a checkpoint directory orbax has not finished
 # What a sweep leaves in its workdir; --overwrite removes exactly these.
-OUTPUTS = ("checkpoints", "checkpoints_unreadable", "heartbeats", "tb", "metrics.jsonl",
-           "results.json", "results.csv", "sweep.png", "spectrum.png", "decoding.png", "report.md",
-           "flags.txt", SWEEP_FILE)
+OUTPUTS = (
+  "checkpoints",
+  "checkpoints_unreadable",
+  "heartbeats",
+  "tb",
+  "metrics.jsonl",
+  "results.json",
+  "results.csv",
+  "sweep.png",
+  "spectrum.png",
+  "decoding.png",
+  "report.md",
+  "flags.txt",
+  SWEEP_FILE,
+)
 
 
 class Checkpointer:
@@ -49,8 +62,12 @@ class Checkpointer:
     self._mngr = self._open()
 
   def _open(self) -> ocp.CheckpointManager:
-    return ocp.CheckpointManager(self._dir, options=ocp.CheckpointManagerOptions(
-        max_to_keep=self._keep, create=True, enable_async_checkpointing=False))
+    return ocp.CheckpointManager(
+      self._dir,
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=self._keep, create=True, enable_async_checkpointing=False
+      ),
+    )
 
   def latest_step(self) -> int | None:
     return self._mngr.latest_step()
@@ -59,16 +76,23 @@ class Checkpointer:
     """Saves `state` and the JSON `aux` (which gains `schema_version`) as checkpoint `step`."""
     aux = {"schema_version": files.SCHEMA_VERSION, **aux}
     try:
-      self._mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                    aux=ocp.args.JsonSave(aux)), force=True)
+      self._mngr.save(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state), aux=ocp.args.JsonSave(aux)),
+        force=True,
+      )
       self._mngr.wait_until_finished()
     except Exception as e:  # noqa: BLE001 - orbax wraps OS errors in its own types
       raise WriteError(os.path.join(self._dir, str(step)), _cause(e)) from e
 
   def restore(self, step: int, like_state: Any) -> tuple[Any, dict[str, Any]]:
     """Restores the state into the structure (and shardings) of `like_state`."""
-    r = self._mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(like_state),
-                                                         aux=ocp.args.JsonRestore()))
+    r = self._mngr.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(like_state), aux=ocp.args.JsonRestore()
+      ),
+    )
     return r.state, r.aux
 
   def restore_latest(self, like_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
@@ -87,11 +111,15 @@ class Checkpointer:
       except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is the same fault
         moved = True
         dest = self._move_aside(step)
-        self._log(f"warning: the checkpoint at step {step} cannot be read ({type(e).__name__}): "
-                  f"moved it to {dest}; trying the one before")
+        self._log(
+          f"warning: the checkpoint at step {step} cannot be read ({type(e).__name__}): "
+          f"moved it to {dest}; trying the one before"
+        )
     if moved:
-      raise UserError(f"no readable checkpoint in {self._dir} (the unreadable ones are in "
-                      f"{self._aside}): rerun with --overwrite to start again")
+      raise UserError(
+        f"no readable checkpoint in {self._dir} (the unreadable ones are in "
+        f"{self._aside}): rerun with --overwrite to start again"
+      )
     return None
 
   def _move_aside(self, step: int) -> str:
@@ -103,6 +131,7 @@ class Checkpointer:
       os.rename(os.path.join(self._dir, str(step)), dest)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
+
       multihost_utils.sync_global_devices(f"moved aside checkpoint {step}")
     self._mngr.close()
     self._mngr = self._open()
@@ -148,12 +177,16 @@ def _differs(workdir: str, previous: dict[str, Any], identity: dict[str, Any]) -
   version = previous.get("schema_version", 1)
   if version != files.SCHEMA_VERSION:
     age = "an older" if version < files.SCHEMA_VERSION else "a newer"
-    return (f"--workdir={workdir} was written by {age} version of nmas-jax (schema {version}, "
-            f"this one reads {files.SCHEMA_VERSION})")
+    return (
+      f"--workdir={workdir} was written by {age} version of nmas-jax (schema {version}, "
+      f"this one reads {files.SCHEMA_VERSION})"
+    )
   before = previous.get("identity", {})
   k = next(k for k in sorted(set(before) | set(identity)) if before.get(k) != identity.get(k))
-  return (f"--workdir={workdir} holds a different sweep (--{k} was {_fmt(before.get(k))}, now "
-          f"{_fmt(identity.get(k))})")
+  return (
+    f"--workdir={workdir} holds a different sweep (--{k} was {_fmt(before.get(k))}, now "
+    f"{_fmt(identity.get(k))})"
+  )
 
 
 def claim_workdir(workdir: str, identity: dict[str, Any], overwrite: bool = False) -> bool:
@@ -170,17 +203,28 @@ def claim_workdir(workdir: str, identity: dict[str, Any], overwrite: bool = Fals
     try:
       previous = files.read_json(path)
     except (OSError, json.JSONDecodeError):
-      previous = {"schema_version": files.SCHEMA_VERSION, "identity": {"<unreadable sweep.json>": True}}
+      previous = {
+        "schema_version": files.SCHEMA_VERSION,
+        "identity": {"<unreadable sweep.json>": True},
+      }
     if not isinstance(previous, dict):
-      previous = {"schema_version": files.SCHEMA_VERSION, "identity": {"<unreadable sweep.json>": True}}
+      previous = {
+        "schema_version": files.SCHEMA_VERSION,
+        "identity": {"<unreadable sweep.json>": True},
+      }
   elif os.path.exists(os.path.join(workdir, "results.json")) or os.path.exists(
-      os.path.join(workdir, "checkpoints")):
-    previous = {"schema_version": files.SCHEMA_VERSION,
-                "identity": {"<a sweep without sweep.json>": True}}
+    os.path.join(workdir, "checkpoints")
+  ):
+    previous = {
+      "schema_version": files.SCHEMA_VERSION,
+      "identity": {"<a sweep without sweep.json>": True},
+    }
   if previous is not None and previous != mine:
     if not overwrite:
-      raise UserError(f"{_differs(workdir, previous, identity)}: use another --workdir, or "
-                      "--overwrite to replace it")
+      raise UserError(
+        f"{_differs(workdir, previous, identity)}: use another --workdir, or "
+        "--overwrite to replace it"
+      )
     for name in OUTPUTS:
       p = os.path.join(workdir, name)
       if os.path.isdir(p):

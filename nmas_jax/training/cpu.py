@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -31,8 +32,8 @@ import numpy as np
 
 from nmas_jax import models
 from nmas_jax.data import splits
-from nmas_jax.training import sharding, train
 from nmas_jax.errors import UserError
+from nmas_jax.training import sharding, train
 from nmas_jax.training.table import ModelTable
 
 CPU_XLA_FLAGS = ("--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED",)
@@ -40,8 +41,11 @@ DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 MAX_CPU_LANES = 8  # so that a big host does not get a copy of the data on dozens of devices
 
 # glibc mallopt parameters (name: (param, value)) for `tune_malloc`.
-MALLOC_OPTIONS = {"M_MMAP_MAX": (-4, 0), "M_TRIM_THRESHOLD": (-1, 1 << 30),
-                  "M_TOP_PAD": (-2, 64 << 20)}
+MALLOC_OPTIONS = {
+  "M_MMAP_MAX": (-4, 0),
+  "M_TRIM_THRESHOLD": (-1, 1 << 30),
+  "M_TOP_PAD": (-2, 64 << 20),
+}
 
 # by_latent compiles at most this many models into one program.
 MODELS_PER_PROGRAM = 5
@@ -75,6 +79,7 @@ def backend_started() -> bool:
   """
   try:
     from jax._src import xla_bridge
+
     return bool(xla_bridge.backends_are_initialized())
   except (ImportError, AttributeError):
     return False
@@ -106,6 +111,7 @@ def tune_cpu_flags(lanes: int | None = None) -> list[str]:
   wanted = []
   try:
     import jaxlib
+
     if tuple(int(p) for p in jaxlib.__version__.split(".")[:2]) >= (0, 10):
       wanted += list(CPU_XLA_FLAGS)
   except (ImportError, ValueError):
@@ -128,17 +134,20 @@ def tune_malloc() -> dict[str, int]:
   """
   import ctypes
   import platform
+
   if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
     return {}
-  if (any(k.startswith("MALLOC_") for k in os.environ)
-      or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "")):
+  if any(k.startswith("MALLOC_") for k in os.environ) or "glibc.malloc." in os.environ.get(
+    "GLIBC_TUNABLES", ""
+  ):
     return {}
   try:
     mallopt = ctypes.CDLL(None).mallopt
   except (OSError, AttributeError):
     return {}
-  return {name: value for name, (param, value) in MALLOC_OPTIONS.items()
-          if mallopt(param, value) == 1}
+  return {
+    name: value for name, (param, value) in MALLOC_OPTIONS.items() if mallopt(param, value) == 1
+  }
 
 
 def lane_devices(mesh) -> list:
@@ -163,14 +172,20 @@ def latent_buckets(table: ModelTable) -> tuple[tuple[int, ...], list[list[np.nda
   num_l = len(dict.fromkeys(table.latent.tolist()))
   latents = tuple(int(k) for k in table.latent[:num_l])
   levels = list(dict.fromkeys(table.count.tolist()))
-  index = [[np.flatnonzero((table.count == c) & (table.latent == k)) for k in latents]
-           for c in levels]
+  index = [
+    [np.flatnonzero((table.count == c) & (table.latent == k)) for k in latents] for c in levels
+  ]
   rows = lambda i: list(zip(table.layer[i], table.seed[i]))
   groups = len(index[0][0])
-  if (len(set(table.latent.tolist())) != num_l or groups * num_l * len(levels) != len(table)
-      or any(len(i) != groups or rows(i) != rows(level[0]) for level in index for i in level)):
-    raise UserError("--batching=by_latent needs every model on one device (this sweep pads the "
-                    "models axis for several devices): use --batching=vmap or auto")
+  if (
+    len(set(table.latent.tolist())) != num_l
+    or groups * num_l * len(levels) != len(table)
+    or any(len(i) != groups or rows(i) != rows(level[0]) for level in index for i in level)
+  ):
+    raise UserError(
+      "--batching=by_latent needs every model on one device (this sweep pads the "
+      "models axis for several devices): use --batching=vmap or auto"
+    )
   return latents, index
 
 
@@ -196,15 +211,31 @@ def narrow_index(mask_GN: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   idx = np.zeros((len(sets), width), np.int32)
   w = np.zeros((len(sets), width), np.float32)
   for g, i in enumerate(sets):
-    idx[g, :len(i)], w[g, :len(i)] = i, 1.0
+    idx[g, : len(i)], w[g, : len(i)] = i, 1.0
   return idx, w
 
 
-def bucket_step(parts: tuple, x_LTN: jax.Array, mask_GN: jax.Array, target_GN: jax.Array | None,
-                layer_G: jax.Array, seed_G: jax.Array, narrow: tuple | None, step: jax.Array, *,
-                model, tx, likelihood: str, t_train: int, window: int, batch_size: int,
-                mix_layers: bool, latents: tuple[int, ...], groups: int, stride: int = 1
-                ) -> tuple[tuple, dict[str, jax.Array]]:
+def bucket_step(
+  parts: tuple,
+  x_LTN: jax.Array,
+  mask_GN: jax.Array,
+  target_GN: jax.Array | None,
+  layer_G: jax.Array,
+  seed_G: jax.Array,
+  narrow: tuple | None,
+  step: jax.Array,
+  *,
+  model,
+  tx,
+  likelihood: str,
+  t_train: int,
+  window: int,
+  batch_size: int,
+  mix_layers: bool,
+  latents: tuple[int, ...],
+  groups: int,
+  stride: int = 1,
+) -> tuple[tuple, dict[str, jax.Array]]:
   """Steps the models of `latents` (one packed part each, [groups] models of one neuron count),
   each latent size at its own width.
 
@@ -213,22 +244,40 @@ def bucket_step(parts: tuple, x_LTN: jax.Array, mask_GN: jax.Array, target_GN: j
   weights [groups, I] of the inputs, [groups, O] of the outputs), each model is cut to those
   neurons (`Family.narrowed`). Metrics: one tree [groups] per latent size.
   """
-  x_GBTN = splits.sample_batches(x_LTN, layer_G, seed_G, step, t_train=t_train, window=window,
-                                 batch_size=batch_size, mix_layers=mix_layers, stride=stride)
+  x_GBTN = splits.sample_batches(
+    x_LTN,
+    layer_G,
+    seed_G,
+    step,
+    t_train=t_train,
+    window=window,
+    batch_size=batch_size,
+    mix_layers=mix_layers,
+    stride=stride,
+  )
   if narrow is None:
-    batch_G = {"x": x_GBTN, "x_in": jax.vmap(train.encoder_input)(x_GBTN, mask_GN),
-               "input_mask": mask_GN}  # read by LFADS' coordinated dropout
+    batch_G = {
+      "x": x_GBTN,
+      "x_in": jax.vmap(train.encoder_input)(x_GBTN, mask_GN),
+      "input_mask": mask_GN,
+    }  # read by LFADS' coordinated dropout
     if target_GN is not None:
       batch_G["loss_mask"] = target_GN
   else:
     in_GI, in_w_GI, out_GO, out_w_GO = narrow
     take = jax.vmap(lambda x_BTN, i: jnp.take(x_BTN, i, axis=-1))
-    batch_G = {"x": take(x_GBTN, out_GO), "x_in": take(x_GBTN, in_GI) * in_w_GI[:, None, None, :],
-               "loss_mask": out_w_GO, "neurons_in": in_GI, "neurons_out": out_GO}
+    batch_G = {
+      "x": take(x_GBTN, out_GO),
+      "x_in": take(x_GBTN, in_GI) * in_w_GI[:, None, None, :],
+      "loss_mask": out_w_GO,
+      "neurons_in": in_GI,
+      "neurons_out": out_GO,
+    }
   new, metrics = [], []
   for j, k in enumerate(latents):
-    one = functools.partial(train.train_step, model=model, tx=tx, likelihood=likelihood,
-                            latent_width=k)
+    one = functools.partial(
+      train.train_step, model=model, tx=tx, likelihood=likelihood, latent_width=k
+    )
     if groups == 1:  # a packed part has no groups axis then (see ByLatentStepper)
       st, m = one(parts[j], jax.tree.map(lambda a: a[0], batch_G))
       m = jax.tree.map(lambda a: a[None], m)
@@ -259,13 +308,21 @@ class ByLatentStepper:
   copied to each lane once.
   """
 
-  def __init__(self, model, tx, prep: splits.Prepared, placed: splits.Placed, table: ModelTable,
-               mesh, lanes: list | None = None):
+  def __init__(
+    self,
+    model,
+    tx,
+    prep: splits.Prepared,
+    placed: splits.Placed,
+    table: ModelTable,
+    mesh,
+    lanes: list | None = None,
+  ):
     latents, index = latent_buckets(table)
     # Large models: one computation per model, no vmap over groups (see UNROLL_MIN_NEURONS).
     self.unrolled = len(index[0][0]) > 1 and model.neurons >= UNROLL_MIN_NEURONS
     if self.unrolled:
-      index = [[i[g:g + 1] for i in level] for level in index for g in range(len(level[0]))]
+      index = [[i[g : g + 1] for i in level] for level in index for g in range(len(level[0]))]
     num_l, groups = len(latents), len(index[0][0])
     lanes = lane_devices(mesh) if lanes is None else list(lanes)
     num_p = num_l * len(index)  # parts: count level major, latent minor
@@ -274,9 +331,18 @@ class ByLatentStepper:
     self.devices = [lanes[i % len(lanes)] for i in range(len(self.chunks))]
     self.batching, self.lanes = "by_latent", len(set(self.devices))
     self.description = "by_latent" + (f" on {self.lanes} CPU lanes" if self.lanes > 1 else "")
-    step = functools.partial(bucket_step, model=model, tx=tx, likelihood=prep.likelihood,
-                             t_train=prep.t_train, window=prep.window, batch_size=prep.batch_size,
-                             stride=prep.stride, mix_layers=prep.shared, groups=groups)
+    step = functools.partial(
+      bucket_step,
+      model=model,
+      tx=tx,
+      likelihood=prep.likelihood,
+      t_train=prep.t_train,
+      window=prep.window,
+      batch_size=prep.batch_size,
+      stride=prep.stride,
+      mix_layers=prep.shared,
+      groups=groups,
+    )
     order = np.concatenate([i for level in index for i in level])
     self._inverse = np.argsort(order)
     first = [level[0] for level in index]  # each count level's groups' table indices
@@ -294,26 +360,37 @@ class ByLatentStepper:
 
     def segments(a, b):
       """A chunk's parts [a, b) as (level, first latent, stop latent) runs of one level each."""
-      return [(c, max(a, c * num_l) - c * num_l, min(b, (c + 1) * num_l) - c * num_l)
-              for c in range(a // num_l, (b - 1) // num_l + 1)]
+      return [
+        (c, max(a, c * num_l) - c * num_l, min(b, (c + 1) * num_l) - c * num_l)
+        for c in range(a // num_l, (b - 1) // num_l + 1)
+      ]
 
     def chunk_step(segs, parts, x_LTN, args, step_i):
       new, metrics, at = [], [], 0
       for (_, ja, jb), arg in zip(segs, args):
-        p, m = step(parts[at:at + jb - ja], x_LTN, *arg, step_i, latents=latents[ja:jb])
+        p, m = step(parts[at : at + jb - ja], x_LTN, *arg, step_i, latents=latents[ja:jb])
         new += p
         metrics += m
         at += jb - ja
       return tuple(new), tuple(metrics)
 
     segs = [segments(a, b) for a, b in self.chunks]
-    self._fns = [jax.jit(functools.partial(chunk_step, sg), donate_argnums=0,
-                         out_shardings=jax.sharding.SingleDeviceSharding(dev))
-                 for sg, dev in zip(segs, self.devices)]
-    x_on = {dev: placed.x_LTN if placed.x_LTN.devices() == {dev} else jax.device_put(placed.x_LTN, dev)
-            for dev in set(self.devices)}
-    self._args = [(x_on[dev], jax.device_put(tuple(level_args(c) for c, _, _ in sg), dev))
-                  for sg, dev in zip(segs, self.devices)]
+    self._fns = [
+      jax.jit(
+        functools.partial(chunk_step, sg),
+        donate_argnums=0,
+        out_shardings=jax.sharding.SingleDeviceSharding(dev),
+      )
+      for sg, dev in zip(segs, self.devices)
+    ]
+    x_on = {
+      dev: placed.x_LTN if placed.x_LTN.devices() == {dev} else jax.device_put(placed.x_LTN, dev)
+      for dev in set(self.devices)
+    }
+    self._args = [
+      (x_on[dev], jax.device_put(tuple(level_args(c) for c, _, _ in sg), dev))
+      for sg, dev in zip(segs, self.devices)
+    ]
     self._merge = jax.jit(lambda m: _to_table([p for chunk in m for p in chunk], self._inverse))
     self._build_layout(model, tx, latents, index, mesh)
 
@@ -331,8 +408,10 @@ class ByLatentStepper:
 
     def unpack(parts):  # the inverse, zero-filling the padded units
       fill = lambda a, t: jnp.pad(a, [(0, 0)] + [(0, n - m) for n, m in zip(t.shape, a.shape[1:])])
-      return _to_table([jax.tree.map(lambda a, t: fill(with_groups(a), t), p, padded)
-                        for p in parts], self._inverse)
+      return _to_table(
+        [jax.tree.map(lambda a, t: fill(with_groups(a), t), p, padded) for p in parts],
+        self._inverse,
+      )
 
     home = sharding.replicated(mesh)  # parts may sit on other lanes: gather them first
     unpack_jit = jax.jit(unpack)
@@ -340,15 +419,18 @@ class ByLatentStepper:
     self.pack = jax.jit(pack)
     self.unpack = lambda parts: unpack_jit(jax.device_put(parts, home))
     self.diverged_at = lambda parts: diverged_jit(
-        jax.device_put([p.diverged_at for p in parts], home))
+      jax.device_put([p.diverged_at for p in parts], home)
+    )
 
   def _on_lane(self, c: int, parts):
     dev = self.devices[c]
     return parts if jax.tree.leaves(parts)[0].devices() == {dev} else jax.device_put(parts, dev)
 
   def compile(self, carry) -> None:
-    self._fns = [fn.lower(self._on_lane(c, carry[a:b]), *self._args[c], np.int32(0)).compile()
-                 for c, (fn, (a, b)) in enumerate(zip(self._fns, self.chunks))]
+    self._fns = [
+      fn.lower(self._on_lane(c, carry[a:b]), *self._args[c], np.int32(0)).compile()
+      for c, (fn, (a, b)) in enumerate(zip(self._fns, self.chunks))
+    ]
 
   def step(self, carry, step: int):
     parts, metrics = [], []

@@ -13,7 +13,8 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -41,7 +42,7 @@ class Preemption:
     self.signum: int | None = None
     self._previous: dict[int, Any] = {}
 
-  def __enter__(self) -> "Preemption":
+  def __enter__(self) -> Preemption:
     if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
       for s in self.SIGNALS:
         self._previous[s] = signal.signal(s, self._record)
@@ -59,6 +60,7 @@ class Preemption:
   def __call__(self, loop) -> None:
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
+
       if multihost_utils.reached_preemption_sync_point(loop.step):
         self.signum = int(signal.SIGTERM)
     if self.signum is not None:
@@ -73,11 +75,13 @@ class NanStop:
 
   def __call__(self, loop) -> None:
     b = loop.built
-    diverged = np.asarray(sharding.gather(b.stepper.diverged_at(loop.carry)))[:b.n_real]
+    diverged = np.asarray(sharding.gather(b.stepper.diverged_at(loop.carry)))[: b.n_real]
     bad = np.flatnonzero(diverged >= 0)
     if len(bad):
-      loop.stop(f"{b.table.describe(bad[0], self.layer_names)} diverged (non-finite loss or "
-                f"gradient) at step {int(diverged[bad[0]])}; --nan_policy=stop stopped the sweep")
+      loop.stop(
+        f"{b.table.describe(bad[0], self.layer_names)} diverged (non-finite loss or "
+        f"gradient) at step {int(diverged[bad[0]])}; --nan_policy=stop stopped the sweep"
+      )
 
 
 class Progress:
@@ -87,8 +91,12 @@ class Progress:
   uses (squared error; Poisson NLL for counts), else by the validation loss.
   """
 
-  def __init__(self, log: Callable[[str], None], layer_names: Sequence[str] | None,
-               clock: Callable[[], float] = time.perf_counter):
+  def __init__(
+    self,
+    log: Callable[[str], None],
+    layer_names: Sequence[str] | None,
+    clock: Callable[[], float] = time.perf_counter,
+  ):
     self.log, self.layer_names, self.clock = log, layer_names, clock
     self._last: tuple[float, int] | None = None
 
@@ -112,9 +120,11 @@ class Progress:
     ok = np.isfinite(out.valid["valid/loss"])
     best = int(np.argmin(np.where(ok, out.valid[key], np.inf))) if ok.any() else 0
     steps = loop.cfg.steps
-    self.log(f"step {loop.step}/{steps}  {rate:.2f} steps/s  ETA {fmt_time((steps - loop.step) / rate)}  "
-             f"best {label} {out.valid[key][best]:.4g} "
-             f"({loop.built.table.describe(best, self.layer_names)})")
+    self.log(
+      f"step {loop.step}/{steps}  {rate:.2f} steps/s  ETA {fmt_time((steps - loop.step) / rate)}  "
+      f"best {label} {out.valid[key][best]:.4g} "
+      f"({loop.built.table.describe(best, self.layer_names)})"
+    )
 
 
 class Metrics:

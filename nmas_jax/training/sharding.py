@@ -12,12 +12,14 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from nmas_jax.errors import UserError
 
@@ -31,8 +33,13 @@ LANES_ENV = "NMAS_CPU_LANES"
 def _lanes_made() -> bool:
   """Whether this process's CPU devices are lanes made by `cpu.tune_cpu_flags` (one process, CPU)."""
   lanes = os.environ.get(LANES_ENV, "")
-  return (lanes.isdigit() and int(lanes) > 1 and jax.process_count() == 1
-          and jax.default_backend() == "cpu" and jax.local_device_count() == int(lanes))
+  return (
+    lanes.isdigit()
+    and int(lanes) > 1
+    and jax.process_count() == 1
+    and jax.default_backend() == "cpu"
+    and jax.local_device_count() == int(lanes)
+  )
 
 
 def make_mesh(spec: str = "auto", devices: list | None = None) -> Mesh:
@@ -55,10 +62,12 @@ def make_mesh(spec: str = "auto", devices: list | None = None) -> Mesh:
         raise UserError(f"--mesh={spec!r} is not like 'models:4,data:2' (axes: models, data)")
       sizes[name] = int(size)
     if lanes and sizes["models"] * sizes["data"] < len(devices):
-      devices = devices[:sizes["models"] * sizes["data"]]
+      devices = devices[: sizes["models"] * sizes["data"]]
     if sizes["models"] * sizes["data"] != len(devices):
-      raise UserError(f"--mesh={spec} needs {sizes['models'] * sizes['data']} devices, but "
-                      f"{len(devices)} are visible: make the sizes multiply to {len(devices)}")
+      raise UserError(
+        f"--mesh={spec} needs {sizes['models'] * sizes['data']} devices, but "
+        f"{len(devices)} are visible: make the sizes multiply to {len(devices)}"
+      )
   grid = np.array(devices).reshape(sizes["models"], sizes["data"])
   return Mesh(grid, AXES)
 
@@ -96,8 +105,12 @@ def gather(tree: Any) -> Any:
   return multihost_utils.process_allgather(tree, tiled=True)
 
 
-def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None, heartbeat_timeout_s: int = 100) -> None:
+def initialize_distributed(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  heartbeat_timeout_s: int = 100,
+) -> None:
   """jax.distributed.initialize, from explicit flags or the TPU/cluster environment.
 
   On CPU the cross-process collectives use gloo. JAX's runtime aborts every
@@ -110,8 +123,12 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     return
   if jax.config.jax_platforms in (None, "", "cpu") or "cpu" in str(jax.config.jax_platforms):
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                             process_id=process_id, **timeout)
+  jax.distributed.initialize(
+    coordinator_address=coordinator_address,
+    num_processes=num_processes,
+    process_id=process_id,
+    **timeout,
+  )
 
 
 class Watchdog:
@@ -123,8 +140,13 @@ class Watchdog:
   disk every host sees (as multi-host runs need anyway). A context manager; does nothing with one
   process."""
 
-  def __init__(self, workdir: str, heartbeat_timeout_s: float, latest_step: Callable[[], Any],
-               exit: Callable[[int], None] = os._exit):
+  def __init__(
+    self,
+    workdir: str,
+    heartbeat_timeout_s: float,
+    latest_step: Callable[[], Any],
+    exit: Callable[[int], None] = os._exit,
+  ):
     self.dir = os.path.join(workdir, "heartbeats")
     self.silent_s = heartbeat_timeout_s / 2
     self.beat_s = max(self.silent_s / 5, 0.2)
@@ -133,7 +155,7 @@ class Watchdog:
     self._thread: threading.Thread | None = None
     self._started = time.time()
 
-  def __enter__(self) -> "Watchdog":
+  def __enter__(self) -> Watchdog:
     if jax.process_count() > 1:
       os.makedirs(self.dir, exist_ok=True)
       self._beat()
@@ -170,9 +192,13 @@ class Watchdog:
     return None
 
   def _report(self, process: int, silent_s: float) -> None:
-    print(f"error: process {process} stopped responding (no heartbeat for {silent_s:.0f}s); the "
-          f"last complete checkpoint is at step {self.latest_step()}; rerun every process with the "
-          "same command to resume from it", file=sys.stderr, flush=True)
+    print(
+      f"error: process {process} stopped responding (no heartbeat for {silent_s:.0f}s); the "
+      f"last complete checkpoint is at step {self.latest_step()}; rerun every process with the "
+      "same command to resume from it",
+      file=sys.stderr,
+      flush=True,
+    )
     self.exit(1)
 
   def _run(self) -> None:

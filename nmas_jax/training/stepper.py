@@ -18,19 +18,19 @@ from typing import Any, Protocol
 import jax
 import jax.numpy as jnp
 
-from nmas_jax.data import splits
-from nmas_jax.training import cpu, sharding, train
 from nmas_jax.config import BATCHINGS
+from nmas_jax.data import splits
 from nmas_jax.errors import UserError
+from nmas_jax.training import cpu, sharding, train
 from nmas_jax.training.table import ModelTable
 
 
 class Stepper(Protocol):
   """The sweep loop's view of a step."""
 
-  batching: str      # "vmap" or "by_latent"
-  lanes: int         # devices whose programs run at the same time (1 for vmap)
-  description: str   # for the run's first log line
+  batching: str  # "vmap" or "by_latent"
+  lanes: int  # devices whose programs run at the same time (1 for vmap)
+  description: str  # for the run's first log line
 
   def pack(self, state: train.TrainState) -> Any: ...
 
@@ -43,18 +43,41 @@ class Stepper(Protocol):
   def step(self, carry: Any, step: int) -> tuple[Any, dict[str, jax.Array]]: ...  # metrics [models]
 
 
-def vmap_step(state: train.TrainState, x_LTN: jax.Array, mask_MN: jax.Array,
-              target_MN: jax.Array | None, layer_M: jax.Array, seed_M: jax.Array,
-              step: jax.Array, *, model, tx, likelihood: str, t_train: int,
-              window: int, batch_size: int, mix_layers: bool = False, stride: int = 1,
-              batch_sharding=None) -> tuple[train.TrainState, dict[str, jax.Array]]:
+def vmap_step(
+  state: train.TrainState,
+  x_LTN: jax.Array,
+  mask_MN: jax.Array,
+  target_MN: jax.Array | None,
+  layer_M: jax.Array,
+  seed_M: jax.Array,
+  step: jax.Array,
+  *,
+  model,
+  tx,
+  likelihood: str,
+  t_train: int,
+  window: int,
+  batch_size: int,
+  mix_layers: bool = False,
+  stride: int = 1,
+  batch_sharding=None,
+) -> tuple[train.TrainState, dict[str, jax.Array]]:
   """Samples every model's batch for this step and steps all models [models] in one vmap.
 
   `step` is its own (replicated) scalar, not read from the sharded state, so a
   step on a sharded models axis needs no cross-device traffic.
   """
-  x_MBTN = splits.sample_batches(x_LTN, layer_M, seed_M, step, t_train=t_train, window=window,
-                                 batch_size=batch_size, mix_layers=mix_layers, stride=stride)
+  x_MBTN = splits.sample_batches(
+    x_LTN,
+    layer_M,
+    seed_M,
+    step,
+    t_train=t_train,
+    window=window,
+    batch_size=batch_size,
+    mix_layers=mix_layers,
+    stride=stride,
+  )
   if batch_sharding is not None:  # split each model's batch over the mesh's data axis
     x_MBTN = jax.lax.with_sharding_constraint(x_MBTN, batch_sharding)
   one = functools.partial(train.train_step, model=model, tx=tx, likelihood=likelihood)
@@ -72,10 +95,18 @@ class VmapStepper:
 
   def __init__(self, model, tx, prep: splits.Prepared, placed: splits.Placed, mesh):
     by_model = sharding.models_sharding(mesh)
-    fn = functools.partial(vmap_step, model=model, tx=tx, likelihood=prep.likelihood,
-                           t_train=prep.t_train, window=prep.window, batch_size=prep.batch_size,
-                           stride=prep.stride, mix_layers=prep.shared,
-                           batch_sharding=sharding.batch_sharding(mesh))
+    fn = functools.partial(
+      vmap_step,
+      model=model,
+      tx=tx,
+      likelihood=prep.likelihood,
+      t_train=prep.t_train,
+      window=prep.window,
+      batch_size=prep.batch_size,
+      stride=prep.stride,
+      mix_layers=prep.shared,
+      batch_sharding=sharding.batch_sharding(mesh),
+    )
     self._fn = jax.jit(fn, donate_argnums=0, out_shardings=(by_model, by_model))
     self._args = (placed.x_LTN, placed.mask_MN, placed.target_MN, placed.layer_M, placed.seed_M)
 
@@ -106,8 +137,11 @@ BY_LATENT_MIN_FLOPS = 3e9
 def padded_step_flops(model, prep: splits.Prepared, num_models: int) -> float:
   """Rough FLOPs of one vmapped step: 6 x parameters (of the widest model) x batch x window x
   models, the usual forward + backward count for weights used once per time bin."""
-  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
-                          jax.ShapeDtypeStruct((1, prep.window, prep.num_neurons), jnp.float32))
+  shapes = jax.eval_shape(
+    model.init,
+    jax.random.PRNGKey(0),
+    jax.ShapeDtypeStruct((1, prep.window, prep.num_neurons), jnp.float32),
+  )
   params = sum(a.size for a in jax.tree.leaves(shapes["params"]))
   return 6.0 * params * prep.batch_size * prep.window * num_models
 
@@ -123,8 +157,16 @@ def resolve_batching(batching: str, mesh) -> str:
   return batching
 
 
-def make_stepper(batching: str, model, tx, prep: splits.Prepared, placed: splits.Placed,
-                 table: ModelTable, mesh, lanes: list | None = None) -> Stepper:
+def make_stepper(
+  batching: str,
+  model,
+  tx,
+  prep: splits.Prepared,
+  placed: splits.Placed,
+  table: ModelTable,
+  mesh,
+  lanes: list | None = None,
+) -> Stepper:
   """The stepper `batching` names ("auto", "vmap" or "by_latent") for these models on `mesh`;
   `auto` is by_latent on one CPU device for sweeps of at least `BY_LATENT_MIN_FLOPS` per step.
 
@@ -132,11 +174,14 @@ def make_stepper(batching: str, model, tx, prep: splits.Prepared, placed: splits
   """
   if not model.cuts_latent:  # e.g. a latent size per band: no one width to cut to
     if batching == "by_latent":
-      raise UserError("--batching=by_latent cuts models to one latent width, and this model's "
-                      "latent size is not one width (it has one per band): use --batching=vmap "
-                      "or auto")
+      raise UserError(
+        "--batching=by_latent cuts models to one latent width, and this model's "
+        "latent size is not one width (it has one per band): use --batching=vmap "
+        "or auto"
+      )
     return VmapStepper(model, tx, prep, placed, mesh)
   if resolve_batching(batching, mesh) == "vmap" or (
-      batching == "auto" and padded_step_flops(model, prep, len(table)) < BY_LATENT_MIN_FLOPS):
+    batching == "auto" and padded_step_flops(model, prep, len(table)) < BY_LATENT_MIN_FLOPS
+  ):
     return VmapStepper(model, tx, prep, placed, mesh)
   return cpu.ByLatentStepper(model, tx, prep, placed, table, mesh, lanes)

@@ -12,18 +12,19 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from nmas_jax.training import hooks as hooks_lib
 from nmas_jax import models
-from nmas_jax.data import splits
-from nmas_jax.training import sharding, stepper, train
 from nmas_jax.config import Settings
+from nmas_jax.data import splits
+from nmas_jax.training import hooks as hooks_lib
+from nmas_jax.training import sharding, stepper, train
 from nmas_jax.training.table import ModelTable, init_states
 
 
@@ -33,17 +34,17 @@ class SweepOutput:
 
   state: train.TrainState
   table: ModelTable
-  train_loss: np.ndarray   # mean over the last logging interval
+  train_loss: np.ndarray  # mean over the last logging interval
   valid: dict[str, np.ndarray]
-  step: int                # the step of `valid`
+  step: int  # the step of `valid`
   seconds: float
   compile_seconds: float
   complete: bool = True
   stopped: str | None = None  # why training stopped early (--nan_policy=stop)
   diverged_at: np.ndarray | None = None  # host copy of state.diverged_at
-  preempted: int | None = None           # the signal that stopped training, if one did
-  best_step: np.ndarray | None = None    # step of each model's best evaluation (its `state`)
-  converged: np.ndarray | None = None    # bool: no longer improving in the last fifth
+  preempted: int | None = None  # the signal that stopped training, if one did
+  best_step: np.ndarray | None = None  # step of each model's best evaluation (its `state`)
+  converged: np.ndarray | None = None  # bool: no longer improving in the last fifth
 
 
 @dataclasses.dataclass
@@ -52,7 +53,7 @@ class Built:
 
   prep: splits.Prepared
   cfg: Settings
-  table: ModelTable        # padded to the mesh; the first `n_real` models are real
+  table: ModelTable  # padded to the mesh; the first `n_real` models are real
   n_real: int
   mesh: Any
   placed: splits.Placed
@@ -62,9 +63,14 @@ class Built:
 
   def init_states(self) -> train.TrainState:
     """Every model's initial state [padded models], sharded on the mesh's models axis."""
-    return init_states(self.cfg, self.table, self.prep.num_neurons, self.tx,
-                       out_sharding=sharding.models_sharding(self.mesh),
-                       readout_bias_LN=self.prep.null_link_LN())
+    return init_states(
+      self.cfg,
+      self.table,
+      self.prep.num_neurons,
+      self.tx,
+      out_sharding=sharding.models_sharding(self.mesh),
+      readout_bias_LN=self.prep.null_link_LN(),
+    )
 
   def describe(self) -> str:
     cfg = self.cfg
@@ -73,22 +79,36 @@ class Built:
     pad = len(self.table) - self.n_real
     n = prep.stride  # bins per trial, 1 for a continuous recording
     unit = f"trials of {n} bins" if ds.trial_length else "time bins"
-    blocks = (f"{ds.num_time // n} {unit} ({prep.t_train // n} train / "
-              f"{(prep.t_valid - prep.t_train) // n} validation / {(ds.num_time - prep.t_valid) // n} "
-              "test)")
-    grid = (f"{len(np.unique(self.table.bands, axis=0))} band combinations"
-            if self.table.bands.shape[1] else f"{len(cfg.latents)} latents")
+    blocks = (
+      f"{ds.num_time // n} {unit} ({prep.t_train // n} train / "
+      f"{(prep.t_valid - prep.t_train) // n} validation / {(ds.num_time - prep.t_valid) // n} "
+      "test)"
+    )
+    grid = (
+      f"{len(np.unique(self.table.bands, axis=0))} band combinations"
+      if self.table.bands.shape[1]
+      else f"{len(cfg.latents)} latents"
+    )
     folds = f" x {cfg.neuron_folds} neuron folds" if cfg.neuron_folds else ""
-    counts = (f" x {len(np.unique(self.table.count))} neuron counts"
-              if np.any(self.table.count) else "")
-    return (f"sweep: {self.n_real} models{f' + {pad} inert padding' if pad else ''} ({what}{counts} x "
-            f"{grid} x {cfg.seeds} seeds{folds}), {ds.num_neurons} neurons, {blocks}, "
-            f"{cfg.steps} steps on {self.mesh.devices.size} {jax.devices()[0].platform} device(s), "
-            f"mesh {dict(self.mesh.shape)}, batching {self.stepper.description}")
+    counts = (
+      f" x {len(np.unique(self.table.count))} neuron counts" if np.any(self.table.count) else ""
+    )
+    return (
+      f"sweep: {self.n_real} models{f' + {pad} inert padding' if pad else ''} ({what}{counts} x "
+      f"{grid} x {cfg.seeds} seeds{folds}), {ds.num_neurons} neurons, {blocks}, "
+      f"{cfg.steps} steps on {self.mesh.devices.size} {jax.devices()[0].platform} device(s), "
+      f"mesh {dict(self.mesh.shape)}, batching {self.stepper.description}"
+    )
 
 
-def build(prep: splits.Prepared, cfg: Settings, *, mesh=None, batching: str = "auto",
-          lanes: list | None = None) -> Built:
+def build(
+  prep: splits.Prepared,
+  cfg: Settings,
+  *,
+  mesh=None,
+  batching: str = "auto",
+  lanes: list | None = None,
+) -> Built:
   """Places the prepared data, then makes the models and their stepper (see `run_sweep`)."""
   mesh = sharding.make_mesh("auto") if mesh is None else mesh
   real = ModelTable.for_sweep(prep, cfg)
@@ -100,16 +120,25 @@ def build(prep: splits.Prepared, cfg: Settings, *, mesh=None, batching: str = "a
   return Built(prep, cfg, table, len(real), mesh, placed, model, tx, step)
 
 
-def sweep_eval(state: train.TrainState, valid_LVTN: jax.Array, mask_MN: jax.Array,
-               target_MN: jax.Array | None, layer_M: jax.Array, *, model,
-               likelihood: str) -> dict[str, jax.Array]:
+def sweep_eval(
+  state: train.TrainState,
+  valid_LVTN: jax.Array,
+  mask_MN: jax.Array,
+  target_MN: jax.Array | None,
+  layer_M: jax.Array,
+  *,
+  model,
+  likelihood: str,
+) -> dict[str, jax.Array]:
   """Quick held-out metrics [models] on all validation windows of each model's layer."""
   ev = functools.partial(train.eval_step, model=model, likelihood=likelihood)
   if target_MN is None:
     return jax.vmap(lambda p, k, m, l: ev(p, k, valid_LVTN[l], m))(
-        state.params, state.latent, mask_MN, layer_M)
+      state.params, state.latent, mask_MN, layer_M
+    )
   return jax.vmap(lambda p, k, m, t, l: ev(p, k, valid_LVTN[l], m, t))(
-      state.params, state.latent, mask_MN, target_MN, layer_M)
+    state.params, state.latent, mask_MN, target_MN, layer_M
+  )
 
 
 @dataclasses.dataclass
@@ -131,15 +160,23 @@ class Selection:
   trace: np.ndarray
 
   @classmethod
-  def fresh(cls, m: int) -> "Selection":
-    return cls(np.full(m, np.inf), np.zeros(m, np.int64), np.full(m, np.nan),
-               np.zeros(0, np.int64), np.zeros((0, m)))
+  def fresh(cls, m: int) -> Selection:
+    return cls(
+      np.full(m, np.inf),
+      np.zeros(m, np.int64),
+      np.full(m, np.nan),
+      np.zeros(0, np.int64),
+      np.zeros((0, m)),
+    )
 
   def update(self, step: int, loss_M: np.ndarray) -> np.ndarray:
     """Records an evaluation; returns [models] bool, True where it is the best so far."""
     loss_M = np.where(np.isfinite(loss_M), loss_M, np.inf)
     improved = loss_M < self.score
-    self.score, self.step = np.where(improved, loss_M, self.score), np.where(improved, step, self.step)
+    self.score, self.step = (
+      np.where(improved, loss_M, self.score),
+      np.where(improved, step, self.step),
+    )
     self.first = np.where(np.isnan(self.first), loss_M, self.first)
     self.trace_steps = np.append(self.trace_steps, step)
     self.trace = np.concatenate([self.trace, self.score[None]])
@@ -155,23 +192,35 @@ class Selection:
       late = np.where(np.isfinite(early), early - self.score, np.inf)
       return late <= 0.01 * total
 
-  def real(self, n: int) -> "Selection":
+  def real(self, n: int) -> Selection:
     """The first `n` (real) models."""
-    return Selection(self.score[:n], self.step[:n], self.first[:n], self.trace_steps,
-                     self.trace[:, :n])
+    return Selection(
+      self.score[:n], self.step[:n], self.first[:n], self.trace_steps, self.trace[:, :n]
+    )
 
   def to_json(self) -> dict[str, list]:
     num = lambda a: [float(v) if np.isfinite(v) else None for v in a]
-    return {"score": num(self.score), "step": self.step.tolist(), "first": num(self.first),
-            "trace_steps": self.trace_steps.tolist(), "trace": [num(row) for row in self.trace]}
+    return {
+      "score": num(self.score),
+      "step": self.step.tolist(),
+      "first": num(self.first),
+      "trace_steps": self.trace_steps.tolist(),
+      "trace": [num(row) for row in self.trace],
+    }
 
   @classmethod
-  def from_json(cls, d: dict[str, list], m: int) -> "Selection":
-    arr = lambda v, fill: np.concatenate([np.array([fill if x is None else x for x in v], float),
-                                          np.full(m - len(v), fill)])
+  def from_json(cls, d: dict[str, list], m: int) -> Selection:
+    arr = lambda v, fill: np.concatenate(
+      [np.array([fill if x is None else x for x in v], float), np.full(m - len(v), fill)]
+    )
     trace = np.array([arr(row, np.inf) for row in d["trace"]]).reshape(-1, m)
-    return cls(arr(d["score"], np.inf), arr(d["step"], 0).astype(np.int64),
-               arr(d["first"], np.nan), np.array(d["trace_steps"], np.int64), trace)
+    return cls(
+      arr(d["score"], np.inf),
+      arr(d["step"], 0).astype(np.int64),
+      arr(d["first"], np.nan),
+      np.array(d["trace_steps"], np.int64),
+      trace,
+    )
 
 
 class Loop:
@@ -184,7 +233,7 @@ class Loop:
   returns. A hook ends the run with `stop`.
   """
 
-  def __init__(self, b: Built, cfg: Settings, start: "Start"):
+  def __init__(self, b: Built, cfg: Settings, start: Start):
     self.built, self.cfg = b, cfg
     self.first_step = self.step = start.step
     self.loss_sum_M, self.loss_count = start.loss_sum_M, start.loss_count
@@ -193,10 +242,13 @@ class Loop:
     self.stopped: str | None = None
     self.preempted: int | None = None  # the signal that ended the run, if one did
     self._cache: dict[str, Any] = {}
-    self._trim = jax.jit(lambda tree: jax.tree.map(lambda a: a[:b.n_real], tree))
-    self._keep = jax.jit(lambda better_M, new, old: jax.tree.map(
-        lambda n, o: jnp.where(better_M.reshape((-1,) + (1,) * (n.ndim - 1)), n, o), new, old))
-    self._real_table = ModelTable(*(a[:b.n_real] for a in dataclasses.astuple(b.table)))
+    self._trim = jax.jit(lambda tree: jax.tree.map(lambda a: a[: b.n_real], tree))
+    self._keep = jax.jit(
+      lambda better_M, new, old: jax.tree.map(
+        lambda n, o: jnp.where(better_M.reshape((-1,) + (1,) * (n.ndim - 1)), n, o), new, old
+      )
+    )
+    self._real_table = ModelTable(*(a[: b.n_real] for a in dataclasses.astuple(b.table)))
     t0 = time.perf_counter()
     evaluate = functools.partial(sweep_eval, model=b.model, likelihood=b.prep.likelihood)
     self._eval_args = (b.placed.valid_LVTN, b.placed.mask_MN, b.placed.target_MN, b.placed.layer_M)
@@ -240,14 +292,22 @@ class Loop:
     """(state tree, JSON aux) that let a later run resume exactly here (real models only)."""
     n = self.built.n_real
     sel = self.selection.real(n)
-    return ({"state": self._trim(self.state()), "best": self._trim(self.best_state)},
-            {"loss_sum": np.asarray(sharding.gather(self.loss_sum_M))[:n].tolist(),
-             "loss_count": self.loss_count, "selection": sel.to_json()})
+    return (
+      {"state": self._trim(self.state()), "best": self._trim(self.best_state)},
+      {
+        "loss_sum": np.asarray(sharding.gather(self.loss_sum_M))[:n].tolist(),
+        "loss_count": self.loss_count,
+        "selection": sel.to_json(),
+      },
+    )
 
   def _valid(self, state) -> dict[str, np.ndarray]:
     n, cosmooth = self.built.n_real, self.built.prep.cosmooth
-    return {k: np.asarray(v)[:n] for k, v in sharding.gather(self._eval(state, *self._eval_args)).items()
-            if not k.startswith("valid/cosmooth") or cosmooth}
+    return {
+      k: np.asarray(v)[:n]
+      for k, v in sharding.gather(self._eval(state, *self._eval_args)).items()
+      if not k.startswith("valid/cosmooth") or cosmooth
+    }
 
   def evaluation(self, force: bool = False) -> SweepOutput | None:
     """Every model evaluated now (None when not due, unless `force`).
@@ -262,16 +322,26 @@ class Loop:
       state, n = self.state(), self.built.n_real
       valid = self._valid(state)
       if regular and self.step > self.first_step:
-        better = self.selection.update(self.step, _padded(valid[self.select_key], len(self.built.table)))
-        self.best_state = self._keep(sharding.put(better, sharding.models_sharding(self.built.mesh)),
-                                     state, self.best_state)
+        better = self.selection.update(
+          self.step, _padded(valid[self.select_key], len(self.built.table))
+        )
+        self.best_state = self._keep(
+          sharding.put(better, sharding.models_sharding(self.built.mesh)), state, self.best_state
+        )
       mean_loss = self.loss_sum_M / max(self.loss_count, 1)
       self._cache["eval"] = SweepOutput(
-          state=state, table=self._real_table,
-          train_loss=np.asarray(sharding.gather(mean_loss))[:n], valid=valid, step=self.step,
-          seconds=time.perf_counter() - self.start, compile_seconds=self.compile_seconds,
-          complete=self.step >= self.cfg.steps and not self.stopped, stopped=self.stopped,
-          diverged_at=np.asarray(sharding.gather(state.diverged_at))[:n], preempted=self.preempted)
+        state=state,
+        table=self._real_table,
+        train_loss=np.asarray(sharding.gather(mean_loss))[:n],
+        valid=valid,
+        step=self.step,
+        seconds=time.perf_counter() - self.start,
+        compile_seconds=self.compile_seconds,
+        complete=self.step >= self.cfg.steps and not self.stopped,
+        stopped=self.stopped,
+        diverged_at=np.asarray(sharding.gather(state.diverged_at))[:n],
+        preempted=self.preempted,
+      )
       if regular:
         self.loss_sum_M, self.loss_count = jnp.zeros_like(self.loss_sum_M), 0
     return self._cache.get("eval")
@@ -282,9 +352,12 @@ class Loop:
     last, n = self.evaluation(force=True), self.built.n_real
     best = self.best_state.replace(diverged_at=self.state().diverged_at)
     return dataclasses.replace(
-        last, state=jax.tree.map(jnp.asarray, sharding.gather(self._trim(best))),
-        valid=self._valid(best), best_step=self.selection.step[:n].copy(),
-        converged=self.selection.converged(self.cfg.steps)[:n])
+      last,
+      state=jax.tree.map(jnp.asarray, sharding.gather(self._trim(best))),
+      valid=self._valid(best),
+      best_step=self.selection.step[:n].copy(),
+      converged=self.selection.converged(self.cfg.steps)[:n],
+    )
 
 
 def _padded(a: np.ndarray, m: int, fill: float = np.inf) -> np.ndarray:
@@ -307,27 +380,50 @@ def _start(b: Built, checkpointer, init_state, log) -> Start:
   """From the checkpointer's latest step, from `init_state` (real models), or from an init."""
   by_model = sharding.models_sharding(b.mesh)
   state, m = b.init_states(), len(b.table)
-  into = jax.jit(lambda full, r: jax.tree.map(lambda a, x: a.at[:b.n_real].set(x), full, r),
-                 out_shardings=by_model)
-  real = jax.tree.map(lambda a: a[:b.n_real], state)
-  found = None if init_state is not None or checkpointer is None else (
-      checkpointer.restore_latest({"state": real, "best": real}))
+  into = jax.jit(
+    lambda full, r: jax.tree.map(lambda a, x: a.at[: b.n_real].set(x), full, r),
+    out_shardings=by_model,
+  )
+  real = jax.tree.map(lambda a: a[: b.n_real], state)
+  found = (
+    None
+    if init_state is not None or checkpointer is None
+    else (checkpointer.restore_latest({"state": real, "best": real}))
+  )
   if found is not None:
     step, tree, aux = found
     log(f"resumed from the checkpoint at step {step}")
-    loss_sum = jnp.zeros(m, jnp.float32).at[:b.n_real].set(jnp.asarray(aux["loss_sum"], jnp.float32))
-    return Start(into(state, tree["state"]), into(state, tree["best"]), step, loss_sum,
-                 int(aux["loss_count"]), Selection.from_json(aux["selection"], m))
+    loss_sum = (
+      jnp.zeros(m, jnp.float32).at[: b.n_real].set(jnp.asarray(aux["loss_sum"], jnp.float32))
+    )
+    return Start(
+      into(state, tree["state"]),
+      into(state, tree["best"]),
+      step,
+      loss_sum,
+      int(aux["loss_count"]),
+      Selection.from_json(aux["selection"], m),
+    )
   if init_state is not None:
     state = into(state, init_state)
   best = jax.tree.map(jnp.copy, state)  # the step donates `state`
   return Start(state, best, 0, jnp.zeros(m, jnp.float32), 0, Selection.fresh(m))
 
 
-def run_sweep(prep: splits.Prepared, cfg: Settings, *, hooks: Sequence[Callable[[Loop], None]] = (),
-              checkpointer=None, checkpoint_every: int = 0, init_state: train.TrainState | None = None,
-              nan_policy: str = "freeze", mesh=None, batching: str = "auto",
-              lanes: list | None = None, log: Callable[[str], None] = print) -> SweepOutput:
+def run_sweep(
+  prep: splits.Prepared,
+  cfg: Settings,
+  *,
+  hooks: Sequence[Callable[[Loop], None]] = (),
+  checkpointer=None,
+  checkpoint_every: int = 0,
+  init_state: train.TrainState | None = None,
+  nan_policy: str = "freeze",
+  mesh=None,
+  batching: str = "auto",
+  lanes: list | None = None,
+  log: Callable[[str], None] = print,
+) -> SweepOutput:
   """Trains every (layer, latent, seed) model of `prep` in one batched computation.
 
   Args:

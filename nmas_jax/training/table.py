@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -17,8 +18,8 @@ import numpy as np
 import optax
 
 from nmas_jax import models
-from nmas_jax.training import train
 from nmas_jax.config import Settings
+from nmas_jax.training import train
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,30 +27,48 @@ class ModelTable:
   """What each index of the models axis means: [models] int arrays; order layer, count, seed,
   latent (latent innermost)."""
 
-  layer: np.ndarray   # index into the dataset's layers
+  layer: np.ndarray  # index into the dataset's layers
   latent: np.ndarray  # latent size k (multiscale: the total over bands)
-  seed: np.ndarray    # model seed (init and batch order)
-  count: np.ndarray   # held-in neurons the encoder sees (--neuron_counts); 0: all of them
-  bands: np.ndarray   # [models, bands] latents per band (--model=multiscale); else [models, 0]
+  seed: np.ndarray  # model seed (init and batch order)
+  count: np.ndarray  # held-in neurons the encoder sees (--neuron_counts); 0: all of them
+  bands: np.ndarray  # [models, bands] latents per band (--model=multiscale); else [models, 0]
 
   @classmethod
-  def build(cls, num_layers: int, latents: Sequence[int], seeds: int,
-            counts: Sequence[int] = (), bands: int = 0) -> "ModelTable":
+  def build(
+    cls,
+    num_layers: int,
+    latents: Sequence[int],
+    seeds: int,
+    counts: Sequence[int] = (),
+    bands: int = 0,
+  ) -> ModelTable:
     """Layer, count, seed, then latent (innermost); with `bands`, every combination of per-band
     counts from `latents` but all zeros, in place of the latent."""
-    combos = ([c for c in itertools.product(sorted(latents), repeat=bands) if any(c)] if bands
-              else [(k,) for k in latents])
-    rows = [(l, sum(b), s, c, *(b if bands else ())) for l in range(num_layers)
-            for c in (0, *counts) for s in range(seeds) for b in combos]
+    combos = (
+      [c for c in itertools.product(sorted(latents), repeat=bands) if any(c)]
+      if bands
+      else [(k,) for k in latents]
+    )
+    rows = [
+      (l, sum(b), s, c, *(b if bands else ()))
+      for l in range(num_layers)
+      for c in (0, *counts)
+      for s in range(seeds)
+      for b in combos
+    ]
     grid = np.array(rows, dtype=np.int32).reshape(len(rows), 4 + bands)
     return cls(grid[:, 0], grid[:, 1], grid[:, 2], grid[:, 3], grid[:, 4:])
 
   @classmethod
-  def for_sweep(cls, prep, cfg: Settings) -> "ModelTable":
+  def for_sweep(cls, prep, cfg: Settings) -> ModelTable:
     """The models of a sweep of `cfg` on a `splits.Prepared` (no count axis for a shared model)."""
-    return cls.build(prep.model_layers, cfg.latents, cfg.heldout_sets,
-                     () if prep.shared else cfg.neuron_counts,
-                     models.family(cfg.model).sweep_bands(cfg))
+    return cls.build(
+      prep.model_layers,
+      cfg.latents,
+      cfg.heldout_sets,
+      () if prep.shared else cfg.neuron_counts,
+      models.family(cfg.model).sweep_bands(cfg),
+    )
 
   @property
   def model_latent(self) -> np.ndarray:
@@ -59,15 +78,18 @@ class ModelTable:
   def __len__(self) -> int:
     return len(self.layer)
 
-  def take(self, index: np.ndarray) -> "ModelTable":
+  def take(self, index: np.ndarray) -> ModelTable:
     """The models at `index`."""
     return ModelTable(*(getattr(self, f.name)[index] for f in dataclasses.fields(self)))
 
-  def padded(self, size: int) -> "ModelTable":
+  def padded(self, size: int) -> ModelTable:
     """Extends the table to `size` models with inert copies of the last model."""
     extra = size - len(self)
-    return self.take(np.concatenate([np.arange(len(self)), np.full(extra, len(self) - 1)])
-                     ) if extra else self
+    return (
+      self.take(np.concatenate([np.arange(len(self)), np.full(extra, len(self) - 1)]))
+      if extra
+      else self
+    )
 
   def describe(self, i: int, layer_names: Sequence[str] | None) -> str:
     """'layer 0, latent 10, seed 0' (layer 'all' for a shared model: layer_names None), with
@@ -78,9 +100,14 @@ class ModelTable:
     return f"layer {layer}, latent {self.latent[i]}{bands}, seed {self.seed[i]}{count}"
 
 
-def init_states(cfg: Settings, table: ModelTable, neurons: int, tx: optax.GradientTransformation,
-                out_sharding: Any = None, readout_bias_LN: np.ndarray | None = None
-                ) -> train.TrainState:
+def init_states(
+  cfg: Settings,
+  table: ModelTable,
+  neurons: int,
+  tx: optax.GradientTransformation,
+  out_sharding: Any = None,
+  readout_bias_LN: np.ndarray | None = None,
+) -> train.TrainState:
   """All models' states [models], by one vmapped init (placed with `out_sharding` when given).
 
   A model's init key depends on (seed, layer) only, so models that differ in
@@ -90,7 +117,8 @@ def init_states(cfg: Settings, table: ModelTable, neurons: int, tx: optax.Gradie
   """
   model = models.make_model(cfg, neurons)
   keys = jax.vmap(lambda s, l: jax.random.fold_in(jax.random.PRNGKey(s), l))(
-      jnp.asarray(table.seed), jnp.asarray(table.layer))
+    jnp.asarray(table.seed), jnp.asarray(table.layer)
+  )
   example = jnp.zeros((1, cfg.window, neurons), jnp.float32)
   init = functools.partial(train.init_state, model=model, tx=tx, example_x_BTN=example)
 

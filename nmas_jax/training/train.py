@@ -18,25 +18,33 @@ import optax
 from flax import struct
 
 from nmas_jax import models
-from nmas_jax.models.losses import (elementwise_loss, mean_prediction, neuron_weighted_loss,
-                                    reconstruction_loss, weighted_loss)
+from nmas_jax.models.losses import (
+  elementwise_loss,
+  mean_prediction,
+  neuron_weighted_loss,
+  reconstruction_loss,
+  weighted_loss,
+)
 
 
 @struct.dataclass
 class TrainState:
   """One model's training state (under vmap every leaf gains a leading models axis)."""
 
-  step: jax.Array         # int32 []
+  step: jax.Array  # int32 []
   params: Any
   opt_state: Any
-  key: jax.Array          # PRNG key of this model: step_rngs folds in the step
-  latent: jax.Array       # int32 [], latent size k <= the model's padded width
+  key: jax.Array  # PRNG key of this model: step_rngs folds in the step
+  latent: jax.Array  # int32 [], latent size k <= the model's padded width
   diverged_at: jax.Array  # int32 [], first step with a non-finite loss/gradient, -1 if none
 
 
-def make_optimizer(learning_rate: Any = 1e-3, weight_decay: Any = 0.0,
-                   clip_norm: float = 1.0, lr_half_life: float = 0.0
-                   ) -> optax.GradientTransformation:
+def make_optimizer(
+  learning_rate: Any = 1e-3,
+  weight_decay: Any = 0.0,
+  clip_norm: float = 1.0,
+  lr_half_life: float = 0.0,
+) -> optax.GradientTransformation:
   """AdamW behind global-norm clipping; lr and weight decay live in the opt state.
 
   Because `inject_hyperparams` stores them in the state, a vmapped init over
@@ -46,12 +54,16 @@ def make_optimizer(learning_rate: Any = 1e-3, weight_decay: Any = 0.0,
   the step count alone, never on --steps, so with it as with a constant rate,
   raising --steps and resuming equals a longer run from the start.
   """
-  adamw = optax.inject_hyperparams(optax.adamw)(learning_rate=learning_rate,
-                                                weight_decay=weight_decay)
+  adamw = optax.inject_hyperparams(optax.adamw)(
+    learning_rate=learning_rate, weight_decay=weight_decay
+  )
   if lr_half_life <= 0:
     return optax.chain(optax.clip_by_global_norm(clip_norm), adamw)
-  return optax.chain(optax.clip_by_global_norm(clip_norm), adamw,
-                     optax.scale_by_schedule(lambda step: 0.5 ** (step / lr_half_life)))
+  return optax.chain(
+    optax.clip_by_global_norm(clip_norm),
+    adamw,
+    optax.scale_by_schedule(lambda step: 0.5 ** (step / lr_half_life)),
+  )
 
 
 def optimizer_for(s: Any) -> optax.GradientTransformation:
@@ -60,15 +72,26 @@ def optimizer_for(s: Any) -> optax.GradientTransformation:
   return make_optimizer(s.learning_rate, s.weight_decay, s.clip_norm, s.lr_half_life)
 
 
-def init_state(key: jax.Array, latent: Any, *, model: nn.Module, tx: optax.GradientTransformation,
-               example_x_BTN: jax.Array) -> TrainState:
+def init_state(
+  key: jax.Array,
+  latent: Any,
+  *,
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  example_x_BTN: jax.Array,
+) -> TrainState:
   """Initial state of one model; vmap it over keys and latents for a sweep (each model then holds
   its own copy of the optimizer's learning rate and weight decay)."""
   init_key, model_key = jax.random.split(key)
   params = models.scale_latent_inputs(model, model.init(init_key, example_x_BTN)["params"], latent)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                    key=model_key, latent=jnp.asarray(latent, jnp.int32),
-                    diverged_at=jnp.full((), -1, jnp.int32))
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    opt_state=tx.init(params),
+    key=model_key,
+    latent=jnp.asarray(latent, jnp.int32),
+    diverged_at=jnp.full((), -1, jnp.int32),
+  )
 
 
 def with_hyperparams(state: TrainState, **values: Any) -> TrainState:
@@ -88,9 +111,15 @@ def encoder_input(x_BTN: jax.Array, input_mask_N: jax.Array | None) -> jax.Array
   return x_BTN if input_mask_N is None else x_BTN * input_mask_N[None, None, :]
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module,
-               tx: optax.GradientTransformation, likelihood: str = "gaussian",
-               latent_width: int | None = None) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(
+  state: TrainState,
+  batch: dict[str, jax.Array],
+  *,
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  likelihood: str = "gaussian",
+  latent_width: int | None = None,
+) -> tuple[TrainState, dict[str, jax.Array]]:
   """One AdamW step on a batch: {"x": [batch, time, neurons], "input_mask": [neurons] (optional),
   "loss_mask": [neurons] (optional: the neurons the loss covers; default all)}.
 
@@ -133,23 +162,26 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: nn.Modu
   return _apply_grads(state, tx, *jax.value_and_grad(loss_fn)(state.params))
 
 
-def coordinated_dropout_weights(batch: dict[str, jax.Array], x_in_BTN: jax.Array, rate: float,
-                                rngs: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+def coordinated_dropout_weights(
+  batch: dict[str, jax.Array], x_in_BTN: jax.Array, rate: float, rngs: dict[str, jax.Array]
+) -> tuple[jax.Array, jax.Array]:
   """Coordinated dropout on the encoder's input [B, T, N]: (input, loss weights [B, T, N]).
 
   Input neurons are scored only where the input hid them, so no model can lower its loss by
   copying an element to its own output; held-out neurons (never input) stay scored everywhere;
   `loss_mask` (--neuron_counts) still applies."""
   x_BTN = batch["x"]
-  x_in_BTN, cd_BTN = models.coordinated_dropout(jax.random.fold_in(rngs["sample"], 2), x_in_BTN,
-                                                rate)
+  x_in_BTN, cd_BTN = models.coordinated_dropout(
+    jax.random.fold_in(rngs["sample"], 2), x_in_BTN, rate
+  )
   input_N = batch.get("input_mask", jnp.ones(x_BTN.shape[-1:], x_BTN.dtype))[None, None, :]
   loss_N = batch.get("loss_mask", jnp.ones(x_BTN.shape[-1:], x_BTN.dtype))[None, None, :]
   return x_in_BTN, loss_N * (1.0 - input_N + input_N * cd_BTN)
 
 
-def _apply_grads(state: TrainState, tx, loss: jax.Array, grads: Any
-                 ) -> tuple[TrainState, dict[str, jax.Array]]:
+def _apply_grads(
+  state: TrainState, tx, loss: jax.Array, grads: Any
+) -> tuple[TrainState, dict[str, jax.Array]]:
   """The optimiser update, frozen (with `diverged_at` set) on a non-finite loss or gradient."""
   grad_norm = optax.global_norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -157,20 +189,37 @@ def _apply_grads(state: TrainState, tx, loss: jax.Array, grads: Any
   ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (state.diverged_at < 0)
   keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
   diverged_at = jnp.where((state.diverged_at < 0) & ~ok, state.step, state.diverged_at)
-  new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
-                            opt_state=keep(opt_state, state.opt_state), diverged_at=diverged_at)
+  new_state = state.replace(
+    step=state.step + 1,
+    params=keep(params, state.params),
+    opt_state=keep(opt_state, state.opt_state),
+    diverged_at=diverged_at,
+  )
   return new_state, {"train/loss": loss, "grads/norm": grad_norm}
 
 
-def predict(params: Any, latent: jax.Array, x_VTN: jax.Array, input_mask_N: jax.Array | None = None,
-            *, model: nn.Module) -> tuple[jax.Array, jax.Array]:
+def predict(
+  params: Any,
+  latent: jax.Array,
+  x_VTN: jax.Array,
+  input_mask_N: jax.Array | None = None,
+  *,
+  model: nn.Module,
+) -> tuple[jax.Array, jax.Array]:
   """Raw output y and latents z of one model for windows x [windows, time, neurons]."""
   return model.apply({"params": params}, encoder_input(x_VTN, input_mask_N), latent)
 
 
-def eval_step(params: Any, latent: jax.Array, x_VTN: jax.Array, input_mask_N: jax.Array | None = None,
-              target_mask_N: jax.Array | None = None, *, model: nn.Module,
-              likelihood: str = "gaussian") -> dict[str, jax.Array]:
+def eval_step(
+  params: Any,
+  latent: jax.Array,
+  x_VTN: jax.Array,
+  input_mask_N: jax.Array | None = None,
+  target_mask_N: jax.Array | None = None,
+  *,
+  model: nn.Module,
+  likelihood: str = "gaussian",
+) -> dict[str, jax.Array]:
   """Quick held-out metrics of one model on windows x [windows, time, neurons] (for progress):
   over the neurons of `target_mask_N` (default all); held out are those not in the input."""
   y_VTN, _ = predict(params, latent, x_VTN, input_mask_N, model=model)
@@ -180,8 +229,10 @@ def eval_step(params: Any, latent: jax.Array, x_VTN: jax.Array, input_mask_N: ja
     out = {"valid/loss": jnp.mean(loss_VTN), "valid/mse": jnp.mean(se_VTN)}
   else:
     n = jnp.sum(target_mask_N) * x_VTN.shape[0] * x_VTN.shape[1]
-    out = {"valid/loss": jnp.sum(loss_VTN * target_mask_N[None, None, :]) / n,
-           "valid/mse": jnp.sum(se_VTN * target_mask_N[None, None, :]) / n}
+    out = {
+      "valid/loss": jnp.sum(loss_VTN * target_mask_N[None, None, :]) / n,
+      "valid/mse": jnp.sum(se_VTN * target_mask_N[None, None, :]) / n,
+    }
   if input_mask_N is not None:  # held-out neurons: the co-smoothing error and loss
     held_N = (1.0 if target_mask_N is None else target_mask_N) - input_mask_N
     count = jnp.maximum(jnp.sum(held_N) * se_VTN.shape[0] * se_VTN.shape[1], 1.0)
