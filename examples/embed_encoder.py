@@ -1,6 +1,7 @@
 """Our Flax LSTM encoder inside another JAX model: decode a behavioural variable from latents.
 
-Call signature: Encoder(hidden, latent)(x [batch, time, neurons], latent_size=None) -> z [batch, time, latent].
+Call signature: Encoder(hidden, latent)(x [batch, time, neurons], latent_size=None) -> z [batch,
+time, latent].
 Its weights can start from a trained sweep: est.state_.params["encoder"][model_index].
 """
 
@@ -86,7 +87,7 @@ def step(params, opt):
   return optax.apply_updates(params, updates), opt, loss
 
 
-for s in range(5 if quick else 300):
+for _ in range(5 if quick else 300):
   params, opt, loss = step(params, opt)
 test = model.apply({"params": params}, jnp.asarray(x_TN[None, 500:]))[0]
 r = np.corrcoef(np.asarray(test), behaviour_T[500:])[0, 1]

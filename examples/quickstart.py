@@ -7,7 +7,7 @@ from nmas_jax.training import cpu
 cpu.tune()  # optional CPU speed-ups (XLA flags, CPU lanes, malloc); before JAX starts computing
 
 from nmas_jax import DimensionSweep  # noqa: E402
-from nmas_jax.data import synthetic
+from nmas_jax.data import synthetic  # noqa: E402
 
 quick = (
   os.environ.get("NMAS_QUICK") == "1"

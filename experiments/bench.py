@@ -17,12 +17,12 @@ import sys
 
 from absl import app, flags
 
-from nmas_jax import bench, config
+from nmas_jax import bench, declare
 from nmas_jax.errors import UserError
 from nmas_jax.training import cpu
 
 FLAGS = flags.FLAGS
-config.define_flags(bench.Shapes)
+declare.define_flags(bench.Shapes)
 flags.DEFINE_integer("steps", 20, "Timed steps after warm-up.")
 flags.DEFINE_bool("loop", True, "Also time the one-by-one loop of single-model steps.")
 flags.DEFINE_bool(
@@ -39,7 +39,7 @@ def main(argv):
   tuned = cpu.tune()  # before JAX starts its backend
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
   try:
-    shapes = config.from_flags(bench.Shapes, FLAGS)
+    shapes = declare.from_flags(bench.Shapes, FLAGS)
     if FLAGS.steps < 1:
       raise UserError(f"--steps must be a positive integer, got {FLAGS.steps}")
   except UserError as e:

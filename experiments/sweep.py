@@ -21,13 +21,13 @@ import sys
 from absl import app, flags
 from absl import logging as absl_logging
 
-from nmas_jax import config
+from nmas_jax import declare
 from nmas_jax.config import DataSettings, RunSettings, Settings
 from nmas_jax.errors import Preempted, SweepStopped, UserError, WriteError
 from nmas_jax.training import cpu
 
 FLAGS = flags.FLAGS
-config.define_flags(Settings, DataSettings, RunSettings)
+declare.define_flags(Settings, DataSettings, RunSettings)
 
 
 def _run(cfg: Settings, ds: DataSettings, run: RunSettings):
@@ -48,8 +48,8 @@ def _run(cfg: Settings, ds: DataSettings, run: RunSettings):
   est = DimensionSweep(**dataclasses.asdict(cfg))
   return est.fit(
     dataset,
-    identity=config.identity(cfg, ds),
-    flags_text=config.flags_text(cfg, ds, run),
+    identity=declare.identity(cfg, ds),
+    flags_text=declare.flags_text(cfg, ds, run),
     data_seed=ds.data_seed,
     **dataclasses.asdict(run),
   )
@@ -62,7 +62,7 @@ def main(argv):
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # no 'TPU not found' noise.
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
   try:
-    cfg, ds, run = (config.from_flags(c, FLAGS) for c in (Settings, DataSettings, RunSettings))
+    cfg, ds, run = (declare.from_flags(c, FLAGS) for c in (Settings, DataSettings, RunSettings))
     est = _run(cfg, ds, run)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
@@ -103,7 +103,8 @@ def _summary(est, workdir: str) -> None:
   if advice:
     print(f"warning: {advice}", file=sys.stderr)
   print(
-    f"\ntrained {len(est.table_)} models in {r['seconds']:.1f}s (+{r['compile_seconds']:.1f}s compile)"
+    f"\ntrained {len(est.table_)} models in {r['seconds']:.1f}s "
+    f"(+{r['compile_seconds']:.1f}s compile)"
   )
   print(
     "wrote:\n  "

@@ -9,7 +9,8 @@ the linear and the MLP decoder. Prints a markdown table: family, decoder, grid,
 seeds, steps, how many of the layer's models were still improving at the end
 (`unconverged`: rerun with a larger --steps where it is high), layer, truth,
 what the rule should answer (the smallest swept latent at or above the truth;
-2 or 3 on Lorenz with the MLP decoder, whose attractor is about 2.06-dimensional; none for the linear decoder on the nonlinear family,
+2 or 3 on Lorenz with the MLP decoder, whose attractor is about 2.06-dimensional; none for the
+linear decoder on the nonlinear family,
 whose linear dimension exceeds the truth), the choice, its interval, the
 knee, one-SE, the detectable latent, PCA's and FA's choices by the same rule,
 and, where the generator's noiseless signal is known (Lorenz), the oracle: the
@@ -17,8 +18,8 @@ rule on the gain curve of the true signal's best rank-k summary
 (`nmas_jax.evaluation.dimension.oracle_gains`); then the runtime. Each printed line also
 gives the chosen model's test-block score against PCA's and FA's at the same
 size (`test_model`, `test_pca`, `test_fa`; not in the table).
-With --write, the table replaces the one between the markers in
-docs/dimension.md.
+With --write, the table and a stamp of the run (command, date, versions, machine) replace
+the table between the markers in docs/validation.md.
 
   python -m experiments.validate --scaling
 
@@ -79,7 +80,7 @@ flags.DEFINE_integer(
   None,
   "--lfads_trials: LFADS's --co_dim (default: LFADS_ONLY's; 0 turns the controller off).",
 )
-flags.DEFINE_bool("write", False, "Write the table into docs/dimension.md.")
+flags.DEFINE_bool("write", False, "Write the table into docs/validation.md.")
 flags.DEFINE_bool("scaling", False, "Check the --neuron_counts axis instead (see above).")
 flags.DEFINE_bool(
   "lfads_trials", False, "Run the LFADS comparison on lorenz_trials instead (see above)."
@@ -87,7 +88,7 @@ flags.DEFINE_bool(
 
 LFADS_LATENTS = (2, 3, 4, 6)
 LFADS_SETTINGS = dict(steps=4000, seeds=2, batch_size=32, learning_rate=5e-3, lr_half_life=2000)
-LFADS_ONLY = dict(co_dim=2)  # the controller: docs/dimension.md, "inferred inputs"
+LFADS_ONLY = dict(co_dim=2)  # the controller: docs/notes/2026-11-28-dimension.md
 SMOOTHING_WIDTHS = (1, 2, 4, 8)  # Gaussian std in bins
 SCALING_LATENTS = (2, 4, 8, 16, 32, 64)
 SCALING_COUNTS = (10, 20, 40, 80)
@@ -388,19 +389,34 @@ def main(argv):
       for grid in GRIDS[family]:
         rows += run_one(family, decoder, grid, log)
   minutes = (time.perf_counter() - t0) / 60
-  text = (
-    table(rows)
-    + f"\n\n`python -m experiments.validate {' '.join(sys.argv[1:])}`: {minutes:.0f} min."
-  )
+  text = table(rows) + "\n\n" + stamp(minutes)
   print("\n" + text)
   if FLAGS.write:
     path = os.path.join(
-      os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "dimension.md"
+      os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "validation.md"
     )
     doc = open(path, encoding="utf-8").read()
     pattern = re.escape(MARKERS[0]) + ".*?" + re.escape(MARKERS[1])
     with open(path, "w", encoding="utf-8") as f:
       f.write(re.sub(pattern, lambda _: f"{MARKERS[0]}\n{text}\n{MARKERS[1]}", doc, flags=re.S))
+
+
+def stamp(minutes: float) -> str:
+  """The command, date, versions and machine of this run, for the table it wrote."""
+  import datetime
+  import platform
+
+  import flax
+  import jax
+  import optax
+
+  device = jax.devices()[0]
+  return (
+    f"`python -m experiments.validate {' '.join(sys.argv[1:])}`, "
+    f"{datetime.date.today().isoformat()}, {minutes:.0f} min on {os.cpu_count()} CPU cores "
+    f"({platform.machine()}), device {device.platform} ({device.device_kind}); "
+    f"jax {jax.__version__}, flax {flax.__version__}, optax {optax.__version__}."
+  )
 
 
 if __name__ == "__main__":

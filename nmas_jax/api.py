@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nmas_jax import config, data, files, models
+from nmas_jax import data, declare, files, models
 from nmas_jax.config import RunSettings, Settings
 from nmas_jax.data import splits
 from nmas_jax.errors import Preempted, SweepStopped, UserError
@@ -46,7 +46,7 @@ class DimensionSweep:
   def __init__(self, latents=_D.latents, **params):
     self.set_params(
       latents=latents,
-      **{k: getattr(_D, k) for k in config.names(Settings) if k != "latents" and k not in params},
+      **{k: getattr(_D, k) for k in declare.names(Settings) if k != "latents" and k not in params},
     )
     self.set_params(**params)
 
@@ -54,10 +54,10 @@ class DimensionSweep:
 
   def get_params(self, deep: bool = True) -> dict[str, Any]:
     del deep
-    return {p: getattr(self, p) for p in config.names(Settings)}
+    return {p: getattr(self, p) for p in declare.names(Settings)}
 
   def set_params(self, **params) -> DimensionSweep:
-    valid = config.names(Settings)
+    valid = declare.names(Settings)
     for k, v in params.items():
       if k not in valid:
         raise ValueError(f"unknown parameter {k!r} for DimensionSweep; valid: {valid}")
@@ -106,7 +106,7 @@ class DimensionSweep:
     """
     say = print if self.verbose and jax.process_index() == 0 else (lambda *a, **k: None)
     log: Callable[[str], None] = lambda s: say(s, flush=True)
-    run_cfg = config.build(RunSettings, {**run, "mesh": mesh if isinstance(mesh, str) else "auto"})
+    run_cfg = declare.build(RunSettings, {**run, "mesh": mesh if isinstance(mesh, str) else "auto"})
     cfg = self.config()
     dataset = data.as_dataset(X)
     if cfg.shuffle_control:
@@ -115,7 +115,7 @@ class DimensionSweep:
     mesh = sharding.make_mesh(mesh) if isinstance(mesh, str) else mesh
     if identity is None:
       identity = {
-        **config.identity(cfg),
+        **declare.identity(cfg),
         "data_shape": list(dataset.x_LTN.shape),
         "dataset": dataset.name,
       }
@@ -229,7 +229,8 @@ class DimensionSweep:
     return int(hits[0])
 
   def input_mask(self, layer: str | int = 0, seed: int = 0) -> np.ndarray:
-    """float32 [neurons]: what the encoder of a (layer, seed)'s models sees of each neuron (0: held out)."""
+    """float32 [neurons]: what the encoder of a (layer, seed)'s models sees of each neuron (0:
+    held out)."""
     self._check_fitted()
     li = layer if isinstance(layer, (int, np.integer)) else self.dataset_.layer_names.index(layer)
     return (~self.preprocessing_.heldout_SLN[seed, li]).astype(np.float32)
@@ -257,7 +258,8 @@ class DimensionSweep:
     return self.preprocessing_.apply(self._as_fitted(x)).x_LTN[int(li)]
 
   def transform(self, X, latent: int | None = None, layer: str | int | None = None) -> np.ndarray:
-    """Latent trajectory [time, latent] of one layer's model (default: its chosen latent size, seed 0).
+    """Latent trajectory [time, latent] of one layer's model (default: its chosen latent size,
+    seed 0).
 
     X is raw activity as given to `fit`: [time, neurons] of that layer, or
     [layers, time, neurons]; it is preprocessed exactly as the fitted data was

@@ -12,9 +12,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nmas_jax import config, data, models
-from nmas_jax.config import BATCHINGS, DECODERS, DTYPES, setting
+from nmas_jax import config, data, declare, models
+from nmas_jax.config import BATCHINGS, DECODERS, DTYPES
 from nmas_jax.data import splits
+from nmas_jax.declare import setting
 from nmas_jax.training import sweep, train
 
 BENCH_MODELS = ("autoencoder", "lfads")
@@ -22,7 +23,7 @@ TORCH_TWINS = ("autoencoder",)  # the families `torch_loop_step` has a PyTorch t
 
 
 @dataclasses.dataclass(frozen=True)
-class Shapes(config._Declared):
+class Shapes(declare.Declared):
   """What the benchmark times (its own defaults: one Stringer layer, the LSTM decoder)."""
 
   neurons: int = setting(1131, "Neurons per layer.", check="positive_int")

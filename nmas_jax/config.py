@@ -16,7 +16,7 @@ import functools
 
 from nmas_jax import models
 from nmas_jax.declare import (
-  _Declared,
+  Declared,
   setting,
 )
 from nmas_jax.errors import UserError
@@ -52,8 +52,9 @@ _LFADS = functools.partial(_module_default, models.LFADS)
 
 
 @dataclasses.dataclass(frozen=True)
-class Settings(_Declared):
-  """Model, training and evaluation settings: `DimensionSweep`'s parameters, and flags of the sweep."""
+class Settings(Declared):
+  """Model, training and evaluation settings: `DimensionSweep`'s parameters, and flags of the
+  sweep."""
 
   # The models.
   latents: tuple[int, ...] = setting(
@@ -156,7 +157,7 @@ class Settings(_Declared):
     "latent beside the encoder LSTM (z_t = LSTM(x)_t W + x_t S + b), so "
     "PCA's projection is one setting of the weights away: closer to PCA "
     "on linear-Gaussian data, but the estimate then leans towards PCA's "
-    "(docs/dimension.md). Not used by --model=lfads.",
+    "(docs/notes/2026-11-28-dimension.md). Not used by --model=lfads.",
   )
   likelihood: str = setting(
     "auto",
@@ -246,7 +247,7 @@ class Settings(_Declared):
     "Comma-separated linear baselines scored "
     "like the model at the same latent sizes: pca, fa, lds "
     "(a linear dynamical system fitted by EM; off by default: "
-    "about 40 s more on the main job, docs/dimension.md).",
+    "about 40 s more on the main job, docs/notes/2026-11-28-dimension.md).",
     choices=BASELINES,
     kind="list",
     identity=False,
@@ -296,7 +297,7 @@ class Settings(_Declared):
 
 
 @dataclasses.dataclass(frozen=True)
-class DataSettings(_Declared):
+class DataSettings(Declared):
   """Which recording the command line loads, and how it is preprocessed."""
 
   dataset: str = setting(
@@ -347,7 +348,7 @@ class DataSettings(_Declared):
 
 
 @dataclasses.dataclass(frozen=True)
-class RunSettings(_Declared):
+class RunSettings(Declared):
   """Where and how one run happens; never part of what a sweep computes."""
 
   workdir: str = setting("runs/sweep", "Output directory.", identity=False)

@@ -3,7 +3,7 @@
 A setting is one dataclass field made by `setting(...)`: default, type, help text and check.
 From the declarations of a settings class follow its absl flags (`define_flags`,
 `from_flags`), the flags file (`flags_text`), a workdir's identity (`identity`) and every check
-(`_Declared.__post_init__`). The settings themselves are declared in `nmas_jax.config`.
+(`Declared.__post_init__`). The settings themselves are declared in `nmas_jax.config`.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def parse_latents(text: str | Sequence[Any]) -> tuple[int, ...]:
   return parse_ints(text, "latents", "10,25,50,75,150")
 
 
-class _Declared:
+class Declared:
   """Checks and normalises every declared field on construction (UserError on a bad value)."""
 
   def __post_init__(self):

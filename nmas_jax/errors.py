@@ -1,4 +1,5 @@
-"""The exceptions a sweep raises for its users (one module, so that no module imports another for them)."""
+"""The exceptions a sweep raises for its users (one module, so that no module imports another for
+them)."""
 
 
 class UserError(ValueError):

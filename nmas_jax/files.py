@@ -1,4 +1,5 @@
-"""Atomic file writing: a reader never sees a half-written file, and a failed write leaves the old one."""
+"""Atomic file writing: a reader never sees a half-written file, and a failed write leaves the
+old one."""
 
 from __future__ import annotations
 

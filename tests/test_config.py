@@ -1,4 +1,5 @@
-"""Settings: declared once; flags, estimator parameters, identity and checks all derive from them."""
+"""Settings: declared once; flags, estimator parameters, identity and checks all derive from
+them."""
 
 import dataclasses
 import os
@@ -6,7 +7,7 @@ import os
 import pytest
 from absl import flags
 
-from nmas_jax import DimensionSweep, config, models
+from nmas_jax import DimensionSweep, declare, models
 from nmas_jax.config import DataSettings, RunSettings, Settings
 from nmas_jax.errors import UserError
 
@@ -63,7 +64,7 @@ PUBLIC_DEFAULTS = {
 
 def _flags(*argv):
   fv = flags.FlagValues()
-  config.define_flags(Settings, DataSettings, RunSettings, flag_values=fv)
+  declare.define_flags(Settings, DataSettings, RunSettings, flag_values=fv)
   fv(["prog", *argv])
   return fv
 
@@ -75,7 +76,7 @@ def test_flags_are_generated_with_the_public_names_and_defaults():
   declared = {
     f.name
     for c in (Settings, DataSettings, RunSettings)
-    for f in config.fields(c)
+    for f in declare.fields(c)
     if f.metadata["flag"]
   }
   assert set(fv) >= declared and declared >= set(PUBLIC_DEFAULTS)
@@ -84,28 +85,28 @@ def test_flags_are_generated_with_the_public_names_and_defaults():
 
 def test_flags_estimator_and_defaults_are_one_declaration():
   fv = _flags("--latents=2,4", "--unroll=2", "--decoder=lstm", "--layers=a,b")
-  cfg = config.from_flags(Settings, fv)
+  cfg = declare.from_flags(Settings, fv)
   assert cfg == Settings(latents=(2, 4), unroll=2, decoder="lstm")
-  assert config.from_flags(DataSettings, fv).layers == ("a", "b")
+  assert declare.from_flags(DataSettings, fv).layers == ("a", "b")
   est = DimensionSweep(latents=(2, 4), unroll=2, decoder="lstm")
-  assert est.config() == cfg and set(est.get_params()) == set(config.names(Settings))
+  assert est.config() == cfg and set(est.get_params()) == set(declare.names(Settings))
   assert models.make_model(cfg, 8).unroll == 2
 
 
 def test_flags_text_repeats_the_run():
   cfg, ds = Settings(latents=(3, 1), seeds=2, shuffle_control=True), DataSettings(layers=("0",))
   run = RunSettings(workdir="w", overwrite=True, distributed=True)
-  text = config.flags_text(cfg, ds, run)
+  text = declare.flags_text(cfg, ds, run)
   assert "--overwrite" not in text and "--distributed" not in text  # not recorded: run-only
   fv = _flags(*text.split())
-  assert config.from_flags(Settings, fv) == dataclasses.replace(cfg, verbose=True)
-  assert config.from_flags(DataSettings, fv) == ds
-  assert config.from_flags(RunSettings, fv) == RunSettings(workdir="w")
+  assert declare.from_flags(Settings, fv) == dataclasses.replace(cfg, verbose=True)
+  assert declare.from_flags(DataSettings, fv) == ds
+  assert declare.from_flags(RunSettings, fv) == RunSettings(workdir="w")
 
 
 def test_identity_holds_exactly_the_settings_that_define_a_sweep(tmp_path):
   ds = DataSettings(dataset="array", data_path="x.npy")
-  ident = config.identity(Settings(), ds)
+  ident = declare.identity(Settings(), ds)
   assert ident["data_path"] == os.path.abspath("x.npy") and ident["latents"] == [
     10,
     25,
@@ -117,8 +118,8 @@ def test_identity_holds_exactly_the_settings_that_define_a_sweep(tmp_path):
     ident
   )
   assert {"unroll", "seeds", "bin", "normalize", "data_seed", "valid_fraction"} <= set(ident)
-  assert config.identity(Settings(steps=5, log_every=1), ds) == ident
-  assert config.identity(Settings(unroll=2), ds) != ident
+  assert declare.identity(Settings(steps=5, log_every=1), ds) == ident
+  assert declare.identity(Settings(unroll=2), ds) != ident
 
 
 @pytest.mark.parametrize(
@@ -171,6 +172,6 @@ def test_each_setting_is_checked_where_it_is_declared(make, message):
 
 def test_unknown_settings_name_the_valid_ones():
   with pytest.raises(ValueError, match="unknown setting\\(s\\) 'nope' for RunSettings"):
-    config.build(RunSettings, {"nope": 1})
+    declare.build(RunSettings, {"nope": 1})
   with pytest.raises(ValueError, match="unknown parameter 'nope' for DimensionSweep"):
     DimensionSweep(nope=1)

@@ -1,4 +1,5 @@
-"""Evaluation: baselines against direct references, bits/spike by hand, dimension rules, recovery."""
+"""Evaluation: baselines against direct references, bits/spike by hand, dimension rules,
+recovery."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,5 @@
-"""Every example and the Stringer config run (tiny settings) and print what they promise, so none can rot."""
+"""Every example and the Stringer config run (tiny settings) and print what they promise, so none
+can rot."""
 
 import ast
 import json

@@ -1,4 +1,5 @@
-"""NWB input: calcium series (planes become layers) and binned Units, written with pynwb and read back."""
+"""NWB input: calcium series (planes become layers) and binned Units, written with pynwb and read
+back."""
 
 import sys
 from datetime import datetime, timezone

@@ -40,7 +40,7 @@ SCRIPT = textwrap.dedent("""
     ds = synthetic.make_synthetic(true_latents=(2, 4, 3), neurons=16, time=600, seed=0)
     cfg = config.Settings(latents=(1, 2, 4), hidden=8, window=20, batch_size=8, steps=40,
                           bidirectional=False,
-                          learning_rate=1e-2, log_every=40, seeds=1)  # 9 models: not a multiple of 8
+                          learning_rate=1e-2, log_every=40, seeds=1)  # 9 models: not 8k
     prep = splits.prepare(ds, cfg)
     out = {}
     for name, mesh in [("one", sharding.make_mesh("auto", jax.devices()[:1])),
@@ -264,7 +264,8 @@ def test_tune_cpu_flags_does_nothing_once_jax_has_started():
   """backend_started (the one private JAX call) is False before JAX starts and True after;
   tune_cpu_flags then changes nothing."""
   code = (
-    "from nmas_jax.training import cpu; import os, jax; before = cpu.backend_started(); jax.devices(); "
+    "from nmas_jax.training import cpu; import os, jax; "
+    "before = cpu.backend_started(); jax.devices(); "
     "env = dict(os.environ); added = cpu.tune_cpu_flags(lanes=4); "
     "print(before, cpu.backend_started(), added, dict(os.environ) == env)"
   )

@@ -150,8 +150,8 @@ def test_cli_nan_data_is_refused(tmp_path):
   )
   assert r.returncode != 0
   assert (
-    "error: the array [layers, time, neurons] has 1 non-finite values (NaN or Inf); the first is at index (0, 3, 2)"
-    in r.stderr
+    "error: the array [layers, time, neurons] has 1 non-finite values (NaN or Inf); "
+    "the first is at index (0, 3, 2)" in r.stderr
   )
   assert not (tmp_path / "w").exists()
 

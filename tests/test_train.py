@@ -1,4 +1,5 @@
-"""Train step: vmapped step equals per-model steps; models are independent; divergence is isolated."""
+"""Train step: vmapped step equals per-model steps; models are independent; divergence is
+isolated."""
 
 import functools
 

@@ -197,7 +197,8 @@ SHUFFLED_SUFFIX = "/shuffled"
 
 
 def with_shuffle_control(dataset: Dataset, seed: int = 0) -> Dataset:
-  """Appends a control copy of every layer: each neuron circularly shifted in time by its own offset.
+  """Appends a control copy of every layer: each neuron circularly shifted in time by its own
+  offset.
 
   The shift keeps every neuron's own statistics (and autocorrelation) but
   destroys structure shared between neurons, so a latent model should gain
@@ -234,7 +235,8 @@ def with_shuffle_control(dataset: Dataset, seed: int = 0) -> Dataset:
 
 
 def as_layers(x: Any, what: str) -> np.ndarray:
-  """A numeric [time, neurons] or [layers, time, neurons] array as float64 [layers, time, neurons]."""
+  """A numeric [time, neurons] or [layers, time, neurons] array as float64 [layers, time,
+  neurons]."""
   arr = check_numeric(np.asarray(x), what)
   if arr.ndim == 2:
     arr = arr[None]

@@ -1,4 +1,5 @@
-"""Loaders of recorded data: Stringer spontaneous (.npy dict), plain arrays, NWB; and the dispatcher."""
+"""Loaders of recorded data: Stringer spontaneous (.npy dict), plain arrays, NWB; and the
+dispatcher."""
 
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ def load_stringer(
     raw = np.load(path, allow_pickle=True)
   except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error.
     raise UserError(
-      f"cannot read {path} as a .npy file: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+      f"cannot read {path} as a .npy file: {type(e).__name__}: "
+      f"{str(e).splitlines()[0] if str(e) else ''}"
     ) from e
   if isinstance(raw, np.ndarray) and raw.dtype == object and raw.shape == ():
     raw = raw.item()
@@ -137,7 +139,8 @@ def _binning(counts: bool) -> str:
 
 
 def _read_array(path: str, key: str | None) -> tuple[np.ndarray, str | None]:
-  """The array in a .npy, or the one `key` names (or the only [time, neurons]-like one) in a .npz."""
+  """The array in a .npy, or the one `key` names (or the only [time, neurons]-like one) in a
+  .npz."""
   with open(path, "rb") as f:
     magic = f.read(6)
   if magic != b"\x93NUMPY" and magic[:4] != b"PK\x03\x04":
@@ -315,14 +318,16 @@ def load_nwb(
         found = [o for o in found if series in (o.name, o.parent.name)]
         if not found:
           raise UserError(
-            f"--nwb_series={series!r} is not in {path}; it holds: {', '.join(names) or 'nothing readable'}"
+            f"--nwb_series={series!r} is not in {path}; it holds: "
+            f"{', '.join(names) or 'nothing readable'}"
           )
       if not found:
         raise UserError(f"{path} holds no RoiResponseSeries and no Units table")
       containers = sorted({o.parent.name for o in found})
       if len(containers) > 1:
         raise UserError(
-          f"{path} holds several series ({', '.join(sorted(o.parent.name + '/' + o.name for o in found))}): "
+          f"{path} holds several series "
+          f"({', '.join(sorted(o.parent.name + '/' + o.name for o in found))}): "
           "choose one with --nwb_series"
         )
       found = sorted(found, key=lambda o: o.name)
@@ -354,7 +359,8 @@ def load(ds: DataSettings, *, drop_nonfinite: bool = False, warn=print) -> Datas
   """Loads the dataset `ds` names, keeping `ds.layers` (all when empty).
 
   `ds.bin` applies to recorded data (the built-in data are generated at
-  their final resolution); normalisation happens in `splits.prepare`. With `drop_nonfinite`, neurons with NaN/Inf are dropped (and
+  their final resolution); normalisation happens in `splits.prepare`. With `drop_nonfinite`,
+  neurons with NaN/Inf are dropped (and
   `warn` told how many) instead of refusing the data.
   """
   recorded = dict(bin_size=ds.bin)

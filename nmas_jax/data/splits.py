@@ -1,4 +1,5 @@
-"""A dataset made ready for a sweep, once: time split, held-out neurons, windows, likelihood, batches.
+"""A dataset made ready for a sweep, once: time split, held-out neurons, windows, likelihood,
+batches.
 
 `prepare` does every data-dependent check and computes everything the loop,
 the evaluation and the baselines read about the data (`Prepared`): the three
@@ -85,7 +86,8 @@ def time_blocks(
 def fit_window(
   window: int, num_time: int, t_train: int, t_valid: int, default: int, notes: list[str]
 ) -> int:
-  """`window`, or for a recording too short for the default one, the longest that fits every block."""
+  """`window`, or for a recording too short for the default one, the longest that fits every
+  block."""
   lengths = (t_train, t_valid - t_train, num_time - t_valid)
   if window <= min(lengths):
     return window
@@ -125,7 +127,8 @@ def window_starts(
 def window_layers(
   seed: jax.Array, step: jax.Array, *, num_layers: int, batch_size: int
 ) -> jax.Array:
-  """Random layer per window [batch] for models trained on all layers: a pure function of (seed, step)."""
+  """Random layer per window [batch] for models trained on all layers: a pure function of (seed,
+  step)."""
   key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), step), 1)
   return jax.random.randint(key, (batch_size,), 0, num_layers)
 
@@ -269,7 +272,8 @@ class Prepared:
     }[name]
 
   def windows_LVTN(self, name: str = "valid") -> np.ndarray:
-    """A block's windows [model layers, windows, window, neurons] (a shared model's: all layers')."""
+    """A block's windows [model layers, windows, window, neurons] (a shared model's: all
+    layers')."""
     v = windows(self.dataset.x_LTN, *self.block(name), self.window)
     return v.reshape(1, -1, *v.shape[2:]) if self.shared else v
 
@@ -297,7 +301,8 @@ class Prepared:
   def place(
     self, mesh, layer_M: np.ndarray, seed_M: np.ndarray, count_M: np.ndarray | None = None
   ) -> Placed:
-    """What the jitted step and evaluation read, on the mesh: data replicated, model columns sharded."""
+    """What the jitted step and evaluation read, on the mesh: data replicated, model columns
+    sharded."""
     rep, by_model = sharding.replicated(mesh), sharding.models_sharding(mesh)
     target = self.target_mask_MN(layer_M, seed_M, count_M)
     return Placed(
@@ -324,7 +329,8 @@ class Placed:
 
 @dataclasses.dataclass(frozen=True)
 class Preprocessing:
-  """What `prepare` did to raw data, to do again to new data of the same neurons (`prepare(reuse=)`).
+  """What `prepare` did to raw data, to do again to new data of the same neurons
+  (`prepare(reuse=)`).
 
   neuron_index_LN: int [layers, neurons], the raw neurons kept (constant ones dropped).
   normalization: per layer, the method and its training-block statistics.

@@ -7,7 +7,7 @@ k-dimensional manifold, so linear methods need more dimensions); (iii)
 `make_lorenz`: Poisson counts with an exp link of 3-D Lorenz latents (the
 LFADS benchmark); (iv) `make_independent`: neurons with their own dynamics
 and nothing shared (answer 0). `make_synthetic` (oscillators, whitened) is
-kept for tests. docs/dimension.md has the validation table.
+kept for tests. docs/notes/2026-11-28-dimension.md has the validation table.
 """
 
 from __future__ import annotations
@@ -223,7 +223,8 @@ def make_lorenz_trials(
   is the trials laid end to end (`Dataset.trial_length` = `time`); the true rates are kept
   (`Dataset.rates_LTN`). True dimension 3, and all three directions matter: with `whiten=False`
   (each coordinate z-scored, x and y correlated) the third direction carries so little that the
-  dimension rule applied to the true rates (`dimension.oracle_gains`) answers 2 (docs/dimension.md).
+  dimension rule applied to the true rates (`dimension.oracle_gains`) answers 2
+  (docs/notes/2026-11-28-dimension.md).
   """
   rng = np.random.default_rng(seed)
   out, rates = [], []
@@ -317,7 +318,8 @@ def make_linear_gaussian(
   `noise_std`, against a signal variance of about 1 per neuron).
 
   4000 bins by default: at 2000 (1400 training bins) the LSTM autoencoder's test error was
-  3.5% above PCA's at the chosen size, at 4000 about 1% (docs/dimension.md), a sample cost of
+  3.5% above PCA's at the chosen size, at 4000 about 1% (docs/notes/2026-11-28-dimension.md), a
+  sample cost of
   the recurrent encoder, not a fault of the rule."""
   rng = np.random.default_rng(seed)
 
@@ -358,7 +360,7 @@ def make_nonlinear(
   offsets c_n: the activity lies on a curved k-dimensional manifold, so a linear method
   needs more dimensions than k to describe it. 4000 bins by default, as family (i): at 2000
   the MLP-decoder model of the 12-signal layer scored 4% worse than PCA on test
-  (docs/dimension.md)."""
+  (docs/notes/2026-11-28-dimension.md)."""
   rng = np.random.default_rng(seed)
 
   def make(dim):
@@ -448,7 +450,7 @@ def make_multiscale(
   Every signal carries the same share of the signal's power by default (`spread` 1, equal-norm
   readout) so that the rule's own answer on the true signals (`dimension.oracle_band_gains`) is
   `bands`: with variances over 4x and a plain Gaussian readout, the weakest (slow) signal fell
-  under the rule's 5% on 4 of 10 draws (docs/dimension.md)."""
+  under the rule's 5% on 4 of 10 draws (docs/notes/2026-11-28-dimension.md)."""
   _, x = _multiscale(bands, timescales, neurons, time, noise_std, spread, seed)
   meta = dict(
     time=time,

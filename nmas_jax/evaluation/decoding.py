@@ -61,7 +61,8 @@ def fit_logistic(
 
 
 def layer_accuracy(prep: splits.Prepared, cfg: Settings, out) -> dict[str, Any]:
-  """Held-out layer-classification accuracy per (latent, seed) of a shared-model `sweep.SweepOutput`."""
+  """Held-out layer-classification accuracy per (latent, seed) of a shared-model
+  `sweep.SweepOutput`."""
   dataset = prep.dataset
   num_layers = dataset.num_layers
   tr = splits.windows(dataset.x_LTN, *prep.block("train"), prep.window)  # [L, Vt, W, N]

@@ -14,7 +14,7 @@ never changes it, and neither does a latent added above the answer whose gain
 stays within 1/fraction of the answer's (a plateau). `estimate` adds a
 bootstrap over validation time blocks and seeds: the 5th-95th percentile
 interval of the answer, and the zero-dimension test (the answer is 0 unless
-the best gain is above zero in at least 95% of the resamples). docs/dimension.md
+the best gain is above zero in at least 95% of the resamples). docs/notes/2026-11-28-dimension.md
 says why, and how knife-edge curves come out.
 """
 
@@ -75,7 +75,8 @@ def estimate(
     latents: the swept latent sizes K, ascending.
     loss_KSB: held-out loss summed over each validation time block [latents, seeds, blocks]
       (NaN for a diverged model).
-    null_SB, count_SB: the null's loss and the number of held-out elements per block [seeds, blocks].
+    null_SB, count_SB: the null's loss and the number of held-out elements per block [seeds,
+    blocks].
     fraction: the rule's fraction; resamples, seed: the bootstrap's.
   Returns:
     optimal, interval [5th, 95th percentile], p_positive (share of resamples whose best gain

@@ -12,7 +12,8 @@ equations, solved by doubling). d is each neuron's training mean (held fixed).
 
 Each latent size is its own jitted program (EM's iterations are one `lax.scan`): padding every
 size to the largest and vmapping them costs up to five times the K^3 work, and on XLA:CPU with
-multithreaded Eigen the vmapped Riccati loop deadlocked in 2 of 3 runs (docs/dimension.md).
+multithreaded Eigen the vmapped Riccati loop deadlocked in 2 of 3 runs
+(docs/notes/2026-11-28-dimension.md).
 `tests/test_lds.py` checks the smoother and the likelihood against a dense joint-Gaussian
 computation.
 """
@@ -182,7 +183,8 @@ def init(y_TN: np.ndarray, k: int) -> LDS:
 def _on_host():
   """x64 on the CPU, where the LDS runs on every backend: a fit is thousands of sequential K x K
   steps, which an accelerator runs one tiny kernel launch at a time (on an H100 host the
-  baselines with the LDS took 60-96 s per Stringer-sized layer: docs/benchmarks.md)."""
+  baselines with the LDS took 60-96 s per Stringer-sized layer:
+  docs/notes/2026-11-28-benchmarks.md)."""
   stack = contextlib.ExitStack()
   stack.enter_context(jax.enable_x64(True))
   stack.enter_context(jax.default_device(jax.devices("cpu")[0]))

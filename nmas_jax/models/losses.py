@@ -12,7 +12,8 @@ MAX_LOG_RATE = 15.0
 
 
 def mean_prediction(y_BTN: jax.Array, likelihood: str = "gaussian") -> jax.Array:
-  """The model's predicted mean activity: y itself, or Poisson rates exp(y) (y the log-rate, clipped)."""
+  """The model's predicted mean activity: y itself, or Poisson rates exp(y) (y the log-rate,
+  clipped)."""
   if likelihood == "gaussian":
     return y_BTN
   if likelihood == "poisson":

@@ -1,4 +1,5 @@
-"""The LSTM over time (`ScanLSTM`): input projection hoisted out of `nn.scan`, hand-written backward."""
+"""The LSTM over time (`ScanLSTM`): input projection hoisted out of `nn.scan`, hand-written
+backward."""
 
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ class _Recurrence(nn.Module):
     c_BH = f * c_BH + i * g
     h_BH = o * jnp.tanh(c_BH)
     # One stacked output [B, 6H] instead of three: one in-place update per step, and one
-    # zero-initialised output buffer to copy per scan (docs/benchmarks.md).
+    # zero-initialised output buffer to copy per scan (docs/notes/2026-11-28-benchmarks.md).
     return (h_BH, c_BH), jnp.concatenate([h_BH, c_BH, act_BG], axis=-1)
 
 

@@ -59,7 +59,8 @@ class MultiscaleAutoencoder(LSTMAutoencoder):
   2 / tau) and a slow unit cannot follow fast changes. The encoder proposes where each unit
   should be and the innovation is the bounded step toward it (`bounded_follow`): proposing
   the innovations themselves (`leaky_integrate` of tanh) made a slow unit's gradient pass
-  through 1 - a, and slow units trained far worse than fast ones (docs/dimension.md).
+  through 1 - a, and slow units trained far worse than fast ones
+  (docs/notes/2026-11-28-dimension.md).
   `latent` is each band's padded width; `latent_size` [bands] masks band b to its first
   counts[b] units (a padded model equals an unpadded one). The decoder reads all bands' units.
   """

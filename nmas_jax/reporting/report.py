@@ -1,4 +1,5 @@
-"""The human-readable summary of a sweep: the printed table, report.md, and every output file at once."""
+"""The human-readable summary of a sweep: the printed table, report.md, and every output file at
+once."""
 
 from __future__ import annotations
 
@@ -87,7 +88,7 @@ def table(results: dict[str, Any], field: str | None = None) -> str:
     row = f"{layer:>10} " + " ".join(
       f"{np.mean(c):>9.4g}" if c else f"{'diverged':>9}" for c in cells
     )
-    for h, key in extra:
+    for _, key in extra:
       if key is None:
         v = _interval(results, layer)
       else:

@@ -48,7 +48,8 @@ CSV_FIELDS = (
 
 
 def results_dict(prep, cfg, out) -> dict[str, Any]:
-  """The content of results.json for a `splits.Prepared`, `config.Settings` and `sweep.SweepOutput`."""
+  """The content of results.json for a `splits.Prepared`, `config.Settings` and
+  `sweep.SweepOutput`."""
   dataset = prep.dataset
   diverged = out.diverged_at if out.diverged_at is not None else np.asarray(out.state.diverged_at)
   entries = []

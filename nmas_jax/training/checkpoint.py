@@ -1,7 +1,7 @@
 """Checkpoints of a whole sweep (orbax) and the workdir's identity.
 
 A workdir belongs to one sweep: `sweep.json` records the schema version and
-the settings that define it (`config.identity`). Re-running the same command
+the settings that define it (`declare.identity`). Re-running the same command
 resumes from the latest checkpoint; a different sweep, or one written by
 another version of nmas-jax, is refused unless the caller overwrites.
 """
@@ -173,7 +173,8 @@ def _fmt(v: Any) -> str:
 
 
 def _differs(workdir: str, previous: dict[str, Any], identity: dict[str, Any]) -> str:
-  """One line saying how the sweep in `workdir` differs from `identity` (the first differing setting)."""
+  """One line saying how the sweep in `workdir` differs from `identity` (the first differing
+  setting)."""
   version = previous.get("schema_version", 1)
   if version != files.SCHEMA_VERSION:
     age = "an older" if version < files.SCHEMA_VERSION else "a newer"

@@ -3,7 +3,7 @@
 Nothing here is needed for correct results, and nothing runs at import. The
 CLIs call `tune()` first thing in `main()`, before JAX starts its backend; a
 user's own script can do the same. Why each piece exists, with measurements:
-docs/benchmarks.md.
+docs/notes/2026-11-28-benchmarks.md.
 
 - `tune_cpu_flags`: XLA:CPU's memory-optimised scheduler, and CPU *lanes*:
   one XLA host device per core (at most `MAX_CPU_LANES`). Lanes are not a
@@ -52,7 +52,8 @@ MODELS_PER_PROGRAM = 5
 # From this many neurons per layer, by_latent steps every model as its own computation rather
 # than vmapping a part's groups (layers x seeds): XLA:CPU's batched matmuls ran 45 models of
 # 1131 neurons at 65% of one layer's throughput, their unrolled steps at 95-107%, for 3.5x the
-# compile time (docs/benchmarks.md); at 200 neurons the step gained 1.2-1.3x for 3.5x the
+# compile time (docs/notes/2026-11-28-benchmarks.md); at 200 neurons the step gained 1.2-1.3x for
+# 3.5x the
 # compile, which short runs do not earn back.
 UNROLL_MIN_NEURONS = 512
 

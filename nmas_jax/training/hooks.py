@@ -1,4 +1,5 @@
-"""What happens after a step besides the step itself: hooks that `sweep.run_sweep` calls with its `Loop`.
+"""What happens after a step besides the step itself: hooks that `sweep.run_sweep` calls with its
+`Loop`.
 
 A hook is any callable `hook(loop) -> None`. It reads `loop.step`,
 `loop.final`, `loop.evaluation()` (every `log_every` steps and at the end;
@@ -128,7 +129,8 @@ class Progress:
 
 
 class Metrics:
-  """At each evaluation: {"train/loss", "valid/...": [models]} to `write(step, scalars)` (TensorBoard)."""
+  """At each evaluation: {"train/loss", "valid/...": [models]} to `write(step, scalars)`
+  (TensorBoard)."""
 
   def __init__(self, write: Callable[[int, dict[str, np.ndarray]], Any]):
     self.write = write

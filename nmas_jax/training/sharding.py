@@ -31,7 +31,8 @@ LANES_ENV = "NMAS_CPU_LANES"
 
 
 def _lanes_made() -> bool:
-  """Whether this process's CPU devices are lanes made by `cpu.tune_cpu_flags` (one process, CPU)."""
+  """Whether this process's CPU devices are lanes made by `cpu.tune_cpu_flags` (one process,
+  CPU)."""
   lanes = os.environ.get(LANES_ENV, "")
   return (
     lanes.isdigit()

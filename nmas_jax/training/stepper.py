@@ -1,4 +1,5 @@
-"""How one step of a whole sweep runs: one small interface, the plain vmap as its main implementation.
+"""How one step of a whole sweep runs: one small interface, the plain vmap as its main
+implementation.
 
 A `Stepper` holds the sweep's state in its own layout between steps (the
 "carry"): `pack` turns the padded `TrainState` [models] into it once,
@@ -128,7 +129,8 @@ class VmapStepper:
 
 # `auto` on one CPU device picks by_latent (a program per latent size) only for sweeps whose
 # step does this much work (`padded_step_flops`); below, the single vmapped program compiles
-# once. Measured (docs/benchmarks.md, "Compile time"): at 0.14-1.1 GFLOP the vmap step
+# once. Measured (docs/notes/2026-11-28-benchmarks.md, "Compile time"): at 0.14-1.1 GFLOP the vmap
+# step
 # was as fast or 9% slower and compiled in 3.5-3.9 s against 8.5-10.1 s; at 1.65 by_latent's
 # step was 31% faster but its extra 13 s of compile took ~840 steps to earn back; at 4.5, 65.
 BY_LATENT_MIN_FLOPS = 3e9
@@ -147,7 +149,8 @@ def padded_step_flops(model, prep: splits.Prepared, num_models: int) -> float:
 
 
 def resolve_batching(batching: str, mesh) -> str:
-  """The batching this mesh allows `auto`: by_latent on one CPU device (docs/benchmarks.md), else
+  """The batching this mesh allows `auto`: by_latent on one CPU device
+  (docs/notes/2026-11-28-benchmarks.md), else
   vmap; `make_stepper` then keeps small sweeps on vmap."""
   if batching not in BATCHINGS:
     raise UserError(f"unknown --batching={batching!r}: choose one of {', '.join(BATCHINGS)}")
