@@ -14,13 +14,13 @@ import numpy as np
 import optax
 
 from nmas_jax import models
-from nmas_jax.data import synthetic
+from nmas_jax.data import lorenz
 
 quick = os.environ.get("NMAS_QUICK") == "1"
 
 # Data: a 3-D Lorenz system driving 30 Poisson neurons, cut into 240 trials of 50 bins;
 # 200 trials train, 40 are held out.
-ds = synthetic.make_lorenz(neurons=30, time=12000, seed=0)
+ds = lorenz.make_lorenz(neurons=30, time=12000, seed=0)
 x = ds.x_LTN[0].reshape(240, 50, 30)
 train_x, test_x = jnp.asarray(x[:200]), jnp.asarray(x[200:])
 

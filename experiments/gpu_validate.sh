@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The validation table of docs/notes/2026-11-28-dimension.md on one GPU, every family at once (run by hand):
+# The validation table of docs/validation.md on one GPU, every family at once (run by hand):
 #   bash experiments/gpu_validate.sh [OUTDIR]
 # Each `experiments.validate` run is its own process sharing the GPU (no preallocation); PCA and
 # FA run on the CPU cores beside them. Matmuls at float32 precision (JAX_DEFAULT_MATMUL_PRECISION

@@ -24,6 +24,7 @@ from absl import logging as absl_logging
 from nmas_jax import declare
 from nmas_jax.config import DataSettings, RunSettings, Settings
 from nmas_jax.errors import Preempted, SweepStopped, UserError, WriteError
+from nmas_jax.reporting import tables
 from nmas_jax.training import cpu
 
 FLAGS = flags.FLAGS
@@ -86,12 +87,11 @@ def main(argv):
 
 def _summary(est, workdir: str) -> None:
   """The table and the files written (process 0)."""
-  from nmas_jax.reporting import report
 
   r = est.results_
   print()
-  print(report.table(r))
-  for line in report.scaling_lines(r):
+  print(tables.table(r))
+  for line in tables.scaling_lines(r):
     print(line)
   for layer, g in r.get("shuffle_control", {}).get("layers", {}).items():
     print(
@@ -99,7 +99,7 @@ def _summary(est, workdir: str) -> None:
       f"vs {g['control_gain']:.4g} (control); chosen {g['chosen']} (real) vs "
       f"{g['control_chosen']} (control)"
     )
-  advice = report.unconverged_advice(r)
+  advice = tables.unconverged_advice(r)
   if advice:
     print(f"warning: {advice}", file=sys.stderr)
   print(

@@ -52,6 +52,8 @@ import time
 
 from absl import app, flags
 
+from nmas_jax.data import lorenz
+from nmas_jax.evaluation import metrics
 from nmas_jax.training import cpu
 
 FLAGS = flags.FLAGS
@@ -122,9 +124,7 @@ def run_one(family: str, decoder: str, grid, log) -> list[dict]:
   from nmas_jax.evaluation import dimension
 
   ds = (
-    synthetic.make_lorenz(whiten=True)
-    if family == "lorenz_whitened"
-    else synthetic.FAMILIES[family]()
+    lorenz.make_lorenz(whiten=True) if family == "lorenz_whitened" else synthetic.FAMILIES[family]()
   )
   extra = {k: v for k, v in (("seeds", FLAGS.seeds), ("steps", FLAGS.steps)) if v is not None}
   t0 = time.perf_counter()
@@ -267,10 +267,10 @@ def lfads_rows(log) -> list[dict]:
   import numpy as np
 
   from nmas_jax import DimensionSweep
-  from nmas_jax.data import splits, synthetic
-  from nmas_jax.evaluation import baselines, dimension, evaluate
+  from nmas_jax.data import splits
+  from nmas_jax.evaluation import baselines, dimension
 
-  ds = synthetic.make_lorenz_trials(seed=FLAGS.data_seed)
+  ds = lorenz.make_lorenz_trials(seed=FLAGS.data_seed)
   settings = {
     **LFADS_SETTINGS,
     **{
@@ -320,8 +320,8 @@ def lfads_rows(log) -> list[dict]:
       p = baselines.smoothing_cosmooth(tr, np.concatenate([va, te]), held, w, prep.window)
       scores.append(
         [
-          evaluate.bits_per_spike(p[: len(va)][:, held], va[:, held]),
-          evaluate.bits_per_spike(p[len(va) :][:, held], te[:, held]),
+          metrics.bits_per_spike(p[: len(va)][:, held], va[:, held]),
+          metrics.bits_per_spike(p[len(va) :][:, held], te[:, held]),
         ]
       )
     valid[w], test[w] = np.mean(scores, axis=0)
@@ -340,7 +340,7 @@ def lfads_rows(log) -> list[dict]:
   )
   oracle = np.mean(
     [
-      evaluate.bits_per_spike(prep.flat("test", rates=True)[0][:, h], te[:, h])
+      metrics.bits_per_spike(prep.flat("test", rates=True)[0][:, h], te[:, h])
       for h in prep.heldout_SLN[:, 0]
     ]
   )

@@ -9,7 +9,6 @@ est.plot().savefig("sweep.png")
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -21,13 +20,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from nmas_jax import data, declare, files, models
+from nmas_jax import workdir as workdir_lib
 from nmas_jax.config import RunSettings, Settings
-from nmas_jax.data import splits
+from nmas_jax.data import preprocess, splits
 from nmas_jax.errors import Preempted, SweepStopped, UserError
 from nmas_jax.evaluation import decoding, evaluate
-from nmas_jax.reporting import plots, report, writers
+from nmas_jax.reporting import plots, report
 from nmas_jax.reporting import results as results_lib
-from nmas_jax.training import checkpoint, hooks, sharding, sweep, train
+from nmas_jax.training import checkpoint, sharding, sweep, train
 from nmas_jax.training.table import ModelTable, init_states
 
 _D = Settings()
@@ -119,30 +119,7 @@ class DimensionSweep:
         "data_shape": list(dataset.x_LTN.shape),
         "dataset": dataset.name,
       }
-    sinks, ckpt = _open_workdir(workdir, identity, run_cfg, flags_text, prep, cfg, log)
-    watchdog = (
-      sharding.Watchdog(
-        workdir, run_cfg.heartbeat_timeout_s, lambda: checkpoint.latest_complete_step(workdir)
-      )
-      if ckpt is not None
-      else contextlib.nullcontext()
-    )
-    try:
-      with watchdog:
-        out = sweep.run_sweep(
-          prep,
-          cfg,
-          hooks=[h for h, _ in sinks],
-          checkpointer=ckpt,
-          checkpoint_every=run_cfg.checkpoint_every,
-          mesh=mesh,
-          log=log,
-          nan_policy="stop" if run_cfg.nan_policy == "stop" else "freeze",
-          batching=run_cfg.batching,
-        )
-    finally:
-      for _, close in sinks + ([(None, ckpt.close)] if ckpt is not None else []):
-        close()
+    out = workdir_lib.run(prep, cfg, run_cfg, workdir, identity, flags_text, mesh, log)
     results = results_lib.results_dict(prep, cfg, out)
     writes = workdir is not None and jax.process_index() == 0
     if out.stopped:
@@ -360,7 +337,7 @@ class DimensionSweep:
     cfg = est.config()
     ds_meta = aux["dataset"]
     n_layers = len(ds_meta["layer_names"])
-    est.preprocessing_ = splits.Preprocessing.from_json(aux["preprocessing"])
+    est.preprocessing_ = preprocess.Preprocessing.from_json(aux["preprocessing"])
     est.table_ = ModelTable.build(
       n_layers,
       cfg.latents,
@@ -386,41 +363,6 @@ def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
   return json.loads(
     json.dumps({k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()})
   )
-
-
-def _open_workdir(
-  workdir, identity, run: RunSettings, flags_text: str, prep, cfg: Settings, log
-) -> tuple[list, Any]:
-  """Claims the workdir and opens its writers: ([(hook, close)], checkpointer or None)."""
-  if workdir is None:
-    return [], None
-  sinks = []
-  if jax.process_index() == 0:  # one writer: process 0
-    checkpoint.prepare_workdir(workdir)
-    resuming = checkpoint.claim_workdir(workdir, identity, run.overwrite)
-    if flags_text:
-      files.write_text(os.path.join(workdir, "flags.txt"), flags_text)
-    table = ModelTable.for_sweep(prep, cfg)
-    writer = writers.MetricWriter(
-      workdir,
-      [
-        f"layer={prep.dataset.layer_names[l]},latent={k},seed={s}"
-        + (f",neurons={c}" if c else "")
-        + (f",bands={'-'.join(map(str, b))}" if len(b) else "")
-        for l, k, s, c, b in zip(table.layer, table.latent, table.seed, table.count, table.bands)
-      ],
-    )
-    partial = lambda o: files.write_json(
-      os.path.join(workdir, "results.json"), results_lib.results_dict(prep, cfg, o)
-    )
-    sinks = [
-      (hooks.Metrics(writer.write_scalars), writer.close),
-      (hooks.PartialResults(partial), lambda: None),
-    ]
-  ckpt = checkpoint.Checkpointer(workdir, run.keep_checkpoints, log)  # every process takes part
-  if sinks and resuming and ckpt.latest_step() is None:
-    log("no checkpoint in the workdir yet: starting from step 0")
-  return sinks, ckpt
 
 
 def _shuffle_summary(results: dict[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import numpy as np
 
 from nmas_jax import config, data, declare, models
 from nmas_jax.config import BATCHINGS, DECODERS, DTYPES
-from nmas_jax.data import splits
+from nmas_jax.data import batches, splits
 from nmas_jax.declare import setting
 from nmas_jax.training import sweep, train
 
@@ -222,7 +222,7 @@ def _loop_call(s: Shapes, built: sweep.Built) -> tuple[Callable[[], Any], float]
     m = models.make_model(dataclasses.replace(s.settings(), latents=(k,)), n)
 
     def one(st, x_LTN, layer_1, m=m, n=n):
-      x_BTN = splits.sample_batches(
+      x_BTN = batches.sample_batches(
         x_LTN,
         layer_1,
         jnp.array([0]),

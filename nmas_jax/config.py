@@ -15,6 +15,7 @@ import dataclasses
 import functools
 
 from nmas_jax import models
+from nmas_jax.data import synthetic
 from nmas_jax.declare import (
   Declared,
   setting,
@@ -26,17 +27,7 @@ DECODERS = models.DECODERS
 LIKELIHOODS = models.LIKELIHOODS
 DTYPES = ("float32", "bfloat16")
 NORMALIZATIONS = ("zscore", "mean_per_bin", "mean_per_bin_all", "none")
-DATASETS = (
-  "synthetic",
-  "nonlinear",
-  "lorenz",
-  "lorenz_trials",
-  "independent",
-  "multiscale",
-  "stringer",
-  "array",
-  "nwb",
-)
+DATASETS = (*synthetic.FAMILIES, "stringer", "array", "nwb")  # built-in, then recorded
 NAN_POLICIES = ("freeze", "stop", "drop_neurons")
 BATCHINGS = ("auto", "vmap", "by_latent")
 BASELINES = ("pca", "fa", "lds")

@@ -55,3 +55,13 @@ def synthetic_npy(tmp_path_factory):
     return str(path)
 
   return make
+
+
+# The slowest modules first (pytest --durations): with --dist=loadscope each worker takes a whole
+# module at a time, in collection order, so starting these first keeps the workers busy to the end.
+SLOW_FIRST = ("test_multiscale.py", "test_checkpoint.py", "test_examples.py", "test_sharding.py")
+
+
+def pytest_collection_modifyitems(config, items):
+  rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))  # stable within a module

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from nmas_jax import config, data
-from nmas_jax.data import loaders, splits, synthetic
+from nmas_jax.data import batches, loaders, lorenz, splits, synthetic
 from nmas_jax.errors import UserError
 from nmas_jax.evaluation import dimension
 
@@ -217,9 +217,9 @@ def test_batches_are_a_pure_function_of_seed_and_step():
   x = jnp.arange(2 * 30 * 3, dtype=jnp.float32).reshape(2, 30, 3)
   kw = dict(t_train=24, window=5, batch_size=4)
   layer, seed = jnp.array([0, 1, 1]), jnp.array([0, 0, 1])
-  a = splits.sample_batches(x, layer, seed, jnp.int32(7), **kw)
-  b = splits.sample_batches(x, layer, seed, jnp.int32(7), **kw)
-  c = splits.sample_batches(x, layer, seed, jnp.int32(8), **kw)
+  a = batches.sample_batches(x, layer, seed, jnp.int32(7), **kw)
+  b = batches.sample_batches(x, layer, seed, jnp.int32(7), **kw)
+  c = batches.sample_batches(x, layer, seed, jnp.int32(8), **kw)
   assert a.shape == (3, 4, 5, 3)
   np.testing.assert_array_equal(a, b)
   assert not np.array_equal(a, c)
@@ -231,7 +231,7 @@ def test_batches_are_a_pure_function_of_seed_and_step():
 
 def test_windows_tile_a_block():
   x = np.arange(2 * 23, dtype=np.float32).reshape(2, 23, 1)
-  v = splits.windows(x, 10, 23, window=4)
+  v = batches.windows(x, 10, 23, window=4)
   assert v.shape == (2, 3, 4, 1)
   np.testing.assert_array_equal(v[0, :, :, 0].ravel(), np.arange(10, 22))
 
@@ -267,7 +267,7 @@ def test_trial_arrays_are_binned_per_trial_and_split_by_whole_trials(tmp_path):
   assert (prep.t_train, prep.t_valid, prep.window) == (21, 24, 3)  # 7 / 1 / 2 trials of 3 bins
   assert "--window=3: one whole trial (trial data)" in prep.notes
   # Training windows are whole training trials: they start at trial boundaries.
-  b = splits.sample_batches(
+  b = batches.sample_batches(
     jnp.arange(30.0)[None, :, None],
     jnp.zeros(2, jnp.int32),
     jnp.array([0, 1]),
@@ -307,7 +307,7 @@ def test_trial_arrays_are_binned_per_trial_and_split_by_whole_trials(tmp_path):
 
 
 def test_lorenz_trials_keep_their_true_rates_through_preparation():
-  ds = synthetic.make_lorenz_trials(trials=40, time=10, neurons=12)
+  ds = lorenz.make_lorenz_trials(trials=40, time=10, neurons=12)
   assert ds.x_LTN.shape == ds.rates_LTN.shape == (1, 400, 12) and ds.trial_length == 10
   assert ds.true_latent == {"0": 3} and ds.counts
   # Counts are Poisson draws of the rates: their means agree within sampling error.
@@ -329,7 +329,7 @@ def test_lorenz_trials_keep_their_true_rates_through_preparation():
   )
   # A layer subset keeps its rates; the shuffle control shifts rates with their counts.
   ctrl = data.with_shuffle_control(
-    synthetic.make_lorenz_trials(trials=40, time=10, neurons=12, layers=2).select_layers(["1"])
+    lorenz.make_lorenz_trials(trials=40, time=10, neurons=12, layers=2).select_layers(["1"])
   )
   shifted, raw = ctrl.x_LTN[1] - ctrl.rates_LTN[1], ctrl.x_LTN[0] - ctrl.rates_LTN[0]
   np.testing.assert_allclose(np.sort(shifted, axis=0), np.sort(raw, axis=0))
@@ -343,7 +343,7 @@ def test_whitened_lorenz_has_the_same_states_with_three_equal_directions():
   shares, spans = [], []
   for whiten in (False, True):
     log_rate = np.log(
-      synthetic.make_lorenz(neurons=30, time=1500, whiten=whiten, seed=1)
+      lorenz.make_lorenz(neurons=30, time=1500, whiten=whiten, seed=1)
       .rates_LTN[0]
       .astype(np.float64)
     )
@@ -364,7 +364,7 @@ def test_lorenz_trials_are_whitened_so_the_rule_on_the_true_rates_answers_three(
   grid = (1, 2, 3, 4)
   for seed in (0, 1):
     for whiten, answer in ((True, 3), (False, 2)):
-      ds = synthetic.make_lorenz_trials(trials=200, time=20, neurons=40, whiten=whiten, seed=seed)
+      ds = lorenz.make_lorenz_trials(trials=200, time=20, neurons=40, whiten=whiten, seed=seed)
       log_rate = np.log(ds.rates_LTN[0].astype(np.float64))
       sv = np.linalg.svd(log_rate - log_rate.mean(axis=0), compute_uv=False)
       assert sv[3] < 1e-3 * sv[0]  # linear in the 3-D state either way

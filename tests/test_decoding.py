@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nmas_jax import config
-from nmas_jax.data import splits, synthetic
+from nmas_jax.data import batches, splits, synthetic
 from nmas_jax.evaluation import decoding
 from nmas_jax.training import sweep
 
@@ -22,7 +22,7 @@ def test_logistic_regression_separates_separable_classes():
 
 def test_mixed_layer_batches_draw_from_every_layer():
   x = jnp.broadcast_to(jnp.arange(4.0)[:, None, None], (4, 50, 2))
-  b = splits.sample_batches(
+  b = batches.sample_batches(
     x,
     jnp.zeros(2, jnp.int32),
     jnp.array([0, 1]),

@@ -6,7 +6,7 @@ import pytest
 
 from nmas_jax import config
 from nmas_jax.data import splits, synthetic
-from nmas_jax.evaluation import baselines, dimension, evaluate
+from nmas_jax.evaluation import baselines, dimension, evaluate, metrics
 from nmas_jax.training import sweep
 
 
@@ -69,7 +69,7 @@ def test_cosmooth_baseline_uses_only_held_in_neurons_for_latents():
   p2 = baselines.predictions(x2[:300], x2[300:], held, 3)
   np.testing.assert_allclose(p["pca_cosmooth"][:, held], p2["pca_cosmooth"][:, held])
   np.testing.assert_allclose(p["fa_cosmooth"][:, held], p2["fa_cosmooth"][:, held])
-  r2 = evaluate.neuron_r2(p["pca_cosmooth"][:, held], x[300:, held])
+  r2 = metrics.neuron_r2(p["pca_cosmooth"][:, held], x[300:, held])
   assert np.all(r2 > 0.5)
 
 
@@ -82,14 +82,14 @@ def test_bits_per_spike_by_hand():
 
   null = np.array([[4 / 3, 1.0]] * 3)
   expected = (nll(null) - nll(rate)) / 7.0 / np.log(2)
-  assert evaluate.bits_per_spike(rate, x) == pytest.approx(expected, rel=1e-12)
-  assert evaluate.bits_per_spike(null, x) == pytest.approx(0.0, abs=1e-12)
+  assert metrics.bits_per_spike(rate, x) == pytest.approx(expected, rel=1e-12)
+  assert metrics.bits_per_spike(null, x) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_r2_by_hand():
   x = np.array([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0]])
   pred = np.array([[1.0, 0.0], [2.5, 0.0], [3.0, 0.0]])
-  r2 = evaluate.neuron_r2(pred, x)
+  r2 = metrics.neuron_r2(pred, x)
   assert r2[0] == pytest.approx(1 - 0.25 / 2.0) and np.isnan(r2[1])
 
 

@@ -142,3 +142,17 @@ def test_only_cpu_backend_started_touches_private_jax():
     if "jax._src" in line
   ]
   assert [name for name, _ in hits] == ["nmas_jax/training/cpu.py"] and len(hits) == 1
+
+
+def test_no_module_over_400_lines_and_no_function_over_80():
+  """A module past 400 lines is asking to be split by concern, a function past 80 by step."""
+  long_modules, long_functions = [], []
+  for p in _sources():
+    text = p.read_text()
+    if len(text.splitlines()) > 400:
+      long_modules.append(p.relative_to(ROOT).as_posix())
+    for node in ast.walk(ast.parse(text)):
+      if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+        if node.end_lineno - node.lineno + 1 > 80:
+          long_functions.append(f"{p.relative_to(ROOT).as_posix()}:{node.name}")
+  assert long_modules == [] and long_functions == []

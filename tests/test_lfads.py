@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from nmas_jax import DimensionSweep, models
-from nmas_jax.data import synthetic
+from nmas_jax.data import lorenz
 from nmas_jax.models import lfads
 
 SIZES = dict(gen_dim=8, ic_enc_dim=5, ci_enc_dim=4, con_dim=5)
@@ -129,7 +129,7 @@ def test_lfads_sweep_recovers_three_factors_on_lorenz_trials():
   # held-out neurons' test bits/spike are above 0 (better than each neuron's mean rate) and the
   # inferred rates explain most of the true rates' variance on the test trials (each neuron's
   # mean rate scores about 0), more than at 1 factor.
-  ds = synthetic.make_lorenz_trials(trials=150, time=20, neurons=60)
+  ds = lorenz.make_lorenz_trials(trials=150, time=20, neurons=60)
   r = (
     DimensionSweep(
       model="lfads",

@@ -10,7 +10,7 @@ import pytest
 from nmas_jax import config
 from nmas_jax.data import splits, synthetic
 from nmas_jax.errors import UserError
-from nmas_jax.evaluation import evaluate
+from nmas_jax.evaluation import estimates, evaluate
 from nmas_jax.training import sweep
 
 
@@ -103,6 +103,6 @@ def test_all_neuron_models_are_the_same_with_and_without_the_count_axis():
 
 
 def test_log_slope():
-  assert evaluate.log_slope([10, 100, 1000], [2, 20, 200]) == 1.0
-  assert evaluate.log_slope([10, 100, 1000], [5, 5, 5]) == 0.0
-  assert evaluate.log_slope([10, 100], [0, 5]) is None
+  assert estimates.log_slope([10, 100, 1000], [2, 20, 200]) == 1.0
+  assert estimates.log_slope([10, 100, 1000], [5, 5, 5]) == 0.0
+  assert estimates.log_slope([10, 100], [0, 5]) is None

@@ -193,10 +193,11 @@ LANES_SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     from nmas_jax import config, data
     from nmas_jax.data import splits
-    from nmas_jax.training import sharding, stepper, sweep
+    from nmas_jax.training import by_latent, sharding, stepper, sweep
     mesh = sharding.make_mesh("auto")
     out = {"added": added, "devices": jax.device_count(), "mesh": int(mesh.devices.size),
-           "lanes": len(cpu.lane_devices(mesh)), "batching": stepper.resolve_batching("auto", mesh)}
+           "lanes": len(by_latent.lane_devices(mesh)),
+           "batching": stepper.resolve_batching("auto", mesh)}
     cfg = config.Settings(latents=(1, 2, 4), hidden=8, window=20, batch_size=8, heldout_neurons=0,
                           bidirectional=False,
                           seeds=1)

@@ -12,8 +12,8 @@ import pytest
 from nmas_jax import config, data
 from nmas_jax.data import splits, synthetic
 from nmas_jax.errors import UserError
-from nmas_jax.reporting import results
-from nmas_jax.training import cpu, stepper, sweep
+from nmas_jax.reporting import results, tables
+from nmas_jax.training import by_latent, selection, stepper, sweep
 from nmas_jax.training.table import ModelTable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -277,7 +277,7 @@ def test_by_latent_count_models_on_their_own_neurons_equal_one_vmap(unrolled, mo
   are count major, latent minor (then group)."""
   import jax
 
-  monkeypatch.setattr(cpu, "UNROLL_MIN_NEURONS", 1 if unrolled else 10**9)
+  monkeypatch.setattr(by_latent, "UNROLL_MIN_NEURONS", 1 if unrolled else 10**9)
 
   from nmas_jax.training import sharding
 
@@ -349,7 +349,7 @@ def test_by_latent_lfads_equals_one_vmap():
 def test_by_latent_batching_refuses_a_padded_models_axis():
   table = ModelTable.build(1, (1, 2, 3), 1).padded(4)
   with pytest.raises(UserError, match="--batching=by_latent needs every model on one device"):
-    cpu.latent_buckets(table)
+    by_latent.latent_buckets(table)
   with pytest.raises(
     UserError, match="unknown --batching='fast': choose one of auto, vmap, by_latent"
   ):
@@ -371,7 +371,7 @@ def test_selection_converged_matches_its_definition_for_any_length_of_training()
     1.0 - 0.04 * np.minimum(np.arange(1, 21)[:, None], until) + 1e-4 * rng.standard_normal((20, m))
   )
   losses[3, 0] = np.nan  # a diverged evaluation counts as inf
-  sel = sweep.Selection.fresh(m)
+  sel = selection.Selection.fresh(m)
 
   def direct(steps, upto):
     step_E = 10 * np.arange(1, upto + 1)
@@ -387,18 +387,17 @@ def test_selection_converged_matches_its_definition_for_any_length_of_training()
   got100 = sel.converged(100)
   np.testing.assert_array_equal(got100, direct(100, 20))
   assert 0 < got100.sum() < m and 0 < got50.sum() < m  # both outcomes occur
-  again = sweep.Selection.from_json(sel.real(m).to_json(), m)  # the checkpoint's round trip
+  again = selection.Selection.from_json(sel.real(m).to_json(), m)  # the checkpoint's round trip
   np.testing.assert_array_equal(again.converged(100), got100)
 
 
 def test_unconverged_advice_names_the_count_and_the_rerun():
-  from nmas_jax.reporting import report
 
   r = {"steps": 400, "models": [{"converged": True}, {"converged": False}, {"converged": False}]}
-  assert report.unconverged_advice(r) == (
+  assert tables.unconverged_advice(r) == (
     "2 of 3 models were still improving over the last fifth of training (converged: false); "
     "smaller latents often train slower, so the estimate can come out too large. Rerun the same "
     "command with a larger --steps (e.g. --steps=1200): the workdir resumes from its last "
     "checkpoint and trains only the extra steps."
   )
-  assert report.unconverged_advice({"steps": 400, "models": [{"converged": True}]}) is None
+  assert tables.unconverged_advice({"steps": 400, "models": [{"converged": True}]}) is None

@@ -261,3 +261,12 @@ def as_dataset(x: Any, name: str = "array") -> Dataset:
     {},
     counts=is_counts(arr),
   )
+
+
+def bin_layer(x_TN: np.ndarray, bin_size: int, counts: bool) -> np.ndarray:
+  """Adjacent bins summed for spike counts (they stay counts), else averaged."""
+  return bin_time(x_TN, bin_size, "sum" if counts else "mean")
+
+
+def binning_text(counts: bool) -> str:
+  return "sum of adjacent bins (counts)" if counts else "mean of adjacent bins"

@@ -12,12 +12,14 @@ from nmas_jax.config import DataSettings
 from nmas_jax.data.dataset import (
   Dataset,
   as_layers,
-  bin_time,
+  bin_layer,
+  binning_text,
   check_file,
   check_finite,
   check_numeric,
   is_counts,
 )
+from nmas_jax.data.nwb import load_nwb
 from nmas_jax.data.synthetic import FAMILIES
 from nmas_jax.errors import UserError
 
@@ -29,27 +31,8 @@ def _layer_name(z: float) -> str:
   return str(int(z)) if float(z).is_integer() else repr(float(z))
 
 
-def _bin(x_TN: np.ndarray, bin_size: int, counts: bool) -> np.ndarray:
-  """Adjacent bins summed for spike counts (they stay counts), else averaged."""
-  return bin_time(x_TN, bin_size, "sum" if counts else "mean")
-
-
-def load_stringer(
-  path: str,
-  *,
-  neurons_per_layer: int | None = None,
-  bin_size: int = _D.bin,
-  seed: int = _D.data_seed,
-  drop_nonfinite: bool = False,
-  warn=print,
-) -> Dataset:
-  """Loads Stringer et al. 2019 spontaneous data; layers are the unique z planes.
-
-  The file is a pickled dict (np.save of a dict): loading it runs code from the
-  file, so only load files you trust. Normalisation happens later
-  (`splits.prepare`); the mean over every neuron of the recording is kept
-  for --normalize=mean_per_bin_all.
-  """
+def _read_stringer(path: str, drop_nonfinite: bool, warn) -> tuple[np.ndarray, np.ndarray]:
+  """(sresp [neurons, time], xyz [3, neurons]) of a Stringer file, checked (UserError)."""
   check_file(path)
   try:
     raw = np.load(path, allow_pickle=True)
@@ -93,10 +76,30 @@ def load_stringer(
       )
       sresp, xyz = sresp[keep], xyz[:, keep]
   check_finite(sresp, "sresp [neurons, time]")
+  return sresp, xyz
+
+
+def load_stringer(
+  path: str,
+  *,
+  neurons_per_layer: int | None = None,
+  bin_size: int = _D.bin,
+  seed: int = _D.data_seed,
+  drop_nonfinite: bool = False,
+  warn=print,
+) -> Dataset:
+  """Loads Stringer et al. 2019 spontaneous data; layers are the unique z planes.
+
+  The file is a pickled dict (np.save of a dict): loading it runs code from the
+  file, so only load files you trust. Normalisation happens later
+  (`splits.prepare`); the mean over every neuron of the recording is kept
+  for --normalize=mean_per_bin_all.
+  """
+  sresp, xyz = _read_stringer(path, drop_nonfinite, warn)
 
   x_TN = sresp.T
   counts_data = is_counts(x_TN)
-  population_mean_T = _bin(x_TN.mean(axis=1, keepdims=True), bin_size, False)[:, 0]
+  population_mean_T = bin_layer(x_TN.mean(axis=1, keepdims=True), bin_size, False)[:, 0]
   z_N = xyz[2]
   planes = np.unique(z_N)
   counts = [int((z_N == z).sum()) for z in planes]
@@ -113,13 +116,13 @@ def load_stringer(
       )
     idx = np.sort(rng.choice(np.flatnonzero(z_N == z), size=n, replace=False))
     chosen[_layer_name(z)] = idx.tolist()
-    layers.append(_bin(x_TN[:, idx], bin_size, counts_data))
+    layers.append(bin_layer(x_TN[:, idx], bin_size, counts_data))
   meta = dict(
     path=os.path.abspath(path),
     neurons_per_plane=dict(zip(map(_layer_name, planes), counts)),
     neurons_per_layer=n,
     bin=bin_size,
-    binning=_binning(counts_data),
+    binning=binning_text(counts_data),
     subsample_seed=seed,
     neuron_indices=chosen,
   )
@@ -132,10 +135,6 @@ def load_stringer(
     counts=counts_data,
     population_mean_T=population_mean_T,
   )
-
-
-def _binning(counts: bool) -> str:
-  return "sum of adjacent bins (counts)" if counts else "mean of adjacent bins"
 
 
 def _read_array(path: str, key: str | None) -> tuple[np.ndarray, str | None]:
@@ -199,8 +198,8 @@ def load_array(
     x = _drop_nonfinite_neurons(x, warn)
   check_finite(x, "the array [layers, time, neurons]")
   counts_data = is_counts(x)
-  layers = [_bin(x_TN, bin_size, counts_data) for x_TN in x]
-  meta = dict(path=os.path.abspath(path), key=key, bin=bin_size, binning=_binning(counts_data))
+  layers = [bin_layer(x_TN, bin_size, counts_data) for x_TN in x]
+  meta = dict(path=os.path.abspath(path), key=key, bin=bin_size, binning=binning_text(counts_data))
   return Dataset(
     np.stack(layers).astype(np.float32),
     tuple(str(i) for i in range(len(layers))),
@@ -245,14 +244,14 @@ def _trial_array(
   if bin_size > x.shape[2]:
     raise UserError(f"--bin={bin_size} is longer than a trial ({x.shape[2]} bins)")
   binned = np.stack(
-    [np.stack([_bin(t_TN, bin_size, counts_data) for t_TN in layer]) for layer in x]
+    [np.stack([bin_layer(t_TN, bin_size, counts_data) for t_TN in layer]) for layer in x]
   )  # [layers, trials, binned time, neurons]
   layers, n_trials, length, n = binned.shape
   meta = dict(
     path=os.path.abspath(path),
     key=key,
     bin=bin_size,
-    binning=_binning(counts_data),
+    binning=binning_text(counts_data),
     trials=n_trials,
     trial_length=length,
   )
@@ -264,94 +263,6 @@ def _trial_array(
     meta,
     counts=counts_data,
     trial_length=length,
-  )
-
-
-def load_nwb(
-  path: str,
-  *,
-  series: str | None = None,
-  bin_ms: float = _D.bin_ms,
-  bin_size: int = 1,
-  seed: int = _D.data_seed,
-) -> Dataset:
-  """Loads calcium series (RoiResponseSeries in Fluorescence/DfOverF) or spikes (Units) from NWB.
-
-  Several series of one container (one per imaging plane) become layers,
-  subsampled (seeded) to the smallest ROI count and cut to the shortest
-  length. `series` picks a series or container by name, or "units" for the
-  Units table, whose spike times are binned at `bin_ms`. Needs the optional
-  `pynwb` (pip install 'nmas-jax[nwb]').
-  """
-  check_file(path)
-  try:
-    import pynwb
-    from pynwb.ophys import RoiResponseSeries
-  except ImportError:
-    raise UserError("--dataset=nwb needs pynwb: pip install 'nmas-jax[nwb]'") from None
-  try:
-    io = pynwb.NWBHDF5IO(path, "r")
-    nwb = io.read()
-  except Exception as e:  # noqa: BLE001
-    raise UserError(
-      f"cannot read {path} as NWB: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    ) from None
-  with io:
-    found = [o for o in nwb.objects.values() if isinstance(o, RoiResponseSeries)]
-    has_units = nwb.units is not None and len(nwb.units) > 0
-    names = sorted(
-      {o.name for o in found} | {o.parent.name for o in found} | ({"units"} if has_units else set())
-    )
-    if series == "units" or (series is None and not found and has_units):
-      if not has_units:
-        raise UserError(
-          f"{path} has no Units table; it holds: {', '.join(names) or 'nothing readable'}"
-        )
-      spikes = [np.asarray(nwb.units.get_unit_spike_times(i)) for i in range(len(nwb.units))]
-      start = min(float(s.min()) for s in spikes if len(s))
-      stop = max(float(s.max()) for s in spikes if len(s))
-      edges = np.arange(start, stop + bin_ms / 1000.0, bin_ms / 1000.0)
-      x = np.stack([np.histogram(s, edges)[0] for s in spikes], axis=1).astype(np.float64)
-      layers, layer_names, kind = [x], ("units",), f"units binned at {bin_ms} ms"
-    else:
-      if series is not None:
-        found = [o for o in found if series in (o.name, o.parent.name)]
-        if not found:
-          raise UserError(
-            f"--nwb_series={series!r} is not in {path}; it holds: "
-            f"{', '.join(names) or 'nothing readable'}"
-          )
-      if not found:
-        raise UserError(f"{path} holds no RoiResponseSeries and no Units table")
-      containers = sorted({o.parent.name for o in found})
-      if len(containers) > 1:
-        raise UserError(
-          f"{path} holds several series "
-          f"({', '.join(sorted(o.parent.name + '/' + o.name for o in found))}): "
-          "choose one with --nwb_series"
-        )
-      found = sorted(found, key=lambda o: o.name)
-      layers, layer_names = [], []
-      for o in found:
-        x = check_numeric(np.asarray(o.data[:]), f"series {o.name}")
-        if x.ndim == 1:
-          x = x[:, None]
-        check_finite(x, f"series {o.name} [time, rois]")
-        layers.append(x)
-        plane = getattr(getattr(o.rois, "table", None), "imaging_plane", None)
-        layer_names.append(plane.name if plane is not None and len(found) > 1 else o.name)
-      kind = f"{containers[0]} RoiResponseSeries"
-  t = min(len(x) for x in layers)
-  n = min(x.shape[1] for x in layers)
-  rng = np.random.default_rng(seed)
-  counts_data = all(is_counts(x) for x in layers)
-  out = []
-  for x in layers:
-    idx = np.sort(rng.choice(x.shape[1], n, replace=False)) if x.shape[1] > n else np.arange(n)
-    out.append(_bin(x[:t, idx], bin_size, counts_data))
-  meta = dict(path=os.path.abspath(path), source=kind, bin=bin_size, binning=_binning(counts_data))
-  return Dataset(
-    np.stack(out).astype(np.float32), tuple(layer_names), "nwb", None, meta, counts=counts_data
   )
 
 

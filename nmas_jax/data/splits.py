@@ -17,12 +17,12 @@ import dataclasses
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from nmas_jax.config import Settings
-from nmas_jax.data import dataset as data_lib
+from nmas_jax.data.batches import windows
 from nmas_jax.data.dataset import Dataset
+from nmas_jax.data.preprocess import Preprocessing, _drop_constant, _normalize, _select
 from nmas_jax.errors import UserError
 from nmas_jax.training import sharding
 
@@ -113,63 +113,6 @@ def trial_window(window: int, trial_length: int, default: int, notes: list[str])
   if window != trial_length:
     notes.append(f"--window={trial_length}: one whole trial (trial data)")
   return trial_length
-
-
-def window_starts(
-  seed: jax.Array, step: jax.Array, *, t_train: int, window: int, batch_size: int, stride: int = 1
-) -> jax.Array:
-  """Random window starts [batch] in the training block, multiples of `stride` (the trial length
-  for trial data: a window is then a whole trial): a pure function of (seed, step)."""
-  key = jax.random.fold_in(jax.random.PRNGKey(seed), step)
-  return stride * jax.random.randint(key, (batch_size,), 0, (t_train - window) // stride + 1)
-
-
-def window_layers(
-  seed: jax.Array, step: jax.Array, *, num_layers: int, batch_size: int
-) -> jax.Array:
-  """Random layer per window [batch] for models trained on all layers: a pure function of (seed,
-  step)."""
-  key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), step), 1)
-  return jax.random.randint(key, (batch_size,), 0, num_layers)
-
-
-def sample_batches(
-  x_LTN: jax.Array,
-  layer_M: jax.Array,
-  seed_M: jax.Array,
-  step: jax.Array,
-  *,
-  t_train: int,
-  window: int,
-  batch_size: int,
-  mix_layers: bool = False,
-  stride: int = 1,
-) -> jax.Array:
-  """Training windows for every model: [models, batch, window, neurons].
-
-  Model m reads layer layer_M[m]; with `mix_layers` each window comes from a
-  random layer instead (a shared model of all layers). Gathers exactly the
-  windows needed (never a per-model copy of a layer). Windows start at multiples of `stride`.
-  """
-  starts_MB = jax.vmap(
-    lambda s: window_starts(
-      s, step, t_train=t_train, window=window, batch_size=batch_size, stride=stride
-    )
-  )(seed_M)
-  t_MBW = starts_MB[:, :, None] + jnp.arange(window)[None, None, :]
-  if mix_layers:
-    layer_MB = jax.vmap(
-      lambda s: window_layers(s, step, num_layers=x_LTN.shape[0], batch_size=batch_size)
-    )(seed_M)
-    return x_LTN[layer_MB[:, :, None], t_MBW]
-  return x_LTN[layer_M[:, None, None], t_MBW]
-
-
-def windows(x_LTN: np.ndarray, start: int, stop: int, window: int) -> np.ndarray:
-  """All non-overlapping windows of time [start, stop): [layers, windows, window, neurons]."""
-  n = (stop - start) // window
-  v = x_LTN[:, start : start + n * window]
-  return v.reshape(v.shape[0], n, window, v.shape[2])
 
 
 def resolve_likelihood(likelihood: str, dataset: Dataset) -> str:
@@ -325,136 +268,6 @@ class Placed:
   target_MN: jax.Array | None  # the neurons model m's loss covers; None: all
   layer_M: jax.Array  # which layer's data model m reads
   seed_M: jax.Array  # model m's seed (its batch order)
-
-
-@dataclasses.dataclass(frozen=True)
-class Preprocessing:
-  """What `prepare` did to raw data, to do again to new data of the same neurons
-  (`prepare(reuse=)`).
-
-  neuron_index_LN: int [layers, neurons], the raw neurons kept (constant ones dropped).
-  normalization: per layer, the method and its training-block statistics.
-  heldout_SLN: each seed's held-out neurons; likelihood: the resolved one.
-  """
-
-  neuron_index_LN: np.ndarray
-  normalization: dict[str, dict[str, Any]]
-  heldout_SLN: np.ndarray
-  likelihood: str
-
-  def to_json(self) -> dict[str, Any]:
-    tolist = lambda v: v.tolist() if isinstance(v, np.ndarray) else v
-    return {
-      "neuron_index": self.neuron_index_LN.tolist(),
-      "heldout": self.heldout_SLN.tolist(),
-      "likelihood": self.likelihood,
-      "normalization": {
-        n: {k: tolist(v) for k, v in d.items()} for n, d in self.normalization.items()
-      },
-    }
-
-  def apply(self, dataset: Dataset) -> Dataset:
-    """`dataset` (raw, the fitted layers and neurons) with the fitted neurons and normalisation."""
-    dataset = _select(dataset, self.neuron_index_LN)
-    method = next(iter(self.normalization.values()))["method"] if self.normalization else "none"
-    return _normalize(dataset, method, None, self.heldout_SLN, self.normalization)[0]
-
-  @classmethod
-  def from_json(cls, d: dict[str, Any]) -> Preprocessing:
-    return cls(
-      np.asarray(d["neuron_index"], np.int64),
-      d["normalization"],
-      np.asarray(d["heldout"], bool),
-      d["likelihood"],
-    )
-
-
-def _drop_constant(
-  dataset: Dataset, t_train: int, notes: list[str]
-) -> tuple[np.ndarray, dict[str, list[int]]]:
-  """Neurons to keep [layers, neurons]: constant ones on the training block dropped, then layers
-  subsampled (seeded) to the smallest count left, so that they share one count."""
-  x = dataset.x_LTN
-  constant_LN = x[:, :t_train].std(axis=1) == 0
-  if not constant_LN.any():
-    return np.tile(np.arange(dataset.num_neurons), (dataset.num_layers, 1)), {}
-  dropped = {}
-  for l, name in enumerate(dataset.layer_names):
-    if constant_LN[l].all():
-      raise UserError(
-        f"layer {name} has no variance on the training block (every neuron is "
-        "constant there): drop it with --layers or check the data"
-      )
-    if constant_LN[l].any():
-      dropped[name] = np.flatnonzero(constant_LN[l]).tolist()
-      shown = ", ".join(map(str, dropped[name][:10])) + (" ..." if len(dropped[name]) > 10 else "")
-      notes.append(
-        f"layer {name}: dropped {len(dropped[name])} neuron(s) constant on the "
-        f"training block (indices {shown})"
-      )
-  n = int((~constant_LN).sum(axis=1).min())
-  rng = np.random.default_rng(0)
-  keep = [
-    np.sort(rng.choice(np.flatnonzero(~c), n, replace=False))
-    if (~c).sum() > n
-    else np.flatnonzero(~c)
-    for c in constant_LN
-  ]
-  if any((~c).sum() > n for c in constant_LN):
-    notes.append(f"layers subsampled to {n} neurons each (seeded) so that they share one count")
-  return np.stack(keep), dropped
-
-
-def _select(dataset: Dataset, index_LN: np.ndarray) -> Dataset:
-  """Each layer's neurons `index_LN[layer]`, in order (and their true rates)."""
-  if index_LN.shape[1] == dataset.num_neurons and (index_LN == np.arange(index_LN.shape[1])).all():
-    return dataset
-  pick = lambda a_LTN: np.stack([x[:, i] for x, i in zip(a_LTN, index_LN)])
-  return dataclasses.replace(
-    dataset,
-    x_LTN=pick(dataset.x_LTN),
-    rates_LTN=None if dataset.rates_LTN is None else pick(dataset.rates_LTN),
-  )
-
-
-def _normalize(
-  dataset: Dataset,
-  method: str,
-  t_train: int | None,
-  heldout_SLN: np.ndarray,
-  reuse: dict[str, dict[str, Any]] | None = None,
-) -> tuple[Dataset, dict[str, Any]]:
-  """Each layer normalised with training-block statistics (`data.normalize`), or `reuse`d ones."""
-  population = dataset.population_mean_T
-  if method == "mean_per_bin_all" and population is None:
-    population = dataset.x_LTN.mean(axis=(0, 2))
-  held_in_by_all_LN = ~heldout_SLN.any(axis=0)
-  layers, rates, applied = [], [], {}
-  for l, name in enumerate(dataset.layer_names):
-    x, info = data_lib.normalize(
-      dataset.x_LTN[l].astype(np.float64),
-      method,
-      t_train=t_train,
-      divisor_N=held_in_by_all_LN[l],
-      population_mean_T=population,
-      stats=None if reuse is None else reuse[name],
-    )
-    layers.append(x)
-    applied[name] = info
-    if dataset.rates_LTN is not None and method in ("none", "zscore"):
-      # The true rates in the data's units: the same affine map per neuron.
-      rates.append(
-        data_lib.normalize(
-          dataset.rates_LTN[l].astype(np.float64),
-          method,
-          stats=info if method == "zscore" else None,
-        )[0]
-      )
-  return dataclasses.replace(
-    dataset,
-    x_LTN=np.stack(layers).astype(np.float32),
-    rates_LTN=np.stack(rates).astype(np.float32) if rates else None,
-  ), applied
 
 
 def prepare(

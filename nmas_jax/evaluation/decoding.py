@@ -19,7 +19,7 @@ import optax
 
 from nmas_jax import models
 from nmas_jax.config import Settings
-from nmas_jax.data import splits
+from nmas_jax.data import batches, splits
 from nmas_jax.training import train
 
 
@@ -65,8 +65,8 @@ def layer_accuracy(prep: splits.Prepared, cfg: Settings, out) -> dict[str, Any]:
   `sweep.SweepOutput`."""
   dataset = prep.dataset
   num_layers = dataset.num_layers
-  tr = splits.windows(dataset.x_LTN, *prep.block("train"), prep.window)  # [L, Vt, W, N]
-  va = splits.windows(dataset.x_LTN, *prep.block("valid"), prep.window)  # [L, Vv, W, N]
+  tr = batches.windows(dataset.x_LTN, *prep.block("train"), prep.window)  # [L, Vt, W, N]
+  va = batches.windows(dataset.x_LTN, *prep.block("valid"), prep.window)  # [L, Vv, W, N]
   x_tr = jnp.asarray(tr.reshape(-1, *tr.shape[2:]))
   x_va = jnp.asarray(va.reshape(-1, *va.shape[2:]))
   y_tr = jnp.repeat(jnp.arange(num_layers), tr.shape[1])

@@ -14,33 +14,14 @@ from nmas_jax.reporting import plots
 from nmas_jax.reporting import results as results_lib
 from nmas_jax.reporting.plots import metric_label
 from nmas_jax.reporting.results import curves, dimension_metric
-
-
-def _interval(results: dict[str, Any], layer: str) -> str:
-  iv = (results.get("optimal_latent_interval") or {}).get(layer)
-  return "-" if iv is None else f"{iv[0]}-{iv[1]}"
-
-
-def bands_table(results: dict[str, Any]) -> str:
-  """--model=multiscale: per layer, the chosen count per band with its interval, and the total."""
-  dim = results["dimension"]
-  taus = dim["timescales"]
-  true = results.get("true_latent") or {}
-  lines = [
-    f"held-out {dim['metric']}, validation block: latents per timescale band "
-    f"(tau = {', '.join(map(str, taus))} bins)",
-    f"{'layer':>10} "
-    + "".join(f" {'tau=' + str(t):>12}" for t in taus)
-    + f" {'total':>6} {'5-95%':>6}"
-    + (f" {'true':>6}" if true else ""),
-  ]
-  for layer in results["layers"]:
-    bands = results["optimal_latent_bands"][layer]
-    iv = results["optimal_latent_bands_interval"][layer]
-    row = f"{layer:>10} " + "".join(f" {f'{b} ({lo}-{hi})':>12}" for b, (lo, hi) in zip(bands, iv))
-    row += f" {results['optimal_latent'][layer]:>6} {_interval(results, layer):>6}"
-    lines.append(row + (f" {true.get(layer, '-'):>6}" if true else ""))
-  return "\n".join(lines)
+from nmas_jax.reporting.tables import (
+  bands_table,
+  fmt,
+  interval,
+  scaling_methods,
+  unconverged_advice,
+  verdict,
+)
 
 
 def _bands_section(results: dict[str, Any]) -> list[str]:
@@ -58,44 +39,6 @@ def _bands_section(results: dict[str, Any]) -> list[str]:
     "interval over the bootstrap; timescales.png shows the gain over the whole grid.",
     "",
   ]
-
-
-def table(results: dict[str, Any], field: str | None = None) -> str:
-  """A text table: rows are layers, columns latent sizes (validation block, mean over seeds),
-  then the chosen dimension, its bootstrap interval and the alternatives (multiscale:
-  `bands_table`)."""
-  if results.get("optimal_latent_bands"):
-    return bands_table(results)
-  field = field or dimension_metric(results)
-  by_layer = curves(results, field)
-  latents = results["latents"]
-  head = f"{'layer':>10} " + " ".join(f"{'k=' + str(k):>9}" for k in latents)
-  extra = [
-    ("chosen", "optimal_latent"),
-    ("5-95%", None),
-    ("knee", "knee_latent"),
-    ("1-SE", "one_se_latent"),
-    ("detect", "detectable_latent"),
-  ]
-  base = results.get("baseline_optimal_latent") or {}
-  methods = results_lib.baseline_methods(results)
-  extra += [(m.upper(), m) for m in methods if base.get(m)]
-  extra += [("true", "true_latent")] if results.get("true_latent") else []
-  head += "".join(f" {h:>6}" for h, _ in extra)
-  lines = [f"held-out {field}, validation block (mean over seeds)", head]
-  for layer in results["layers"]:
-    cells = [by_layer[layer][k] for k in latents]
-    row = f"{layer:>10} " + " ".join(
-      f"{np.mean(c):>9.4g}" if c else f"{'diverged':>9}" for c in cells
-    )
-    for _, key in extra:
-      if key is None:
-        v = _interval(results, layer)
-      else:
-        v = (base.get(key) if key in methods else results.get(key) or {}).get(layer, "-")
-      row += f" {str('-' if v is None else v):>6}"
-    lines.append(row)
-  return "\n".join(lines)
 
 
 def write_all(workdir: str, results: dict[str, Any], flags_text: str = "") -> list[str]:
@@ -122,10 +65,6 @@ def write_all(workdir: str, results: dict[str, Any], flags_text: str = "") -> li
     paths.append(os.path.join(workdir, "timescales.png"))
     plots.save_figure(paths[-1], plots.plot_timescales(results))
   return paths
-
-
-def _fmt(x) -> str:
-  return "-" if x is None or not np.isfinite(x) else f"{x:.4g}"
 
 
 def _data_section(results: dict[str, Any]) -> list[str]:
@@ -196,8 +135,8 @@ def _curves_section(results: dict[str, Any], metric: str) -> list[str]:
       se = v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else float("nan")
       b = base[layer].get(k, {})
       lines.append(
-        f"| {layer} | {k} | {_fmt(v.mean() if len(v) else None)} | {_fmt(se)} |"
-        + "".join(f" {_fmt(b.get(f'{m}_{metric}'))} |" for m in methods)
+        f"| {layer} | {k} | {fmt(v.mean() if len(v) else None)} | {fmt(se)} |"
+        + "".join(f" {fmt(b.get(f'{m}_{metric}'))} |" for m in methods)
       )
   return lines + [""]
 
@@ -219,7 +158,7 @@ def _choice_section(results: dict[str, Any]) -> list[str]:
   ]
   for layer in results["layers"]:
     row = (
-      f"| {layer} | **{results['optimal_latent'][layer]}** | {_interval(results, layer)} | "
+      f"| {layer} | **{results['optimal_latent'][layer]}** | {interval(results, layer)} | "
       f"{results['knee_latent'][layer]} | {results['one_se_latent'][layer]} | "
       f"{(results.get('detectable_latent') or {}).get(layer, '-')} |"
       + "".join(f" {base[m].get(layer, '-')} |" for m in methods)
@@ -242,42 +181,11 @@ def _choice_section(results: dict[str, Any]) -> list[str]:
   return lines
 
 
-def _scaling_methods(results: dict[str, Any]) -> list[str]:
-  """The baselines with a choice per count in `scaling`."""
-  row = next(iter(results["scaling"]["layers"].values()))
-  return [m for m in results_lib.baseline_methods(results) if m in row]
-
-
-def _verdict(row: dict[str, Any]) -> str:
-  k = row["chosen"]
-  return "saturates" if row["saturates"] else "still rising" if k[-1] > k[-2] else "falls"
-
-
-def scaling_lines(results: dict[str, Any]) -> list[str]:
-  """The --neuron_counts table: chosen dimension per layer and count, and whether it saturates."""
-  sc = results.get("scaling")
-  if not sc:
-    return []
-  methods = _scaling_methods(results)
-  lines = [
-    f"chosen dimension against held-in neurons ({', '.join(map(str, sc['counts']))}); "
-    f"saturates when {sc['saturates_when']}"
-  ]
-  for layer, row in sc["layers"].items():
-    base = "; ".join(f"{m.upper()} {','.join(map(str, row[m]))}" for m in methods)
-    lines.append(
-      f"  layer {layer}: {','.join(map(str, row['chosen']))} (slope "
-      f"{row['slope'] if row['slope'] is not None else '-'}; {_verdict(row)})"
-      + (f"; {base}" if base else "")
-    )
-  return lines
-
-
 def _scaling_section(results: dict[str, Any]) -> list[str]:
   sc = results.get("scaling")
   if not sc:
     return []
-  methods = _scaling_methods(results)
+  methods = scaling_methods(results)
   lines = [
     "## Dimension against neuron count (validation block)",
     "",
@@ -297,7 +205,7 @@ def _scaling_section(results: dict[str, Any]) -> list[str]:
       f"| {layer} | "
       + " | ".join(cells)
       + f" | {row['slope'] if row['slope'] is not None else '-'} | "
-      f"{_verdict(row)} |" + "".join(f" {','.join(map(str, row[m]))} |" for m in methods)
+      f"{verdict(row)} |" + "".join(f" {','.join(map(str, row[m]))} |" for m in methods)
     )
   lines += ["", f"Saturates: {sc['saturates_when']}. Slope: {sc['slope']}.", ""]
   return lines
@@ -320,7 +228,7 @@ def _context_section(results: dict[str, Any]) -> list[str]:
     s, d = spec.get(layer, {}), dsh.get(layer, {})
     iv = s.get("alpha_interval")
     lines.append(
-      f"| {layer} | {_fmt(s.get('alpha'))} | {'-' if not iv else f'{iv[0]}-{iv[1]}'} | "
+      f"| {layer} | {fmt(s.get('alpha'))} | {'-' if not iv else f'{iv[0]}-{iv[1]}'} | "
       f"{d.get('dshared', '-')} | {d.get('latent', '-')} |"
     )
   lines += [
@@ -354,14 +262,14 @@ def _test_section(results: dict[str, Any]) -> list[str]:
       rel = abs(c["model"] - c[m]) / max(abs(c[m]), 1e-12)
       parts.append(
         f"{'beats' if better(c[m]) else 'loses to'} {m.upper()} by {rel:.1%} "
-        f"({_fmt(c['model'])} vs {_fmt(c[m])})"
+        f"({fmt(c['model'])} vs {fmt(c[m])})"
       )
     rates = (
-      f" Inferred rates against the true ones: R2 {_fmt(c['test_rates_r2'])}."
+      f" Inferred rates against the true ones: R2 {fmt(c['test_rates_r2'])}."
       if c.get("test_rates_r2") is not None
       else ""
     )
-    what = " and ".join(parts) if parts else f"scores {_fmt(c['model'])} (no baseline at this size)"
+    what = " and ".join(parts) if parts else f"scores {fmt(c['model'])} (no baseline at this size)"
     bands = f" (bands {'/'.join(map(str, c['bands']))})" if c.get("bands") else ""
     lines.append(
       f"- layer {layer}, latent {c['latent']}{bands}, {c['metric']}: the model "
@@ -370,23 +278,6 @@ def _test_section(results: dict[str, Any]) -> list[str]:
       + rates
     )
   return lines + [""]
-
-
-def unconverged_advice(results: dict[str, Any], code: str = "") -> str | None:
-  """One line on the models still improving at the end of training (None when there are none):
-  smaller latents often train slower, so stopping early biases the estimate upwards."""
-  models = results.get("models", [])
-  late = [m for m in models if m.get("converged") is False]
-  if not late:
-    return None
-  steps = results.get("steps") or 0
-  return (
-    f"{len(late)} of {len(models)} models were still improving over the last fifth of "
-    f"training (converged: false); smaller latents often train slower, so the estimate can "
-    f"come out too large. Rerun the same command with a larger {code}--steps{code} (e.g. "
-    f"{code}--steps={3 * steps}{code}): the workdir resumes from its last checkpoint and "
-    f"trains only the extra steps."
-  )
 
 
 def _training_section(results: dict[str, Any]) -> list[str]:
@@ -430,7 +321,7 @@ def _controls_section(results: dict[str, Any]) -> list[str]:
     ]
     for layer, g in sc["layers"].items():
       lines.append(
-        f"| {layer} | {_fmt(g['gain'])} | {_fmt(g['control_gain'])} | {g['chosen']} | "
+        f"| {layer} | {fmt(g['gain'])} | {fmt(g['control_gain'])} | {g['chosen']} | "
         f"{g['control_chosen']} |"
       )
     lines += [

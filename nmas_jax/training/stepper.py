@@ -7,7 +7,7 @@ A `Stepper` holds the sweep's state in its own layout between steps (the
 checkpoints. `VmapStepper` is the textbook path and the one on GPU/TPU and
 meshes of several devices: every model in one `vmap`ped, jitted step at the
 widest latent, the carry being the padded state itself. On one CPU device
-`cpu.ByLatentStepper` runs faster; `make_stepper` is the only place that
+`by_latent.ByLatentStepper` runs faster; `make_stepper` is the only place that
 chooses between them.
 """
 
@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 
 from nmas_jax.config import BATCHINGS
-from nmas_jax.data import splits
+from nmas_jax.data import batches, splits
 from nmas_jax.errors import UserError
-from nmas_jax.training import cpu, sharding, train
+from nmas_jax.training import by_latent, sharding, train
 from nmas_jax.training.table import ModelTable
 
 
@@ -68,7 +68,7 @@ def vmap_step(
   `step` is its own (replicated) scalar, not read from the sharded state, so a
   step on a sharded models axis needs no cross-device traffic.
   """
-  x_MBTN = splits.sample_batches(
+  x_MBTN = batches.sample_batches(
     x_LTN,
     layer_M,
     seed_M,
@@ -187,4 +187,4 @@ def make_stepper(
     batching == "auto" and padded_step_flops(model, prep, len(table)) < BY_LATENT_MIN_FLOPS
   ):
     return VmapStepper(model, tx, prep, placed, mesh)
-  return cpu.ByLatentStepper(model, tx, prep, placed, table, mesh, lanes)
+  return by_latent.ByLatentStepper(model, tx, prep, placed, table, mesh, lanes)

@@ -1,0 +1,128 @@
+"""What the command line prints at the end of a sweep: the table of choices per layer, the scaling
+lines and the advice on unconverged models (report.md reuses them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from nmas_jax.reporting import results as results_lib
+from nmas_jax.reporting.results import curves, dimension_metric
+
+
+def interval(results: dict[str, Any], layer: str) -> str:
+  iv = (results.get("optimal_latent_interval") or {}).get(layer)
+  return "-" if iv is None else f"{iv[0]}-{iv[1]}"
+
+
+def bands_table(results: dict[str, Any]) -> str:
+  """--model=multiscale: per layer, the chosen count per band with its interval, and the total."""
+  dim = results["dimension"]
+  taus = dim["timescales"]
+  true = results.get("true_latent") or {}
+  lines = [
+    f"held-out {dim['metric']}, validation block: latents per timescale band "
+    f"(tau = {', '.join(map(str, taus))} bins)",
+    f"{'layer':>10} "
+    + "".join(f" {'tau=' + str(t):>12}" for t in taus)
+    + f" {'total':>6} {'5-95%':>6}"
+    + (f" {'true':>6}" if true else ""),
+  ]
+  for layer in results["layers"]:
+    bands = results["optimal_latent_bands"][layer]
+    iv = results["optimal_latent_bands_interval"][layer]
+    row = f"{layer:>10} " + "".join(f" {f'{b} ({lo}-{hi})':>12}" for b, (lo, hi) in zip(bands, iv))
+    row += f" {results['optimal_latent'][layer]:>6} {interval(results, layer):>6}"
+    lines.append(row + (f" {true.get(layer, '-'):>6}" if true else ""))
+  return "\n".join(lines)
+
+
+def table(results: dict[str, Any], field: str | None = None) -> str:
+  """A text table: rows are layers, columns latent sizes (validation block, mean over seeds),
+  then the chosen dimension, its bootstrap interval and the alternatives (multiscale:
+  `bands_table`)."""
+  if results.get("optimal_latent_bands"):
+    return bands_table(results)
+  field = field or dimension_metric(results)
+  by_layer = curves(results, field)
+  latents = results["latents"]
+  head = f"{'layer':>10} " + " ".join(f"{'k=' + str(k):>9}" for k in latents)
+  extra = [
+    ("chosen", "optimal_latent"),
+    ("5-95%", None),
+    ("knee", "knee_latent"),
+    ("1-SE", "one_se_latent"),
+    ("detect", "detectable_latent"),
+  ]
+  base = results.get("baseline_optimal_latent") or {}
+  methods = results_lib.baseline_methods(results)
+  extra += [(m.upper(), m) for m in methods if base.get(m)]
+  extra += [("true", "true_latent")] if results.get("true_latent") else []
+  head += "".join(f" {h:>6}" for h, _ in extra)
+  lines = [f"held-out {field}, validation block (mean over seeds)", head]
+  for layer in results["layers"]:
+    cells = [by_layer[layer][k] for k in latents]
+    row = f"{layer:>10} " + " ".join(
+      f"{np.mean(c):>9.4g}" if c else f"{'diverged':>9}" for c in cells
+    )
+    for _, key in extra:
+      if key is None:
+        v = interval(results, layer)
+      else:
+        v = (base.get(key) if key in methods else results.get(key) or {}).get(layer, "-")
+      row += f" {str('-' if v is None else v):>6}"
+    lines.append(row)
+  return "\n".join(lines)
+
+
+def fmt(x) -> str:
+  return "-" if x is None or not np.isfinite(x) else f"{x:.4g}"
+
+
+def scaling_methods(results: dict[str, Any]) -> list[str]:
+  """The baselines with a choice per count in `scaling`."""
+  row = next(iter(results["scaling"]["layers"].values()))
+  return [m for m in results_lib.baseline_methods(results) if m in row]
+
+
+def verdict(row: dict[str, Any]) -> str:
+  k = row["chosen"]
+  return "saturates" if row["saturates"] else "still rising" if k[-1] > k[-2] else "falls"
+
+
+def scaling_lines(results: dict[str, Any]) -> list[str]:
+  """The --neuron_counts table: chosen dimension per layer and count, and whether it saturates."""
+  sc = results.get("scaling")
+  if not sc:
+    return []
+  methods = scaling_methods(results)
+  lines = [
+    f"chosen dimension against held-in neurons ({', '.join(map(str, sc['counts']))}); "
+    f"saturates when {sc['saturates_when']}"
+  ]
+  for layer, row in sc["layers"].items():
+    base = "; ".join(f"{m.upper()} {','.join(map(str, row[m]))}" for m in methods)
+    lines.append(
+      f"  layer {layer}: {','.join(map(str, row['chosen']))} (slope "
+      f"{row['slope'] if row['slope'] is not None else '-'}; {verdict(row)})"
+      + (f"; {base}" if base else "")
+    )
+  return lines
+
+
+def unconverged_advice(results: dict[str, Any], code: str = "") -> str | None:
+  """One line on the models still improving at the end of training (None when there are none):
+  smaller latents often train slower, so stopping early biases the estimate upwards."""
+  models = results.get("models", [])
+  late = [m for m in models if m.get("converged") is False]
+  if not late:
+    return None
+  steps = results.get("steps") or 0
+  return (
+    f"{len(late)} of {len(models)} models were still improving over the last fifth of "
+    f"training (converged: false); smaller latents often train slower, so the estimate can "
+    f"come out too large. Rerun the same command with a larger {code}--steps{code} (e.g. "
+    f"{code}--steps={3 * steps}{code}): the workdir resumes from its last checkpoint and "
+    f"trains only the extra steps."
+  )
