@@ -250,19 +250,19 @@ def test_by_latent_batching_equals_one_vmap():
     cfg = dataclasses.replace(cfg, seeds=seeds)
     prep = splits.prepare(ds, cfg, shared=shared)
     layers = 1 if shared else 2
-    (_, s_v, m_v), (by_latent, s_b, m_b) = _two_steps_each(prep, cfg, mesh)
+    (_, s_v, m_v), (stepper_b, s_b, m_b) = _two_steps_each(prep, cfg, mesh)
     # One part per latent size, at its width, [groups] models (no such axis for one group) ...
     groups = (layers * seeds,) if layers * seeds > 1 else ()
     assert isinstance(s_b, tuple) and len(s_b) == 3
     assert s_b[1].params["encoder"]["to_latent"]["kernel"].shape == groups + (6, 1)
     np.testing.assert_allclose(m_b["train/loss"], m_v["train/loss"], rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(s_b), jax.tree.leaves(by_latent.pack(s_v))):
+    for a, b in zip(jax.tree.leaves(s_b), jax.tree.leaves(stepper_b.pack(s_v))):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     # ... and unpacked: the padded layout, with zeros in the units a width-k model never uses.
-    full = by_latent.unpack(s_b)
+    full = stepper_b.unpack(s_b)
     np.testing.assert_array_equal(full.latent, s_v.latent)
-    np.testing.assert_array_equal(by_latent.diverged_at(s_b), s_v.diverged_at)
-    for a, b in zip(jax.tree.leaves(by_latent.pack(full)), jax.tree.leaves(s_b)):
+    np.testing.assert_array_equal(stepper_b.diverged_at(s_b), s_v.diverged_at)
+    for a, b in zip(jax.tree.leaves(stepper_b.pack(full)), jax.tree.leaves(s_b)):
       np.testing.assert_array_equal(a, b)
     kernel = np.asarray(full.params["encoder"]["to_latent"]["kernel"])  # [models, hidden, 3]
     for i, k in enumerate(np.asarray(full.latent)):
@@ -298,18 +298,18 @@ def test_by_latent_count_models_on_their_own_neurons_equal_one_vmap(unrolled, mo
   ds = data.Dataset(rng.normal(size=(1, 60, 12)).astype(np.float32), ("0",), "array")
   mesh = sharding.make_mesh("auto", devices=jax.devices()[:1])
   prep = splits.prepare(ds, cfg)
-  (_, s_v, m_v), (by_latent, s_b, m_b) = _two_steps_each(prep, cfg, mesh)
-  assert by_latent.unrolled == unrolled
+  (_, s_v, m_v), (stepper_b, s_b, m_b) = _two_steps_each(prep, cfg, mesh)
+  assert stepper_b.unrolled == unrolled
   if unrolled:  # (all, 3 neurons) x 2 seeds x 2 latents, one model each
-    assert by_latent.narrowed == 2 and len(s_b) == 2 * 2 * 2
+    assert stepper_b.narrowed == 2 and len(s_b) == 2 * 2 * 2
     assert s_b[3].params["encoder"]["to_latent"]["kernel"].shape == (6, 1)  # [H, k]
   else:  # (all, 3 neurons) x 2 latents, [seeds] each
-    assert by_latent.narrowed == 1 and len(s_b) == 2 * 2
+    assert stepper_b.narrowed == 1 and len(s_b) == 2 * 2
     assert s_b[3].params["encoder"]["to_latent"]["kernel"].shape == (2, 6, 1)  # [seeds, H, k]
   np.testing.assert_allclose(m_b["train/loss"], m_v["train/loss"], rtol=1e-5)
-  for a, b in zip(jax.tree.leaves(s_b), jax.tree.leaves(by_latent.pack(s_v))):
+  for a, b in zip(jax.tree.leaves(s_b), jax.tree.leaves(stepper_b.pack(s_v))):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-  np.testing.assert_array_equal(by_latent.unpack(s_b).latent, s_v.latent)
+  np.testing.assert_array_equal(stepper_b.unpack(s_b).latent, s_v.latent)
 
 
 def test_by_latent_lfads_equals_one_vmap():
@@ -339,10 +339,10 @@ def test_by_latent_lfads_equals_one_vmap():
   )
   mesh = sharding.make_mesh("auto", devices=jax.devices()[:1])
   prep = splits.prepare(ds, cfg)
-  (_, s_v, m_v), (by_latent, s_b, m_b) = _two_steps_each(prep, cfg, mesh)
+  (_, s_v, m_v), (stepper_b, s_b, m_b) = _two_steps_each(prep, cfg, mesh)
   assert s_b[1].params["readout"]["kernel"].shape == (2, 1, 8)  # [seeds, factors 1, neurons]
   np.testing.assert_allclose(m_b["train/loss"], m_v["train/loss"], rtol=1e-5)
-  for a, b in zip(jax.tree.leaves(s_b), jax.tree.leaves(by_latent.pack(s_v))):
+  for a, b in zip(jax.tree.leaves(s_b), jax.tree.leaves(stepper_b.pack(s_v))):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
