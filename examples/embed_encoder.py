@@ -1,7 +1,7 @@
 """Our Flax LSTM encoder inside another JAX model: decode a behavioural variable from latents.
 
-Call signature: Encoder(hidden, latent)(x [batch, time, neurons], latent_size=None) -> z [batch,
-time, latent].
+Call signature:
+  Encoder(hidden, latent)(x [batch, time, neurons], latent_size=None) -> z [batch, time, latent]
 Its weights can start from a trained sweep: est.state_.params["encoder"][model_index].
 """
 

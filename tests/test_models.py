@@ -120,7 +120,7 @@ def test_scan_lstm_matches_reference_loop(reverse):
 
 
 def test_encoder_is_causal():
-  enc = models.Encoder(hidden=H, latent=K)
+  enc = models.Encoder(hidden=H, latent=K, bidirectional=False)
   x = _x()
   params = enc.init(jax.random.PRNGKey(0), x)
   x2 = x.at[:, 4:].set(100.0)
@@ -145,7 +145,7 @@ class _BehaviourDecoder(nn.Module):
 
   @nn.compact
   def __call__(self, x_BTN):
-    z_BTK = models.Encoder(hidden=H, latent=4, name="encoder")(x_BTN)
+    z_BTK = models.Encoder(hidden=H, latent=4, bidirectional=False, name="encoder")(x_BTN)
     return nn.Dense(1)(z_BTK)[..., 0]
 
 

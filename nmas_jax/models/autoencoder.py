@@ -2,7 +2,7 @@
 
 The modules are plain `flax.linen` modules and can be embedded in other models:
 
-  enc = Encoder(hidden=128, latent=10)
+  enc = Encoder(hidden=64, latent=10)
   z_BTK = enc.apply(params, x_BTN)                  # full width
   z_BTK = enc.apply(params, x_BTN, latent_size=4)   # units >= 4 are zero
 """
@@ -54,7 +54,8 @@ def narrow_neurons(params: Any, in_I: jax.Array, out_O: jax.Array) -> Any:
 class Encoder(nn.Module):
   """x [B, T, N] -> latent trajectory z [B, T, K]; units >= latent_size are zeroed.
 
-  Causal by default (z_t depends on x_<=t); `bidirectional` adds a reverse LSTM; `linear_skip`
+  Bidirectional by default (z_t is inferred from the whole window; `bidirectional=False`: causal,
+  z_t depends on x_<=t only); `linear_skip`
   adds a linear map of x_t (z_t = LSTM(x)_t W + x_t S + b), so PCA's projection is one setting
   of the weights away. The latent units (`bands` blocks of latent / bands) are drawn per unit
   (`per_unit_init`).
@@ -62,7 +63,7 @@ class Encoder(nn.Module):
 
   hidden: int
   latent: int
-  bidirectional: bool = False
+  bidirectional: bool = True
   unroll: int = 1
   dtype: Any = jnp.float32
   bands: int = 1
@@ -106,7 +107,7 @@ class Decoder(nn.Module):
 
   neurons: int
   hidden: int
-  kind: str = "lstm"
+  kind: str = "linear"
   unroll: int = 1
   dtype: Any = jnp.float32
   mlp_hidden: int = 128
