@@ -9,9 +9,8 @@ cpu.tune()  # optional CPU speed-ups (XLA flags, CPU lanes, malloc); before JAX 
 from nmas_jax import DimensionSweep  # noqa: E402
 from nmas_jax.data import synthetic  # noqa: E402
 
-quick = (
-  os.environ.get("NMAS_QUICK") == "1"
-)  # CI: a reduced sweep, still long enough to find the answer
+# NMAS_QUICK=1 (the tests): a reduced sweep, still long enough to find the answer.
+quick = os.environ.get("NMAS_QUICK") == "1"
 X = synthetic.make_linear_gaussian().x_LTN  # [layers, time, neurons], true dimensions 7, 18, 40
 est = DimensionSweep(
   latents=(10, 25, 50) if quick else (10, 25, 50, 75, 150),

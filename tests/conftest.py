@@ -57,9 +57,22 @@ def synthetic_npy(tmp_path_factory):
   return make
 
 
-# The slowest modules first (pytest --durations): with --dist=loadscope each worker takes a whole
-# module at a time, in collection order, so starting these first keeps the workers busy to the end.
-SLOW_FIRST = ("test_multiscale.py", "test_checkpoint.py", "test_examples.py", "test_sharding.py")
+# Modules in decreasing total time (pytest --durations): with --dist=loadscope each worker takes
+# a whole module at a time, in collection order, so the longest go first and the short ones fill
+# in at the end (longest-processing-time-first scheduling); the rest keep their order.
+SLOW_FIRST = (
+  "test_checkpoint.py",
+  "test_sharding.py",
+  "test_examples.py",
+  "test_sweep.py",
+  "test_flags.py",
+  "test_multiscale.py",
+  "test_lfads.py",
+  "test_scaling.py",
+  "test_models.py",
+  "test_train.py",
+  "test_api.py",
+)
 
 
 def pytest_collection_modifyitems(config, items):
