@@ -85,6 +85,19 @@ def _rule(
   )
 
 
+def _estimate_fields(cfg: Settings, dim: dict[str, Any], bands: bool = False) -> dict[str, Any]:
+  """results.json's estimate fields, empty per layer (with the per-band choice when `bands`)."""
+  per_band = ["optimal_latent_bands", "optimal_latent_bands_interval"] if bands else []
+  names = ["optimal_latent", "optimal_latent_interval", *per_band]
+  names += ["knee_latent", "one_se_latent", "detectable_latent"]
+  return {
+    **{name: {} for name in names},
+    "baseline_optimal_latent": {m: {} for m in cfg.baselines},
+    "dimension": dim,
+    "test_comparison": {},
+  }
+
+
 def dimension_estimates(
   prep: Prepared,
   cfg: Settings,
@@ -113,16 +126,7 @@ def dimension_estimates(
     "bootstrap": _bootstrap_info(cfg, null_LSB),
     "layers": {},
   }
-  out: dict[str, Any] = {
-    "optimal_latent": {},
-    "optimal_latent_interval": {},
-    "knee_latent": {},
-    "one_se_latent": {},
-    "detectable_latent": {},
-    "baseline_optimal_latent": {m: {} for m in cfg.baselines},
-    "dimension": dim,
-    "test_comparison": {},
-  }
+  out = _estimate_fields(cfg, dim)
   for l, name in enumerate(prep.dataset.layer_names):
     run = lambda curves: _rule(cfg, curves, null_LSB[l], count_LSB[l])
     d = run(model_curves[l])
@@ -228,18 +232,7 @@ def band_estimates(
     )
   g = cfg.gain_fraction
   dim = _band_rule_info(cfg, metric, null_LSB)
-  out: dict[str, Any] = {
-    "optimal_latent": {},
-    "optimal_latent_interval": {},
-    "optimal_latent_bands": {},
-    "optimal_latent_bands_interval": {},
-    "knee_latent": {},
-    "one_se_latent": {},
-    "detectable_latent": {},
-    "baseline_optimal_latent": {m: {} for m in cfg.baselines},
-    "dimension": dim,
-    "test_comparison": {},
-  }
+  out = _estimate_fields(cfg, dim, bands=True)
   for l, name in enumerate(prep.dataset.layer_names):
     d = dimension.estimate_bands(
       combos, curves[l], null_LSB[l], count_LSB[l], cfg.timescales, g, cfg.bootstrap, BOOTSTRAP_SEED
