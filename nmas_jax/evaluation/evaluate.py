@@ -200,12 +200,13 @@ def _null_losses(prep: Prepared, block_T: np.ndarray) -> tuple[np.ndarray, np.nd
   return null, count
 
 
-def _per_model(prep: Prepared, table: ModelTable, pred_valid, pred_test) -> list[dict[str, float]]:
+def _per_model(
+  prep: Prepared, table: ModelTable, held, valid_LTN, pred_valid, pred_test
+) -> list[dict[str, float]]:
   """Each model's metrics on the validation and test blocks (and rates_r2 where the true rates
-  are known), from its predictions [models, time, neurons] of both blocks."""
-  lik = prep.likelihood
-  valid_LTN, test_LTN = prep.flat("valid"), prep.flat("test")
-  held = lambda i: prep.heldout_SLN[table.seed[i], table.layer[i]]
+  are known), from its predictions [models, time, neurons] of both blocks; `held(i)` is model
+  i's held-out neurons [N]."""
+  lik, test_LTN = prep.likelihood, prep.flat("test")
   per_model = [
     {
       **block_metrics(pred_valid[i], valid_LTN[l], held(i), lik, "valid"),
@@ -232,7 +233,7 @@ def evaluate_sweep(
   pred_valid = model_predictions(out.state, table, prep, cfg, "valid")
   pred_test = model_predictions(out.state, table, prep, cfg, "test")
   held = lambda i: prep.heldout_SLN[table.seed[i], table.layer[i]]
-  per_model = _per_model(prep, table, pred_valid, pred_test)
+  per_model = _per_model(prep, table, held, valid_LTN, pred_valid, pred_test)
   log(
     f"baselines: {', '.join(m.upper() for m in cfg.baselines) or 'none'} at "
     f"{len(baseline_sizes(cfg))} "

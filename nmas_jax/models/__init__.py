@@ -10,7 +10,13 @@ Each family is a module that also declares what a sweep needs of it (`Family`);
 
 from nmas_jax.models.autoencoder import DECODERS, Decoder, Encoder, LSTMAutoencoder, narrow_neurons
 from nmas_jax.models.family import Family, cut_latent, cut_to, param_shapes
-from nmas_jax.models.layers import Dense, latent_mask, per_unit_init, scale_latent_inputs
+from nmas_jax.models.layers import (
+  Dense,
+  latent_mask,
+  per_unit_init,
+  scale_latent_inputs,
+  update_at,
+)
 from nmas_jax.models.lfads import LFADS, ScanGRU, lfads_l2
 from nmas_jax.models.losses import (
   LIKELIHOODS,
@@ -82,5 +88,6 @@ __all__ = [
   "per_unit_init",
   "reconstruction_loss",
   "scale_latent_inputs",
+  "update_at",
   "weighted_loss",
 ]

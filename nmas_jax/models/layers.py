@@ -62,15 +62,18 @@ def scale_latent_inputs(model: nn.Module, params: Any, latent: Any) -> Any:
   unpadded width-k model drawn from the same key would (lecun scale, fan_in k)."""
   k = jnp.maximum(jnp.sum(jnp.asarray(latent, jnp.float32)), 1.0)
   for path in model.latent_inputs():
-    params = _update(params, path, lambda kernel: kernel / jnp.sqrt(k).astype(kernel.dtype))
+    params = update_at(
+      params, (*path, "kernel"), lambda kernel: kernel / jnp.sqrt(k).astype(kernel.dtype)
+    )
   return params
 
 
-def _update(params: Any, path: tuple[str, ...], fn) -> Any:
-  """`params` with params[path...]["kernel"] replaced by fn of it (a new dict along the path)."""
+def update_at(tree: Any, path: tuple[str, ...], fn) -> Any:
+  """`tree` (nested dicts, e.g. params) with tree[path...] replaced by fn of it (new dicts along
+  the path, the rest shared)."""
   if not path:
-    return {**params, "kernel": fn(params["kernel"])}
-  return {**params, path[0]: _update(params[path[0]], path[1:], fn)}
+    return fn(tree)
+  return {**tree, path[0]: update_at(tree[path[0]], path[1:], fn)}
 
 
 @jax.custom_vjp

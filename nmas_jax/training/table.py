@@ -127,19 +127,12 @@ def init_states(
     if bias_MN is None:
       return state
     set_bias = lambda readout: {**readout, "bias": bias_MN.astype(readout["bias"].dtype)}
-    return state.replace(params=_update_at(state.params, model.readout_path, set_bias))
+    return state.replace(params=models.update_at(state.params, model.readout_path, set_bias))
 
   bias = None if readout_bias_LN is None else jnp.asarray(readout_bias_LN[table.layer], jnp.float32)
   args = (keys, jnp.asarray(table.model_latent), bias)
   lowered = jax.jit(init_all, out_shardings=out_sharding).lower(*args)
   return lowered.compile(compiler_options=_init_compiler_options())(*args)
-
-
-def _update_at(tree: dict, path: tuple[str, ...], fn) -> dict:
-  """`tree` with tree[path...] replaced by fn of it (new dicts along the path)."""
-  if not path:
-    return fn(tree)
-  return {**tree, path[0]: _update_at(tree[path[0]], path[1:], fn)}
 
 
 def _init_compiler_options() -> dict | None:
