@@ -93,6 +93,8 @@ def _summary(est, workdir: str) -> None:
   print(tables.table(r))
   for line in tables.scaling_lines(r):
     print(line)
+  for line in tables.answer_lines(r):
+    print(line)
   for layer, g in r.get("shuffle_control", {}).get("layers", {}).items():
     print(
       f"shuffle control, layer {layer}: best held-out gain over the null {g['gain']:.4g} (real) "

@@ -30,7 +30,8 @@ from nmas_jax.reporting import results as results_lib
 from nmas_jax.training import checkpoint, sharding, sweep, train
 from nmas_jax.training.table import ModelTable, init_states
 
-_D = Settings()
+# Parameters as declared: None where the model family supplies the value (`Settings`).
+_D = {f.name: f.default for f in dataclasses.fields(Settings)}
 
 
 class DimensionSweep:
@@ -43,10 +44,10 @@ class DimensionSweep:
   state), `table_` (what each model is), `config_` (the `Settings`).
   """
 
-  def __init__(self, latents=_D.latents, **params):
+  def __init__(self, latents=_D["latents"], **params):
     self.set_params(
       latents=latents,
-      **{k: getattr(_D, k) for k in declare.names(Settings) if k != "latents" and k not in params},
+      **{k: _D[k] for k in declare.names(Settings) if k != "latents" and k not in params},
     )
     self.set_params(**params)
 
@@ -65,7 +66,7 @@ class DimensionSweep:
     return self
 
   def __repr__(self) -> str:
-    changed = {k: v for k, v in self.get_params().items() if v != getattr(_D, k)}
+    changed = {k: v for k, v in self.get_params().items() if v != _D[k]}
     return f"DimensionSweep({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
 
   def config(self) -> Settings:
@@ -141,6 +142,8 @@ class DimensionSweep:
       results, evaluate.evaluate_sweep(prep, cfg, out, log=log)
     )
     dataset = prep.dataset
+    for name in ("optimal_latent", "optimal_latent_interval"):  # one decoder swept
+      results[f"{name}_by_decoder"] = {cfg.decoder: dict(results[name])}
     if cfg.shuffle_control:
       results["shuffle_control"] = _shuffle_summary(results)
     if cfg.shared_model:

@@ -15,21 +15,24 @@ import dataclasses
 import functools
 
 from nmas_jax import models
-from nmas_jax.data import synthetic
 from nmas_jax.declare import (
   Declared,
   setting,
 )
 from nmas_jax.errors import UserError
+from nmas_jax.run_config import (  # noqa: F401  (re-exported: every setting is in config)
+  BATCHINGS,
+  DATASETS,
+  NAN_POLICIES,
+  DataSettings,
+  RunSettings,
+)
 
 MODELS = tuple(models.FAMILIES)
 DECODERS = models.DECODERS
 LIKELIHOODS = models.LIKELIHOODS
 DTYPES = ("float32", "bfloat16")
 NORMALIZATIONS = ("zscore", "mean_per_bin", "mean_per_bin_all", "none")
-DATASETS = (*synthetic.FAMILIES, "stringer", "array", "nwb")  # built-in, then recorded
-NAN_POLICIES = ("freeze", "stop", "drop_neurons")
-BATCHINGS = ("auto", "vmap", "by_latent")
 BASELINES = ("pca", "fa", "lds")
 
 
@@ -39,6 +42,14 @@ def _module_default(module: type, name: str):
 
 
 _AE = functools.partial(_module_default, models.LSTMAutoencoder)
+_FAMILY = (
+  " Default: the model family's ("
+  + "; ".join(
+    f"{name}: " + ", ".join(f"{k}={v}" for k, v in fam.training_defaults.items())
+    for name, fam in models.FAMILIES.items()
+  )
+  + ")."
+)
 _LFADS = functools.partial(_module_default, models.LFADS)
 
 
@@ -169,16 +180,51 @@ class Settings(Declared):
     "initialisation, batch order and held-out neurons.",
     check="positive_int",
   )
-  steps: int = setting(400, "Training steps.", check="positive_int", identity=False)
-  batch_size: int = setting(16, "Windows per batch.", check="positive_int")
+  steps: int = setting(
+    None,
+    "The cap on training steps: a model stops earlier when it has converged "
+    "(--stop_tolerance, --stop_patience)." + _FAMILY,
+    kind="int",
+    check="positive_int",
+    identity=False,
+  )
+  stop_tolerance: float = setting(
+    0.01,
+    "A model has converged when its best validation score improved by at most this fraction "
+    "of its layer's best gain over the null in --stop_patience evaluations (after "
+    "--lr_plateau_cuts cuts of its learning rate).",
+    check="nonneg",
+    identity=False,
+  )
+  stop_patience: int = setting(
+    4,
+    "Evaluations (every --log_every steps) a plateau must last; 0: train every model for "
+    "--steps, with no learning-rate cut.",
+    check="nonneg_int",
+    identity=False,
+  )
+  lr_plateau_cuts: int = setting(
+    1,
+    "Plateaus on which a model's learning rate is cut (by --lr_plateau_factor) before the next "
+    "one stops it.",
+    check="nonneg_int",
+    identity=False,
+  )
+  lr_plateau_factor: float = setting(
+    0.3, "Learning-rate factor at each plateau cut.", check="(0,1]", identity=False
+  )
+  batch_size: int = setting(None, "Windows per batch." + _FAMILY, kind="int", check="positive_int")
   window: int = setting(50, "Window length in time bins (after --bin).", check="positive_int")
-  learning_rate: float = setting(3e-3, "AdamW learning rate.", check="positive")
+  learning_rate: float = setting(
+    None, "AdamW learning rate." + _FAMILY, kind="float", check="positive"
+  )
   weight_decay: float = setting(0.0, "AdamW weight decay.", check="nonneg")
   lr_half_life: int = setting(
-    0,
+    None,
     "Steps over which the learning rate halves (exponential decay "
     "from the step count alone, so raising --steps and resuming still "
-    "equals a longer run); 0: constant.",
+    "equals a longer run); 0: constant." + _FAMILY,
+    kind="int",
     check="nonneg_int",
   )
   dropout: float = setting(
@@ -186,7 +232,7 @@ class Settings(Declared):
   )
   clip_norm: float = setting(1.0, "Global gradient-norm clip.", check="positive")
   log_every: int = setting(
-    100, "Steps between progress lines and evaluations.", check="positive_int", identity=False
+    50, "Steps between progress lines and evaluations.", check="positive_int", identity=False
   )
   # Evaluation.
   heldout_neurons: float = setting(
@@ -256,6 +302,14 @@ class Settings(Declared):
   )
   verbose: bool = setting(True, "Print progress lines.", flag=False, identity=False)
 
+  def __post_init__(self):
+    """Fills the settings left unset (None) from the model family's `training_defaults`."""
+    fam = models.FAMILIES.get(self.model, models.Family)
+    for name, value in fam.training_defaults.items():
+      if getattr(self, name) is None:
+        object.__setattr__(self, name, value)
+    super().__post_init__()
+
   def _check_together(self) -> None:
     error = models.family(self.model).settings_error(self)
     if error:
@@ -285,116 +339,3 @@ class Settings(Declared):
     """How many held-out neuron sets each (layer, latent) is trained on: seeds, times the folds
     with --neuron_folds (set s * K + f is seed s's fold f)."""
     return self.seeds * max(self.neuron_folds, 1)
-
-
-@dataclasses.dataclass(frozen=True)
-class DataSettings(Declared):
-  """Which recording the command line loads, and how it is preprocessed."""
-
-  dataset: str = setting(
-    "synthetic",
-    "The data: built-in families with known answers "
-    "(synthetic: linear-Gaussian layers of dimension 7, 18, 40; nonlinear: a "
-    "saturating readout of 3, 6, 12 signals; lorenz: Poisson counts of 3-D "
-    "Lorenz latents; lorenz_trials: the same, whitened, in short trials from "
-    "many initial conditions, the LFADS benchmark, with the true rates for "
-    "rates_r2; independent: nothing shared; multiscale: 4 signals with "
-    "correlation times around 2 bins and 3 around 50), or a recording.",
-    choices=DATASETS,
-  )
-  data_path: str = setting(
-    "", "Data file (stringer: .npy dict; array: .npy/.npz; nwb: .nwb).", path=True
-  )
-  data_key: str | None = setting(None, "Array name inside an .npz file.", kind="string")
-  trials: bool = setting(
-    False,
-    "--dataset=array: the array is trials, [trials, time, neurons] "
-    "or [layers, trials, time, neurons]; trials are split into training, "
-    "validation and test by trial, and a window is a whole trial.",
-  )
-  layers: tuple[str, ...] = setting(
-    (), "Layer names to keep (as in results.json); default all.", kind="list"
-  )
-  bin: int = setting(
-    2,
-    "Recorded data: average this many adjacent time bins (sum, for spike counts).",
-    check="positive_int",
-  )
-  neurons_per_layer: int | None = setting(
-    None,
-    "Subsample each layer to this many neurons (default: the smallest layer's count).",
-    kind="int",
-    check="positive_int",
-  )
-  data_seed: int = setting(
-    0, "Seed for subsampling neurons, the shuffle control and synthetic data.", check="nonneg_int"
-  )
-  nwb_series: str | None = setting(
-    None,
-    "NWB: name of the RoiResponseSeries to read, or 'units' "
-    "for spikes; needed when the file has several.",
-    kind="string",
-  )
-  bin_ms: float = setting(50.0, "NWB spikes: bin width in milliseconds.", check="positive")
-
-
-@dataclasses.dataclass(frozen=True)
-class RunSettings(Declared):
-  """Where and how one run happens; never part of what a sweep computes."""
-
-  workdir: str = setting("runs/sweep", "Output directory.", identity=False)
-  checkpoint_every: int = setting(
-    100, "Steps between checkpoints (0: only at the end).", check="nonneg_int", identity=False
-  )
-  keep_checkpoints: int = setting(
-    3, "Checkpoints kept in <workdir>/checkpoints.", check="positive_int", identity=False
-  )
-  overwrite: bool = setting(
-    False, "Replace a different sweep found in --workdir.", identity=False, record=False
-  )
-  nan_policy: str = setting(
-    "freeze",
-    "freeze: a diverging model is frozen and flagged, the others "
-    "go on; stop: stop the sweep; drop_neurons: also drop neurons with "
-    "NaN/Inf in the data (with a warning) instead of refusing the data.",
-    choices=NAN_POLICIES,
-    identity=False,
-  )
-  mesh: str = setting(
-    "auto",
-    "Device mesh: auto (all local devices on the models axis) or e.g. models:4,data:2.",
-    identity=False,
-  )
-  batching: str = setting(
-    "auto",
-    "How one step runs the models: vmap (all at the widest latent), "
-    "by_latent (one vmap per latent size, at its own width; one device) or "
-    "auto (by_latent on one CPU device for sweeps of at least 3 GFLOP per "
-    "step, else vmap). Results agree to float rounding.",
-    choices=BATCHINGS,
-    identity=False,
-  )
-  distributed: bool = setting(
-    False,
-    "Call jax.distributed.initialize (multi-host; from the flags "
-    "below when given, else from the TPU/cluster environment).",
-    identity=False,
-    record=False,
-  )
-  coordinator_address: str | None = setting(
-    None, "With --distributed: host:port of process 0.", kind="string", identity=False, record=False
-  )
-  num_processes: int | None = setting(
-    None, "With --distributed: number of processes.", kind="int", identity=False, record=False
-  )
-  process_id: int | None = setting(
-    None, "With --distributed: this process's index.", kind="int", identity=False, record=False
-  )
-  heartbeat_timeout_s: int = setting(
-    60,
-    "With --distributed: seconds after which a silent process "
-    "counts as lost; the others name it and exit within this "
-    "time.",
-    check="positive_int",
-    identity=False,
-  )

@@ -39,6 +39,7 @@ def _args(data_path, workdir, steps=100, extra=()):
     f"--steps={steps}",
     "--log_every=10",
     "--checkpoint_every=20",
+    "--stop_patience=2",  # the stopping rule decides within 100 steps
     "--heldout_neurons=0.25",
     "--batching=by_latent",  # at these sizes auto is vmap
     f"--workdir={workdir}",
@@ -85,6 +86,7 @@ def _assert_same_results(full, other, best=True):
       "test_cosmooth_mse",
       "best_step",
       "converged",
+      "stopped_at_step",
     ):
       assert ma[key] == mb[key], (key, ma, mb)
   step_a, pa = _final_params(full)
@@ -107,6 +109,10 @@ def test_kill_9_a_corrupt_checkpoint_or_sigterm_then_resume_equals_uninterrupted
   full = tmp_path / "full"
   r = subprocess.run(_args(small_array, full), cwd=ROOT, env=ENV, capture_output=True, text=True)
   assert r.returncode == 0, r.stderr
+  stopped = [
+    m["stopped_at_step"] for m in json.loads((full / "results.json").read_text())["models"]
+  ]
+  assert min(stopped) < 100 == max(stopped)  # stopped by the rule, and by the cap
 
   # kill -9 mid-run; then the latest checkpoint is truncated and a crashed save left a partial
   # directory: the resume moves the first aside, removes the second, and resumes from the one

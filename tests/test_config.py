@@ -13,7 +13,8 @@ from nmas_jax.errors import UserError
 
 # The sweep's public flags and defaults (a spec; seeds, train_fraction, normalize, steps, hidden,
 # bidirectional and dropout changed by the dimension-estimate issue, which added valid_fraction,
-# decoder_hidden, dropout and bootstrap).
+# decoder_hidden, dropout and bootstrap; the converged-training issue made steps a cap, added the
+# stopping rule and left steps, batch_size and learning_rate to the model family: None).
 PUBLIC_DEFAULTS = {
   "latents": "10,25,50,75,150",
   "dataset": "synthetic",
@@ -25,14 +26,19 @@ PUBLIC_DEFAULTS = {
   "decoder_hidden": 128,
   "bootstrap": 200,
   "dropout": 0.2,
-  "steps": 400,
-  "batch_size": 16,
+  "steps": None,
+  "stop_tolerance": 0.01,
+  "stop_patience": 4,
+  "lr_plateau_cuts": 1,
+  "lr_plateau_factor": 0.3,
+  "batch_size": None,
   "window": 50,
   "hidden": 64,
-  "learning_rate": 3e-3,
+  "learning_rate": None,
+  "lr_half_life": None,
   "weight_decay": 0.0,
   "clip_norm": 1.0,
-  "decoder": "linear",
+  "decoder": "mlp",
   "bidirectional": True,
   "likelihood": "auto",
   "heldout_neurons": 0.2,
@@ -54,7 +60,7 @@ PUBLIC_DEFAULTS = {
   "neurons_per_layer": None,
   "data_seed": 0,
   "workdir": "runs/sweep",
-  "log_every": 100,
+  "log_every": 50,
   "checkpoint_every": 100,
   "keep_checkpoints": 3,
   "overwrite": False,
@@ -81,6 +87,21 @@ def test_flags_are_generated_with_the_public_names_and_defaults():
   }
   assert set(fv) >= declared and declared >= set(PUBLIC_DEFAULTS)
   assert "unroll" in declared  # once only a SweepConfig field, settable nowhere else
+
+
+def test_unset_training_settings_come_from_the_model_family_and_flags_override_them():
+  """Settings left None take the family's `training_defaults` (LFADS' differ from the
+  autoencoder's); a value given explicitly wins; the estimator keeps None until it builds
+  Settings, so DimensionSweep(model="lfads") trains with LFADS' defaults."""
+  ae, lfads = models.LSTMAutoencoder.training_defaults, models.LFADS.training_defaults
+  assert ae != lfads
+  for model, want in (("autoencoder", ae), ("lfads", lfads)):
+    s = Settings(model=model)
+    assert {k: getattr(s, k) for k in want} == want
+  assert Settings(model="lfads", learning_rate=1e-4).learning_rate == 1e-4
+  assert DimensionSweep(model="lfads").config().batch_size == lfads["batch_size"]
+  cfg = declare.from_flags(Settings, _flags("--model=lfads", "--steps=7"))
+  assert (cfg.steps, cfg.learning_rate) == (7, lfads["learning_rate"])
 
 
 def test_flags_estimator_and_defaults_are_one_declaration():

@@ -358,46 +358,59 @@ def test_by_latent_batching_refuses_a_padded_models_axis():
     stepper.resolve_batching("fast", sharding.make_mesh("auto"))
 
 
-def test_selection_converged_matches_its_definition_for_any_length_of_training():
-  """`Selection.converged(steps)` against the definition computed directly from the losses: the
-  best loss after the first four fifths of `steps` improved on the best before by at most 1% of
-  the improvement since the first evaluation. Judged after 10 evaluations for steps=50 and,
-  with 10 more evaluations recorded (an extended run), for steps=100."""
-  rng = np.random.default_rng(0)
-  m = 64
-  # Losses [evaluations, models] falling until a model-specific evaluation, then flat (+ noise).
-  until = rng.integers(1, 21, m)
-  losses = (
-    1.0 - 0.04 * np.minimum(np.arange(1, 21)[:, None], until) + 1e-4 * rng.standard_normal((20, m))
+def test_stop_rule_cuts_then_stops_on_a_plateau_relative_to_the_groups_gain():
+  """`Selection.update` with `StopRule(tolerance=0.01, patience=2, cuts=1)`, evaluations every
+  10 steps, in two groups whose best gains over the null (1 - best loss) are 0.5 and about 0.04,
+  so a model plateaus when its best loss fell by at most 0.005 (group 0) or about 0.0004
+  (group 1) over 2 evaluations. A plateau first cuts the learning rate (at step 30 here), the
+  next one, judged on 2 evaluations after the cut, stops the model (at step 50):
+  - flat models, and one whose loss is never finite, are cut at 30 and stopped at 50;
+  - falling 0.004 per evaluation: trains on in group 0 (0.008 > 0.005);
+  - falling 0.002 per evaluation: stopped in group 0 (0.004 <= 0.005), trains on in group 1;
+  - falling 0.0001 per evaluation: stopped in group 1;
+  - a stopped model's later, better loss is not recorded;
+  - a round trip through the checkpoint's JSON after 4 evaluations changes no decision."""
+  e = np.arange(1, 9)[:, None]  # evaluations 1..8 at steps 10..80
+  null = np.ones(8)
+  loss = np.concatenate(
+    [
+      np.broadcast_to(0.5, (8, 1)),  # 0: flat, group 0 (its gain 0.5 is the group's)
+      0.6 - 0.004 * e,  # 1: steady, group 0
+      0.6 - 0.002 * e,  # 2: slow, group 0
+      np.broadcast_to(np.nan, (8, 1)),  # 3: never finite, group 0
+      0.99 - 0.004 * e,  # 4: steady, group 1 (gain up to 0.04)
+      0.99 - 0.002 * e,  # 5: slow, group 1
+      np.broadcast_to(0.96, (8, 1)),  # 6: flat, group 1 (gain 0.04 sets nothing smaller)
+      0.99 - 0.0001 * e,  # 7: very slow, group 1
+    ],
+    axis=1,
   )
-  losses[3, 0] = np.nan  # a diverged evaluation counts as inf
-  sel = selection.Selection.fresh(m)
-
-  def direct(steps, upto):
-    step_E = 10 * np.arange(1, upto + 1)
-    l = np.where(np.isfinite(losses[:upto]), losses[:upto], np.inf)
-    early, best = l[step_E <= 0.8 * steps].min(0), l.min(0)
-    return early - best <= 0.01 * np.maximum(l[0] - best, 0.0)
-
-  for e in range(20):
-    sel.update(10 * (e + 1), losses[e])
-    if e == 9:
-      got50 = sel.converged(50)
-      np.testing.assert_array_equal(got50, direct(50, 10))
-  got100 = sel.converged(100)
-  np.testing.assert_array_equal(got100, direct(100, 20))
-  assert 0 < got100.sum() < m and 0 < got50.sum() < m  # both outcomes occur
-  again = selection.Selection.from_json(sel.real(m).to_json(), m)  # the checkpoint's round trip
-  np.testing.assert_array_equal(again.converged(100), got100)
+  loss[5:, 0] = 0.1  # the flat model improves after it stopped: not recorded
+  group = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+  rule = selection.StopRule(tolerance=0.01, patience=2, cuts=1, factor=0.3)
+  sel = selection.Selection.fresh(8)
+  sel.null = null
+  cuts = []
+  for i in range(8):
+    if i == 4:  # resume from the checkpoint's JSON mid-run
+      sel = selection.Selection.from_json(sel.real(8).to_json(), 8)
+    _, cut = sel.update(10 * (i + 1), loss[i], group, rule)
+    cuts.append(cut)
+  cut_at = [10 * (np.flatnonzero(c)[0] + 1) if c.any() else 0 for c in np.array(cuts).T]
+  np.testing.assert_array_equal(cut_at, [30, 0, 30, 30, 0, 0, 30, 30])
+  np.testing.assert_array_equal(sel.stopped_at, [50, 0, 50, 50, 0, 0, 50, 50])
+  np.testing.assert_array_equal(sel.converged(), sel.stopped_at > 0)
+  assert sel.score[0] == 0.5 and sel.step[0] == 10  # nothing after the stop counts
+  np.testing.assert_array_equal(sel.cuts, [1, 0, 1, 1, 0, 0, 1, 1])
 
 
 def test_unconverged_advice_names_the_count_and_the_rerun():
 
   r = {"steps": 400, "models": [{"converged": True}, {"converged": False}, {"converged": False}]}
   assert tables.unconverged_advice(r) == (
-    "2 of 3 models were still improving over the last fifth of training (converged: false); "
+    "2 of 3 models were stopped by the --steps=400 cap before they converged (converged: false); "
     "smaller latents often train slower, so the estimate can come out too large. Rerun the same "
-    "command with a larger --steps (e.g. --steps=1200): the workdir resumes from its last "
-    "checkpoint and trains only the extra steps."
+    "command with a larger --steps (e.g. --steps=800): the workdir resumes from its last "
+    "checkpoint and trains only the models that had not converged."
   )
   assert tables.unconverged_advice({"steps": 400, "models": [{"converged": True}]}) is None

@@ -1,13 +1,13 @@
 """Built-in data with known answers, in families the dimension estimate is validated on.
 
-(i) `make_linear_gaussian`: smooth latent signals, a linear readout, Gaussian
-noise (PCA's model is the true one); (ii) `make_nonlinear`: the same signals
-through a saturating nonlinear readout (the activity lies on a curved
-k-dimensional manifold, so linear methods need more dimensions); (iii)
-`make_lorenz`: Poisson counts with an exp link of 3-D Lorenz latents (the
-LFADS benchmark); (iv) `make_independent`: neurons with their own dynamics
-and nothing shared (answer 0). `make_synthetic` (oscillators, whitened) is
-kept for tests. docs/notes/2026-11-28-dimension.md has the validation table.
+`make_curved` (--dataset=synthetic, the main job's data): smooth signals, each read by its own
+neurons through sigmoidal tuning curves (a curved manifold on which PCA and FA count too many
+dimensions); (i) `make_linear_gaussian` (--dataset=linear_gaussian): smooth latent signals, a
+linear readout, Gaussian noise (PCA's model is the true one); (ii) `make_nonlinear`: the same
+signals through a saturating readout of random mixtures; (iii) `make_lorenz`: Poisson counts
+with an exp link of 3-D Lorenz latents (the LFADS benchmark); (iv) `make_independent`: neurons
+with their own dynamics and nothing shared (answer 0). `make_synthetic` (oscillators,
+whitened) is kept for tests. docs/validation.md has the validation table.
 """
 
 from __future__ import annotations
@@ -219,6 +219,53 @@ def make_nonlinear(
   )
 
 
+CURVED_TRUE_LATENTS = (14, 20, 36)
+
+
+def make_curved(
+  *,
+  true_latents: Sequence[int] = CURVED_TRUE_LATENTS,
+  neurons: int = 200,
+  time: int = 4000,
+  width: float = 0.7,
+  noise_std: float = 0.3,
+  seed: int = 0,
+) -> Dataset:
+  """The built-in data (--dataset=synthetic): per layer, `true_latents[l]` smooth signals, each
+  read by its own neurons through a sigmoidal tuning curve, x_n = a_n tanh(s_n (z_i(n) - mu_n) /
+  width) + noise, with thresholds mu_n across the signal's range, random signs s_n and gains
+  a_n in [0.5, 1.5]. The activity lies on a curved k-dimensional manifold, and each signal's
+  saturating curves span several linear dimensions, so PCA and FA count more than k while a
+  nonlinear decoder needs k."""
+  rng = np.random.default_rng(seed)
+
+  def make(dim):
+    z_TD = _smooth_signals(rng, dim, time)
+    which = rng.permutation(np.arange(neurons) % dim)  # every signal read by its own neurons
+    z_TN = z_TD[:, which] / z_TD[:, which].std(axis=0)
+    mu = rng.uniform(-1.5, 1.5, neurons)
+    amp = rng.uniform(0.5, 1.5, neurons)
+    sign = rng.choice([-1.0, 1.0], neurons)
+    rates = amp * np.tanh(sign * (z_TN - mu) / width)
+    return rates + noise_std * rng.standard_normal((time, neurons))
+
+  return _layers(
+    "synthetic",
+    true_latents,
+    neurons,
+    make,
+    dict(
+      time=time,
+      width=width,
+      noise_std=noise_std,
+      seed=seed,
+      family="curved: sigmoidal tuning",
+      generator="smooth AR(1) signals, each read by its own neurons through tanh tuning curves "
+      "with thresholds across its range, Gaussian noise",
+    ),
+  )
+
+
 def make_independent(
   *, layers: int = 1, neurons: int = 100, time: int = 2000, counts: bool = False, seed: int = 0
 ) -> Dataset:
@@ -333,7 +380,8 @@ def power_law_activity(
 
 
 FAMILIES = {
-  "synthetic": make_linear_gaussian,
+  "synthetic": make_curved,
+  "linear_gaussian": make_linear_gaussian,
   "nonlinear": make_nonlinear,
   "lorenz": make_lorenz,
   "lorenz_trials": make_lorenz_trials,

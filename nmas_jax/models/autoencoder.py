@@ -107,7 +107,7 @@ class Decoder(nn.Module):
 
   neurons: int
   hidden: int
-  kind: str = "linear"
+  kind: str = "mlp"
   unroll: int = 1
   dtype: Any = jnp.float32
   mlp_hidden: int = 128
@@ -154,7 +154,7 @@ class LSTMAutoencoder(Family, nn.Module):
   neurons: int
   latent: int
   hidden: int = 64
-  decoder: str = "linear"
+  decoder: str = "mlp"
   bidirectional: bool = True
   unroll: int = 1
   dtype: Any = jnp.float32

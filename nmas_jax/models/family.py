@@ -26,6 +26,11 @@ class Family:
   # Whether a model of latent size k equals the padded model cut to width k (`cut_latent`): what
   # the by-latent CPU path needs. False where the latent size is a vector (bands).
   cuts_latent: ClassVar[bool] = True
+  # The training settings this family trains well with: `config.Settings` takes each one the
+  # user leaves unset (None) from here, and results.json records the values used.
+  training_defaults: ClassVar[dict[str, Any]] = dict(
+    learning_rate=3e-3, batch_size=16, lr_half_life=0, steps=3000
+  )
 
   @classmethod
   def from_settings(cls, s: Any, neurons: int) -> Family:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -136,13 +136,19 @@ class LFADS(Family, nn.Module):
   `coordinated_dropout` the input/loss masks of coordinated dropout.
   """
 
+  # What recovers 3 factors with rates_r2 >= 0.9 on --dataset=lorenz_trials (docs/models.md).
+  training_defaults: ClassVar[dict[str, Any]] = {
+    **Family.training_defaults,
+    **dict(learning_rate=5e-3, batch_size=32, lr_half_life=2000, steps=4000),
+  }
+
   neurons: int
   latent: int
   gen_dim: int = 64
   ic_enc_dim: int = 64
   ci_enc_dim: int = 32
   con_dim: int = 32
-  co_dim: int = 0
+  co_dim: int = 2
   dropout: float = 0.2
   clip: float = 5.0
   # Training penalties (read by `penalty` and by `train.train_step`).

@@ -15,6 +15,7 @@ from nmas_jax.reporting import results as results_lib
 from nmas_jax.reporting.plots import metric_label
 from nmas_jax.reporting.results import curves, dimension_metric
 from nmas_jax.reporting.tables import (
+  answer_lines,
   bands_table,
   fmt,
   interval,
@@ -280,13 +281,21 @@ def _test_section(results: dict[str, Any]) -> list[str]:
   return lines + [""]
 
 
+def _range(values: list) -> str:
+  values = [v for v in values if v is not None]
+  return f"{min(values)}-{max(values)}" if values else "-"
+
+
 def _training_section(results: dict[str, Any]) -> list[str]:
-  models = results.get("models", [])
+  models, cfg = results.get("models", []), results.get("config", {})
   late = [m for m in models if m.get("converged") is False]
   lines = [
     "## Training",
     "",
-    "Each model is scored with its parameters from its best validation evaluation (`best_step`).",
+    "Each model is scored with its parameters from its best validation evaluation (`best_step`); "
+    "it trained until its held-out score stopped moving (`converged`, at `stopped_at_step`: "
+    f"--stop_tolerance={cfg.get('stop_tolerance')}, "
+    f"--stop_patience={cfg.get('stop_patience')}) or until the --steps cap.",
   ]
   if late:
     lines += [unconverged_advice(results, code="`"), ""]
@@ -299,7 +308,9 @@ def _training_section(results: dict[str, Any]) -> list[str]:
       lines.append(f"- ... and {len(late) - 20} more (results.json)")
   else:
     lines.append(
-      "Every model's validation loss had stopped improving over the last fifth of training."
+      "Every model converged before the cap (steps "
+      + _range([m.get("stopped_at_step") for m in models])
+      + ")."
     )
   return lines + [""]
 
@@ -351,6 +362,9 @@ def markdown_report(results: dict[str, Any], flags_text: str = "") -> str:
   """A one-page summary for a lab notebook: data, blocks, curves, chosen dimension and how."""
   metric = dimension_metric(results)
   lines = [f"# nmas-jax sweep: {results['dataset']}", ""]
+  answer = answer_lines(results)
+  if answer:
+    lines += ["## The answer (validation block)", "", *[f"- {a}" for a in answer], ""]
   if results.get("optimal_latent_bands"):
     lines += _data_section(results) + _bands_section(results)
   else:

@@ -42,6 +42,7 @@ CSV_FIELDS = (
   "test_rates_r2",
   "best_step",
   "converged",
+  "stopped_at_step",
   "diverged_at_step",
   "neuron_count",
 )
@@ -71,7 +72,11 @@ def results_dict(prep, cfg, out) -> dict[str, Any]:
     if out.table.bands.shape[1]:  # --model=multiscale: latents per band (latent: their total)
       entries[-1]["bands"] = out.table.bands[i].tolist()
     if out.best_step is not None:
-      entries[-1].update(best_step=int(out.best_step[i]), converged=bool(out.converged[i]))
+      entries[-1].update(
+        best_step=int(out.best_step[i]),
+        converged=bool(out.converged[i]),
+        stopped_at_step=int(out.stopped_at[i]),
+      )
   res = {
     "schema_version": files.SCHEMA_VERSION,
     "dataset": dataset.name,

@@ -112,17 +112,85 @@ def scaling_lines(results: dict[str, Any]) -> list[str]:
 
 
 def unconverged_advice(results: dict[str, Any], code: str = "") -> str | None:
-  """One line on the models still improving at the end of training (None when there are none):
-  smaller latents often train slower, so stopping early biases the estimate upwards."""
+  """One line on the models the --steps cap stopped before they converged (None when there are
+  none): smaller latents often train slower, so stopping early biases the estimate upwards."""
   models = results.get("models", [])
   late = [m for m in models if m.get("converged") is False]
   if not late:
     return None
   steps = results.get("steps") or 0
   return (
-    f"{len(late)} of {len(models)} models were still improving over the last fifth of "
-    f"training (converged: false); smaller latents often train slower, so the estimate can "
-    f"come out too large. Rerun the same command with a larger {code}--steps{code} (e.g. "
-    f"{code}--steps={3 * steps}{code}): the workdir resumes from its last checkpoint and "
-    f"trains only the extra steps."
+    f"{len(late)} of {len(models)} models were stopped by the {code}--steps={steps}{code} cap "
+    f"before they converged (converged: false); smaller latents often train slower, so the "
+    f"estimate can come out too large. Rerun the same command with a larger {code}--steps{code} "
+    f"(e.g. {code}--steps={2 * steps}{code}): the workdir resumes from its last checkpoint and "
+    f"trains only the models that had not converged."
   )
+
+
+# Decoders whose readout is linear in the latents: their dimension is a linear one.
+LINEAR_DECODERS = ("linear",)
+
+
+def answer_lines(results: dict[str, Any]) -> list[str]:
+  """One sentence per layer: the manifold dimension (a nonlinear decoder's choice), the linear
+  dimension (a linear decoder's, PCA's and FA's by the same rule), and what their difference
+  means. Empty when the sweep chose nothing."""
+  by_dec = results.get("optimal_latent_by_decoder") or {}
+  ivs = results.get("optimal_latent_interval_by_decoder") or {}
+  if not by_dec or results.get("optimal_latent_bands"):
+    return []
+  base = results.get("baseline_optimal_latent") or {}
+  true = results.get("true_latent") or {}
+  manifold = [d for d in by_dec if d not in LINEAR_DECODERS]
+  lines = []
+  for layer in results["layers"]:
+    iv = lambda d: (ivs.get(d) or {}).get(layer) or ["-", "-"]
+    fmt = lambda d: f"{by_dec[d].get(layer)} (5-95% {iv(d)[0]}-{iv(d)[1]}, {d} decoder)"
+    linear = [(f"the {d} decoder", by_dec[d].get(layer)) for d in by_dec if d in LINEAR_DECODERS]
+    linear += [(m.upper(), base[m].get(layer)) for m in ("pca", "fa") if base.get(m)]
+    lin_text = ", ".join(f"{v} by {who}" for who, v in linear if v is not None)
+    head = f"layer {layer}: "
+    if not manifold:
+      others = ", ".join(f"{v} by {who}" for who, v in linear[1:] if v is not None)
+      lines.append(
+        head
+        + f"linear dimension {fmt(next(iter(by_dec)))}"
+        + (f"; {others}" if others else "")
+        + (f" (true {true[layer]})" if layer in true else "")
+        + "; sweep --decoder=mlp for the manifold dimension."
+      )
+      continue
+    k = by_dec[manifold[0]].get(layer)
+    values = [v for _, v in linear if v is not None]
+    if k is None or not values:
+      meaning = ""
+    elif all(v > k for v in values):
+      meaning = (
+        ": the linear methods need more dimensions, so the activity lies on a curved manifold"
+      )
+    elif all(v == k for v in values):
+      meaning = (
+        ": they agree at this grid's resolution, so a flat (linear) subspace describes the "
+        "activity as well as a curved manifold"
+      )
+    elif all(v >= k for v in values):
+      more = " and ".join(who for who, v in linear if v is not None and v > k)
+      meaning = (
+        f": {more} need{'s' if ' and ' not in more else ''} more dimensions (the others as many "
+        "at this grid's resolution), a sign of a curved manifold"
+      )
+    else:
+      meaning = (
+        ": a linear method needs fewer dimensions than the nonlinear model, so the manifold "
+        "estimate is the less certain one here; read sweep.png"
+      )
+    lines.append(
+      head
+      + f"manifold dimension {fmt(manifold[0])}"
+      + (f"; linear dimension {lin_text}" if lin_text else "")
+      + meaning
+      + (f" (true dimension {true[layer]})" if layer in true else "")
+      + "."
+    )
+  return lines

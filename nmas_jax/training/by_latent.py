@@ -249,6 +249,7 @@ class ByLatentStepper:
       groups=groups,
     )
     order = np.concatenate([i for level in index for i in level])
+    self._part_models = [i for level in index for i in level]  # each part's table indices
     self._inverse = np.argsort(order)
     first = [level[0] for level in index]  # each count level's groups' table indices
     narrow_levels = {c for c in range(len(index)) if table.count[first[c][0]] and model.narrows()}
@@ -280,6 +281,8 @@ class ByLatentStepper:
       (x_on[dev], jax.device_put(tuple(level_args(c) for c, _, _ in sg), dev))
       for sg, dev in zip(segs, self.devices)
     ]
+    self._metrics: dict[int, Any] = {}  # each chunk's last metrics
+    self._scale = jax.jit(train.scale_learning_rate)
     self._merge = jax.jit(lambda m: _to_table([p for chunk in m for p in chunk], self._inverse))
     self._build_layout(model, tx, latents, index, mesh)
 
@@ -321,11 +324,27 @@ class ByLatentStepper:
       for c, (fn, (a, b)) in enumerate(zip(self._fns, self.chunks))
     ]
 
-  def step(self, carry, step: int):
-    parts, metrics = [], []
+  def step(self, carry, step: int, running=None):
+    """Runs each chunk's program, except a chunk whose models have all stopped (`running`
+    [models] False): its state stays, and its metrics are its last step's."""
+    parts = []
     for c, (fn, (a, b)) in enumerate(zip(self._fns, self.chunks)):
-      p, m = fn(self._on_lane(c, carry[a:b]), *self._args[c], np.int32(step))
+      if running is not None and not any(running[self._part_models[p]].any() for p in range(a, b)):
+        parts.extend(carry[a:b])
+        if c not in self._metrics:  # stopped before this run (a resume): zero metrics
+          zeros = lambda s: jax.device_put(np.zeros(s.shape, s.dtype), self.devices[c])
+          self._metrics[c] = jax.tree.map(zeros, fn.out_info[1])
+        continue
+      p, self._metrics[c] = fn(self._on_lane(c, carry[a:b]), *self._args[c], np.int32(step))
       parts.extend(p)
-      metrics.append(m)
     home = self.devices[0]
+    metrics = [self._metrics[c] for c in range(len(self.chunks))]
     return tuple(parts), self._merge([jax.device_put(m, home) for m in metrics])
+
+  def scale_learning_rate(self, carry, factor):
+    """Each part's models' learning rates times factor [models] (on their lanes)."""
+    groups = self._part_models[0].size > 1
+    return tuple(
+      self._scale(p, factor[i] if groups else factor[i[0]])
+      for p, i in zip(carry, self._part_models)
+    )

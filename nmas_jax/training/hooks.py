@@ -120,9 +120,11 @@ class Progress:
       key, label = "valid/cosmooth_mse", "held-out cosmooth_mse"
     ok = np.isfinite(out.valid["valid/loss"])
     best = int(np.argmin(np.where(ok, out.valid[key], np.inf))) if ok.any() else 0
-    steps = loop.cfg.steps
+    steps, n = loop.cfg.steps, loop.built.n_real
+    training = int(loop.selection.running[:n].sum())
     self.log(
-      f"step {loop.step}/{steps}  {rate:.2f} steps/s  ETA {fmt_time((steps - loop.step) / rate)}  "
+      f"step {loop.step}/{steps}  {rate:.2f} steps/s  ETA {fmt_time((steps - loop.step) / rate)} "
+      f"at most  {training}/{n} models training  "
       f"best {label} {out.valid[key][best]:.4g} "
       f"({loop.built.table.describe(best, self.layer_names)})"
     )

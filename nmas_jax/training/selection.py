@@ -1,4 +1,5 @@
-"""Early stopping inside the batch: each model's best evaluation so far, and if it converged."""
+"""Early stopping inside the batch: each model's best evaluation so far, its learning-rate cuts,
+and when it stopped because its held-out score stopped moving."""
 
 from __future__ import annotations
 
@@ -7,86 +8,141 @@ import dataclasses
 import numpy as np
 
 
+@dataclasses.dataclass(frozen=True)
+class StopRule:
+  """When a model has converged (docs/method.md, "Training until the answer stops moving").
+
+  A model is on a plateau when its best validation score improved by at most `tolerance` x its
+  group's gain over the null during the last `patience` evaluations (since its last learning-rate
+  cut). The first `cuts` plateaus multiply its learning rate by `factor`; the next one stops it.
+  `patience` 0: never stop (train to --steps), and never cut.
+  """
+
+  tolerance: float = 0.01
+  patience: int = 4
+  cuts: int = 1
+  factor: float = 0.3
+
+  @classmethod
+  def from_settings(cls, s) -> StopRule:
+    return cls(s.stop_tolerance, s.stop_patience, s.lr_plateau_cuts, s.lr_plateau_factor)
+
+
 @dataclasses.dataclass
 class Selection:
-  """Each model's best regular evaluation so far: early stopping inside the batch.
+  """Each model's best regular evaluation so far, and where it stands with the `StopRule`.
 
   Arrays are [padded models] of the held-out loss the models are selected on
-  (`Loop.select_key`): `score` the best so far (inf before any), `step` its
-  step, `first` the first evaluation's; `trace` [evaluations, padded models] is
-  `score` after each regular evaluation, at `trace_steps`, so that `converged`
-  can be judged for any length of training (a run extended by a larger
-  `--steps` judges as one that was that long from the start).
+  (`Loop.select_key`): `score` the best so far (inf before any), `step` its step, `null` the
+  loss of the null prediction (each neuron's training mean; NaN until set), `cuts` how many
+  times its learning rate was cut, `since` the step of the last cut (0 if none), `stopped_at`
+  the step the rule stopped it (0 while it trains). `trace` [evaluations, padded models] is
+  `score` after each regular evaluation, at `trace_steps`.
   """
 
   score: np.ndarray
   step: np.ndarray
-  first: np.ndarray
+  null: np.ndarray
   trace_steps: np.ndarray
   trace: np.ndarray
+  cuts: np.ndarray
+  since: np.ndarray
+  stopped_at: np.ndarray
 
   @classmethod
   def fresh(cls, m: int) -> Selection:
+    zeros = lambda: np.zeros(m, np.int64)
     return cls(
-      np.full(m, np.inf),
-      np.zeros(m, np.int64),
-      np.full(m, np.nan),
-      np.zeros(0, np.int64),
-      np.zeros((0, m)),
-    )
+      np.full(m, np.inf), zeros(), np.full(m, np.nan), zeros()[:0], np.zeros((0, m)), zeros(),
+      zeros(), zeros(),
+    )  # fmt: skip
 
-  def update(self, step: int, loss_M: np.ndarray) -> np.ndarray:
-    """Records an evaluation; returns [models] bool, True where it is the best so far."""
+  @property
+  def running(self) -> np.ndarray:
+    """[models] bool: not stopped by the rule (still training, or stopped only by the cap)."""
+    return self.stopped_at == 0
+
+  def converged(self) -> np.ndarray:
+    """[models] bool: stopped by the rule (not by the cap)."""
+    return self.stopped_at > 0
+
+  def update(
+    self, step: int, loss_M: np.ndarray, group_M: np.ndarray, rule: StopRule | None = None
+  ) -> tuple[np.ndarray, np.ndarray]:
+    """Records an evaluation of every model, then applies `rule` (None: selection only).
+
+    Args:
+      step: the step of the evaluation.
+      loss_M: [models] the held-out loss (non-finite counts as inf).
+      group_M: [models] int, models whose gains are compared (one layer at one neuron count):
+        the tolerance is relative to the largest gain over the null in the group.
+    Returns:
+      ([models] bool improved: the best so far, and the model still trains;
+       [models] bool cut: its learning rate is to be multiplied by `rule.factor` now).
+    """
+    running = self.running
     loss_M = np.where(np.isfinite(loss_M), loss_M, np.inf)
-    improved = loss_M < self.score
-    self.score, self.step = (
-      np.where(improved, loss_M, self.score),
-      np.where(improved, step, self.step),
-    )
-    self.first = np.where(np.isnan(self.first), loss_M, self.first)
+    improved = running & (loss_M < self.score)
+    self.score = np.where(improved, loss_M, self.score)
+    self.step = np.where(improved, step, self.step)
     self.trace_steps = np.append(self.trace_steps, step)
     self.trace = np.concatenate([self.trace, self.score[None]])
-    return improved
+    cut = np.zeros_like(running)
+    if rule is None or rule.patience <= 0:
+      return improved, cut
+    plateau = running & self._plateau(group_M, rule)
+    cut = plateau & (self.cuts < rule.cuts)
+    self.cuts = self.cuts + cut
+    self.since = np.where(cut, step, self.since)
+    self.stopped_at = np.where(plateau & ~cut, step, self.stopped_at)
+    return improved, cut
 
-  def converged(self, steps: int) -> np.ndarray:
-    """[models] bool: the evaluations after the first four fifths of `steps` improved the best
-    loss by under 1% of the improvement since the first evaluation."""
-    early_E = self.trace_steps <= 0.8 * steps
-    early = self.trace[early_E][-1] if early_E.any() else np.full_like(self.score, np.inf)
+  def _plateau(self, group_M: np.ndarray, rule: StopRule) -> np.ndarray:
+    """[models] bool: the last `patience` evaluations since the last cut improved the best score
+    by at most `tolerance` x the group's best gain over the null (a never-finite score: yes)."""
+    finite = np.isfinite(self.score)
+    gain_M = np.where(finite & np.isfinite(self.null), np.maximum(self.null - self.score, 0), 0)
+    _, group_M = np.unique(group_M, return_inverse=True)
+    best_G = np.zeros(group_M.max() + 1)
+    np.maximum.at(best_G, group_M, gain_M)
+    past = len(self.trace) - 1 - rule.patience
+    if past < 0:
+      return np.zeros(len(self.score), bool)
+    judged = self.trace_steps[past] >= self.since  # `patience` evaluations since the last cut
     with np.errstate(invalid="ignore"):
-      total = np.maximum(self.first - self.score, 0.0)
-      late = np.where(np.isfinite(early), early - self.score, np.inf)
-      return late <= 0.01 * total
+      moved = np.where(finite, self.trace[past] - self.score, 0.0)
+    return judged & (moved <= rule.tolerance * best_G[group_M])
 
   def real(self, n: int) -> Selection:
     """The first `n` (real) models."""
-    return Selection(
-      self.score[:n], self.step[:n], self.first[:n], self.trace_steps, self.trace[:, :n]
-    )
+    cut = lambda name, a: a[:, :n] if name == "trace" else a if name == "trace_steps" else a[:n]
+    return Selection(*[cut(name, a) for name, a in zip(_FIELDS, dataclasses.astuple(self))])
 
   def to_json(self) -> dict[str, list]:
     num = lambda a: [float(v) if np.isfinite(v) else None for v in a]
-    return {
-      "score": num(self.score),
-      "step": self.step.tolist(),
-      "first": num(self.first),
-      "trace_steps": self.trace_steps.tolist(),
-      "trace": [num(row) for row in self.trace],
-    }
+    out = {k: num(getattr(self, k)) for k in ("score", "null")}
+    out |= {k: getattr(self, k).tolist() for k in ("step", "cuts", "since", "stopped_at")}
+    return out | {"trace_steps": self.trace_steps.tolist(), "trace": [num(r) for r in self.trace]}
 
   @classmethod
   def from_json(cls, d: dict[str, list], m: int) -> Selection:
+    """The inverse of `to_json` for [m] padded models (fields a checkpoint lacks: fresh)."""
+    fresh = cls.fresh(m)
     arr = lambda v, fill: np.concatenate(
       [np.array([fill if x is None else x for x in v], float), np.full(m - len(v), fill)]
     )
-    trace = np.array([arr(row, np.inf) for row in d["trace"]]).reshape(-1, m)
+    get = lambda k, fill: arr(d[k], fill) if k in d else getattr(fresh, k)
+    ints = {k: get(k, 0).astype(np.int64) for k in ("step", "cuts", "since", "stopped_at")}
     return cls(
-      arr(d["score"], np.inf),
-      arr(d["step"], 0).astype(np.int64),
-      arr(d["first"], np.nan),
-      np.array(d["trace_steps"], np.int64),
-      trace,
+      score=get("score", np.inf),
+      null=get("null", np.nan),
+      trace_steps=np.array(d["trace_steps"], np.int64),
+      trace=np.array([arr(row, np.inf) for row in d["trace"]]).reshape(-1, m),
+      **ints,
     )
+
+
+_FIELDS = [f.name for f in dataclasses.fields(Selection)]
 
 
 def _padded(a: np.ndarray, m: int, fill: float = np.inf) -> np.ndarray:

@@ -41,7 +41,12 @@ class Stepper(Protocol):
 
   def compile(self, carry: Any) -> None: ...  # ahead of time, so no step pays for it
 
-  def step(self, carry: Any, step: int) -> tuple[Any, dict[str, jax.Array]]: ...  # metrics [models]
+  # Steps every model; `running` [models] bool may let a stepper skip models that have stopped
+  # (their state is then undefined beyond their best one). Metrics [models].
+  def step(self, carry: Any, step: int, running=None) -> tuple[Any, dict[str, jax.Array]]: ...
+
+  # Multiplies each model's learning rate by factor [models].
+  def scale_learning_rate(self, carry: Any, factor) -> Any: ...
 
 
 def vmap_step(
@@ -109,6 +114,7 @@ class VmapStepper:
       batch_sharding=sharding.batch_sharding(mesh),
     )
     self._fn = jax.jit(fn, donate_argnums=0, out_shardings=(by_model, by_model))
+    self._scale = jax.jit(train.scale_learning_rate, out_shardings=by_model)
     self._args = (placed.x_LTN, placed.mask_MN, placed.target_MN, placed.layer_M, placed.seed_M)
 
   def pack(self, state):
@@ -123,8 +129,12 @@ class VmapStepper:
   def compile(self, carry) -> None:
     self._fn = self._fn.lower(carry, *self._args, jnp.int32(0)).compile()
 
-  def step(self, carry, step: int):
+  def step(self, carry, step: int, running=None):
+    del running  # one program: every model steps; the sweep ends when all have stopped
     return self._fn(carry, *self._args, jnp.int32(step))
+
+  def scale_learning_rate(self, carry, factor):
+    return self._scale(carry, factor)
 
 
 # `auto` on one CPU device picks by_latent (a program per latent size) only for sweeps whose

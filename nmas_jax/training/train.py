@@ -100,6 +100,13 @@ def with_hyperparams(state: TrainState, **values: Any) -> TrainState:
   return state.replace(opt_state=optax.tree_utils.tree_set(state.opt_state, **values))
 
 
+def scale_learning_rate(state: TrainState, factor: Any) -> TrainState:
+  """`state` with its learning rate multiplied by `factor` (an array [models] on a sweep's state:
+  the plateau rule's cut, `selection.StopRule`)."""
+  lr = optax.tree_utils.tree_get(state.opt_state, "learning_rate")
+  return with_hyperparams(state, learning_rate=lr * jnp.asarray(factor, lr.dtype))
+
+
 def step_rngs(state: TrainState) -> dict[str, jax.Array]:
   """This model's randomness at this step (dropout and the like): a pure function of (key, step)."""
   key = jax.random.fold_in(state.key, state.step)
@@ -223,6 +230,32 @@ def eval_step(
   """Quick held-out metrics of one model on windows x [windows, time, neurons] (for progress):
   over the neurons of `target_mask_N` (default all); held out are those not in the input."""
   y_VTN, _ = predict(params, latent, x_VTN, input_mask_N, model=model)
+  return heldout_metrics(y_VTN, x_VTN, input_mask_N, target_mask_N, likelihood)
+
+
+def null_eval(
+  null_N: jax.Array,
+  x_VTN: jax.Array,
+  input_mask_N: jax.Array | None = None,
+  target_mask_N: jax.Array | None = None,
+  *,
+  likelihood: str = "gaussian",
+) -> dict[str, jax.Array]:
+  """`eval_step`'s metrics of the null prediction: each neuron's training mean, `null_N` [neurons]
+  in the readout's units (what a zero-latent model predicts)."""
+  y_VTN = jnp.broadcast_to(null_N, x_VTN.shape).astype(x_VTN.dtype)
+  return heldout_metrics(y_VTN, x_VTN, input_mask_N, target_mask_N, likelihood)
+
+
+def heldout_metrics(
+  y_VTN: jax.Array,
+  x_VTN: jax.Array,
+  input_mask_N: jax.Array | None,
+  target_mask_N: jax.Array | None,
+  likelihood: str,
+) -> dict[str, jax.Array]:
+  """Loss and squared error of raw outputs y against x [windows, time, neurons], over the neurons
+  of `target_mask_N` (default all), and on the held-out ones (not in `input_mask_N`)."""
   se_VTN = (mean_prediction(y_VTN, likelihood) - x_VTN) ** 2
   loss_VTN = elementwise_loss(y_VTN, x_VTN, likelihood)
   if target_mask_N is None:
