@@ -143,7 +143,8 @@ class DimensionSweep:
     )
     dataset = prep.dataset
     for name in ("optimal_latent", "optimal_latent_interval"):  # one decoder swept
-      results[f"{name}_by_decoder"] = {cfg.decoder: dict(results[name])}
+      if cfg.decoder is not None:  # a family without a decoder setting: none
+        results[f"{name}_by_decoder"] = {cfg.decoder: dict(results[name])}
     if cfg.shuffle_control:
       results["shuffle_control"] = _shuffle_summary(results)
     if cfg.shared_model:

@@ -86,6 +86,7 @@ class Shapes(declare.Declared):
       dropout=0.0,
       linear_skip=False,
       model=self.model,
+      co_dim=0,  # LFADS without a controller
     )
 
   def model_neurons(self) -> list[int]:

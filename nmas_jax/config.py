@@ -79,12 +79,14 @@ class Settings(Declared):
   )
   hidden: int = setting(_AE("hidden"), "LSTM units (per direction).", check="positive_int")
   decoder: str = setting(
-    _AE("decoder"),
+    None,
     "linear: readout of z_t alone, through the likelihood's link "
     "(the latent size is a linear dimension per time step); mlp: a "
     "per-time-step MLP of z_t (the dimension of a curved manifold); lstm: an "
-    "LSTM over z, then a readout.",
+    "LSTM over z, then a readout. Default: the model family's (autoencoder: mlp; "
+    "multiscale: linear; lfads has none).",
     choices=DECODERS,
+    kind="string",
   )
   decoder_hidden: int = setting(
     _AE("decoder_hidden"), "Hidden units of the mlp decoder.", check="positive_int"
@@ -232,7 +234,7 @@ class Settings(Declared):
   )
   clip_norm: float = setting(1.0, "Global gradient-norm clip.", check="positive")
   log_every: int = setting(
-    50, "Steps between progress lines and evaluations.", check="positive_int", identity=False
+    25, "Steps between progress lines and evaluations.", check="positive_int", identity=False
   )
   # Evaluation.
   heldout_neurons: float = setting(
@@ -303,9 +305,13 @@ class Settings(Declared):
   verbose: bool = setting(True, "Print progress lines.", flag=False, identity=False)
 
   def __post_init__(self):
-    """Fills the settings left unset (None) from the model family's `training_defaults`."""
+    """Fills the settings left unset (None) from the model family: its `training_defaults`, and
+    its module's own default of a field of the same name (the decoder)."""
     fam = models.FAMILIES.get(self.model, models.Family)
-    for name, value in fam.training_defaults.items():
+    own = (
+      {f.name: f.default for f in dataclasses.fields(fam)} if dataclasses.is_dataclass(fam) else {}
+    )
+    for name, value in {"decoder": own.get("decoder"), **fam.training_defaults}.items():
       if getattr(self, name) is None:
         object.__setattr__(self, name, value)
     super().__post_init__()

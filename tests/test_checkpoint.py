@@ -39,7 +39,8 @@ def _args(data_path, workdir, steps=100, extra=()):
     f"--steps={steps}",
     "--log_every=10",
     "--checkpoint_every=20",
-    "--stop_patience=2",  # the stopping rule decides within 100 steps
+    "--stop_patience=2",  # the stopping rule stops some models within 100 steps
+    "--stop_tolerance=0.002",
     "--heldout_neurons=0.25",
     "--batching=by_latent",  # at these sizes auto is vmap
     f"--workdir={workdir}",

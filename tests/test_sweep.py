@@ -327,6 +327,7 @@ def test_by_latent_lfads_equals_one_vmap():
     window=5,
     gen_dim=6,
     ic_enc_dim=5,
+    co_dim=0,
     cd_rate=0.3,
     lr_half_life=1,
     heldout_neurons=0.25,

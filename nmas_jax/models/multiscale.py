@@ -66,6 +66,7 @@ class MultiscaleAutoencoder(LSTMAutoencoder):
   """
 
   timescales: tuple[int, ...] = (2, 50)
+  decoder: str = "linear"  # the decoder its validation used (docs/validation.md)
 
   def encoder_width(self) -> int:
     return self.latent * len(self.timescales)
