@@ -136,6 +136,7 @@ def test_lfads_sweep_recovers_three_factors_on_lorenz_trials():
       latents=(1, 2, 3, 4, 6),
       seeds=1,
       steps=600,
+      co_dim=0,  # autonomous dynamics: no controller (3x faster)
       baselines=(),
       bootstrap=0,
       verbose=False,
