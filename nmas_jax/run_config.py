@@ -20,7 +20,7 @@ class DataSettings(Declared):
   dataset: str = setting(
     "synthetic",
     "The data: built-in families with known answers "
-    "(synthetic: layers of 14, 20 and 36 signals read through sigmoidal tuning curves, a "
+    "(synthetic: layers of 14, 20 and 30 signals read through sigmoidal tuning curves, a "
     "curved manifold; linear_gaussian: linear-Gaussian layers of dimension 7, 18, 40; "
     "nonlinear: a "
     "saturating readout of 3, 6, 12 signals; lorenz: Poisson counts of 3-D "

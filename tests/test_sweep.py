@@ -415,3 +415,33 @@ def test_unconverged_advice_names_the_count_and_the_rerun():
     "checkpoint and trains only the models that had not converged."
   )
   assert tables.unconverged_advice({"steps": 400, "models": [{"converged": True}]}) is None
+
+
+def test_answer_lines_state_the_manifold_and_linear_dimensions_and_their_meaning():
+  r = {
+    "layers": ["0", "1", "2"],
+    "optimal_latent_by_decoder": {"mlp": {"0": 25, "1": 25, "2": 50}},
+    "optimal_latent_interval_by_decoder": {"mlp": {"0": [25, 25], "1": [25, 50], "2": [50, 50]}},
+    "baseline_optimal_latent": {
+      "pca": {"0": 50, "1": 25, "2": 50},
+      "fa": {"0": 75, "1": 50, "2": 50},
+    },
+    "true_latent": {"0": 14, "1": 20, "2": 36},
+  }
+  assert tables.answer_lines(r) == [
+    "layer 0: manifold dimension 25 (5-95% 25-25, mlp decoder); linear dimension 50 by PCA, "
+    "75 by FA: the linear methods need more dimensions, so the activity lies on a curved manifold "
+    "(true dimension 14).",
+    "layer 1: manifold dimension 25 (5-95% 25-50, mlp decoder); linear dimension 25 by PCA, "
+    "50 by FA: FA needs more dimensions (the others as many at this grid's resolution), a sign "
+    "of a curved manifold (true dimension 20).",
+    "layer 2: manifold dimension 50 (5-95% 50-50, mlp decoder); linear dimension 50 by PCA, "
+    "50 by FA: they agree at this grid's resolution, so a flat (linear) subspace describes the "
+    "activity as well as a curved manifold (true dimension 36).",
+  ]
+  r["optimal_latent_by_decoder"] = {"linear": r["optimal_latent_by_decoder"]["mlp"]}
+  r["optimal_latent_interval_by_decoder"] = {"linear": {"0": [25, 25]}}
+  assert tables.answer_lines(r)[0] == (
+    "layer 0: linear dimension 25 (5-95% 25-25, linear decoder); 50 by PCA, 75 by FA (true 14); "
+    "sweep --decoder=mlp for the manifold dimension."
+  )

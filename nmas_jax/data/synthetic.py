@@ -219,7 +219,7 @@ def make_nonlinear(
   )
 
 
-CURVED_TRUE_LATENTS = (14, 20, 36)
+CURVED_TRUE_LATENTS = (14, 20, 30)
 
 
 def make_curved(
