@@ -36,9 +36,21 @@ NORMALIZATIONS = ("zscore", "mean_per_bin", "mean_per_bin_all", "none")
 BASELINES = ("pca", "fa", "lds")
 
 
+def _own_defaults(fam: type) -> dict:
+  """A model family's module fields and their defaults (none for a non-dataclass)."""
+  return (
+    {f.name: f.default for f in dataclasses.fields(fam)} if dataclasses.is_dataclass(fam) else {}
+  )
+
+
+def _family_decoders() -> dict[str, str]:
+  """Each family with a decoder field: its module's default decoder."""
+  return {n: d for n, fam in models.FAMILIES.items() if (d := _own_defaults(fam).get("decoder"))}
+
+
 def _module_default(module: type, name: str):
   """The default of a model module's field: a model setting's default is declared there once."""
-  return {f.name: f.default for f in dataclasses.fields(module)}[name]
+  return _own_defaults(module)[name]
 
 
 _AE = functools.partial(_module_default, models.LSTMAutoencoder)
@@ -83,8 +95,9 @@ class Settings(Declared):
     "linear: readout of z_t alone, through the likelihood's link "
     "(the latent size is a linear dimension per time step); mlp: a "
     "per-time-step MLP of z_t (the dimension of a curved manifold); lstm: an "
-    "LSTM over z, then a readout. Default: the model family's (autoencoder: mlp; "
-    "multiscale: linear; lfads has none).",
+    "LSTM over z, then a readout. Default: the model family's ("
+    + "; ".join(f"{n}: {d}" for n, d in _family_decoders().items())
+    + "; the others have none).",
     choices=DECODERS,
     kind="string",
   )
@@ -308,9 +321,7 @@ class Settings(Declared):
     """Fills the settings left unset (None) from the model family: its `training_defaults`, and
     its module's own default of a field of the same name (the decoder)."""
     fam = models.FAMILIES.get(self.model, models.Family)
-    own = (
-      {f.name: f.default for f in dataclasses.fields(fam)} if dataclasses.is_dataclass(fam) else {}
-    )
+    own = _own_defaults(fam)
     for name, value in {"decoder": own.get("decoder"), **fam.training_defaults}.items():
       if getattr(self, name) is None:
         object.__setattr__(self, name, value)

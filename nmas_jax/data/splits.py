@@ -172,6 +172,18 @@ class Prepared:
     """Training windows start at multiples of this: the trial length for trial data, else 1."""
     return self.dataset.trial_length or 1
 
+  def step_kwargs(self) -> dict[str, Any]:
+    """What a sweep step needs to know of the data (the steppers' `vmap_step` and `bucket_step`):
+    its likelihood and how training windows are sampled."""
+    return dict(
+      likelihood=self.likelihood,
+      t_train=self.t_train,
+      window=self.window,
+      batch_size=self.batch_size,
+      stride=self.stride,
+      mix_layers=self.shared,
+    )
+
   @property
   def model_layers(self) -> int:
     """Layers on the models axis: one when a shared model learns them all."""

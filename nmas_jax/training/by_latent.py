@@ -236,20 +236,10 @@ class ByLatentStepper:
     self.devices = [lanes[i % len(lanes)] for i in range(len(self.chunks))]
     self.batching, self.lanes = "by_latent", len(set(self.devices))
     self.description = "by_latent" + (f" on {self.lanes} CPU lanes" if self.lanes > 1 else "")
-    step = functools.partial(
-      bucket_step,
-      model=model,
-      tx=tx,
-      likelihood=prep.likelihood,
-      t_train=prep.t_train,
-      window=prep.window,
-      batch_size=prep.batch_size,
-      stride=prep.stride,
-      mix_layers=prep.shared,
-      groups=groups,
-    )
+    step = functools.partial(bucket_step, model=model, tx=tx, **prep.step_kwargs(), groups=groups)
     order = np.concatenate([i for level in index for i in level])
     self._part_models = [i for level in index for i in level]  # each part's table indices
+    self._chunk_models = [order[a * groups : b * groups] for a, b in self.chunks]
     self._inverse = np.argsort(order)
     first = [level[0] for level in index]  # each count level's groups' table indices
     narrow_levels = {c for c in range(len(index)) if table.count[first[c][0]] and model.narrows()}
@@ -329,7 +319,7 @@ class ByLatentStepper:
     [models] False): its state stays, and its metrics are its last step's."""
     parts = []
     for c, (fn, (a, b)) in enumerate(zip(self._fns, self.chunks)):
-      if running is not None and not any(running[self._part_models[p]].any() for p in range(a, b)):
+      if running is not None and not running[self._chunk_models[c]].any():
         parts.extend(carry[a:b])
         if c not in self._metrics:  # stopped before this run (a resume): zero metrics
           zeros = lambda s: jax.device_put(np.zeros(s.shape, s.dtype), self.devices[c])

@@ -105,12 +105,7 @@ class VmapStepper:
       vmap_step,
       model=model,
       tx=tx,
-      likelihood=prep.likelihood,
-      t_train=prep.t_train,
-      window=prep.window,
-      batch_size=prep.batch_size,
-      stride=prep.stride,
-      mix_layers=prep.shared,
+      **prep.step_kwargs(),
       batch_sharding=sharding.batch_sharding(mesh),
     )
     self._fn = jax.jit(fn, donate_argnums=0, out_shardings=(by_model, by_model))
