@@ -142,9 +142,9 @@ class DimensionSweep:
       results, evaluate.evaluate_sweep(prep, cfg, out, log=log)
     )
     dataset = prep.dataset
-    for name in ("optimal_latent", "optimal_latent_interval"):  # one decoder swept
-      if cfg.decoder is not None:  # a family without a decoder setting: none
-        results[f"{name}_by_decoder"] = {cfg.decoder: dict(results[name])}
+    for name in ("optimal_latent", "optimal_latent_interval"):  # where evaluation set none
+      if cfg.decoders and f"{name}_by_decoder" not in results:
+        results[f"{name}_by_decoder"] = {cfg.decoders[0]: dict(results[name])}
     if cfg.shuffle_control:
       results["shuffle_control"] = _shuffle_summary(results)
     if cfg.shared_model:
@@ -267,9 +267,8 @@ class DimensionSweep:
       _, z = train.predict(params, k, jnp.asarray(x[None, n:]), mask, model=model)
       zs.append(np.asarray(z)[0])
     z = np.concatenate(zs)
-    if np.ndim(k):  # multiscale: each band's used units, bands in --timescales order
-      return z[:, np.asarray(models.band_mask(model.latent, k)) > 0]
-    return z[:, :k]
+    # The used units (multiscale: each band's, bands in --timescales order).
+    return z[:, np.asarray(model.used_units(k)) > 0]
 
   def score(self, X=None) -> float:
     """Held-out gain over the zero-latent null at each layer's chosen latent (0 where that is 0),
@@ -348,6 +347,7 @@ class DimensionSweep:
       cfg.heldout_sets,
       cfg.neuron_counts,
       models.family(cfg.model).sweep_bands(cfg),
+      len(cfg.decoders),
     )
     model_neurons = est.preprocessing_.neuron_index_LN.shape[1]
     like = init_states(cfg, est.table_, model_neurons, train.optimizer_for(cfg))

@@ -95,11 +95,13 @@ class Settings(Declared):
     "linear: readout of z_t alone, through the likelihood's link "
     "(the latent size is a linear dimension per time step); mlp: a "
     "per-time-step MLP of z_t (the dimension of a curved manifold); lstm: an "
-    "LSTM over z, then a readout. Default: the model family's ("
+    "LSTM over z, then a readout. A comma-separated list (e.g. linear,mlp) sweeps each "
+    "(one more batched axis; --model=autoencoder): results.json's optimal_latent is the first "
+    "listed one's, optimal_latent_by_decoder has each. Default: the model family's ("
     + "; ".join(f"{n}: {d}" for n, d in _family_decoders().items())
     + "; the others have none).",
     choices=DECODERS,
-    kind="string",
+    kind="names",
   )
   decoder_hidden: int = setting(
     _AE("decoder_hidden"), "Hidden units of the mlp decoder.", check="positive_int"
@@ -350,6 +352,11 @@ class Settings(Declared):
         f"--train_fraction={self.train_fraction} and --valid_fraction="
         f"{self.valid_fraction} leave no test block: their sum must be below 1"
       )
+
+  @property
+  def decoders(self) -> tuple[str, ...]:
+    """The decoders swept (--decoder's list; empty for a family without a decoder)."""
+    return tuple(self.decoder.split(",")) if self.decoder else ()
 
   @property
   def heldout_sets(self) -> int:

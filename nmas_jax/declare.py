@@ -52,7 +52,8 @@ def setting(
     check: a key of `_CHECKS`, applied unless the value is None.
     kind: how the flag parses: "bool", "int", "float", "string", "ints" (a
       comma-separated list of integers, held as a tuple) or "list" (of
-      strings, held as a tuple); inferred from the default when it is a scalar.
+      strings, held as a tuple) or "names" (a comma-separated list of `choices`, each
+      at most once, held as the string); inferred from the default when it is a scalar.
     identity: part of the workdir's identity (a workdir holds one sweep).
     flag: has a command-line flag. record: written to flags.txt.
     path: a file path (the identity records it absolute).
@@ -128,6 +129,8 @@ class Declared:
         )  # 0: a band count of --model=multiscale
       elif f.metadata["kind"] == "list":
         value = tuple(str(v) for v in value)
+      elif f.metadata["kind"] == "names" and value is not None:
+        value = ",".join(str(v).strip() for v in ([value] if isinstance(value, str) else value))
       object.__setattr__(self, f.name, value)
       _check(f, value)
     self._check_together()
@@ -140,9 +143,12 @@ def _check(f: dataclasses.Field, value: Any) -> None:
   m = f.metadata
   if value is None:
     return
-  for v in value if m["kind"] == "list" else (value,):
+  many = {"list": value, "names": str(value).split(",")}.get(m["kind"], (value,))
+  for v in many:
     if m["choices"] and v not in m["choices"]:
       raise UserError(f"unknown --{f.name}={v!r}: choose one of {', '.join(m['choices'])}")
+  if m["kind"] == "names" and len(set(many)) != len(many):
+    raise UserError(f"--{f.name}={value} names one value twice: give each once")
   if m["check"]:
     test, must = _CHECKS[m["check"]]
     try:
@@ -183,6 +189,7 @@ def define_flags(*classes: type, flag_values: Any = None) -> None:
     "int": flags.DEFINE_integer,
     "float": flags.DEFINE_float,
     "string": flags.DEFINE_string,
+    "names": flags.DEFINE_string,
     "list": flags.DEFINE_list,
   }
   for cls in classes:

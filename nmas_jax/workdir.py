@@ -35,7 +35,10 @@ def open_workdir(
         f"layer={prep.dataset.layer_names[l]},latent={k},seed={s}"
         + (f",neurons={c}" if c else "")
         + (f",bands={'-'.join(map(str, b))}" if len(b) else "")
-        for l, k, s, c, b in zip(table.layer, table.latent, table.seed, table.count, table.bands)
+        + (f",decoder={cfg.decoders[d[0]]}" if len(d) else "")
+        for l, k, s, c, b, d in zip(
+          table.layer, table.latent, table.seed, table.count, table.bands, table.decoder
+        )
       ],
     )
     partial = lambda o: files.write_json(

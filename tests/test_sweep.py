@@ -53,22 +53,34 @@ TINY = [
 
 
 def test_cli_sweep_lowers_every_loss_and_writes_results(tiny_array, tmp_path):
+  """A sweep of two decoders: every model's loss falls, and results.json has each decoder's
+  estimate (`optimal_latent` the first's), the files, and a flags file that reproduces it."""
   workdir = tmp_path / "run"
-  r = _cli(*TINY, f"--data_path={tiny_array}", f"--workdir={workdir}", "--shared_model")
+  r = _cli(
+    *TINY,
+    f"--data_path={tiny_array}",
+    f"--workdir={workdir}",
+    "--shared_model",
+    "--decoder=linear,mlp",
+  )
   assert r.returncode == 0, r.stderr
   assert "step 40/40" in r.stdout and "steps/s" in r.stdout and "ETA" in r.stdout
   res = json.loads((workdir / "results.json").read_text())
   assert res["dataset"] == "array" and res["latents"] == [1, 2, 4] and res["layers"] == ["0", "1"]
   assert res["seeds"] == [0, 1] and res["steps"] == 40 and res["complete"] is True
-  assert len(res["models"]) == 2 * 3 * 2
-  assert {(m["layer"], m["latent"], m["seed"]) for m in res["models"]} == {
-    (l, k, s) for l in ("0", "1") for k in (1, 2, 4) for s in (0, 1)
+  assert len(res["models"]) == 2 * 3 * 2 * 2
+  assert {(m["layer"], m["latent"], m["seed"], m["decoder"]) for m in res["models"]} == {
+    (l, k, s, d) for l in ("0", "1") for k in (1, 2, 4) for s in (0, 1) for d in ("linear", "mlp")
   }
+  by_dec = res["optimal_latent_by_decoder"]
+  assert set(by_dec) == {"linear", "mlp"} and by_dec["linear"] == res["optimal_latent"]
+  assert set(res["optimal_latent_interval_by_decoder"]) == {"linear", "mlp"}
+  assert all(by_dec["mlp"][l] in (0, 1, 2, 4) for l in ("0", "1"))
   for m in res["models"]:
     assert np.isfinite(m["train_loss"]) and np.isfinite(m["valid_mse"])
   csv_lines = (workdir / "results.csv").read_text().strip().splitlines()
-  assert csv_lines[0].startswith("layer,latent,seed,train_loss,valid_mse")
-  assert len(csv_lines) == 13
+  assert csv_lines[0].startswith("layer,latent,seed,decoder,train_loss,valid_mse")
+  assert len(csv_lines) == 25
   assert (workdir / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert (workdir / "decoding.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   acc = res["layer_accuracy"]
@@ -88,7 +100,7 @@ def test_cli_sweep_lowers_every_loss_and_writes_results(tiny_array, tmp_path):
     assert section in report_md
   assert any(
     f.startswith("events.out.tfevents")
-    for f in os.listdir(workdir / "tb" / "layer=0,latent=1,seed=0")
+    for f in os.listdir(workdir / "tb" / "layer=0,latent=1,seed=0,decoder=mlp")
   )
   flags = (workdir / "flags.txt").read_text()
   assert "--latents=1,2,4" in flags and "--steps=40" in flags
@@ -96,7 +108,7 @@ def test_cli_sweep_lowers_every_loss_and_writes_results(tiny_array, tmp_path):
   by_model = {}
   for row in rows:
     by_model.setdefault(row["model"], []).append(row["train/loss"])
-  assert len(by_model) == 12
+  assert len(by_model) == 24
   for losses in by_model.values():
     assert losses[-1] < losses[0]
   # The flags file reproduces the run.
@@ -124,6 +136,7 @@ def test_cli_sweep_lowers_every_loss_and_writes_results(tiny_array, tmp_path):
     (["--latents=1,13"], "error: latent size 13 exceeds the 12 neurons per layer"),
     (["--window=100"], "error: --window=100 is longer than a block"),
     (["--layers=0,7"], "error: unknown layer '7' in --layers: this dataset has layers 0, 1"),
+    (["--decoder=mlp,mlp"], "error: --decoder=mlp,mlp names one value twice: give each once"),
   ],
 )
 def test_cli_bad_input_is_one_line_and_writes_nothing(tiny_array, tmp_path, args, message):
@@ -267,6 +280,52 @@ def test_by_latent_batching_equals_one_vmap():
     kernel = np.asarray(full.params["encoder"]["to_latent"]["kernel"])  # [models, hidden, 3]
     for i, k in enumerate(np.asarray(full.latent)):
       assert not kernel[i][:, k:].any()
+
+
+def test_a_decoder_list_is_one_axis_each_model_its_own_decoder_by_latent_equal_to_vmap():
+  """--decoder=linear,mlp: every (layer, seed, latent) once per decoder, decoder before latent in
+  the table; a model's output is exactly its own decoder's (a one-decoder module on that
+  decoder's params); the by_latent stepper (a part per latent and decoder, only that decoder
+  run) steps every model as the vmap stepper does, to float rounding."""
+  import jax
+  import jax.numpy as jnp
+
+  from nmas_jax import models
+  from nmas_jax.training import sharding, train
+
+  cfg = config.Settings(
+    latents=(2, 1),
+    seeds=1,
+    batch_size=3,
+    window=5,
+    hidden=6,
+    decoder="linear,mlp",
+    decoder_hidden=5,
+    heldout_neurons=0.25,
+    likelihood="gaussian",
+    bidirectional=False,
+  )
+  rng = np.random.default_rng(0)
+  ds = data.Dataset(rng.normal(size=(2, 60, 8)).astype(np.float32), ("0", "1"), "array")
+  prep = splits.prepare(ds, cfg)
+  table = ModelTable.for_sweep(prep, cfg)
+  assert table.decoder[:, 0].tolist() == [0, 0, 1, 1] * 2 and table.latent.tolist() == [2, 1] * 4
+  assert table.model_latent.tolist()[:4] == [[2, 0], [1, 0], [2, 1], [1, 1]]
+  mesh = sharding.make_mesh("auto", devices=jax.devices()[:1])
+  (stepper_v, s_v, m_v), (stepper_b, s_b, m_b) = _two_steps_each(prep, cfg, mesh)
+  np.testing.assert_allclose(m_b["train/loss"], m_v["train/loss"], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(s_b), jax.tree.leaves(stepper_b.pack(s_v))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  union = models.make_model(cfg, 8)
+  x = jnp.asarray(rng.normal(size=(2, 5, 8)), jnp.float32)
+  for i in (1, 2):  # latent 1 with the linear decoder, latent 2 with the mlp decoder
+    params = jax.tree.map(lambda a: a[i], s_v.params)
+    kind = cfg.decoders[table.decoder[i, 0]]
+    alone = union.clone(decoder=kind)
+    own = {**params, "decoder_net": params["decoder_net"][kind]}
+    y, _ = train.predict(params, s_v.latent[i], x, model=union)
+    y_alone, _ = train.predict(own, table.latent[i], x, model=alone)
+    np.testing.assert_allclose(y, y_alone, rtol=1e-6, atol=1e-6)  # two programs
 
 
 @pytest.mark.parametrize("unrolled", [False, True])

@@ -82,7 +82,10 @@ def layer_accuracy(prep: splits.Prepared, cfg: Settings, out) -> dict[str, Any]:
     return jnp.mean(predict(f_va) == y_va)
 
   acc = np.asarray(accuracy(out.state.params, out.state.latent))
-  by_latent = [[float(acc[i]) for i in np.flatnonzero(out.table.latent == k)] for k in cfg.latents]
+  first = out.table.of_decoder(0)  # a sweep of several decoders: the first listed one's
+  by_latent = [
+    [float(acc[i]) for i in np.flatnonzero((out.table.latent == k) & first)] for k in cfg.latents
+  ]
   return {
     "latents": list(map(int, cfg.latents)),
     "accuracy": by_latent,

@@ -337,6 +337,18 @@ def _no_estimate(
   }
 
 
+def by_decoder(cfg: Settings, first: dict[str, Any], estimate) -> dict[str, Any]:
+  """optimal_latent_by_decoder and its interval's: `first` holds the first decoder's estimates,
+  `estimate(d)` gives decoder d's (none for a family without a decoder)."""
+  keys = ("optimal_latent", "optimal_latent_interval")
+  out: dict[str, Any] = {f"{k}_by_decoder": {} for k in keys} if cfg.decoders else {}
+  for d, kind in enumerate(cfg.decoders):
+    est = estimate(d) if d else first
+    for k in keys:
+      out[f"{k}_by_decoder"][kind] = dict(est[k])
+  return out
+
+
 def baseline_sizes(cfg: Settings) -> tuple[int, ...]:
   """The latent sizes the baselines (and the rule on their curves) use: --latents without 0 (a
   band count of --model=multiscale)."""

@@ -27,6 +27,7 @@ from nmas_jax.evaluation.estimates import (
   _rule,
   band_estimates,
   baseline_sizes,
+  by_decoder,
   dimension_estimates,
   scaling,
 )
@@ -222,18 +223,9 @@ def _per_model(
   return per_model
 
 
-def evaluate_sweep(
-  prep: Prepared, cfg: Settings, out, fa_iters: int = 100, log=print
-) -> dict[str, Any]:
-  """Full evaluation of a `sweep.SweepOutput` on the validation and test blocks, the PCA and FA
-  baselines, and the dimension estimates: the fields of results.json."""
-  table, lik = out.table, prep.likelihood
-  valid_LTN = prep.flat("valid")
-  block_T = bootstrap_blocks(valid_LTN.shape[1])
-  pred_valid = model_predictions(out.state, table, prep, cfg, "valid")
-  pred_test = model_predictions(out.state, table, prep, cfg, "test")
-  held = lambda i: prep.heldout_SLN[table.seed[i], table.layer[i]]
-  per_model = _per_model(prep, table, held, valid_LTN, pred_valid, pred_test)
+def _linear_fields(prep: Prepared, cfg: Settings, block_T, fa_iters: int, log):
+  """(baseline rows, baseline curves, the baselines' `Progress`, results fields of the linear
+  methods: baselines, participation ratio, PCA's 90% count, `context`)."""
   log(
     f"baselines: {', '.join(m.upper() for m in cfg.baselines) or 'none'} at "
     f"{len(baseline_sizes(cfg))} "
@@ -250,8 +242,7 @@ def evaluate_sweep(
   t0 = time.perf_counter()
   ctx = context(prep, cfg, fa_iters, fa_fits)
   log(f"spectrum and FA's shared dimension: {fmt_time(time.perf_counter() - t0)}")
-  result = {
-    "per_model": per_model,
+  fields = {
     "baselines": rows,
     "participation_ratio": {
       n: round(baselines.participation_ratio(train_LTN[l]), 3) for l, n in enumerate(names)
@@ -259,7 +250,27 @@ def evaluate_sweep(
     "pca_dims_90": {n: baselines.dims_for_variance(train_LTN[l], 0.9) for l, n in enumerate(names)},
     **ctx,
   }
-  main = np.flatnonzero(table.count == 0)  # every held-in neuron; the rest: --neuron_counts
+  return rows, base_curves, progress, fields
+
+
+def evaluate_sweep(
+  prep: Prepared, cfg: Settings, out, fa_iters: int = 100, log=print
+) -> dict[str, Any]:
+  """Full evaluation of a `sweep.SweepOutput` on the validation and test blocks, the PCA and FA
+  baselines, and the dimension estimates: the fields of results.json."""
+  table, lik = out.table, prep.likelihood
+  valid_LTN = prep.flat("valid")
+  block_T = bootstrap_blocks(valid_LTN.shape[1])
+  pred_valid = model_predictions(out.state, table, prep, cfg, "valid")
+  pred_test = model_predictions(out.state, table, prep, cfg, "test")
+  held = lambda i: prep.heldout_SLN[table.seed[i], table.layer[i]]
+  per_model = _per_model(prep, table, held, valid_LTN, pred_valid, pred_test)
+  names = prep.dataset.layer_names
+  rows, base_curves, progress, linear = _linear_fields(prep, cfg, block_T, fa_iters, log)
+  result = {"per_model": per_model, **linear}
+  # A decoder's models of every held-in neuron (the rest: --neuron_counts); the first's lead.
+  of = lambda d: np.flatnonzero((table.count == 0) & table.of_decoder(d))
+  main = of(0)
   sub, sub_per_model = table.take(main), [per_model[i] for i in main]
   if not prep.cosmooth:
     log(
@@ -269,10 +280,10 @@ def evaluate_sweep(
     return {**result, **_no_estimate(prep, cfg, sub, out, sub_per_model)}
   ok = np.asarray(out.state.diverged_at) < 0
 
-  def model_curves(c: int) -> np.ndarray:
-    """[layers, latents, seeds, blocks] of the models of count c."""
+  def model_curves(c: int, decoder: int = 0) -> np.ndarray:
+    """[layers, latents, seeds, blocks] of the models of count c (and that decoder)."""
     curves = np.full((len(names), len(cfg.latents), cfg.heldout_sets, block_T.max() + 1), np.nan)
-    for i in np.flatnonzero(ok & (table.count == c)):
+    for i in np.flatnonzero(ok & (table.count == c) & table.of_decoder(decoder)):
       l, j, s = table.layer[i], cfg.latents.index(int(table.latent[i])), table.seed[i]
       curves[l, j, s] = block_losses(pred_valid[i], valid_LTN[l], held(i), lik, block_T)
     return curves
@@ -285,11 +296,19 @@ def evaluate_sweep(
       )
     )
     return result
-  result.update(
-    dimension_estimates(
-      prep, cfg, sub, sub_per_model, model_curves(0), base_curves, rows, null, count
-    )
+  estimate = lambda d: dimension_estimates(
+    prep,
+    cfg,
+    table.take(of(d)),
+    [per_model[i] for i in of(d)],
+    model_curves(0, d),
+    base_curves,
+    rows,
+    null,
+    count,
   )
+  result.update(estimate(0))
+  result.update(by_decoder(cfg, result, estimate))
   if cfg.neuron_counts and not prep.shared:
     log(f"neuron counts: baselines at {len(cfg.neuron_counts)} more counts")
     by_count = {

@@ -43,11 +43,15 @@ def narrow_neurons(params: Any, in_I: jax.Array, out_O: jax.Array) -> Any:
       enc[direction] = lstm
   if "skip" in enc:
     enc["skip"] = {"kernel": jnp.take(enc["skip"]["kernel"], in_I, axis=0)}
-  dec = dict(params["decoder_net"])
-  dec["readout"] = {
-    "kernel": jnp.take(dec["readout"]["kernel"], out_O, axis=-1),
-    "bias": jnp.take(dec["readout"]["bias"], out_O, axis=-1),
+  take = lambda r: {
+    "kernel": jnp.take(r["kernel"], out_O, axis=-1),
+    "bias": jnp.take(r["bias"], out_O, axis=-1),
   }
+  dec = dict(params["decoder_net"])
+  if "readout" in dec:
+    dec["readout"] = take(dec["readout"])
+  else:  # a `DecoderSet`: each decoder's readout
+    dec = {kind: {**d, "readout": take(d["readout"])} for kind, d in dec.items()}
   return {**params, "encoder": enc, "decoder_net": dec}
 
 
@@ -134,6 +138,44 @@ class Decoder(nn.Module):
     ).astype(jnp.float32)
 
 
+class DecoderSet(nn.Module):
+  """Several `Decoder`s of one z [B, T, K], one per kind in `kinds` (params under each kind's
+  name), of which each model uses one: the decoder axis of a sweep of several decoders.
+
+  `choice` (a traced index into `kinds`) picks the output: every decoder runs, and the others'
+  weights get zero gradient. With `active` >= 0 only that decoder runs (the by-latent path,
+  whose parts have one decoder each); `choice` is then ignored.
+  """
+
+  neurons: int
+  hidden: int
+  kinds: tuple[str, ...]
+  unroll: int = 1
+  dtype: Any = jnp.float32
+  mlp_hidden: int = 128
+  latent_bands: int = 1
+  active: int = -1
+
+  @nn.compact
+  def __call__(self, z_BTK: jax.Array, choice: Any = 0) -> jax.Array:
+    make = lambda kind: Decoder(
+      self.neurons,
+      self.hidden,
+      kind,
+      self.unroll,
+      self.dtype,
+      self.mlp_hidden,
+      self.latent_bands,
+      name=kind,
+    )
+    if self.active >= 0:
+      return make(self.kinds[self.active])(z_BTK)
+    y_BTN = make(self.kinds[0])(z_BTK)
+    for j, kind in enumerate(self.kinds[1:], 1):
+      y_BTN = jnp.where(choice == j, make(kind)(z_BTK), y_BTN)
+    return y_BTN
+
+
 class LSTMAutoencoder(Family, nn.Module):
   """Sequence autoencoder x [B, T, N] -> (reconstruction [B, T, N], z [B, T, K]).
 
@@ -141,7 +183,8 @@ class LSTMAutoencoder(Family, nn.Module):
     neurons: N, the output size.
     latent: K, the (padded) latent width; pass `latent_size` <= K to mask.
     hidden: LSTM units H of the encoder (and LSTM decoder).
-    decoder: "linear", "mlp" or "lstm" (see `Decoder`).
+    decoder: "linear", "mlp" or "lstm" (see `Decoder`), or several comma-separated (a
+      `DecoderSet`: `latent_size` is then (k, decoder index) per model).
     bidirectional: add a reverse-time encoder LSTM.
     linear_skip: add a linear path from the input to the latent beside the encoder LSTM.
     decoder_hidden: hidden units of the mlp decoder.
@@ -162,6 +205,7 @@ class LSTMAutoencoder(Family, nn.Module):
   dropout: float = 0.2
   cd_rate: float = 0.0
   linear_skip: bool = False
+  active_decoder: int = -1  # several decoders: run only this one (`DecoderSet.active`)
 
   def setup(self):
     self.encoder = Encoder(
@@ -173,14 +217,28 @@ class LSTMAutoencoder(Family, nn.Module):
       bands=self.latent_bands(),
       linear_skip=self.linear_skip,
     )
-    self.decoder_net = Decoder(
-      self.neurons,
-      self.hidden,
-      self.decoder,
-      self.unroll,
-      self.dtype,
-      self.decoder_hidden,
-      latent_bands=self.latent_bands(),
+    kinds = self.decoders()
+    self.decoder_net = (
+      DecoderSet(
+        self.neurons,
+        self.hidden,
+        kinds,
+        self.unroll,
+        self.dtype,
+        self.decoder_hidden,
+        self.latent_bands(),
+        self.active_decoder,
+      )
+      if len(kinds) > 1
+      else Decoder(
+        self.neurons,
+        self.hidden,
+        self.decoder,
+        self.unroll,
+        self.dtype,
+        self.decoder_hidden,
+        latent_bands=self.latent_bands(),
+      )
     )
     self.input_dropout = nn.Dropout(self.dropout)
 
@@ -192,26 +250,59 @@ class LSTMAutoencoder(Family, nn.Module):
     """Blocks of `latent` units the latent holds (one; a band each for multiscale)."""
     return 1
 
+  def decoders(self) -> tuple[str, ...]:
+    """The decoder kinds: one, or several for a sweep's decoder axis (`DecoderSet`)."""
+    return tuple(self.decoder.split(","))
+
+  def _paths(self, tail) -> list[tuple[str, ...]]:
+    """("decoder_net", ...) + tail(kind) for each decoder (under its kind's name when several)."""
+    kinds = self.decoders()
+    if len(kinds) == 1:
+      return [("decoder_net",) + tail(kinds[0])]
+    return [("decoder_net", kind) + tail(kind) for kind in kinds]
+
   def latent_inputs(self) -> list[tuple[str, ...]]:
     """Paths of the kernels whose input axis is the latent (see `scale_latent_inputs`)."""
-    return [("decoder_net",) + _READS_Z[self.decoder]]
+    return self._paths(lambda kind: _READS_Z[kind])
+
+  def _split(self, latent_size: Any) -> tuple[Any, Any]:
+    """(latent size, decoder index) from a model's argument (`latent_size`)."""
+    if len(self.decoders()) == 1 or latent_size is None:
+      return latent_size, 0
+    both = jnp.asarray(latent_size)
+    return (both, 0) if both.ndim == 0 else (both[0], both[1])
 
   def encode(self, x_BTN: jax.Array, latent_size: Any = None) -> jax.Array:
     return self.encoder(x_BTN, latent_size)
 
-  def decode(self, z_BTK: jax.Array) -> jax.Array:
-    return self.decoder_net(z_BTK)
+  def decode(self, z_BTK: jax.Array, choice: Any = 0) -> jax.Array:
+    return self.decoder_net(z_BTK) if len(self.decoders()) == 1 else self.decoder_net(z_BTK, choice)
 
   def __call__(
     self, x_BTN: jax.Array, latent_size: Any = None, train: bool = False
   ) -> tuple[jax.Array, jax.Array]:
     if train and self.dropout > 0:
       x_BTN = self.input_dropout(x_BTN, deterministic=False)
-    z_BTK = self.encode(x_BTN, latent_size)
-    return self.decode(z_BTK), z_BTK
+    k, choice = self._split(latent_size)
+    z_BTK = self.encode(x_BTN, k)
+    return self.decode(z_BTK, choice), z_BTK
 
   # The family interface (`Family`).
   readout_path: ClassVar[tuple[str, ...]] = ("decoder_net", "readout")
+
+  def readout_paths(self) -> list[tuple[str, ...]]:
+    return self._paths(lambda kind: ("readout",))
+
+  def latent_total(self, latent: Any) -> Any:
+    if len(self.decoders()) > 1 and jnp.ndim(latent):
+      return jnp.asarray(latent)[0]  # (k, decoder index)
+    return super().latent_total(latent)
+
+  def used_units(self, latent: Any) -> jax.Array:
+    return latent_mask(self.latent, self.latent_total(latent))
+
+  def for_part(self, key: tuple[int, ...]) -> LSTMAutoencoder:
+    return self.clone(active_decoder=key[1]) if len(key) > 1 else self
 
   @classmethod
   def from_settings(cls, s: Any, neurons: int) -> LSTMAutoencoder:
@@ -231,14 +322,15 @@ class LSTMAutoencoder(Family, nn.Module):
     bt, h, n = batch * window, s.hidden, neurons
     total = 0.0
     for k in s.latents:
-      enc_in = 2 * bt * n * 4 * h * 2  # forward + weight gradient only
-      enc_rec = 2 * bt * h * 4 * h * 3
-      to_lat = 2 * bt * h * k * 3
-      if s.decoder == "lstm":
-        dec = (2 * bt * k * 4 * h + 2 * bt * h * 4 * h) * 3 + 2 * bt * h * n * 3
-      else:
-        dec = 2 * bt * k * n * 3
-      total += enc_in + enc_rec + to_lat + dec
+      for decoder in s.decoder.split(","):  # a model per latent size and decoder
+        enc_in = 2 * bt * n * 4 * h * 2  # forward + weight gradient only
+        enc_rec = 2 * bt * h * 4 * h * 3
+        to_lat = 2 * bt * h * k * 3
+        if decoder == "lstm":
+          dec = (2 * bt * k * 4 * h + 2 * bt * h * 4 * h) * 3 + 2 * bt * h * n * 3
+        else:
+          dec = 2 * bt * k * n * 3
+        total += enc_in + enc_rec + to_lat + dec
     return total
 
   def narrows(self) -> bool:

@@ -17,6 +17,8 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 
+from nmas_jax.models.layers import latent_mask
+
 
 class Family:
   """The family interface (a mixin of the flax module; defaults fit a scalar latent size)."""
@@ -68,6 +70,24 @@ class Family:
     """Useful FLOPs of one training step (forward + backward) of one layer's models of one seed,
     one per latent size of `s.latents`, reading `neurons` neurons."""
     raise NotImplementedError
+
+  def readout_paths(self) -> list[tuple[str, ...]]:
+    """Params paths of every Dense that maps to the neurons (one per decoder)."""
+    return [self.readout_path]
+
+  def latent_total(self, latent: Any) -> Any:
+    """How many latent units a model of per-model argument `latent` uses (summed over bands)."""
+    return jnp.sum(jnp.asarray(latent))
+
+  def used_units(self, latent: Any) -> jax.Array:
+    """[width] mask of the latent units (of z) that a model of argument `latent` uses."""
+    return latent_mask(self.latent, latent)
+
+  def for_part(self, key: tuple[int, ...]) -> Family:
+    """This model for one part of the by-latent path, whose models all have the per-model
+    argument `key` (a `ModelTable.model_latent` row) and run cut to width key[0]."""
+    del key
+    return self
 
   def narrows(self) -> bool:
     """Whether the by-latent path may run a --neuron_counts model on its own neurons only

@@ -60,7 +60,7 @@ def scale_latent_inputs(model: nn.Module, params: Any, latent: Any) -> Any:
   """`params` with the kernels that read the latent divided by sqrt(k) (k = `latent`, summed
   over bands): completes `per_unit_init`, so a padded model of latent size k starts as an
   unpadded width-k model drawn from the same key would (lecun scale, fan_in k)."""
-  k = jnp.maximum(jnp.sum(jnp.asarray(latent, jnp.float32)), 1.0)
+  k = jnp.maximum(jnp.asarray(model.latent_total(latent), jnp.float32), 1.0)
   for path in model.latent_inputs():
     params = update_at(
       params, (*path, "kernel"), lambda kernel: kernel / jnp.sqrt(k).astype(kernel.dtype)

@@ -102,6 +102,8 @@ class MultiscaleAutoencoder(LSTMAutoencoder):
       return f"--latents={','.join(map(str, s.latents))} has no positive band count"
     if s.neuron_counts:
       return "--neuron_counts is not built for --model=multiscale: drop one of them"
+    if len(s.decoders) > 1:
+      return f"--decoder={s.decoder} lists several decoders: --model=multiscale takes one"
     return None
 
   @classmethod
@@ -118,3 +120,6 @@ class MultiscaleAutoencoder(LSTMAutoencoder):
 
   def narrows(self) -> bool:
     return False
+
+  def used_units(self, latent: Any) -> jax.Array:
+    return band_mask(self.latent, latent)

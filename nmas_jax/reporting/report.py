@@ -300,8 +300,9 @@ def _training_section(results: dict[str, Any]) -> list[str]:
   if late:
     lines += [unconverged_advice(results, code="`"), ""]
     lines += [
-      f"- layer {m['layer']}, latent {m['latent']}, seed {m['seed']} (best step "
-      f"{m.get('best_step')})"
+      f"- layer {m['layer']}, latent {m['latent']}, seed {m['seed']}"
+      + (f", {m['decoder']} decoder" if m.get("decoder") else "")
+      + f" (best step {m.get('best_step')})"
       for m in late[:20]
     ]
     if len(late) > 20:

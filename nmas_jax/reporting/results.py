@@ -20,6 +20,7 @@ CSV_FIELDS = (
   "layer",
   "latent",
   "seed",
+  "decoder",
   "train_loss",
   "valid_mse",
   "valid_loss",
@@ -71,6 +72,8 @@ def results_dict(prep, cfg, out) -> dict[str, Any]:
       entries[-1]["neuron_count"] = int(out.table.count[i]) or None
     if out.table.bands.shape[1]:  # --model=multiscale: latents per band (latent: their total)
       entries[-1]["bands"] = out.table.bands[i].tolist()
+    if out.table.decoder.shape[1]:  # a sweep of several decoders: this model's
+      entries[-1]["decoder"] = cfg.decoders[out.table.decoder[i, 0]]
     if out.best_step is not None:
       entries[-1].update(
         best_step=int(out.best_step[i]),
@@ -149,11 +152,18 @@ def write_csv(path: str, results: dict[str, Any]) -> None:
 
 def curves(results: dict[str, Any], field: str = "valid_mse") -> dict[str, dict[int, list[float]]]:
   """{layer: {latent: [value per seed]}}, skipping missing (diverged) values, the models of
-  the --neuron_counts axis (`neuron_count` set) and of --model=multiscale (`bands` set: their
-  totals repeat; `dimension.layers` has them per combination)."""
+  the --neuron_counts axis (`neuron_count` set), of --model=multiscale (`bands` set: their
+  totals repeat; `dimension.layers` has them per combination) and of any decoder but the first
+  listed (the one `optimal_latent` is of)."""
   out: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+  first = str(results.get("decoder") or "").split(",")[0]
   for m in results["models"]:
-    if m.get(field) is not None and m.get("neuron_count") is None and m.get("bands") is None:
+    if (
+      m.get(field) is not None
+      and m.get("neuron_count") is None
+      and m.get("bands") is None
+      and m.get("decoder", first) == first
+    ):
       out[m["layer"]][m["latent"]].append(m[field])
   return out
 

@@ -147,12 +147,16 @@ def answer_lines(results: dict[str, Any]) -> list[str]:
   for layer in results["layers"]:
     iv = lambda d: (ivs.get(d) or {}).get(layer) or ["-", "-"]
     fmt = lambda d: f"{by_dec[d].get(layer)} (5-95% {iv(d)[0]}-{iv(d)[1]}, {d} decoder)"
-    linear = [(f"the {d} decoder", by_dec[d].get(layer)) for d in by_dec if d in LINEAR_DECODERS]
-    linear += [(m.upper(), base[m].get(layer)) for m in ("pca", "fa") if base.get(m)]
-    lin_text = ", ".join(f"{v} by {who}" for who, v in linear if v is not None)
+    linear = [
+      (f"the {d} decoder", by_dec[d].get(layer), f" (5-95% {iv(d)[0]}-{iv(d)[1]})")
+      for d in by_dec
+      if d in LINEAR_DECODERS
+    ]
+    linear += [(m.upper(), base[m].get(layer), "") for m in ("pca", "fa") if base.get(m)]
+    lin_text = ", ".join(f"{v}{i} by {who}" for who, v, i in linear if v is not None)
     head = f"layer {layer}: "
     if not manifold:
-      others = ", ".join(f"{v} by {who}" for who, v in linear[1:] if v is not None)
+      others = ", ".join(f"{v} by {who}" for who, v, _ in linear[1:] if v is not None)
       lines.append(
         head
         + f"linear dimension {fmt(next(iter(by_dec)))}"
@@ -162,7 +166,7 @@ def answer_lines(results: dict[str, Any]) -> list[str]:
       )
       continue
     k = by_dec[manifold[0]].get(layer)
-    values = [v for _, v in linear if v is not None]
+    values = [v for _, v, _ in linear if v is not None]
     if k is None or not values:
       meaning = ""
     elif all(v > k for v in values):
@@ -175,7 +179,7 @@ def answer_lines(results: dict[str, Any]) -> list[str]:
         "activity as well as a curved manifold"
       )
     elif all(v >= k for v in values):
-      more = " and ".join(who for who, v in linear if v is not None and v > k)
+      more = " and ".join(who for who, v, _ in linear if v is not None and v > k)
       meaning = (
         f": {more} need{'s' if ' and ' not in more else ''} more dimensions (the others as many "
         "at this grid's resolution), a sign of a curved manifold"

@@ -48,23 +48,30 @@ def lane_devices(mesh) -> list:
   return devices + [d for d in jax.local_devices(backend="cpu") if d != devices[0]]
 
 
-def latent_buckets(table: ModelTable) -> tuple[tuple[int, ...], list[list[np.ndarray]]]:
-  """(latents, index): the models axis as parts of one neuron count and one latent size each.
+def latent_buckets(
+  table: ModelTable,
+) -> tuple[tuple[tuple[int, ...], ...], list[list[np.ndarray]]]:
+  """(keys, index): the models axis as parts of one neuron count and one latent size (and
+  decoder) each.
 
-  index[c][j] holds the table indices [groups] of count level c (0: all neurons, then
-  --neuron_counts) and latent size j, in (layer, seed) order, the same groups for every j.
+  keys[j] is part j's per-model argument as a tuple (`ModelTable.model_latent`'s row: (k,), or
+  (k, decoder index)); index[c][j] holds the table indices [groups] of count level c (0: all
+  neurons, then --neuron_counts) and key j, in (layer, seed) order, the same groups for every j.
   What by_latent needs: a table in `ModelTable.build` order with no padding models.
   """
-  num_l = len(dict.fromkeys(table.latent.tolist()))
-  latents = tuple(int(k) for k in table.latent[:num_l])
+  key_MP = np.asarray(table.model_latent).reshape(len(table), -1)
+  every = [tuple(map(int, r)) for r in key_MP]
+  num_l = len(dict.fromkeys(every))
+  latents = tuple(every[:num_l])
   levels = list(dict.fromkeys(table.count.tolist()))
   index = [
-    [np.flatnonzero((table.count == c) & (table.latent == k)) for k in latents] for c in levels
+    [np.flatnonzero((table.count == c) & (key_MP == k).all(axis=1)) for k in latents]
+    for c in levels
   ]
   rows = lambda i: list(zip(table.layer[i], table.seed[i]))
   groups = len(index[0][0])
   if (
-    len(set(table.latent.tolist())) != num_l
+    len(set(every)) != num_l
     or groups * num_l * len(levels) != len(table)
     or any(len(i) != groups or rows(i) != rows(level[0]) for level in index for i in level)
   ):
@@ -81,11 +88,13 @@ def _to_table(parts: Sequence[Any], inverse: np.ndarray) -> Any:
   return jax.tree.map(lambda *p: jnp.concatenate(p)[inverse], *parts)
 
 
-def _one_model_shapes(model, latent: int, tx) -> train.TrainState:
-  """Abstract state (shapes, dtypes) of ONE model of `model`'s family at latent width `latent`."""
-  m = model.clone(latent=latent)
+def _one_model_shapes(model, key: tuple[int, ...], tx) -> train.TrainState:
+  """Abstract state (shapes, dtypes) of ONE model of `model`'s family with per-model argument
+  `key` (see `latent_buckets`), at latent width key[0]."""
+  m = model.clone(latent=key[0])
+  latent = key[0] if len(key) == 1 else np.asarray(key, np.int32)
   x = jax.ShapeDtypeStruct((1, 1, m.neurons), jnp.float32)
-  init = lambda key, x: train.init_state(key, latent, model=m, tx=tx, example_x_BTN=x)
+  init = lambda rng, x: train.init_state(rng, latent, model=m, tx=tx, example_x_BTN=x)
   return jax.eval_shape(init, jax.random.PRNGKey(0), x)
 
 
@@ -118,12 +127,12 @@ def bucket_step(
   window: int,
   batch_size: int,
   mix_layers: bool,
-  latents: tuple[int, ...],
+  latents: tuple[tuple[int, ...], ...],
   groups: int,
   stride: int = 1,
 ) -> tuple[tuple, dict[str, jax.Array]]:
-  """Steps the models of `latents` (one packed part each, [groups] models of one neuron count),
-  each latent size at its own width.
+  """Steps the models of `latents` (part keys, `latent_buckets`; one packed part each, [groups]
+  models of one neuron count), each latent size at its own width (`Family.for_part`).
 
   A group's models (same layer, count and seed, one per latent size) read the same windows:
   they are sampled, and the encoder's input masked, once per group. With `narrow` (indices and
@@ -160,9 +169,13 @@ def bucket_step(
       "neurons_out": out_GO,
     }
   new, metrics = [], []
-  for j, k in enumerate(latents):
+  for j, key in enumerate(latents):
     one = functools.partial(
-      train.train_step, model=model, tx=tx, likelihood=likelihood, latent_width=k
+      train.train_step,
+      model=model.for_part(key),
+      tx=tx,
+      likelihood=likelihood,
+      latent_width=key[0],
     )
     if groups == 1:  # a packed part has no groups axis then (see ByLatentStepper)
       st, m = one(parts[j], jax.tree.map(lambda a: a[0], batch_G))
@@ -278,7 +291,8 @@ class ByLatentStepper:
 
   def _build_layout(self, model, tx, latents, index, mesh) -> None:
     groups = len(index[0][0])
-    padded = _one_model_shapes(model, model.latent, tx)
+    width = (model.latent,) + latents[0][1:]  # the padded model (at the first part's decoder)
+    padded = _one_model_shapes(model, width, tx)
     own = [_one_model_shapes(model, k, tx) for k in latents]
     flat = [(i, j) for level in index for j, i in enumerate(level)]  # (table indices, latent j)
     drop = (lambda a: a) if groups > 1 else (lambda a: a[0])  # the groups axis of size 1

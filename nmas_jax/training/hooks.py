@@ -80,8 +80,9 @@ class NanStop:
     bad = np.flatnonzero(diverged >= 0)
     if len(bad):
       loop.stop(
-        f"{b.table.describe(bad[0], self.layer_names)} diverged (non-finite loss or "
-        f"gradient) at step {int(diverged[bad[0]])}; --nan_policy=stop stopped the sweep"
+        f"{b.table.describe(bad[0], self.layer_names, loop.cfg.decoders)} diverged "
+        f"(non-finite loss or gradient) at step {int(diverged[bad[0]])}; "
+        "--nan_policy=stop stopped the sweep"
       )
 
 
@@ -126,7 +127,7 @@ class Progress:
       f"step {loop.step}/{steps}  {rate:.2f} steps/s  ETA {fmt_time((steps - loop.step) / rate)} "
       f"at most  {training}/{n} models training  "
       f"best {label} {out.valid[key][best]:.4g} "
-      f"({loop.built.table.describe(best, self.layer_names)})"
+      f"({loop.built.table.describe(best, self.layer_names, loop.cfg.decoders)})"
     )
 
 

@@ -96,7 +96,8 @@ class Loop:
     self.best_state, self.selection = start.best_state, start.selection
     self.select_key = "valid/cosmooth_loss" if b.prep.cosmooth else "valid/loss"
     self.rule = StopRule.from_settings(cfg)
-    pairs = np.stack([b.table.layer, b.table.count], axis=1)  # one gain reference per group
+    # One gain reference per group: a layer at a neuron count, with one decoder.
+    pairs = np.column_stack([b.table.layer, b.table.count, b.table.decoder])
     self._group_M = np.unique(pairs, axis=0, return_inverse=True)[1].reshape(-1)
     self.stopped: str | None = None
     self.preempted: int | None = None  # the signal that ended the run, if one did

@@ -68,7 +68,7 @@ class Built:
       f"{len(np.unique(self.table.bands, axis=0))} band combinations"
       if self.table.bands.shape[1]
       else f"{len(cfg.latents)} latents"
-    )
+    ) + (f" x {len(cfg.decoders)} decoders" if self.table.decoder.shape[1] else "")
     folds = f" x {cfg.neuron_folds} neuron folds" if cfg.neuron_folds else ""
     counts = (
       f" x {len(np.unique(self.table.count))} neuron counts" if np.any(self.table.count) else ""

@@ -25,13 +25,16 @@ from nmas_jax.training import train
 @dataclasses.dataclass(frozen=True)
 class ModelTable:
   """What each index of the models axis means: [models] int arrays; order layer, count, seed,
-  latent (latent innermost)."""
+  decoder, latent (latent innermost)."""
 
   layer: np.ndarray  # index into the dataset's layers
   latent: np.ndarray  # latent size k (multiscale: the total over bands)
   seed: np.ndarray  # model seed (init and batch order)
   count: np.ndarray  # held-in neurons the encoder sees (--neuron_counts); 0: all of them
   bands: np.ndarray  # [models, bands] latents per band (--model=multiscale); else [models, 0]
+  decoder: (
+    np.ndarray
+  )  # [models, 1] index into --decoder's list when it has several; else [models, 0]
 
   @classmethod
   def build(
@@ -41,23 +44,30 @@ class ModelTable:
     seeds: int,
     counts: Sequence[int] = (),
     bands: int = 0,
+    decoders: int = 0,
   ) -> ModelTable:
-    """Layer, count, seed, then latent (innermost); with `bands`, every combination of per-band
-    counts from `latents` but all zeros, in place of the latent."""
+    """Layer, count, seed, decoder, then latent (innermost); with `bands`, every combination of
+    per-band counts from `latents` but all zeros, in place of the latent; with `decoders` > 1,
+    every latent once per decoder."""
     combos = (
       [c for c in itertools.product(sorted(latents), repeat=bands) if any(c)]
       if bands
       else [(k,) for k in latents]
     )
+    dec = [(d,) for d in range(decoders)] if decoders > 1 else [()]
     rows = [
-      (l, sum(b), s, c, *(b if bands else ()))
+      (l, sum(b), s, c, *(b if bands else ()), *d)
       for l in range(num_layers)
       for c in (0, *counts)
       for s in range(seeds)
+      for d in dec
       for b in combos
     ]
-    grid = np.array(rows, dtype=np.int32).reshape(len(rows), 4 + bands)
-    return cls(grid[:, 0], grid[:, 1], grid[:, 2], grid[:, 3], grid[:, 4:])
+    width = 4 + bands + len(dec[0])
+    grid = np.array(rows, dtype=np.int32).reshape(len(rows), width)
+    return cls(
+      grid[:, 0], grid[:, 1], grid[:, 2], grid[:, 3], grid[:, 4 : 4 + bands], grid[:, 4 + bands :]
+    )
 
   @classmethod
   def for_sweep(cls, prep, cfg: Settings) -> ModelTable:
@@ -68,12 +78,22 @@ class ModelTable:
       cfg.heldout_sets,
       () if prep.shared else cfg.neuron_counts,
       models.family(cfg.model).sweep_bands(cfg),
+      len(cfg.decoders),
     )
 
   @property
   def model_latent(self) -> np.ndarray:
-    """What each model's `latent_size` is: [models] k, or [models, bands] for multiscale."""
-    return self.bands if self.bands.shape[1] else self.latent
+    """What each model's `latent_size` is: [models] k, [models, bands] for multiscale, or
+    [models, 2] (k, decoder index) for a sweep of several decoders."""
+    if self.bands.shape[1]:
+      return self.bands
+    if self.decoder.shape[1]:
+      return np.concatenate([self.latent[:, None], self.decoder], axis=1)
+    return self.latent
+
+  def of_decoder(self, d: int) -> np.ndarray:
+    """[models] bool: the models of decoder index d (every model when one decoder is swept)."""
+    return self.decoder[:, 0] == d if self.decoder.shape[1] else np.ones(len(self), bool)
 
   def __len__(self) -> int:
     return len(self.layer)
@@ -91,13 +111,17 @@ class ModelTable:
       else self
     )
 
-  def describe(self, i: int, layer_names: Sequence[str] | None) -> str:
+  def describe(
+    self, i: int, layer_names: Sequence[str] | None, decoders: Sequence[str] = ()
+  ) -> str:
     """'layer 0, latent 10, seed 0' (layer 'all' for a shared model: layer_names None), with
-    ', 50 neurons' for a model of the --neuron_counts axis."""
+    ', 50 neurons' for a model of the --neuron_counts axis and ', mlp decoder' for a sweep of
+    several `decoders`."""
     layer = "all" if layer_names is None else layer_names[self.layer[i]]
     count = f", {self.count[i]} neurons" if self.count[i] else ""
     bands = f" (bands {','.join(map(str, self.bands[i]))})" if self.bands.shape[1] else ""
-    return f"layer {layer}, latent {self.latent[i]}{bands}, seed {self.seed[i]}{count}"
+    dec = f", {decoders[self.decoder[i, 0]]} decoder" if self.decoder.shape[1] else ""
+    return f"layer {layer}, latent {self.latent[i]}{bands}, seed {self.seed[i]}{count}{dec}"
 
 
 def init_states(
@@ -112,7 +136,7 @@ def init_states(
 
   A model's init key depends on (seed, layer) only, so models that differ in
   latent size start from the same weights on their shared units. With
-  `readout_bias_LN`, each model's readout bias (at the family's `readout_path`) starts at its
+  `readout_bias_LN`, each model's readout bias (at the family's `readout_paths`) starts at its
   layer's row (the null model's prediction, so training starts from it).
   """
   model = models.make_model(cfg, neurons)
@@ -127,7 +151,10 @@ def init_states(
     if bias_MN is None:
       return state
     set_bias = lambda readout: {**readout, "bias": bias_MN.astype(readout["bias"].dtype)}
-    return state.replace(params=models.update_at(state.params, model.readout_path, set_bias))
+    params = state.params
+    for path in model.readout_paths():
+      params = models.update_at(params, path, set_bias)
+    return state.replace(params=params)
 
   bias = None if readout_bias_LN is None else jnp.asarray(readout_bias_LN[table.layer], jnp.float32)
   args = (keys, jnp.asarray(table.model_latent), bias)
