@@ -6,7 +6,8 @@ dimensions); (i) `make_linear_gaussian` (--dataset=linear_gaussian): smooth late
 linear readout, Gaussian noise (PCA's model is the true one); (ii) `make_nonlinear`: the same
 signals through a saturating readout of random mixtures; (iii) `make_lorenz`: Poisson counts
 with an exp link of 3-D Lorenz latents (the LFADS benchmark); (iv) `make_independent`: neurons
-with their own dynamics and nothing shared (answer 0). `make_synthetic` (oscillators,
+with their own dynamics and nothing shared (answer 0); rings, tori, sparse sequences and calcium
+imaging are in `nmas_jax.data.manifolds`. `make_synthetic` (oscillators,
 whitened) is kept for tests. docs/validation.md has the validation table.
 """
 
@@ -18,6 +19,7 @@ import numpy as np
 
 from nmas_jax.data.dataset import Dataset
 from nmas_jax.data.lorenz import make_lorenz, make_lorenz_trials
+from nmas_jax.data.manifolds import make_calcium, make_ring, make_sequence, make_torus
 from nmas_jax.errors import UserError
 
 SYNTHETIC_TRUE_LATENTS = (10, 25, 50)
@@ -120,10 +122,14 @@ def _smooth_signals(
 def _layers(
   name: str, true_latents: Sequence[int], neurons: int, make, meta: dict, counts: bool = False
 ) -> Dataset:
+  """A Dataset of one layer per true dimension, `make(dim)` -> activity [time, neurons], or
+  (activity, its noiseless mean [time, neurons]) kept as `rates_LTN` (rates_r2, the oracle)."""
   for dim in true_latents:
     if dim > neurons:
       raise UserError(f"true dimension {dim} exceeds {neurons} neurons")
-  x = np.stack([make(dim) for dim in true_latents]).astype(np.float32)
+  made = [m if isinstance(m, tuple) else (m, None) for m in map(make, true_latents)]
+  x = np.stack([m[0] for m in made]).astype(np.float32)
+  clean = [m[1] for m in made]
   names = tuple(str(i) for i in range(len(true_latents)))
   return Dataset(
     x,
@@ -132,6 +138,7 @@ def _layers(
     dict(zip(names, map(int, true_latents))),
     {**meta, "true_latents": list(map(int, true_latents)), "neurons": neurons},
     counts=counts,
+    rates_LTN=None if any(c is None for c in clean) else np.stack(clean).astype(np.float32),
   )
 
 
@@ -159,7 +166,8 @@ def make_linear_gaussian(
   def make(dim):
     w = rng.standard_normal((dim, neurons)) / np.sqrt(dim)
     noise = noise_std * rng.uniform(0.5, 1.5, neurons)
-    return _smooth_signals(rng, dim, time) @ w + noise * rng.standard_normal((time, neurons))
+    signal = _smooth_signals(rng, dim, time) @ w
+    return signal + noise * rng.standard_normal((time, neurons)), signal
 
   return _layers(
     "synthetic",
@@ -201,7 +209,7 @@ def make_nonlinear(
     w /= np.linalg.norm(w, axis=0, keepdims=True)
     offset = rng.uniform(-1.0, 1.0, neurons)
     drive = gain * _smooth_signals(rng, dim, time) @ w + offset
-    return np.tanh(drive) + noise_std * rng.standard_normal((time, neurons))
+    return np.tanh(drive) + noise_std * rng.standard_normal((time, neurons)), np.tanh(drive)
 
   return _layers(
     "nonlinear",
@@ -247,7 +255,7 @@ def make_curved(
     amp = rng.uniform(0.5, 1.5, neurons)
     sign = rng.choice([-1.0, 1.0], neurons)
     rates = amp * np.tanh(sign * (z_TN - mu) / width)
-    return rates + noise_std * rng.standard_normal((time, neurons))
+    return rates + noise_std * rng.standard_normal((time, neurons)), rates
 
   return _layers(
     "synthetic",
@@ -387,4 +395,8 @@ FAMILIES = {
   "lorenz_trials": make_lorenz_trials,
   "independent": make_independent,
   "multiscale": make_multiscale,
+  "ring": make_ring,
+  "torus": make_torus,
+  "sequence": make_sequence,
+  "calcium": make_calcium,
 }

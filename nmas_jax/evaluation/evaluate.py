@@ -21,7 +21,7 @@ import numpy as np
 from nmas_jax import models
 from nmas_jax.config import Settings
 from nmas_jax.data.splits import Prepared
-from nmas_jax.evaluation import baselines, lds, spectrum
+from nmas_jax.evaluation import baselines, comparators, lds, spectrum
 from nmas_jax.evaluation.estimates import (
   _no_estimate,
   _rule,
@@ -327,7 +327,8 @@ def context(
   fa_fits: dict[tuple[int, int], tuple] | None = None,
 ) -> dict[str, Any]:
   """Dimensionality beside the models': each layer's reliable-variance spectrum (SVCA: fitted on
-  the training block, measured on validation and test time) and FA's shared dimension (reusing
+  the training block, measured on validation and test time), the standard estimators
+  (`comparators`) and FA's shared dimension (reusing
   the FA baseline's all-neuron fits {(layer, latent): (mean, W, psi)} where given)."""
   fa_fits = fa_fits or {}
   train_LTN, valid_LTN = prep.train_block(), prep.flat("valid")
@@ -337,6 +338,9 @@ def context(
     "spectrum": {
       n: spectrum.spectrum(train_LTN[l], held_LTN[l], seed=l, bootstrap=cfg.bootstrap)
       for l, n in enumerate(names)
+    },
+    "comparators": {
+      n: comparators.comparators(train_LTN[l], held_LTN[l], seed=l) for l, n in enumerate(names)
     },
     "fa_dshared": {
       n: spectrum.fa_dshared(

@@ -242,7 +242,27 @@ def _context_section(results: dict[str, Any]) -> list[str]:
     "(Williamson et al. 2016). spectrum.png shows the spectra.",
     "",
   ]
-  return lines
+  return lines + _comparators_table(results)
+
+
+def _comparators_table(results: dict[str, Any]) -> list[str]:
+  """The standard estimators per layer (`evaluation.comparators`)."""
+  comp = results.get("comparators") or {}
+  if not comp:
+    return []
+  names = list(next(iter(comp.values())))
+  lines = ["| layer | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+  for layer in results["layers"]:
+    lines.append(f"| {layer} | " + " | ".join(fmt(comp[layer].get(n)) for n in names) + " |")
+  return lines + [
+    "",
+    "Standard estimators on the training block: parallel analysis (Horn), PCA's Bayesian rank "
+    "(Minka; isotropic noise), the participation ratio, reliable SVCA components (above zero "
+    "in 95% of a time-block bootstrap), and two intrinsic-dimension estimators, TwoNN and the "
+    "Levina-Bickel MLE (k=20), which noise inflates (docs/validation.md says how each does on "
+    "data with known answers).",
+    "",
+  ]
 
 
 def _test_section(results: dict[str, Any]) -> list[str]:

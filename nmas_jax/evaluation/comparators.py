@@ -1,0 +1,133 @@
+"""The standard dimension estimators a reviewer asks for, beside the sweep's answer.
+
+Linear counts: parallel analysis (Horn 1965), PCA's Bayesian rank (Minka 2000), the
+participation ratio, and the number of reliable SVCA components (Stringer et al. 2019).
+Intrinsic-dimension estimators: TwoNN (Facco et al. 2017) and the Levina-Bickel MLE (2004, with
+MacKay and Ghahramani's averaging). Linear counts overestimate on curved manifolds and noise
+inflates every one of them (Altan et al. 2021); `experiments.validate` measures how each does on
+the validation families (docs/validation.md). Each is a few lines of numpy, written here rather
+than taken from scikit-dimension to keep the core dependencies as they are.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from nmas_jax.evaluation import baselines, spectrum
+
+# The estimators `comparators` reports, in its order.
+NAMES = ("parallel_analysis", "pca_mle", "participation_ratio", "svca_reliable", "two_nn", "mle")
+
+
+def parallel_analysis(x_TN: np.ndarray, shuffles: int = 20, seed: int = 0) -> int:
+  """Components of the correlation matrix whose eigenvalue exceeds the 95th percentile of the
+  same-rank eigenvalue of data with every neuron shuffled in time on its own (Horn 1965)."""
+  rng = np.random.default_rng(seed)
+  z = (x_TN - x_TN.mean(0)) / np.maximum(x_TN.std(0), 1e-12)
+  eig = lambda a: np.linalg.eigvalsh(np.corrcoef(a.T))[::-1]
+  null = np.array([eig(rng.permuted(z, axis=0)) for _ in range(shuffles)])
+  above = eig(z) > np.percentile(null, 95, axis=0)
+  return int(np.argmin(above)) if not above.all() else len(above)
+
+
+def pca_mle(x_TN: np.ndarray, max_rank: int | None = None) -> int:
+  """The rank that maximises the Laplace approximation of PCA's evidence (Minka 2000; the
+  `n_components="mle"` of scikit-learn), over ranks 1..min(max_rank, neurons - 1). Its noise
+  model is isotropic: with noise of different size per neuron it counts far too many."""
+  max_rank = x_TN.shape[1] - 1 if max_rank is None else max_rank
+  n, p = x_TN.shape
+  lam = np.clip(np.linalg.eigvalsh(np.cov(x_TN.T))[::-1], 0.0, None)
+  best, best_ll = 1, -np.inf
+  for k in range(1, min(max_rank, p - 1) + 1):
+    if lam[k - 1] < 1e-15:
+      break
+    v = max(1e-15, lam[k:].sum() / (p - k))
+    pu = -k * math.log(2.0) + sum(
+      math.lgamma((p - i + 1) / 2.0) - math.log(math.pi) * (p - i + 1) / 2.0
+      for i in range(1, k + 1)
+    )
+    pl = -np.log(lam[:k]).sum() * n / 2.0
+    pv = -math.log(v) * n * (p - k) / 2.0
+    m = p * k - k * (k + 1.0) / 2.0
+    pp = math.log(2.0 * math.pi) * (m + k) / 2.0
+    lam_ = np.concatenate([lam[:k], np.full(p - k, v)])
+    i, j = np.triu_indices(p, 1)
+    keep = i < k
+    i, j = i[keep], j[keep]
+    pa = np.sum(np.log((lam[i] - lam[j]) * (1.0 / lam_[j] - 1.0 / lam_[i])) + math.log(n))
+    ll = pu + pl + pv + pp - pa / 2.0 - k * math.log(n) / 2.0
+    if ll > best_ll:
+      best, best_ll = k, ll
+  return best
+
+
+def svca_reliable(
+  train_TN: np.ndarray, heldout_TN: np.ndarray, seed: int = 0, bootstrap: int = 100
+) -> int:
+  """Leading SVCA components whose reliable variance (covariance of the two neuron halves'
+  projections on held-out time) is above zero in 95% of a bootstrap over held-out time blocks."""
+  rng = np.random.default_rng(seed)
+  _, halves = spectrum.svca(train_TN, heldout_TN, rng)
+  blocks = np.array_split(np.arange(len(heldout_TN)), spectrum.TIME_BLOCKS)
+  boot = np.array(
+    [
+      spectrum.reliable_variance(
+        heldout_TN,
+        halves,
+        np.concatenate([blocks[i] for i in rng.integers(0, len(blocks), len(blocks))]),
+      )
+      for _ in range(bootstrap)
+    ]
+  )
+  sure = (boot > 0).mean(axis=0) >= 0.95
+  return int(np.argmin(sure)) if not sure.all() else len(sure)
+
+
+def _neighbour_distances(x_TN: np.ndarray, k: int, max_points: int, seed: int) -> np.ndarray:
+  """[points, k] distances to each point's k nearest other points (a random subset of time
+  points, at most `max_points`; duplicates dropped)."""
+  rng = np.random.default_rng(seed)
+  x = np.unique(np.asarray(x_TN, np.float64), axis=0)
+  if len(x) > max_points:
+    x = x[rng.choice(len(x), max_points, replace=False)]
+  sq = (x * x).sum(1)
+  d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * x @ x.T, 0.0)
+  np.fill_diagonal(d2, np.inf)
+  return np.sqrt(np.sort(np.partition(d2, k, axis=1)[:, :k], axis=1))
+
+
+def two_nn(x_TN: np.ndarray, max_points: int = 2000, seed: int = 0) -> float:
+  """TwoNN (Facco et al. 2017): mu, the ratio of each point's second to first nearest-neighbour
+  distance, is Pareto with exponent d, so -log(1 - F(mu)) = d log(mu); d is the slope through
+  the origin of that line over the empirical CDF, the 10% largest ratios left out as the
+  authors do."""
+  r = _neighbour_distances(x_TN, 2, max_points, seed)
+  mu = np.sort(r[:, 1] / np.maximum(r[:, 0], 1e-300))
+  keep = int(0.9 * len(mu))
+  x = np.log(mu[:keep])
+  y = -np.log(1.0 - np.arange(keep) / len(mu))
+  return float((x * y).sum() / (x * x).sum())
+
+
+def levina_bickel(x_TN: np.ndarray, k: int = 20, max_points: int = 2000, seed: int = 0) -> float:
+  """The Levina-Bickel MLE of intrinsic dimension from each point's k nearest neighbours, the
+  per-point inverse estimates averaged (MacKay and Ghahramani's correction)."""
+  r = _neighbour_distances(x_TN, k, max_points, seed)
+  logs = np.log(r[:, -1:] / np.maximum(r[:, :-1], 1e-300))  # [points, k - 1]
+  return float(1.0 / np.mean(logs.mean(axis=1)))
+
+
+def comparators(train_TN: np.ndarray, heldout_TN: np.ndarray, seed: int = 0) -> dict[str, Any]:
+  """Every estimator of `NAMES` on one layer: linear counts on the training block (SVCA's
+  reliability measured on held-out time), intrinsic dimensions on the training block."""
+  return {
+    "parallel_analysis": parallel_analysis(train_TN, seed=seed),
+    "pca_mle": pca_mle(train_TN),
+    "participation_ratio": round(baselines.participation_ratio(train_TN), 2),
+    "svca_reliable": svca_reliable(train_TN, heldout_TN, seed=seed),
+    "two_nn": round(two_nn(train_TN, seed=seed), 2),
+    "mle": round(levina_bickel(train_TN, seed=seed), 2),
+  }

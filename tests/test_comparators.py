@@ -1,0 +1,61 @@
+"""The standard estimators beside the sweep (`evaluation.comparators`) and the manifold families
+(`data.manifolds`), on data whose answers are known."""
+
+import numpy as np
+import pytest
+
+from nmas_jax.data import manifolds, synthetic
+from nmas_jax.evaluation import comparators
+
+
+def _low_rank(k: int, time: int = 2000, neurons: int = 40, noise: float = 0.5, seed: int = 0):
+  """k independent unit-variance factors through a random readout (signal variance about 1 per
+  neuron per factor), plus isotropic Gaussian noise: [time, neurons]."""
+  rng = np.random.default_rng(seed)
+  signal = rng.standard_normal((time, k)) @ rng.standard_normal((k, neurons))
+  return signal + noise * rng.standard_normal((time, neurons))
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_linear_counts_recover_the_rank_of_a_low_rank_signal_in_isotropic_noise(k):
+  x = _low_rank(k)
+  assert comparators.parallel_analysis(x) == k
+  assert comparators.pca_mle(x) == k
+  assert comparators.svca_reliable(x[:1400], x[1400:]) == k
+
+
+def test_svca_counts_nothing_reliable_in_independent_noise():
+  x = np.random.default_rng(1).standard_normal((2000, 40))
+  assert comparators.svca_reliable(x[:1400], x[1400:]) == 0
+
+
+def test_intrinsic_dimension_of_a_noiseless_plane_and_curve_in_ten_dimensions():
+  """TwoNN and the Levina-Bickel MLE within 0.3 of 2 on a flat 2-D sheet and of 1 on a closed
+  curve (a circle through a random linear map), both embedded in 10 dimensions."""
+  rng = np.random.default_rng(2)
+  sheet = rng.uniform(size=(2000, 2)) @ rng.standard_normal((2, 10))
+  theta = rng.uniform(0, 2 * np.pi, 2000)
+  curve = np.c_[np.cos(theta), np.sin(theta)] @ rng.standard_normal((2, 10))
+  for x, d in ((sheet, 2), (curve, 1)):
+    assert abs(comparators.two_nn(x) - d) < 0.3
+    assert abs(comparators.levina_bickel(x) - d) < 0.3
+
+
+@pytest.mark.parametrize("name", ["ring", "torus", "sequence", "calcium"])
+def test_manifold_families_are_deterministic_named_and_keep_their_noiseless_mean(name):
+  make = synthetic.FAMILIES[name]
+  a, b, c = make(seed=3), make(seed=3), make(seed=4)
+  np.testing.assert_array_equal(a.x_LTN, b.x_LTN)
+  assert not np.array_equal(a.x_LTN, c.x_LTN)
+  assert a.name == name and a.rates_LTN.shape == a.x_LTN.shape
+  truths = {"ring": [2], "torus": [3], "sequence": [2], "calcium": [3, 7]}[name]
+  assert list(a.true_latent.values()) == truths
+  assert a.meta["seed"] == 3
+
+
+def test_a_ring_spans_more_linear_dimensions_than_its_manifold_has():
+  """The noiseless ring (a 1-D circle, 2 latents for a per-time-step decoder) needs more than 2
+  principal components for 90% of its variance: the case linear methods get wrong."""
+  ring = manifolds.make_ring(seed=5).rates_LTN[0]
+  lam = np.sort(np.linalg.eigvalsh(np.cov(ring.T)))[::-1]
+  assert np.searchsorted(np.cumsum(lam) / lam.sum(), 0.9) + 1 > 2
