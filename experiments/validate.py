@@ -103,6 +103,12 @@ flags.DEFINE_integer(
   "--write puts the summary into docs/validation.md.",
   lower_bound=0,
 )
+flags.DEFINE_string(
+  "rows",
+  "",
+  "--draws: a JSON-lines file each finished draw's rows are appended to; draws already in it "
+  "are not run again (resume or extend a validation).",
+)
 flags.DEFINE_bool("scaling", False, "Check the --neuron_counts axis instead (see above).")
 flags.DEFINE_bool(
   "lfads_trials", False, "Run the LFADS comparison on lorenz_trials instead (see above)."
@@ -416,7 +422,7 @@ def main(argv):
   if FLAGS.draws:
     from experiments import calibration
 
-    rows = calibration.run(FLAGS.families, FLAGS.decoders, FLAGS.draws, log)
+    rows = calibration.run(FLAGS.families, FLAGS.decoders, FLAGS.draws, log, FLAGS.rows)
     text = calibration.summary(rows) + "\n\n" + stamp((time.perf_counter() - t0) / 60)
     markers = DRAW_MARKERS
   else:

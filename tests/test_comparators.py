@@ -59,3 +59,19 @@ def test_a_ring_spans_more_linear_dimensions_than_its_manifold_has():
   ring = manifolds.make_ring(seed=5).rates_LTN[0]
   lam = np.sort(np.linalg.eigvalsh(np.cov(ring.T)))[::-1]
   assert np.searchsorted(np.cumsum(lam) / lam.sum(), 0.9) + 1 > 2
+
+
+def test_seed_consistency_is_one_for_latents_equal_up_to_a_linear_map_and_low_for_noise():
+  """Two models whose latents are the same trajectory through different invertible maps score
+  R^2 1 (to rounding); latents of independent noise score near 0 (below 0.05)."""
+  from nmas_jax.evaluation import consistency
+
+  rng = np.random.default_rng(6)
+  s = np.cumsum(rng.standard_normal((600, 3)), axis=0)  # one shared 3-D trajectory
+  maps = [rng.standard_normal((3, 3)) for _ in range(2)]
+  z = np.stack([s @ m for m in maps] + [rng.standard_normal((600, 3)) for _ in range(2)])
+  out = consistency.seed_consistency(
+    z[:, :400], z[:, 400:], np.zeros(4, int), np.array([3, 3, 2, 2]), ["0"], [2, 3]
+  )
+  r2 = dict(zip(out["0"]["latents"], out["0"]["r2"]))
+  assert r2[3] > 0.999 and abs(r2[2]) < 0.05

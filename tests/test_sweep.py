@@ -504,3 +504,21 @@ def test_answer_lines_state_the_manifold_and_linear_dimensions_and_their_meaning
     "layer 0: linear dimension 25 (5-95% 25-25, linear decoder); 50 by PCA, 75 by FA (true 14); "
     "sweep --decoder=mlp for the manifold dimension."
   )
+  # Both decoders (the linear one's with its interval), and a smaller latent near the bar.
+  r["optimal_latent_by_decoder"] = {"mlp": {"0": 25}, "linear": {"0": 50}}
+  r["optimal_latent_interval_by_decoder"] = {"mlp": {"0": [25, 25]}, "linear": {"0": [50, 75]}}
+  r.update(
+    decoder="mlp,linear",
+    optimal_latent={"0": 25},
+    dimension={
+      "gain_fraction": 0.95,
+      "layers": {"0": {"latents": [10, 25, 50], "gain_fraction": [0.92, 0.99, 1.0]}},
+    },
+  )
+  assert tables.answer_lines(r)[0] == (
+    "layer 0: manifold dimension 25 (5-95% 25-25, mlp decoder); linear dimension 50 (5-95% "
+    "50-75) by the linear decoder, 50 by PCA, 75 by FA: the linear methods need more dimensions, "
+    "so the activity lies on a curved manifold (true dimension 14). With the mlp decoder, latent "
+    "10 reached 92% of the best gain (the bar is 95%): rerun with --stop_patience=12 to check "
+    "that longer training does not choose it."
+  )

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from nmas_jax.data.dataset import Dataset
+from nmas_jax.data.generate import smooth_signals, stack_layers
 
 
 def _ar1(rng: np.random.Generator, time: int, timescale: float) -> np.ndarray:
@@ -149,12 +150,10 @@ def make_calcium(
   indicator's exponential decay (time constant `taus` bins, uniform per neuron), scaled, plus
   Gaussian noise. The dimension of the drive is k; the per-neuron kernels smear it in time, so
   linear methods see more."""
-  from nmas_jax.data.synthetic import _layers, _smooth_signals
-
   rng = np.random.default_rng(seed)
 
   def make(dim):
-    z = _smooth_signals(rng, dim, time, timescale=30.0)
+    z = smooth_signals(rng, dim, time, timescale=30.0)
     w = rng.standard_normal((dim, neurons)) * (0.8 / np.sqrt(dim))
     base = rng.uniform(np.log(0.1), np.log(1.0), neurons)
     rate = np.exp(base + z @ w)
@@ -168,7 +167,7 @@ def make_calcium(
     amp = rng.uniform(0.5, 1.5, neurons)
     return amp * f + noise_std * rng.standard_normal((time, neurons)), amp * mean
 
-  return _layers(
+  return stack_layers(
     "calcium",
     true_latents,
     neurons,

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from nmas_jax.data.dataset import Dataset
+from nmas_jax.data.generate import smooth_signals, stack_layers
 from nmas_jax.data.lorenz import make_lorenz, make_lorenz_trials
 from nmas_jax.data.manifolds import make_calcium, make_ring, make_sequence, make_torus
 from nmas_jax.errors import UserError
@@ -101,47 +102,6 @@ def make_synthetic(
   )
 
 
-def _smooth_signals(
-  rng: np.random.Generator, dim: int, time: int, timescale: float = 8.0, spread: float = 4.0
-) -> np.ndarray:
-  """[time, dim] independent Gaussian AR(1) signals with correlation time `timescale` bins (each
-  its own, from 0.5x to 2x) and variances log-spaced over `spread`x (mean 1): smooth latent
-  signals of exactly `dim` dimensions, none of them negligible."""
-  taus = timescale * np.exp(rng.uniform(np.log(0.5), np.log(2.0), dim))
-  a = np.exp(-1.0 / taus)
-  x = np.empty((time, dim))
-  x[0] = rng.standard_normal(dim)
-  eps = rng.standard_normal((time, dim)) * np.sqrt(1 - a**2)
-  for t in range(1, time):
-    x[t] = a * x[t - 1] + eps[t]
-  x = (x - x.mean(axis=0)) / x.std(axis=0)
-  var = np.exp(np.linspace(0.0, -np.log(spread), dim)) if dim > 1 else np.ones(1)
-  return x * np.sqrt(rng.permutation(var / var.mean()))
-
-
-def _layers(
-  name: str, true_latents: Sequence[int], neurons: int, make, meta: dict, counts: bool = False
-) -> Dataset:
-  """A Dataset of one layer per true dimension, `make(dim)` -> activity [time, neurons], or
-  (activity, its noiseless mean [time, neurons]) kept as `rates_LTN` (rates_r2, the oracle)."""
-  for dim in true_latents:
-    if dim > neurons:
-      raise UserError(f"true dimension {dim} exceeds {neurons} neurons")
-  made = [m if isinstance(m, tuple) else (m, None) for m in map(make, true_latents)]
-  x = np.stack([m[0] for m in made]).astype(np.float32)
-  clean = [m[1] for m in made]
-  names = tuple(str(i) for i in range(len(true_latents)))
-  return Dataset(
-    x,
-    names,
-    name,
-    dict(zip(names, map(int, true_latents))),
-    {**meta, "true_latents": list(map(int, true_latents)), "neurons": neurons},
-    counts=counts,
-    rates_LTN=None if any(c is None for c in clean) else np.stack(clean).astype(np.float32),
-  )
-
-
 LINEAR_TRUE_LATENTS = (7, 18, 40)
 
 
@@ -153,7 +113,7 @@ def make_linear_gaussian(
   noise_std: float = 1.0,
   seed: int = 0,
 ) -> Dataset:
-  """Family (i): per layer, `true_latents[l]` smooth signals (`_smooth_signals`), a random linear
+  """Family (i): per layer, `true_latents[l]` smooth signals (`smooth_signals`), a random linear
   readout to `neurons`, and Gaussian noise of a different std per neuron (0.5x-1.5x
   `noise_std`, against a signal variance of about 1 per neuron).
 
@@ -166,10 +126,10 @@ def make_linear_gaussian(
   def make(dim):
     w = rng.standard_normal((dim, neurons)) / np.sqrt(dim)
     noise = noise_std * rng.uniform(0.5, 1.5, neurons)
-    signal = _smooth_signals(rng, dim, time) @ w
+    signal = smooth_signals(rng, dim, time) @ w
     return signal + noise * rng.standard_normal((time, neurons)), signal
 
-  return _layers(
+  return stack_layers(
     "synthetic",
     true_latents,
     neurons,
@@ -208,10 +168,10 @@ def make_nonlinear(
     w = rng.standard_normal((dim, neurons))
     w /= np.linalg.norm(w, axis=0, keepdims=True)
     offset = rng.uniform(-1.0, 1.0, neurons)
-    drive = gain * _smooth_signals(rng, dim, time) @ w + offset
+    drive = gain * smooth_signals(rng, dim, time) @ w + offset
     return np.tanh(drive) + noise_std * rng.standard_normal((time, neurons)), np.tanh(drive)
 
-  return _layers(
+  return stack_layers(
     "nonlinear",
     true_latents,
     neurons,
@@ -248,7 +208,7 @@ def make_curved(
   rng = np.random.default_rng(seed)
 
   def make(dim):
-    z_TD = _smooth_signals(rng, dim, time)
+    z_TD = smooth_signals(rng, dim, time)
     which = rng.permutation(np.arange(neurons) % dim)  # every signal read by its own neurons
     z_TN = z_TD[:, which] / z_TD[:, which].std(axis=0)
     mu = rng.uniform(-1.5, 1.5, neurons)
@@ -257,7 +217,7 @@ def make_curved(
     rates = amp * np.tanh(sign * (z_TN - mu) / width)
     return rates + noise_std * rng.standard_normal((time, neurons)), rates
 
-  return _layers(
+  return stack_layers(
     "synthetic",
     true_latents,
     neurons,
@@ -282,13 +242,13 @@ def make_independent(
   rng = np.random.default_rng(seed)
 
   def make(_):
-    x = _smooth_signals(rng, neurons, time, spread=1.0) + 0.5 * rng.standard_normal((time, neurons))
+    x = smooth_signals(rng, neurons, time, spread=1.0) + 0.5 * rng.standard_normal((time, neurons))
     if not counts:
       return x
     base = rng.uniform(np.log(0.05), np.log(0.5), neurons)
     return rng.poisson(np.exp(base + 0.5 * x)).astype(np.float64)
 
-  return _layers(
+  return stack_layers(
     "independent",
     [0] * layers,
     neurons,
@@ -309,7 +269,7 @@ def _multiscale(bands, timescales, neurons, time, noise_std, spread, seed):
   """make_multiscale's draw: ([time, bands[b]] signals per band, [time, neurons] activity)."""
   rng = np.random.default_rng(seed)
   z_by_band = [
-    _smooth_signals(rng, k, time, timescale=tau, spread=spread) if k else np.zeros((time, 0))
+    smooth_signals(rng, k, time, timescale=tau, spread=spread) if k else np.zeros((time, 0))
     for k, tau in zip(bands, timescales)
   ]
   z = np.concatenate(z_by_band, axis=1)
@@ -330,7 +290,7 @@ def make_multiscale(
   seed: int = 0,
 ) -> Dataset:
   """Known counts per timescale: `bands[b]` smooth signals with correlation times around
-  `timescales[b]` bins (`_smooth_signals`: each 0.5x-2x of it, variances over `spread`x) in one
+  `timescales[b]` bins (`smooth_signals`: each 0.5x-2x of it, variances over `spread`x) in one
   layer, through a random linear readout whose rows have equal norm, with Gaussian noise (as
   family i). The answer of --model=multiscale with --timescales equal to `timescales`: `bands`
   (`meta["true_bands"]`), total sum(bands); `multiscale_signals` gives the signals.

@@ -1,4 +1,5 @@
-"""The standard dimension estimators a reviewer asks for, beside the sweep's answer.
+"""The standard dimension estimators a reviewer asks for, beside the sweep's answer, and the
+other context of each layer's dimensionality (`context`: spectrum, FA's shared dimension).
 
 Linear counts: parallel analysis (Horn 1965), PCA's Bayesian rank (Minka 2000), the
 participation ratio, and the number of reliable SVCA components (Stringer et al. 2019).
@@ -12,11 +13,15 @@ than taken from scikit-dimension to keep the core dependencies as they are.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from nmas_jax.evaluation import baselines, spectrum
+
+if TYPE_CHECKING:
+  from nmas_jax.config import Settings
+  from nmas_jax.data.splits import Prepared
 
 # The estimators `comparators` reports, in its order.
 NAMES = ("parallel_analysis", "pca_mle", "participation_ratio", "svca_reliable", "two_nn", "mle")
@@ -130,4 +135,37 @@ def comparators(train_TN: np.ndarray, heldout_TN: np.ndarray, seed: int = 0) -> 
     "svca_reliable": svca_reliable(train_TN, heldout_TN, seed=seed),
     "two_nn": round(two_nn(train_TN, seed=seed), 2),
     "mle": round(levina_bickel(train_TN, seed=seed), 2),
+  }
+
+
+def context(
+  prep: Prepared,
+  cfg: Settings,
+  fa_iters: int = 100,
+  fa_fits: dict[tuple[int, int], tuple] | None = None,
+) -> dict[str, Any]:
+  """Dimensionality beside the models': each layer's reliable-variance spectrum (SVCA: fitted on
+  the training block, measured on validation and test time), the standard estimators
+  (`comparators`) and FA's shared dimension (reusing
+  the FA baseline's all-neuron fits {(layer, latent): (mean, W, psi)} where given)."""
+  fa_fits = fa_fits or {}
+  train_LTN, valid_LTN = prep.train_block(), prep.flat("valid")
+  held_LTN = np.concatenate([valid_LTN, prep.flat("test")], axis=1)
+  names = prep.dataset.layer_names
+  return {
+    "spectrum": {
+      n: spectrum.spectrum(train_LTN[l], held_LTN[l], seed=l, bootstrap=cfg.bootstrap)
+      for l, n in enumerate(names)
+    },
+    "comparators": {n: comparators(train_LTN[l], held_LTN[l], seed=l) for l, n in enumerate(names)},
+    "fa_dshared": {
+      n: spectrum.fa_dshared(
+        train_LTN[l],
+        valid_LTN[l],
+        cfg.latents,
+        fa_iters,
+        fits={k: f[1:] for (ll, k), f in fa_fits.items() if ll == l},
+      )
+      for l, n in enumerate(names)
+    },
   }

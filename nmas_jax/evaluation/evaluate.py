@@ -21,7 +21,7 @@ import numpy as np
 from nmas_jax import models
 from nmas_jax.config import Settings
 from nmas_jax.data.splits import Prepared
-from nmas_jax.evaluation import baselines, comparators, lds, spectrum
+from nmas_jax.evaluation import baselines, comparators, consistency, lds
 from nmas_jax.evaluation.estimates import (
   _no_estimate,
   _rule,
@@ -50,16 +50,24 @@ from nmas_jax.training.table import ModelTable
 
 
 def model_predictions(
-  state: train.TrainState, table: ModelTable, prep: Prepared, cfg: Settings, block: str = "valid"
+  state: train.TrainState,
+  table: ModelTable,
+  prep: Prepared,
+  cfg: Settings,
+  block: str = "valid",
+  latents: bool = False,
 ) -> np.ndarray:
-  """Every model's predicted means on a time block: [models, time, neurons]."""
+  """Every model's predicted means on a time block: [models, time, neurons] (with `latents`,
+  its latent trajectory [models, time, latent width] instead)."""
   windows_LVWN = jnp.asarray(prep.windows_LVTN(block))
   mask_MN = jnp.asarray(prep.input_mask_MN(table.layer, table.seed, table.count))
   pred = functools.partial(train.predict, model=models.make_model(cfg, prep.num_neurons))
 
   @jax.jit
   def one(params, latent, layer, mask_N):
-    y_VWN, _ = pred(params, latent, windows_LVWN[layer], mask_N)
+    y_VWN, z_VWK = pred(params, latent, windows_LVWN[layer], mask_N)
+    if latents:
+      return z_VWK.reshape(-1, z_VWK.shape[-1])
     return models.mean_prediction(y_VWN, prep.likelihood).reshape(-1, y_VWN.shape[-1])
 
   return np.stack(
@@ -240,7 +248,7 @@ def _linear_fields(prep: Prepared, cfg: Settings, block_T, fa_iters: int, log):
   rows, base_curves, fa_fits = _baselines(prep, cfg, block_T, fa_iters, progress=progress)
   train_LTN, names = prep.train_block(), prep.dataset.layer_names
   t0 = time.perf_counter()
-  ctx = context(prep, cfg, fa_iters, fa_fits)
+  ctx = comparators.context(prep, cfg, fa_iters, fa_fits)
   log(f"spectrum and FA's shared dimension: {fmt_time(time.perf_counter() - t0)}")
   fields = {
     "baselines": rows,
@@ -309,6 +317,7 @@ def evaluate_sweep(
   )
   result.update(estimate(0))
   result.update(by_decoder(cfg, result, estimate))
+  result["consistency"] = consistency.for_sweep(out.state, sub, main, prep, cfg, model_predictions)
   if cfg.neuron_counts and not prep.shared:
     log(f"neuron counts: baselines at {len(cfg.neuron_counts)} more counts")
     by_count = {
@@ -318,41 +327,6 @@ def evaluate_sweep(
     by_count[0] = (model_curves(0), base_curves)
     result["scaling"] = scaling(prep, cfg, by_count, null, count)
   return result
-
-
-def context(
-  prep: Prepared,
-  cfg: Settings,
-  fa_iters: int = 100,
-  fa_fits: dict[tuple[int, int], tuple] | None = None,
-) -> dict[str, Any]:
-  """Dimensionality beside the models': each layer's reliable-variance spectrum (SVCA: fitted on
-  the training block, measured on validation and test time), the standard estimators
-  (`comparators`) and FA's shared dimension (reusing
-  the FA baseline's all-neuron fits {(layer, latent): (mean, W, psi)} where given)."""
-  fa_fits = fa_fits or {}
-  train_LTN, valid_LTN = prep.train_block(), prep.flat("valid")
-  held_LTN = np.concatenate([valid_LTN, prep.flat("test")], axis=1)
-  names = prep.dataset.layer_names
-  return {
-    "spectrum": {
-      n: spectrum.spectrum(train_LTN[l], held_LTN[l], seed=l, bootstrap=cfg.bootstrap)
-      for l, n in enumerate(names)
-    },
-    "comparators": {
-      n: comparators.comparators(train_LTN[l], held_LTN[l], seed=l) for l, n in enumerate(names)
-    },
-    "fa_dshared": {
-      n: spectrum.fa_dshared(
-        train_LTN[l],
-        valid_LTN[l],
-        cfg.latents,
-        fa_iters,
-        fits={k: f[1:] for (ll, k), f in fa_fits.items() if ll == l},
-      )
-      for l, n in enumerate(names)
-    },
-  }
 
 
 def baseline_choices(

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from nmas_jax import files, models
-from nmas_jax.reporting import plots
+from nmas_jax.reporting import context, plots
 from nmas_jax.reporting import results as results_lib
 from nmas_jax.reporting.plots import metric_label
 from nmas_jax.reporting.results import curves, dimension_metric
@@ -212,59 +212,6 @@ def _scaling_section(results: dict[str, Any]) -> list[str]:
   return lines
 
 
-def _context_section(results: dict[str, Any]) -> list[str]:
-  """The reliable-variance spectrum's exponent and FA's shared dimension, per layer."""
-  spec, dsh = results.get("spectrum") or {}, results.get("fa_dshared") or {}
-  if not spec:
-    return []
-  fit = next(iter(spec.values()))["fit_range"]
-  lines = [
-    "## Dimensionality in context (train block fit, validation + test measured)",
-    "",
-    "| layer | spectrum exponent alpha | 5-95% interval | FA d_shared | FA latent (best "
-    "validation likelihood) |",
-    "|---|---|---|---|---|",
-  ]
-  for layer in results["layers"]:
-    s, d = spec.get(layer, {}), dsh.get(layer, {})
-    iv = s.get("alpha_interval")
-    lines.append(
-      f"| {layer} | {fmt(s.get('alpha'))} | {'-' if not iv else f'{iv[0]}-{iv[1]}'} | "
-      f"{d.get('dshared', '-')} | {d.get('latent', '-')} |"
-    )
-  lines += [
-    "",
-    f"alpha: the power law var_n ~ n^-alpha fitted to the reliable variance (SVCA: two "
-    f"random halves of the neurons, components of their training-block cross-covariance, "
-    f"covariance of the halves' projections on held-out time) over components "
-    f"{fit[0]}-{fit[1]}; the interval is over a bootstrap of held-out time blocks. "
-    "d_shared: dimensions of the best FA model's shared covariance holding 95% of it "
-    "(Williamson et al. 2016). spectrum.png shows the spectra.",
-    "",
-  ]
-  return lines + _comparators_table(results)
-
-
-def _comparators_table(results: dict[str, Any]) -> list[str]:
-  """The standard estimators per layer (`evaluation.comparators`)."""
-  comp = results.get("comparators") or {}
-  if not comp:
-    return []
-  names = list(next(iter(comp.values())))
-  lines = ["| layer | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-  for layer in results["layers"]:
-    lines.append(f"| {layer} | " + " | ".join(fmt(comp[layer].get(n)) for n in names) + " |")
-  return lines + [
-    "",
-    "Standard estimators on the training block: parallel analysis (Horn), PCA's Bayesian rank "
-    "(Minka; isotropic noise), the participation ratio, reliable SVCA components (above zero "
-    "in 95% of a time-block bootstrap), and two intrinsic-dimension estimators, TwoNN and the "
-    "Levina-Bickel MLE (k=20), which noise inflates (docs/validation.md says how each does on "
-    "data with known answers).",
-    "",
-  ]
-
-
 def _test_section(results: dict[str, Any]) -> list[str]:
   """Per layer, one sentence: the model against each baseline at the chosen size, on the test
   block."""
@@ -390,7 +337,7 @@ def markdown_report(results: dict[str, Any], flags_text: str = "") -> str:
     lines += _data_section(results) + _bands_section(results)
   else:
     lines += _data_section(results) + _curves_section(results, metric) + _choice_section(results)
-  lines += _scaling_section(results) + _context_section(results) + _test_section(results)
+  lines += _scaling_section(results) + context.context_section(results) + _test_section(results)
   lines += _training_section(results)
   lines += _controls_section(results)
   lines += [

@@ -132,6 +132,24 @@ def unconverged_advice(results: dict[str, Any], code: str = "") -> str | None:
 LINEAR_DECODERS = ("linear",)
 
 
+# How close below the rule's bar a smaller latent must come to be flagged (`near_bar`).
+NEAR_BAR = 0.05
+
+
+def near_bar(results: dict[str, Any], layer: str) -> tuple[int, float] | None:
+  """(k, its gain fraction) when the latent just below the chosen one came within `NEAR_BAR` of
+  the rule's bar: a model there can still escape a plateau late (docs/method.md), so longer
+  training might choose it."""
+  dim = results.get("dimension") or {}
+  d, bar, k = (dim.get("layers") or {}).get(layer), dim.get("gain_fraction"), None
+  k = (results.get("optimal_latent") or {}).get(layer)
+  if not d or bar is None or not k or k not in d.get("latents", []):
+    return None
+  j = d["latents"].index(k)
+  f = d["gain_fraction"][j - 1] if j else None
+  return (d["latents"][j - 1], f) if f is not None and bar - NEAR_BAR <= f < bar else None
+
+
 def answer_lines(results: dict[str, Any]) -> list[str]:
   """One sentence per layer: the manifold dimension (a nonlinear decoder's choice), the linear
   dimension (a linear decoder's, PCA's and FA's by the same rule), and what their difference
@@ -196,5 +214,18 @@ def answer_lines(results: dict[str, Any]) -> list[str]:
       + meaning
       + (f" (true dimension {true[layer]})" if layer in true else "")
       + "."
+      + _near_bar_text(results, layer)
     )
   return lines
+
+
+def _near_bar_text(results: dict[str, Any], layer: str) -> str:
+  near = near_bar(results, layer)
+  if near is None:
+    return ""
+  bar, first = results["dimension"]["gain_fraction"], str(results.get("decoder")).split(",")[0]
+  return (
+    f" With the {first} decoder, latent {near[0]} reached {near[1]:.0%} of the best gain (the "
+    f"bar is {bar:.0%}): rerun with --stop_patience=12 to check that longer training does not "
+    "choose it."
+  )
