@@ -519,6 +519,6 @@ def test_answer_lines_state_the_manifold_and_linear_dimensions_and_their_meaning
     "layer 0: manifold dimension 25 (5-95% 25-25, mlp decoder); linear dimension 50 (5-95% "
     "50-75) by the linear decoder, 50 by PCA, 75 by FA: the linear methods need more dimensions, "
     "so the activity lies on a curved manifold (true dimension 14). With the mlp decoder, latent "
-    "10 reached 92% of the best gain (the bar is 95%): rerun with --stop_patience=12 to check "
-    "that longer training does not choose it."
+    "10 reached 92% of the best gain (the bar is 95%): rerun with --stop_patience=0 (every "
+    "model to the --steps cap) to check that longer training does not choose it."
   )

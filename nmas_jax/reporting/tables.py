@@ -226,6 +226,6 @@ def _near_bar_text(results: dict[str, Any], layer: str) -> str:
   bar, first = results["dimension"]["gain_fraction"], str(results.get("decoder")).split(",")[0]
   return (
     f" With the {first} decoder, latent {near[0]} reached {near[1]:.0%} of the best gain (the "
-    f"bar is {bar:.0%}): rerun with --stop_patience=12 to check that longer training does not "
-    "choose it."
+    f"bar is {bar:.0%}): rerun with --stop_patience=0 (every model to the --steps cap) to check "
+    "that longer training does not choose it."
   )
