@@ -44,15 +44,26 @@ def _von_mises(theta_T: np.ndarray, pref_N: np.ndarray, kappa_N: np.ndarray) -> 
   return np.exp(kappa_N * (np.cos(theta_T[:, None] - pref_N[None, :]) - 1.0))
 
 
-def _one_layer(name: str, x_TN: np.ndarray, clean_TN: np.ndarray, truth: int, meta: dict):
-  """One layer of activity x with its noiseless mean `clean_TN` (as `rates_LTN`)."""
+def _tuning(rng: np.random.Generator, angle_T: np.ndarray, neurons: int, kappa) -> np.ndarray:
+  """[time, neurons] von Mises tuning to `angle_T`: preferred angles uniform, concentrations
+  uniform in `kappa` (low, high), gains 1-2."""
+  pref, conc = rng.uniform(0, 2 * np.pi, neurons), rng.uniform(*kappa, neurons)
+  return rng.uniform(1.0, 2.0, neurons) * _von_mises(angle_T, pref, conc)
+
+
+def _noisy_layer(
+  name: str, rng: np.random.Generator, rates_TN: np.ndarray, truth: int, noise_std: float, **meta
+) -> Dataset:
+  """One layer: `rates_TN` plus Gaussian noise, its noiseless mean kept as `rates_LTN`."""
+  x = rates_TN + noise_std * rng.standard_normal(rates_TN.shape)
+  time, neurons = rates_TN.shape
   return Dataset(
-    x_TN[None].astype(np.float32),
+    x[None].astype(np.float32),
     ("0",),
     name,
     {"0": int(truth)},
-    meta,
-    rates_LTN=clean_TN[None].astype(np.float32),
+    dict(time=time, neurons=neurons, noise_std=noise_std, **meta),
+    rates_LTN=rates_TN[None].astype(np.float32),
   )
 
 
@@ -63,19 +74,17 @@ def make_ring(
   by a von Mises curve (preferred angle uniform, concentration 1-4, gain 1-2), plus Gaussian
   noise. Manifold dimension 2 (a circle); PCA counts more (each tuning curve's harmonics)."""
   rng = np.random.default_rng(seed)
-  theta = _angles(rng, time, turn=0.15)
-  pref, kappa = rng.uniform(0, 2 * np.pi, neurons), rng.uniform(1.0, 4.0, neurons)
-  rates = rng.uniform(1.0, 2.0, neurons) * _von_mises(theta, pref, kappa)
-  x = rates + noise_std * rng.standard_normal((time, neurons))
-  meta = dict(
-    time=time,
-    neurons=neurons,
-    noise_std=noise_std,
+  rates = _tuning(rng, _angles(rng, time, turn=0.15), neurons, (1.0, 4.0))
+  return _noisy_layer(
+    "ring",
+    rng,
+    rates,
+    2,
+    noise_std,
     seed=seed,
     family="ring: one circular variable",
     generator="a smooth random walk on the circle, von Mises tuning, Gaussian noise",
   )
-  return _one_layer("ring", x, rates, 2, meta)
 
 
 def make_torus(
@@ -89,17 +98,17 @@ def make_torus(
   t1, t2 = _angles(rng, time, turn=0.15), _angles(rng, time, turn=0.15)
   tune = lambda th: _von_mises(th, rng.uniform(0, 2 * np.pi, neurons), rng.uniform(0.5, 2, neurons))
   rates = rng.uniform(1.0, 2.0, neurons) * tune(t1) * tune(t2)
-  x = rates + noise_std * rng.standard_normal((time, neurons))
-  meta = dict(
-    time=time,
-    neurons=neurons,
-    noise_std=noise_std,
+  return _noisy_layer(
+    "torus",
+    rng,
+    rates,
+    3,
+    noise_std,
     seed=seed,
     flat_embedding=4,
     family="torus: two circular variables",
     generator="two smooth random walks on the circle, products of von Mises tuning, Gaussian noise",
   )
-  return _one_layer("torus", x, rates, 3, meta)
 
 
 def make_sequence(
@@ -117,19 +126,18 @@ def make_sequence(
   rng = np.random.default_rng(seed)
   speed = 2 * np.pi / period * (1.0 + 0.2 * np.tanh(_ar1(rng, time, 50.0)))
   phase = np.cumsum(speed) + rng.uniform(0, 2 * np.pi)
-  pref, kappa = rng.uniform(0, 2 * np.pi, neurons), rng.uniform(15.0, 30.0, neurons)
-  rates = rng.uniform(1.0, 2.0, neurons) * _von_mises(phase, pref, kappa)
-  x = rates + noise_std * rng.standard_normal((time, neurons))
-  meta = dict(
-    time=time,
-    neurons=neurons,
-    period=period,
-    noise_std=noise_std,
+  rates = _tuning(rng, phase, neurons, (15.0, 30.0))
+  return _noisy_layer(
+    "sequence",
+    rng,
+    rates,
+    2,
+    noise_std,
     seed=seed,
+    period=period,
     family="sequence: a sparse sequence of bursts",
     generator="a phase advancing once per period, brief von Mises bursts, Gaussian noise",
   )
-  return _one_layer("sequence", x, rates, 2, meta)
 
 
 CALCIUM_TRUE_LATENTS = (3, 7)
