@@ -75,3 +75,17 @@ def test_seed_consistency_is_one_for_latents_equal_up_to_a_linear_map_and_low_fo
   )
   r2 = dict(zip(out["0"]["latents"], out["0"]["r2"]))
   assert r2[3] > 0.999 and abs(r2[2]) < 0.05
+
+
+def test_few_shot_readout_scores_signal_latents_high_and_noise_latents_at_most_zero():
+  """A few-shot readout from latents that are the held-out neurons' true signal scores R^2 > 0.9
+  on validation; from pure-noise latents of the same width, at most 0.05."""
+  from nmas_jax.evaluation import consistency
+
+  rng = np.random.default_rng(7)
+  z = np.cumsum(rng.standard_normal((1000, 3)), axis=0) / 10
+  y = z @ rng.standard_normal((3, 5)) + 0.1 * rng.standard_normal((1000, 5))
+  noise = rng.standard_normal((1000, 3))
+  good = consistency.few_shot(z[:800], y[:800], z[800:], y[800:], 10, rng)
+  bad = consistency.few_shot(noise[:800], y[:800], noise[800:], y[800:], 10, rng)
+  assert good > 0.9 and bad < 0.05

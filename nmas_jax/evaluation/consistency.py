@@ -27,13 +27,56 @@ def pair_r2(za_train: np.ndarray, zb_train: np.ndarray, za_valid, zb_valid) -> f
 
 
 def for_sweep(state, table, index: np.ndarray, prep, cfg, predictions) -> dict[str, Any]:
-  """`seed_consistency` of the models at `index` (a sweep's first decoder's models of every
-  held-in neuron; `table` is theirs), from `predictions` (`evaluate.model_predictions`)."""
+  """`seed_consistency` and `few_shot` of the models at `index` (a sweep's first decoder's
+  models of every held-in neuron; `table` is theirs), from `predictions`
+  (`evaluate.model_predictions`): {layer: {"latents", "r2", "few_shot_r2"}}."""
   sub_state = jax.tree.map(lambda a: a[index], state)
   z = {b: predictions(sub_state, table, prep, cfg, b, latents=True) for b in ("train", "valid")}
-  return seed_consistency(
-    z["train"], z["valid"], table.layer, table.latent, prep.dataset.layer_names, cfg.latents
-  )
+  names = prep.dataset.layer_names
+  out = seed_consistency(z["train"], z["valid"], table.layer, table.latent, names, cfg.latents)
+  x = {b: prep.flat(b) for b in ("train", "valid")}
+  rng = np.random.default_rng(0)
+  for l, name in enumerate(names):
+    shots = []
+    for k in cfg.latents:
+      scores = [
+        few_shot(
+          z["train"][i, :, :k],
+          x["train"][l][:, prep.heldout_SLN[table.seed[i], l]],
+          z["valid"][i, :, :k],
+          x["valid"][l][:, prep.heldout_SLN[table.seed[i], l]],
+          prep.window,
+          rng,
+        )
+        for i in np.flatnonzero((table.layer == l) & (table.latent == k))
+      ]
+      shots.append(round(float(np.nanmean(scores)), 3) if scores else None)
+    out[name]["few_shot_r2"] = shots
+  return out
+
+
+# Windows of the training block a few-shot readout is fitted on, and how many random draws of
+# them are averaged.
+SHOTS, SHOT_DRAWS = 8, 5
+
+
+def few_shot(z_train_TK, y_train_TH, z_valid_TK, y_valid_TH, window: int, rng) -> float:
+  """Few-shot co-smoothing (Dabholkar & Barak 2025): R^2 on the validation block of a linear
+  readout from the latents to the held-out neurons fitted on only `SHOTS` random training
+  windows (mean over `SHOT_DRAWS` draws). Extra latents that carry no signal let the readout
+  fit noise from few samples, so this score falls where full co-smoothing does not."""
+  if y_train_TH.shape[1] == 0:
+    return float("nan")
+  starts = np.arange(0, len(z_train_TK) - window + 1, window)
+  design = lambda z: np.c_[np.ones(len(z)), z]
+  total = ((y_valid_TH - y_valid_TH.mean(axis=0)) ** 2).sum()
+  out = []
+  for _ in range(SHOT_DRAWS):
+    pick = rng.choice(starts, min(SHOTS, len(starts)), replace=False)
+    t = (pick[:, None] + np.arange(window)[None, :]).reshape(-1)
+    coef, *_ = np.linalg.lstsq(design(z_train_TK[t]), y_train_TH[t], rcond=None)
+    out.append(1.0 - ((y_valid_TH - design(z_valid_TK) @ coef) ** 2).sum() / total)
+  return float(np.mean(out))
 
 
 def seed_consistency(
