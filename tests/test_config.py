@@ -196,3 +196,13 @@ def test_unknown_settings_name_the_valid_ones():
     declare.build(RunSettings, {"nope": 1})
   with pytest.raises(ValueError, match="unknown parameter 'nope' for DimensionSweep"):
     DimensionSweep(nope=1)
+
+
+def test_a_decoder_list_is_a_string_of_known_decoders_for_the_autoencoder_only():
+  assert Settings(decoder=["linear", "mlp"]).decoder == "linear,mlp"
+  assert Settings(decoder="linear,mlp").decoders == ("linear", "mlp")
+  assert Settings(model="lfads").decoders == ()
+  with pytest.raises(UserError, match=r"^unknown --decoder='relu': choose one of linear, mlp"):
+    Settings(decoder="linear,relu")
+  with pytest.raises(UserError, match="^--decoder=linear,mlp lists several decoders: only"):
+    Settings(model="lfads", decoder="linear,mlp")

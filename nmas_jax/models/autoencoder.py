@@ -289,6 +289,7 @@ class LSTMAutoencoder(Family, nn.Module):
 
   # The family interface (`Family`).
   readout_path: ClassVar[tuple[str, ...]] = ("decoder_net", "readout")
+  decoder_axis: ClassVar[bool] = True
 
   def readout_paths(self) -> list[tuple[str, ...]]:
     return self._paths(lambda kind: ("readout",))

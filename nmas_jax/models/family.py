@@ -30,6 +30,8 @@ class Family:
   cuts_latent: ClassVar[bool] = True
   # The training settings this family trains well with: `config.Settings` takes each one the
   # user leaves unset (None) from here, and results.json records the values used.
+  # Whether a list of decoders (--decoder=linear,mlp) can be swept as one more axis.
+  decoder_axis: ClassVar[bool] = False
   training_defaults: ClassVar[dict[str, Any]] = dict(
     learning_rate=3e-3, batch_size=16, lr_half_life=0, steps=3000
   )
@@ -51,6 +53,10 @@ class Family:
       return (
         f"--timescales sets the bands of --model=multiscale; it has no effect with "
         f"--model={s.model}: drop it"
+      )
+    if len(s.decoders) > 1 and not cls.decoder_axis:
+      return (
+        f"--decoder={s.decoder} lists several decoders: only --model=autoencoder sweeps a list"
       )
     return None
 

@@ -86,6 +86,7 @@ class MultiscaleAutoencoder(LSTMAutoencoder):
 
   # The family interface (`Family`): the latent size is a vector, one count per band.
   cuts_latent: ClassVar[bool] = False
+  decoder_axis: ClassVar[bool] = False
 
   @classmethod
   def from_settings(cls, s: Any, neurons: int) -> MultiscaleAutoencoder:
