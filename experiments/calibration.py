@@ -157,12 +157,15 @@ def summary(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
-def run(families, decoders, draws: int, log, rows_path: str = "") -> list[dict]:
+def run(
+  families, decoders, draws: int, log, rows_path: str = "", only_rows: bool = False
+) -> list[dict]:
   """Every family on `draws` fresh draws (data seeds from VALIDATION_SEED), with the decoders
   of `decoders` that have an expected answer on it (a curved family: not the linear one).
 
   With `rows_path`, each finished draw's rows are appended there (JSON lines) and draws already
-  there are not run again, so a long validation can be resumed or extended."""
+  there are not run again, so a long validation can be resumed or extended; `only_rows` runs
+  nothing (the table of what the file holds)."""
   done = []
   if rows_path and os.path.exists(rows_path):
     with open(rows_path, encoding="utf-8") as f:
@@ -171,7 +174,7 @@ def run(families, decoders, draws: int, log, rows_path: str = "") -> list[dict]:
     r["expected"], r["interval"] = tuple(r["expected"]), tuple(r["interval"])
   rows = [r for r in done if r["family"] in families and r["seed"] < VALIDATION_SEED + draws]
   have = {(r["family"], r["seed"]) for r in rows}
-  for i in range(draws):
+  for i in range(0 if only_rows else draws):
     for family in families:
       if (family, VALIDATION_SEED + i) in have:
         continue

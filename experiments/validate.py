@@ -103,6 +103,9 @@ flags.DEFINE_integer(
   "--write puts the summary into docs/validation.md.",
   lower_bound=0,
 )
+flags.DEFINE_bool(
+  "only_rows", False, "--draws: run nothing; the table of the draws --rows already holds."
+)
 flags.DEFINE_string(
   "rows",
   "",
@@ -422,7 +425,9 @@ def main(argv):
   if FLAGS.draws:
     from experiments import calibration
 
-    rows = calibration.run(FLAGS.families, FLAGS.decoders, FLAGS.draws, log, FLAGS.rows)
+    rows = calibration.run(
+      FLAGS.families, FLAGS.decoders, FLAGS.draws, log, FLAGS.rows, FLAGS.only_rows
+    )
     text = calibration.summary(rows) + "\n\n" + stamp((time.perf_counter() - t0) / 60)
     markers = DRAW_MARKERS
   else:
