@@ -6,6 +6,8 @@
 # =highest), as on a CPU, not the GPU's default TF32. RUNS (default: all below; empty: none)
 # names the runs. LFADS_SEEDS="5 6" adds `--lfads_trials --data_seed=N` runs (lfads_trials_seedN),
 # and LFADS_CO0_SEEDS the same with `--co_dim=0` (no controller; lfads_trials_co0_seedN).
+# The draws_* runs validate over fresh draws; each appends finished draws to its rows file, so a
+# run the LIMIT cut short resumes where it stopped (`--only_rows` prints the table of a file).
 set -u
 OUT=${1:-runs/gpu_validate}
 mkdir -p "$OUT"
@@ -21,6 +23,9 @@ declare -A ARGS=(
   [lorenz]="--families=lorenz,independent"
   [lorenz_whitened]="--families=lorenz_whitened"
   [lfads_trials]="--lfads_trials"
+  [draws_manifolds]="--draws=5 --families=ring,torus,sequence,calcium,independent --rows=$OUT/draws_manifolds.jsonl"
+  [draws_linear]="--draws=5 --families=linear_gaussian,lorenz,lorenz_whitened --rows=$OUT/draws_linear.jsonl"
+  [draws_curved]="--draws=5 --families=synthetic,nonlinear --rows=$OUT/draws_curved.jsonl"
 )
 RUNS=${RUNS-${!ARGS[@]}}
 add() { ARGS[$1]=$2; RUNS+=" $1"; }  # add NAME "VALIDATE ARGS"
