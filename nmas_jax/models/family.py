@@ -55,9 +55,7 @@ class Family:
         f"--model={s.model}: drop it"
       )
     if len(s.decoders) > 1 and not cls.decoder_axis:
-      return (
-        f"--decoder={s.decoder} lists several decoders: only --model=autoencoder sweeps a list"
-      )
+      return f"--decoder={s.decoder} lists several decoders: only --model=autoencoder sweeps a list"
     return None
 
   @classmethod
