@@ -52,6 +52,7 @@ import time
 
 from absl import app, flags
 
+from experiments import calibration
 from nmas_jax.data import lorenz
 from nmas_jax.evaluation import metrics
 from nmas_jax.training import cpu
@@ -139,22 +140,12 @@ GRIDS = {
 }
 MARKERS = ("<!-- validate:begin -->", "<!-- validate:end -->")
 DRAW_MARKERS = ("<!-- draws:begin -->", "<!-- draws:end -->")
-# Curved manifolds (and calcium's per-neuron filtering): no linear answer to check.
-CURVED = ("synthetic", "nonlinear", "ring", "torus", "sequence", "calcium")
 
 
 def expected(family: str, decoder: str, truth: int, grid) -> str:
-  """What the rule should answer, as text ('-' where the question has no such answer)."""
-  if truth == 0:
-    return "0"
-  if family in CURVED and decoder == "linear":
-    return "-"  # the linear dimension of a curved manifold exceeds its truth
-  above = [k for k in sorted(grid) if k >= truth]
-  if family.startswith("lorenz") and decoder == "mlp":
-    return " or ".join(str(k) for k in sorted({min(k for k in grid if k >= 2), above[0]}))
-  if family == "torus" and decoder == "mlp":  # embeds in R^3; its flat embedding uses 4
-    return " or ".join(str(k) for k in sorted({above[0], min(k for k in grid if k >= 4)}))
-  return str(above[0])
+  """What the rule should answer, as text ('-' where the question has no such answer):
+  `calibration.expected`'s grid answers."""
+  return " or ".join(map(str, calibration.expected(family, decoder, truth, grid))) or "-"
 
 
 def run_one(family: str, decoder: str, grid, log) -> list[dict]:
@@ -423,8 +414,6 @@ def main(argv):
     )
     return
   if FLAGS.draws:
-    from experiments import calibration
-
     rows = calibration.run(
       FLAGS.families, FLAGS.decoders, FLAGS.draws, log, FLAGS.rows, FLAGS.only_rows
     )

@@ -46,6 +46,7 @@ def pca_mle(x_TN: np.ndarray, max_rank: int | None = None) -> int:
   n, p = x_TN.shape
   lam = np.clip(np.linalg.eigvalsh(np.cov(x_TN.T))[::-1], 0.0, None)
   best, best_ll = 1, -np.inf
+  pairs_i, pairs_j = np.triu_indices(p, 1)  # every (i, j > i); rank k keeps i < k
   for k in range(1, min(max_rank, p - 1) + 1):
     if lam[k - 1] < 1e-15:
       break
@@ -59,9 +60,8 @@ def pca_mle(x_TN: np.ndarray, max_rank: int | None = None) -> int:
     m = p * k - k * (k + 1.0) / 2.0
     pp = math.log(2.0 * math.pi) * (m + k) / 2.0
     lam_ = np.concatenate([lam[:k], np.full(p - k, v)])
-    i, j = np.triu_indices(p, 1)
-    keep = i < k
-    i, j = i[keep], j[keep]
+    keep = pairs_i < k
+    i, j = pairs_i[keep], pairs_j[keep]
     pa = np.sum(np.log((lam[i] - lam[j]) * (1.0 / lam_[j] - 1.0 / lam_[i])) + math.log(n))
     ll = pu + pl + pv + pp - pa / 2.0 - k * math.log(n) / 2.0
     if ll > best_ll:
@@ -76,17 +76,7 @@ def svca_reliable(
   projections on held-out time) is above zero in 95% of a bootstrap over held-out time blocks."""
   rng = np.random.default_rng(seed)
   _, halves = spectrum.svca(train_TN, heldout_TN, rng)
-  blocks = np.array_split(np.arange(len(heldout_TN)), spectrum.TIME_BLOCKS)
-  boot = np.array(
-    [
-      spectrum.reliable_variance(
-        heldout_TN,
-        halves,
-        np.concatenate([blocks[i] for i in rng.integers(0, len(blocks), len(blocks))]),
-      )
-      for _ in range(bootstrap)
-    ]
-  )
+  boot = np.array(list(spectrum.resampled_variance(heldout_TN, halves, rng, bootstrap)))
   sure = (boot > 0).mean(axis=0) >= 0.95
   return int(np.argmin(sure)) if not sure.all() else len(sure)
 

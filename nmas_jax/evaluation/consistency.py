@@ -18,7 +18,8 @@ import numpy as np
 
 
 def pair_r2(za_train: np.ndarray, zb_train: np.ndarray, za_valid, zb_valid) -> float:
-  """R^2 on the validation block of the least-squares map [1, z_a] -> z_b fitted on training."""
+  """R^2 on the validation block of the least-squares map [1, z_a] -> z_b fitted on training
+  (z_b summed over its columns: latents, or neurons for a readout)."""
   design = lambda z: np.c_[np.ones(len(z)), z]
   coef, *_ = np.linalg.lstsq(design(za_train), zb_train, rcond=None)
   resid = zb_valid - design(za_valid) @ coef
@@ -68,14 +69,11 @@ def few_shot(z_train_TK, y_train_TH, z_valid_TK, y_valid_TH, window: int, rng) -
   if y_train_TH.shape[1] == 0:
     return float("nan")
   starts = np.arange(0, len(z_train_TK) - window + 1, window)
-  design = lambda z: np.c_[np.ones(len(z)), z]
-  total = ((y_valid_TH - y_valid_TH.mean(axis=0)) ** 2).sum()
   out = []
   for _ in range(SHOT_DRAWS):
     pick = rng.choice(starts, min(SHOTS, len(starts)), replace=False)
     t = (pick[:, None] + np.arange(window)[None, :]).reshape(-1)
-    coef, *_ = np.linalg.lstsq(design(z_train_TK[t]), y_train_TH[t], rcond=None)
-    out.append(1.0 - ((y_valid_TH - design(z_valid_TK) @ coef) ** 2).sum() / total)
+    out.append(pair_r2(z_train_TK[t], y_train_TH[t], z_valid_TK, y_valid_TH))
   return float(np.mean(out))
 
 

@@ -278,8 +278,9 @@ def evaluate_sweep(
   result = {"per_model": per_model, **linear}
   # A decoder's models of every held-in neuron (the rest: --neuron_counts); the first's lead.
   of = lambda d: np.flatnonzero((table.count == 0) & table.of_decoder(d))
+  part = lambda d: (table.take(of(d)), [per_model[i] for i in of(d)])
   main = of(0)
-  sub, sub_per_model = table.take(main), [per_model[i] for i in main]
+  sub, sub_per_model = part(0)
   if not prep.cosmooth:
     log(
       "warning: no neurons are held out (--heldout_neurons=0): reconstruction error keeps "
@@ -305,15 +306,7 @@ def evaluate_sweep(
     )
     return result
   estimate = lambda d: dimension_estimates(
-    prep,
-    cfg,
-    table.take(of(d)),
-    [per_model[i] for i in of(d)],
-    model_curves(0, d),
-    base_curves,
-    rows,
-    null,
-    count,
+    prep, cfg, *part(d), model_curves(0, d), base_curves, rows, null, count
   )
   result.update(estimate(0))
   result.update(by_decoder(cfg, result, estimate))

@@ -75,6 +75,15 @@ def power_law_exponent(var_K: np.ndarray, fit_range: tuple[int, int] = FIT_RANGE
   return float(-slope)
 
 
+def resampled_variance(heldout_TN: np.ndarray, halves: Halves, rng, bootstrap: int):
+  """The reliable variance [K] on each of `bootstrap` resamples (with replacement) of
+  `TIME_BLOCKS` contiguous held-out time blocks, one resample at a time."""
+  blocks = np.array_split(np.arange(len(heldout_TN)), TIME_BLOCKS)
+  for _ in range(bootstrap):
+    pick = rng.integers(0, len(blocks), len(blocks))
+    yield reliable_variance(heldout_TN, halves, np.concatenate([blocks[i] for i in pick]))
+
+
 def spectrum(
   train_TN: np.ndarray,
   heldout_TN: np.ndarray,
@@ -86,13 +95,9 @@ def spectrum(
   interval over a bootstrap of `TIME_BLOCKS` contiguous held-out time blocks."""
   rng = np.random.default_rng(seed)
   var, halves = svca(train_TN, heldout_TN, rng)
-  blocks = np.array_split(np.arange(len(heldout_TN)), TIME_BLOCKS)
   alphas = []
-  for _ in range(bootstrap):
-    pick = rng.integers(0, len(blocks), len(blocks))
-    a = power_law_exponent(
-      reliable_variance(heldout_TN, halves, np.concatenate([blocks[i] for i in pick])), fit_range
-    )
+  for var_K in resampled_variance(heldout_TN, halves, rng, bootstrap):
+    a = power_law_exponent(var_K, fit_range)
     if a is not None:
       alphas.append(a)
   alpha = power_law_exponent(var, fit_range)

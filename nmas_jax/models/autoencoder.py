@@ -299,9 +299,6 @@ class LSTMAutoencoder(Family, nn.Module):
       return jnp.asarray(latent)[0]  # (k, decoder index)
     return super().latent_total(latent)
 
-  def used_units(self, latent: Any) -> jax.Array:
-    return latent_mask(self.latent, self.latent_total(latent))
-
   def for_part(self, key: tuple[int, ...]) -> LSTMAutoencoder:
     return self.clone(active_decoder=key[1]) if len(key) > 1 else self
 

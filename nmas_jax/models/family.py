@@ -85,7 +85,7 @@ class Family:
 
   def used_units(self, latent: Any) -> jax.Array:
     """[width] mask of the latent units (of z) that a model of argument `latent` uses."""
-    return latent_mask(self.latent, latent)
+    return latent_mask(self.latent, self.latent_total(latent))
 
   def for_part(self, key: tuple[int, ...]) -> Family:
     """This model for one part of the by-latent path, whose models all have the per-model

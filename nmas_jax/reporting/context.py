@@ -38,7 +38,7 @@ def context_section(results: dict[str, Any]) -> list[str]:
     "(Williamson et al. 2016). spectrum.png shows the spectra.",
     "",
   ]
-  return lines + _comparators_table(results)
+  return lines + _comparators_table(results) + _consistency_lines(results)
 
 
 def _comparators_table(results: dict[str, Any]) -> list[str]:
@@ -50,19 +50,15 @@ def _comparators_table(results: dict[str, Any]) -> list[str]:
   lines = ["| layer | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
   for layer in results["layers"]:
     lines.append(f"| {layer} | " + " | ".join(fmt(comp[layer].get(n)) for n in names) + " |")
-  return (
-    lines
-    + [
-      "",
-      "Standard estimators on the training block: parallel analysis (Horn), PCA's Bayesian rank "
-      "(Minka; isotropic noise), the participation ratio, reliable SVCA components (above zero "
-      "in 95% of a time-block bootstrap), and two intrinsic-dimension estimators, TwoNN and the "
-      "Levina-Bickel MLE (k=20), which noise inflates (docs/validation.md says how each does on "
-      "data with known answers).",
-      "",
-    ]
-    + _consistency_lines(results)
-  )
+  return lines + [
+    "",
+    "Standard estimators on the training block: parallel analysis (Horn), PCA's Bayesian rank "
+    "(Minka; isotropic noise), the participation ratio, reliable SVCA components (above zero "
+    "in 95% of a time-block bootstrap), and two intrinsic-dimension estimators, TwoNN and the "
+    "Levina-Bickel MLE (k=20), which noise inflates (docs/validation.md says how each does on "
+    "data with known answers).",
+    "",
+  ]
 
 
 def _consistency_lines(results: dict[str, Any]) -> list[str]:

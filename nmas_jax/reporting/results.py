@@ -156,7 +156,7 @@ def curves(results: dict[str, Any], field: str = "valid_mse") -> dict[str, dict[
   totals repeat; `dimension.layers` has them per combination) and of any decoder but the first
   listed (the one `optimal_latent` is of)."""
   out: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-  first = str(results.get("decoder") or "").split(",")[0]
+  first = first_decoder(results)
   for m in results["models"]:
     if (
       m.get(field) is not None
@@ -166,6 +166,11 @@ def curves(results: dict[str, Any], field: str = "valid_mse") -> dict[str, dict[
     ):
       out[m["layer"]][m["latent"]].append(m[field])
   return out
+
+
+def first_decoder(results: dict[str, Any]) -> str:
+  """The first listed decoder (the one `optimal_latent` and `dimension` are of); "" for none."""
+  return str(results.get("decoder") or "").split(",")[0]
 
 
 def dimension_metric(results: dict[str, Any]) -> str:

@@ -141,7 +141,7 @@ def near_bar(results: dict[str, Any], layer: str) -> tuple[int, float] | None:
   the rule's bar: a model there can still escape a plateau late (docs/method.md), so longer
   training might choose it."""
   dim = results.get("dimension") or {}
-  d, bar, k = (dim.get("layers") or {}).get(layer), dim.get("gain_fraction"), None
+  d, bar = (dim.get("layers") or {}).get(layer), dim.get("gain_fraction")
   k = (results.get("optimal_latent") or {}).get(layer)
   if not d or bar is None or not k or k not in d.get("latents", []):
     return None
@@ -223,7 +223,7 @@ def _near_bar_text(results: dict[str, Any], layer: str) -> str:
   near = near_bar(results, layer)
   if near is None:
     return ""
-  bar, first = results["dimension"]["gain_fraction"], str(results.get("decoder")).split(",")[0]
+  bar, first = results["dimension"]["gain_fraction"], results_lib.first_decoder(results)
   return (
     f" With the {first} decoder, latent {near[0]} reached {near[1]:.0%} of the best gain (the "
     f"bar is {bar:.0%}): rerun with --stop_patience=0 (every model to the --steps cap) to check "
