@@ -27,6 +27,9 @@ from typing import Any
 import numpy as np
 
 DEFAULT_GAIN_FRACTION = 0.95
+# How far below the bar the latent just below the answer counts as near it: training holds such
+# models (`training.selection.StopRule`), and reports flag the layer.
+NEAR_BAR = 0.05
 
 
 def choose(

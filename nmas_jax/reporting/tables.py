@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from nmas_jax.evaluation import dimension
 from nmas_jax.reporting import results as results_lib
 from nmas_jax.reporting.results import curves, dimension_metric
 
@@ -132,8 +133,7 @@ def unconverged_advice(results: dict[str, Any], code: str = "") -> str | None:
 LINEAR_DECODERS = ("linear",)
 
 
-# How close below the rule's bar a smaller latent must come to be flagged (`near_bar`).
-NEAR_BAR = 0.05
+NEAR_BAR = dimension.NEAR_BAR
 
 
 def near_bar(results: dict[str, Any], layer: str) -> tuple[int, float] | None:
@@ -224,8 +224,13 @@ def _near_bar_text(results: dict[str, Any], layer: str) -> str:
   if near is None:
     return ""
   bar, first = results["dimension"]["gain_fraction"], results_lib.first_decoder(results)
+  steps = [
+    m.get("stopped_at_step") or 0
+    for m in results.get("models", [])
+    if m.get("layer") == layer and m.get("latent") == near[0] and m.get("decoder", first) == first
+  ]
+  trained = f"; its models trained on to step {max(steps)} without reaching it" if steps else ""
   return (
     f" With the {first} decoder, latent {near[0]} reached {near[1]:.0%} of the best gain (the "
-    f"bar is {bar:.0%}): rerun with --stop_patience=0 (every model to the --steps cap) to check "
-    "that longer training does not choose it."
+    f"bar is {bar:.0%}){trained}: a larger --steps could still choose it."
   )

@@ -201,6 +201,7 @@ class Loop:
           _padded(valid[self.select_key], len(self.built.table)),
           self._group_M,
           self.rule,
+          self.built.table.latent,
         )
         self.best_state = self._keep(
           sharding.put(better, sharding.models_sharding(self.built.mesh)), state, self.best_state

@@ -4,8 +4,11 @@ and when it stopped because its held-out score stopped moving."""
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
+
+from nmas_jax.evaluation import dimension
 
 
 @dataclasses.dataclass(frozen=True)
@@ -16,16 +19,27 @@ class StopRule:
   group's gain over the null during the last `patience` evaluations (since its last learning-rate
   cut). The first `cuts` plateaus multiply its learning rate by `factor`; the next one stops it.
   `patience` 0: never stop (train to --steps), and never cut.
+
+  A model is held (neither cut nor stopped, and restarted if it had stopped) while its latent is
+  its group's candidate: the latent just below the dimension rule's current answer (`fraction`),
+  whose seed-mean gain is within `near` below the rule's bar. Such models can sit on a plateau
+  just under the bar and escape it hundreds of steps later, which would move the answer
+  (docs/method.md); a held model trains until it crosses the bar, falls away from it, or reaches
+  the cap.
   """
 
   tolerance: float = 0.01
   patience: int = 4
   cuts: int = 1
   factor: float = 0.3
+  fraction: float = dimension.DEFAULT_GAIN_FRACTION
+  near: float = dimension.NEAR_BAR
 
   @classmethod
   def from_settings(cls, s) -> StopRule:
-    return cls(s.stop_tolerance, s.stop_patience, s.lr_plateau_cuts, s.lr_plateau_factor)
+    return cls(
+      s.stop_tolerance, s.stop_patience, s.lr_plateau_cuts, s.lr_plateau_factor, s.gain_fraction
+    )
 
 
 @dataclasses.dataclass
@@ -67,7 +81,12 @@ class Selection:
     return self.stopped_at > 0
 
   def update(
-    self, step: int, loss_M: np.ndarray, group_M: np.ndarray, rule: StopRule | None = None
+    self,
+    step: int,
+    loss_M: np.ndarray,
+    group_M: np.ndarray,
+    rule: StopRule | None = None,
+    latent_M: np.ndarray | None = None,
   ) -> tuple[np.ndarray, np.ndarray]:
     """Records an evaluation of every model, then applies `rule` (None: selection only).
 
@@ -76,6 +95,7 @@ class Selection:
       loss_M: [models] the held-out loss (non-finite counts as inf).
       group_M: [models] int, models whose gains are compared (one layer at one neuron count):
         the tolerance is relative to the largest gain over the null in the group.
+      latent_M: [models] each model's latent size, for the rule's hold (None: no hold).
     Returns:
       ([models] bool improved: the best so far, and the model still trains;
        [models] bool cut: its learning rate is to be multiplied by `rule.factor` now).
@@ -91,11 +111,35 @@ class Selection:
     if rule is None or rule.patience <= 0:
       return improved, cut
     plateau = running & self._plateau(group_M, rule)
+    if latent_M is not None:
+      held = self.held(group_M, latent_M, rule)
+      self.since = np.where(held & ~running, step, self.since)
+      self.stopped_at = np.where(held, 0, self.stopped_at)
+      plateau &= ~held
     cut = plateau & (self.cuts < rule.cuts)
     self.cuts = self.cuts + cut
     self.since = np.where(cut, step, self.since)
     self.stopped_at = np.where(plateau & ~cut, step, self.stopped_at)
     return improved, cut
+
+  def held(self, group_M: np.ndarray, latent_M: np.ndarray, rule: StopRule) -> np.ndarray:
+    """[models] bool: the model's latent is its group's candidate now (`StopRule`)."""
+    gain_M = np.where(np.isfinite(self.score), self.null - self.score, np.nan)
+    held = np.zeros(len(gain_M), bool)
+    for g in np.unique(group_M):
+      ks = np.unique(latent_M[group_M == g])
+      with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a latent with no finite score: NaN
+        gain_K = np.array([np.nanmean(gain_M[(group_M == g) & (latent_M == k)]) for k in ks])
+      answer = dimension.choose(ks, gain_K, rule.fraction)
+      below = np.flatnonzero(ks < answer)
+      if not len(below):
+        continue
+      j = below[-1]
+      share = gain_K[j] / np.nanmax(gain_K[j:])
+      if rule.fraction - rule.near <= share < rule.fraction:
+        held |= (group_M == g) & (latent_M == ks[j])
+    return held
 
   def _plateau(self, group_M: np.ndarray, rule: StopRule) -> np.ndarray:
     """[models] bool: the last `patience` evaluations since the last cut improved the best score
