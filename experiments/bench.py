@@ -2,6 +2,7 @@ r"""Benchmark: one batched sweep step vs the same models stepped one by one, vs 
 
   python -m experiments.bench            # a table
   python -m experiments.bench --json     # plus one JSON line
+  python -m experiments.bench --phases=main   # time to an answer: each phase of a whole sweep
 
 Shapes default to one Stringer layer: 1131 neurons, windows of 50, batch 16,
 128 LSTM units, latents 10,25,50,75,150, the LSTM decoder. Compile time is
@@ -17,7 +18,7 @@ import sys
 
 from absl import app, flags
 
-from nmas_jax import bench, declare
+from nmas_jax import bench, declare, phases
 from nmas_jax.errors import UserError
 from nmas_jax.training import cpu
 
@@ -32,6 +33,21 @@ flags.DEFINE_bool(
   "installed (it is not a dependency: pip install torch).",
 )
 flags.DEFINE_bool("json", False, "Print one JSON line with the figures.")
+flags.DEFINE_enum(
+  "phases",
+  None,
+  list(phases.SHAPES),
+  "Instead, fit a whole sweep of this named shape (nmas_jax/phases.py: main, the README's main "
+  "job; stringer_layer, one Stringer-shaped layer with PCA, FA and the LDS; stringer, nine) "
+  "and print the wall time of each phase.",
+)
+flags.DEFINE_integer(
+  "phase_steps",
+  0,
+  "--phases: cap training at this many steps (0: each model trains to the convergence "
+  "criterion, capped by the family's default --steps).",
+  lower_bound=0,
+)
 
 
 def main(argv):
@@ -45,6 +61,12 @@ def main(argv):
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  if FLAGS.phases:
+    res = phases.run(FLAGS.phases, FLAGS.phase_steps or None)
+    print(phases.table(res))
+    if FLAGS.json:
+      print(json.dumps(res))
+    return
   res = bench.run(
     shapes,
     steps=FLAGS.steps,

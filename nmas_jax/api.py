@@ -41,7 +41,9 @@ class DimensionSweep:
   training and evaluation flags: same names, same defaults). Fitted
   attributes (trailing underscore): `results_` (the content of results.json),
   `optimal_latent_` {layer: int}, `dataset_`, `state_` (all models' trained
-  state), `table_` (what each model is), `config_` (the `Settings`).
+  state), `table_` (what each model is), `config_` (the `Settings`), `phase_seconds_` (wall
+  seconds of each phase of the fit: prepare, compile, training, predictions, baselines,
+  comparators, estimates, report).
   """
 
   def __init__(self, latents=_D["latents"], **params):
@@ -112,7 +114,9 @@ class DimensionSweep:
     dataset = data.as_dataset(X)
     if cfg.shuffle_control:
       dataset = data.with_shuffle_control(dataset, data_seed)
+    clock = evaluate.Clock()
     prep = splits.prepare(dataset, cfg, data_seed=data_seed)  # every check, before any write
+    clock.lap("prepare")
     mesh = sharding.make_mesh(mesh) if isinstance(mesh, str) else mesh
     if identity is None:
       identity = {
@@ -121,6 +125,9 @@ class DimensionSweep:
         "dataset": dataset.name,
       }
     out = workdir_lib.run(prep, cfg, run_cfg, workdir, identity, flags_text, mesh, log)
+    clock.lap("training")
+    clock.seconds["compile"] = out.compile_seconds
+    clock.seconds["training"] -= out.compile_seconds
     results = results_lib.results_dict(prep, cfg, out)
     writes = workdir is not None and jax.process_index() == 0
     if out.stopped:
@@ -129,18 +136,21 @@ class DimensionSweep:
       if out.preempted is not None:
         raise Preempted(out.step, out.preempted)
       raise SweepStopped(out.stopped)
-    results = self._evaluate(prep, cfg, out, results, mesh, run_cfg.batching, log)
+    results = self._evaluate(prep, cfg, out, results, mesh, run_cfg.batching, log, clock)
     self.results_, self.dataset_, self.config_ = results, dataset, cfg
     self.state_, self.table_, self.preprocessing_ = out.state, out.table, prep.preprocessing
     self.optimal_latent_ = dict(results["optimal_latent"])
     self.paths_ = report.write_all(workdir, results, flags_text) if writes else []
+    clock.lap("report")
+    self.phase_seconds_ = dict(clock.seconds)
     return self
 
-  def _evaluate(self, prep, cfg, out, results, mesh, batching, log) -> dict[str, Any]:
+  def _evaluate(self, prep, cfg, out, results, mesh, batching, log, clock) -> dict[str, Any]:
     """results.json's evaluation fields: held-out metrics, baselines, estimates, controls."""
     results = results_lib.merge_into_results(
-      results, evaluate.evaluate_sweep(prep, cfg, out, log=log)
+      results, evaluate.evaluate_sweep(prep, cfg, out, log=log, clock=clock)
     )
+    clock.lap("estimates")
     dataset = prep.dataset
     for name in ("optimal_latent", "optimal_latent_interval"):  # where evaluation set none
       if cfg.decoders and f"{name}_by_decoder" not in results:
@@ -163,6 +173,7 @@ class DimensionSweep:
         shared = splits.prepare(real, cfg, shared=True)
         out = sweep.run_sweep(shared, cfg, log=log, mesh=mesh, batching=batching)
         results["layer_accuracy"] = decoding.layer_accuracy(shared, cfg, out)
+      clock.lap("layer_decoding")
     return results
 
   def _check_fitted(self) -> None:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from nmas_jax import DimensionSweep
+from nmas_jax import DimensionSweep, phases
 from nmas_jax.data import synthetic
 from nmas_jax.errors import UserError
 
@@ -101,12 +101,16 @@ def test_save_and_load_give_identical_transform(fitted, tmp_path):
   )
 
 
-def test_fit_on_plain_arrays():
+def test_fit_on_plain_arrays_and_time_every_phase():
+  """A [time, neurons] array fits; `phase_seconds_` has a non-negative time for every phase of
+  the fit (no workdir: the report phase writes nothing and still has its lap)."""
   x = synthetic.make_synthetic(true_latents=(3,), neurons=12, time=400, seed=2).x_LTN[
     0
   ]  # [time, neurons]
   est = DimensionSweep(latents=(1, 3), **{**TINY, "steps": 30}).fit(x)
   assert est.results_["layers"] == ["0"] and est.transform(x).shape[0] == 400
+  assert set(est.phase_seconds_) == set(phases.PHASES) - {"layer_decoding"}
+  assert min(est.phase_seconds_.values()) >= 0
   with pytest.raises(UserError, match="X must be"):
     DimensionSweep(**TINY).fit(np.zeros(5))
 

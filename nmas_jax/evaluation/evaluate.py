@@ -88,6 +88,20 @@ def model_predictions(
 LDS_ITERS = 20  # EM iterations of the linear dynamical system baseline
 
 
+class Clock:
+  """Wall seconds per phase of a run: each `lap` charges the time since the previous lap to the
+  named phase (`experiments.bench --phases`)."""
+
+  def __init__(self):
+    self.seconds: dict[str, float] = {}
+    self.last = time.perf_counter()
+
+  def lap(self, phase: str) -> None:
+    now = time.perf_counter()
+    self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self.last
+    self.last = now
+
+
 class Progress:
   """Progress lines of a long phase: `done/total what, elapsed, ETA`, at most one per `every_s`
   seconds and one at the end (at Stringer scale the baselines take minutes after training)."""
@@ -231,7 +245,7 @@ def _per_model(
   return per_model
 
 
-def _linear_fields(prep: Prepared, cfg: Settings, block_T, fa_iters: int, log):
+def _linear_fields(prep: Prepared, cfg: Settings, block_T, fa_iters: int, log, clock: Clock):
   """(baseline rows, baseline curves, the baselines' `Progress`, results fields of the linear
   methods: baselines, participation ratio, PCA's 90% count, `context`)."""
   log(
@@ -246,6 +260,7 @@ def _linear_fields(prep: Prepared, cfg: Settings, block_T, fa_iters: int, log):
     log,
   )
   rows, base_curves, fa_fits = _baselines(prep, cfg, block_T, fa_iters, progress=progress)
+  clock.lap("baselines")
   train_LTN, names = prep.train_block(), prep.dataset.layer_names
   t0 = time.perf_counter()
   ctx = comparators.context(prep, cfg, fa_iters, fa_fits)
@@ -258,14 +273,17 @@ def _linear_fields(prep: Prepared, cfg: Settings, block_T, fa_iters: int, log):
     "pca_dims_90": {n: baselines.dims_for_variance(train_LTN[l], 0.9) for l, n in enumerate(names)},
     **ctx,
   }
+  clock.lap("comparators")
   return rows, base_curves, progress, fields
 
 
 def evaluate_sweep(
-  prep: Prepared, cfg: Settings, out, fa_iters: int = 100, log=print
+  prep: Prepared, cfg: Settings, out, fa_iters: int = 100, log=print, clock: Clock | None = None
 ) -> dict[str, Any]:
   """Full evaluation of a `sweep.SweepOutput` on the validation and test blocks, the PCA and FA
-  baselines, and the dimension estimates: the fields of results.json."""
+  baselines, and the dimension estimates: the fields of results.json. `clock` gets the laps
+  "predictions", "baselines" and "comparators"."""
+  clock = clock or Clock()
   table, lik = out.table, prep.likelihood
   valid_LTN = prep.flat("valid")
   block_T = bootstrap_blocks(valid_LTN.shape[1])
@@ -273,8 +291,9 @@ def evaluate_sweep(
   pred_test = model_predictions(out.state, table, prep, cfg, "test")
   held = lambda i: prep.heldout_SLN[table.seed[i], table.layer[i]]
   per_model = _per_model(prep, table, held, valid_LTN, pred_valid, pred_test)
+  clock.lap("predictions")
   names = prep.dataset.layer_names
-  rows, base_curves, progress, linear = _linear_fields(prep, cfg, block_T, fa_iters, log)
+  rows, base_curves, progress, linear = _linear_fields(prep, cfg, block_T, fa_iters, log, clock)
   result = {"per_model": per_model, **linear}
   # A decoder's models of every held-in neuron (the rest: --neuron_counts); the first's lead.
   of = lambda d: np.flatnonzero((table.count == 0) & table.of_decoder(d))
