@@ -21,7 +21,7 @@ import numpy as np
 from nmas_jax import models
 from nmas_jax.config import Settings
 from nmas_jax.data.splits import Prepared
-from nmas_jax.evaluation import baselines, comparators, consistency, lds
+from nmas_jax.evaluation import baselines, batched, comparators, consistency, lds
 from nmas_jax.evaluation.estimates import (
   _no_estimate,
   _rule,
@@ -149,24 +149,26 @@ def _baselines(
     keep_SN = prep.heldout_SLN[:, l] | (
       prep.input_mask_MN(np.full(seeds, l), np.arange(seeds), np.full(seeds, count)) > 0
     )
+    # One batched program per method: every held-out set's fit at every latent size.
+    fits = batched.layer(
+      train_LTN[l],
+      held_x,
+      keep_SN & ~prep.heldout_SLN[:, l],
+      tuple(int(k) for k in sizes),
+      tuple(m for m in methods if m != "lds"),
+      reconstruct=not count,
+      fa_iters=fa_iters,
+    )
+    fa_fits.update({(l, k): f for k, f in fits.pop("fa_fit", {}).items()})
     for j, k in enumerate(sizes):
       row: dict[str, Any] = {"layer": name, "latent": int(k)}
       per_seed = []
       for s in range(seeds):
         held, keep = prep.heldout_SLN[s, l], keep_SN[s]
-        p = baselines.predictions(
-          train_LTN[l][:, keep],
-          held_x[:, keep],
-          held[keep],
-          k,
-          fa_iters,
-          reconstruct=s == 0 and not count,
-          methods=methods,
-        )
-        if count:
-          p = {key: _widen(v, keep) for key, v in p.items()}
-        if "fa_fit" in p:
-          fa_fits[l, int(k)] = p.pop("fa_fit")
+        p = {m: fits[m][j] for m in methods if m in fits and s == 0}
+        p |= {
+          f"{m}_cosmooth": fits[f"{m}_cosmooth"][s, j] for m in methods if f"{m}_cosmooth" in fits
+        }
         if "lds" in methods and held.any():
           p["lds_cosmooth"] = _widen(
             lds.cosmooth(train_LTN[l][:, keep], held[keep], [held_x[:, keep]], k, LDS_ITERS)[0],
@@ -181,7 +183,7 @@ def _baselines(
               rec["valid_r2"],
             )
           if held.any():
-            pc = p[f"{method}_cosmooth"]
+            pc = np.where(held, p[f"{method}_cosmooth"], np.nan)
             if lik == "poisson":
               pc = np.maximum(pc, 1e-3)  # linear predictions can go negative: floor the rate.
             for block, x in (("valid", valid_LTN[l]), ("test", test_LTN[l])):
