@@ -74,7 +74,7 @@ def expected(family: str, decoder: str, truth: int, grid) -> tuple[int, ...]:
 def run_draw(family: str, decoders, seed: int, log) -> list[dict]:
   """One draw of one family swept with every decoder: a row per (decoder, layer)."""
   from nmas_jax import DimensionSweep
-  from nmas_jax.evaluation import dimension
+  from nmas_jax.evaluation import consistency, dimension
 
   grid = GRIDS[family]
   ds = make(family, seed)
@@ -90,8 +90,10 @@ def run_draw(family: str, decoders, seed: int, log) -> list[dict]:
       gains = dimension.oracle_gains(ds.x_LTN[li], ds.rates_LTN[li], grid, ds.counts)
       oracle = int(dimension.choose(grid, gains))
     comp = (r.get("comparators") or {}).get(layer, {})
+    curve = (r.get("consistency") or {}).get(layer, {})
     for decoder in decoders:
       lo, hi = r["optimal_latent_interval_by_decoder"][decoder][layer]
+      chosen = r["optimal_latent_by_decoder"][decoder][layer]
       rows.append(
         dict(
           family=family,
@@ -100,8 +102,10 @@ def run_draw(family: str, decoders, seed: int, log) -> list[dict]:
           truth=truth,
           seed=seed,
           expected=expected(family, decoder, truth, grid),
-          chosen=r["optimal_latent_by_decoder"][decoder][layer],
+          chosen=chosen,
           interval=(lo, hi),
+          # The few-shot guard, of the first decoder's models (those `consistency` scores).
+          guarded=consistency.guarded(curve, chosen) if decoder == decoders[0] else None,
           pca=r["baseline_optimal_latent"]["pca"][layer],
           fa=r["baseline_optimal_latent"]["fa"][layer],
           oracle=oracle,
@@ -130,7 +134,7 @@ def summary(rows: list[dict]) -> str:
     groups[(r["family"], r["decoder"], r["layer"])].append(r)
   names = sorted({k for r in rows for k in r["comparators"]})
   cols = ["family", "decoder", "layer", "truth", "expected", "draws", "accuracy", "coverage"]
-  cols += ["width", "oracle", "unconverged", "pca", "fa", *names]
+  cols += ["width", "oracle", "unconverged", "guarded", "pca", "fa", *names]
   lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
   for (family, decoder, layer), rs in groups.items():
     want = rs[0]["expected"]
@@ -155,6 +159,7 @@ def summary(rows: list[dict]) -> str:
       width=f"{np.mean(width):.1f}" if width else "-",
       oracle=",".join(str(r["oracle"]) for r in rs) if rs[0]["oracle"] is not None else "-",
       unconverged=sum(r["unconverged"] for r in rs),
+      guarded=_share(right(r["guarded"]) if r.get("guarded") is not None else None for r in rs),
       pca=_share(right(r["pca"]) for r in rs),
       fa=_share(right(r["fa"]) for r in rs),
       **{n: _share(right(r["comparators"].get(n)) for r in rs) for n in names},

@@ -258,6 +258,13 @@ class Settings(Declared):
     "encoder and scored by co-smoothing (0 disables).",
     check="[0,1)",
   )
+  few_shot_windows: int = setting(
+    8,
+    "Training windows the few-shot co-smoothing readout is fitted on (latents to held-out "
+    "neurons, 5 random draws; Dabholkar & Barak 2025); 0: no few-shot score.",
+    check="nonneg_int",
+    identity=False,
+  )
   neuron_folds: int = setting(
     0,
     "K >= 2: instead of one random --heldout_neurons subset per seed, "

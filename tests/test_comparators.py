@@ -63,18 +63,21 @@ def test_a_ring_spans_more_linear_dimensions_than_its_manifold_has():
 
 def test_seed_consistency_is_one_for_latents_equal_up_to_a_linear_map_and_low_for_noise():
   """Two models whose latents are the same trajectory through different invertible maps score
-  R^2 1 (to rounding); latents of independent noise score near 0 (below 0.05)."""
+  R^2 1 (to rounding); latents of independent noise score near 0 (below 0.05); each model's own
+  score is the mean of the pairs it is in (here its only pair, both ways)."""
   from nmas_jax.evaluation import consistency
 
   rng = np.random.default_rng(6)
   s = np.cumsum(rng.standard_normal((600, 3)), axis=0)  # one shared 3-D trajectory
   maps = [rng.standard_normal((3, 3)) for _ in range(2)]
   z = np.stack([s @ m for m in maps] + [rng.standard_normal((600, 3)) for _ in range(2)])
-  out = consistency.seed_consistency(
+  out, per_model = consistency.seed_consistency(
     z[:, :400], z[:, 400:], np.zeros(4, int), np.array([3, 3, 2, 2]), ["0"], [2, 3]
   )
   r2 = dict(zip(out["0"]["latents"], out["0"]["r2"]))
   assert r2[3] > 0.999 and abs(r2[2]) < 0.05
+  assert per_model[0]["seed_consistency_r2"] == per_model[1]["seed_consistency_r2"] == r2[3]
+  assert per_model[2]["seed_consistency_r2"] == r2[2]
 
 
 def test_few_shot_readout_scores_signal_latents_high_and_noise_latents_at_most_zero():
@@ -89,3 +92,18 @@ def test_few_shot_readout_scores_signal_latents_high_and_noise_latents_at_most_z
   good = consistency.few_shot(z[:800], y[:800], z[800:], y[800:], 10, rng)
   bad = consistency.few_shot(noise[:800], y[:800], noise[800:], y[800:], 10, rng)
   assert good > 0.9 and bad < 0.05
+
+
+def test_the_few_shot_guard_and_the_sentence_on_the_scores_above_the_chosen_size():
+  """`guarded`: the latent at or below the chosen one with the best few-shot R^2 (the smaller on
+  a tie); `above_chosen` says whether each score falls at the next larger latent."""
+  from nmas_jax.evaluation import consistency
+
+  c = {"latents": [2, 3, 4, 6], "r2": [0.9, 0.95, 0.7, 0.6], "few_shot_r2": [0.5, 0.6, 0.6, 0.4]}
+  assert consistency.guarded(c, 4) == 3 and consistency.guarded(c, 2) == 2
+  assert consistency.guarded({"latents": [2], "r2": [1.0]}, 2) is None
+  assert consistency.above_chosen(c, 3) == (
+    "above the chosen 3, few-shot co-smoothing does not fall (0.60 at 3, 0.60 at 4); "
+    "seed consistency falls (0.95 at 3, 0.70 at 4)"
+  )
+  assert consistency.above_chosen(c, 6) == ""

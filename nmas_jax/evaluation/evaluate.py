@@ -331,7 +331,11 @@ def evaluate_sweep(
   )
   result.update(estimate(0))
   result.update(by_decoder(cfg, result, estimate))
-  result["consistency"] = consistency.for_sweep(out.state, sub, main, prep, cfg, model_predictions)
+  result["consistency"], scores = consistency.for_sweep(
+    out.state, sub, main, prep, cfg, model_predictions
+  )
+  for j, fields in scores.items():
+    per_model[main[j]].update({k: np.nan if v is None else v for k, v in fields.items()})
   if cfg.neuron_counts and not prep.shared:
     log(f"neuron counts: baselines at {len(cfg.neuron_counts)} more counts")
     by_count = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from nmas_jax.evaluation import consistency
 from nmas_jax.reporting.tables import fmt
 
 
@@ -76,12 +77,20 @@ def _consistency_lines(results: dict[str, Any]) -> list[str]:
   for layer, c in cons.items():
     pairs = ", ".join(f"{k}: {fmt(v)}" for k, v in zip(c["latents"], c["r2"]))
     shots = ", ".join(f"{k}: {fmt(v)}" for k, v in zip(c["latents"], c.get("few_shot_r2") or []))
-    lines.append(f"- layer {layer}: seed consistency {pairs}; few-shot co-smoothing {shots}")
+    above = consistency.above_chosen(c, (results.get("optimal_latent") or {}).get(layer))
+    guard = consistency.guarded(c, (results.get("optimal_latent") or {}).get(layer))
+    lines.append(
+      f"- layer {layer}: seed consistency {pairs}; few-shot co-smoothing {shots}"
+      + (f"; {above}" if above else "")
+      + (f"; the few-shot guard answers {guard}" if guard is not None else "")
+    )
   return lines + [
     "",
     "Few-shot co-smoothing: R^2 on validation of a linear readout from the latents to the "
-    "held-out neurons fitted on 8 training windows only (Dabholkar & Barak 2025): latents that "
-    "carry no signal let it fit noise, so it falls past the true dimension where full "
-    "co-smoothing does not.",
+    f"held-out neurons fitted on {(results.get('config') or {}).get('few_shot_windows', 8)} "
+    "training windows only "
+    "(Dabholkar & Barak 2025; --few_shot_windows): latents that carry no signal let it fit "
+    "noise, so it falls past the true dimension where full co-smoothing does not. The few-shot "
+    "guard is the latent at or below the chosen one with the best few-shot score.",
     "",
   ]

@@ -41,6 +41,8 @@ CSV_FIELDS = (
   "test_cosmooth_bps",
   "rates_r2",
   "test_rates_r2",
+  "seed_consistency_r2",
+  "few_shot_r2",
   "best_step",
   "converged",
   "stopped_at_step",
