@@ -10,6 +10,9 @@
 # 5. (PARTS=stringer_lfads) the Stringer-scale sweep for 3000 steps with its baselines, and,
 #    once its training is done (the baselines run mostly on the CPU), the LFADS comparison of
 #    `experiments.validate --lfads_trials` trained for LFADS_STEPS steps beside it.
+# 6. (PARTS=phases) time to an answer: `experiments.bench --phases=stringer` (9 Stringer-shaped
+#    layers, 540 models, PCA, FA and the LDS), each phase's wall time, training capped at
+#    PHASE_STEPS (default 3000).
 # Each part has its own time limit, so a slow part cannot take the others with it.
 # PARTS (default "bench stringer") names the parts to run.
 set -u
@@ -91,6 +94,12 @@ kill $POLL
 grep -vE '^\s*$' "$OUT/stringer_full.log" | grep -vE '^  /tmp' | tail -40 | cut -c1-300
 tail -25 "$OUT/lfads_long.log" | cut -c1-400
 echo "max GPU memory (MiB) before LFADS started: $(awk -v ls=$LS '$1 < ls {print $2}' "$OUT/stringer_memory_mib.txt" | sort -n | tail -1)"
+fi
+
+if want phases; then
+XLA_PYTHON_CLIENT_PREALLOCATE=false part phases ${PHASES_LIMIT:-540} $PY -m experiments.bench \
+  --phases=stringer --phase_steps=${PHASE_STEPS:-3000} --json
+grep -E '^\||^shape' "$OUT/phases.log"
 fi
 
 if want bench; then
