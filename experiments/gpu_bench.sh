@@ -2,7 +2,7 @@
 # The GPU figures of docs/benchmarks.md, in one run (about 9 minutes on one H100):
 #   bash experiments/gpu_bench.sh [OUTDIR]
 # 1. one model against 45 (9 Stringer layers x 5 latents), float32 and bfloat16;
-# 2. LFADS (5 factor sizes) against its own loop;
+# 2. LFADS (5 factor sizes) against its own loop, and with a controller (co_dim 2);
 # 3. the linear decoder, 45 models against 5 (throughput as models are added);
 # 4. a Stringer-scale sweep (9 layers x 1131 neurons x 3500 bins, latents 10..150, 3 seeds,
 #    neuron counts 100,200,400,800: 675 models) on random data for 200 steps, for its
@@ -104,6 +104,7 @@ fi
 
 if want bench; then
 part lfads 120 $B --model=lfads
+part lfads_co 120 $B --model=lfads --co_dim=2 --noloop
 part linear45 60 $B --layers=9 --decoder=linear --noloop
 part linear5 60 $B --layers=1 --decoder=linear --noloop
 fi

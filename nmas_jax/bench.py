@@ -56,6 +56,9 @@ class Shapes(declare.Declared):
     "no controller; --hidden and --decoder do not apply).",
     choices=BENCH_MODELS,
   )
+  co_dim: int = setting(
+    0, "--model=lfads: inferred inputs per time step (0: no controller).", check="nonneg_int"
+  )
 
   def __post_init__(self):
     super().__post_init__()
@@ -86,7 +89,7 @@ class Shapes(declare.Declared):
       dropout=0.0,
       linear_skip=False,
       model=self.model,
-      co_dim=0,  # LFADS without a controller
+      co_dim=self.co_dim,  # LFADS: 0, no controller
     )
 
   def model_neurons(self) -> list[int]:

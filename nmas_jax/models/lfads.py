@@ -259,16 +259,19 @@ class LFADS(Family, nn.Module):
 
   @classmethod
   def step_flops(cls, s: Any, neurons: int, batch: int, window: int) -> float:
-    """Without a controller: the bidirectional initial-condition encoder GRU on the neurons
-    (input projection: forward + weight gradient), the generator GRU, the factors and the
-    readout, at each factor count k."""
+    """The bidirectional initial-condition encoder GRU on the neurons (input projection: forward
+    + weight gradient), the generator GRU, the factors and the readout, at each factor count k;
+    with a controller (`co_dim`), its bidirectional encoder, its GRU and its links too."""
     bt, e, g, n = batch * window, s.ic_enc_dim, s.gen_dim, neurons
-    per = (
-      2 * (2 * bt * n * 3 * e * 2)  # two directions, input projection
-      + 2 * (2 * bt * e * 3 * e * 3)  # two directions, recurrence
-      + 2 * bt * g * 3 * g * 3
-    )  # generator recurrence
-    return sum(per + 2 * bt * g * k * 3 + 2 * bt * k * n * 3 for k in s.latents)
+    encoder = lambda d: 2 * (2 * bt * n * 3 * d * 2) + 2 * (2 * bt * d * 3 * d * 3)  # 2 directions
+    per = encoder(e) + 2 * bt * g * 3 * g * 3  # and the generator's recurrence
+    con = lambda k: 0
+    if getattr(s, "co_dim", 0):
+      c, u, co = s.ci_enc_dim, s.con_dim, s.co_dim
+      per += encoder(c) + 2 * bt * 2 * c * 3 * u * 3 + 2 * bt * u * 3 * u * 3
+      per += 2 * bt * u * 2 * co * 3 + 2 * bt * co * 3 * g * 3  # posterior, generator input
+      con = lambda k: 2 * bt * k * 3 * u * 3  # factors back to the controller
+    return sum(per + con(k) + 2 * bt * g * k * 3 + 2 * bt * k * n * 3 for k in s.latents)
 
   def train_output(
     self, params: Any, x_in_BTN: jax.Array, latent: Any, step: jax.Array, rngs: dict[str, jax.Array]
