@@ -62,3 +62,17 @@ def test_fa_em_equals_the_numpy_reference_at_fixed_iterations_and_predicts_alike
       ref = baselines.predictions(train, ev, held[s], k, reconstruct=False, methods=("fa",))
       cols = held[s]
       assert _rel(out["fa_cosmooth"][s, j][:, cols], ref["fa_cosmooth"][:, cols]) < 1e-2
+
+
+def test_the_numpy_door_returns_what_the_batched_programs_return():
+  """`baselines.layer` (the CPU's path for small layers, `batched.on_device`) has
+  `batched.layer`'s keys and shapes, and agrees on each set's held-out neurons: PCA within 1e-5,
+  FA within 1% (its float32 early stop), the all-neuron reconstructions likewise."""
+  train, ev, held = _data()
+  args = (train, ev, ~held, SIZES, ("pca", "fa"), True)
+  dev, host = batched.layer(*args), baselines.layer(*args)
+  assert set(dev) == set(host) and sorted(dev["fa_fit"]) == sorted(host["fa_fit"]) == list(SIZES)
+  for s in range(2):
+    assert _rel(dev["pca_cosmooth"][s][..., held[s]], host["pca_cosmooth"][s][..., held[s]]) < 1e-5
+    assert _rel(dev["fa_cosmooth"][s][..., held[s]], host["fa_cosmooth"][s][..., held[s]]) < 1e-2
+  assert _rel(dev["pca"], host["pca"]) < 1e-5 and _rel(dev["fa"], host["fa"]) < 1e-2

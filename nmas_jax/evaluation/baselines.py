@@ -152,6 +152,37 @@ def predictions(
   return out
 
 
+def layer(
+  train_TN: np.ndarray,
+  eval_UN: np.ndarray,
+  in_SN: np.ndarray,
+  sizes: Sequence[int],
+  methods: Sequence[str],
+  reconstruct: bool,
+  fa_iters: int = 100,
+) -> dict[str, Any]:
+  """`batched.layer`'s output from these numpy fits, one (neuron set, latent size) at a time:
+  each set's fit sees its neurons `in_SN[s]` and predicts every other neuron."""
+  s_count, n = in_SN.shape
+  out: dict[str, Any] = {
+    f"{m}_cosmooth": np.full((s_count, len(sizes), len(eval_UN), n), np.nan) for m in methods
+  }
+  if reconstruct:
+    out |= {m: np.empty((len(sizes), len(eval_UN), n)) for m in methods} | {"fa_fit": {}}
+  for j, k in enumerate(sizes):
+    if reconstruct:
+      p = predictions(train_TN, eval_UN, np.zeros(n, bool), k, fa_iters, True, methods)
+      for m in methods:
+        out[m][j] = p[m]
+      if "fa_fit" in p:
+        out["fa_fit"][k] = p["fa_fit"]
+    for s in range(s_count):
+      p = predictions(train_TN, eval_UN, ~in_SN[s], k, fa_iters, False, methods)
+      for m in methods:
+        out[f"{m}_cosmooth"][s, j] = p[f"{m}_cosmooth"]
+  return out
+
+
 # ----------------------------------------------------------------------------
 # Spike smoothing (the Neural Latents Benchmark's simplest co-smoothing baseline).
 

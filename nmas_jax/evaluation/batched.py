@@ -151,6 +151,18 @@ def fa(train_TN, eval_UN, in_SN, k_K, kmax: int, iters: int = 100, tol: float = 
   return jax.vmap(one_set)(in_SN)
 
 
+# On XLA:CPU a small layer's numpy fits cost less than compiling the batched programs (30
+# neurons: 1.9-4.5 s of compile per shape against 0.04-0.09 s of numpy); a Stringer-sized layer's
+# cost less batched (1131 neurons: 53-63 s against 89-99 s), a main-job layer's are level (200).
+CPU_MIN_NEURONS = 512
+
+
+def on_device(neurons: int) -> bool:
+  """Whether a layer of `neurons` runs the batched programs (`layer`) or the numpy fits
+  (`baselines.layer`): always on an accelerator, on the CPU from `CPU_MIN_NEURONS`."""
+  return jax.default_backend() != "cpu" or neurons >= CPU_MIN_NEURONS
+
+
 def layer(
   train_TN: np.ndarray,
   eval_UN: np.ndarray,

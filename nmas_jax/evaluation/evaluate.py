@@ -149,8 +149,9 @@ def _baselines(
     keep_SN = prep.heldout_SLN[:, l] | (
       prep.input_mask_MN(np.full(seeds, l), np.arange(seeds), np.full(seeds, count)) > 0
     )
-    # One batched program per method: every held-out set's fit at every latent size.
-    fits = batched.layer(
+    # Every held-out set's fit at every latent size: one program per method (`batched`).
+    fit_layer = batched.layer if batched.on_device(train_LTN[l].shape[1]) else baselines.layer
+    fits = fit_layer(
       train_LTN[l],
       held_x,
       keep_SN & ~prep.heldout_SLN[:, l],
