@@ -179,7 +179,8 @@ def layer(
     for s in range(s_count):
       p = predictions(train_TN, eval_UN, ~in_SN[s], k, fa_iters, False, methods)
       for m in methods:
-        out[f"{m}_cosmooth"][s, j] = p[f"{m}_cosmooth"]
+        if f"{m}_cosmooth" in p:  # absent when the set holds every neuron
+          out[f"{m}_cosmooth"][s, j] = p[f"{m}_cosmooth"]
   return out
 
 
