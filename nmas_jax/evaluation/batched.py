@@ -125,7 +125,7 @@ def _posterior(x_TN, mean, w, psi):
   return (x_TN - mean[None]) @ wp @ jnp.linalg.inv(jnp.eye(w.shape[1]) + w.T @ wp)
 
 
-@functools.partial(jax.jit, static_argnames=("kmax", "iters"))
+@functools.partial(jax.jit, static_argnames=("kmax",))
 def fa(train_TN, eval_UN, in_SN, k_K, kmax: int, iters: int = 100, tol: float = 1e-6):
   """FA fit on each set's neurons [S] at each latent size [K]: (co-smoothing predictions of every
   neuron [S, K, U, N], reconstructions E[x | x] of the set's neurons [S, K, U, N], and the fits
