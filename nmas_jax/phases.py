@@ -61,7 +61,7 @@ PHASES = (
 )
 
 
-def run(name: str, steps: int | None = None, workdir: str | None = None, log=print) -> dict:
+def run(name: str, steps: int | None = None, workdir: str | None = None) -> dict:
   """Fits the named shape once; {"shape", "steps", "models", "phases": {phase: seconds},
   "total"}. `steps` caps training (None: every model to the convergence criterion)."""
   from nmas_jax import DimensionSweep

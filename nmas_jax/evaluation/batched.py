@@ -119,10 +119,10 @@ def _fa_em(s_NN, ev_J, evec_NJ, in_N, cols_J, iters: int, tol: float):
   return w, psi
 
 
-def _posterior(x_TN, mean, w, psi):
-  """E[z | x] [T, kmax] (`baselines.fa_posterior_mean`)."""
+def _posterior_map(w, psi):
+  """[N, kmax]: centred data times it is E[z | x] (`baselines.fa_posterior_mean`)."""
   wp = w / psi[:, None]
-  return (x_TN - mean[None]) @ wp @ jnp.linalg.inv(jnp.eye(w.shape[1]) + w.T @ wp)
+  return wp @ jnp.linalg.inv(jnp.eye(w.shape[1]) + w.T @ wp)
 
 
 @functools.partial(jax.jit, static_argnames=("kmax",))
@@ -133,6 +133,7 @@ def fa(train_TN, eval_UN, in_SN, k_K, kmax: int, iters: int = 100, tol: float = 
 
   def one_set(in_N):
     mean, xc = _centered(train_TN, in_N)
+    ev_UN = (eval_UN - mean[None]) * in_N[None]
     s_NN = xc.T @ xc / xc.shape[0]
     ev, evec = jnp.linalg.eigh(s_NN)
     ev_J, evec_NJ = ev[::-1][:kmax], evec[:, ::-1][:, :kmax]
@@ -140,9 +141,9 @@ def fa(train_TN, eval_UN, in_SN, k_K, kmax: int, iters: int = 100, tol: float = 
 
     def one_k(cols_J):
       w, psi = _fa_em(s_NN, ev_J, evec_NJ, in_N, cols_J, iters, tol)
-      f_train = _posterior(train_TN * in_N[None], mean * in_N, w, psi)
-      f_eval = _posterior(eval_UN * in_N[None], mean * in_N, w, psi)
-      co = _regress(f_train, train_TN, f_eval, cols_J)
+      post = _posterior_map(w, psi)  # zero rows outside the set: w is zero there
+      f_eval = ev_UN @ post
+      co = _regress(xc @ post, train_TN, f_eval, cols_J)
       return co, (mean[None] + f_eval @ w.T) * in_N[None], w, psi
 
     co, rec, w, psi = jax.vmap(one_k)(cols_KJ)

@@ -149,7 +149,8 @@ def _baselines(
     keep_SN = prep.heldout_SLN[:, l] | (
       prep.input_mask_MN(np.full(seeds, l), np.arange(seeds), np.full(seeds, count)) > 0
     )
-    # Every held-out set's fit at every latent size: one program per method (`batched`).
+    # Every held-out set's fit at every latent size at once (`batched.layer`, or on the CPU for a
+    # small layer its numpy twin `baselines.layer`).
     fit_layer = batched.layer if batched.on_device(train_LTN[l].shape[1]) else baselines.layer
     fits = fit_layer(
       train_LTN[l],

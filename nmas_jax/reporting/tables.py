@@ -133,13 +133,10 @@ def unconverged_advice(results: dict[str, Any], code: str = "") -> str | None:
 LINEAR_DECODERS = ("linear",)
 
 
-NEAR_BAR = dimension.NEAR_BAR
-
-
 def near_bar(results: dict[str, Any], layer: str) -> tuple[int, float] | None:
-  """(k, its gain fraction) when the latent just below the chosen one came within `NEAR_BAR` of
-  the rule's bar: a model there can still escape a plateau late (docs/method.md), so longer
-  training might choose it."""
+  """(k, its gain fraction) when the latent just below the chosen one came within
+  `dimension.NEAR_BAR` of the rule's bar: a model there can still escape a plateau late
+  (docs/method.md), so longer training might choose it."""
   dim = results.get("dimension") or {}
   d, bar = (dim.get("layers") or {}).get(layer), dim.get("gain_fraction")
   k = (results.get("optimal_latent") or {}).get(layer)
@@ -147,7 +144,7 @@ def near_bar(results: dict[str, Any], layer: str) -> tuple[int, float] | None:
     return None
   j = d["latents"].index(k)
   f = d["gain_fraction"][j - 1] if j else None
-  return (d["latents"][j - 1], f) if f is not None and bar - NEAR_BAR <= f < bar else None
+  return (d["latents"][j - 1], f) if f is not None and bar - dimension.NEAR_BAR <= f < bar else None
 
 
 def answer_lines(results: dict[str, Any]) -> list[str]:
