@@ -168,6 +168,30 @@ def summary(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
+def refresh_comparators(rows_path: str, log) -> None:
+  """Recomputes the standard estimators of every draw in `rows_path` on its regenerated data
+  (they depend on the data alone, not on training), rewriting the file: for a change to
+  `evaluation.comparators` without rerunning the sweeps."""
+  from nmas_jax.config import Settings
+  from nmas_jax.data import splits
+  from nmas_jax.evaluation import comparators
+
+  with open(rows_path, encoding="utf-8") as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  fresh = {}
+  for family, seed in sorted({(r["family"], r["seed"]) for r in rows}):
+    prep = splits.prepare(make(family, seed), Settings(latents=GRIDS[family]), data_seed=seed)
+    fresh[family, seed] = comparators.per_layer(prep)
+    log(f"{family} draw {seed}: {fresh[family, seed]}")
+  for r in rows:
+    comp = fresh[r["family"], r["seed"]][r["layer"]]
+    r["comparators"] = {k: on_grid(v, GRIDS[r["family"]]) for k, v in comp.items()}
+  tmp = rows_path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+  os.replace(tmp, rows_path)
+
+
 def run(
   families, decoders, draws: int, log, rows_path: str = "", only_rows: bool = False
 ) -> list[dict]:

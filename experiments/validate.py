@@ -113,6 +113,12 @@ flags.DEFINE_string(
   "--draws: a JSON-lines file each finished draw's rows are appended to; draws already in it "
   "are not run again (resume or extend a validation).",
 )
+flags.DEFINE_bool(
+  "refresh_comparators",
+  False,
+  "--draws with --rows: first recompute the standard estimators of the draws in --rows on "
+  "their regenerated data (no training), then the table as --only_rows.",
+)
 flags.DEFINE_bool("scaling", False, "Check the --neuron_counts axis instead (see above).")
 flags.DEFINE_bool(
   "lfads_trials", False, "Run the LFADS comparison on lorenz_trials instead (see above)."
@@ -414,8 +420,15 @@ def main(argv):
     )
     return
   if FLAGS.draws:
+    if FLAGS.refresh_comparators:
+      calibration.refresh_comparators(FLAGS.rows, log)
     rows = calibration.run(
-      FLAGS.families, FLAGS.decoders, FLAGS.draws, log, FLAGS.rows, FLAGS.only_rows
+      FLAGS.families,
+      FLAGS.decoders,
+      FLAGS.draws,
+      log,
+      FLAGS.rows,
+      FLAGS.only_rows or FLAGS.refresh_comparators,
     )
     text = calibration.summary(rows) + "\n\n" + stamp((time.perf_counter() - t0) / 60)
     markers = DRAW_MARKERS

@@ -41,6 +41,20 @@ def test_intrinsic_dimension_of_a_noiseless_plane_and_curve_in_ten_dimensions():
     assert abs(comparators.levina_bickel(x) - d) < 0.3
 
 
+def test_intrinsic_dimensions_are_measured_on_the_denoised_cloud():
+  """A circle through a random map into 40 dimensions plus isotropic noise: TwoNN and the MLE on
+  the raw points exceed 10 (noise fills every dimension); `comparators` projects on the
+  parallel-analysis components (2 here) first, and both come out at most 2.2."""
+  rng = np.random.default_rng(7)
+  theta = rng.uniform(0, 2 * np.pi, 3000)
+  x = np.c_[np.cos(theta), np.sin(theta)] @ rng.standard_normal((2, 40))
+  x = x + 0.3 * rng.standard_normal((3000, 40))
+  assert comparators.two_nn(x[:2000]) > 10 and comparators.levina_bickel(x[:2000]) > 10
+  out = comparators.comparators(x[:2000], x[2000:])
+  assert out["parallel_analysis"] == 2
+  assert out["two_nn"] <= 2.2 and out["mle"] <= 2.2
+
+
 @pytest.mark.parametrize("name", ["ring", "torus", "sequence", "calcium"])
 def test_manifold_families_are_deterministic_named_and_keep_their_noiseless_mean(name):
   make = synthetic.FAMILIES[name]

@@ -4,7 +4,8 @@ other context of each layer's dimensionality (`context`: spectrum, FA's shared d
 Linear counts: parallel analysis (Horn 1965), PCA's Bayesian rank (Minka 2000), the
 participation ratio, and the number of reliable SVCA components (Stringer et al. 2019).
 Intrinsic-dimension estimators: TwoNN (Facco et al. 2017) and the Levina-Bickel MLE (2004, with
-MacKay and Ghahramani's averaging). Linear counts overestimate on curved manifolds and noise
+MacKay and Ghahramani's averaging), both on the training block projected on its
+parallel-analysis components. Linear counts overestimate on curved manifolds and noise
 inflates every one of them (Altan et al. 2021); `experiments.validate` measures how each does on
 the validation families (docs/validation.md). Each is a few lines of numpy, written here rather
 than taken from scikit-dimension to keep the core dependencies as they are.
@@ -115,16 +116,39 @@ def levina_bickel(x_TN: np.ndarray, k: int = 20, max_points: int = 2000, seed: i
   return float(1.0 / np.mean(logs.mean(axis=1)))
 
 
+def denoised(x_TN: np.ndarray, rank: int) -> np.ndarray:
+  """[time, rank]: each time point's scores on the top `rank` principal components of `x_TN`,
+  the point cloud with the variance outside its linear answer removed (noise inflates the
+  intrinsic-dimension estimators; Altan et al. 2021)."""
+  x = np.asarray(x_TN, np.float64)
+  u, s, _ = np.linalg.svd(x - x.mean(0), full_matrices=False)
+  return u[:, :rank] * s[:rank]
+
+
 def comparators(train_TN: np.ndarray, heldout_TN: np.ndarray, seed: int = 0) -> dict[str, Any]:
   """Every estimator of `NAMES` on one layer: linear counts on the training block (SVCA's
-  reliability measured on held-out time), intrinsic dimensions on the training block."""
+  reliability measured on held-out time); the intrinsic dimensions on the training block
+  denoised by projecting it on its parallel-analysis components (`denoised`)."""
+  pa = parallel_analysis(train_TN, seed=seed)
+  cloud_TQ = denoised(train_TN, max(pa, 1))
   return {
-    "parallel_analysis": parallel_analysis(train_TN, seed=seed),
+    "parallel_analysis": pa,
     "pca_mle": pca_mle(train_TN),
     "participation_ratio": round(baselines.participation_ratio(train_TN), 2),
     "svca_reliable": svca_reliable(train_TN, heldout_TN, seed=seed),
-    "two_nn": round(two_nn(train_TN, seed=seed), 2),
-    "mle": round(levina_bickel(train_TN, seed=seed), 2),
+    "two_nn": round(two_nn(cloud_TQ, seed=seed), 2),
+    "mle": round(levina_bickel(cloud_TQ, seed=seed), 2),
+  }
+
+
+def per_layer(prep: Prepared) -> dict[str, dict[str, Any]]:
+  """{layer: `comparators` of its training block, SVCA's reliability on validation and test
+  time}."""
+  train_LTN = prep.train_block()
+  held_LTN = np.concatenate([prep.flat("valid"), prep.flat("test")], axis=1)
+  return {
+    n: comparators(train_LTN[l], held_LTN[l], seed=l)
+    for l, n in enumerate(prep.dataset.layer_names)
   }
 
 
@@ -147,7 +171,7 @@ def context(
       n: spectrum.spectrum(train_LTN[l], held_LTN[l], seed=l, bootstrap=cfg.bootstrap)
       for l, n in enumerate(names)
     },
-    "comparators": {n: comparators(train_LTN[l], held_LTN[l], seed=l) for l, n in enumerate(names)},
+    "comparators": per_layer(prep),
     "fa_dshared": {
       n: spectrum.fa_dshared(
         train_LTN[l],

@@ -56,8 +56,8 @@ def _comparators_table(results: dict[str, Any]) -> list[str]:
     "Standard estimators on the training block: parallel analysis (Horn), PCA's Bayesian rank "
     "(Minka; isotropic noise), the participation ratio, reliable SVCA components (above zero "
     "in 95% of a time-block bootstrap), and two intrinsic-dimension estimators, TwoNN and the "
-    "Levina-Bickel MLE (k=20), which noise inflates (docs/validation.md says how each does on "
-    "data with known answers).",
+    "Levina-Bickel MLE (k=20), on the block projected on its parallel-analysis components to "
+    "remove noise (docs/validation.md says how each does on data with known answers).",
     "",
   ]
 
