@@ -13,7 +13,8 @@ equations, solved by doubling). d is each neuron's training mean (held fixed).
 Each latent size is its own jitted program (EM's iterations are one `lax.scan`): padding every
 size to the largest and vmapping them costs up to five times the K^3 work, and on XLA:CPU with
 multithreaded Eigen the vmapped Riccati loop deadlocked in 2 of 3 runs
-(docs/notes/2026-11-28-dimension.md).
+(docs/notes/2026-11-28-dimension.md). On a GPU the fits run on the device with the filter and
+smoother as log-depth doubling recursions (`recursion`); on the CPU as sequential scans.
 `tests/test_lds.py` checks the smoother and the likelihood against a dense joint-Gaussian
 computation.
 """
@@ -112,43 +113,54 @@ def steady_state(p: LDS, p_init: jax.Array, num_time: int) -> Steady:
   return Steady(p_pred, p_filt, p_smooth, gain, _stein(gain, p_filt - p_smooth, n))
 
 
-def smooth(p: LDS, st: Steady, y_TN: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Smoothed means [T, K], filtered means [T, K] and the log-likelihood log p(y_1..T)."""
+def recursion(f_KK: jax.Array, b_TK: jax.Array, parallel: bool = False) -> jax.Array:
+  """x [T, K] of x_t = F x_{t-1} + b_t from x_{-1} = 0, with F fixed (the steady-state filter
+  and smoother are such recursions). `parallel`: by doubling, ceil(log2 T) steps each one
+  [T, K] x [K, K] product (x_t += F^h x_{t-h}, h = 1, 2, 4, ...): few wide kernels for an
+  accelerator in place of T tiny sequential ones, at log2 T times the flops."""
+  if not parallel:
+    return jax.lax.scan(lambda x, b: (f_KK @ x + b,) * 2, jnp.zeros_like(b_TK[0]), b_TK)[1]
+  x, f, h = jnp.asarray(b_TK), jnp.asarray(f_KK), 1
+  while h < b_TK.shape[0]:
+    x = x.at[h:].add(x[:-h] @ f.T)
+    f, h = f @ f, 2 * h
+  return x
+
+
+def smooth(
+  p: LDS, st: Steady, y_TN: jax.Array, parallel: bool = False
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Smoothed means [T, K], filtered means [T, K] and the log-likelihood log p(y_1..T); the
+  filter and smoother run as `recursion(..., parallel)`."""
   info = _info(p)
   k = p.a_KK.shape[0]
+  eye = jnp.eye(k, dtype=p.a_KK.dtype)
   e_TN = y_TN - p.d_N[None]
   proj_TK = e_TN @ (p.c_NK / p.r_N[:, None])  # C^T R^-1 (y_t - d)
-  f_KK = (jnp.eye(k) - st.p_filt @ info) @ p.a_KK  # m_f,t = F m_f,t-1 + P_f proj_t
-  b_TK = proj_TK @ st.p_filt
-
-  def forward(m_prev, inputs):
-    b, pr, e = inputs
-    m_pred = p.a_KK @ m_prev
-    # Innovation y - d - C m_pred under S = C P C^T + R, through K x K algebra (Woodbury).
-    u = pr - info @ m_pred  # C^T R^-1 (y - d - C m_pred)
-    res = e - p.c_NK @ m_pred
-    quad = jnp.sum(res**2 / p.r_N) - u @ st.p_filt @ u
-    return f_KK @ m_prev + b, (f_KK @ m_prev + b, quad)
-
-  _, (m_f, quad_T) = jax.lax.scan(forward, jnp.zeros(k), (b_TK, proj_TK, e_TN))
-  logdet = jnp.sum(jnp.log(p.r_N)) + jnp.linalg.slogdet(jnp.eye(k) + info @ st.p_pred)[1]
+  # Filter: m_f,t = F m_f,t-1 + P_f proj_t.
+  m_f = recursion((eye - st.p_filt @ info) @ p.a_KK, proj_TK @ st.p_filt, parallel)
+  m_pred = jnp.concatenate([jnp.zeros_like(m_f[:1]), m_f[:-1]]) @ p.a_KK.T  # A m_f,t-1
+  # Innovation y - d - C m_pred under S = C P C^T + R, through K x K algebra (Woodbury).
+  u = proj_TK - m_pred @ info  # C^T R^-1 (y - d - C m_pred); info is symmetric
+  res = e_TN - m_pred @ p.c_NK.T
+  quad_T = jnp.sum(res**2 / p.r_N[None], axis=1) - jnp.einsum("tk,kl,tl->t", u, st.p_filt, u)
+  logdet = jnp.sum(jnp.log(p.r_N)) + jnp.linalg.slogdet(eye + info @ st.p_pred)[1]
   n, t = y_TN.shape[1], y_TN.shape[0]
   loglik = -0.5 * (jnp.sum(quad_T) + t * (logdet + n * jnp.log(2 * jnp.pi)))
-
-  def backward(m_next, mf):
-    m = mf + st.gain @ (m_next - p.a_KK @ mf)
-    return m, m
-
-  _, m_s = jax.lax.scan(backward, m_f[-1], m_f[:-1], reverse=True)
-  return jnp.concatenate([m_s, m_f[-1:]]), m_f, loglik
+  # Smoother, backwards: m_s,t = (I - J A) m_f,t + J m_s,t+1, from m_s,T-1 = m_f,T-1.
+  c_TK = jnp.concatenate([m_f[:-1] @ (eye - st.gain @ p.a_KK).T, m_f[-1:]])
+  m_s = recursion(st.gain, c_TK[::-1], parallel)[::-1]
+  return m_s, m_f, loglik
 
 
-def em_step(p: LDS, p_init: jax.Array, y_TN: jax.Array) -> tuple[LDS, jax.Array, jax.Array]:
+def em_step(
+  p: LDS, p_init: jax.Array, y_TN: jax.Array, parallel: bool = False
+) -> tuple[LDS, jax.Array, jax.Array]:
   """One EM iteration: (new parameters, the steady covariance to warm-start from, the
   log-likelihood of the parameters it started from)."""
   t, k = y_TN.shape[0], p.a_KK.shape[0]
   st = steady_state(p, p_init, t)
-  m_s, _, loglik = smooth(p, st, y_TN)
+  m_s, _, loglik = smooth(p, st, y_TN, parallel)
   e_TN = y_TN - p.d_N[None]
   cov_all = t * st.p_smooth + st.end_sum  # sum_t Cov(z_t | y)
   s_zz = m_s.T @ m_s + cov_all  # sum_t E[z_t z_t^T]
@@ -180,48 +192,57 @@ def init(y_TN: np.ndarray, k: int) -> LDS:
   return LDS(*map(jnp.asarray, (a, q, c, d, r)))
 
 
-def _on_host():
-  """x64 on the CPU, where the LDS runs on every backend: a fit is thousands of sequential K x K
-  steps, which an accelerator runs one tiny kernel launch at a time (on an H100 host the
-  baselines with the LDS took 60-96 s per Stringer-sized layer:
-  docs/notes/2026-11-28-benchmarks.md)."""
+def _placement() -> tuple[contextlib.ExitStack, bool]:
+  """Where fits run, in float64, and whether their recursions run `parallel`: on a GPU, on the
+  default device by doubling (sequential, a fit is thousands of tiny kernel launches: 60-96 s
+  per Stringer-sized layer on an H100, docs/notes/2026-11-28-benchmarks.md); elsewhere on the
+  host CPU as a sequential scan, the cheaper schedule there (a TPU's float64 is emulated)."""
   stack = contextlib.ExitStack()
   stack.enter_context(jax.enable_x64(True))
-  stack.enter_context(jax.default_device(jax.devices("cpu")[0]))
-  return stack
+  parallel = jax.default_backend() == "gpu"
+  if not parallel:
+    stack.enter_context(jax.default_device(jax.devices("cpu")[0]))
+  return stack, parallel
 
 
-@functools.partial(jax.jit, static_argnames="iters")
-def _fit(p: LDS, y_TN: jax.Array, iters: int) -> tuple[LDS, jax.Array]:
+@functools.partial(jax.jit, static_argnames=("iters", "parallel"))
+def _fit(p: LDS, y_TN: jax.Array, iters: int, parallel: bool = False) -> tuple[LDS, jax.Array]:
   def body(carry, _):
     p, p_init = carry
-    p, p_init, ll = em_step(p, p_init, y_TN)
+    p, p_init, ll = em_step(p, p_init, y_TN, parallel)
     return (p, p_init), ll
 
   (p, _), lls = jax.lax.scan(body, (p, jnp.eye(p.a_KK.shape[0])), None, length=iters)
   return p, lls
 
 
-def fit(y_TN: np.ndarray, k: int, iters: int = 20) -> tuple[LDS, np.ndarray]:
+def fit(
+  y_TN: np.ndarray, k: int, iters: int = 20, parallel: bool | None = None
+) -> tuple[LDS, np.ndarray]:
   """EM fit of a k-state LDS to y [T, N] (float64): (parameters, log-likelihood per iteration
-  [iters], each of the parameters that iteration started from)."""
+  [iters], each of the parameters that iteration started from). `parallel`: the recursions'
+  schedule (default: `_placement`'s for this backend)."""
   if not 0 < k <= min(y_TN.shape):
     raise ValueError(f"an LDS of {k} states needs 0 < k <= min(time, neurons) = {min(y_TN.shape)}")
-  with _on_host():
-    p, lls = _fit(init(y_TN, k), jnp.asarray(y_TN, jnp.float64), iters)
+  stack, default = _placement()
+  with stack:
+    par = default if parallel is None else parallel
+    p, lls = _fit(init(y_TN, k), jnp.asarray(y_TN, jnp.float64), iters, par)
     return jax.tree.map(np.asarray, p), np.asarray(lls)
 
 
-@jax.jit
-def _smoothed(p: LDS, y_TN: jax.Array) -> jax.Array:
+@functools.partial(jax.jit, static_argnames="parallel")
+def _smoothed(p: LDS, y_TN: jax.Array, parallel: bool = False) -> jax.Array:
   st = steady_state(p, jnp.eye(p.a_KK.shape[0]), y_TN.shape[0])
-  return smooth(p, st, y_TN)[0]
+  return smooth(p, st, y_TN, parallel)[0]
 
 
 def smoothed_means(p: LDS, y_TN: np.ndarray) -> np.ndarray:
   """E[z_t | y_1..T] [T, K] under `p` (a Kalman filter and RTS smoother)."""
-  with _on_host():
-    return np.asarray(_smoothed(jax.tree.map(jnp.asarray, p), jnp.asarray(y_TN, jnp.float64)))
+  stack, parallel = _placement()
+  with stack:
+    p = jax.tree.map(jnp.asarray, p)
+    return np.asarray(_smoothed(p, jnp.asarray(y_TN, jnp.float64), parallel))
 
 
 def cosmooth(
