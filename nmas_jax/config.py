@@ -230,6 +230,25 @@ class Settings(Declared):
   lr_plateau_factor: float = setting(
     0.3, "Learning-rate factor at each plateau cut.", check="(0,1]", identity=False
   )
+  population: int = setting(
+    1,
+    "Population-based training: members per (layer, latent, seed) model, each with its own "
+    "learning rate and weight decay drawn from --pbt_learning_rate and --pbt_weight_decay, "
+    "tuned every --pbt_every steps by a tournament on the end of the training block; the "
+    "estimate uses each group's best member. 1: off.",
+    check="positive_int",
+  )
+  pbt_every: int = setting(
+    100, "--population: steps between the members' tournaments.", check="positive_int"
+  )
+  pbt_learning_rate: tuple[float, float] = setting(
+    (1e-5, 5e-3),
+    "--population: the learning rates' range (low,high; drawn log-uniform; lfads-torch's).",
+    kind="range",
+  )
+  pbt_weight_decay: tuple[float, float] = setting(
+    (1e-5, 1e-1), "--population: the AdamW weight decays' range (low,high).", kind="range"
+  )
   batch_size: int = setting(None, "Windows per batch." + _FAMILY, kind="int", check="positive_int")
   window: int = setting(50, "Window length in time bins (after --bin).", check="positive_int")
   learning_rate: float = setting(

@@ -36,8 +36,15 @@ def open_workdir(
         + (f",neurons={c}" if c else "")
         + (f",bands={'-'.join(map(str, b))}" if len(b) else "")
         + (f",decoder={cfg.decoders[d[0]]}" if len(d) else "")
-        for l, k, s, c, b, d in zip(
-          table.layer, table.latent, table.seed, table.count, table.bands, table.decoder
+        + (f",member={m}" if cfg.population > 1 else "")
+        for l, k, s, c, b, d, m in zip(
+          table.layer,
+          table.latent,
+          table.seed,
+          table.count,
+          table.bands,
+          table.decoder,
+          table.member,
         )
       ],
     )

@@ -63,6 +63,9 @@ def _final_params(workdir):
   return step, [np.asarray(a) for a in jax.tree.leaves(raw["state"]["params"])]
 
 
+PBT = ["--population=2", "--pbt_every=20", "--pbt_learning_rate=5e-4,5e-3"]
+
+
 def _wait_for_step_50(p):
   deadline = time.time() + 120
   for line in p.stdout:  # wait for a checkpoint past step 20 and a progress line after it
@@ -73,7 +76,8 @@ def _wait_for_step_50(p):
 
 
 def _assert_same_results(full, other, best=True):
-  """Per-model metrics and the final checkpoint's params equal, bit for bit (CPU)."""
+  """Per-model metrics, the population's record (--population) and the final checkpoint's
+  params equal, bit for bit (CPU)."""
   a, b = (
     json.loads((full / "results.json").read_text()),
     json.loads((other / "results.json").read_text()),
@@ -90,6 +94,7 @@ def _assert_same_results(full, other, best=True):
       "stopped_at_step",
     ):
       assert ma[key] == mb[key], (key, ma, mb)
+  assert a.get("population") == b.get("population")
   step_a, pa = _final_params(full)
   step_b, pb = _final_params(other)
   assert step_a == step_b == 100
@@ -107,20 +112,23 @@ def _truncate(directory):
 def test_kill_9_a_corrupt_checkpoint_or_sigterm_then_resume_equals_uninterrupted(
   small_array, tmp_path
 ):
+  # Every run here is a population of 2 members per model (a tournament every 20 steps): the
+  # resumed runs must also repeat the uninterrupted run's tournaments and winners.
   full = tmp_path / "full"
-  r = subprocess.run(_args(small_array, full), cwd=ROOT, env=ENV, capture_output=True, text=True)
+  r = subprocess.run(
+    _args(small_array, full, extra=PBT), cwd=ROOT, env=ENV, capture_output=True, text=True
+  )
   assert r.returncode == 0, r.stderr
-  stopped = [
-    m["stopped_at_step"] for m in json.loads((full / "results.json").read_text())["models"]
-  ]
-  assert min(stopped) < 100 == max(stopped)  # stopped by the rule, and by the cap
+  members = json.loads((full / "results.json").read_text())["population"]["members"]
+  stopped = [m["stopped_at_step"] for m in members]
+  assert min(stopped) < 100 == max(stopped)  # members stopped by the rule, and by the cap
 
   # kill -9 mid-run; then the latest checkpoint is truncated and a crashed save left a partial
   # directory: the resume moves the first aside, removes the second, and resumes from the one
   # before, to the same final results.
   killed = tmp_path / "killed"
   p = subprocess.Popen(
-    _args(small_array, killed),
+    _args(small_array, killed, extra=PBT),
     cwd=ROOT,
     env=ENV,
     stdout=subprocess.PIPE,
@@ -137,7 +145,9 @@ def test_kill_9_a_corrupt_checkpoint_or_sigterm_then_resume_equals_uninterrupted
   assert len(steps) >= 2 and steps[-1] < 100
   _truncate(ck / str(steps[-1]))
   (ck / "100.orbax-checkpoint-tmp-1").mkdir()
-  r = subprocess.run(_args(small_array, killed), cwd=ROOT, env=ENV, capture_output=True, text=True)
+  r = subprocess.run(
+    _args(small_array, killed, extra=PBT), cwd=ROOT, env=ENV, capture_output=True, text=True
+  )
   assert r.returncode == 0, r.stderr
   lines = r.stdout.splitlines()
   assert (
@@ -154,7 +164,9 @@ def test_kill_9_a_corrupt_checkpoint_or_sigterm_then_resume_equals_uninterrupted
     for f in (ck / step).rglob("*"):
       if f.is_file():
         f.write_bytes(b"")
-  r = subprocess.run(_args(small_array, killed), cwd=ROOT, env=ENV, capture_output=True, text=True)
+  r = subprocess.run(
+    _args(small_array, killed, extra=PBT), cwd=ROOT, env=ENV, capture_output=True, text=True
+  )
   assert r.returncode == 2
   assert r.stderr.strip().splitlines()[-1] == (
     f"error: no readable checkpoint in {ck} (the unreadable ones are in "
@@ -164,7 +176,7 @@ def test_kill_9_a_corrupt_checkpoint_or_sigterm_then_resume_equals_uninterrupted
   # SIGTERM (a preemption notice), with no regular checkpoint due for 1000 steps: the step
   # being taken finishes, is checkpointed, results.json is updated, and one line says so.
   term = tmp_path / "term"
-  args = _args(small_array, term, extra=["--checkpoint_every=1000"])
+  args = _args(small_array, term, extra=[*PBT, "--checkpoint_every=1000"])
   p = subprocess.Popen(
     args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
   )
@@ -188,11 +200,15 @@ def test_kill_9_a_corrupt_checkpoint_or_sigterm_then_resume_equals_uninterrupted
   # run that was 100 steps long from the start.
   extended = tmp_path / "extended"
   r = subprocess.run(
-    _args(small_array, extended, steps=50), cwd=ROOT, env=ENV, capture_output=True, text=True
+    _args(small_array, extended, steps=50, extra=PBT),
+    cwd=ROOT,
+    env=ENV,
+    capture_output=True,
+    text=True,
   )
   assert r.returncode == 0, r.stderr
   r = subprocess.run(
-    _args(small_array, extended), cwd=ROOT, env=ENV, capture_output=True, text=True
+    _args(small_array, extended, extra=PBT), cwd=ROOT, env=ENV, capture_output=True, text=True
   )
   assert r.returncode == 0 and "resumed from the checkpoint at step 50" in r.stdout, r.stderr
   _assert_same_results(full, extended)

@@ -140,6 +140,8 @@ class Prepared:
     count_rank_SLN: int [seeds, layers, neurons], each held-in neuron's place in the order the
       --neuron_counts subsets take them (a count c keeps ranks < c, so subsets are nested);
       -1 for held-out neurons. None without --neuron_counts.
+    t_select: the last t_select bins of the training block are the population's selection
+      block (--population), which training windows leave out; 0 without a population.
   """
 
   dataset: Dataset
@@ -155,6 +157,7 @@ class Prepared:
   notes: tuple[str, ...] = ()
   neuron_index_LN: np.ndarray | None = None
   count_rank_SLN: np.ndarray | None = None
+  t_select: int = 0
 
   @property
   def preprocessing(self) -> Preprocessing:
@@ -177,7 +180,7 @@ class Prepared:
     its likelihood and how training windows are sampled."""
     return dict(
       likelihood=self.likelihood,
-      t_train=self.t_train,
+      t_train=self.t_train - self.t_select,
       window=self.window,
       batch_size=self.batch_size,
       stride=self.stride,
@@ -219,9 +222,11 @@ class Prepared:
     return np.maximum(self.input_mask_MN(layer_M, seed_M, count_M), held.astype(np.float32))
 
   def block(self, name: str) -> tuple[int, int]:
-    """[start, stop) of the "train", "valid" or "test" block."""
+    """[start, stop) of the "train", "valid" or "test" block, or of "select" (the end of the
+    training block, --population)."""
     return {
       "train": (0, self.t_train),
+      "select": (self.t_train - self.t_select, self.t_train),
       "valid": (self.t_train, self.t_valid),
       "test": (self.t_valid, self.dataset.num_time),
     }[name]
@@ -333,6 +338,7 @@ def prepare(
   ranks = (
     None if shared or not cfg.neuron_counts else count_ranks(heldout, cfg.neuron_counts, data_seed)
   )
+  t_select = selection_bins(t_train, window, dataset.trial_length or 1, cfg.population)
   return Prepared(
     dataset,
     likelihood,
@@ -347,7 +353,28 @@ def prepare(
     tuple(notes),
     index,
     ranks,
+    t_select,
   )
+
+
+SELECT_FRACTION = 0.15  # of the training block: a population's selection block
+
+
+def selection_bins(t_train: int, window: int, stride: int, population: int) -> int:
+  """Bins at the end of the training block that a population's tournaments score its members
+  on (--population > 1; else 0): SELECT_FRACTION of it, at least one window, whole trials;
+  one-line error when too little training block would be left."""
+  if population <= 1:
+    return 0
+  t = max(window, int(round(SELECT_FRACTION * t_train)))
+  t = -(-t // stride) * stride
+  if t_train - t < window:
+    raise UserError(
+      f"--population={population} scores members on the last {t} bins of the training block, "
+      f"which leaves fewer than one {window}-bin window to train on: use --population=1 or "
+      "a larger --train_fraction"
+    )
+  return t
 
 
 def count_ranks(heldout_SLN: np.ndarray, counts: tuple[int, ...], data_seed: int) -> np.ndarray:

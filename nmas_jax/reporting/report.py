@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from nmas_jax import files, models
-from nmas_jax.reporting import context, plots
+from nmas_jax.reporting import context, pbt, plots
 from nmas_jax.reporting import results as results_lib
 from nmas_jax.reporting.plots import metric_label
 from nmas_jax.reporting.results import curves, dimension_metric
@@ -65,6 +65,9 @@ def write_all(workdir: str, results: dict[str, Any], flags_text: str = "") -> li
   if bands:
     paths.append(os.path.join(workdir, "timescales.png"))
     plots.save_figure(paths[-1], plots.plot_timescales(results))
+  if results.get("population"):
+    paths.append(os.path.join(workdir, "pbt.png"))
+    plots.save_figure(paths[-1], pbt.plot(results))
   return paths
 
 
@@ -338,7 +341,7 @@ def markdown_report(results: dict[str, Any], flags_text: str = "") -> str:
   else:
     lines += _data_section(results) + _curves_section(results, metric) + _choice_section(results)
   lines += _scaling_section(results) + context.context_section(results) + _test_section(results)
-  lines += _training_section(results)
+  lines += _training_section(results) + pbt.section(results)
   lines += _controls_section(results)
   lines += [
     "## Files",
@@ -349,6 +352,7 @@ def markdown_report(results: dict[str, Any], flags_text: str = "") -> str:
     + (", scaling.png" if results.get("scaling") else "")
     + (", decoding.png" if results.get("layer_accuracy") else "")
     + (", timescales.png" if results.get("optimal_latent_bands") else "")
+    + (", pbt.png" if results.get("population") else "")
     + ", tb/, metrics.jsonl, flags.txt",
     "",
   ]

@@ -76,6 +76,11 @@ def results_dict(prep, cfg, out) -> dict[str, Any]:
       entries[-1]["bands"] = out.table.bands[i].tolist()
     if out.table.decoder.shape[1]:  # a sweep of several decoders: this model's
       entries[-1]["decoder"] = cfg.decoders[out.table.decoder[i, 0]]
+    if cfg.population > 1:  # the member; once chosen, the winner's final hyper-parameters
+      entries[-1]["member"] = int(out.table.member[i])
+    if out.population:
+      won = out.population["members"][out.population["winners"][i]]
+      entries[-1].update({k: won[k][-1] for k in ("learning_rate", "weight_decay")})
     if out.best_step is not None:
       entries[-1].update(
         best_step=int(out.best_step[i]),
@@ -119,6 +124,8 @@ def results_dict(prep, cfg, out) -> dict[str, Any]:
     "complete": out.complete,
     "evaluated_step": out.step,
   }
+  if out.population:
+    res["population"] = out.population
   if out.stopped:
     res["stopped"] = out.stopped
   if dataset.true_latent is not None:

@@ -56,7 +56,8 @@ def latent_buckets(
 
   keys[j] is part j's per-model argument as a tuple (`ModelTable.model_latent`'s row: (k,), or
   (k, decoder index)); index[c][j] holds the table indices [groups] of count level c (0: all
-  neurons, then --neuron_counts) and key j, in (layer, seed) order, the same groups for every j.
+  neurons, then --neuron_counts) and key j, in (layer, seed, member) order, the same groups for
+  every j.
   What by_latent needs: a table in `ModelTable.build` order with no padding models.
   """
   key_MP = np.asarray(table.model_latent).reshape(len(table), -1)
@@ -68,7 +69,7 @@ def latent_buckets(
     [np.flatnonzero((table.count == c) & (key_MP == k).all(axis=1)) for k in latents]
     for c in levels
   ]
-  rows = lambda i: list(zip(table.layer[i], table.seed[i]))
+  rows = lambda i: list(zip(table.layer[i], table.seed[i], table.member[i]))
   groups = len(index[0][0])
   if (
     len(set(every)) != num_l

@@ -142,6 +142,8 @@ class Metrics:
     out = loop.evaluation()
     if out is not None:
       self.write(loop.step, {"train/loss": out.train_loss, **out.valid})
+    if loop.pbt is not None and loop.pbt.played == loop.step:  # a tournament at this step
+      self.write(loop.step, loop.pbt.scalars())
 
 
 class PartialResults:

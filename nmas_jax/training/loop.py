@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nmas_jax.config import Settings
-from nmas_jax.training import sharding, train
+from nmas_jax.training import population, sharding, train
 from nmas_jax.training.selection import Selection, StopRule, _padded
 from nmas_jax.training.table import ModelTable
 
@@ -36,6 +36,22 @@ class SweepOutput:
   best_step: np.ndarray | None = None  # step of each model's best evaluation (its `state`)
   converged: np.ndarray | None = None  # bool: stopped by the `StopRule`, not by the cap
   stopped_at: np.ndarray | None = None  # step each model stopped training (rule or cap)
+  population: dict[str, Any] | None = None  # --population: `population.summary`
+
+  def take(self, index: np.ndarray) -> SweepOutput:
+    """The models at `index` (every per-model field)."""
+    pick = lambda a: None if a is None else np.asarray(a)[index]
+    return dataclasses.replace(
+      self,
+      state=jax.tree.map(lambda a: a[jnp.asarray(index)], self.state),
+      table=self.table.take(index),
+      train_loss=pick(self.train_loss),
+      valid={k: pick(v) for k, v in self.valid.items()},
+      diverged_at=pick(self.diverged_at),
+      best_step=pick(self.best_step),
+      converged=pick(self.converged),
+      stopped_at=pick(self.stopped_at),
+    )
 
 
 def sweep_null(
@@ -118,6 +134,7 @@ class Loop:
       args = (b.placed.valid_LVTN, b.prep.null_link_LN(), *self._eval_args[1:])
       loss = np.asarray(sharding.gather(jax.jit(null)(*args)[self.select_key]))
       self.selection.null = _padded(loss[: b.n_real], len(b.table), np.nan)
+    self.pbt = population.Tournaments(b, cfg, start, evaluate) if cfg.population > 1 else None
     self.carry = b.stepper.pack(start.state)  # the stepper's layout from here on
     b.stepper.compile(self.carry)
     self.compile_seconds = time.perf_counter() - t0
@@ -140,6 +157,9 @@ class Loop:
     self.loss_sum_M, self.loss_count = self.loss_sum_M + metrics["train/loss"], self.loss_count + 1
     if self.regular:
       self.evaluation()
+    if self.pbt is not None and step % self.cfg.pbt_every == 0:  # the last step too: resume
+      self.carry = self.pbt.play(self.state(), step, self.selection.running, self.built.stepper)
+      self._cache.pop("state")
 
   def stop(self, reason: str) -> None:
     self.stopped = reason
@@ -172,6 +192,7 @@ class Loop:
         "loss_sum": np.asarray(sharding.gather(self.loss_sum_M))[:n].tolist(),
         "loss_count": self.loss_count,
         "selection": sel.to_json(),
+        **({"population": self.pbt.history.to_json()} if self.pbt else {}),
       },
     )
 
@@ -203,6 +224,8 @@ class Loop:
           self.rule,
           self.built.table.latent,
         )
+        if self.pbt is not None:  # a group stops with its best member
+          self.selection.stopped_at = self.pbt.group_stops(self.selection, self.step)
         self.best_state = self._keep(
           sharding.put(better, sharding.models_sharding(self.built.mesh)), state, self.best_state
         )
@@ -233,7 +256,7 @@ class Loop:
     `diverged_at` is the last one (a model that diverged after its best step stays flagged)."""
     last, n = self.evaluation(force=True), self.built.n_real
     best = self.best_state.replace(diverged_at=self.state().diverged_at)
-    return dataclasses.replace(
+    out = dataclasses.replace(
       last,
       state=jax.tree.map(jnp.asarray, sharding.gather(self._trim(best))),
       valid=self._valid(best),
@@ -241,6 +264,7 @@ class Loop:
       converged=self.selection.converged()[:n],
       stopped_at=np.where(self.selection.running, self.step, self.selection.stopped_at)[:n],
     )
+    return out if self.pbt is None else self.pbt.winners(out, best)
 
 
 @dataclasses.dataclass
@@ -253,6 +277,7 @@ class Start:
   loss_sum_M: jax.Array
   loss_count: int
   selection: Selection
+  history: dict[str, Any] | None = None  # --population: `population.History.to_json()`
 
 
 def start(b, checkpointer, init_state, log) -> Start:
@@ -282,6 +307,7 @@ def start(b, checkpointer, init_state, log) -> Start:
       loss_sum,
       int(aux["loss_count"]),
       Selection.from_json(aux["selection"], m),
+      aux.get("population"),
     )
   if init_state is not None:
     state = into(state, init_state)

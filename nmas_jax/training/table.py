@@ -19,13 +19,13 @@ import optax
 
 from nmas_jax import models
 from nmas_jax.config import Settings
-from nmas_jax.training import train
+from nmas_jax.training import population, train
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelTable:
   """What each index of the models axis means: [models] int arrays; order layer, count, seed,
-  decoder, latent (latent innermost)."""
+  decoder, member, latent (latent innermost)."""
 
   layer: np.ndarray  # index into the dataset's layers
   latent: np.ndarray  # latent size k (multiscale: the total over bands)
@@ -35,6 +35,7 @@ class ModelTable:
   decoder: (
     np.ndarray
   )  # [models, 1] index into --decoder's list when it has several; else [models, 0]
+  member: np.ndarray  # --population: the member of its (layer, ..., latent) group; else 0
 
   @classmethod
   def build(
@@ -45,10 +46,11 @@ class ModelTable:
     counts: Sequence[int] = (),
     bands: int = 0,
     decoders: int = 0,
+    members: int = 1,
   ) -> ModelTable:
-    """Layer, count, seed, decoder, then latent (innermost); with `bands`, every combination of
-    per-band counts from `latents` but all zeros, in place of the latent; with `decoders` > 1,
-    every latent once per decoder."""
+    """Layer, count, seed, decoder, member, then latent (innermost); with `bands`, every
+    combination of per-band counts from `latents` but all zeros, in place of the latent; with
+    `decoders` > 1, every latent once per decoder; `members` per model of a population."""
     combos = (
       [c for c in itertools.product(sorted(latents), repeat=bands) if any(c)]
       if bands
@@ -56,17 +58,24 @@ class ModelTable:
     )
     dec = [(d,) for d in range(decoders)] if decoders > 1 else [()]
     rows = [
-      (l, sum(b), s, c, *(b if bands else ()), *d)
+      (l, sum(b), s, c, m, *(b if bands else ()), *d)
       for l in range(num_layers)
       for c in (0, *counts)
       for s in range(seeds)
       for d in dec
+      for m in range(members)
       for b in combos
     ]
-    width = 4 + bands + len(dec[0])
+    width = 5 + bands + len(dec[0])
     grid = np.array(rows, dtype=np.int32).reshape(len(rows), width)
     return cls(
-      grid[:, 0], grid[:, 1], grid[:, 2], grid[:, 3], grid[:, 4 : 4 + bands], grid[:, 4 + bands :]
+      grid[:, 0],
+      grid[:, 1],
+      grid[:, 2],
+      grid[:, 3],
+      grid[:, 5 : 5 + bands],
+      grid[:, 5 + bands :],
+      grid[:, 4],
     )
 
   @classmethod
@@ -79,6 +88,7 @@ class ModelTable:
       () if prep.shared else cfg.neuron_counts,
       models.family(cfg.model).sweep_bands(cfg),
       len(cfg.decoders),
+      cfg.population,
     )
 
   @property
@@ -121,7 +131,8 @@ class ModelTable:
     count = f", {self.count[i]} neurons" if self.count[i] else ""
     bands = f" (bands {','.join(map(str, self.bands[i]))})" if self.bands.shape[1] else ""
     dec = f", {decoders[self.decoder[i, 0]]} decoder" if self.decoder.shape[1] else ""
-    return f"layer {layer}, latent {self.latent[i]}{bands}, seed {self.seed[i]}{count}{dec}"
+    member = f", member {self.member[i]}" if self.member.any() else ""
+    return f"layer {layer}, latent {self.latent[i]}{bands}, seed {self.seed[i]}{count}{dec}{member}"
 
 
 def init_states(
@@ -146,8 +157,10 @@ def init_states(
   example = jnp.zeros((1, cfg.window, neurons), jnp.float32)
   init = functools.partial(train.init_state, model=model, tx=tx, example_x_BTN=example)
 
-  def init_all(keys, latents, bias_MN):
+  def init_all(keys, latents, bias_MN, hp):
     state = jax.vmap(init)(keys, latents)
+    if hp:  # a population's members: their own hyper-parameters
+      state = train.with_hyperparams(state, **hp)
     if bias_MN is None:
       return state
     set_bias = lambda readout: {**readout, "bias": bias_MN.astype(readout["bias"].dtype)}
@@ -157,7 +170,8 @@ def init_states(
     return state.replace(params=params)
 
   bias = None if readout_bias_LN is None else jnp.asarray(readout_bias_LN[table.layer], jnp.float32)
-  args = (keys, jnp.asarray(table.model_latent), bias)
+  hp = population.initial(cfg, table) if cfg.population > 1 else {}
+  args = (keys, jnp.asarray(table.model_latent), bias, hp)
   lowered = jax.jit(init_all, out_shardings=out_sharding).lower(*args)
   return lowered.compile(compiler_options=_init_compiler_options())(*args)
 

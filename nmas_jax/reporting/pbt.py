@@ -1,0 +1,72 @@
+"""What a population-based sweep reports (--population): report.md's table of the winning
+hyper-parameters per latent size, and pbt.png, the members' hyper-parameters over steps."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+NAMES = ("learning_rate", "weight_decay")
+
+
+def _latent(member: dict[str, Any]) -> int:
+  return member["latent"]
+
+
+def section(results: dict[str, Any]) -> list[str]:
+  """report.md: per latent size, the geometric mean (and range) of the winners' final
+  hyper-parameters over layers and seeds, and how many tournaments were played."""
+  pop = results.get("population")
+  if not pop:
+    return []
+  won: dict[int, list[dict]] = defaultdict(list)
+  for i in pop["winners"]:
+    won[_latent(pop["members"][i])].append(pop["members"][i])
+  lines = [
+    "## Population-based training",
+    "",
+    f"{pop['size']} members per model, a binary tournament every {pop['every']} steps on the "
+    f"selection block (bins {pop['selection_block'][0]}-{pop['selection_block'][1]} of the "
+    f"training block, which training windows leave out; {len(pop['steps']) - 1} rounds). Each "
+    "model in the tables above is its group's winner: the member whose best state scored lowest "
+    "on the selection block. Its final hyper-parameters (geometric mean over layers and seeds, "
+    "range in brackets):",
+    "",
+    "| latent | " + " | ".join(NAMES) + " |",
+    "|---" * (len(NAMES) + 1) + "|",
+  ]
+  for k in sorted(won):
+    cells = []
+    for n in NAMES:
+      v = np.array([m[n][-1] for m in won[k]])
+      cells.append(f"{np.exp(np.log(v).mean()):.2g} [{v.min():.2g}, {v.max():.2g}]")
+    lines.append(f"| {k} | " + " | ".join(cells) + " |")
+  return lines + ["", "pbt.png shows every member's hyper-parameters over the steps.", ""]
+
+
+def plot(results: dict[str, Any]):
+  """One panel per hyper-parameter: every member's value over steps (log scale), coloured by
+  latent size."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  pop = results["population"]
+  latents = sorted({_latent(m) for m in pop["members"]})
+  colours = plt.cm.viridis(np.linspace(0, 0.9, len(latents)))
+  fig, axes = plt.subplots(1, len(NAMES), figsize=(9, 3.6))
+  for ax, n in zip(axes, NAMES):
+    for m in pop["members"]:
+      c = colours[latents.index(_latent(m))]
+      ax.step(pop["steps"], m[n], where="post", color=c, alpha=0.6, lw=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_title(n.replace("_", " "), fontsize=10)
+  for k, c in zip(latents, colours):
+    axes[0].plot([], [], color=c, label=f"latent {k}")
+  axes[0].legend(fontsize=7)
+  fig.tight_layout()
+  return fig

@@ -1,0 +1,100 @@
+"""Population-based training inside the batch (`training.population`): the tournament, the
+explore step, the exploit gather, and a whole sweep with --population against its references."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from nmas_jax import config
+from nmas_jax.data import splits, synthetic
+from nmas_jax.errors import UserError
+from nmas_jax.training import population, train
+from nmas_jax.training.table import ModelTable, init_states
+
+
+def _table(members=4):
+  return ModelTable.build(num_layers=2, latents=(2, 4), seeds=1, members=members)
+
+
+def test_tournament_pairs_running_members_of_a_group_and_each_loser_copies_its_winner():
+  """Members 0..3 of each (layer, latent) group: two pairs per group, the lower score wins; a
+  loser's source is in its own group and scored lower; winners and stopped members copy no one
+  and a stopped member is never copied; the same (scores, step) give the same pairs."""
+  t = _table()
+  group = population.group_of(t)
+  rng = np.random.default_rng(0)
+  score = rng.uniform(size=len(t))
+  running = np.ones(len(t), bool)
+  running[5] = False  # group 1's member 1
+  src = population.tournament(score, group, running, 40, t)
+  np.testing.assert_array_equal(src, population.tournament(score, group, running, 40, t))
+  lost = np.flatnonzero(src != np.arange(len(t)))
+  for i in lost:
+    assert group[src[i]] == group[i] and score[src[i]] < score[i] and running[src[i]]
+    assert src[src[i]] == src[i]  # a winner keeps its own state
+  per_group = np.bincount(group[lost], minlength=group.max() + 1)
+  assert per_group[group[5]] == 1 and (np.delete(per_group, group[5]) == 2).all()
+  assert src[5] == 5 and 5 not in src[lost]
+  assert not np.array_equal(src, population.tournament(score, group, running, 80, t))
+
+
+def test_explore_multiplies_a_losers_copied_values_within_the_weight_and_clips_to_the_range():
+  cfg = config.Settings(population=4)
+  t = _table()
+  hp = population.initial(cfg, t)
+  for name, (attr, _) in population.TUNED.items():
+    lo, hi = getattr(cfg, attr)
+    assert ((hp[name] >= lo * 0.999) & (hp[name] <= hi * 1.001)).all()
+    assert len(np.unique(hp[name])) == len(t)  # every member its own draw
+  src = np.arange(len(t))
+  src[1], src[2] = 0, 3
+  new = population.explore(hp, src, 40, t, cfg)
+  for name, (attr, w) in population.TUNED.items():
+    lo, hi = getattr(cfg, attr)
+    for i in (1, 2):
+      factor = new[name][i] / hp[name][src[i]]
+      clipped = np.isclose(new[name][i], lo) or np.isclose(new[name][i], hi)
+      assert clipped or 0.002 * w * 0.999 <= abs(factor - 1) <= w * 1.001, (name, i, factor)
+    keep = np.setdiff1d(np.arange(len(t)), [1, 2])
+    np.testing.assert_array_equal(new[name][keep], hp[name][keep])
+
+
+def test_exploit_gathers_parameters_and_optimizer_state_and_sets_the_new_hyperparameters():
+  """Members start from the same weights with their own drawn learning rates; after an exploit
+  model i holds model src[i]'s parameters and Adam moments, its own key, and the given values."""
+  cfg = config.Settings(latents=(2, 4), hidden=4, window=5, population=2, decoder="linear")
+  t = ModelTable.build(num_layers=1, latents=(2, 4), seeds=1, members=2)
+  tx = train.optimizer_for(dataclasses.replace(cfg, learning_rate=1e-3))
+  state = init_states(cfg, t, 6, tx)
+  lr = np.asarray(population.hyperparams(state)["learning_rate"])
+  assert lr[0] != lr[1] and lr[2] != lr[3]
+  leaves = lambda s: jax.tree.leaves(s.params)
+  state = state.replace(
+    params=jax.tree.map(
+      lambda a: a + np.arange(4).reshape((4,) + (1,) * (a.ndim - 1)), state.params
+    )
+  )
+  src = np.array([1, 1, 2, 2], np.int32)
+  hp = {n: np.array([1e-4, 2e-4, 3e-4, 4e-4], np.float32) for n in population.TUNED}
+  new = jax.jit(population.exploit)(state, src, hp)
+  for a, b in zip(leaves(new), leaves(state)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b)[src])
+  np.testing.assert_array_equal(np.asarray(new.key), np.asarray(state.key))
+  for n in population.TUNED:
+    np.testing.assert_allclose(np.asarray(population.hyperparams(new)[n]), hp[n])
+
+
+def test_a_population_needs_a_training_block_longer_than_its_selection_block():
+  ds = synthetic.make_linear_gaussian(true_latents=(2,), neurons=10, time=1000, seed=0)
+  short = dict(latents=(2,), train_fraction=0.1, valid_fraction=0.5, population=2)
+  with pytest.raises(UserError) as e:
+    splits.prepare(ds, config.Settings(window=60, **short))
+  assert str(e.value) == (
+    "--population=2 scores members on the last 60 bins of the training block, which leaves "
+    "fewer than one 60-bin window to train on: use --population=1 or a larger --train_fraction"
+  )
+  prep = splits.prepare(ds, config.Settings(window=10, **short))
+  lo, hi = prep.block("select")
+  assert hi == prep.t_train and prep.step_kwargs()["t_train"] == lo < hi
