@@ -14,7 +14,7 @@ quick = os.environ.get("NMAS_QUICK") == "1"
 X = synthetic.make_linear_gaussian().x_LTN  # [layers, time, neurons], true dimensions 7, 18, 40
 est = DimensionSweep(
   latents=(10, 25, 50) if quick else (10, 25, 50, 75, 150),
-  **(dict(seeds=1, steps=200) if quick else {}),
+  **(dict(seeds=1, steps=120) if quick else {}),
 ).fit(X)
 print("chosen dimension per layer:", est.optimal_latent_)  # {'0': 10, '1': 25, '2': 50}: the
 # smallest swept latent at or above each layer's truth

@@ -49,6 +49,16 @@ flags.DEFINE_integer(
   lower_bound=0,
 )
 
+flags.DEFINE_integer(
+  "population",
+  0,
+  "Instead, time a population's rounds (--population members of the main job's models at "
+  "latents 10,25,50, one seed): --steps steps with a round every --pbt_every steps against "
+  "none, interleaved; prints both and the overhead.",
+  lower_bound=0,
+)
+flags.DEFINE_integer("pbt_every", 25, "--population: steps between rounds.", lower_bound=1)
+
 
 def main(argv):
   del argv
@@ -61,6 +71,10 @@ def main(argv):
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  if FLAGS.population:
+    res = bench.pbt_overhead(FLAGS.population, FLAGS.pbt_every, FLAGS.steps, log=print)
+    print(json.dumps(res))
+    return
   if FLAGS.phases:
     res = phases.run(FLAGS.phases, FLAGS.phase_steps or None)
     print(phases.table(res))

@@ -357,3 +357,42 @@ def table(r: dict[str, Any]) -> str:
   ]
   w = max(len(a) for a, _ in rows)
   return "\n".join(f"{a:<{w}}  {b}" for a, b in rows)
+
+
+def pbt_overhead(
+  population: int = 4, every: int = 25, steps: int = 100, repeats: int = 2, log=print
+) -> dict[str, Any]:
+  """The cost of a population's rounds (`training.population`): the main job's data at latents
+  10, 25, 50 with one seed and `population` members, trained `steps` steps (no stopping) with a
+  round every `every` steps and with none (the same models, data and compiled step),
+  interleaved `repeats` times; the best training seconds of each."""
+  from nmas_jax.data import synthetic
+
+  base = config.Settings(
+    latents=(10, 25, 50),
+    seeds=1,
+    steps=steps,
+    stop_patience=0,
+    log_every=steps,
+    population=population,
+    baselines=(),
+  )
+  prep = splits.prepare(synthetic.make_synthetic(), base)
+  best = {"rounds": float("inf"), "none": float("inf")}
+  for r in range(repeats):
+    for name, pe in (("rounds", every), ("none", steps + 1)):
+      out = sweep.run_sweep(prep, dataclasses.replace(base, pbt_every=pe), log=lambda s: None)
+      best[name] = min(best[name], out.seconds)
+      log(f"repeat {r + 1}/{repeats}, {name}: {out.seconds:.2f} s")
+  models = len(out.table) * population  # the winners, times the members
+  return {
+    "models": models,
+    "population": population,
+    "every": every,
+    "steps": steps,
+    "rounds": steps // every,
+    "seconds_with_rounds": round(best["rounds"], 3),
+    "seconds_without": round(best["none"], 3),
+    "overhead": round(best["rounds"] / best["none"] - 1, 4),
+    "round_ms": round(1e3 * (best["rounds"] - best["none"]) / max(steps // every, 1), 1),
+  }

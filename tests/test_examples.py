@@ -28,7 +28,7 @@ def _example(name, tmp_path):
 
 
 def test_quickstart_a_reduced_default_sweep_recovers_the_true_dimensions(tmp_path):
-  """The README's main job, reduced (latents 10,25,50, one seed, 200 steps, default data and
+  """The README's main job, reduced (latents 10,25,50, one seed, 120 steps, default data and
   settings otherwise), chooses the smallest swept latent at or above each layer's truth."""
   from nmas_jax.data import synthetic
 

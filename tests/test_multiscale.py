@@ -153,7 +153,7 @@ def test_multiscale_settings_are_checked():
 def test_multiscale_sweep_recovers_known_counts_per_band():
   # 4 signals with correlation times around 2 bins and 3 around 50 (make_multiscale, equal
   # shares), 30 neurons, 2000 bins; bands tau = 2, 50 and every combination of 0, 3, 4 latents
-  # per band (8 models), an encoder of 32 units, 1200 steps: the rule chooses exactly 4 fast and
+  # per band (8 models), an encoder of 32 units, 800 steps: the rule chooses exactly 4 fast and
   # 3 slow latents, total 7 (as it does on data seeds 1 and 2 at these settings).
   ds = synthetic.make_multiscale(
     bands=(4, 3), timescales=(2, 50), neurons=30, time=2000, noise_std=0.5
@@ -164,8 +164,8 @@ def test_multiscale_sweep_recovers_known_counts_per_band():
     latents=(0, 3, 4),
     seeds=1,
     hidden=32,
-    steps=1200,
-    log_every=1200,
+    steps=800,
+    log_every=800,
     bootstrap=50,
     baselines=(),
   )

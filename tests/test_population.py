@@ -98,3 +98,20 @@ def test_a_population_needs_a_training_block_longer_than_its_selection_block():
   prep = splits.prepare(ds, config.Settings(window=10, **short))
   lo, hi = prep.block("select")
   assert hi == prep.t_train and prep.step_kwargs()["t_train"] == lo < hi
+
+
+def test_the_stop_rules_hold_judges_a_population_by_its_best_members():
+  """Latents 1, 2, 4 with two members each (null loss 1): the best members' gains are 0.5, 0.93
+  and 1.0, so latent 2 sits within 5% below the 95% bar and is held (both its members); averaged
+  over all members (0.5, 0.715, 0.75) latent 2 would clear the bar and nothing be held."""
+  from nmas_jax.training import selection
+
+  sel = selection.Selection.fresh(6)
+  sel.null = np.ones(6)
+  sel.score = np.array([0.5, 0.5, 0.07, 0.5, 0.0, 0.5])
+  group, latent, pop = np.zeros(6, int), np.array([1, 1, 2, 2, 4, 4]), np.repeat([0, 1, 2], 2)
+  rule = selection.StopRule()
+  best = selection._best_of(sel.score, pop)
+  np.testing.assert_array_equal(best, [True, False, True, False, True, False])
+  np.testing.assert_array_equal(sel.held(group, latent, rule, best), [0, 0, 1, 1, 0, 0])
+  assert not sel.held(group, latent, rule).any()

@@ -31,25 +31,28 @@ def _env(devices):
 
 
 SCRIPT = textwrap.dedent("""
-    import json, jax, numpy as np
+    import dataclasses, json, jax, numpy as np
     from nmas_jax import config
     from nmas_jax.data import splits, synthetic
     from nmas_jax.evaluation import evaluate
     from nmas_jax.training import sharding, sweep, table as tbl, train
     assert jax.device_count() == 8
     ds = synthetic.make_synthetic(true_latents=(2, 4, 3), neurons=16, time=600, seed=0)
+    # A population of 2 members per model, a round every 20 steps: 18 models, padded to 24 on
+    # 8 devices, so a group's members sit on different shards.
     cfg = config.Settings(latents=(1, 2, 4), hidden=8, window=20, batch_size=8, steps=40,
-                          bidirectional=False,
-                          learning_rate=1e-2, log_every=40, seeds=1)  # 9 models: not 8k
+                          bidirectional=False, learning_rate=1e-2, log_every=40, seeds=1,
+                          baselines=(), population=2, pbt_every=20)
     prep = splits.prepare(ds, cfg)
-    out = {}
+    out, quiet = {}, lambda s: None
     for name, mesh in [("one", sharding.make_mesh("auto", jax.devices()[:1])),
                        ("eight", sharding.make_mesh("auto")),
                        ("four_by_two", sharding.make_mesh("models:4,data:2"))]:
-      o = sweep.run_sweep(prep, cfg, log=lambda s: None, mesh=mesh)
-      ev = evaluate.evaluate_sweep(prep, cfg, o, log=lambda s: None)
-      out[name] = {"valid": o.valid["valid/mse"].tolist(), "optimal": ev["optimal_latent"],
-                   "n": len(o.table)}
+      o = sweep.run_sweep(prep, cfg, log=quiet, mesh=mesh)
+      ev = {} if name == "four_by_two" else evaluate.evaluate_sweep(prep, cfg, o, log=quiet)
+      out[name] = {"valid": o.valid["valid/mse"].tolist(), "optimal": ev.get("optimal_latent"),
+                   "n": len(o.table), "pop": o.population}
+    cfg = dataclasses.replace(cfg, population=1)
     mesh = sharding.make_mesh("auto")
     table = tbl.ModelTable.build(3, cfg.latents, 1).padded(sharding.padded_size(9, mesh))
     state = tbl.init_states(cfg, table, 16, train.optimizer_for(cfg),
@@ -72,9 +75,13 @@ def test_sharded_sweep_equals_one_device():
     res["padded"] == 16 and res["devices"] == 8 and res["shards"] == [2]
   )  # 1/8 of 16 models each
   for name in ("eight", "four_by_two"):
-    assert res[name]["n"] == 9  # inert padding never reaches the results
+    # The same tournaments and winners, and the winners' scores, as on one device; inert padding
+    # never reaches the results (9 winners).
+    pop, ref = res[name]["pop"], res["one"]["pop"]
+    assert pop["winners"] == ref["winners"] and res[name]["n"] == 9
+    assert [m["copied_from"] for m in pop["members"]] == [m["copied_from"] for m in ref["members"]]
     np.testing.assert_allclose(res[name]["valid"], res["one"]["valid"], rtol=1e-5)
-    assert res[name]["optimal"] == res["one"]["optimal"]
+  assert res["eight"]["optimal"] == res["one"]["optimal"]
 
 
 def test_mesh_spec_errors():

@@ -223,6 +223,7 @@ class Loop:
           self._group_M,
           self.rule,
           self.built.table.latent,
+          None if self.pbt is None else self.pbt.group_M,
         )
         if self.pbt is not None:  # a group stops with its best member
           self.selection.stopped_at = self.pbt.group_stops(self.selection, self.step)

@@ -162,8 +162,9 @@ class Tournaments:
 
   def __init__(self, b, cfg, start, evaluate):
     self.b, self.cfg = b, cfg
-    self.group_M = group_of(b.table)
     self.real_M = np.arange(len(b.table)) < b.n_real
+    # Padding models (inert copies of the last real one) each form a group of their own.
+    self.group_M = np.where(self.real_M, group_of(b.table), len(b.table) + np.arange(len(b.table)))
     self._by_model = sharding.models_sharding(b.mesh)
     select_LVTN = sharding.put(b.prep.windows_LVTN("select"), sharding.replicated(b.mesh))
     self._args = (select_LVTN, b.placed.mask_MN, b.placed.target_MN, b.placed.layer_M)

@@ -87,6 +87,7 @@ class Selection:
     group_M: np.ndarray,
     rule: StopRule | None = None,
     latent_M: np.ndarray | None = None,
+    population_M: np.ndarray | None = None,
   ) -> tuple[np.ndarray, np.ndarray]:
     """Records an evaluation of every model, then applies `rule` (None: selection only).
 
@@ -96,6 +97,8 @@ class Selection:
       group_M: [models] int, models whose gains are compared (one layer at one neuron count):
         the tolerance is relative to the largest gain over the null in the group.
       latent_M: [models] each model's latent size, for the rule's hold (None: no hold).
+      population_M: [models] int, with --population the population each model is a member of:
+        the hold then averages only each population's best member so far (None: every model).
     Returns:
       ([models] bool improved: the best so far, and the model still trains;
        [models] bool cut: its learning rate is to be multiplied by `rule.factor` now).
@@ -112,7 +115,8 @@ class Selection:
       return improved, cut
     plateau = running & self._plateau(group_M, rule)
     if latent_M is not None:
-      held = self.held(group_M, latent_M, rule)
+      counted = None if population_M is None else _best_of(self.score, population_M)
+      held = self.held(group_M, latent_M, rule, counted)
       self.since = np.where(held & ~running, step, self.since)
       self.stopped_at = np.where(held, 0, self.stopped_at)
       plateau &= ~held
@@ -122,9 +126,18 @@ class Selection:
     self.stopped_at = np.where(plateau & ~cut, step, self.stopped_at)
     return improved, cut
 
-  def held(self, group_M: np.ndarray, latent_M: np.ndarray, rule: StopRule) -> np.ndarray:
-    """[models] bool: the model's latent is its group's candidate now (`StopRule`)."""
+  def held(
+    self,
+    group_M: np.ndarray,
+    latent_M: np.ndarray,
+    rule: StopRule,
+    counted_M: np.ndarray | None = None,
+  ) -> np.ndarray:
+    """[models] bool: the model's latent is its group's candidate now (`StopRule`), judged on
+    the gains of the `counted_M` models (default all)."""
     gain_M = np.where(np.isfinite(self.score), self.null - self.score, np.nan)
+    if counted_M is not None:
+      gain_M = np.where(counted_M, gain_M, np.nan)
     held = np.zeros(len(gain_M), bool)
     for g in np.unique(group_M):
       ks = np.unique(latent_M[group_M == g])
@@ -187,6 +200,16 @@ class Selection:
 
 
 _FIELDS = [f.name for f in dataclasses.fields(Selection)]
+
+
+def _best_of(score_M: np.ndarray, group_M: np.ndarray) -> np.ndarray:
+  """[models] bool: the model with the lowest finite score of each group (the first if none)."""
+  score = np.where(np.isfinite(score_M), score_M, np.inf)
+  order = np.lexsort((np.arange(len(score)), score, group_M))  # by group, then score, then index
+  first = np.r_[True, group_M[order][1:] != group_M[order][:-1]]
+  out = np.zeros(len(score), bool)
+  out[order[first]] = True
+  return out
 
 
 def _padded(a: np.ndarray, m: int, fill: float = np.inf) -> np.ndarray:
