@@ -111,7 +111,19 @@ def test_the_stop_rules_hold_judges_a_population_by_its_best_members():
   sel.score = np.array([0.5, 0.5, 0.07, 0.5, 0.0, 0.5])
   group, latent, pop = np.zeros(6, int), np.array([1, 1, 2, 2, 4, 4]), np.repeat([0, 1, 2], 2)
   rule = selection.StopRule()
-  best = selection._best_of(sel.score, pop)
+  best = selection.best_of(sel.score, pop)
   np.testing.assert_array_equal(best, [True, False, True, False, True, False])
   np.testing.assert_array_equal(sel.held(group, latent, rule, best), [0, 0, 1, 1, 0, 0])
   assert not sel.held(group, latent, rule).any()
+
+
+def test_members_of_a_group_stop_together_with_their_best_member():
+  """Two groups of three: in group 0 the best member (score 0.1) stopped at step 40, so its
+  others stop now (step 60) unless stopped before (30 stays); in group 1 the best member trains,
+  so its member stopped by the rule is restarted. A padding model is left as it is."""
+  stopped = np.array([30, 40, 0, 50, 0, 0, 70])
+  score = np.array([0.5, 0.1, 0.3, 0.2, 0.1, 0.4, 0.0])
+  group = np.array([0, 0, 0, 1, 1, 1, 1])
+  real = np.arange(7) < 6
+  out = population.stop_together(stopped, score, group, real, 60)
+  np.testing.assert_array_equal(out, [30, 40, 60, 0, 0, 0, 70])

@@ -20,6 +20,7 @@ import numpy as np
 import optax
 
 from nmas_jax.training import sharding, train
+from nmas_jax.training.selection import best_of
 
 # Each tuned hyper-parameter: (settings attribute of its range (low, high), explore weight w).
 # Learning rate: lfads-torch's scripts/run_pbt.py (1e-5..5e-3, w 0.3); weight decay (AdamW's,
@@ -118,6 +119,26 @@ def winners(score_M: np.ndarray, group_M: np.ndarray) -> np.ndarray:
   return np.array(out, np.int64)
 
 
+def stop_together(
+  stopped_at_M: np.ndarray,
+  score_M: np.ndarray,
+  group_M: np.ndarray,
+  real_M: np.ndarray,
+  step: int,
+) -> np.ndarray:
+  """[models] stopped_at with the members of a group stopping together: all of them (at `step`,
+  unless stopped before) once its best member (lowest `score_M`) has stopped, none while it
+  trains. A worse member is not stopped on its own: it copies a better one at the next round."""
+  stopped = stopped_at_M.copy()
+  for i in np.flatnonzero(best_of(np.where(real_M, score_M, np.inf), group_M) & real_M):
+    members = (group_M == group_M[i]) & real_M
+    if stopped[i] > 0:
+      stopped[members] = np.where(stopped[members] > 0, stopped[members], step)
+    else:
+      stopped[members] = 0
+  return stopped
+
+
 @dataclasses.dataclass
 class History:
   """What the population did: the steps of its tournaments, each model's hyper-parameters after
@@ -204,17 +225,8 @@ class Tournaments:
     return self._last
 
   def group_stops(self, selection, step: int) -> np.ndarray:
-    """`selection.stopped_at` with every member of a group whose best member (by validation
-    score) has stopped stopped too, at `step`."""
-    stopped = selection.stopped_at.copy()
-    for g in np.unique(self.group_M[self.real_M]):
-      members = np.flatnonzero((self.group_M == g) & self.real_M)
-      best = members[
-        np.argmin(np.where(np.isfinite(selection.score), selection.score, np.inf)[members])
-      ]
-      if stopped[best] > 0:
-        stopped[members] = np.where(stopped[members] > 0, stopped[members], step)
-    return stopped
+    """`selection.stopped_at` with each group's members stopping together (`stop_together`)."""
+    return stop_together(selection.stopped_at, selection.score, self.group_M, self.real_M, step)
 
   def winners(self, out, best_state):
     """`out` (real models) narrowed to each group's winner, the member whose best state scores

@@ -115,7 +115,7 @@ class Selection:
       return improved, cut
     plateau = running & self._plateau(group_M, rule)
     if latent_M is not None:
-      counted = None if population_M is None else _best_of(self.score, population_M)
+      counted = None if population_M is None else best_of(self.score, population_M)
       held = self.held(group_M, latent_M, rule, counted)
       self.since = np.where(held & ~running, step, self.since)
       self.stopped_at = np.where(held, 0, self.stopped_at)
@@ -202,7 +202,7 @@ class Selection:
 _FIELDS = [f.name for f in dataclasses.fields(Selection)]
 
 
-def _best_of(score_M: np.ndarray, group_M: np.ndarray) -> np.ndarray:
+def best_of(score_M: np.ndarray, group_M: np.ndarray) -> np.ndarray:
   """[models] bool: the model with the lowest finite score of each group (the first if none)."""
   score = np.where(np.isfinite(score_M), score_M, np.inf)
   order = np.lexsort((np.arange(len(score)), score, group_M))  # by group, then score, then index
