@@ -104,8 +104,10 @@ def _summary(est, workdir: str) -> None:
   advice = tables.unconverged_advice(r)
   if advice:
     print(f"warning: {advice}", file=sys.stderr)
+  pop = r.get("population")
+  members = f" ({len(pop['members'])} population members)" if pop else ""
   print(
-    f"\ntrained {len(est.table_)} models in {r['seconds']:.1f}s "
+    f"\ntrained {len(est.table_)} models{members} in {r['seconds']:.1f}s "
     f"(+{r['compile_seconds']:.1f}s compile)"
   )
   print(

@@ -70,6 +70,7 @@ class Built:
       else f"{len(cfg.latents)} latents"
     ) + (f" x {len(cfg.decoders)} decoders" if self.table.decoder.shape[1] else "")
     folds = f" x {cfg.neuron_folds} neuron folds" if cfg.neuron_folds else ""
+    folds += f" x {cfg.population} members" if cfg.population > 1 else ""
     counts = (
       f" x {len(np.unique(self.table.count))} neuron counts" if np.any(self.table.count) else ""
     )
