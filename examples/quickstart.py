@@ -12,6 +12,7 @@ from nmas_jax.data import synthetic  # noqa: E402
 # NMAS_QUICK=1 (the tests): a reduced sweep, still long enough to find the answer.
 quick = os.environ.get("NMAS_QUICK") == "1"
 X = synthetic.make_linear_gaussian().x_LTN  # [layers, time, neurons], true dimensions 7, 18, 40
+X = X[:2] if quick else X  # the quick sweep: the first two layers
 est = DimensionSweep(
   latents=(10, 25, 50) if quick else (10, 25, 50, 75, 150),
   **(dict(seeds=1, steps=120) if quick else {}),
