@@ -134,7 +134,11 @@ class Loop:
       args = (b.placed.valid_LVTN, b.prep.null_link_LN(), *self._eval_args[1:])
       loss = np.asarray(sharding.gather(jax.jit(null)(*args)[self.select_key]))
       self.selection.null = _padded(loss[: b.n_real], len(b.table), np.nan)
-    self.pbt = population.Tournaments(b, cfg, start, evaluate) if cfg.population > 1 else None
+    self.pbt = (
+      population.Tournaments(b, cfg, start, evaluate, self.select_key)
+      if cfg.population > 1
+      else None
+    )
     self.carry = b.stepper.pack(start.state)  # the stepper's layout from here on
     b.stepper.compile(self.carry)
     self.compile_seconds = time.perf_counter() - t0

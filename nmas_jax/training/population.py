@@ -167,22 +167,14 @@ class History:
   def from_json(cls, d: dict[str, Any]) -> History:
     return cls(list(d["steps"]), {n: list(v) for n, v in d["values"].items()}, list(d["source"]))
 
-  def real(self, n: int) -> History:
-    """The first `n` (real) models' history."""
-    return History(
-      list(self.steps),
-      {k: [r[:n] for r in v] for k, v in self.values.items()},
-      [r[:n] for r in self.source],
-    )
-
 
 class Tournaments:
   """A sweep loop's population: scores members on the selection block, plays the tournaments
   (`play`), stops a group with its best member (`group_stops`), keeps the `History`, and picks
   each group's winner at the end (`winners`)."""
 
-  def __init__(self, b, cfg, start, evaluate):
-    self.b, self.cfg = b, cfg
+  def __init__(self, b, cfg, start, evaluate, key: str):
+    self.b, self.cfg, self.key = b, cfg, key  # key: the loss members are ranked on
     self.real_M = np.arange(len(b.table)) < b.n_real
     # Padding models (inert copies of the last real one) each form a group of their own.
     self.group_M = np.where(self.real_M, group_of(b.table), len(b.table) + np.arange(len(b.table)))
@@ -191,7 +183,6 @@ class Tournaments:
     self._args = (select_LVTN, b.placed.mask_MN, b.placed.target_MN, b.placed.layer_M)
     self._score = jax.jit(evaluate).lower(start.state, *self._args).compile()
     self._exploit = jax.jit(exploit, out_shardings=self._by_model)
-    self.key = "valid/cosmooth_loss" if b.prep.cosmooth else "valid/loss"
     self.played, self._last = -1, {}  # the step of the last tournament, its scalars
     self.history = (
       History.from_json(start.history)
