@@ -8,12 +8,6 @@ from typing import Any
 
 import numpy as np
 
-NAMES = ("learning_rate", "weight_decay")
-
-
-def _latent(member: dict[str, Any]) -> int:
-  return member["latent"]
-
 
 def section(results: dict[str, Any]) -> list[str]:
   """report.md: per latent size, the geometric mean (and range) of the winners' final
@@ -21,9 +15,10 @@ def section(results: dict[str, Any]) -> list[str]:
   pop = results.get("population")
   if not pop:
     return []
+  names = list(pop["ranges"])  # the tuned hyper-parameters
   won: dict[int, list[dict]] = defaultdict(list)
   for i in pop["winners"]:
-    won[_latent(pop["members"][i])].append(pop["members"][i])
+    won[pop["members"][i]["latent"]].append(pop["members"][i])
   lines = [
     "## Population-based training",
     "",
@@ -34,12 +29,12 @@ def section(results: dict[str, Any]) -> list[str]:
     "on the selection block. Its final hyper-parameters (geometric mean over layers and seeds, "
     "range in brackets):",
     "",
-    "| latent | " + " | ".join(NAMES) + " |",
-    "|---" * (len(NAMES) + 1) + "|",
+    "| latent | " + " | ".join(names) + " |",
+    "|---" * (len(names) + 1) + "|",
   ]
   for k in sorted(won):
     cells = []
-    for n in NAMES:
+    for n in names:
       v = np.array([m[n][-1] for m in won[k]])
       cells.append(f"{np.exp(np.log(v).mean()):.2g} [{v.min():.2g}, {v.max():.2g}]")
     lines.append(f"| {k} | " + " | ".join(cells) + " |")
@@ -55,12 +50,13 @@ def plot(results: dict[str, Any]):
   import matplotlib.pyplot as plt
 
   pop = results["population"]
-  latents = sorted({_latent(m) for m in pop["members"]})
+  names = list(pop["ranges"])
+  latents = sorted({m["latent"] for m in pop["members"]})
   colours = plt.cm.viridis(np.linspace(0, 0.9, len(latents)))
-  fig, axes = plt.subplots(1, len(NAMES), figsize=(9, 3.6))
-  for ax, n in zip(axes, NAMES):
+  fig, axes = plt.subplots(1, len(names), figsize=(9, 3.6))
+  for ax, n in zip(axes, names):
     for m in pop["members"]:
-      c = colours[latents.index(_latent(m))]
+      c = colours[latents.index(m["latent"])]
       ax.step(pop["steps"], m[n], where="post", color=c, alpha=0.6, lw=1)
     ax.set_yscale("log")
     ax.set_xlabel("step")

@@ -80,7 +80,7 @@ def results_dict(prep, cfg, out) -> dict[str, Any]:
       entries[-1]["member"] = int(out.table.member[i])
     if out.population:
       won = out.population["members"][out.population["winners"][i]]
-      entries[-1].update({k: won[k][-1] for k in ("learning_rate", "weight_decay")})
+      entries[-1].update({k: won[k][-1] for k in out.population["ranges"]})
     if out.best_step is not None:
       entries[-1].update(
         best_step=int(out.best_step[i]),
