@@ -262,7 +262,7 @@ class DimensionSweep:
     i = self.model_index(latent, layer)
     li = int(self.table_.layer[i])
     x = self.preprocess(X, li)
-    params = jax.tree.map(lambda a: a[i], self.state_.params)
+    params = sharding.take(self.state_.params, i)
     k = self.table_.model_latent[i]
     model = models.make_model(self.config_, x.shape[1])
     mask = jnp.asarray(self.input_mask(li, int(self.table_.seed[i])))

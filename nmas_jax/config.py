@@ -65,6 +65,14 @@ _FAMILY = (
 _LFADS = functools.partial(_module_default, models.LFADS)
 
 
+def _pbt(default: tuple[float, float], what: str, rate: bool = False):
+  """A --population range setting: low,high of `what`, drawn uniform (rates) or log-uniform."""
+  draw = "uniform" if rate else "log-uniform"
+  return setting(
+    default, f"--population: low,high of {what} ({draw}).", kind="rate_range" if rate else "range"
+  )
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings(Declared):
   """Model, training and evaluation settings: `DimensionSweep`'s parameters, and flags of the
@@ -233,22 +241,22 @@ class Settings(Declared):
   population: int = setting(
     1,
     "Population-based training: members per (layer, latent, seed) model, each with its own "
-    "learning rate and weight decay drawn from --pbt_learning_rate and --pbt_weight_decay, "
-    "tuned every --pbt_every steps by a tournament on the end of the training block; the "
-    "estimate uses each group's best member. 1: off.",
+    "learning rate, weight decay, dropout (and --cd_rate when on; LFADS: KL and L2 weights) "
+    "drawn from the --pbt_* ranges, tuned every --pbt_every steps by a tournament on the end "
+    "of the training block; the estimate uses each group's best member. 1: off.",
     check="positive_int",
   )
   pbt_every: int = setting(
     100, "--population: steps between the members' tournaments.", check="positive_int"
   )
-  pbt_learning_rate: tuple[float, float] = setting(
-    (1e-5, 5e-3),
-    "--population: the learning rates' range (low,high; drawn log-uniform; lfads-torch's).",
-    kind="range",
-  )
-  pbt_weight_decay: tuple[float, float] = setting(
-    (1e-5, 1e-1), "--population: the AdamW weight decays' range (low,high).", kind="range"
-  )
+  # --population's ranges: lfads-torch's but weight decay and L2 (docs/population.md).
+  pbt_learning_rate: tuple = _pbt((1e-5, 5e-3), "learning rates")
+  pbt_weight_decay: tuple = _pbt((1e-5, 1e-1), "AdamW weight decays")
+  pbt_dropout: tuple = _pbt((0.0, 0.6), "dropout rates", rate=True)
+  pbt_cd_rate: tuple = _pbt((0.01, 0.7), "--cd_rate (tuned when above 0)", rate=True)
+  pbt_kl_ic_scale: tuple = _pbt((1e-5, 1e-3), "LFADS's --kl_ic_scale")
+  pbt_kl_co_scale: tuple = _pbt((1e-6, 1e-4), "LFADS's --kl_co_scale")
+  pbt_l2_gen_scale: tuple = _pbt((1e-6, 1e-2), "LFADS's --l2_gen_scale")
   batch_size: int = setting(None, "Windows per batch." + _FAMILY, kind="int", check="positive_int")
   window: int = setting(50, "Window length in time bins (after --bin).", check="positive_int")
   learning_rate: float = setting(

@@ -52,7 +52,7 @@ def setting(
     check: a key of `_CHECKS`, applied unless the value is None.
     kind: how the flag parses: "bool", "int", "float", "string", "ints" (a
       comma-separated list of integers, held as a tuple), "range" ("low,high": two positive
-      floats, low < high, held as a tuple) or "list" (of
+      floats, low < high, held as a tuple), "rate_range" (the same in [0, 1)) or "list" (of
       strings, held as a tuple) or "names" (a comma-separated list of `choices`, each
       at most once, held as the string); inferred from the default when it is a scalar.
     identity: part of the workdir's identity (a workdir holds one sweep).
@@ -113,15 +113,20 @@ def parse_ints(
   return tuple(out)
 
 
-def parse_range(text: str | Sequence[Any], name: str) -> tuple[float, float]:
+def parse_range(text: str | Sequence[Any], name: str, rate: bool = False) -> tuple[float, float]:
   """'1e-5,5e-3' (or a pair) -> (1e-05, 0.005), with a one-line error naming --`name` unless it
-  is two positive numbers, the first below the second."""
+  is two positive numbers, the first below the second (with `rate`: two numbers in [0, 1))."""
   items = [t.strip() for t in text.split(",")] if isinstance(text, str) else list(text)
   try:
     lo, hi = (float(t) for t in items)
   except (TypeError, ValueError):
     lo = hi = float("nan")
-  if not 0 < lo < hi:
+  if rate and not 0 <= lo < hi < 1:
+    raise UserError(
+      f"--{name}={text if isinstance(text, str) else ','.join(map(str, text))} is not a range of "
+      f"rates: give two numbers in [0, 1), low first, e.g. --{name}=0,0.6"
+    )
+  if not rate and not 0 < lo < hi:
     raise UserError(
       f"--{name}={text if isinstance(text, str) else ','.join(map(str, text))} is not a range: "
       f"give two positive numbers, low first, e.g. --{name}=1e-5,5e-3"
@@ -144,8 +149,8 @@ class Declared:
         value = parse_ints(
           value, f.name, f.metadata["example"], empty=not f.default, zero=f.name == "latents"
         )  # 0: a band count of --model=multiscale
-      elif f.metadata["kind"] == "range":
-        value = parse_range(value, f.name)
+      elif f.metadata["kind"] in ("range", "rate_range"):
+        value = parse_range(value, f.name, rate=f.metadata["kind"] == "rate_range")
       elif f.metadata["kind"] == "list":
         value = tuple(str(v) for v in value)
       elif f.metadata["kind"] == "names" and value is not None:
@@ -217,7 +222,7 @@ def define_flags(*classes: type, flag_values: Any = None) -> None:
       if not m["flag"]:
         continue
       text = m["help"] + (f" One of: {', '.join(m['choices'])}." if m["choices"] else "")
-      if m["kind"] in ("ints", "range"):
+      if m["kind"] in ("ints", "range", "rate_range"):
         flags.DEFINE_string(f.name, ",".join(map(str, f.default)), text, flag_values=fv)
       elif m["kind"] == "list":
         flags.DEFINE_list(f.name, list(f.default), text, flag_values=fv)

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from nmas_jax import config
+from nmas_jax import config, models
 from nmas_jax.data import splits, synthetic
 from nmas_jax.errors import UserError
 from nmas_jax.training import population, train
@@ -44,15 +44,16 @@ def test_explore_multiplies_a_losers_copied_values_within_the_weight_and_clips_t
   cfg = config.Settings(population=4)
   t = _table()
   hp = population.initial(cfg, t)
-  for name, (attr, _) in population.TUNED.items():
-    lo, hi = getattr(cfg, attr)
+  assert list(hp) == ["learning_rate", "weight_decay", "dropout"]  # --dropout > 0, --cd_rate 0
+  for name, t_ in population.tuned(cfg).items():
+    lo, hi = getattr(cfg, t_.range)
     assert ((hp[name] >= lo * 0.999) & (hp[name] <= hi * 1.001)).all()
     assert len(np.unique(hp[name])) == len(t)  # every member its own draw
   src = np.arange(len(t))
   src[1], src[2] = 0, 3
   new = population.explore(hp, src, 40, t, cfg)
-  for name, (attr, w) in population.TUNED.items():
-    lo, hi = getattr(cfg, attr)
+  for name, t_ in population.tuned(cfg).items():
+    lo, hi, w = *getattr(cfg, t_.range), t_.weight
     for i in (1, 2):
       factor = new[name][i] / hp[name][src[i]]
       clipped = np.isclose(new[name][i], lo) or np.isclose(new[name][i], hi)
@@ -77,12 +78,14 @@ def test_exploit_gathers_parameters_and_optimizer_state_and_sets_the_new_hyperpa
     )
   )
   src = np.array([1, 1, 2, 2], np.int32)
-  hp = {n: np.array([1e-4, 2e-4, 3e-4, 4e-4], np.float32) for n in population.TUNED}
+  names = population.tuned(cfg)
+  assert list(state.hparams) == ["dropout"]  # the model's own; the optimizer's in opt_state
+  hp = {n: np.array([1e-4, 2e-4, 3e-4, 4e-4], np.float32) for n in names}
   new = jax.jit(population.exploit)(state, src, hp)
   for a, b in zip(leaves(new), leaves(state)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b)[src])
   np.testing.assert_array_equal(np.asarray(new.key), np.asarray(state.key))
-  for n in population.TUNED:
+  for n in names:
     np.testing.assert_allclose(np.asarray(population.hyperparams(new)[n]), hp[n])
 
 
@@ -127,3 +130,69 @@ def test_members_of_a_group_stop_together_with_their_best_member():
   real = np.arange(7) < 6
   out = population.stop_together(stopped, score, group, real, 60)
   np.testing.assert_array_equal(out, [30, 40, 60, 0, 0, 0, 70])
+
+
+MEMBERS = {  # two members' own model hyper-parameters, per family (`Family.tuned`; LFADS without
+  # a controller, so no kl_co_scale: a smaller program)
+  "autoencoder": dict(dropout=[0.1, 0.45], cd_rate=[0.2, 0.6]),
+  "lfads": dict(
+    dropout=[0.05, 0.5],
+    cd_rate=[0.3, 0.1],
+    kl_ic_scale=[1e-5, 1e-3],
+    l2_gen_scale=[1e-2, 1e-6],
+  ),
+}
+
+
+@pytest.mark.parametrize("family", ["autoencoder", "lfads"])
+def test_each_member_trains_as_the_model_built_with_its_own_hyperparameters(family):
+  """Two members (copies of one state) in one vmapped step, each with its own dropout,
+  coordinated-dropout rate (and LFADS KL and L2 weights) held as traced values: member 1 ends
+  the step with the loss and params of the model built with its values as Python numbers (a
+  separate program: 1e-5), and member 0's loss differs, so neither took the other's values."""
+  cfg = config.Settings(
+    model=family, latents=(3,), hidden=4, gen_dim=4, ic_enc_dim=3, ci_enc_dim=3, con_dim=3,
+    co_dim=0, window=5, cd_rate=0.3, population=2, likelihood="gaussian", bidirectional=False,
+  )  # fmt: skip
+  assert set(population.tuned(cfg)) == {"learning_rate", "weight_decay", *MEMBERS[family]}
+  model = models.make_model(cfg, 5)
+  tx = train.optimizer_for(dataclasses.replace(cfg, learning_rate=1e-2))
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, 5, 5))
+  one = train.init_state(jax.random.PRNGKey(0), 3, model=model, tx=tx, example_x_BTN=x[:1])
+  hp = {n: np.asarray(v, np.float32) for n, v in MEMBERS[family].items()}
+  both = jax.tree.map(lambda a: np.stack([a, a]), one).replace(hparams=hp)
+  step = lambda m: jax.vmap(lambda s: train.train_step(s, {"x": x}, model=m, tx=tx))
+  new, metrics = jax.jit(step(model))(both)
+  own = model.clone(**{n: float(v[1]) for n, v in hp.items()})
+  ref, ref_metrics = jax.jit(lambda s: train.train_step(s, {"x": x}, model=own, tx=tx))(one)
+  np.testing.assert_allclose(metrics["train/loss"][1], ref_metrics["train/loss"], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(ref.params)):
+    np.testing.assert_allclose(np.asarray(a)[1], b, rtol=1e-5, atol=1e-6)
+  assert metrics["train/loss"][0] != metrics["train/loss"][1]
+
+
+def test_dropout_with_a_traced_rate_draws_as_flax_dropout():
+  """`layers.Dropout` keeps the same elements as `nn.Dropout` from the same key, and scales
+  them by 1 / (1 - rate), with the rate a Python number or a traced scalar."""
+  import flax.linen as nn
+
+  from nmas_jax.models.layers import Dropout
+
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 4, 5))
+  rngs = {"dropout": jax.random.PRNGKey(7)}
+  ref = nn.Dropout(0.3).apply({}, x, deterministic=False, rngs=rngs)
+  ours = Dropout(0.3).apply({}, x, deterministic=False, rngs=rngs)
+  traced = jax.jit(lambda r: Dropout(r).apply({}, x, deterministic=False, rngs=rngs))(0.3)
+  np.testing.assert_array_equal(ours, ref)
+  np.testing.assert_array_equal(np.asarray(traced) == 0, np.asarray(ref) == 0)
+  np.testing.assert_allclose(traced, ref, rtol=1e-6)
+
+
+def test_a_rate_range_outside_zero_to_one_is_a_one_line_error():
+  with pytest.raises(UserError) as e:
+    config.Settings(pbt_dropout="0.2,1.5")
+  assert str(e.value) == (
+    "--pbt_dropout=0.2,1.5 is not a range of rates: give two numbers in [0, 1), low first, "
+    "e.g. --pbt_dropout=0,0.6"
+  )
+  assert config.Settings(pbt_dropout="0,0.5").pbt_dropout == (0.0, 0.5)

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
 import numpy as np
+
+from nmas_jax.training import sharding
 
 
 def pair_r2(za_train: np.ndarray, zb_train: np.ndarray, za_valid, zb_valid) -> float:
@@ -34,7 +35,7 @@ def for_sweep(
   models of every held-in neuron; `table` is theirs), from `predictions`
   (`evaluate.model_predictions`): ({layer: {"latents", "r2", "few_shot_r2"}} (means per latent),
   {position in `index`: {"seed_consistency_r2", "few_shot_r2"}} (per model))."""
-  sub_state = jax.tree.map(lambda a: a[index], state)
+  sub_state = sharding.take(state, index)
   z = {b: predictions(sub_state, table, prep, cfg, b, latents=True) for b in ("train", "valid")}
   names = prep.dataset.layer_names
   out, per_model = seed_consistency(

@@ -64,7 +64,8 @@ def model_predictions(
   pred = functools.partial(train.predict, model=models.make_model(cfg, prep.num_neurons))
 
   @jax.jit
-  def one(params, latent, layer, mask_N):
+  def one(params_M, i, latent, layer, mask_N):
+    params = jax.tree.map(lambda a: a[i], params_M)
     y_VWN, z_VWK = pred(params, latent, windows_LVWN[layer], mask_N)
     if latents:
       return z_VWK.reshape(-1, z_VWK.shape[-1])
@@ -74,7 +75,8 @@ def model_predictions(
     [
       np.asarray(
         one(
-          jax.tree.map(lambda a: a[i], state.params),
+          state.params,
+          i,
           state.latent[i],
           int(table.layer[i]),
           mask_MN[i],

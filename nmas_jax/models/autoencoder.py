@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from nmas_jax.models.family import Family
-from nmas_jax.models.layers import Dense, latent_mask, per_unit_init
+from nmas_jax.models.layers import Dense, Dropout, latent_mask, per_unit_init, rate_on
 from nmas_jax.models.lstm import ScanLSTM
 
 DECODERS = ("linear", "mlp", "lstm")
@@ -240,7 +240,7 @@ class LSTMAutoencoder(Family, nn.Module):
         latent_bands=self.latent_bands(),
       )
     )
-    self.input_dropout = nn.Dropout(self.dropout)
+    self.input_dropout = Dropout(self.dropout)
 
   def encoder_width(self) -> int:
     """Units the encoder emits (the padded latent width)."""
@@ -281,7 +281,7 @@ class LSTMAutoencoder(Family, nn.Module):
   def __call__(
     self, x_BTN: jax.Array, latent_size: Any = None, train: bool = False
   ) -> tuple[jax.Array, jax.Array]:
-    if train and self.dropout > 0:
+    if train and rate_on(self.dropout):
       x_BTN = self.input_dropout(x_BTN, deterministic=False)
     k, choice = self._split(latent_size)
     z_BTK = self.encode(x_BTN, k)

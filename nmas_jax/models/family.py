@@ -12,12 +12,24 @@ is one); nothing here imports the settings or the command line.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
 
 from nmas_jax.models.layers import latent_mask
+
+
+@dataclasses.dataclass(frozen=True)
+class Tuned:
+  """A hyper-parameter that population-based training tunes per member: the setting holding its
+  range (low, high), its explore weight w (a loser's value is multiplied by 1 +/- U(0.002 w, w))
+  and whether it is drawn log-uniform (else uniform)."""
+
+  range: str
+  weight: float
+  log: bool = True
 
 
 class Family:
@@ -57,6 +69,19 @@ class Family:
     if len(s.decoders) > 1 and not cls.decoder_axis:
       return f"--decoder={s.decoder} lists several decoders: only --model=autoencoder sweeps a list"
     return None
+
+  @classmethod
+  def tuned(cls, s: Any) -> dict[str, Tuned]:
+    """The model fields a population (`--population`) tunes per member, by field name: each
+    member trains as `model.clone(**its values)` (`train.train_step`), so the module must accept
+    a traced value in each (`layers.Dropout`). A regulariser the run leaves off (its setting 0)
+    stays off. Rates: lfads-torch's ranges and weights (scripts/run_pbt.py)."""
+    out = {}
+    if s.dropout > 0:
+      out["dropout"] = Tuned("pbt_dropout", 0.3, log=False)
+    if s.cd_rate > 0:
+      out["cd_rate"] = Tuned("pbt_cd_rate", 0.3, log=False)
+    return out
 
   @classmethod
   def sweep_bands(cls, s: Any) -> int:

@@ -119,3 +119,27 @@ class Dense(nn.Module):
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     y = _matmul(x.reshape(-1, x.shape[-1]), kernel).reshape(*x.shape[:-1], self.features)
     return y if bias is None else y + bias.reshape((1,) * (y.ndim - 1) + (-1,))
+
+
+def rate_on(rate: Any) -> bool:
+  """Whether a dropout rate is in use: a number above 0, or a traced value (a population's
+  member's own rate, `train.TrainState.hparams`)."""
+  return not isinstance(rate, (int, float)) or rate > 0
+
+
+class Dropout(nn.Module):
+  """`nn.Dropout` (same random draws: `bernoulli(key, 1 - rate)` on the "dropout" stream) whose
+  rate may be a traced scalar, so each member of a population trains with its own."""
+
+  rate: Any
+  deterministic: bool | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, deterministic: bool | None = None) -> jax.Array:
+    if nn.merge_param("deterministic", self.deterministic, deterministic):
+      return x
+    if not rate_on(self.rate):
+      return x
+    keep = 1.0 - self.rate
+    mask = jax.random.bernoulli(self.make_rng("dropout"), keep, x.shape)
+    return jax.lax.select(mask, x / keep, jnp.zeros_like(x))

@@ -8,8 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from nmas_jax.models.family import Family
-from nmas_jax.models.layers import Dense, latent_mask, per_unit_init
+from nmas_jax.models.family import Family, Tuned
+from nmas_jax.models.layers import Dense, Dropout, latent_mask, per_unit_init
 
 
 class _GRUStep(nn.Module):
@@ -111,7 +111,7 @@ class _LFADSStep(nn.Module):
     g, _ = _GRUStep(self.gen_dim, self.clip, name="generator")(
       g, Dense(3 * self.gen_dim, name="gen_input")(gen_in)
     )
-    g_drop = nn.Dropout(self.dropout, deterministic=not self.sample)(g)
+    g_drop = Dropout(self.dropout, deterministic=not self.sample)(g)
     f = (
       Dense(self.latent, use_bias=False, kernel_init=per_unit_init(-1), name="factors")(g_drop)
       * mask_K[None, :]
@@ -180,7 +180,7 @@ class LFADS(Family, nn.Module):
     sample = sample or train
     b, t, _ = x_BTN.shape
     mask_K = latent_mask(self.latent, self.latent if latent_size is None else latent_size)
-    drop = nn.Dropout(self.dropout, deterministic=not sample)
+    drop = Dropout(self.dropout, deterministic=not sample)
     x = drop(x_BTN)
     _, fwd = ScanGRU(self.ic_enc_dim, clip=self.clip, name="ic_enc_fwd")(x)
     _, bwd = ScanGRU(self.ic_enc_dim, reverse=True, clip=self.clip, name="ic_enc_bwd")(x)
@@ -249,6 +249,17 @@ class LFADS(Family, nn.Module):
       cd_rate=s.cd_rate,
       warmup_steps=s.kl_warmup_steps,
     )
+
+  @classmethod
+  def tuned(cls, s: Any) -> dict[str, Tuned]:
+    """Rates as every family; the KL and L2 weights as AutoLFADS (weight 0.8)."""
+    out = super().tuned(s) | {
+      "kl_ic_scale": Tuned("pbt_kl_ic_scale", 0.8),
+      "l2_gen_scale": Tuned("pbt_l2_gen_scale", 0.8),
+    }
+    if s.co_dim:
+      out["kl_co_scale"] = Tuned("pbt_kl_co_scale", 0.8)
+    return out
 
   @classmethod
   def describe(cls, config: dict[str, Any]) -> str:

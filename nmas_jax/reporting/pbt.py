@@ -10,8 +10,9 @@ import numpy as np
 
 
 def section(results: dict[str, Any]) -> list[str]:
-  """report.md: per latent size, the geometric mean (and range) of the winners' final
-  hyper-parameters over layers and seeds, and how many tournaments were played."""
+  """report.md: per latent size, the mean (geometric for those drawn log-uniform) and range of
+  the winners' final hyper-parameters over layers and seeds, and how many tournaments were
+  played."""
   pop = results.get("population")
   if not pop:
     return []
@@ -26,8 +27,8 @@ def section(results: dict[str, Any]) -> list[str]:
     f"selection block (bins {pop['selection_block'][0]}-{pop['selection_block'][1]} of the "
     f"training block, which training windows leave out; {len(pop['steps']) - 1} rounds). Each "
     "model in the tables above is its group's winner: the member whose best state scored lowest "
-    "on the selection block. Its final hyper-parameters (geometric mean over layers and seeds, "
-    "range in brackets):",
+    "on the selection block. Its final hyper-parameters (mean over layers and seeds, geometric "
+    "for those drawn log-uniform; range in brackets):",
     "",
     "| latent | " + " | ".join(names) + " |",
     "|---" * (len(names) + 1) + "|",
@@ -36,14 +37,15 @@ def section(results: dict[str, Any]) -> list[str]:
     cells = []
     for n in names:
       v = np.array([m[n][-1] for m in won[k]])
-      cells.append(f"{np.exp(np.log(v).mean()):.2g} [{v.min():.2g}, {v.max():.2g}]")
+      mean = np.exp(np.log(v).mean()) if _log(pop, n) else v.mean()
+      cells.append(f"{mean:.2g} [{v.min():.2g}, {v.max():.2g}]")
     lines.append(f"| {k} | " + " | ".join(cells) + " |")
   return lines + ["", "pbt.png shows every member's hyper-parameters over the steps.", ""]
 
 
 def plot(results: dict[str, Any]):
-  """One panel per hyper-parameter: every member's value over steps (log scale), coloured by
-  latent size."""
+  """One panel per hyper-parameter: every member's value over steps (log scale for those drawn
+  log-uniform), coloured by latent size."""
   import matplotlib
 
   matplotlib.use("Agg")
@@ -53,12 +55,13 @@ def plot(results: dict[str, Any]):
   names = list(pop["ranges"])
   latents = sorted({m["latent"] for m in pop["members"]})
   colours = plt.cm.viridis(np.linspace(0, 0.9, len(latents)))
-  fig, axes = plt.subplots(1, len(names), figsize=(9, 3.6))
+  fig, axes = plt.subplots(1, len(names), figsize=(3 * len(names), 3.6), squeeze=False)
+  axes = axes[0]
   for ax, n in zip(axes, names):
     for m in pop["members"]:
       c = colours[latents.index(m["latent"])]
       ax.step(pop["steps"], m[n], where="post", color=c, alpha=0.6, lw=1)
-    ax.set_yscale("log")
+    ax.set_yscale("log" if _log(pop, n) else "linear")
     ax.set_xlabel("step")
     ax.set_title(n.replace("_", " "), fontsize=10)
   for k, c in zip(latents, colours):
@@ -66,3 +69,9 @@ def plot(results: dict[str, Any]):
   axes[0].legend(fontsize=7)
   fig.tight_layout()
   return fig
+
+
+def _log(pop: dict[str, Any], name: str) -> bool:
+  """Whether hyper-parameter `name` was drawn log-uniform (results.json before `log_scale`: all
+  were)."""
+  return pop.get("log_scale", {}).get(name, True)

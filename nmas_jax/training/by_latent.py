@@ -99,6 +99,13 @@ def _one_model_shapes(model, key: tuple[int, ...], tx) -> train.TrainState:
   return jax.eval_shape(init, jax.random.PRNGKey(0), x)
 
 
+def _with_hparams(shapes: train.TrainState, state: train.TrainState) -> train.TrainState:
+  """One model's abstract state `shapes` with `state`'s per-model hyper-parameters (a
+  population's, `TrainState.hparams`: one scalar per model)."""
+  scalar = lambda a: jax.ShapeDtypeStruct((), a.dtype)
+  return shapes.replace(hparams=jax.tree.map(scalar, state.hparams))
+
+
 def narrow_index(mask_GN: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """Each group's neurons where mask_GN > 0, as (indices, weights) [groups, width]: width is the
   largest group's count, shorter rows padded with neuron 0 at weight 0."""
@@ -301,12 +308,16 @@ class ByLatentStepper:
 
     def pack(state):  # [models] padded -> per (count, latent) [groups] at own width
       take = lambda i: jax.tree.map(lambda a: a[i], state)
-      return tuple(jax.tree.map(drop, models.cut_to(take(i), own[j], lead=1)) for i, j in flat)
+      return tuple(
+        jax.tree.map(drop, models.cut_to(take(i), _with_hparams(own[j], state), lead=1))
+        for i, j in flat
+      )
 
     def unpack(parts):  # the inverse, zero-filling the padded units
       fill = lambda a, t: jnp.pad(a, [(0, 0)] + [(0, n - m) for n, m in zip(t.shape, a.shape[1:])])
+      like = _with_hparams(padded, parts[0])
       return _to_table(
-        [jax.tree.map(lambda a, t: fill(with_groups(a), t), p, padded) for p in parts],
+        [jax.tree.map(lambda a, t: fill(with_groups(a), t), p, like) for p in parts],
         self._inverse,
       )
 

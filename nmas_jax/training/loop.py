@@ -43,7 +43,7 @@ class SweepOutput:
     pick = lambda a: None if a is None else np.asarray(a)[index]
     return dataclasses.replace(
       self,
-      state=jax.tree.map(lambda a: a[jnp.asarray(index)], self.state),
+      state=sharding.take(self.state, index),
       table=self.table.take(index),
       train_loss=pick(self.train_loss),
       valid={k: pick(v) for k, v in self.valid.items()},

@@ -1,11 +1,12 @@
-"""Population-based training inside the batch (Jaderberg et al. 2017; AutoLFADS, Keshtkaran et
-al. 2022): each (layer, count, seed, decoder, latent) model has `--population` members on the
-models axis, each training with its own learning rate and weight decay (held in its optimizer
-state, `train.with_hyperparams`). Every `--pbt_every` steps the members of each group play a
-binary tournament on a selection block (the end of the training block, which training windows
-then leave out): each loser copies its winner's parameters and optimizer state (a gather on the
-models axis, on the device) and explores, multiplying each hyper-parameter by 1 +/- U(0.002 w,
-w), clipped to its range (lfads-torch's explore). Every random draw is a pure function of the
+"""Population-based training inside the batch (Jaderberg et al. 2017; AutoLFADS, Keshtkaran et al.
+2022): each (layer, count, seed, decoder, latent) model has `--population` members on the models
+axis, each training with its own learning rate and weight decay (held in its optimizer state,
+`train.with_hyperparams`) and its own model hyper-parameters (`Family.tuned`: dropout, the LFADS
+KL and L2 weights; held in `TrainState.hparams`). Every `--pbt_every` steps the members of each
+group play a binary tournament on a selection block (the end of the training block, which training
+windows then leave out): each loser copies its winner's parameters and optimizer state (a gather
+on the models axis, on the device) and explores, multiplying each hyper-parameter by 1 +/- U(0.002
+w, w), clipped to its range (lfads-torch's explore). Every random draw is a pure function of the
 model's table row and the step, so a resumed run repeats an uninterrupted one's decisions.
 """
 
@@ -19,13 +20,23 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from nmas_jax import models
+from nmas_jax.models.family import Tuned
 from nmas_jax.training import sharding, train
 from nmas_jax.training.selection import best_of
 
-# Each tuned hyper-parameter: (settings attribute of its range (low, high), explore weight w).
-# Learning rate: lfads-torch's scripts/run_pbt.py (1e-5..5e-3, w 0.3); weight decay (AdamW's,
-# decoupled): 1e-5..1e-1, w 0.8 as lfads-torch's L2 scales.
-TUNED = {"learning_rate": ("pbt_learning_rate", 0.3), "weight_decay": ("pbt_weight_decay", 0.8)}
+# The optimizer's tuned hyper-parameters (every family). Learning rate: lfads-torch's
+# scripts/run_pbt.py (1e-5..5e-3, w 0.3); weight decay (AdamW's, decoupled): 1e-5..1e-1, w 0.8
+# as lfads-torch's L2 scales.
+OPTIMIZER = {
+  "learning_rate": Tuned("pbt_learning_rate", 0.3),
+  "weight_decay": Tuned("pbt_weight_decay", 0.8),
+}
+
+
+def tuned(cfg) -> dict[str, Tuned]:
+  """Every hyper-parameter a population of `cfg` tunes: the optimizer's, then the family's."""
+  return OPTIMIZER | models.family(cfg.model).tuned(cfg)
 
 
 def group_of(table) -> np.ndarray:
@@ -43,12 +54,14 @@ def _rng(table, i: int, step: int, salt: int) -> np.random.Generator:
 
 
 def initial(cfg, table) -> dict[str, np.ndarray]:
-  """Each member's starting hyper-parameters [models], log-uniform over their ranges."""
+  """Each member's starting hyper-parameters [models], log-uniform (or uniform, `Tuned.log`) over
+  their ranges."""
   out = {}
-  for salt, (name, (attr, _)) in enumerate(TUNED.items()):
-    lo, hi = np.log(getattr(cfg, attr))
+  for salt, (name, t) in enumerate(tuned(cfg).items()):
+    lo, hi = np.log(getattr(cfg, t.range)) if t.log else getattr(cfg, t.range)
     u = np.array([_rng(table, i, 0, salt).uniform() for i in range(len(table))])
-    out[name] = np.exp(lo + u * (hi - lo)).astype(np.float32)
+    v = lo + u * (hi - lo)
+    out[name] = (np.exp(v) if t.log else v).astype(np.float32)
   return out
 
 
@@ -79,19 +92,28 @@ def explore(
   w), clipped to the range; a winner's are unchanged."""
   out = {}
   lost = np.flatnonzero(src_M != np.arange(len(src_M)))
-  for salt, (name, (attr, w)) in enumerate(TUNED.items()):
-    lo, hi = getattr(cfg, attr)
+  for salt, (name, t) in enumerate(tuned(cfg).items()):
+    lo, hi = getattr(cfg, t.range)
     new = hp[name][src_M].astype(np.float64)
     for i in lost:
       rng = _rng(table, i, step, 200 + salt)
-      new[i] *= 1.0 + rng.choice([-1.0, 1.0]) * rng.uniform(0.002 * w, w)
+      new[i] *= 1.0 + rng.choice([-1.0, 1.0]) * rng.uniform(0.002 * t.weight, t.weight)
     out[name] = np.clip(new, lo, hi).astype(np.float32)
   return out
 
 
 def hyperparams(state: train.TrainState) -> dict[str, jax.Array]:
-  """The tuned hyper-parameters [models] as the optimizer state holds them."""
-  return {n: optax.tree_utils.tree_get(state.opt_state, n) for n in TUNED}
+  """The tuned hyper-parameters [models]: the optimizer state's, then the model's."""
+  opt = {n: optax.tree_utils.tree_get(state.opt_state, n) for n in OPTIMIZER}
+  return opt | dict(state.hparams)
+
+
+def with_hyperparams(state: train.TrainState, hp: dict[str, Any]) -> train.TrainState:
+  """`state` with the tuned hyper-parameters `hp` ({name: [models]}) set: the optimizer's in its
+  state, the model's in `hparams`."""
+  state = train.with_hyperparams(state, **{n: v for n, v in hp.items() if n in OPTIMIZER})
+  own = {n: jnp.asarray(v, jnp.float32) for n, v in hp.items() if n not in OPTIMIZER}
+  return state.replace(hparams=own) if own else state
 
 
 def exploit(state: train.TrainState, src_M: jax.Array, hp: dict[str, jax.Array]):
@@ -104,7 +126,7 @@ def exploit(state: train.TrainState, src_M: jax.Array, hp: dict[str, jax.Array])
     opt_state=take(state.opt_state),
     diverged_at=state.diverged_at[src_M],
   )
-  return train.with_hyperparams(state, **{n: jnp.asarray(v) for n, v in hp.items()})
+  return with_hyperparams(state, {n: jnp.asarray(v) for n, v in hp.items()})
 
 
 def winners(score_M: np.ndarray, group_M: np.ndarray) -> np.ndarray:
@@ -250,7 +272,8 @@ class Tournaments:
       "size": cfg.population,
       "every": cfg.pbt_every,
       "selection_block": list(prep.block("select")),
-      "ranges": {k: list(getattr(cfg, attr)) for k, (attr, _) in TUNED.items()},
+      "ranges": {k: list(getattr(cfg, t.range)) for k, t in tuned(cfg).items()},
+      "log_scale": {k: t.log for k, t in tuned(cfg).items()},
       "steps": list(h.steps),
       "members": members,
       "winners": [int(i) for i in index],

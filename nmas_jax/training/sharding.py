@@ -99,6 +99,15 @@ def put(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
   return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
 
+def take(tree: Any, index: Any) -> Any:
+  """Every leaf's rows `index` (an int drops the axis) along the leading (models) axis, in one
+  compiled gather: indexing leaf by leaf compiles a program per leaf shape and index."""
+  return _take(tree, jax.numpy.asarray(index))
+
+
+_take = jax.jit(lambda tree, index: jax.tree.map(lambda a: a[index], tree))
+
+
 def gather(tree: Any) -> Any:
   """Every leaf as a full host numpy array on every process."""
   if jax.process_count() == 1:

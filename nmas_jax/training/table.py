@@ -160,7 +160,7 @@ def init_states(
   def init_all(keys, latents, bias_MN, hp):
     state = jax.vmap(init)(keys, latents)
     if hp:  # a population's members: their own hyper-parameters
-      state = train.with_hyperparams(state, **hp)
+      state = population.with_hyperparams(state, hp)
     if bias_MN is None:
       return state
     set_bias = lambda readout: {**readout, "bias": bias_MN.astype(readout["bias"].dtype)}

@@ -37,6 +37,9 @@ class TrainState:
   key: jax.Array  # PRNG key of this model: step_rngs folds in the step
   latent: jax.Array  # int32 [], latent size k <= the model's padded width
   diverged_at: jax.Array  # int32 [], first step with a non-finite loss/gradient, -1 if none
+  # A population member's own model hyper-parameters {field name: float32 []} (`Family.tuned`;
+  # empty otherwise): the train step runs `model.clone(**hparams)`.
+  hparams: dict[str, jax.Array] = struct.field(default_factory=dict)
 
 
 def make_optimizer(
@@ -138,6 +141,8 @@ def train_step(
   [batch, time, I] (the inputs "neurons_in" [I]), x and loss_mask cover the
   outputs "neurons_out" [O], and the result equals the masked full-width step.
 
+  A population's member (`state.hparams`) trains as `model.clone(**state.hparams)`.
+
   A model whose loss or gradient norm is non-finite is frozen from that step
   on (params and optimiser state stop changing) and `diverged_at` records the
   step, so one diverging model cannot spoil a batched sweep.
@@ -147,8 +152,11 @@ def train_step(
   x_in_BTN = batch["x_in"] if "x_in" in batch else encoder_input(x_BTN, batch.get("input_mask"))
   rngs = step_rngs(state)
   cd_w_BTN = None
-  if model.cd_rate > 0:
-    x_in_BTN, cd_w_BTN = coordinated_dropout_weights(batch, x_in_BTN, model.cd_rate, rngs)
+  if model.cd_rate > 0:  # the run uses coordinated dropout (at a member's own rate if tuned)
+    rate = state.hparams.get("cd_rate", model.cd_rate)
+    x_in_BTN, cd_w_BTN = coordinated_dropout_weights(batch, x_in_BTN, rate, rngs)
+  if state.hparams:
+    model = model.clone(**state.hparams)
   latent = state.latent
   if latent_width is not None:  # params already cut to this width (`models.cut_latent`)
     model, latent = model.clone(latent=latent_width), None
