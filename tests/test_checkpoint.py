@@ -214,13 +214,26 @@ def test_kill_9_a_corrupt_checkpoint_or_sigterm_then_resume_equals_uninterrupted
   _assert_same_results(full, extended)
 
 
-def test_a_failed_write_keeps_the_previous_file_and_a_rerun_resumes(small_array, tmp_path):
+def test_a_different_sweep_is_refused_a_failed_write_keeps_the_file_and_reruns_resume(
+  small_array, tmp_path
+):
   w = tmp_path / "w"
   r = subprocess.run(
     _args(small_array, w, steps=20), cwd=ROOT, env=ENV, capture_output=True, text=True
   )
   assert r.returncode == 0, r.stderr
-  before = (w / "report.md").read_bytes()
+  # A different sweep in the workdir: refused in one line, every file untouched.
+  before = {f: (w / f).read_bytes() for f in ("results.json", "results.csv", "sweep.json")}
+  before["report.md"] = (w / "report.md").read_bytes()
+  other = _args(small_array, w, steps=20, extra=["--latents=1,2"])
+  r = subprocess.run(other, cwd=ROOT, env=ENV, capture_output=True, text=True)
+  assert r.returncode == 2
+  assert r.stderr.strip().splitlines()[-1] == (
+    f"error: --workdir={w} holds a different sweep (--latents was 1,3, now 1,2): "
+    "use another --workdir, or --overwrite to replace it"
+  )
+  assert {f: (w / f).read_bytes() for f in before} == before
+  # A write that fails: one line, the earlier file intact; the same command then resumes.
   (w / "sweep.png").unlink()
   (w / "sweep.png").mkdir()  # a target that cannot be replaced
   args = _args(small_array, w, steps=40)
@@ -230,12 +243,22 @@ def test_a_failed_write_keeps_the_previous_file_and_a_rerun_resumes(small_array,
     f"error: cannot write {w / 'sweep.png'}: Is a directory; the previous file is intact: fix "
     "the cause and rerun the same command to resume"
   ]
-  assert (w / "report.md").read_bytes() == before  # written after the plot: untouched
+  assert (w / "report.md").read_bytes() == before["report.md"]  # written after the plot
   assert json.loads((w / "results.json").read_text())["evaluated_step"] == 40
   (w / "sweep.png").rmdir()
   r = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True)
   assert r.returncode == 0 and "resumed from the checkpoint at step 40" in r.stdout, r.stderr
   assert (w / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+  # --overwrite replaces the sweep.
+  r = subprocess.run([*other, "--overwrite"], cwd=ROOT, env=ENV, capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr
+  assert json.loads((w / "results.json").read_text())["latents"] == [1, 2]
+  # Every output that a later version must recognise carries the schema version.
+  for name in ("sweep.json", "results.json"):
+    assert json.loads((w / name).read_text())["schema_version"] == files.SCHEMA_VERSION
+  ck = checkpoint.Checkpointer(str(w))
+  assert ck.restore_aux(ck.latest_step())["schema_version"] == files.SCHEMA_VERSION
+  ck.close()
 
 
 def test_a_failed_checkpoint_save_is_one_line_and_keeps_the_earlier_ones(tmp_path, monkeypatch):
@@ -277,43 +300,6 @@ def test_a_failed_checkpoint_save_is_one_line_and_keeps_the_earlier_ones(tmp_pat
   monkeypatch.undo()
   est.fit(x, workdir=str(tmp_path), checkpoint_every=10)  # the cause fixed: resumes and completes
   assert est.results_["complete"] and checkpoint.Checkpointer(str(tmp_path)).latest_step() == 20
-
-
-def test_different_sweep_in_workdir_is_refused_and_untouched(small_array, tmp_path):
-  w = tmp_path / "w"
-  r = subprocess.run(
-    _args(small_array, w, steps=20), cwd=ROOT, env=ENV, capture_output=True, text=True
-  )
-  assert r.returncode == 0, r.stderr
-  before = {f: (w / f).read_bytes() for f in ("results.json", "results.csv", "sweep.json")}
-  r = subprocess.run(
-    _args(small_array, w, steps=20, extra=["--latents=1,2"]),
-    cwd=ROOT,
-    env=ENV,
-    capture_output=True,
-    text=True,
-  )
-  assert r.returncode == 2
-  assert r.stderr.strip().splitlines()[-1] == (
-    f"error: --workdir={w} holds a different sweep (--latents was 1,3, now 1,2): "
-    "use another --workdir, or --overwrite to replace it"
-  )
-  assert {f: (w / f).read_bytes() for f in before} == before
-  r = subprocess.run(
-    _args(small_array, w, steps=20, extra=["--latents=1,2", "--overwrite"]),
-    cwd=ROOT,
-    env=ENV,
-    capture_output=True,
-    text=True,
-  )
-  assert r.returncode == 0, r.stderr
-  assert json.loads((w / "results.json").read_text())["latents"] == [1, 2]
-  # Every output that a later version must recognise carries the schema version.
-  for name in ("sweep.json", "results.json"):
-    assert json.loads((w / name).read_text())["schema_version"] == files.SCHEMA_VERSION
-  ck = checkpoint.Checkpointer(str(w))
-  assert ck.restore_aux(ck.latest_step())["schema_version"] == files.SCHEMA_VERSION
-  ck.close()
 
 
 def test_claim_workdir_names_the_first_differing_setting(tmp_path):

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from nmas_jax.models.family import Family, Tuned
-from nmas_jax.models.layers import Dense, Dropout, latent_mask, per_unit_init
+from nmas_jax.models.layers import Dense, Dropout, latent_mask, per_unit_init, rate_on
 
 
 class _GRUStep(nn.Module):
@@ -71,6 +71,22 @@ def _sample(module: nn.Module, mean, logvar, sample: bool):
   return mean + jnp.exp(0.5 * logvar) * jax.random.normal(module.make_rng("sample"), mean.shape)
 
 
+def _ar1_kl(module: nn.Module, u_BTC, mean_BTC, logvar_BTC) -> jax.Array:
+  """KL [B] of the controller's inferred inputs from an autoregressive AR(1) prior per channel
+  (lfads-torch's default; its time constant tau and process variance are parameters of
+  `module`): a one-sample estimate log q(u) - log p(u), summed over time (u before the first
+  step: 0). Outside the generator's scan: nothing here feeds the next step."""
+  c = u_BTC.shape[-1]
+  log_tau = module.param("ar_log_tau", nn.initializers.constant(jnp.log(10.0)), (c,))
+  log_var = module.param("ar_log_var", nn.initializers.constant(jnp.log(0.1)), (c,))
+  alpha = jnp.exp(-1.0 / jnp.exp(log_tau))[None, None, :]
+  prior_logvar = (log_var + jnp.log1p(-(alpha[0, 0] ** 2)))[None, None, :]  # innovation variance
+  u_prev = jnp.pad(u_BTC[:, :-1], ((0, 0), (1, 0), (0, 0)))
+  log_q = -0.5 * jnp.sum(logvar_BTC + (u_BTC - mean_BTC) ** 2 / jnp.exp(logvar_BTC), axis=-1)
+  log_p = -0.5 * jnp.sum(prior_logvar + (u_BTC - alpha * u_prev) ** 2 / jnp.exp(prior_logvar), -1)
+  return jnp.sum(log_q - log_p, axis=1)
+
+
 class _LFADSStep(nn.Module):
   """One time step of the controller (optional) and the generator; factors masked to width k."""
 
@@ -79,31 +95,20 @@ class _LFADSStep(nn.Module):
   co_dim: int
   latent: int
   clip: float
-  sample: bool
-  dropout: float
 
   @nn.compact
-  def __call__(self, carry, gci_BG: jax.Array, mask_K: jax.Array):
+  def __call__(self, carry, step_in, mask_K: jax.Array):
     g, c, f, u_prev = carry  # generator, controller, factors [B, K], inputs
-    kl = jnp.zeros(g.shape[:1], g.dtype)
+    # This step's controller gate inputs [B, 3C], posterior noise [B, C] and generator dropout
+    # multipliers [B, G], drawn before the scan (None when not sampling).
+    gci_BG, eps_BC, drop_BG = step_in
     if self.co_dim:
       gates = gci_BG + Dense(
         3 * self.con_dim, use_bias=False, kernel_init=per_unit_init(0), name="con_from_factors"
       )(f)
       c, _ = _GRUStep(self.con_dim, self.clip, name="controller")(c, gates)
       mean, logvar = jnp.split(Dense(2 * self.co_dim, name="co_posterior")(c), 2, axis=-1)
-      u = _sample(self, mean, logvar, self.sample)
-      # Autoregressive AR(1) prior per input channel (lfads-torch's default): time constant
-      # tau and process variance learned; the KL is a one-sample estimate log q(u) - log p(u).
-      log_tau = self.param("ar_log_tau", nn.initializers.constant(jnp.log(10.0)), (self.co_dim,))
-      log_var = self.param("ar_log_var", nn.initializers.constant(jnp.log(0.1)), (self.co_dim,))
-      alpha = jnp.exp(-1.0 / jnp.exp(log_tau))[None, :]
-      prior_logvar = (log_var + jnp.log1p(-(alpha[0] ** 2)))[None, :]  # innovation variance
-      log_q = -0.5 * jnp.sum(logvar + (u - mean) ** 2 / jnp.exp(logvar), axis=-1)
-      log_p = -0.5 * jnp.sum(
-        prior_logvar + (u - alpha * u_prev) ** 2 / jnp.exp(prior_logvar), axis=-1
-      )
-      kl = log_q - log_p
+      u = mean if eps_BC is None else mean + jnp.exp(0.5 * logvar) * eps_BC
       gen_in = u
     else:
       u = u_prev
@@ -111,12 +116,13 @@ class _LFADSStep(nn.Module):
     g, _ = _GRUStep(self.gen_dim, self.clip, name="generator")(
       g, Dense(3 * self.gen_dim, name="gen_input")(gen_in)
     )
-    g_drop = Dropout(self.dropout, deterministic=not self.sample)(g)
+    g_drop = g if drop_BG is None else g * drop_BG
     f = (
       Dense(self.latent, use_bias=False, kernel_init=per_unit_init(-1), name="factors")(g_drop)
       * mask_K[None, :]
     )
-    return (g, c, f, u), (f, kl)
+    posterior = (u, mean, logvar) if self.co_dim else ()  # the KL is computed after the scan
+    return (g, c, f, u), (f, posterior)
 
 
 class LFADS(Family, nn.Module):
@@ -204,10 +210,20 @@ class LFADS(Family, nn.Module):
       gci_BTG = Dense(3 * self.con_dim, name="con_input")(ci)
     else:
       gci_BTG = jnp.zeros((b, t, 3), x.dtype)
+    # Randomness of the generator's steps, drawn before the scan in one call each (as wide as
+    # the controller's outputs and the generator, never the factors): the scan then holds only
+    # what depends on the previous step.
+    eps_BTC = drop_BTG = None
+    if sample and self.co_dim:
+      eps_BTC = jax.random.normal(self.make_rng("sample"), (b, t, self.co_dim), x.dtype)
+    if sample and rate_on(self.dropout):
+      keep = 1.0 - self.dropout
+      kept = jax.random.bernoulli(self.make_rng("dropout"), keep, (b, t, self.gen_dim))
+      drop_BTG = jnp.where(kept, 1.0 / keep, 0.0).astype(x.dtype)
     step = nn.scan(
       _LFADSStep,
       variable_broadcast="params",
-      split_rngs={"params": False, "sample": True, "dropout": True},
+      split_rngs={"params": False},
       in_axes=(1, nn.broadcast),
       out_axes=1,
     )
@@ -217,17 +233,16 @@ class LFADS(Family, nn.Module):
       jnp.zeros((b, self.latent), x.dtype),
       jnp.zeros((b, max(self.co_dim, 1)), x.dtype),
     )
-    _, (f_BTK, kl_BT) = step(
+    _, (f_BTK, posterior) = step(
       self.gen_dim,
       self.con_dim,
       self.co_dim,
       self.latent,
       self.clip,
-      sample,
-      self.dropout,
       name="decoder",
-    )(carry, gci_BTG, mask_K)
-    self.sow("losses", "kl_co", jnp.sum(kl_BT, axis=1))
+    )(carry, (gci_BTG, eps_BTC, drop_BTG), mask_K)
+    kl_B = _ar1_kl(self, *posterior) if self.co_dim else jnp.zeros((b,), x.dtype)
+    self.sow("losses", "kl_co", kl_B)
     y_BTN = Dense(self.neurons, kernel_init=per_unit_init(0), name="readout")(f_BTK)
     return y_BTN, f_BTK
 
