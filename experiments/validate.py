@@ -2,6 +2,7 @@ r"""Validation of the dimension estimate on generator families with known answer
 
   python -m experiments.validate                      # every family, both decoders, two grids
   python -m experiments.validate --families=lorenz --decoders=linear --seeds=1
+  python -m experiments.validate --families=nonlinear --decoders=mlp --population=4  # with PBT
 
 Each family (nmas_jax.data.synthetic.FAMILIES) is swept at full size on two latent
 grids with the default settings (`--steps`, `--seeds` may override them), with
@@ -79,6 +80,9 @@ flags.DEFINE_list("decoders", ["linear", "mlp"], "Decoders to run.")
 flags.DEFINE_integer("grids", 2, "Grids per family to run (the first N of GRIDS).", lower_bound=1)
 flags.DEFINE_integer("seeds", None, "Seeds (default: the sweep's default).")
 flags.DEFINE_integer("steps", None, "Training steps (default: the sweep's default).")
+flags.DEFINE_integer(
+  "population", 1, "Members per model (the sweep's --population; not with --draws).", lower_bound=1
+)
 flags.DEFINE_integer(
   "data_seed",
   0,
@@ -163,6 +167,7 @@ def run_one(family: str, decoder: str, grid, log) -> list[dict]:
     lorenz.make_lorenz(whiten=True) if family == "lorenz_whitened" else synthetic.FAMILIES[family]()
   )
   extra = {k: v for k, v in (("seeds", FLAGS.seeds), ("steps", FLAGS.steps)) if v is not None}
+  extra["population"] = FLAGS.population
   t0 = time.perf_counter()
   est = DimensionSweep(latents=grid, decoder=decoder, verbose=False, **extra).fit(ds)
   seconds = time.perf_counter() - t0
