@@ -121,15 +121,16 @@ def parse_range(text: str | Sequence[Any], name: str, rate: bool = False) -> tup
     lo, hi = (float(t) for t in items)
   except (TypeError, ValueError):
     lo = hi = float("nan")
+  given = text if isinstance(text, str) else ",".join(map(str, text))
   if rate and not 0 <= lo < hi < 1:
     raise UserError(
-      f"--{name}={text if isinstance(text, str) else ','.join(map(str, text))} is not a range of "
-      f"rates: give two numbers in [0, 1), low first, e.g. --{name}=0,0.6"
+      f"--{name}={given} is not a range of rates: give two numbers in [0, 1), low first, e.g. "
+      f"--{name}=0,0.6"
     )
   if not rate and not 0 < lo < hi:
     raise UserError(
-      f"--{name}={text if isinstance(text, str) else ','.join(map(str, text))} is not a range: "
-      f"give two positive numbers, low first, e.g. --{name}=1e-5,5e-3"
+      f"--{name}={given} is not a range: give two positive numbers, low first, e.g. "
+      f"--{name}=1e-5,5e-3"
     )
   return lo, hi
 

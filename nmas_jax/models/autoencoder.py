@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from nmas_jax.models.family import Family
-from nmas_jax.models.layers import Dense, Dropout, latent_mask, per_unit_init, rate_on
+from nmas_jax.models.layers import Dense, Dropout, latent_mask, per_unit_init
 from nmas_jax.models.lstm import ScanLSTM
 
 DECODERS = ("linear", "mlp", "lstm")
@@ -281,8 +281,7 @@ class LSTMAutoencoder(Family, nn.Module):
   def __call__(
     self, x_BTN: jax.Array, latent_size: Any = None, train: bool = False
   ) -> tuple[jax.Array, jax.Array]:
-    if train and rate_on(self.dropout):
-      x_BTN = self.input_dropout(x_BTN, deterministic=False)
+    x_BTN = self.input_dropout(x_BTN, deterministic=not train)
     k, choice = self._split(latent_size)
     z_BTK = self.encode(x_BTN, k)
     return self.decode(z_BTK, choice), z_BTK

@@ -216,10 +216,8 @@ class LFADS(Family, nn.Module):
     eps_BTC = drop_BTG = None
     if sample and self.co_dim:
       eps_BTC = jax.random.normal(self.make_rng("sample"), (b, t, self.co_dim), x.dtype)
-    if sample and rate_on(self.dropout):
-      keep = 1.0 - self.dropout
-      kept = jax.random.bernoulli(self.make_rng("dropout"), keep, (b, t, self.gen_dim))
-      drop_BTG = jnp.where(kept, 1.0 / keep, 0.0).astype(x.dtype)
+    if sample and rate_on(self.dropout):  # dropout's multipliers: 0 or 1 / (1 - rate)
+      drop_BTG = Dropout(self.dropout)(jnp.ones((b, t, self.gen_dim), x.dtype), False)
     step = nn.scan(
       _LFADSStep,
       variable_broadcast="params",
