@@ -254,7 +254,7 @@ class Tournaments:
     copied (a member number), where it stopped, its final selection-block loss, and the winners
     (indices into `members`)."""
     prep, cfg, h, table = self.b.prep, self.cfg, self.history, out.table
-    names = tuned(cfg)  # each tuned hyper-parameter: its range and scale
+    specs = tuned(cfg)  # each tuned hyper-parameter: its range and scale
     names = None if prep.shared else prep.dataset.layer_names
     members = []
     for i in range(len(table)):
@@ -273,8 +273,8 @@ class Tournaments:
       "size": cfg.population,
       "every": cfg.pbt_every,
       "selection_block": list(prep.block("select")),
-      "ranges": {k: list(getattr(cfg, t.range)) for k, t in names.items()},
-      "log_scale": {k: t.log for k, t in names.items()},
+      "ranges": {k: list(getattr(cfg, t.range)) for k, t in specs.items()},
+      "log_scale": {k: t.log for k, t in specs.items()},
       "steps": list(h.steps),
       "members": members,
       "winners": [int(i) for i in index],
