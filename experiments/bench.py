@@ -17,6 +17,7 @@ import logging
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 from nmas_jax import bench, declare, phases
 from nmas_jax.errors import UserError
@@ -64,6 +65,7 @@ def main(argv):
   del argv
   tuned = cpu.tune()  # before JAX starts its backend
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+  absl_logging.set_verbosity(absl_logging.WARNING)  # --phases saves checkpoints: orbax logs each
   try:
     shapes = declare.from_flags(bench.Shapes, FLAGS)
     if FLAGS.steps < 1:
