@@ -11,7 +11,7 @@
 #    once its training is done (the baselines run mostly on the CPU), the LFADS comparison of
 #    `experiments.validate --lfads_trials` trained for LFADS_STEPS steps beside it.
 # 6. (PARTS=phases) time to an answer: `experiments.bench --phases=stringer` (9 Stringer-shaped
-#    layers, 540 models, PCA, FA and the LDS), each phase's wall time, training capped at
+#    layers, neuron counts 100,200,400,800: 675 models, PCA, FA and the LDS), each phase's wall time, training capped at
 #    PHASE_STEPS (default 3000).
 # Each part has its own time limit, so a slow part cannot take the others with it.
 # PARTS (default "bench stringer") names the parts to run.

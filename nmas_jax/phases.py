@@ -35,7 +35,7 @@ def _stringer(steps: int | None):
     steps=steps,
     baselines=("pca", "fa", "lds"),
     seeds=3,
-    neuron_counts=(100, 200, 400),
+    neuron_counts=(100, 200, 400, 800),
   )
 
 
@@ -45,7 +45,8 @@ SHAPES: dict[str, Callable[[int | None], tuple[Any, dict[str, Any]]]] = {
   "main": _main,
   # One Stringer-shaped layer (1131 neurons, 1750 bins), 15 models, PCA, FA and the LDS.
   "stringer_layer": _stringer_layer,
-  # Nine such layers of 3500 bins with --neuron_counts=100,200,400: 540 models (a GPU's shape).
+  # Nine such layers of 3500 bins with --neuron_counts=100,200,400,800: 675 models, the GPU
+  # Stringer-scale run of docs/benchmarks.md.
   "stringer": _stringer,
 }
 PHASES = (
