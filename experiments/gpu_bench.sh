@@ -11,8 +11,10 @@
 #    once its training is done (the baselines run mostly on the CPU), the LFADS comparison of
 #    `experiments.validate --lfads_trials` trained for LFADS_STEPS steps beside it.
 # 6. (PARTS=phases) time to an answer: `experiments.bench --phases=stringer` (9 Stringer-shaped
-#    layers, neuron counts 100,200,400,800: 675 models, PCA, FA and the LDS), each phase's wall time, training capped at
-#    PHASE_STEPS (default 3000).
+#    layers, neuron counts 100,200,400,800: 675 models, PCA, FA and the LDS), each phase's wall
+#    time, training capped at PHASE_STEPS (default 3000), and the most GPU memory it used
+#    (issue 37 asks <= 40 GB). One lent 15-minute session: PARTS=phases first, then
+#    PARTS=bench (the lfads/lfads_co rows give the controller's cost).
 # Each part has its own time limit, so a slow part cannot take the others with it.
 # PARTS (default "bench stringer") names the parts to run.
 set -u
@@ -97,9 +99,12 @@ echo "max GPU memory (MiB) before LFADS started: $(awk -v ls=$LS '$1 < ls {print
 fi
 
 if want phases; then
+poll_memory
 XLA_PYTHON_CLIENT_PREALLOCATE=false part phases ${PHASES_LIMIT:-540} $PY -m experiments.bench \
   --phases=stringer --phase_steps=${PHASE_STEPS:-3000} --json
+kill $POLL
 grep -E '^\||^shape' "$OUT/phases.log"
+echo "max GPU memory used (baselines included): $(awk '{print $2}' "$OUT/stringer_memory_mib.txt" | sort -n | tail -1) MiB"
 fi
 
 if want bench; then
