@@ -81,7 +81,10 @@ flags.DEFINE_integer("grids", 2, "Grids per family to run (the first N of GRIDS)
 flags.DEFINE_integer("seeds", None, "Seeds (default: the sweep's default).")
 flags.DEFINE_integer("steps", None, "Training steps (default: the sweep's default).")
 flags.DEFINE_integer(
-  "population", 1, "Members per model (the sweep's --population; not with --draws).", lower_bound=1
+  "population",
+  1,
+  "Members per model (the sweep's --population; the per-family table only).",
+  lower_bound=1,
 )
 flags.DEFINE_integer(
   "data_seed",
@@ -410,6 +413,13 @@ def _round(x, digits: int = 3):
 
 def main(argv):
   del argv
+  if FLAGS.population > 1 and (FLAGS.draws or FLAGS.scaling or FLAGS.lfads_trials):
+    print(
+      f"error: --population={FLAGS.population} runs with the per-family table only: drop "
+      "--draws, --scaling and --lfads_trials, or --population",
+      file=sys.stderr,
+    )
+    sys.exit(2)
   cpu.tune()
   log = lambda s: print(s, flush=True)
   t0 = time.perf_counter()

@@ -159,3 +159,19 @@ def test_degenerate_data_is_a_one_line_error(tmp_path):
     "drop it with --layers or check the data"
   ]
   assert not workdir.exists()
+
+
+def test_validate_population_with_draws_is_a_one_line_error():
+  r = subprocess.run(
+    [sys.executable, "-m", "experiments.validate", "--population=2", "--draws=1"],
+    cwd=ROOT,
+    env=ENV,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert r.returncode == 2
+  assert r.stderr.strip().splitlines() == [
+    "error: --population=2 runs with the per-family table only: drop --draws, --scaling and "
+    "--lfads_trials, or --population"
+  ]
