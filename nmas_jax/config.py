@@ -241,9 +241,10 @@ class Settings(Declared):
   population: int = setting(
     1,
     "Population-based training: members per (layer, latent, seed) model, each with its own "
-    "learning rate, weight decay, dropout (and --cd_rate when on; LFADS: KL and L2 weights) "
-    "drawn from the --pbt_* ranges, tuned every --pbt_every steps by a tournament on the end "
-    "of the training block; the estimate uses each group's best member. 1: off.",
+    "learning rate, weight decay, dropout (and --cd_rate when on; LFADS: KL and L2 weights): "
+    "member 0 starts from the run's values, the others drawn from the --pbt_* ranges; tuned "
+    "every --pbt_every steps by a tournament on the end of the training block; the estimate "
+    "uses each group's best member. 1: off.",
     check="positive_int",
   )
   pbt_every: int = setting(

@@ -48,7 +48,8 @@ def test_explore_multiplies_a_losers_copied_values_within_the_weight_and_clips_t
   for name, t_ in population.tuned(cfg).items():
     lo, hi = getattr(cfg, t_.range)
     assert ((hp[name] >= lo * 0.999) & (hp[name] <= hi * 1.001)).all()
-    assert len(np.unique(hp[name])) == len(t)  # every member its own draw
+    drawn = hp[name][t.member > 0]
+    assert len(np.unique(drawn)) == len(drawn)  # every other member its own draw
   src = np.arange(len(t))
   src[1], src[2] = 0, 3
   new = population.explore(hp, src, 40, t, cfg)
@@ -62,15 +63,29 @@ def test_explore_multiplies_a_losers_copied_values_within_the_weight_and_clips_t
     np.testing.assert_array_equal(new[name][keep], hp[name][keep])
 
 
+def test_member_0_of_every_group_starts_from_the_runs_settings_clipped_to_the_range():
+  """The search holds the run's own values: member 0 of each group starts at --learning_rate,
+  --dropout and --cd_rate as given, and at --weight_decay=0 clipped up to its range's low end."""
+  cfg = config.Settings(population=4, learning_rate=2e-3, dropout=0.25, cd_rate=0.3)
+  t = _table()
+  hp = population.initial(cfg, t)
+  first = t.member == 0
+  assert first.sum() == len(np.unique(population.group_of(t)))
+  for name, want in [("learning_rate", 2e-3), ("dropout", 0.25), ("cd_rate", 0.3)]:
+    np.testing.assert_array_equal(hp[name][first], np.float32(want))
+    assert not np.isin(hp[name][~first], np.float32(want)).any()
+  np.testing.assert_array_equal(hp["weight_decay"][first], np.float32(cfg.pbt_weight_decay[0]))
+
+
 def test_exploit_gathers_parameters_and_optimizer_state_and_sets_the_new_hyperparameters():
-  """Members start from the same weights with their own drawn learning rates; after an exploit
+  """Members start from the same weights with their own learning rates; after an exploit
   model i holds model src[i]'s parameters and Adam moments, its own key, and the given values."""
   cfg = config.Settings(latents=(2, 4), hidden=4, window=5, population=2, decoder="linear")
   t = ModelTable.build(num_layers=1, latents=(2, 4), seeds=1, members=2)
   tx = train.optimizer_for(dataclasses.replace(cfg, learning_rate=1e-3))
   state = init_states(cfg, t, 6, tx)
   lr = np.asarray(population.hyperparams(state)["learning_rate"])
-  assert lr[0] != lr[1] and lr[2] != lr[3]
+  assert lr[0] != lr[2] and lr[1] != lr[3]  # rows: member 0 at latents 2, 4, then member 1
   leaves = lambda s: jax.tree.leaves(s.params)
   state = state.replace(
     params=jax.tree.map(

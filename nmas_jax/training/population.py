@@ -54,14 +54,18 @@ def _rng(table, i: int, step: int, salt: int) -> np.random.Generator:
 
 
 def initial(cfg, table) -> dict[str, np.ndarray]:
-  """Each member's starting hyper-parameters [models], log-uniform (or uniform, `Tuned.log`) over
-  their ranges."""
+  """Each member's starting hyper-parameters [models]: member 0 of every group starts from the
+  run's own settings (`--learning_rate`, `--dropout`, ...; clipped to the range), so the search
+  holds the defaults and leaves them only where the selection block scores another member
+  better; the others draw log-uniform (or uniform, `Tuned.log`) over the ranges."""
   out = {}
   for salt, (name, t) in enumerate(tuned(cfg).items()):
     lo, hi = np.log(getattr(cfg, t.range)) if t.log else getattr(cfg, t.range)
     u = np.array([_rng(table, i, 0, salt).uniform() for i in range(len(table))])
     v = lo + u * (hi - lo)
-    out[name] = (np.exp(v) if t.log else v).astype(np.float32)
+    v = np.exp(v) if t.log else v
+    v[table.member == 0] = np.clip(getattr(cfg, name), *getattr(cfg, t.range))
+    out[name] = v.astype(np.float32)
   return out
 
 
